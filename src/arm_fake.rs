@@ -1,0 +1,1 @@
+//! An ARM fake that speaks the wire protocol over real HTTP (issue 4).

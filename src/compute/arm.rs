@@ -1,0 +1,1 @@
+//! The compute port over Azure Resource Manager (issue 4).

@@ -1,0 +1,138 @@
+//! The compute port: what vmpool asks of Azure Resource Manager.
+//!
+//! Every mutation returns once ARM has accepted it; the reconciler confirms the outcome later
+//! from [`Compute::list`] / [`Compute::status`]. [`sim::SimulatedCompute`] is a simulated ARM
+//! with realistic latencies (the embedded default); [`arm::ArmCompute`] is the real client.
+
+pub mod arm;
+pub mod sim;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::VmId;
+
+/// ARM's provisioning state of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioning {
+    /// The create (or an update) is in progress.
+    Creating,
+    /// The last operation on the VM's model succeeded.
+    Succeeded,
+    /// The last operation failed; ARM's error text.
+    Failed(String),
+    /// The VM is being deleted.
+    Deleting,
+}
+
+/// ARM's power state of a VM (`PowerState/...` in the instance view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Booting.
+    Starting,
+    /// Running (billed).
+    Running,
+    /// Shutting down but still allocated.
+    Stopping,
+    /// Stopped but still allocated (billed).
+    Stopped,
+    /// Being deallocated.
+    Deallocating,
+    /// Deallocated (not billed for compute).
+    Deallocated,
+    /// ARM did not say.
+    Unknown,
+}
+
+/// What ARM says about one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    /// Provisioning state.
+    pub provisioning: Provisioning,
+    /// Power state.
+    pub power: Power,
+}
+
+impl VmStatus {
+    /// Provisioned and running: a `Creating` VM is ready.
+    pub fn is_up(&self) -> bool {
+        self.provisioning == Provisioning::Succeeded && self.power == Power::Running
+    }
+
+    /// Deallocated: a `Deallocating` VM is done.
+    pub fn is_deallocated(&self) -> bool {
+        self.power == Power::Deallocated
+    }
+}
+
+/// Why ARM did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    /// 429: try again after the delay ARM gave.
+    #[error("ARM is throttling requests; retry after {}s", retry_after.as_secs())]
+    Throttled {
+        /// ARM's `Retry-After`.
+        retry_after: Duration,
+    },
+    /// ARM could not be reached, timed out, or kept answering 5xx.
+    #[error("ARM is unavailable: {0}")]
+    Unavailable(String),
+    /// The VM does not exist (404): gone, or never created.
+    #[error("the VM does not exist in ARM")]
+    NotFound,
+    /// 409: another operation on the VM is in progress.
+    #[error("ARM refused because another operation is in progress: {0}")]
+    Conflict(String),
+    /// A 4xx that a retry will not fix (quota, bad request, authorization...).
+    #[error("ARM refused the request: {code}: {message}")]
+    Rejected {
+        /// ARM's error code, such as `QuotaExceeded`.
+        code: String,
+        /// ARM's message.
+        message: String,
+    },
+}
+
+impl ComputeError {
+    /// Whether the request may work if sent again later (as opposed to a permanent refusal).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ComputeError::Throttled { .. }
+                | ComputeError::Unavailable(_)
+                | ComputeError::Conflict(_)
+        )
+    }
+}
+
+/// The compute API.
+#[async_trait]
+pub trait Compute: Send + Sync + 'static {
+    /// What this is and where it points, for the start-up line (never a secret).
+    fn describe(&self) -> String;
+
+    /// The full ARM resource ID of the VM called `name`.
+    fn resource_id(&self, name: &VmId) -> String;
+
+    /// Creates the VM (with its NIC and public IP); idempotent for the same name.
+    async fn create(&self, name: &VmId) -> Result<(), ComputeError>;
+
+    /// Starts a deallocated VM.
+    async fn start(&self, name: &VmId) -> Result<(), ComputeError>;
+
+    /// Deallocates a VM.
+    async fn deallocate(&self, name: &VmId) -> Result<(), ComputeError>;
+
+    /// Deletes a VM with its NIC, disk and public IP.
+    async fn delete(&self, name: &VmId) -> Result<(), ComputeError>;
+
+    /// The status of one VM; `None` if ARM does not know it.
+    async fn status(&self, name: &VmId) -> Result<Option<VmStatus>, ComputeError>;
+
+    /// The status of every VM of the pool, in as few calls as ARM allows.
+    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError>;
+
+    /// The VM's public IP address, once it has one.
+    async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError>;
+}

@@ -1,0 +1,795 @@
+//! The pool's rules: VM names, the seven states, the VM record and every transition, as
+//! plain functions with no I/O. The HTTP layer, the store and the reconciler call these; a
+//! transition that the rules refuse comes back as [`Refused`], never as a panic.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A VM name, which is also the table key. Azure VM naming rules: 1-64 ASCII letters, digits,
+/// `-`, `_` and `.`, not ending in `.`. So it never holds `/`, `'` or anything a table
+/// filter or a URL path would need escaped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VmId(String);
+
+/// Why a string is not a valid [`VmId`]; the text tells the caller what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidVmId(String);
+
+impl VmId {
+    /// The longest VM name Azure accepts.
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks `raw` against the Azure VM naming rules.
+    pub fn parse(raw: &str) -> Result<Self, InvalidVmId> {
+        if raw.is_empty() {
+            return Err(InvalidVmId("vmId must not be empty".into()));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(InvalidVmId(format!(
+                "vmId is {} characters long; at most {} are allowed",
+                raw.len(),
+                Self::MAX_LEN
+            )));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(InvalidVmId(format!(
+                "vmId contains {bad:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+            )));
+        }
+        if raw.ends_with('.') {
+            return Err(InvalidVmId("vmId must not end with '.'".into()));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VmId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        VmId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The state of a VM, stored in `VM_State` by exactly these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum VmState {
+    /// An ARM create or start was accepted (or is about to be issued); not usable yet.
+    Creating,
+    /// Usable by the matchmaker, which asked for it.
+    Running,
+    /// The matchmaker no longer needs it; its rooms drain.
+    MarkedForDeallocation,
+    /// An ARM deallocate is in flight; nobody may take it.
+    Deallocating,
+    /// Stopped in Azure (no compute billing); can be started again.
+    Deallocated,
+    /// Warm buffer: running in Azure but not yet handed to the matchmaker.
+    Standby,
+    /// An ARM operation failed or timed out; the error is recorded.
+    Failed,
+}
+
+impl VmState {
+    /// Every state, in the order of the design.
+    pub const ALL: [VmState; 7] = [
+        VmState::Creating,
+        VmState::Running,
+        VmState::MarkedForDeallocation,
+        VmState::Deallocating,
+        VmState::Deallocated,
+        VmState::Standby,
+        VmState::Failed,
+    ];
+
+    /// The name stored in `VM_State`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "Creating",
+            VmState::Running => "Running",
+            VmState::MarkedForDeallocation => "MarkedForDeallocation",
+            VmState::Deallocating => "Deallocating",
+            VmState::Deallocated => "Deallocated",
+            VmState::Standby => "Standby",
+            VmState::Failed => "Failed",
+        }
+    }
+
+    /// Parses a stored state name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// Whether a VM in this state counts against `VMPOOL_MAX_VMS` (it may cost money).
+    /// `Failed` VMs count until they are cleaned up: they may still exist in Azure.
+    pub fn counts_against_max(self) -> bool {
+        self != VmState::Deallocated
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who a VM is being made ready for while it is `Creating`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Purpose {
+    /// The matchmaker asked for it: it becomes `Running`.
+    Matchmaker,
+    /// The warm buffer: it becomes `Standby`.
+    Buffer,
+}
+
+impl Purpose {
+    /// The name stored in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Matchmaker => "Matchmaker",
+            Purpose::Buffer => "Buffer",
+        }
+    }
+
+    /// Parses a stored purpose name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "Matchmaker" => Some(Purpose::Matchmaker),
+            "Buffer" => Some(Purpose::Buffer),
+            _ => None,
+        }
+    }
+}
+
+/// The ARM operation a row's state asked for, so the reconciler knows what to confirm or
+/// re-issue after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    /// PUT of a new VM.
+    Create,
+    /// POST start of a deallocated VM.
+    Start,
+    /// POST deallocate.
+    Deallocate,
+    /// DELETE of a failed VM.
+    Delete,
+}
+
+impl Operation {
+    /// The name stored in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "Create",
+            Operation::Start => "Start",
+            Operation::Deallocate => "Deallocate",
+            Operation::Delete => "Delete",
+        }
+    }
+
+    /// Parses a stored operation name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "Create" => Some(Operation::Create),
+            "Start" => Some(Operation::Start),
+            "Deallocate" => Some(Operation::Deallocate),
+            "Delete" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Everything vmpool remembers about one VM: one table row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRecord {
+    /// The VM name and table key.
+    pub id: VmId,
+    /// The one state the VM is in.
+    pub state: VmState,
+    /// Who a `Creating` VM is for; kept afterwards as a record of how it was made ready.
+    pub purpose: Purpose,
+    /// The ARM operation the current state waits for, if any.
+    pub operation: Option<Operation>,
+    /// Full ARM resource ID of the VM.
+    pub resource_id: String,
+    /// Public IP address, once ARM reports one.
+    pub public_ip: Option<String>,
+    /// Game rooms the VM hosts, as last reported.
+    pub rooms: u32,
+    /// When rooms were last reported.
+    pub last_report_at: Option<OffsetDateTime>,
+    /// When the state last changed (also when the current operation was issued).
+    pub state_changed_at: OffsetDateTime,
+    /// When the row was first written.
+    pub created_at: OffsetDateTime,
+    /// When the VM was last handed to the matchmaker (feeds the demand estimate).
+    pub claimed_at: Option<OffsetDateTime>,
+    /// How many times the current operation was issued.
+    pub attempts: u32,
+    /// The last ARM error, kept for `Failed` VMs and as history.
+    pub last_error: Option<String>,
+}
+
+impl VmRecord {
+    /// A new row for a VM about to be created in ARM.
+    pub fn new_creating(
+        id: VmId,
+        resource_id: String,
+        purpose: Purpose,
+        now: OffsetDateTime,
+    ) -> Self {
+        VmRecord {
+            id,
+            state: VmState::Creating,
+            purpose,
+            operation: Some(Operation::Create),
+            resource_id,
+            public_ip: None,
+            rooms: 0,
+            last_report_at: None,
+            state_changed_at: now,
+            created_at: now,
+            claimed_at: (purpose == Purpose::Matchmaker).then_some(now),
+            attempts: 1,
+            last_error: None,
+        }
+    }
+
+    fn moved(&self, state: VmState, operation: Option<Operation>, now: OffsetDateTime) -> Self {
+        VmRecord {
+            state,
+            operation,
+            state_changed_at: now,
+            attempts: if operation.is_some() { 1 } else { 0 },
+            ..self.clone()
+        }
+    }
+}
+
+/// A transition the rules do not allow from the VM's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("VM {id} is {state}; {what} needs it to be {needs}")]
+pub struct Refused {
+    /// The VM.
+    pub id: VmId,
+    /// The state it is in.
+    pub state: VmState,
+    /// The operation that was asked for.
+    pub what: &'static str,
+    /// The states that would have allowed it.
+    pub needs: &'static str,
+}
+
+fn refuse(vm: &VmRecord, what: &'static str, needs: &'static str) -> Refused {
+    Refused {
+        id: vm.id.clone(),
+        state: vm.state,
+        what,
+        needs,
+    }
+}
+
+/// How CreateVM may take an existing VM, in its order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClaimKind {
+    /// A `MarkedForDeallocation` VM goes back to `Running`; its rooms are kept.
+    Reclaim,
+    /// A `Standby` VM is handed out at once.
+    Standby,
+    /// A `Creating` VM meant for the buffer is claimed for the matchmaker.
+    ClaimCreating,
+    /// A `Deallocated` VM is started.
+    Start,
+}
+
+impl ClaimKind {
+    /// The order in which CreateVM tries the kinds.
+    pub const ORDER: [ClaimKind; 4] = [
+        ClaimKind::Reclaim,
+        ClaimKind::Standby,
+        ClaimKind::ClaimCreating,
+        ClaimKind::Start,
+    ];
+
+    /// The kind of claim this VM is a candidate for, if any.
+    pub fn of(vm: &VmRecord) -> Option<ClaimKind> {
+        match (vm.state, vm.purpose) {
+            (VmState::MarkedForDeallocation, _) => Some(ClaimKind::Reclaim),
+            (VmState::Standby, _) => Some(ClaimKind::Standby),
+            (VmState::Creating, Purpose::Buffer) => Some(ClaimKind::ClaimCreating),
+            (VmState::Deallocated, _) => Some(ClaimKind::Start),
+            _ => None,
+        }
+    }
+
+    /// The action word CreateVM answers with.
+    pub fn action(self) -> &'static str {
+        match self {
+            ClaimKind::Reclaim => "reclaimed",
+            ClaimKind::Standby => "standby",
+            ClaimKind::ClaimCreating => "claimedCreating",
+            ClaimKind::Start => "started",
+        }
+    }
+
+    /// Whether taking this VM adds one to the count of VMs that are not `Deallocated`.
+    pub fn needs_capacity(self) -> bool {
+        self == ClaimKind::Start
+    }
+}
+
+/// CreateVM takes `vm` for the matchmaker with a claim of `kind`.
+pub fn claim(vm: &VmRecord, kind: ClaimKind, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    if ClaimKind::of(vm) != Some(kind) {
+        return Err(refuse(vm, "CreateVM", kind_needs(kind)));
+    }
+    let mut next = match kind {
+        ClaimKind::Reclaim | ClaimKind::Standby => vm.moved(VmState::Running, None, now),
+        // The create is already in flight; only its purpose changes, so the state's clock
+        // (which times the operation) keeps running.
+        ClaimKind::ClaimCreating => vm.clone(),
+        ClaimKind::Start => {
+            let mut started = vm.moved(VmState::Creating, Some(Operation::Start), now);
+            // A VM that boots again starts empty.
+            started.rooms = 0;
+            started.last_error = None;
+            started
+        }
+    };
+    next.purpose = Purpose::Matchmaker;
+    next.claimed_at = Some(now);
+    Ok(next)
+}
+
+fn kind_needs(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Reclaim => "MarkedForDeallocation",
+        ClaimKind::Standby => "Standby",
+        ClaimKind::ClaimCreating => "Creating for the buffer",
+        ClaimKind::Start => "Deallocated",
+    }
+}
+
+/// The reconciler starts a `Deallocated` VM for the warm buffer.
+pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    if vm.state != VmState::Deallocated {
+        return Err(refuse(vm, "starting for the buffer", "Deallocated"));
+    }
+    let mut next = vm.moved(VmState::Creating, Some(Operation::Start), now);
+    next.purpose = Purpose::Buffer;
+    next.rooms = 0;
+    next.last_error = None;
+    Ok(next)
+}
+
+/// What MarkVMForDeallocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    /// The VM moved from `Running` to `MarkedForDeallocation`.
+    Now(VmRecord),
+    /// It was already marked: nothing changes.
+    Already,
+}
+
+/// MarkVMForDeallocation: `Running` -> `MarkedForDeallocation`; already marked is no change.
+pub fn mark_for_deallocation(vm: &VmRecord, now: OffsetDateTime) -> Result<Marked, Refused> {
+    match vm.state {
+        VmState::Running => Ok(Marked::Now(vm.moved(
+            VmState::MarkedForDeallocation,
+            None,
+            now,
+        ))),
+        VmState::MarkedForDeallocation => Ok(Marked::Already),
+        _ => Err(refuse(
+            vm,
+            "MarkVMForDeallocation",
+            "Running (or already MarkedForDeallocation)",
+        )),
+    }
+}
+
+/// What ReportGameRoomsNumber does to a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The count is recorded; the state stays.
+    Recorded(VmRecord),
+    /// Zero rooms on a `MarkedForDeallocation` VM: it goes `Deallocating` and the ARM
+    /// deallocate must be issued.
+    Deallocate(VmRecord),
+    /// Zero rooms on a VM already `Deallocating`: a repeated report, nothing changes.
+    AlreadyDeallocating,
+}
+
+/// ReportGameRoomsNumber: records `rooms`; zero rooms on a `MarkedForDeallocation` VM
+/// starts its deallocation.
+pub fn report_rooms(vm: &VmRecord, rooms: u32, now: OffsetDateTime) -> Result<Report, Refused> {
+    let needs = "Running or MarkedForDeallocation";
+    match vm.state {
+        VmState::Running => Ok(Report::Recorded(VmRecord {
+            rooms,
+            last_report_at: Some(now),
+            ..vm.clone()
+        })),
+        VmState::MarkedForDeallocation if rooms == 0 => {
+            let mut next = vm.moved(VmState::Deallocating, Some(Operation::Deallocate), now);
+            next.rooms = 0;
+            next.last_report_at = Some(now);
+            Ok(Report::Deallocate(next))
+        }
+        VmState::MarkedForDeallocation => Ok(Report::Recorded(VmRecord {
+            rooms,
+            last_report_at: Some(now),
+            ..vm.clone()
+        })),
+        VmState::Deallocating if rooms == 0 => Ok(Report::AlreadyDeallocating),
+        _ => Err(refuse(vm, "ReportGameRoomsNumber", needs)),
+    }
+}
+
+/// The reconciler moves a `Creating` VM that ARM reports up and running to `Running` (for
+/// the matchmaker) or `Standby` (for the buffer), with its public IP and no rooms.
+pub fn complete_creating(
+    vm: &VmRecord,
+    public_ip: Option<String>,
+    now: OffsetDateTime,
+) -> Result<VmRecord, Refused> {
+    if vm.state != VmState::Creating {
+        return Err(refuse(vm, "completing a create or start", "Creating"));
+    }
+    let state = match vm.purpose {
+        Purpose::Matchmaker => VmState::Running,
+        Purpose::Buffer => VmState::Standby,
+    };
+    let mut next = vm.moved(state, None, now);
+    next.public_ip = public_ip.or_else(|| vm.public_ip.clone());
+    next.rooms = 0;
+    next.last_report_at = None;
+    next.last_error = None;
+    Ok(next)
+}
+
+/// Starts a deallocation from any state that may be deallocated by the pool itself:
+/// `MarkedForDeallocation` (drained), `Standby` (surplus buffer), `Running`/`Creating`
+/// never (they belong to someone).
+pub fn begin_deallocate(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    match vm.state {
+        VmState::MarkedForDeallocation | VmState::Standby => {
+            let mut next = vm.moved(VmState::Deallocating, Some(Operation::Deallocate), now);
+            next.rooms = 0;
+            Ok(next)
+        }
+        _ => Err(refuse(
+            vm,
+            "deallocating",
+            "MarkedForDeallocation or Standby",
+        )),
+    }
+}
+
+/// The reconciler moves a `Deallocating` VM that ARM reports deallocated to `Deallocated`.
+pub fn complete_deallocating(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    if vm.state != VmState::Deallocating {
+        return Err(refuse(vm, "completing a deallocate", "Deallocating"));
+    }
+    let mut next = vm.moved(VmState::Deallocated, None, now);
+    next.rooms = 0;
+    Ok(next)
+}
+
+/// An ARM operation failed or timed out: the VM goes `Failed` with the error recorded.
+pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
+    let mut next = vm.moved(VmState::Failed, None, now);
+    next.last_error = Some(error.to_owned());
+    next
+}
+
+/// The VM's operation is issued once more (after a crash, a lost ARM request or a timeout).
+pub fn reissue(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
+    VmRecord {
+        attempts: vm.attempts.saturating_add(1),
+        state_changed_at: now,
+        ..vm.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> OffsetDateTime {
+        time::macros::datetime!(2026-01-01 00:00 UTC)
+    }
+
+    fn vm(state: VmState, purpose: Purpose) -> VmRecord {
+        let mut vm = VmRecord::new_creating(
+            VmId::parse("vm-1").unwrap(),
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm-1"
+                .into(),
+            purpose,
+            t0(),
+        );
+        vm.state = state;
+        vm.rooms = 3;
+        vm
+    }
+
+    #[test]
+    fn vm_ids_follow_azure_naming_rules() {
+        for ok in ["a", "vm-1", "A_b.c-9", &"x".repeat(64)] {
+            assert!(VmId::parse(ok).is_ok(), "{ok} should be valid");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "o'brien",
+            "ends.",
+            "sp ace",
+            "é",
+            &"x".repeat(65),
+            "a%2Fb",
+        ] {
+            assert!(VmId::parse(bad).is_err(), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn states_round_trip_by_name() {
+        for s in VmState::ALL {
+            assert_eq!(VmState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(VmState::parse("running"), None);
+    }
+
+    #[test]
+    fn claim_kinds_follow_the_order_of_preference() {
+        let cases = [
+            (
+                VmState::MarkedForDeallocation,
+                Purpose::Matchmaker,
+                Some(ClaimKind::Reclaim),
+            ),
+            (VmState::Standby, Purpose::Buffer, Some(ClaimKind::Standby)),
+            (
+                VmState::Creating,
+                Purpose::Buffer,
+                Some(ClaimKind::ClaimCreating),
+            ),
+            (VmState::Creating, Purpose::Matchmaker, None),
+            (
+                VmState::Deallocated,
+                Purpose::Matchmaker,
+                Some(ClaimKind::Start),
+            ),
+            (VmState::Running, Purpose::Matchmaker, None),
+            (VmState::Deallocating, Purpose::Matchmaker, None),
+            (VmState::Failed, Purpose::Buffer, None),
+        ];
+        for (state, purpose, want) in cases {
+            assert_eq!(
+                ClaimKind::of(&vm(state, purpose)),
+                want,
+                "{state} {purpose:?}"
+            );
+        }
+        let mut sorted = ClaimKind::ORDER;
+        sorted.sort();
+        assert_eq!(sorted, ClaimKind::ORDER);
+    }
+
+    #[test]
+    fn claims_move_to_the_right_state() {
+        let now = t0() + time::Duration::minutes(5);
+        let r = claim(
+            &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
+            ClaimKind::Reclaim,
+            now,
+        )
+        .unwrap();
+        assert_eq!((r.state, r.rooms, r.operation), (VmState::Running, 3, None));
+        assert_eq!(r.claimed_at, Some(now));
+
+        let s = claim(
+            &vm(VmState::Standby, Purpose::Buffer),
+            ClaimKind::Standby,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.state, s.purpose),
+            (VmState::Running, Purpose::Matchmaker)
+        );
+
+        let c = claim(
+            &vm(VmState::Creating, Purpose::Buffer),
+            ClaimKind::ClaimCreating,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.state, c.purpose),
+            (VmState::Creating, Purpose::Matchmaker)
+        );
+        assert_eq!(c.state_changed_at, t0(), "the create's clock keeps running");
+
+        let st = claim(
+            &vm(VmState::Deallocated, Purpose::Buffer),
+            ClaimKind::Start,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (st.state, st.purpose, st.operation, st.rooms),
+            (
+                VmState::Creating,
+                Purpose::Matchmaker,
+                Some(Operation::Start),
+                0
+            )
+        );
+    }
+
+    #[test]
+    fn claims_are_refused_from_any_other_state() {
+        for kind in ClaimKind::ORDER {
+            for state in VmState::ALL {
+                for purpose in [Purpose::Matchmaker, Purpose::Buffer] {
+                    let v = vm(state, purpose);
+                    let allowed = ClaimKind::of(&v) == Some(kind);
+                    assert_eq!(claim(&v, kind, t0()).is_ok(), allowed, "{kind:?} {state}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn marking_is_allowed_from_running_and_idempotent() {
+        for state in VmState::ALL {
+            let got = mark_for_deallocation(&vm(state, Purpose::Matchmaker), t0());
+            match state {
+                VmState::Running => {
+                    assert!(
+                        matches!(got, Ok(Marked::Now(ref v)) if v.state == VmState::MarkedForDeallocation)
+                    )
+                }
+                VmState::MarkedForDeallocation => assert_eq!(got, Ok(Marked::Already)),
+                _ => {
+                    let err = got.unwrap_err();
+                    assert!(err.to_string().contains(state.as_str()), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reports_record_rooms_and_zero_on_marked_deallocates() {
+        let now = t0() + time::Duration::seconds(1);
+        match report_rooms(&vm(VmState::Running, Purpose::Matchmaker), 7, now).unwrap() {
+            Report::Recorded(v) => {
+                assert_eq!(
+                    (v.state, v.rooms, v.last_report_at),
+                    (VmState::Running, 7, Some(now))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match report_rooms(&vm(VmState::Running, Purpose::Matchmaker), 0, now).unwrap() {
+            Report::Recorded(v) => assert_eq!((v.state, v.rooms), (VmState::Running, 0)),
+            other => panic!("{other:?}"),
+        }
+        match report_rooms(
+            &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
+            2,
+            now,
+        )
+        .unwrap()
+        {
+            Report::Recorded(v) => assert_eq!(v.state, VmState::MarkedForDeallocation),
+            other => panic!("{other:?}"),
+        }
+        match report_rooms(
+            &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
+            0,
+            now,
+        )
+        .unwrap()
+        {
+            Report::Deallocate(v) => {
+                assert_eq!(
+                    (v.state, v.operation),
+                    (VmState::Deallocating, Some(Operation::Deallocate))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 0, now),
+            Ok(Report::AlreadyDeallocating)
+        );
+        for state in [
+            VmState::Creating,
+            VmState::Deallocated,
+            VmState::Standby,
+            VmState::Failed,
+        ] {
+            assert!(
+                report_rooms(&vm(state, Purpose::Matchmaker), 0, now).is_err(),
+                "{state}"
+            );
+        }
+        assert!(report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 1, now).is_err());
+    }
+
+    #[test]
+    fn completion_follows_purpose_and_empties_the_vm() {
+        let done = complete_creating(
+            &vm(VmState::Creating, Purpose::Matchmaker),
+            Some("203.0.113.9".into()),
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(
+            (done.state, done.rooms, done.public_ip.as_deref()),
+            (VmState::Running, 0, Some("203.0.113.9"))
+        );
+        let buf = complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, t0()).unwrap();
+        assert_eq!(buf.state, VmState::Standby);
+        for state in VmState::ALL.into_iter().filter(|s| *s != VmState::Creating) {
+            assert!(complete_creating(&vm(state, Purpose::Buffer), None, t0()).is_err());
+        }
+        let d =
+            complete_deallocating(&vm(VmState::Deallocating, Purpose::Matchmaker), t0()).unwrap();
+        assert_eq!(d.state, VmState::Deallocated);
+        for state in VmState::ALL
+            .into_iter()
+            .filter(|s| *s != VmState::Deallocating)
+        {
+            assert!(complete_deallocating(&vm(state, Purpose::Buffer), t0()).is_err());
+        }
+    }
+
+    #[test]
+    fn the_pool_deallocates_only_drained_or_standby_vms() {
+        for state in VmState::ALL {
+            let ok = begin_deallocate(&vm(state, Purpose::Buffer), t0()).is_ok();
+            assert_eq!(
+                ok,
+                matches!(state, VmState::MarkedForDeallocation | VmState::Standby),
+                "{state}"
+            );
+        }
+        let s = start_for_buffer(&vm(VmState::Deallocated, Purpose::Matchmaker), t0()).unwrap();
+        assert_eq!((s.state, s.purpose), (VmState::Creating, Purpose::Buffer));
+        assert!(start_for_buffer(&vm(VmState::Standby, Purpose::Buffer), t0()).is_err());
+    }
+
+    #[test]
+    fn failing_records_the_error_and_reissue_counts_attempts() {
+        let f = fail(
+            &vm(VmState::Creating, Purpose::Buffer),
+            "QuotaExceeded: no cores",
+            t0(),
+        );
+        assert_eq!(
+            (f.state, f.last_error.as_deref()),
+            (VmState::Failed, Some("QuotaExceeded: no cores"))
+        );
+        let r = reissue(&vm(VmState::Creating, Purpose::Buffer), t0());
+        assert_eq!(r.attempts, 2);
+    }
+}

@@ -1,0 +1,154 @@
+//! The one API error type and its JSON envelope `{"error": {"code", "message"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::warn;
+
+use crate::compute::ComputeError;
+use crate::pool::PoolError;
+use crate::store::StoreError;
+
+/// Every error the API answers with. Each variant documents its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `InvalidInput`: the request is malformed; the message says what to fix.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// 401 `Unauthorized`: the API key is missing or wrong.
+    #[error(
+        "a valid API key is required in the x-functions-key header or the code query parameter"
+    )]
+    Unauthorized,
+    /// 404 `NotFound`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `MethodNotAllowed` (the `Allow` header is set by the router).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409 `Conflict`: the VM's state does not allow the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413 `PayloadTooLarge`.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// 503 `CapacityExhausted`, with `Retry-After`.
+    #[error("{message}")]
+    CapacityExhausted {
+        /// What the caller is told.
+        message: String,
+        /// Seconds.
+        retry_after: u64,
+    },
+    /// 503 `Unavailable`, with `Retry-After`: storage or ARM cannot be reached. Nothing was
+    /// half-done.
+    #[error("{message}")]
+    Unavailable {
+        /// What the caller is told (never an internal detail).
+        message: String,
+        /// Seconds.
+        retry_after: u64,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::CapacityExhausted { .. } | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The `code` of the envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidInput(_) => "InvalidInput",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::NotFound(_) => "NotFound",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::PayloadTooLarge => "PayloadTooLarge",
+            ApiError::CapacityExhausted { .. } => "CapacityExhausted",
+            ApiError::Unavailable { .. } => "Unavailable",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::CapacityExhausted { retry_after, .. }
+            | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NotFound(id) => ApiError::NotFound(format!("no VM with vmId {id}")),
+            PoolError::Conflict(refused) => ApiError::Conflict(refused.to_string()),
+            PoolError::CapacityExhausted { max } => ApiError::CapacityExhausted {
+                message: format!(
+                    "the pool has reached its maximum of {max} VMs that are not Deallocated; retry later or mark unused VMs for deallocation"
+                ),
+                retry_after: 30,
+            },
+            PoolError::Store(e) => {
+                warn!(error = %e, "table storage failed");
+                let message = match e {
+                    StoreError::Unavailable(_) => {
+                        "table storage cannot be reached; nothing was changed, retry later"
+                    }
+                    StoreError::Rejected(_) => {
+                        "table storage refused the request; nothing was changed, retry later"
+                    }
+                };
+                ApiError::Unavailable {
+                    message: message.into(),
+                    retry_after: 5,
+                }
+            }
+            PoolError::Compute(e) => {
+                warn!(error = %e, "ARM failed");
+                let retry_after = match &e {
+                    ComputeError::Throttled { retry_after } => retry_after.as_secs().max(1),
+                    _ => 10,
+                };
+                let message = match &e {
+                    ComputeError::Rejected { code, .. } => format!(
+                        "Azure Resource Manager refused the request ({code}); the VM is recorded as Failed, retry later"
+                    ),
+                    _ => "Azure Resource Manager cannot be reached or is throttling; the reconciler will finish the operation, retry later".into(),
+                };
+                ApiError::Unavailable {
+                    message,
+                    retry_after,
+                }
+            }
+            PoolError::Contention => ApiError::Unavailable {
+                message: "the VM is being changed by other callers; retry".into(),
+                retry_after: 1,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut res = (self.status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}

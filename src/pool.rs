@@ -1,0 +1,432 @@
+//! The four matchmaker operations (and the pool status) over the two ports. Each operation
+//! reads rows, asks [`crate::domain`] what the transition is, writes it conditionally on the
+//! row's ETag, and only then calls ARM ("write intent before acting").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use tracing::{info, instrument, warn};
+
+use crate::clock::Clock;
+use crate::compute::{Compute, ComputeError};
+use crate::config::PoolPolicy;
+use crate::domain::{self, ClaimKind, Marked, Purpose, Refused, Report, VmId, VmRecord, VmState};
+use crate::store::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
+
+/// How many candidates of one kind CreateVM tries before it falls through to the next kind.
+const TRIES_PER_KIND: usize = 4;
+/// How many times a single-VM operation re-reads and retries after losing a race.
+const TRIES_PER_VM: usize = 8;
+/// How long this instance remembers row versions it has consumed.
+const STALE_MEMORY: Duration = Duration::from_secs(120);
+
+/// Why an operation did not happen. Nothing was changed by an operation that failed, except
+/// where a variant says so (and then the reconciler finishes the job).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No VM with that name.
+    #[error("no VM named {0}")]
+    NotFound(VmId),
+    /// The VM's state does not allow the operation.
+    #[error(transparent)]
+    Conflict(#[from] Refused),
+    /// The pool is at `VMPOOL_MAX_VMS`.
+    #[error("the pool is at its maximum of {max} VMs that are not Deallocated")]
+    CapacityExhausted {
+        /// The configured maximum.
+        max: u32,
+    },
+    /// Table storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// ARM failed. When the row had already been written, it is left for the reconciler to
+    /// finish (a create or start finishes into the warm buffer; a deallocate is re-issued).
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    /// Other callers kept winning every race for this VM.
+    #[error("the VM is being changed by other callers; try again")]
+    Contention,
+}
+
+/// What CreateVM did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The VM handed out.
+    pub vm: VmRecord,
+    /// `reclaimed`, `standby`, `claimedCreating`, `started` or `created`.
+    pub action: &'static str,
+}
+
+/// What ReportGameRoomsNumber or MarkVMForDeallocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The VM after the operation.
+    pub vm: VmRecord,
+    /// What happened: `recorded`, `deallocating`, `marked` or `alreadyMarked`.
+    pub action: &'static str,
+}
+
+/// Every VM and the pool's own record.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Every VM, sorted by name.
+    pub vms: Vec<VmRecord>,
+    /// What the reconciler last recorded.
+    pub meta: PoolMeta,
+}
+
+/// The pool: the operations the matchmaker calls.
+pub struct Pool {
+    store: Arc<dyn VmStore>,
+    compute: Arc<dyn Compute>,
+    clock: Arc<dyn Clock>,
+    policy: Arc<PoolPolicy>,
+    /// Serialises this instance's capacity-consuming claims (start, create), so callers of
+    /// one instance never over-fill the pool or cancel each other out.
+    capacity_gate: tokio::sync::Mutex<()>,
+    /// Row versions this instance has consumed or is trying to: concurrent callers of this
+    /// instance never fight over the same version, and a stale listing is not retried.
+    taken: Mutex<HashMap<(VmId, Etag), Instant>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool over the two ports.
+    pub fn new(
+        store: Arc<dyn VmStore>,
+        compute: Arc<dyn Compute>,
+        clock: Arc<dyn Clock>,
+        policy: Arc<PoolPolicy>,
+    ) -> Self {
+        Pool {
+            store,
+            compute,
+            clock,
+            policy,
+            capacity_gate: tokio::sync::Mutex::new(()),
+            taken: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The VM table.
+    pub fn store(&self) -> &Arc<dyn VmStore> {
+        &self.store
+    }
+
+    /// The compute API.
+    pub fn compute(&self) -> &Arc<dyn Compute> {
+        &self.compute
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Arc<PoolPolicy> {
+        &self.policy
+    }
+
+    /// Reserves a row version for this caller; false if another caller of this instance has
+    /// it or it is known to be stale.
+    fn reserve(&self, row: &Versioned) -> bool {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.len() > 256 {
+            taken.retain(|_, at| at.elapsed() < STALE_MEMORY);
+        }
+        let key = (row.vm.id.clone(), row.etag.clone());
+        if taken.contains_key(&key) {
+            return false;
+        }
+        taken.insert(key, Instant::now());
+        true
+    }
+
+    /// Gives a reservation back after a write that failed for reasons other than a lost race.
+    fn release(&self, row: &Versioned) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.remove(&(row.vm.id.clone(), row.etag.clone()));
+    }
+
+    /// Tries candidates of one kind in random order (so instances spread over them), at
+    /// most [`TRIES_PER_KIND`] writes; the first won write is the claim.
+    async fn claim_one(
+        &self,
+        mut candidates: Vec<Versioned>,
+        kind: ClaimKind,
+    ) -> Result<Option<Versioned>, PoolError> {
+        candidates.shuffle(&mut rand::rng());
+        let mut tries = 0;
+        for row in candidates {
+            if tries == TRIES_PER_KIND {
+                break;
+            }
+            if !self.reserve(&row) {
+                continue;
+            }
+            tries += 1;
+            let next = domain::claim(&row.vm, kind, self.clock.now())?;
+            match self.store.update(&next, &row.etag).await {
+                Ok(Written::Done(etag)) => return Ok(Some(Versioned { vm: next, etag })),
+                Ok(Written::LostRace) => continue,
+                Err(e) => {
+                    self.release(&row);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// CreateVM: hands the matchmaker a VM, in the design's order of preference.
+    #[instrument(skip_all)]
+    pub async fn create_vm(&self) -> Result<Created, PoolError> {
+        let without_capacity = [
+            VmState::MarkedForDeallocation,
+            VmState::Standby,
+            VmState::Creating,
+        ];
+        let rows = self.store.list(Rows::InStates(&without_capacity)).await?;
+        for kind in [
+            ClaimKind::Reclaim,
+            ClaimKind::Standby,
+            ClaimKind::ClaimCreating,
+        ] {
+            let candidates: Vec<Versioned> = rows
+                .iter()
+                .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
+                .cloned()
+                .collect();
+            if let Some(won) = self.claim_one(candidates, kind).await? {
+                info!(vm.id = %won.vm.id, action = kind.action(), "CreateVM");
+                return Ok(Created {
+                    vm: won.vm,
+                    action: kind.action(),
+                });
+            }
+        }
+        self.create_with_capacity().await
+    }
+
+    /// The capacity-consuming half of CreateVM: start a deallocated VM, else create one.
+    async fn create_with_capacity(&self) -> Result<Created, PoolError> {
+        let _gate = self.capacity_gate.lock().await;
+        let all = self.store.list(Rows::All).await?;
+        let max = self.policy.max_vms;
+        if active(&all) >= max as usize {
+            return Err(PoolError::CapacityExhausted { max });
+        }
+        let deallocated: Vec<Versioned> = all
+            .into_iter()
+            .filter(|r| r.vm.state == VmState::Deallocated)
+            .collect();
+        if let Some(won) = self.claim_one(deallocated, ClaimKind::Start).await? {
+            self.confirm_capacity(&won).await?;
+            self.act(&won, self.compute.start(&won.vm.id).await).await?;
+            info!(vm.id = %won.vm.id, action = "started", "CreateVM");
+            return Ok(Created {
+                vm: won.vm,
+                action: "started",
+            });
+        }
+        let won = self.insert_new(Purpose::Matchmaker).await?;
+        self.confirm_capacity(&won).await?;
+        self.act(&won, self.compute.create(&won.vm.id).await)
+            .await?;
+        info!(vm.id = %won.vm.id, action = "created", "CreateVM");
+        Ok(Created {
+            vm: won.vm,
+            action: "created",
+        })
+    }
+
+    /// Inserts a row for a new VM under a fresh name.
+    pub(crate) async fn insert_new(&self, purpose: Purpose) -> Result<Versioned, PoolError> {
+        for _ in 0..TRIES_PER_VM {
+            let id = new_vm_name(&self.policy.vm_prefix);
+            let vm = VmRecord::new_creating(
+                id.clone(),
+                self.compute.resource_id(&id),
+                purpose,
+                self.clock.now(),
+            );
+            if let Written::Done(etag) = self.store.insert(&vm).await? {
+                return Ok(Versioned { vm, etag });
+            }
+        }
+        Err(PoolError::Contention)
+    }
+
+    /// Another instance may have consumed capacity at the same moment. Every claimer writes
+    /// before it counts, so the last of any two to count sees both; one that finds the pool
+    /// over its maximum takes its own claim back. Concurrent claims never over-fill the pool;
+    /// at worst both give way and the callers retry.
+    async fn confirm_capacity(&self, won: &Versioned) -> Result<(), PoolError> {
+        let max = self.policy.max_vms;
+        let all = self.store.list(Rows::All).await?;
+        if active(&all) <= max as usize {
+            return Ok(());
+        }
+        warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
+        let undone = if won.vm.operation == Some(domain::Operation::Create) {
+            self.store.delete(&won.vm.id, &won.etag).await
+        } else {
+            let mut back = won.vm.clone();
+            back.state = VmState::Deallocated;
+            back.operation = None;
+            back.purpose = Purpose::Buffer;
+            self.store.update(&back, &won.etag).await
+        };
+        if let Err(e) = undone {
+            // The row stays Creating with no ARM call; the reconciler gives it back.
+            warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
+        }
+        Err(PoolError::CapacityExhausted { max })
+    }
+
+    /// After the intent is written: handles the ARM answer to a create or start.
+    async fn act(
+        &self,
+        won: &Versioned,
+        answer: Result<(), ComputeError>,
+    ) -> Result<(), PoolError> {
+        let Err(e) = answer else {
+            return Ok(());
+        };
+        let mut next = won.vm.clone();
+        if e.is_transient() {
+            // Keep the intent but hand it to the warm buffer: the reconciler re-issues the
+            // call, and the caller, who gets a 503, is not left with a VM it never heard of.
+            next.purpose = Purpose::Buffer;
+            warn!(vm.id = %won.vm.id, error = %e, "ARM call failed; the reconciler finishes it into the buffer");
+        } else {
+            next = domain::fail(&won.vm, &e.to_string(), self.clock.now());
+            warn!(vm.id = %won.vm.id, error = %e, "ARM refused; the VM is Failed");
+        }
+        if let Err(store) = self.store.update(&next, &won.etag).await {
+            warn!(vm.id = %won.vm.id, error = %store, "could not record the ARM failure");
+        }
+        Err(e.into())
+    }
+
+    /// ReportGameRoomsNumber: records the room count; zero rooms on a VM marked for
+    /// deallocation deallocates it (without waiting for ARM).
+    #[instrument(skip_all, fields(vm.id = %id, rooms))]
+    pub async fn report_rooms(&self, id: &VmId, rooms: u32) -> Result<Changed, PoolError> {
+        for _ in 0..TRIES_PER_VM {
+            let row = self.get_row(id).await?;
+            let (next, action) = match domain::report_rooms(&row.vm, rooms, self.clock.now())? {
+                Report::AlreadyDeallocating => {
+                    return Ok(Changed {
+                        vm: row.vm,
+                        action: "deallocating",
+                    });
+                }
+                Report::Recorded(next) => (next, "recorded"),
+                Report::Deallocate(next) => (next, "deallocating"),
+            };
+            if let Written::LostRace = self.store.update(&next, &row.etag).await? {
+                continue;
+            }
+            if action == "deallocating" {
+                match self.compute.deallocate(id).await {
+                    Ok(()) | Err(ComputeError::NotFound) => {}
+                    Err(e) => {
+                        // The row says Deallocating; the reconciler re-issues the deallocate.
+                        warn!(error = %e, "deallocate not accepted yet; the reconciler re-issues it");
+                        return Err(e.into());
+                    }
+                }
+                info!("deallocating");
+            }
+            return Ok(Changed { vm: next, action });
+        }
+        Err(PoolError::Contention)
+    }
+
+    /// MarkVMForDeallocation: the matchmaker no longer needs the VM.
+    #[instrument(skip_all, fields(vm.id = %id))]
+    pub async fn mark_for_deallocation(&self, id: &VmId) -> Result<Changed, PoolError> {
+        for _ in 0..TRIES_PER_VM {
+            let row = self.get_row(id).await?;
+            match domain::mark_for_deallocation(&row.vm, self.clock.now())? {
+                Marked::Already => {
+                    return Ok(Changed {
+                        vm: row.vm,
+                        action: "alreadyMarked",
+                    });
+                }
+                Marked::Now(next) => {
+                    if let Written::Done(_) = self.store.update(&next, &row.etag).await? {
+                        return Ok(Changed {
+                            vm: next,
+                            action: "marked",
+                        });
+                    }
+                }
+            }
+        }
+        Err(PoolError::Contention)
+    }
+
+    /// GetAvailableVMs: the `Running` VMs, sorted by name.
+    pub async fn available(&self) -> Result<Vec<VmRecord>, PoolError> {
+        let mut vms: Vec<VmRecord> = self
+            .store
+            .list(Rows::InStates(&[VmState::Running]))
+            .await?
+            .into_iter()
+            .map(|r| r.vm)
+            .collect();
+        vms.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(vms)
+    }
+
+    /// GetPoolStatus: every VM and the reconciler's record.
+    pub async fn status(&self) -> Result<Status, PoolError> {
+        let (rows, meta) = tokio::try_join!(self.store.list(Rows::All), self.store.load_meta())?;
+        let mut vms: Vec<VmRecord> = rows.into_iter().map(|r| r.vm).collect();
+        vms.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Status {
+            vms,
+            meta: meta.unwrap_or_default(),
+        })
+    }
+
+    async fn get_row(&self, id: &VmId) -> Result<Versioned, PoolError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| PoolError::NotFound(id.clone()))
+    }
+}
+
+/// How many rows count against `VMPOOL_MAX_VMS`.
+pub fn active(rows: &[Versioned]) -> usize {
+    rows.iter()
+        .filter(|r| r.vm.state.counts_against_max())
+        .count()
+}
+
+/// A fresh VM name: the prefix, a dash and 10 random lowercase letters and digits.
+pub fn new_vm_name(prefix: &str) -> VmId {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..10)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    // The prefix is validated at start-up (at most 40 safe characters), so this always parses.
+    VmId::parse(&format!("{prefix}-{suffix}"))
+        .unwrap_or_else(|_| VmId::parse(&format!("vmpool-{suffix}")).expect("a fixed safe name"))
+}

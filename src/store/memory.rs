@@ -1,0 +1,142 @@
+//! An in-memory VM table that emulates Table Storage's conditional writes faithfully: every
+//! write bumps the row's ETag, and a write naming a stale one changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
+use crate::domain::{VmId, VmRecord};
+
+/// Rows kept in process. Cloning is not offered: share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: Mutex<HashMap<VmId, Versioned>>,
+    meta: Mutex<Option<PoolMeta>>,
+    version: AtomicU64,
+    down: AtomicBool,
+    writes: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every call fail with [`StoreError::Unavailable`] (or work again), to test how
+    /// callers handle an outage.
+    pub fn set_unavailable(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many writes were attempted (won or lost), to measure contention.
+    pub fn write_attempts(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable(
+                "the in-memory store is switched off".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn next_etag(&self) -> Etag {
+        let n = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        Etag(format!("W/\"{n}\""))
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Versioned>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        self.check_up()?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VmStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory (rows are lost when the process stops)".into()
+    }
+
+    async fn get(&self, id: &VmId) -> Result<Option<Versioned>, StoreError> {
+        self.check_up()?;
+        Ok(self.rows().get(id).cloned())
+    }
+
+    async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
+        self.check_up()?;
+        Ok(self
+            .rows()
+            .values()
+            .filter(|row| which.selects(row.vm.state))
+            .cloned()
+            .collect())
+    }
+
+    async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
+        self.write()?;
+        let mut rows = self.rows();
+        if rows.contains_key(&vm.id) {
+            return Ok(Written::LostRace);
+        }
+        let etag = self.next_etag();
+        rows.insert(
+            vm.id.clone(),
+            Versioned {
+                vm: vm.clone(),
+                etag: etag.clone(),
+            },
+        );
+        Ok(Written::Done(etag))
+    }
+
+    async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
+        self.write()?;
+        let mut rows = self.rows();
+        match rows.get_mut(&vm.id) {
+            Some(row) if row.etag == *etag => {
+                let etag = self.next_etag();
+                *row = Versioned {
+                    vm: vm.clone(),
+                    etag: etag.clone(),
+                };
+                Ok(Written::Done(etag))
+            }
+            _ => Ok(Written::LostRace),
+        }
+    }
+
+    async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
+        self.write()?;
+        let mut rows = self.rows();
+        match rows.get(id) {
+            Some(row) if row.etag == *etag => {
+                rows.remove(id);
+                Ok(Written::Done(etag.clone()))
+            }
+            _ => Ok(Written::LostRace),
+        }
+    }
+
+    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
+        self.check_up()?;
+        Ok(self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
+        self.check_up()?;
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! The VM table in Azure Table Storage (issue 3).
