@@ -197,11 +197,12 @@ pub struct Config {
     pub table: String,
     /// Which compute API drives the VMs.
     pub compute: ComputeConfig,
-    /// Standalone reconcile interval; `None` when the Functions timer drives reconciling.
+    /// Standalone reconcile interval; `None` when the Functions timer drives reconciling
+    /// (the default under the Functions host, which sets `FUNCTIONS_WORKER_RUNTIME`).
     pub reconcile_every: Option<Duration>,
     /// The pool's policy.
     pub policy: PoolPolicy,
-    /// Standalone API key, checked on `/api/*`.
+    /// Standalone API key, checked on `/api/*`; ignored under the Functions host.
     pub api_key: Option<Secret>,
     /// Log format.
     pub log_format: LogFormat,
@@ -487,7 +488,16 @@ impl Config {
                 ));
             }
         };
-        let reconcile_secs = number(src, "VMPOOL_RECONCILE_SECS", 10u64, 0, 86_400)?;
+        // Under the Functions host the timer function reconciles; a loop in every instance
+        // would only repeat its work.
+        let under_host = src.get("FUNCTIONS_WORKER_RUNTIME").is_some();
+        let reconcile_secs = number(
+            src,
+            "VMPOOL_RECONCILE_SECS",
+            if under_host { 0 } else { 10u64 },
+            0,
+            86_400,
+        )?;
         let defaults = PoolPolicy::default();
         let policy = PoolPolicy {
             min_standby: number(src, "VMPOOL_MIN_STANDBY", 0u32, 0, 10_000)?,
@@ -575,7 +585,11 @@ impl Config {
             compute,
             reconcile_every: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
             policy,
-            api_key: src.get("VMPOOL_API_KEY").map(Secret::new),
+            // The host checks function keys itself and forwards them; ours is standalone only.
+            api_key: src
+                .get("VMPOOL_API_KEY")
+                .filter(|_| !under_host)
+                .map(Secret::new),
             log_format,
         })
     }
@@ -598,6 +612,22 @@ mod tests {
         assert_eq!(c.reconcile_every, Some(Duration::from_secs(10)));
         assert_eq!((c.policy.min_standby, c.policy.max_vms), (0, 20));
         assert_eq!(c.api_key, None);
+    }
+
+    #[test]
+    fn under_the_functions_host_the_timer_reconciles_and_the_host_checks_keys() {
+        let c = Config::from_source(&[
+            ("FUNCTIONS_WORKER_RUNTIME", "custom"),
+            ("VMPOOL_API_KEY", "k"),
+        ])
+        .unwrap();
+        assert_eq!((c.reconcile_every, c.api_key), (None, None));
+        let c = Config::from_source(&[
+            ("FUNCTIONS_WORKER_RUNTIME", "custom"),
+            ("VMPOOL_RECONCILE_SECS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(c.reconcile_every, Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -130,8 +130,17 @@ pub struct SimApp {
     pub store: Arc<MemoryStore>,
 }
 
-/// vmpool over the in-memory store and simulated ARM, configured by `vars`.
-pub async fn spawn_sim(vars: &[(&str, &str)]) -> SimApp {
+/// The parts of the embedded default, not yet served.
+pub struct SimParts {
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    pub cloud: Arc<SimCloud>,
+    pub store: Arc<MemoryStore>,
+}
+
+/// vmpool's state over the in-memory store and simulated ARM on a manual clock,
+/// configured by `vars`.
+pub fn sim_parts(vars: &[(&str, &str)]) -> SimParts {
     let map: std::collections::HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -151,10 +160,21 @@ pub async fn spawn_sim(vars: &[(&str, &str)]) -> SimApp {
         compute,
         clock.clone(),
     );
-    SimApp {
-        app: serve(state).await,
+    SimParts {
+        state,
         clock,
         cloud,
         store,
+    }
+}
+
+/// vmpool over the in-memory store and simulated ARM, configured by `vars`, served.
+pub async fn spawn_sim(vars: &[(&str, &str)]) -> SimApp {
+    let parts = sim_parts(vars);
+    SimApp {
+        app: serve(parts.state).await,
+        clock: parts.clock,
+        cloud: parts.cloud,
+        store: parts.store,
     }
 }

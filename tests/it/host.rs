@@ -1,0 +1,258 @@
+//! The Functions host contract: reads `host.json` and every
+//! `function-definitions/*/function.json`, then sends exactly what the host would send
+//! (forwarded HTTP requests at `/api/<Name>`, the timer's `{"Data", "Metadata"}` POST) and
+//! checks the answers. A renamed folder, a wrong method or a broken function.json fails here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use time::Duration;
+
+use crate::support::spawn_sim;
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every function definition by name.
+fn definitions() -> BTreeMap<String, Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("function-definitions");
+    std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            (name, read_json(&dir.join("function.json")))
+        })
+        .collect()
+}
+
+#[test]
+fn host_json_forwards_http_to_the_vmpool_binary() {
+    let host = read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json"));
+    assert_eq!(host["version"], "2.0");
+    let handler = &host["customHandler"];
+    assert_eq!(handler["enableForwardingHttpRequest"], true);
+    assert_eq!(handler["description"]["defaultExecutablePath"], "vmpool");
+    assert_eq!(
+        env!("CARGO_PKG_NAME"),
+        "vmpool",
+        "the binary the host starts"
+    );
+    let settings = read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("local.settings.json"));
+    assert_eq!(settings["Values"]["FUNCTIONS_WORKER_RUNTIME"], "custom");
+    assert_eq!(
+        settings["Values"]["AzureWebJobsStorage"],
+        "UseDevelopmentStorage=true"
+    );
+}
+
+#[test]
+fn every_function_of_the_design_is_defined_with_valid_bindings() {
+    let defs = definitions();
+    let names: Vec<&str> = defs.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "CreateVM",
+            "GetAvailableVMs",
+            "GetPoolStatus",
+            "MarkVMForDeallocation",
+            "ReconcilePool",
+            "ReportGameRoomsNumber"
+        ]
+    );
+    for (name, def) in &defs {
+        let bindings = def["bindings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no bindings"));
+        let types: Vec<&str> = bindings
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        if name == "ReconcilePool" {
+            assert_eq!(types, ["timerTrigger"], "{name}");
+            let schedule = bindings[0]["schedule"].as_str().unwrap();
+            assert_eq!(
+                schedule.split_whitespace().count(),
+                6,
+                "six-field NCRONTAB: {schedule}"
+            );
+        } else {
+            // Forwarding needs exactly one httpTrigger in and one http out.
+            assert_eq!(types, ["httpTrigger", "http"], "{name}");
+            assert_eq!(bindings[0]["direction"], "in");
+            assert_eq!(bindings[1]["direction"], "out");
+            assert_eq!(bindings[0]["authLevel"], "function", "{name}");
+            assert!(
+                bindings[0].get("route").is_none(),
+                "{name}: the route is the folder name"
+            );
+        }
+    }
+}
+
+/// What the host sends for one HTTP function: the original request, forwarded.
+async fn forward(
+    app: &crate::support::TestApp,
+    name: &str,
+    method: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}/api/{name}?code=host-checked-key", app.base);
+    let mut req = app
+        .http
+        .request(
+            reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+            url,
+        )
+        .header("x-functions-key", "host-checked-key")
+        .header("x-ms-client-request-id", "c0ffee")
+        .header("x-forwarded-for", "203.0.113.200:5555");
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let json: Value = res.json().await.unwrap();
+    (status, json)
+}
+
+#[tokio::test]
+async fn the_host_can_drive_every_function_as_defined() {
+    let sim = spawn_sim(&[("FUNCTIONS_WORKER_RUNTIME", "custom")]).await;
+    let app = &sim.app;
+    let defs = definitions();
+
+    // The host probes GET / before it sends work.
+    let probe = app.send("GET", "/", None).await;
+    assert_eq!(probe.status, 200);
+
+    let methods = |name: &str| -> Vec<String> {
+        defs[name]["bindings"][0]["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // CreateVM, then the timer finishes it, then every other function on that VM.
+    let [create] = methods("CreateVM").try_into().unwrap();
+    let (status, created) = forward(app, "CreateVM", &create, None).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["vm"]["vmId"].as_str().unwrap().to_owned();
+
+    sim.clock.advance(Duration::minutes(5));
+    let timer_binding = defs["ReconcilePool"]["bindings"][0]["name"]
+        .as_str()
+        .unwrap();
+    let invocation = json!({
+        "Data": {
+            timer_binding: {
+                "Schedule": {"AdjustForDST": true},
+                "ScheduleStatus": {
+                    "Last": "2026-01-01T00:04:50+00:00",
+                    "Next": "2026-01-01T00:05:00+00:00",
+                    "LastUpdated": "2026-01-01T00:04:50+00:00"
+                },
+                "IsPastDue": false
+            }
+        },
+        "Metadata": {"sys": {"MethodName": "ReconcilePool", "UtcNow": "2026-01-01T00:05:00Z", "RandGuid": "5b1c"}}
+    });
+    let res = app
+        .http
+        .post(format!("{}/ReconcilePool", app.base))
+        .json(&invocation)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["Outputs"], json!({}));
+    assert!(
+        out["Logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("1 completed")),
+        "{out}"
+    );
+    assert_eq!(out["ReturnValue"]["ok"], true);
+
+    let [get] = methods("GetAvailableVMs").try_into().unwrap();
+    let (status, available) = forward(app, "GetAvailableVMs", &get, None).await;
+    assert_eq!(
+        (status, available["vms"][0]["vmId"].as_str()),
+        (200, Some(id.as_str()))
+    );
+
+    let [get] = methods("GetPoolStatus").try_into().unwrap();
+    let (status, pool) = forward(app, "GetPoolStatus", &get, None).await;
+    assert_eq!((status, &pool["counts"]["Running"]), (200, &json!(1)));
+
+    let [post] = methods("ReportGameRoomsNumber").try_into().unwrap();
+    let (status, reported) = forward(
+        app,
+        "ReportGameRoomsNumber",
+        &post,
+        Some(json!({"vmId": id, "rooms": 4})),
+    )
+    .await;
+    assert_eq!(
+        (status, reported["action"].as_str()),
+        (200, Some("recorded"))
+    );
+
+    let [post] = methods("MarkVMForDeallocation").try_into().unwrap();
+    let (status, marked) = forward(
+        app,
+        "MarkVMForDeallocation",
+        &post,
+        Some(json!({"vmId": id})),
+    )
+    .await;
+    assert_eq!(
+        (status, marked["vm"]["state"].as_str()),
+        (200, Some("MarkedForDeallocation"))
+    );
+
+    // A method the definition does not list is refused with the envelope and an Allow header.
+    for (name, def) in &defs {
+        if name == "ReconcilePool" {
+            continue;
+        }
+        let listed = methods(name);
+        let other = if listed.contains(&"get".to_owned()) {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let res = app
+            .http
+            .request(
+                reqwest::Method::from_bytes(other.as_bytes()).unwrap(),
+                format!("{}/api/{name}", app.base),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 405, "{name} {other}");
+        let allow = res.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        for m in &listed {
+            assert!(
+                allow.contains(m.as_str()),
+                "{name}: Allow {allow} lacks {m}"
+            );
+        }
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "MethodNotAllowed", "{def}");
+    }
+}
