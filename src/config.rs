@@ -142,6 +142,8 @@ pub struct PoolPolicy {
     pub demand_window: Duration,
     /// A raised buffer target (and surplus Standby VMs) is kept this long after demand falls.
     pub buffer_cooldown: Duration,
+    /// How long a VM takes to become ready; demand over this time is what the buffer covers.
+    pub ready_estimate: Duration,
     /// Most ARM creates and starts the reconciler issues per pass.
     pub max_creates_per_pass: u32,
     /// A drained (`MarkedForDeallocation`, 0 rooms) VM with no report for this long is deallocated.
@@ -165,6 +167,7 @@ impl Default for PoolPolicy {
             vm_prefix: "vmpool".into(),
             demand_window: Duration::from_secs(300),
             buffer_cooldown: Duration::from_secs(900),
+            ready_estimate: Duration::from_secs(180),
             max_creates_per_pass: 5,
             drain_timeout: Duration::from_secs(900),
             create_timeout: Duration::from_secs(900),
@@ -518,6 +521,12 @@ impl Config {
                 "VMPOOL_BUFFER_COOLDOWN_SECS",
                 defaults.buffer_cooldown.as_secs(),
                 0,
+            )?,
+            ready_estimate: seconds(
+                src,
+                "VMPOOL_READY_ESTIMATE_SECS",
+                defaults.ready_estimate.as_secs(),
+                1,
             )?,
             max_creates_per_pass: number(
                 src,

@@ -250,6 +250,37 @@ impl Pool {
         })
     }
 
+    /// The reconciler adds a VM to the warm buffer: starts `deallocated` if given, else
+    /// creates one. The same capacity rules as CreateVM apply.
+    pub async fn add_to_buffer(
+        &self,
+        deallocated: Option<&Versioned>,
+    ) -> Result<Created, PoolError> {
+        let _gate = self.capacity_gate.lock().await;
+        let max = self.policy.max_vms;
+        if active(&self.store.list(Rows::All).await?) >= max as usize {
+            return Err(PoolError::CapacityExhausted { max });
+        }
+        let won = match deallocated {
+            Some(row) => {
+                let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
+                match self.store.update(&next, &row.etag).await? {
+                    Written::Done(etag) => Versioned { vm: next, etag },
+                    Written::LostRace => return Err(PoolError::Contention),
+                }
+            }
+            None => self.insert_new(Purpose::Buffer).await?,
+        };
+        self.confirm_capacity(&won).await?;
+        let (answer, action) = if deallocated.is_some() {
+            (self.compute.start(&won.vm.id).await, "started")
+        } else {
+            (self.compute.create(&won.vm.id).await, "created")
+        };
+        self.act(&won, answer).await?;
+        Ok(Created { vm: won.vm, action })
+    }
+
     /// Inserts a row for a new VM under a fresh name.
     pub(crate) async fn insert_new(&self, purpose: Purpose) -> Result<Versioned, PoolError> {
         for _ in 0..TRIES_PER_VM {
