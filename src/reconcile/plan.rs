@@ -526,7 +526,12 @@ mod tests {
         let mut r = row("a", VmState::Deallocating, Some(Operation::Deallocate));
         r.vm.attempts = MAX_DEALLOCATE_ATTEMPTS;
         assert_eq!(
-            run(&[r.clone()], &[(&r, up())], 601, &PoolPolicy::default()),
+            run(
+                std::slice::from_ref(&r),
+                &[(&r, up())],
+                601,
+                &PoolPolicy::default()
+            ),
             ["fail a"]
         );
     }
@@ -539,16 +544,16 @@ mod tests {
         let dealloc = row("d", VmState::Deallocated, None);
         // Deallocated in the portal: the row follows ARM.
         assert_eq!(
-            run(&[running.clone()], &[(&running, off())], 61, &p),
+            run(std::slice::from_ref(&running), &[(&running, off())], 61, &p),
             ["correct r to Deallocated"]
         );
         // Deleted in the portal: recorded as failed (then cleaned up).
-        assert_eq!(run(&[running.clone()], &[], 61, &p), ["fail r"]);
-        assert_eq!(run(&[dealloc.clone()], &[], 61, &p), ["fail d"]);
+        assert_eq!(run(std::slice::from_ref(&running), &[], 61, &p), ["fail r"]);
+        assert_eq!(run(std::slice::from_ref(&dealloc), &[], 61, &p), ["fail d"]);
         // Stopped but still billed, with nobody on it.
         assert_eq!(
             run(
-                &[standby.clone()],
+                std::slice::from_ref(&standby),
                 &[(&standby, status(Provisioning::Succeeded, Power::Stopped))],
                 61,
                 &p
@@ -557,11 +562,11 @@ mod tests {
         );
         // Started in the portal: billed, so it joins the buffer.
         assert_eq!(
-            run(&[dealloc.clone()], &[(&dealloc, up())], 61, &p),
+            run(std::slice::from_ref(&dealloc), &[(&dealloc, up())], 61, &p),
             ["correct d to Standby"]
         );
         // Within the grace period nothing is trusted yet.
-        assert!(run(&[running.clone()], &[], 30, &p).is_empty());
+        assert!(run(std::slice::from_ref(&running), &[], 30, &p).is_empty());
         // A pool VM with no row is adopted.
         let ghost = row("ghost", VmState::Running, None);
         assert_eq!(run(&[], &[(&ghost, up())], 0, &p), ["adopt ghost"]);
@@ -572,17 +577,33 @@ mod tests {
         let p = PoolPolicy::default();
         let failed = row("f", VmState::Failed, None);
         assert_eq!(
-            run(&[failed.clone()], &[(&failed, up())], 0, &p),
+            run(std::slice::from_ref(&failed), &[(&failed, up())], 0, &p),
             ["delete f"]
         );
         let mut deleting = failed.clone();
         deleting.vm.operation = Some(Operation::Delete);
-        assert!(run(&[deleting.clone()], &[(&deleting, up())], 30, &p).is_empty());
+        assert!(
+            run(
+                std::slice::from_ref(&deleting),
+                &[(&deleting, up())],
+                30,
+                &p
+            )
+            .is_empty()
+        );
         assert_eq!(
-            run(&[deleting.clone()], &[(&deleting, up())], 601, &p),
+            run(
+                std::slice::from_ref(&deleting),
+                &[(&deleting, up())],
+                601,
+                &p
+            ),
             ["delete f"]
         );
-        assert_eq!(run(&[deleting.clone()], &[], 30, &p), ["forget f"]);
+        assert_eq!(
+            run(std::slice::from_ref(&deleting), &[], 30, &p),
+            ["forget f"]
+        );
     }
 
     #[test]
@@ -720,7 +741,7 @@ mod tests {
 
         // While open: no creates, but starts of deallocated VMs still fill the buffer.
         let d = row("d", VmState::Deallocated, None);
-        let (actions, _) = run_meta(&[d.clone()], &[(&d, off())], 60, &policy, &meta);
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &meta);
         assert_eq!(actions, ["start d"]);
 
         // After the cool-down: half open, creates resume; one more failure reopens it.
@@ -729,7 +750,7 @@ mod tests {
         assert_eq!(half.breaker_open_until, None);
         let one = buffer_row("c9", VmState::Creating);
         let (_, reopened) = run_meta(
-            &[one.clone()],
+            std::slice::from_ref(&one),
             &[(
                 &one,
                 status(Provisioning::Failed("QuotaExceeded".into()), Power::Unknown),
@@ -742,7 +763,13 @@ mod tests {
 
         // A success closes it.
         let ok = buffer_row("c8", VmState::Creating);
-        let (_, closed) = run_meta(&[ok.clone()], &[(&ok, up())], 40, &policy, &meta);
+        let (_, closed) = run_meta(
+            std::slice::from_ref(&ok),
+            &[(&ok, up())],
+            40,
+            &policy,
+            &meta,
+        );
         assert_eq!(
             (
                 closed.breaker_open_until,
