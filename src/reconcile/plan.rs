@@ -108,8 +108,10 @@ pub fn plan(
     let mut create_failures = 0u32;
     let mut create_succeeded = false;
     let mut last_create_error = None;
-    // Rows an action already takes care of this pass.
+    // Rows an action already takes care of this pass, and those of them it takes out of
+    // the buffer.
     let mut handled: HashSet<&VmId> = HashSet::new();
+    let mut leaving: HashSet<&VmId> = HashSet::new();
 
     for row in rows {
         if let Some(action) = settle(row, observed.arm.get(&row.vm.id), now, policy) {
@@ -124,6 +126,14 @@ pub fn plan(
                 }
             }
             handled.insert(&row.vm.id);
+            if matches!(
+                action,
+                Action::Fail(..)
+                    | Action::Deallocate(..)
+                    | Action::Correct(_, VmState::Deallocated)
+            ) {
+                leaving.insert(&row.vm.id);
+            }
             actions.push(action);
         }
     }
@@ -181,7 +191,7 @@ pub fn plan(
     // Fill the buffer: starts of deallocated VMs first (faster and cheaper), then creates.
     let buffer = rows
         .iter()
-        .filter(|r| !handled.contains(&r.vm.id))
+        .filter(|r| !leaving.contains(&r.vm.id))
         .filter(|r| {
             r.vm.state == VmState::Standby
                 || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
@@ -633,6 +643,30 @@ mod tests {
             (&s, up()),
         ];
         assert_eq!(run(&rows, &arm, 0, &policy), ["create", "create"]);
+
+        // Buffer VMs completing this pass still count; failing ones do not.
+        let done = buffer_row("done", VmState::Creating);
+        let bad = buffer_row("bad", VmState::Creating);
+        let rows = [done.clone(), bad.clone()];
+        let arm = [
+            (&done, up()),
+            (
+                &bad,
+                status(Provisioning::Failed("x".into()), Power::Unknown),
+            ),
+        ];
+        assert_eq!(
+            run(
+                &rows,
+                &arm,
+                0,
+                &PoolPolicy {
+                    min_standby: 2,
+                    ..policy.clone()
+                }
+            ),
+            ["complete done", "fail bad", "create"]
+        );
 
         // Never past the maximum.
         let full: Vec<Versioned> = (0..9)

@@ -8,4 +8,5 @@ mod support;
 
 mod api;
 mod host;
+mod reconcile;
 mod router;

@@ -1,0 +1,598 @@
+//! The reconciler end to end on virtual time: the warm buffer (fill, take, refill), every
+//! failure path, drift repair, and crash recovery with the executor interrupted at each step
+//! between its row write and its ARM call. `Rig` runs the same tests over any store and
+//! compute, so they also run against Azurite and the ARM fake.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use time::Duration;
+use tokio::sync::Notify;
+use vmpool::clock::{Clock, ManualClock};
+use vmpool::compute::sim::{Fault, Latencies, SimCloud, SimOp, SimulatedCompute};
+use vmpool::compute::{Compute, ComputeError, Power, VmStatus};
+use vmpool::config::{ComputeConfig, Config};
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::pool::Pool;
+use vmpool::reconcile::{Reconciler, Summary};
+use vmpool::store::memory::MemoryStore;
+use vmpool::store::{Rows, VmStore};
+
+/// A pool, its reconciler and the simulated cloud behind its compute API.
+pub struct Rig {
+    pub config: Config,
+    pub store: Arc<dyn VmStore>,
+    pub compute: Arc<dyn Compute>,
+    pub cloud: Arc<SimCloud>,
+    pub clock: Arc<ManualClock>,
+    pub pool: Arc<Pool>,
+    pub reconciler: Reconciler,
+}
+
+pub fn config(vars: &[(&str, &str)]) -> Config {
+    let map: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::from_source(&map).unwrap()
+}
+
+impl Rig {
+    /// Over the in-memory store and the simulated compute.
+    pub fn sim(vars: &[(&str, &str)]) -> Rig {
+        let config = config(vars);
+        let clock = Arc::new(ManualClock::default());
+        let latencies = match &config.compute {
+            ComputeConfig::Simulated(l) => *l,
+            ComputeConfig::Arm(_) => Latencies::default(),
+        };
+        let cloud = Arc::new(SimCloud::new(clock.clone() as Arc<dyn Clock>, latencies, 3));
+        let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud.clone(), "test"));
+        Rig::over(config, Arc::new(MemoryStore::new()), compute, cloud, clock)
+    }
+
+    /// Over any store and compute that drive `cloud` on `clock`.
+    pub fn over(
+        config: Config,
+        store: Arc<dyn VmStore>,
+        compute: Arc<dyn Compute>,
+        cloud: Arc<SimCloud>,
+        clock: Arc<ManualClock>,
+    ) -> Rig {
+        let pool = Arc::new(Pool::new(
+            store.clone(),
+            compute.clone(),
+            clock.clone(),
+            Arc::new(config.policy.clone()),
+        ));
+        Rig {
+            reconciler: Reconciler::new(pool.clone()),
+            config,
+            store,
+            compute,
+            cloud,
+            clock,
+            pool,
+        }
+    }
+
+    /// The same pool over a compute API that never answers once `crash` is set: the caller's
+    /// future is dropped right after the row write, as if the process died there.
+    pub fn crashing(&self) -> (Arc<Pool>, Reconciler, Arc<Crashing>) {
+        let crashing = Arc::new(Crashing {
+            inner: self.compute.clone(),
+            crash: AtomicBool::new(true),
+            reached: Notify::new(),
+        });
+        let pool = Arc::new(Pool::new(
+            self.store.clone(),
+            crashing.clone(),
+            self.clock.clone(),
+            Arc::new(self.config.policy.clone()),
+        ));
+        (pool.clone(), Reconciler::new(pool), crashing)
+    }
+
+    pub async fn pass(&self) -> Summary {
+        self.reconciler.run_once().await.unwrap()
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(Duration::seconds(secs));
+    }
+
+    pub async fn rows(&self) -> Vec<VmRecord> {
+        let mut rows: Vec<VmRecord> = self
+            .store
+            .list(Rows::All)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.vm)
+            .collect();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        rows
+    }
+
+    pub async fn count(&self, state: VmState) -> usize {
+        self.rows()
+            .await
+            .iter()
+            .filter(|vm| vm.state == state)
+            .count()
+    }
+}
+
+/// Runs `op` until it reaches its ARM call, then drops it there.
+pub async fn interrupt<T: std::fmt::Debug>(
+    crashing: &Crashing,
+    op: impl std::future::Future<Output = T>,
+) {
+    tokio::select! {
+        done = op => panic!("the operation finished without reaching ARM: {done:?}"),
+        () = crashing.reached.notified() => {}
+    }
+}
+
+/// A compute API whose mutations hang forever while `crash` is set.
+pub struct Crashing {
+    inner: Arc<dyn Compute>,
+    pub crash: AtomicBool,
+    reached: Notify,
+}
+
+impl Crashing {
+    async fn gate(&self) {
+        if self.crash.load(Ordering::SeqCst) {
+            self.reached.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Compute for Crashing {
+    fn describe(&self) -> String {
+        "crashing".into()
+    }
+    fn resource_id(&self, name: &VmId) -> String {
+        self.inner.resource_id(name)
+    }
+    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.gate().await;
+        self.inner.create(name).await
+    }
+    async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.gate().await;
+        self.inner.start(name).await
+    }
+    async fn deallocate(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.gate().await;
+        self.inner.deallocate(name).await
+    }
+    async fn delete(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.gate().await;
+        self.inner.delete(name).await
+    }
+    async fn status(&self, name: &VmId) -> Result<Option<VmStatus>, ComputeError> {
+        self.inner.status(name).await
+    }
+    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError> {
+        self.inner.list().await
+    }
+    async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
+        self.inner.public_ip(name).await
+    }
+}
+
+// ---- the tests, over any rig -------------------------------------------------------------
+
+pub async fn buffer_fills_is_taken_and_refills(rig: Rig) {
+    let s = rig.pass().await;
+    assert_eq!((s.created, s.buffer_target), (2, 2), "{}", s.line());
+    assert_eq!(rig.count(VmState::Creating).await, 2);
+    // Nothing is over-created while the buffer VMs are on their way.
+    assert_eq!(rig.pass().await.created, 0);
+
+    // A CreateVM while they boot claims one of them.
+    let claimed = rig.pool.create_vm().await.unwrap();
+    assert_eq!(claimed.action, "claimedCreating");
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.completed, 2, "{}", s.line());
+    assert_eq!(s.created, 1, "the claimed VM is replaced: {}", s.line());
+    let claimed_now = rig
+        .rows()
+        .await
+        .into_iter()
+        .find(|vm| vm.id == claimed.vm.id)
+        .unwrap();
+    assert_eq!(claimed_now.state, VmState::Running);
+    assert!(claimed_now.public_ip.is_some());
+
+    // A CreateVM now gets a Standby VM, Running at once.
+    let taken = rig.pool.create_vm().await.unwrap();
+    assert_eq!(
+        (taken.action, taken.vm.state),
+        ("standby", VmState::Running)
+    );
+    rig.advance(180);
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Standby).await, 2, "refilled");
+    assert_eq!(rig.count(VmState::Running).await, 2);
+
+    // Deallocated VMs are started for the buffer before new ones are created.
+    let running: Vec<VmId> = rig
+        .rows()
+        .await
+        .into_iter()
+        .filter(|vm| vm.state == VmState::Running)
+        .map(|vm| vm.id)
+        .collect();
+    for id in &running {
+        rig.pool.mark_for_deallocation(id).await.unwrap();
+        rig.pool.report_rooms(id, 0).await.unwrap();
+    }
+    rig.advance(120);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Deallocated).await, 2);
+    rig.pool.create_vm().await.unwrap();
+    rig.pool.create_vm().await.unwrap();
+    let s = rig.pass().await;
+    assert_eq!((s.started, s.created), (2, 0), "{}", s.line());
+}
+
+pub async fn failures_are_recorded_cleaned_up_and_replaced(rig: Rig) {
+    rig.cloud.inject(Fault::ProvisioningFails(
+        "AllocationFailed: no capacity in zone".into(),
+    ));
+    rig.pass().await;
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(
+        (s.failed, s.created),
+        (1, 1),
+        "replaced at once: {}",
+        s.line()
+    );
+    let failed = rig
+        .rows()
+        .await
+        .into_iter()
+        .find(|vm| vm.state == VmState::Failed)
+        .unwrap();
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("AllocationFailed")
+    );
+    // Next pass: the failed VM is deleted in ARM.
+    let s = rig.pass().await;
+    assert_eq!((s.deleted, s.created), (1, 0), "{}", s.line());
+    rig.advance(60);
+    let s = rig.pass().await;
+    assert_eq!(s.forgotten, 1, "{}", s.line());
+    assert!(
+        rig.cloud.get(failed.id.as_str()).unwrap().is_none(),
+        "deleted in ARM"
+    );
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Standby).await, 1);
+    assert_eq!(rig.count(VmState::Failed).await, 0);
+}
+
+pub async fn a_create_that_times_out_fails(rig: Rig) {
+    // VMPOOL_CREATE_TIMEOUT_SECS=120 with creates that take 150 s.
+    rig.pass().await;
+    rig.advance(121);
+    let s = rig.pass().await;
+    assert_eq!(s.failed, 1, "{}", s.line());
+    let failed = rig
+        .rows()
+        .await
+        .into_iter()
+        .find(|vm| vm.state == VmState::Failed)
+        .unwrap();
+    assert!(failed.last_error.unwrap().contains("not running"));
+}
+
+pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
+    for _ in 0..4 {
+        rig.cloud
+            .inject(Fault::ProvisioningFails("QuotaExceeded: cores".into()));
+    }
+    rig.pass().await; // 2 creates
+    rig.advance(180);
+    rig.pass().await; // 2 failed (2 in a row), 2 replacements created
+    rig.advance(180);
+    rig.pass().await; // 2 more failed (4 in a row): the breaker opens
+    let status = rig.pool.status().await.unwrap();
+    let until = status.meta.breaker_open_until.expect("breaker open");
+    assert!(until > rig.clock.now());
+    assert!(
+        status
+            .meta
+            .breaker_reason
+            .unwrap()
+            .contains("QuotaExceeded")
+    );
+    let creates_before = rig.cloud.calls().get("create").copied().unwrap_or(0);
+    rig.advance(60);
+    rig.pass().await;
+    rig.advance(60);
+    rig.pass().await;
+    assert_eq!(
+        rig.cloud.calls().get("create").copied().unwrap_or(0),
+        creates_before,
+        "no creates while open"
+    );
+    // After the cool-down a create is tried again and, succeeding, closes the breaker.
+    rig.advance(700);
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let status = rig.pool.status().await.unwrap();
+    assert_eq!(status.meta.breaker_open_until, None, "{:?}", status.meta);
+    assert!(rig.count(VmState::Standby).await >= 1);
+}
+
+pub async fn drift_is_repaired(rig: Rig) {
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let standby = rig
+        .rows()
+        .await
+        .into_iter()
+        .filter(|vm| vm.state == VmState::Standby)
+        .map(|vm| vm.id)
+        .collect::<Vec<_>>();
+    assert_eq!(standby.len(), 2);
+    // One deleted behind our back, one deallocated in the portal.
+    rig.cloud.remove_behind_our_back(standby[0].as_str());
+    rig.cloud
+        .force_power(standby[1].as_str(), Power::Deallocated);
+    rig.advance(61);
+    let s = rig.pass().await;
+    assert_eq!((s.failed, s.corrected), (1, 1), "{}", s.line());
+    let rows = rig.rows().await;
+    assert_eq!(
+        rows.iter().find(|vm| vm.id == standby[1]).unwrap().state,
+        VmState::Deallocated
+    );
+    // A pool VM with no row is adopted.
+    rig.cloud
+        .create("ghost-1", [("vmpool".to_owned(), "test".to_owned())].into())
+        .unwrap();
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.adopted, 1, "{}", s.line());
+    assert!(
+        rig.rows()
+            .await
+            .iter()
+            .any(|vm| vm.id.as_str() == "ghost-1")
+    );
+}
+
+pub async fn drained_vms_are_deallocated_after_the_drain_timeout(rig: Rig) {
+    rig.pool.create_vm().await.unwrap();
+    rig.pool.create_vm().await.unwrap();
+    rig.advance(180);
+    rig.pass().await;
+    let ids: Vec<VmId> = rig
+        .pool
+        .available()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|vm| vm.id)
+        .collect();
+    rig.pool.report_rooms(&ids[0], 0).await.unwrap();
+    rig.pool.report_rooms(&ids[1], 4).await.unwrap();
+    rig.pool.mark_for_deallocation(&ids[0]).await.unwrap();
+    rig.pool.mark_for_deallocation(&ids[1]).await.unwrap();
+    let state_of =
+        |rows: Vec<VmRecord>, id: &VmId| rows.into_iter().find(|vm| vm.id == *id).unwrap().state;
+    rig.advance(899);
+    rig.pass().await;
+    assert_eq!(
+        state_of(rig.rows().await, &ids[0]),
+        VmState::MarkedForDeallocation
+    );
+    rig.advance(2);
+    rig.pass().await;
+    assert_eq!(state_of(rig.rows().await, &ids[0]), VmState::Deallocating);
+    assert_eq!(
+        state_of(rig.rows().await, &ids[1]),
+        VmState::MarkedForDeallocation
+    );
+    rig.advance(86_400);
+    rig.pass().await;
+    let rows = rig.rows().await;
+    assert_eq!(
+        rows.iter().find(|vm| vm.id == ids[0]).unwrap().state,
+        VmState::Deallocated
+    );
+    assert_eq!(
+        rows.iter().find(|vm| vm.id == ids[1]).unwrap().state,
+        VmState::MarkedForDeallocation,
+        "a VM with rooms is never touched"
+    );
+}
+
+/// Every step with a row write before an ARM call, interrupted there; then one pass after the
+/// grace period repairs it and the VM reaches the state the step was heading for.
+pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
+    let (crash_pool, crash_reconciler, crashing) = rig.crashing();
+
+    // 1. CreateVM, new VM: row written, ARM create never sent.
+    interrupt(&crashing, crash_pool.create_vm()).await;
+    let row = rig.rows().await.pop().unwrap();
+    assert_eq!(row.state, VmState::Creating);
+    assert!(rig.cloud.get(row.id.as_str()).unwrap().is_none());
+    rig.advance(61);
+    assert_eq!(rig.pass().await.reissued, 1);
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(
+        rig.rows().await[0].state,
+        VmState::Running,
+        "finished for the matchmaker"
+    );
+    let id = row.id;
+
+    // 2. ReportGameRoomsNumber 0 on a marked VM: Deallocating, ARM deallocate never sent.
+    rig.pool.mark_for_deallocation(&id).await.unwrap();
+    interrupt(&crashing, crash_pool.report_rooms(&id, 0)).await;
+    assert_eq!(rig.rows().await[0].state, VmState::Deallocating);
+    rig.advance(61);
+    assert_eq!(rig.pass().await.reissued, 1);
+    rig.advance(60);
+    rig.pass().await;
+    assert_eq!(rig.rows().await[0].state, VmState::Deallocated);
+
+    // 3. CreateVM, start of a deallocated VM: Creating, ARM start never sent.
+    interrupt(&crashing, crash_pool.create_vm()).await;
+    assert_eq!(rig.rows().await[0].state, VmState::Creating);
+    rig.advance(61);
+    assert_eq!(rig.pass().await.reissued, 1);
+    rig.advance(60);
+    rig.pass().await;
+    assert_eq!(rig.rows().await[0].state, VmState::Running);
+
+    // 4. The reconciler's buffer create: row written, ARM create never sent.
+    let buffered = Rig::over(
+        config(&[("VMPOOL_MIN_STANDBY", "1")]),
+        rig.store.clone(),
+        rig.compute.clone(),
+        rig.cloud.clone(),
+        rig.clock.clone(),
+    );
+    let (_, crash_buffer, crashing_buffer) = buffered.crashing();
+    interrupt(&crashing_buffer, crash_buffer.run_once()).await;
+    assert_eq!(buffered.count(VmState::Creating).await, 1);
+    buffered.advance(61);
+    assert_eq!(buffered.pass().await.reissued, 1);
+    buffered.advance(180);
+    buffered.pass().await;
+    assert_eq!(buffered.count(VmState::Standby).await, 1);
+
+    // 5. The reconciler's surplus deallocate: with no buffer wanted, the Standby VM goes.
+    let surplus = Rig::over(
+        config(&[("VMPOOL_BUFFER_COOLDOWN_SECS", "0")]),
+        rig.store.clone(),
+        rig.compute.clone(),
+        rig.cloud.clone(),
+        rig.clock.clone(),
+    );
+    let (_, crash_surplus, crashing_surplus) = surplus.crashing();
+    interrupt(&crashing_surplus, crash_surplus.run_once()).await;
+    assert_eq!(surplus.count(VmState::Deallocating).await, 1);
+    surplus.advance(61);
+    assert_eq!(surplus.pass().await.reissued, 1);
+    surplus.advance(60);
+    surplus.pass().await;
+    assert_eq!(surplus.count(VmState::Standby).await, 0);
+    assert_eq!(surplus.count(VmState::Deallocating).await, 0);
+
+    // 6. The delete of a failed VM: row says Delete, ARM delete never sent.
+    let running = rig
+        .rows()
+        .await
+        .into_iter()
+        .find(|vm| vm.state == VmState::Running)
+        .unwrap();
+    let row = rig.store.get(&running.id).await.unwrap().unwrap();
+    let failed = vmpool::domain::fail(&row.vm, "test failure", rig.clock.now());
+    rig.store.update(&failed, &row.etag).await.unwrap();
+    interrupt(&crashing, crash_reconciler.run_once()).await;
+    let row = rig
+        .rows()
+        .await
+        .into_iter()
+        .find(|vm| vm.id == running.id)
+        .unwrap();
+    assert_eq!(row.operation, Some(vmpool::domain::Operation::Delete));
+    assert!(
+        rig.cloud.get(running.id.as_str()).unwrap().is_some(),
+        "not deleted yet"
+    );
+    rig.advance(601);
+    assert_eq!(rig.pass().await.deleted, 1);
+    rig.advance(60);
+    assert_eq!(rig.pass().await.forgotten, 1);
+    assert!(rig.rows().await.iter().all(|vm| vm.id != running.id));
+}
+
+pub async fn arm_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
+    rig.cloud.inject(Fault::Refuse(
+        SimOp::Create,
+        ComputeError::Unavailable("503 from ARM".into()),
+    ));
+    let s = rig.pass().await;
+    assert_eq!((s.created, s.errors), (0, 1), "{}", s.line());
+    // The intent row stays (for the buffer) and is re-issued after the grace period.
+    assert_eq!(rig.count(VmState::Creating).await, 1);
+    rig.advance(61);
+    assert_eq!(rig.pass().await.reissued, 1);
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Standby).await, 1);
+}
+
+// ---- in memory, simulated ARM ---------------------------------------------------------------
+
+#[tokio::test]
+async fn sim_buffer_fills_is_taken_and_refills() {
+    buffer_fills_is_taken_and_refills(Rig::sim(&[("VMPOOL_MIN_STANDBY", "2")])).await;
+}
+
+#[tokio::test]
+async fn sim_failures_are_recorded_cleaned_up_and_replaced() {
+    failures_are_recorded_cleaned_up_and_replaced(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")])).await;
+}
+
+#[tokio::test]
+async fn sim_a_create_that_times_out_fails() {
+    a_create_that_times_out_fails(Rig::sim(&[
+        ("VMPOOL_MIN_STANDBY", "1"),
+        ("VMPOOL_CREATE_TIMEOUT_SECS", "120"),
+    ]))
+    .await;
+}
+
+#[tokio::test]
+async fn sim_the_breaker_stops_creates_and_says_why() {
+    the_breaker_stops_creates_and_says_why(Rig::sim(&[
+        ("VMPOOL_MIN_STANDBY", "2"),
+        ("VMPOOL_BREAKER_COOLDOWN_SECS", "600"),
+    ]))
+    .await;
+}
+
+#[tokio::test]
+async fn sim_drift_is_repaired() {
+    drift_is_repaired(Rig::sim(&[("VMPOOL_MIN_STANDBY", "2")])).await;
+}
+
+#[tokio::test]
+async fn sim_drained_vms_are_deallocated_after_the_drain_timeout() {
+    drained_vms_are_deallocated_after_the_drain_timeout(Rig::sim(&[])).await;
+}
+
+#[tokio::test]
+async fn sim_every_interrupted_step_is_repaired_by_one_pass() {
+    every_interrupted_step_is_repaired_by_one_pass(Rig::sim(&[])).await;
+}
+
+#[tokio::test]
+async fn sim_arm_faults_during_a_pass_are_retried_next_pass() {
+    arm_faults_during_a_pass_are_retried_next_pass(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")])).await;
+}
