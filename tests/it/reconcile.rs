@@ -13,7 +13,7 @@ use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::sim::{Fault, Latencies, SimCloud, SimOp, SimulatedCompute};
 use vmpool::compute::{Compute, ComputeError, Power, VmStatus};
 use vmpool::config::{ComputeConfig, Config};
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{VmId, VmRecord, VmState};
 use vmpool::pool::Pool;
 use vmpool::reconcile::{Reconciler, Summary};
 use vmpool::store::memory::MemoryStore;
