@@ -166,7 +166,7 @@ impl Default for PoolPolicy {
             game_ports: Vec::new(),
             vm_prefix: "vmpool".into(),
             demand_window: Duration::from_secs(300),
-            buffer_cooldown: Duration::from_secs(900),
+            buffer_cooldown: Duration::from_secs(600),
             ready_estimate: Duration::from_secs(180),
             max_creates_per_pass: 5,
             drain_timeout: Duration::from_secs(900),

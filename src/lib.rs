@@ -10,6 +10,7 @@
 //! - [`http`]: the routes, JSON shapes and the error envelope.
 //! - [`config`]: settings from environment variables.
 //! - [`startup`]: wiring a configuration into a running service.
+//! - [`simulation`]: replays demand traces through the pool and the fixed-buffer reference.
 //! - [`clock`]: time as a parameter.
 
 pub mod arm_fake;
@@ -20,5 +21,6 @@ pub mod domain;
 pub mod http;
 pub mod pool;
 pub mod reconcile;
+pub mod simulation;
 pub mod startup;
 pub mod store;
