@@ -725,3 +725,61 @@ async fn a_quota_refusal_is_recorded_on_the_vm() {
     let status = app.status().await;
     assert_eq!(status.json["counts"]["Failed"], 1, "{:?}", status.json);
 }
+
+/// Nothing a client sends makes the fake fail: every answer is an ARM answer, never a 500
+/// or a dropped connection.
+#[tokio::test]
+async fn the_fake_answers_junk_with_arm_errors() {
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let vm = format!(
+        "/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Compute/virtualMachines"
+    );
+    let bodies: [&[u8]; 7] = [
+        b"",
+        b"null",
+        b"[]",
+        b"{\"location\": {}}",
+        b"{\"properties\": [1]}",
+        b"{\"location\":\"x\",\"tags\":{\"a\":1}}",
+        b"\xff\xfe\x00garbage",
+    ];
+    let paths = [
+        format!("{vm}/a?api-version=2024-07-01"),
+        format!("{vm}/a%2Fb?api-version=2024-07-01"),
+        format!("{vm}/a/start?api-version=2024-07-01&api-version=x"),
+        format!("{vm}?api-version=2024-07-01&$skiptoken=-1&statusOnly=maybe"),
+        format!("{vm}/a?api-version=2024-07-01&$expand=everything"),
+        format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/x/operations/nope?api-version=2024-07-01"
+        ),
+        "/_fake/vms/x/y".to_owned(),
+        "/%%%?%%%".to_owned(),
+    ];
+    for path in &paths {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            for body in bodies {
+                let res = http
+                    .request(
+                        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                        format!("{}{path}", f.base),
+                    )
+                    .bearer_auth(TOKEN)
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                assert!(status < 500, "{method} {path}: {status}");
+                if status >= 400 {
+                    let text = res.text().await.unwrap();
+                    if !text.is_empty() {
+                        let json: Value = serde_json::from_str(&text)
+                            .unwrap_or_else(|_| panic!("{method} {path}: {text}"));
+                        assert!(json["error"]["code"].is_string(), "{method} {path}: {text}");
+                    }
+                }
+            }
+        }
+    }
+}
