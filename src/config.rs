@@ -412,6 +412,57 @@ fn arm(src: &dyn Source) -> Result<ArmConfig, ConfigError> {
     let admin_username = src
         .get("VMPOOL_ADMIN_USERNAME")
         .unwrap_or_else(|| "azureuser".into());
+    let vm_size = vm_size.trim().to_owned();
+    if vm_size.is_empty()
+        || vm_size.len() > 64
+        || !vm_size
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(invalid(
+            "VMPOOL_VM_SIZE",
+            format!("{vm_size:?} is not a VM size such as Standard_B2s"),
+        ));
+    }
+    let admin_username = admin_username.trim().to_owned();
+    let user_ok = (1..=32).contains(&admin_username.len())
+        && admin_username.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && admin_username
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    // Names Azure refuses for a Linux admin user.
+    const RESERVED: &[&str] = &[
+        "root",
+        "admin",
+        "administrator",
+        "user",
+        "user1",
+        "test",
+        "test1",
+        "guest",
+        "sys",
+        "adm",
+        "daemon",
+        "bin",
+        "nobody",
+        "sshd",
+        "support",
+        "owner",
+    ];
+    if !user_ok || RESERVED.contains(&admin_username.as_str()) {
+        return Err(invalid(
+            "VMPOOL_ADMIN_USERNAME",
+            format!(
+                "{admin_username:?} is not allowed: 1-32 lowercase letters, digits, '_' or '-', starting with a letter or '_', and not a reserved name such as root or admin"
+            ),
+        ));
+    }
+    if ssh_public_key.contains(['\n', '\r']) || ssh_public_key.split_whitespace().count() < 2 {
+        return Err(invalid(
+            "VMPOOL_SSH_PUBLIC_KEY",
+            "must be one OpenSSH public key on one line (type, key data, optional comment)",
+        ));
+    }
     Ok(ArmConfig {
         endpoint,
         token: src.get("VMPOOL_ARM_TOKEN").map(Secret::new),
@@ -421,8 +472,8 @@ fn arm(src: &dyn Source) -> Result<ArmConfig, ConfigError> {
         subnet_id,
         ssh_public_key,
         image,
-        vm_size: vm_size.trim().to_owned(),
-        admin_username: admin_username.trim().to_owned(),
+        vm_size,
+        admin_username,
     })
 }
 
@@ -723,6 +774,10 @@ mod tests {
             ("VMPOOL_IMAGE", "Canonical:ubuntu"),
             ("VMPOOL_ARM_ENDPOINT", "ftp://x"),
             ("VMPOOL_LOCATION", "west europe"),
+            ("VMPOOL_VM_SIZE", "Standard B2s"),
+            ("VMPOOL_ADMIN_USERNAME", "root"),
+            ("VMPOOL_ADMIN_USERNAME", "Azure User"),
+            ("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519"),
         ] {
             let mut src: std::collections::HashMap<String, String> = full
                 .iter()

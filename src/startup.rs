@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::compute::Compute;
+use crate::compute::arm::{ArmCompute, ArmOptions};
 use crate::compute::sim::{SimCloud, SimulatedCompute};
 use crate::config::{ComputeConfig, Config, LogFormat, StorageConfig};
 use crate::http::{AppState, app};
@@ -39,8 +40,19 @@ pub enum StartupError {
 
 /// Sets up tracing: `RUST_LOG` filter (default `info`), text or JSON lines.
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // azure_core 0.21 logs each request at debug/trace with a Headers Debug that redacts every
+    // header except Authorization: keep its pipeline above debug so no bearer token is logged.
+    for directive in [
+        "azure_core::policies=info",
+        "azure_core::policies::transport=info",
+        "azure_core::policies::retry_policies=info",
+    ] {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -66,11 +78,10 @@ pub async fn ports(
             let cloud = Arc::new(SimCloud::new(clock.clone(), *latencies, rand::random()));
             Arc::new(SimulatedCompute::new(cloud, config.table.clone()))
         }
-        ComputeConfig::Arm(_) => {
-            return Err(StartupError::Port(
-                "VMPOOL_COMPUTE: ARM is not supported by this build yet".into(),
-            ));
-        }
+        ComputeConfig::Arm(arm) => Arc::new(
+            ArmCompute::new(arm, &config.table, ArmOptions::default())
+                .map_err(|e| StartupError::Port(format!("VMPOOL_COMPUTE=arm: {e}")))?,
+        ),
     };
     Ok((store, compute))
 }

@@ -289,7 +289,7 @@ impl SimCloud {
         Ok(())
     }
 
-    /// POST deallocate.
+    /// POST deallocate (also of a stopped VM).
     pub fn deallocate(&self, name: &str) -> Result<(), ComputeError> {
         let mut inner = self.enter(SimOp::Deallocate, "deallocate")?;
         let after = Self::latency(&mut inner, self.latencies.deallocate, self.latencies.jitter);
@@ -306,6 +306,29 @@ impl SimCloud {
         vm.power = Power::Deallocating;
         let prov = vm.provisioning.clone();
         vm.pending = Some((now + after, prov, Power::Deallocated));
+        Ok(())
+    }
+
+    /// POST powerOff: stopped but still allocated, after the deallocate latency.
+    pub fn power_off(&self, name: &str) -> Result<(), ComputeError> {
+        let mut inner = self.enter(SimOp::Deallocate, "powerOff")?;
+        let after = Self::latency(&mut inner, self.latencies.deallocate, self.latencies.jitter);
+        let now = self.clock.now();
+        let vm = inner.vms.get_mut(name).ok_or(ComputeError::NotFound)?;
+        if vm.busy() && vm.power != Power::Stopping {
+            return Err(ComputeError::Conflict(format!(
+                "an operation on VM {name} is in progress"
+            )));
+        }
+        if matches!(
+            vm.power,
+            Power::Stopped | Power::Stopping | Power::Deallocated | Power::Deallocating
+        ) {
+            return Ok(());
+        }
+        vm.power = Power::Stopping;
+        let prov = vm.provisioning.clone();
+        vm.pending = Some((now + after, prov, Power::Stopped));
         Ok(())
     }
 

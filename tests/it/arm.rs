@@ -1,0 +1,785 @@
+//! The ARM adapter against the ARM fake over real sockets: every operation, every scripted
+//! fault, the wire protocol itself, and vmpool end to end with `VMPOOL_COMPUTE=arm`.
+//! Time moves on a `ManualClock` shared by the fake and the pool, so nothing sleeps (only
+//! the slow-answer test waits, for a 200 ms client timeout).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::Duration as Span;
+use tokio::net::TcpListener;
+use vmpool::arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
+use vmpool::clock::{Clock, ManualClock};
+use vmpool::compute::arm::{ArmCompute, ArmOptions};
+use vmpool::compute::sim::{Latencies, SimCloud};
+use vmpool::compute::{Compute, ComputeError, Power, Provisioning};
+use vmpool::config::{ArmConfig, ComputeConfig, Config};
+use vmpool::domain::VmId;
+
+use crate::support;
+
+const TOKEN: &str = "test-arm-token";
+const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
+
+/// A running fake on a loopback port.
+struct Fake {
+    fake: Arc<ArmFake>,
+    base: String,
+    clock: Arc<ManualClock>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn spawn_fake(page_size: usize) -> Fake {
+    let clock = Arc::new(ManualClock::default());
+    let cloud = Arc::new(SimCloud::new(
+        clock.clone() as Arc<dyn Clock>,
+        Latencies::default(),
+        3,
+    ));
+    let fake = Arc::new(ArmFake::new(
+        cloud,
+        FakeSettings {
+            token: TOKEN.into(),
+            subscription_id: SUB.into(),
+            page_size,
+            ..FakeSettings::default()
+        },
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(fake.clone().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    Fake {
+        fake,
+        base,
+        clock,
+        _stop: stop,
+    }
+}
+
+fn env(base: &str, token: &str) -> HashMap<String, String> {
+    [
+        ("VMPOOL_COMPUTE", "arm"),
+        ("VMPOOL_ARM_ENDPOINT", base),
+        ("VMPOOL_ARM_TOKEN", token),
+        ("AZURE_SUBSCRIPTION_ID", SUB),
+        ("VMPOOL_RESOURCE_GROUP", "games"),
+        ("VMPOOL_LOCATION", "westeurope"),
+        (
+            "VMPOOL_SUBNET_ID",
+            "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
+        ),
+        ("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest test"),
+        ("VMPOOL_RECONCILE_SECS", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn arm_config(base: &str, token: &str) -> ArmConfig {
+    match Config::from_source(&env(base, token)).unwrap().compute {
+        ComputeConfig::Arm(arm) => *arm,
+        ComputeConfig::Simulated(_) => panic!("VMPOOL_COMPUTE=arm"),
+    }
+}
+
+fn quick() -> ArmOptions {
+    ArmOptions {
+        call_timeout: Duration::from_secs(5),
+        server_error_retries: 2,
+        backoff: Duration::from_millis(1),
+    }
+}
+
+fn adapter(fake: &Fake, pool: &str) -> ArmCompute {
+    ArmCompute::new(&arm_config(&fake.base, TOKEN), pool, quick()).unwrap()
+}
+
+fn id(s: &str) -> VmId {
+    VmId::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn every_operation_round_trips_through_the_fake() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "pool1");
+    let vm = id("pool1-vm1");
+
+    arm.create(&vm).await.unwrap();
+    let puts = f.fake.accepted(FakeOp::PutVm);
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].status, 201);
+    let body = puts[0].body.as_ref().unwrap();
+    assert_eq!(validate_vm_body(body, "pool1-vm1"), Ok(()));
+    assert_eq!(body["tags"]["vmpool"], "pool1");
+    assert!(puts[0].query.contains("api-version=2024-07-01"));
+
+    let s = arm.status(&vm).await.unwrap().unwrap();
+    assert_eq!(s.provisioning, Provisioning::Creating);
+    assert!(!s.is_up());
+    arm.create(&vm).await.unwrap();
+    assert_eq!(
+        f.fake.accepted(FakeOp::PutVm)[1].status,
+        200,
+        "a repeated PUT"
+    );
+
+    f.clock.advance(Span::seconds(150));
+    assert!(arm.status(&vm).await.unwrap().unwrap().is_up());
+    let listed = arm.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, vm);
+    assert!(listed[0].1.is_up());
+    let list_req = f.fake.accepted(FakeOp::ListVms);
+    assert!(
+        list_req[0].query.contains("statusOnly=true"),
+        "{list_req:?}"
+    );
+    assert!(
+        !list_req[0].path.contains("resourceGroups"),
+        "one subscription-wide call"
+    );
+    let ip = arm.public_ip(&vm).await.unwrap().unwrap();
+    assert_eq!(
+        Some(ip.clone()),
+        f.fake.cloud().get("pool1-vm1").unwrap().unwrap().public_ip
+    );
+    let ip_req = f.fake.accepted(FakeOp::GetPublicIp);
+    assert!(ip_req[0].path.ends_with("/publicIPAddresses/pool1-vm1-ip"));
+
+    arm.deallocate(&vm).await.unwrap();
+    assert_eq!(f.fake.accepted(FakeOp::Deallocate)[0].status, 202);
+    assert_eq!(
+        arm.status(&vm).await.unwrap().unwrap().power,
+        Power::Deallocating
+    );
+    f.clock.advance(Span::seconds(60));
+    assert!(arm.status(&vm).await.unwrap().unwrap().is_deallocated());
+    assert_eq!(
+        arm.public_ip(&vm).await.unwrap(),
+        Some(ip),
+        "a static IP stays"
+    );
+
+    arm.start(&vm).await.unwrap();
+    assert_eq!(f.fake.accepted(FakeOp::Start)[0].status, 202);
+    f.clock.advance(Span::seconds(60));
+    assert!(arm.status(&vm).await.unwrap().unwrap().is_up());
+
+    arm.delete(&vm).await.unwrap();
+    assert_eq!(
+        arm.status(&vm).await.unwrap().unwrap().provisioning,
+        Provisioning::Deleting
+    );
+    f.clock.advance(Span::seconds(30));
+    assert_eq!(arm.status(&vm).await.unwrap(), None);
+    assert_eq!(
+        arm.public_ip(&vm).await.unwrap(),
+        None,
+        "deleted with the VM"
+    );
+    assert!(arm.list().await.unwrap().is_empty());
+    arm.delete(&vm).await.unwrap();
+    assert_eq!(arm.start(&vm).await, Err(ComputeError::NotFound));
+    assert!(arm.describe().contains("static token"));
+    assert!(!arm.describe().contains(TOKEN));
+    assert!(
+        arm.resource_id(&vm).ends_with(
+            "/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/pool1-vm1"
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_list_pages_and_keeps_to_its_own_pool_and_resource_group() {
+    let f = spawn_fake(2).await;
+    let mine = adapter(&f, "mine");
+    let theirs = adapter(&f, "theirs");
+    for n in 0..5 {
+        mine.create(&id(&format!("mine-{n}"))).await.unwrap();
+    }
+    theirs.create(&id("theirs-0")).await.unwrap();
+    let mut other_rg = arm_config(&f.base, TOKEN);
+    other_rg.resource_group = "elsewhere".into();
+    ArmCompute::new(&other_rg, "mine", quick())
+        .unwrap()
+        .create(&id("mine-elsewhere"))
+        .await
+        .unwrap();
+    f.fake.clear_requests();
+
+    let mut names: Vec<String> = mine
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["mine-0", "mine-1", "mine-2", "mine-3", "mine-4"]);
+    assert_eq!(
+        f.fake.accepted(FakeOp::ListVms).len(),
+        4,
+        "7 VMs in pages of 2"
+    );
+    assert!(f.fake.accepted(FakeOp::GetVm).is_empty(), "no GET per VM");
+}
+
+#[tokio::test]
+async fn throttling_gives_retry_after() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "p");
+    f.fake.fail_next(FakeOp::PutVm, 1, HttpFault::throttled(17));
+    assert_eq!(
+        arm.create(&id("p-1")).await,
+        Err(ComputeError::Throttled {
+            retry_after: Duration::from_secs(17)
+        })
+    );
+    assert_eq!(f.fake.requests().len(), 1, "a 429 is not retried at once");
+    f.fake
+        .fail_next(FakeOp::ListVms, 1, HttpFault::throttled(3));
+    assert_eq!(
+        arm.list().await,
+        Err(ComputeError::Throttled {
+            retry_after: Duration::from_secs(3)
+        })
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_a_bounded_number_of_times() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "p");
+    arm.create(&id("p-1")).await.unwrap();
+    f.clock.advance(Span::seconds(150));
+    arm.deallocate(&id("p-1")).await.unwrap();
+    f.clock.advance(Span::seconds(60));
+    f.fake.clear_requests();
+
+    f.fake
+        .fail_next(FakeOp::Start, 2, HttpFault::server_error());
+    arm.start(&id("p-1")).await.unwrap();
+    let starts: Vec<u16> = f.fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(starts, [500, 500, 202]);
+
+    f.fake.clear_requests();
+    f.fake
+        .fail_next(FakeOp::GetVm, 3, HttpFault::server_error());
+    let err = arm.status(&id("p-1")).await.unwrap_err();
+    assert!(
+        matches!(&err, ComputeError::Unavailable(m) if m.contains("500")),
+        "{err:?}"
+    );
+    assert_eq!(f.fake.requests().len(), 3, "one try and two retries");
+}
+
+#[tokio::test]
+async fn conflicts_quota_and_other_refusals_are_distinct() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "p");
+    arm.create(&id("p-1")).await.unwrap();
+
+    f.fake
+        .fail_next(FakeOp::Deallocate, 1, HttpFault::conflict());
+    assert!(matches!(
+        arm.deallocate(&id("p-1")).await,
+        Err(ComputeError::Conflict(_))
+    ));
+    // The fake's own model refuses too: a deallocate while the create is still running.
+    arm.deallocate(&id("p-1")).await.unwrap_err();
+
+    f.fake
+        .fail_next(FakeOp::PutVm, 1, HttpFault::quota_exceeded());
+    let err = arm.create(&id("p-2")).await.unwrap_err();
+    assert!(
+        matches!(&err, ComputeError::Rejected { code, message } if code == "OperationNotAllowed" && message.contains("quota")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "recorded on the VM as Failed");
+
+    let mut wrong = arm_config(&f.base, "not-the-token");
+    wrong.resource_group = "games".into();
+    let intruder = ArmCompute::new(&wrong, "p", quick()).unwrap();
+    assert!(matches!(
+        intruder.create(&id("p-3")).await,
+        Err(ComputeError::Rejected { code, .. }) if code == "InvalidAuthenticationToken"
+    ));
+}
+
+#[tokio::test]
+async fn provisioning_that_ends_failed_is_reported_with_its_code() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "p");
+    f.fake
+        .provisioning_fails_next("AllocationFailed", "no capacity for this size");
+    arm.create(&id("p-1")).await.unwrap();
+    f.clock.advance(Span::seconds(150));
+    let s = arm.status(&id("p-1")).await.unwrap().unwrap();
+    assert_eq!(
+        s.provisioning,
+        Provisioning::Failed("AllocationFailed: no capacity for this size".into())
+    );
+    let listed = arm.list().await.unwrap();
+    assert_eq!(listed[0].1.provisioning, s.provisioning);
+}
+
+#[tokio::test]
+async fn slow_answers_within_the_limit_succeed_and_beyond_it_are_unavailable() {
+    let f = spawn_fake(50).await;
+    let mut options = quick();
+    options.call_timeout = Duration::from_millis(200);
+    let arm = ArmCompute::new(&arm_config(&f.base, TOKEN), "p", options).unwrap();
+    arm.create(&id("p-1")).await.unwrap();
+
+    f.fake
+        .delay_next(FakeOp::GetVm, 1, Duration::from_millis(20));
+    assert!(arm.status(&id("p-1")).await.unwrap().is_some());
+
+    f.fake.delay_next(FakeOp::Start, 1, Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let err = arm.start(&id("p-1")).await.unwrap_err();
+    assert!(matches!(err, ComputeError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded in time"
+    );
+}
+
+#[tokio::test]
+async fn a_vm_deleted_behind_our_back_is_not_found() {
+    let f = spawn_fake(50).await;
+    let arm = adapter(&f, "p");
+    arm.create(&id("p-1")).await.unwrap();
+    f.clock.advance(Span::seconds(150));
+    f.fake.delete_behind_our_back("p-1");
+    assert_eq!(arm.status(&id("p-1")).await, Ok(None));
+    assert_eq!(
+        arm.deallocate(&id("p-1")).await,
+        Err(ComputeError::NotFound)
+    );
+    assert_eq!(arm.start(&id("p-1")).await, Err(ComputeError::NotFound));
+    assert_eq!(arm.public_ip(&id("p-1")).await, Ok(None));
+    assert!(arm.list().await.unwrap().is_empty());
+    assert_eq!(arm.delete(&id("p-1")).await, Ok(()));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let arm = ArmCompute::new(&arm_config(&base, TOKEN), "p", quick()).unwrap();
+    assert!(matches!(
+        arm.create(&id("p-1")).await,
+        Err(ComputeError::Unavailable(_))
+    ));
+}
+
+/// The wire protocol, spoken by hand.
+#[tokio::test]
+async fn the_fake_speaks_arm() {
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let vm_url = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/hand-1",
+        f.base
+    );
+    let good = serde_json::to_value(
+        vmpool::compute::arm::vm_model(&arm_config(&f.base, TOKEN), &id("hand-1"), "p").unwrap(),
+    )
+    .unwrap();
+    let send = |method: reqwest::Method, url: String, body: Option<Value>, auth: bool| {
+        let mut req = http.request(method, url);
+        if auth {
+            req = req.bearer_auth(TOKEN);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let headers = res.headers().clone();
+            let text = res.text().await.unwrap();
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (status, headers, json)
+        }
+    };
+    use reqwest::Method as M;
+
+    let (s, _, j) = send(
+        M::PUT,
+        format!("{vm_url}?api-version=2024-07-01"),
+        Some(good.clone()),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (401, Some("AuthenticationFailed"))
+    );
+    let (s, _, j) = send(M::PUT, vm_url.clone(), Some(good.clone()), true).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (400, Some("MissingApiVersionParameter"))
+    );
+    let (s, _, j) = send(
+        M::GET,
+        format!("{vm_url}?api-version=1999-01-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (400, Some("InvalidApiVersionParameter"))
+    );
+    let bad = http
+        .put(format!("{vm_url}?api-version=2024-07-01"))
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert_eq!(bad["error"]["code"], "InvalidRequestContent");
+    let mut no_key = good.clone();
+    no_key["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"] = json!([]);
+    let (s, _, j) = send(
+        M::PUT,
+        format!("{vm_url}?api-version=2024-07-01"),
+        Some(no_key),
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (400, Some("InvalidParameter"))
+    );
+
+    let (s, h, j) = send(
+        M::PUT,
+        format!("{vm_url}?api-version=2024-07-01"),
+        Some(good.clone()),
+        true,
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(j["properties"]["provisioningState"], "Creating");
+    assert_eq!(j["type"], "Microsoft.Compute/virtualMachines");
+    assert!(h.contains_key("location") && h.contains_key("retry-after"));
+    let op_url = h["azure-asyncoperation"].to_str().unwrap().to_owned();
+    assert!(op_url.starts_with(&f.base), "{op_url}");
+    let (s, _, j) = send(M::GET, op_url.clone(), None, true).await;
+    assert_eq!((s, j["status"].as_str()), (200, Some("InProgress")));
+    let (s, _, _) = send(
+        M::PUT,
+        format!("{vm_url}?api-version=2024-07-01"),
+        Some(good),
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "PUT of an existing VM");
+    f.clock.advance(Span::seconds(150));
+    let (_, _, j) = send(M::GET, op_url, None, true).await;
+    assert_eq!(j["status"], "Succeeded");
+
+    let (s, _, j) = send(
+        M::GET,
+        format!("{vm_url}/instanceView?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(j["statuses"][1]["code"], "PowerState/running");
+    let (s, h, _) = send(
+        M::POST,
+        format!("{vm_url}/powerOff?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 202);
+    let monitor = h["location"].to_str().unwrap().to_owned();
+    assert!(monitor.contains("monitor=true"));
+    let (s, _, _) = send(M::GET, monitor.clone(), None, true).await;
+    assert_eq!(s, 202, "the Location URL answers 202 while in progress");
+    f.clock.advance(Span::seconds(60));
+    let (s, _, _) = send(M::GET, monitor, None, true).await;
+    assert_eq!(s, 200);
+    let (_, _, j) = send(
+        M::GET,
+        format!("{vm_url}?api-version=2024-07-01&$expand=instanceView"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(
+        j["properties"]["instanceView"]["statuses"][1]["code"],
+        "PowerState/stopped"
+    );
+    let ip_url = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Network/publicIPAddresses/hand-1-ip?api-version=2024-05-01",
+        f.base
+    );
+    let (s, _, j) = send(M::GET, ip_url, None, true).await;
+    assert_eq!(s, 200);
+    assert_eq!(j["properties"]["publicIPAllocationMethod"], "Static");
+    assert!(j["properties"]["ipAddress"].is_string());
+
+    let (s, _, _) = send(
+        M::DELETE,
+        format!("{vm_url}?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 202);
+    f.clock.advance(Span::seconds(30));
+    let (s, _, _) = send(
+        M::DELETE,
+        format!("{vm_url}?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 204, "deleting what is gone");
+    let (s, _, j) = send(
+        M::GET,
+        format!("{vm_url}?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (404, Some("ResourceNotFound"))
+    );
+    let (s, _, j) = send(M::GET, format!("{}/nothing/here", f.base), None, true).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (404, Some("InvalidResourceType"))
+    );
+    let other_sub = vm_url.replace(SUB, "ffffffff-0000-0000-0000-000000000000");
+    let (s, _, j) = send(
+        M::GET,
+        format!("{other_sub}?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (404, Some("SubscriptionNotFound"))
+    );
+
+    // Scripted faults over HTTP.
+    let res = http
+        .post(format!("{}/_fake/faults", f.base))
+        .json(&json!({"op": "ListVms", "status": 429, "code": "TooManyRequests", "message": "slow down", "retryAfter": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let list = format!(
+        "{}/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&statusOnly=true",
+        f.base
+    );
+    let (s, h, _) = send(M::GET, list.clone(), None, true).await;
+    assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "9"));
+    let (s, _, j) = send(M::GET, list, None, true).await;
+    assert_eq!((s, j["value"].as_array().map(Vec::len)), (200, Some(0)));
+    let res = http
+        .post(format!("{}/_fake/faults", f.base))
+        .body("nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let recorded: Value = http
+        .get(format!("{}/_fake/requests", f.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(recorded["requests"].as_array().unwrap().len() > 10);
+}
+
+/// The end-to-end flow: vmpool (memory store) with `VMPOOL_COMPUTE=arm` pointed at the
+/// fake, wired by `startup::ports` exactly as the binary is.
+#[tokio::test]
+async fn vmpool_drives_the_fake_end_to_end() {
+    let f = spawn_fake(50).await;
+    let config = Config::from_source(&env(&f.base, TOKEN)).unwrap();
+    let clock: Arc<dyn Clock> = f.clock.clone();
+    let (store, compute) = vmpool::startup::ports(&config, clock.clone())
+        .await
+        .unwrap();
+    let app = support::serve(vmpool::startup::state(&config, store, compute, clock)).await;
+
+    let created = app.create_vm().await;
+    assert_eq!(created.status, 202, "{:?}", created.json);
+    assert_eq!(created.json["action"], "created");
+    let vm = created.json["vm"]["vmId"].as_str().unwrap().to_owned();
+    assert!(
+        created.json["vm"]["resourceId"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(
+                "/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/{vm}"
+            ))
+    );
+    let puts = f.fake.accepted(FakeOp::PutVm);
+    assert_eq!(puts.len(), 1, "the fake received one PUT");
+    assert!(puts[0].path.ends_with(&format!("/virtualMachines/{vm}")));
+    assert_eq!(
+        validate_vm_body(puts[0].body.as_ref().unwrap(), &vm),
+        Ok(())
+    );
+    assert_eq!(
+        puts[0].body.as_ref().unwrap()["tags"]["vmpool"],
+        config.table.as_str()
+    );
+
+    assert_eq!(app.reconcile().await.status, 200);
+    assert_eq!(
+        app.available().await.json["vms"].as_array().unwrap().len(),
+        0
+    );
+    f.clock.advance(Span::minutes(3));
+    assert_eq!(app.reconcile().await.status, 200);
+    let available = app.available().await;
+    assert_eq!(available.json["vms"][0]["vmId"], vm.as_str());
+    assert_eq!(available.json["vms"][0]["state"], "Running");
+    let fake_ip = f.fake.cloud().get(&vm).unwrap().unwrap().public_ip.unwrap();
+    assert_eq!(available.json["vms"][0]["publicIp"], fake_ip.as_str());
+
+    assert_eq!(
+        app.mark(&vm).await.json["vm"]["state"],
+        "MarkedForDeallocation"
+    );
+    let report = app.report(&vm, 0).await;
+    assert_eq!(report.json["action"], "deallocating", "{:?}", report.json);
+    let deallocates = f.fake.accepted(FakeOp::Deallocate);
+    assert_eq!(deallocates.len(), 1, "the fake received a deallocate");
+    assert!(
+        deallocates[0]
+            .path
+            .ends_with(&format!("/virtualMachines/{vm}/deallocate"))
+    );
+
+    f.clock.advance(Span::minutes(2));
+    app.reconcile().await;
+    let status = app.status().await;
+    assert_eq!(status.json["counts"]["Deallocated"], 1, "{:?}", status.json);
+
+    let started = app.create_vm().await;
+    assert_eq!(started.status, 202, "{:?}", started.json);
+    assert_eq!(started.json["action"], "started");
+    assert_eq!(started.json["vm"]["vmId"], vm.as_str());
+    let starts = f.fake.accepted(FakeOp::Start);
+    assert_eq!(starts.len(), 1, "the fake received a start");
+    assert!(
+        starts[0]
+            .path
+            .ends_with(&format!("/virtualMachines/{vm}/start"))
+    );
+    assert_eq!(f.fake.accepted(FakeOp::PutVm).len(), 1, "no second VM");
+    assert!(
+        f.fake.accepted(FakeOp::GetVm).is_empty(),
+        "the reconciler lists, never GETs each VM"
+    );
+}
+
+/// ARM refusing a create records a Failed VM; the caller gets the refusal.
+#[tokio::test]
+async fn a_quota_refusal_is_recorded_on_the_vm() {
+    let f = spawn_fake(50).await;
+    let config = Config::from_source(&env(&f.base, TOKEN)).unwrap();
+    let clock: Arc<dyn Clock> = f.clock.clone();
+    let (store, compute) = vmpool::startup::ports(&config, clock.clone())
+        .await
+        .unwrap();
+    let app = support::serve(vmpool::startup::state(&config, store, compute, clock)).await;
+
+    f.fake
+        .fail_next(FakeOp::PutVm, 1, HttpFault::quota_exceeded());
+    let refused = app.create_vm().await;
+    assert_eq!(refused.status, 503, "{:?}", refused.json);
+    assert!(
+        refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OperationNotAllowed")
+    );
+    let status = app.status().await;
+    assert_eq!(status.json["counts"]["Failed"], 1, "{:?}", status.json);
+}
+
+/// Nothing a client sends makes the fake fail: every answer is an ARM answer, never a 500
+/// or a dropped connection.
+#[tokio::test]
+async fn the_fake_answers_junk_with_arm_errors() {
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let vm = format!(
+        "/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Compute/virtualMachines"
+    );
+    let bodies: [&[u8]; 7] = [
+        b"",
+        b"null",
+        b"[]",
+        b"{\"location\": {}}",
+        b"{\"properties\": [1]}",
+        b"{\"location\":\"x\",\"tags\":{\"a\":1}}",
+        b"\xff\xfe\x00garbage",
+    ];
+    let paths = [
+        format!("{vm}/a?api-version=2024-07-01"),
+        format!("{vm}/a%2Fb?api-version=2024-07-01"),
+        format!("{vm}/a/start?api-version=2024-07-01&api-version=x"),
+        format!("{vm}?api-version=2024-07-01&$skiptoken=-1&statusOnly=maybe"),
+        format!("{vm}/a?api-version=2024-07-01&$expand=everything"),
+        format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Compute/locations/x/operations/nope?api-version=2024-07-01"
+        ),
+        "/_fake/vms/x/y".to_owned(),
+        "/%%%?%%%".to_owned(),
+    ];
+    for path in &paths {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            for body in bodies {
+                let res = http
+                    .request(
+                        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                        format!("{}{path}", f.base),
+                    )
+                    .bearer_auth(TOKEN)
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                assert!(status < 500, "{method} {path}: {status}");
+                if status >= 400 {
+                    let text = res.text().await.unwrap();
+                    if !text.is_empty() {
+                        let json: Value = serde_json::from_str(&text)
+                            .unwrap_or_else(|_| panic!("{method} {path}: {text}"));
+                        assert!(json["error"]["code"].is_string(), "{method} {path}: {text}");
+                    }
+                }
+            }
+        }
+    }
+}
