@@ -20,18 +20,18 @@ use vmpool::domain::VmId;
 
 use crate::support;
 
-const TOKEN: &str = "test-arm-token";
+pub const TOKEN: &str = "test-arm-token";
 const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
 
 /// A running fake on a loopback port.
-struct Fake {
-    fake: Arc<ArmFake>,
-    base: String,
-    clock: Arc<ManualClock>,
+pub struct Fake {
+    pub fake: Arc<ArmFake>,
+    pub base: String,
+    pub clock: Arc<ManualClock>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn spawn_fake(page_size: usize) -> Fake {
+pub async fn spawn_fake(page_size: usize) -> Fake {
     let clock = Arc::new(ManualClock::default());
     let cloud = Arc::new(SimCloud::new(
         clock.clone() as Arc<dyn Clock>,
@@ -81,14 +81,14 @@ fn env(base: &str, token: &str) -> HashMap<String, String> {
     .collect()
 }
 
-fn arm_config(base: &str, token: &str) -> ArmConfig {
+pub fn arm_config(base: &str, token: &str) -> ArmConfig {
     match Config::from_source(&env(base, token)).unwrap().compute {
         ComputeConfig::Arm(arm) => *arm,
         ComputeConfig::Simulated(_) => panic!("VMPOOL_COMPUTE=arm"),
     }
 }
 
-fn quick() -> ArmOptions {
+pub fn quick() -> ArmOptions {
     ArmOptions {
         call_timeout: Duration::from_secs(5),
         server_error_retries: 2,

@@ -28,6 +28,12 @@ pub struct Rig {
     pub clock: Arc<ManualClock>,
     pub pool: Arc<Pool>,
     pub reconciler: Reconciler,
+    /// Deletes a VM as someone in the portal would.
+    pub remove_behind_our_back: Box<dyn Fn(&str) + Send + Sync>,
+    /// Makes the next ARM create fail transiently (however often the client retries).
+    pub fail_next_create: Box<dyn Fn() + Send + Sync>,
+    /// Whatever must live as long as the rig (a fake server, an Azurite process).
+    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 pub fn config(vars: &[(&str, &str)]) -> Config {
@@ -66,8 +72,17 @@ impl Rig {
             clock.clone(),
             Arc::new(config.policy.clone()),
         ));
+        let (c1, c2) = (cloud.clone(), cloud.clone());
         Rig {
             reconciler: Reconciler::new(pool.clone()),
+            remove_behind_our_back: Box::new(move |name| c1.remove_behind_our_back(name)),
+            fail_next_create: Box::new(move || {
+                c2.inject(Fault::Refuse(
+                    SimOp::Create,
+                    ComputeError::Unavailable("503 from ARM".into()),
+                ));
+            }),
+            keep: Vec::new(),
             config,
             store,
             compute,
@@ -355,7 +370,7 @@ pub async fn drift_is_repaired(rig: Rig) {
         .collect::<Vec<_>>();
     assert_eq!(standby.len(), 2);
     // One deleted behind our back, one deallocated in the portal.
-    rig.cloud.remove_behind_our_back(standby[0].as_str());
+    (rig.remove_behind_our_back)(standby[0].as_str());
     rig.cloud
         .force_power(standby[1].as_str(), Power::Deallocated);
     rig.advance(61);
@@ -367,8 +382,9 @@ pub async fn drift_is_repaired(rig: Rig) {
         VmState::Deallocated
     );
     // A pool VM with no row is adopted.
-    rig.cloud
-        .create("ghost-1", [("vmpool".to_owned(), "test".to_owned())].into())
+    rig.compute
+        .create(&VmId::parse("ghost-1").unwrap())
+        .await
         .unwrap();
     rig.advance(180);
     let s = rig.pass().await;
@@ -531,11 +547,8 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     assert!(rig.rows().await.iter().all(|vm| vm.id != running.id));
 }
 
-pub async fn arm_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
-    rig.cloud.inject(Fault::Refuse(
-        SimOp::Create,
-        ComputeError::Unavailable("503 from ARM".into()),
-    ));
+pub async fn compute_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
+    (rig.fail_next_create)();
     let s = rig.pass().await;
     assert_eq!((s.created, s.errors), (0, 1), "{}", s.line());
     // The intent row stays (for the buffer) and is re-issued after the grace period.
@@ -594,5 +607,70 @@ async fn sim_every_interrupted_step_is_repaired_by_one_pass() {
 
 #[tokio::test]
 async fn sim_arm_faults_during_a_pass_are_retried_next_pass() {
-    arm_faults_during_a_pass_are_retried_next_pass(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")])).await;
+    compute_faults_during_a_pass_are_retried_next_pass(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")]))
+        .await;
+}
+
+// ---- in memory, real ARM client against the ARM fake over HTTP -------------------------------
+
+async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
+    use vmpool::arm_fake::{FakeOp, HttpFault};
+    use vmpool::compute::arm::ArmCompute;
+
+    let fake = crate::arm::spawn_fake(50).await;
+    let compute: Arc<dyn Compute> = Arc::new(
+        ArmCompute::new(
+            &crate::arm::arm_config(&fake.base, crate::arm::TOKEN),
+            "vmpool",
+            crate::arm::quick(),
+        )
+        .unwrap(),
+    );
+    let mut rig = Rig::over(
+        config(vars),
+        Arc::new(MemoryStore::new()),
+        compute,
+        fake.fake.cloud().clone(),
+        fake.clock.clone(),
+    );
+    let (f1, f2) = (fake.fake.clone(), fake.fake.clone());
+    rig.remove_behind_our_back = Box::new(move |name| f1.delete_behind_our_back(name));
+    rig.fail_next_create =
+        Box::new(move || f2.fail_next(FakeOp::PutVm, 3, HttpFault::server_error()));
+    rig.keep.push(Box::new(fake));
+    rig
+}
+
+#[tokio::test]
+async fn arm_buffer_fills_is_taken_and_refills() {
+    buffer_fills_is_taken_and_refills(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn arm_failures_are_recorded_cleaned_up_and_replaced() {
+    failures_are_recorded_cleaned_up_and_replaced(arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await)
+        .await;
+}
+
+#[tokio::test]
+async fn arm_the_breaker_stops_creates_and_says_why() {
+    the_breaker_stops_creates_and_says_why(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn arm_drift_is_repaired() {
+    drift_is_repaired(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn arm_every_interrupted_step_is_repaired_by_one_pass() {
+    every_interrupted_step_is_repaired_by_one_pass(arm_rig(&[]).await).await;
+}
+
+#[tokio::test]
+async fn arm_faults_during_a_pass_are_retried_next_pass() {
+    compute_faults_during_a_pass_are_retried_next_pass(
+        arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
+    )
+    .await;
 }
