@@ -52,6 +52,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Whether the pass did or tried anything (an idle pass logs at debug level only).
+    pub fn changed_anything(&self) -> bool {
+        *self
+            != Summary {
+                buffer_target: self.buffer_target,
+                ..Summary::default()
+            }
+    }
+
     /// One line for the log and the timer's `Logs`.
     pub fn line(&self) -> String {
         format!(
@@ -136,7 +145,11 @@ impl Reconciler {
         meta.last_reconcile_at = Some(pool.clock().now());
         meta.last_reconcile_summary = summary.line();
         pool.store().save_meta(&meta).await?;
-        info!(summary = %summary.line(), "reconcile pass");
+        if summary.changed_anything() {
+            info!(summary = %summary.line(), "reconcile pass");
+        } else {
+            tracing::debug!(summary = %summary.line(), "reconcile pass");
+        }
         Ok(summary)
     }
 
