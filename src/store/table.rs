@@ -142,7 +142,10 @@ impl TableStore {
     }
 
     async fn create_table(&self, table: &TableClient) -> Result<(), StoreError> {
-        match self.call("create table", table.create().into_future()).await {
+        match self
+            .call("create table", table.create().into_future())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(Fault::Status { status: 409, .. }) => Ok(()),
             Err(f) => Err(self.fail("create table", f)),
@@ -183,18 +186,6 @@ impl TableStore {
     fn count_write(&self) {
         self.writes.fetch_add(1, Ordering::SeqCst);
     }
-
-    /// What a failed conditional write means: a lost race for a stale ETag, a missing row
-    /// or an existing key; anything else is an error.
-    fn lost_or_fail(&self, what: &'static str, fault: Fault) -> Result<Written, StoreError> {
-        match fault {
-            Fault::Status { status: 412, .. } | Fault::Status { status: 409, .. } => {
-                Ok(Written::LostRace)
-            }
-            Fault::Status { status: 404, code } if code != "TableNotFound" => Ok(Written::LostRace),
-            other => Err(self.fail(what, other)),
-        }
-    }
 }
 
 #[async_trait]
@@ -204,38 +195,160 @@ impl VmStore for TableStore {
     }
 
     async fn get(&self, id: &VmId) -> Result<Option<Versioned>, StoreError> {
+        self.recreating("get", || self.get_once(id)).await
+    }
+
+    async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
+        self.recreating("list", || self.list_once(which)).await
+    }
+
+    async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
+        let vm = normalize(vm)?;
+        let body = to_entity(&vm)?;
+        self.recreating("insert", || async {
+            let builder = self
+                .vms
+                .insert::<_, Value>(&body)
+                .map_err(|e| Fault::Store(StoreError::Rejected(format!("insert: {e}"))))?;
+            self.count_write();
+            match self.call("insert", builder.into_future()).await {
+                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                Err(Fault::Status { status: 409, .. }) => Ok(Written::LostRace),
+                Err(f) => Err(f),
+            }
+        })
+        .await
+    }
+
+    async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
+        let vm = normalize(vm)?;
+        let body = to_entity(&vm)?;
+        self.recreating("update", || async {
+            let builder = self
+                .vms
+                .partition_key_client(vm.id.as_str())
+                .entity_client(vm.id.as_str())
+                .update(&body, IfMatchCondition::Etag(etag.0.clone().into()))
+                .map_err(|e| Fault::Store(StoreError::Rejected(format!("update: {e}"))))?;
+            self.count_write();
+            match self.call("update", builder.into_future()).await {
+                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                Err(f) => lost_race(f),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
+        self.recreating("delete", || async {
+            let builder = self
+                .vms
+                .partition_key_client(id.as_str())
+                .entity_client(id.as_str())
+                .delete()
+                .if_match(IfMatchCondition::Etag(etag.0.clone().into()));
+            self.count_write();
+            match self.call("delete", builder.into_future()).await {
+                Ok(_) => Ok(Written::Done(etag.clone())),
+                Err(f) => lost_race(f),
+            }
+        })
+        .await
+    }
+
+    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
+        self.recreating("load meta", || async {
+            let client = self
+                .meta
+                .partition_key_client(META_KEY)
+                .entity_client(META_KEY);
+            match self
+                .call(
+                    "load meta",
+                    client.get::<Map<String, Value>>().into_future(),
+                )
+                .await
+            {
+                Ok(res) => Ok(Some(parse_meta(&res.entity))),
+                Err(f) if is_missing_row(&f) => Ok(None),
+                Err(f) => Err(f),
+            }
+        })
+        .await
+    }
+
+    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
+        let body = meta_entity(meta)?;
+        self.recreating("save meta", || async {
+            let builder = self
+                .meta
+                .partition_key_client(META_KEY)
+                .entity_client(META_KEY)
+                .insert_or_replace(&body)
+                .map_err(|e| Fault::Store(StoreError::Rejected(format!("save meta: {e}"))))?;
+            self.call("save meta", builder.into_future())
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+impl TableStore {
+    /// Runs `op`; if a table has gone (an emulator restarted without persistence, someone
+    /// deleted it), creates the tables and runs it once more.
+    async fn recreating<T, Fut>(
+        &self,
+        what: &'static str,
+        op: impl Fn() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, Fault>>,
+    {
+        match op().await {
+            Err(Fault::Status { status: 404, code }) if code == "TableNotFound" => {
+                warn!(
+                    table = self.vms.table_name(),
+                    "the table is missing; creating it"
+                );
+                self.create_table(&self.vms).await?;
+                self.create_table(&self.meta).await?;
+                op().await.map_err(|f| self.fail(what, f))
+            }
+            other => other.map_err(|f| self.fail(what, f)),
+        }
+    }
+
+    async fn get_once(&self, id: &VmId) -> Result<Option<Versioned>, Fault> {
         let client = self
             .vms
             .partition_key_client(id.as_str())
             .entity_client(id.as_str());
-        let got = self
+        let res = match self
             .call("get", client.get::<Map<String, Value>>().into_future())
-            .await;
-        match got {
-            Ok(res) => {
-                let vm = parse_row(&res.entity).map_err(|why| {
-                    StoreError::Rejected(format!(
-                        "the row {id} in table {} cannot be read as a VM: {why}",
-                        self.vms.table_name()
-                    ))
-                })?;
-                if vm.id != *id {
-                    return Err(StoreError::Rejected(format!(
-                        "the row {id} in table {} names another VM",
-                        self.vms.table_name()
-                    )));
-                }
-                Ok(Some(Versioned {
-                    vm,
-                    etag: Etag(res.etag.to_string()),
-                }))
-            }
-            Err(Fault::Status { status: 404, code }) if code != "TableNotFound" => Ok(None),
-            Err(f) => Err(self.fail("get", f)),
+            .await
+        {
+            Ok(res) => res,
+            Err(f) if is_missing_row(&f) => return Ok(None),
+            Err(f) => return Err(f),
+        };
+        let unreadable = |why: String| {
+            Fault::Store(StoreError::Rejected(format!(
+                "the row {id} in table {} cannot be read as a VM: {why}",
+                self.vms.table_name()
+            )))
+        };
+        let vm = parse_row(&res.entity).map_err(unreadable)?;
+        if vm.id != *id {
+            return Err(unreadable("it names another VM".into()));
         }
+        Ok(Some(Versioned {
+            vm,
+            etag: Etag(res.etag.to_string()),
+        }))
     }
 
-    async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
+    async fn list_once(&self, which: Rows<'_>) -> Result<Vec<Versioned>, Fault> {
         let mut query = self.vms.query();
         match which {
             Rows::All => {}
@@ -247,13 +360,13 @@ impl VmStore for TableStore {
         loop {
             let page = match tokio::time::timeout(self.timeout, pages.next()).await {
                 Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(Fault::Store(StoreError::Unavailable(format!(
                         "list: no answer within {} ms",
                         self.timeout.as_millis()
-                    )));
+                    ))));
                 }
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(self.fail("list", classify("list", &e))),
+                Ok(Some(Err(e))) => return Err(classify("list", &e)),
                 Ok(Some(Ok(page))) => page,
             };
             for entity in &page.entities {
@@ -276,79 +389,22 @@ impl VmStore for TableStore {
         }
         Ok(rows)
     }
+}
 
-    async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
-        let vm = normalize(vm)?;
-        let body = to_entity(&vm)?;
-        let builder = self
-            .vms
-            .insert::<_, Value>(body)
-            .map_err(|e| StoreError::Rejected(format!("insert: {e}")))?;
-        self.count_write();
-        match self.call("insert", builder.into_future()).await {
-            Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
-            Err(Fault::Status { status: 409, .. }) => Ok(Written::LostRace),
-            Err(f) => Err(self.fail("insert", f)),
-        }
-    }
+/// A 404 for a row (not for the whole table).
+fn is_missing_row(f: &Fault) -> bool {
+    matches!(f, Fault::Status { status: 404, code } if code != "TableNotFound")
+}
 
-    async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
-        let vm = normalize(vm)?;
-        let body = to_entity(&vm)?;
-        let builder = self
-            .vms
-            .partition_key_client(vm.id.as_str())
-            .entity_client(vm.id.as_str())
-            .update(body, IfMatchCondition::Etag(etag.0.clone().into()))
-            .map_err(|e| StoreError::Rejected(format!("update: {e}")))?;
-        self.count_write();
-        match self.call("update", builder.into_future()).await {
-            Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
-            Err(f) => self.lost_or_fail("update", f),
-        }
-    }
-
-    async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
-        let builder = self
-            .vms
-            .partition_key_client(id.as_str())
-            .entity_client(id.as_str())
-            .delete()
-            .if_match(IfMatchCondition::Etag(etag.0.clone().into()));
-        self.count_write();
-        match self.call("delete", builder.into_future()).await {
-            Ok(_) => Ok(Written::Done(etag.clone())),
-            Err(f) => self.lost_or_fail("delete", f),
-        }
-    }
-
-    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
-        let client = self
-            .meta
-            .partition_key_client(META_KEY)
-            .entity_client(META_KEY);
-        match self
-            .call("load meta", client.get::<Map<String, Value>>().into_future())
-            .await
-        {
-            Ok(res) => Ok(Some(parse_meta(&res.entity))),
-            Err(Fault::Status { status: 404, code }) if code != "TableNotFound" => Ok(None),
-            Err(f) => Err(self.fail("load meta", f)),
-        }
-    }
-
-    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
-        let body = meta_entity(meta)?;
-        let builder = self
-            .meta
-            .partition_key_client(META_KEY)
-            .entity_client(META_KEY)
-            .insert_or_replace(body)
-            .map_err(|e| StoreError::Rejected(format!("save meta: {e}")))?;
-        match self.call("save meta", builder.into_future()).await {
-            Ok(_) => Ok(()),
-            Err(f) => Err(self.fail("save meta", f)),
-        }
+/// What a failed conditional write means: a stale ETag (412), a missing row (404) or an
+/// existing key (409) is a lost race; anything else stays a fault.
+fn lost_race(f: Fault) -> Result<Written, Fault> {
+    match f {
+        Fault::Status {
+            status: 409 | 412, ..
+        } => Ok(Written::LostRace),
+        f if is_missing_row(&f) => Ok(Written::LostRace),
+        f => Err(f),
     }
 }
 
@@ -573,16 +629,14 @@ fn parse_row(m: &Map<String, Value>) -> Result<VmRecord, String> {
         return Err("PartitionKey differs from RowKey".into());
     }
     let state = text(m, STATE_PROPERTY)?;
-    let state =
-        VmState::parse(state).ok_or_else(|| format!("{STATE_PROPERTY}: unknown state {state:?}"))?;
+    let state = VmState::parse(state)
+        .ok_or_else(|| format!("{STATE_PROPERTY}: unknown state {state:?}"))?;
     let purpose = text(m, "Purpose")?;
     let purpose =
         Purpose::parse(purpose).ok_or_else(|| format!("Purpose: unknown purpose {purpose:?}"))?;
     let operation = match opt_text(m, "Operation")? {
         None => None,
-        Some(op) => {
-            Some(Operation::parse(op).ok_or_else(|| format!("Operation: unknown {op:?}"))?)
-        }
+        Some(op) => Some(Operation::parse(op).ok_or_else(|| format!("Operation: unknown {op:?}"))?),
     };
     Ok(VmRecord {
         id,

@@ -55,7 +55,9 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
 fn bare_vm(name: &str, state: VmState) -> VmRecord {
     let mut vm = VmRecord::new_creating(
         id(name),
-        format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"),
+        format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
         Purpose::Matchmaker,
         datetime!(2026-01-01 00:00 UTC),
     );
@@ -193,7 +195,12 @@ pub async fn one_of_many_concurrent_writers_wins(store: Arc<dyn VmStore>) {
     assert_eq!(winners, 1, "{outcomes:?}");
     let inserts = futures::future::join_all((0..10).map(|_| {
         let store = store.clone();
-        async move { store.insert(&bare_vm("fresh", VmState::Creating)).await.unwrap() }
+        async move {
+            store
+                .insert(&bare_vm("fresh", VmState::Creating))
+                .await
+                .unwrap()
+        }
     }))
     .await;
     assert_eq!(

@@ -8,19 +8,22 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::macros::datetime;
 use vmpool::clock::ManualClock;
+use vmpool::compute::sim::SimCloud;
 use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
 use vmpool::store::table::{TableOptions, TableStore};
 use vmpool::store::{Rows, StoreError, VmStore, Written};
 
 use crate::store_contract::table_store;
 use crate::support::azurite::{Azurite, Persistence, table_name};
-use crate::support::{Answer, TestApp, sim_cloud, spawn_instance, spawn_on};
+use crate::support::{Answer, TestApp, config, sim_cloud, spawn_instance, spawn_on, spawn_sim};
 
 /// A VM the matchmaker has given back: `MarkedForDeallocation`, with rooms.
 fn marked(name: &str) -> VmRecord {
     let mut vm = VmRecord::new_creating(
         VmId::parse(name).unwrap(),
-        format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"),
+        format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
         Purpose::Matchmaker,
         datetime!(2025-12-31 23:00 UTC),
     );
@@ -31,18 +34,20 @@ fn marked(name: &str) -> VmRecord {
     vm
 }
 
-#[tokio::test]
-async fn walk_through_of_the_readme_on_azurite() {
-    let sim = spawn_on(table_store().await, &[]).await;
-    let app = &sim.app;
-
+/// The walk-through of the README, over whichever store `app` uses; afterwards the table
+/// and the simulated cloud agree with what the API said.
+async fn walk_through(app: &TestApp, clock: &ManualClock, store: &dyn VmStore, cloud: &SimCloud) {
     let created = app.create_vm().await;
     assert_eq!(created.status, 202, "{:?}", created.json);
     assert_eq!(created.json["action"], "created");
     assert_eq!(created.json["vm"]["state"], "Creating");
     let id = created.json["vm"]["vmId"].as_str().unwrap().to_owned();
+    assert!(
+        cloud.get(&id).unwrap().is_some(),
+        "ARM was asked to create it"
+    );
 
-    sim.clock.advance(time::Duration::minutes(3));
+    clock.advance(time::Duration::minutes(3));
     assert_eq!(app.reconcile().await.status, 200);
     let available = app.available().await;
     assert_eq!(available.json["vms"][0]["vmId"], id.as_str());
@@ -66,7 +71,7 @@ async fn walk_through_of_the_readme_on_azurite() {
     app.mark(&id).await;
     let report = app.report(&id, 0).await;
     assert_eq!(report.json["action"], "deallocating", "{:?}", report.json);
-    sim.clock.advance(time::Duration::minutes(2));
+    clock.advance(time::Duration::minutes(2));
     app.reconcile().await;
     let status = app.status().await;
     assert_eq!(status.json["counts"]["Deallocated"], 1, "{:?}", status.json);
@@ -76,9 +81,7 @@ async fn walk_through_of_the_readme_on_azurite() {
     assert_eq!(started.json["action"], "started");
     assert_eq!(started.json["vm"]["vmId"], id.as_str());
 
-    // What the table holds is what the API said.
-    let row = sim
-        .store
+    let row = store
         .get(&VmId::parse(&id).unwrap())
         .await
         .unwrap()
@@ -89,6 +92,26 @@ async fn walk_through_of_the_readme_on_azurite() {
     );
 }
 
+#[tokio::test]
+async fn walk_through_of_the_readme_on_azurite() {
+    let sim = spawn_on(table_store().await, &[]).await;
+    assert!(
+        sim.app
+            .state
+            .pool
+            .store()
+            .describe()
+            .starts_with("Azure Table Storage account devstoreaccount1 at http://127.0.0.1:")
+    );
+    walk_through(&sim.app, &sim.clock, &*sim.store, &sim.cloud).await;
+}
+
+#[tokio::test]
+async fn the_same_walk_through_in_memory() {
+    let sim = spawn_sim(&[]).await;
+    walk_through(&sim.app, &sim.clock, &*sim.store, &sim.cloud).await;
+}
+
 /// How a burst of CreateVM calls went.
 struct Burst {
     answers: Vec<Answer>,
@@ -96,10 +119,8 @@ struct Burst {
 
 impl Burst {
     async fn run(apps: &[&TestApp], calls: usize) -> Burst {
-        let answers = futures::future::join_all(
-            (0..calls).map(|i| apps[i % apps.len()].create_vm()),
-        )
-        .await;
+        let answers =
+            futures::future::join_all((0..calls).map(|i| apps[i % apps.len()].create_vm())).await;
         Burst { answers }
     }
 
@@ -141,7 +162,11 @@ impl Burst {
         );
         assert_eq!(&reclaimed, seeded);
         let ids: BTreeSet<&str> = handed.iter().map(|(_, id)| id.as_str()).collect();
-        assert_eq!(ids.len(), handed.len(), "a vmId was handed out twice: {handed:?}");
+        assert_eq!(
+            ids.len(),
+            handed.len(),
+            "a vmId was handed out twice: {handed:?}"
+        );
         for (action, id) in &handed {
             assert!(
                 action == "reclaimed" || !seeded.contains(id),
@@ -161,7 +186,10 @@ impl Burst {
             .values()
             .filter(|vm| vm.state.counts_against_max())
             .count();
-        assert!(active <= max, "{active} VMs count against a maximum of {max}");
+        assert!(
+            active <= max,
+            "{active} VMs count against a maximum of {max}"
+        );
         for (action, id) in &handed {
             let vm = rows.get(id).unwrap_or_else(|| panic!("{id} has no row"));
             let want = if action == "reclaimed" {
@@ -179,7 +207,10 @@ impl Burst {
             })
             .map(|vm| vm.id.as_str())
             .collect();
-        assert_eq!(owned, ids, "every VM the matchmaker owns was handed out once");
+        assert_eq!(
+            owned, ids,
+            "every VM the matchmaker owns was handed out once"
+        );
         assert!(
             rows.values()
                 .all(|vm| vm.state != VmState::MarkedForDeallocation),
@@ -227,16 +258,13 @@ async fn two_instances_never_hand_out_one_vm_twice() {
     let seeded = seed_marked(&*store, 16).await;
     // A second instance: its own connection to the same table, its own Pool.
     let other = Arc::new(
-        TableStore::connect(
-            &Azurite::shared().connection_string(),
-            store.table_name(),
-        )
-        .await
-        .unwrap(),
+        TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+            .await
+            .unwrap(),
     );
     let vars = [("VMPOOL_MAX_VMS", "20")];
     let clock = Arc::new(ManualClock::default());
-    let cloud = sim_cloud(&crate::support::config(&vars), clock.clone());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
     let a = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
     let b = spawn_instance(other.clone(), &vars, clock, cloud).await;
 
@@ -337,16 +365,19 @@ async fn unreachable_storage_fails_fast_at_start_up() {
     .await
     .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     held.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut azurite = tokio::task::block_in_place(|| {
-        Azurite::start(Persistence::OnDisk(dir.path().to_owned()))
-    });
+    let mut azurite =
+        tokio::task::block_in_place(|| Azurite::start(Persistence::OnDisk(dir.path().to_owned())));
     let store = Arc::new(
         TableStore::connect_with(
             &azurite.connection_string(),
@@ -368,7 +399,10 @@ async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
     }
     sim.clock.advance(time::Duration::minutes(3));
     app.reconcile().await;
-    assert_eq!(app.available().await.json["vms"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        app.available().await.json["vms"].as_array().unwrap().len(),
+        3
+    );
     assert_eq!(app.mark(&ids[0]).await.status, 200);
     assert_eq!(app.report(&ids[1], 4).await.status, 200);
 
@@ -385,7 +419,10 @@ async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
         assert!(answer.headers.contains_key("retry-after"), "{name}");
     }
     let pass = app.reconcile().await;
-    assert_eq!(pass.status, 200, "the timer invocation itself still answers");
+    assert_eq!(
+        pass.status, 200,
+        "the timer invocation itself still answers"
+    );
 
     tokio::task::block_in_place(|| azurite.restart());
     let status = app.status().await;
@@ -399,7 +436,11 @@ async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
         .filter(|vm| vm["vmId"] == ids[1].as_str())
         .map(|vm| vm["rooms"].as_u64().unwrap())
         .collect();
-    assert_eq!(rooms, vec![4], "the write before the outage is kept, the one during it never happened");
+    assert_eq!(
+        rooms,
+        vec![4],
+        "the write before the outage is kept, the one during it never happened"
+    );
     let reclaimed = app.create_vm().await;
     assert_eq!(reclaimed.status, 200, "{:?}", reclaimed.json);
     assert_eq!(reclaimed.json["vm"]["vmId"], ids[0].as_str());

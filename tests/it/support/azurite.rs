@@ -164,7 +164,8 @@ impl Azurite {
                 .is_some();
             if exited || Instant::now() > deadline {
                 let mut text = String::new();
-                let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
+                let _ =
+                    std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
                 panic!(
                     "Azurite did not start on port {} ({}); its output:\n{text}",
                     self.port,

@@ -1,6 +1,9 @@
-//! Test helpers: an app over real sockets with typed request helpers, and Azurite.
+//! Test helpers: an app over real sockets with typed request helpers.
 
+pub mod apps;
 pub mod azurite;
+
+pub use apps::{config, sim_cloud, spawn_instance, spawn_on};
 
 use std::sync::Arc;
 
@@ -134,61 +137,26 @@ pub struct SimApp {
 
 /// vmpool over the in-memory store and simulated ARM, configured by `vars`.
 pub async fn spawn_sim(vars: &[(&str, &str)]) -> SimApp {
-    let store = Arc::new(MemoryStore::new());
-    let app = spawn_on(store.clone(), vars).await;
-    SimApp {
-        app: app.app,
-        clock: app.clock,
-        cloud: app.cloud,
-        store,
-    }
-}
-
-/// vmpool over any store and simulated ARM on a manual clock.
-pub struct StoreApp {
-    pub app: TestApp,
-    pub clock: Arc<ManualClock>,
-    pub cloud: Arc<SimCloud>,
-    pub store: Arc<dyn VmStore>,
-}
-
-/// The configuration `vars` describe (nothing from the environment).
-pub fn config(vars: &[(&str, &str)]) -> Config {
     let map: std::collections::HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    Config::from_source(&map).unwrap()
-}
-
-/// vmpool over `store` and simulated ARM on a fresh manual clock, configured by `vars`.
-pub async fn spawn_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> StoreApp {
+    let config = Config::from_source(&map).unwrap();
     let clock = Arc::new(ManualClock::default());
-    let cloud = sim_cloud(&config(vars), clock.clone());
-    spawn_instance(store, vars, clock, cloud).await
-}
-
-/// The simulated cloud `config` describes, on `clock`.
-pub fn sim_cloud(config: &Config, clock: Arc<ManualClock>) -> Arc<SimCloud> {
     let latencies = match &config.compute {
         vmpool::config::ComputeConfig::Simulated(l) => *l,
         vmpool::config::ComputeConfig::Arm(_) => Latencies::default(),
     };
-    Arc::new(SimCloud::new(clock as Arc<dyn Clock>, latencies, 7))
-}
-
-/// One more vmpool instance over `store`, sharing a clock and a simulated cloud with others
-/// (several Function instances in front of one table and one subscription).
-pub async fn spawn_instance(
-    store: Arc<dyn VmStore>,
-    vars: &[(&str, &str)],
-    clock: Arc<ManualClock>,
-    cloud: Arc<SimCloud>,
-) -> StoreApp {
-    let config = config(vars);
+    let cloud = Arc::new(SimCloud::new(clock.clone() as Arc<dyn Clock>, latencies, 7));
+    let store = Arc::new(MemoryStore::new());
     let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud.clone(), "test"));
-    let state = vmpool::startup::state(&config, store.clone(), compute, clock.clone());
-    StoreApp {
+    let state = vmpool::startup::state(
+        &config,
+        store.clone() as Arc<dyn VmStore>,
+        compute,
+        clock.clone(),
+    );
+    SimApp {
         app: serve(state).await,
         clock,
         cloud,
