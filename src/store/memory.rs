@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize, normalize_meta};
+use super::{
+    Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize, normalize_meta,
+};
 use crate::domain::{VmId, VmRecord};
 
 /// Rows kept in process. Cloning is not offered: share it behind an `Arc`.
