@@ -155,6 +155,8 @@ impl Azurite {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // Up: its output is only needed when it does not start.
+                let _ = std::fs::remove_file(&self.log);
                 return;
             }
             let exited = self
@@ -180,7 +182,6 @@ impl Azurite {
 impl Drop for Azurite {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
