@@ -449,8 +449,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The name of the table that holds the pool's record: `<table>meta` (shortened to fit).
 pub fn meta_table_name(table: &str) -> String {
-    let keep = table.len().min(MAX_TABLE_NAME - 4);
-    format!("{}meta", &table[..keep])
+    let kept: String = table.chars().take(MAX_TABLE_NAME - 4).collect();
+    format!("{kept}meta")
 }
 
 fn check_table_name(table: &str) -> Result<(), StoreError> {

@@ -458,3 +458,48 @@ async fn timed(call: impl std::future::Future<Output = Answer>) -> Answer {
     );
     answer
 }
+
+#[tokio::test]
+async fn start_up_connects_from_vmpool_storage_and_never_shows_the_key() {
+    let azurite = Azurite::shared();
+    let table = table_name("startup");
+    let settings = config(&[
+        ("VMPOOL_STORAGE", &azurite.connection_string()),
+        ("VMPOOL_TABLE", &table),
+    ]);
+    let clock: Arc<dyn vmpool::clock::Clock> = Arc::new(ManualClock::default());
+    let (store, _) = vmpool::startup::ports(&settings, clock.clone())
+        .await
+        .unwrap();
+    let shown = store.describe();
+    assert!(
+        shown.contains("devstoreaccount1") && shown.contains(&table),
+        "{shown}"
+    );
+    assert!(!shown.contains(crate::support::azurite::KEY));
+    assert!(
+        store.list(Rows::All).await.unwrap().is_empty(),
+        "the table was created"
+    );
+
+    // The fallback name works the same way.
+    let fallback = config(&[("AzureWebJobsStorage", &azurite.connection_string())]);
+    assert!(
+        vmpool::startup::ports(&fallback, clock.clone())
+            .await
+            .is_ok()
+    );
+
+    let bad = format!(
+        "AccountName=devstoreaccount1;AccountKey={};Nonsense=1",
+        crate::support::azurite::KEY
+    );
+    let broken = config(&[("VMPOOL_STORAGE", &bad)]);
+    let err = vmpool::startup::ports(&broken, clock)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("VMPOOL_STORAGE: "), "{err}");
+    assert!(!err.contains(crate::support::azurite::KEY), "{err}");
+}
