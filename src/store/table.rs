@@ -214,6 +214,7 @@ impl VmStore for TableStore {
             match self.call("insert", builder.into_future()).await {
                 Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
                 Err(Fault::Status { status: 409, .. }) => Ok(Written::LostRace),
+                Err(f) if is_ambiguous(&f) => self.settle(&vm.id, Sent::Insert(&vm), f).await,
                 Err(f) => Err(f),
             }
         })
@@ -233,6 +234,7 @@ impl VmStore for TableStore {
             self.count_write();
             match self.call("update", builder.into_future()).await {
                 Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                Err(f) if is_ambiguous(&f) => self.settle(&vm.id, Sent::Update(&vm, etag), f).await,
                 Err(f) => lost_race(f),
             }
         })
@@ -250,6 +252,7 @@ impl VmStore for TableStore {
             self.count_write();
             match self.call("delete", builder.into_future()).await {
                 Ok(_) => Ok(Written::Done(etag.clone())),
+                Err(f) if is_ambiguous(&f) => self.settle(id, Sent::Delete(etag), f).await,
                 Err(f) => lost_race(f),
             }
         })
@@ -317,6 +320,34 @@ impl TableStore {
             }
             other => other.map_err(|f| self.fail(what, f)),
         }
+    }
+
+    /// After a write whose answer never came (a timeout, a broken connection, a 5xx that
+    /// may or may not have been applied), reads the row once to learn what happened, so the
+    /// caller is never told "failed" about a change that in fact landed:
+    /// - the row is at the version we named (or absent, for an insert): nothing changed, and
+    ///   the original fault stands;
+    /// - the row is exactly what we wrote (or gone, for a delete): our write landed, `Done`;
+    /// - anything else: someone else's write won, `LostRace`.
+    ///
+    /// If the row cannot be read either, the fault stands (the outcome stays unknown).
+    async fn settle(&self, id: &VmId, sent: Sent<'_>, fault: Fault) -> Result<Written, Fault> {
+        let Ok(now) = self.get_once(id).await else {
+            return Err(fault);
+        };
+        let outcome = match (sent, now) {
+            (Sent::Insert(_), None) => return Err(fault),
+            (Sent::Update(_, named) | Sent::Delete(named), Some(row)) if row.etag == *named => {
+                return Err(fault);
+            }
+            (Sent::Insert(vm) | Sent::Update(vm, _), Some(row)) if row.vm == *vm => {
+                Written::Done(row.etag)
+            }
+            (Sent::Delete(named), None) => Written::Done(named.clone()),
+            _ => Written::LostRace,
+        };
+        warn!(vm.id = %id, outcome = ?outcome, "a write's answer was lost; the row was read back to settle it");
+        Ok(outcome)
     }
 
     async fn get_once(&self, id: &VmId) -> Result<Option<Versioned>, Fault> {
@@ -388,6 +419,24 @@ impl TableStore {
             }
         }
         Ok(rows)
+    }
+}
+
+/// A write whose answer never came, as [`TableStore::settle`] reads it.
+#[derive(Clone, Copy)]
+enum Sent<'a> {
+    Insert(&'a VmRecord),
+    Update(&'a VmRecord, &'a Etag),
+    Delete(&'a Etag),
+}
+
+/// A fault after which a write may or may not have been applied: no answer, a broken
+/// connection, a timeout or an internal error of the service.
+fn is_ambiguous(f: &Fault) -> bool {
+    match f {
+        Fault::Store(StoreError::Unavailable(_)) => true,
+        Fault::Store(StoreError::Rejected(_)) => false,
+        Fault::Status { status, .. } => *status == 408 || *status >= 500,
     }
 }
 

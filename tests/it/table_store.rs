@@ -503,3 +503,147 @@ async fn start_up_connects_from_vmpool_storage_and_never_shows_the_key() {
     assert!(err.starts_with("VMPOOL_STORAGE: "), "{err}");
     assert!(!err.contains(crate::support::azurite::KEY), "{err}");
 }
+
+/// A TCP proxy in front of Azurite that can lose the answer to the next write: the request
+/// reaches Azurite and is applied, the answer never comes back.
+struct LossyProxy {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    async fn start(target: u16) -> LossyProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let shared = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let armed = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let lose = Arc::new(AtomicBool::new(false));
+                    let lose_up = lose.clone();
+                    let up = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let chunk = &buf[..n];
+                            let write = [&b"PUT "[..], b"POST ", b"DELETE ", b"MERGE "]
+                                .iter()
+                                .any(|m| chunk.starts_with(m));
+                            if write && armed.swap(false, Ordering::SeqCst) {
+                                lose_up.store(true, Ordering::SeqCst);
+                            }
+                            if to_server.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if lose.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        LossyProxy { port, armed }
+    }
+
+    /// The answer to the next write is lost.
+    fn lose_next_answer(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1",
+            crate::support::azurite::KEY,
+            self.port
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_settled_by_reading_the_row_back() {
+    let proxy = LossyProxy::start(Azurite::shared().port()).await;
+    let store = Arc::new(
+        TableStore::connect_with(
+            &proxy.connection_string(),
+            &table_name("lossy"),
+            TableOptions {
+                timeout: Duration::from_millis(500),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let id = VmId::parse("lossy-1").unwrap();
+
+    proxy.lose_next_answer();
+    let Written::Done(v1) = store.insert(&marked("lossy-1")).await.unwrap() else {
+        panic!("the insert landed")
+    };
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.etag, v1);
+
+    let mut running = row.vm.clone();
+    running.state = VmState::Running;
+    proxy.lose_next_answer();
+    let Written::Done(v2) = store.update(&running, &v1).await.unwrap() else {
+        panic!("the update landed")
+    };
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.etag.clone(), row.vm.state),
+        (v2.clone(), VmState::Running)
+    );
+
+    // A stale write whose answer (412) is lost is still a lost race.
+    let mut stale = running.clone();
+    stale.rooms = 9;
+    proxy.lose_next_answer();
+    assert_eq!(store.update(&stale, &v1).await.unwrap(), Written::LostRace);
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().vm.rooms,
+        running.rooms
+    );
+
+    proxy.lose_next_answer();
+    assert!(matches!(
+        store.delete(&id, &v2).await.unwrap(),
+        Written::Done(_)
+    ));
+    assert_eq!(store.get(&id).await.unwrap(), None);
+
+    // Over HTTP: the claim's answer is lost, yet the caller gets the VM, and it is not left
+    // Running with nobody knowing.
+    store.insert(&marked("lossy-2")).await.unwrap();
+    let sim = spawn_on(store.clone(), &[]).await;
+    proxy.lose_next_answer();
+    let answer = sim.app.create_vm().await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(answer.json["action"], "reclaimed");
+    assert_eq!(answer.json["vm"]["vmId"], "lossy-2");
+}
