@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so builds stay quick. Each module is one area; shared
 //! helpers are in `support`.
 
+// clippy.toml's allow-unwrap-in-tests covers #[test] functions only, not the helpers here.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 #[allow(dead_code, reason = "shared helpers; not every test uses every part")]
