@@ -386,7 +386,7 @@ impl TableStore {
             Rows::InStates([]) => return Ok(Vec::new()),
             Rows::InStates(states) => query = query.filter(state_filter(states)),
         }
-        let mut pages = query.into_stream::<Map<String, Value>>();
+        let mut pages = query.into_stream::<RowFields>();
         let mut rows = Vec::new();
         loop {
             let page = match tokio::time::timeout(self.timeout, pages.next()).await {
@@ -401,7 +401,7 @@ impl TableStore {
                 Ok(Some(Ok(page))) => page,
             };
             for entity in &page.entities {
-                let etag = entity.get("odata.etag").and_then(Value::as_str);
+                let etag = entity.etag.as_ref().and_then(Value::as_str);
                 match (parse_row(entity), etag) {
                     (Ok(vm), Some(etag)) if which.selects(vm.state) => rows.push(Versioned {
                         vm,
@@ -412,7 +412,11 @@ impl TableStore {
                         warn!(table = self.vms.table_name(), vm.id = %vm.id, "row without an ETag skipped");
                     }
                     (Err(why), _) => {
-                        let key = entity.get("RowKey").and_then(Value::as_str).unwrap_or("?");
+                        let key = entity
+                            .row_key
+                            .as_ref()
+                            .and_then(Value::as_str)
+                            .unwrap_or("?");
                         warn!(table = self.vms.table_name(), row_key = key, reason = %why, "row that is not a VM skipped");
                     }
                 }
@@ -671,7 +675,80 @@ fn format_time(t: OffsetDateTime) -> Result<String, StoreError> {
 }
 
 /// Reads a row as a VM; the error says which property is missing or wrong.
-fn parse_row(m: &Map<String, Value>) -> Result<VmRecord, String> {
+/// Where a row's properties are read from: a whole JSON map (a point read), or the
+/// [`RowFields`] a query decodes.
+trait Props {
+    /// The property `name`, if present.
+    fn prop(&self, name: &str) -> Option<&Value>;
+}
+
+impl Props for Map<String, Value> {
+    fn prop(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+/// The properties of a VM row and nothing else, so a query does not build a map of every
+/// property and annotation it returns. Each is a JSON value, so a row with a wrong type
+/// still decodes and is then refused by [`parse_row`] alone (not the whole page).
+#[derive(Debug, Default, serde::Deserialize)]
+struct RowFields {
+    #[serde(rename = "PartitionKey")]
+    partition_key: Option<Value>,
+    #[serde(rename = "RowKey")]
+    row_key: Option<Value>,
+    #[serde(rename = "VM_State")]
+    state: Option<Value>,
+    #[serde(rename = "Purpose")]
+    purpose: Option<Value>,
+    #[serde(rename = "Operation")]
+    operation: Option<Value>,
+    #[serde(rename = "ResourceId")]
+    resource_id: Option<Value>,
+    #[serde(rename = "PublicIp")]
+    public_ip: Option<Value>,
+    #[serde(rename = "Rooms")]
+    rooms: Option<Value>,
+    #[serde(rename = "LastReportAt")]
+    last_report_at: Option<Value>,
+    #[serde(rename = "StateChangedAt")]
+    state_changed_at: Option<Value>,
+    #[serde(rename = "CreatedAt")]
+    created_at: Option<Value>,
+    #[serde(rename = "ClaimedAt")]
+    claimed_at: Option<Value>,
+    #[serde(rename = "Attempts")]
+    attempts: Option<Value>,
+    #[serde(rename = "LastError")]
+    last_error: Option<Value>,
+    #[serde(rename = "odata.etag")]
+    etag: Option<Value>,
+}
+
+impl Props for RowFields {
+    fn prop(&self, name: &str) -> Option<&Value> {
+        match name {
+            "PartitionKey" => self.partition_key.as_ref(),
+            "RowKey" => self.row_key.as_ref(),
+            STATE_PROPERTY => self.state.as_ref(),
+            "Purpose" => self.purpose.as_ref(),
+            "Operation" => self.operation.as_ref(),
+            "ResourceId" => self.resource_id.as_ref(),
+            "PublicIp" => self.public_ip.as_ref(),
+            "Rooms" => self.rooms.as_ref(),
+            "LastReportAt" => self.last_report_at.as_ref(),
+            "StateChangedAt" => self.state_changed_at.as_ref(),
+            "CreatedAt" => self.created_at.as_ref(),
+            "ClaimedAt" => self.claimed_at.as_ref(),
+            "Attempts" => self.attempts.as_ref(),
+            "LastError" => self.last_error.as_ref(),
+            "odata.etag" => self.etag.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
     let row_key = text(m, "RowKey")?;
     let id = VmId::parse(row_key).map_err(|e| format!("RowKey: {e}"))?;
     if text(m, "PartitionKey")? != row_key {
@@ -704,21 +781,21 @@ fn parse_row(m: &Map<String, Value>) -> Result<VmRecord, String> {
     })
 }
 
-fn text<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
+fn text<'a>(m: &'a impl Props, name: &str) -> Result<&'a str, String> {
     opt_text(m, name)?.ok_or_else(|| format!("{name}: missing"))
 }
 
-fn opt_text<'a>(m: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
-    match m.get(name) {
+fn opt_text<'a>(m: &'a impl Props, name: &str) -> Result<Option<&'a str>, String> {
+    match m.prop(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(format!("{name}: expected a string, found {other}")),
     }
 }
 
-fn int(m: &Map<String, Value>, name: &str) -> Result<Option<u32>, String> {
+fn int(m: &impl Props, name: &str) -> Result<Option<u32>, String> {
     let bad = || format!("{name}: expected a whole number from 0 to {}", u32::MAX);
-    match m.get(name) {
+    match m.prop(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
             let n = n
@@ -736,7 +813,7 @@ fn int(m: &Map<String, Value>, name: &str) -> Result<Option<u32>, String> {
     }
 }
 
-fn time_of(m: &Map<String, Value>, name: &str) -> Result<Option<OffsetDateTime>, String> {
+fn time_of(m: &impl Props, name: &str) -> Result<Option<OffsetDateTime>, String> {
     match opt_text(m, name)? {
         None => Ok(None),
         Some(s) => OffsetDateTime::parse(s, &Rfc3339)
@@ -825,10 +902,12 @@ mod tests {
         assert_eq!(entity["CreatedAt"], "2026-01-02T03:04:05.1234567Z");
         assert_eq!(entity["CreatedAt@odata.type"], "Edm.DateTime");
         assert!(entity.get("ClaimedAt").is_none());
+        let fields: RowFields = serde_json::from_value(entity.clone()).unwrap();
+        assert_eq!(parse_row(&fields).unwrap(), vm, "as a query decodes it");
         let Value::Object(m) = entity else {
             panic!("not an object")
         };
-        assert_eq!(parse_row(&m).unwrap(), vm);
+        assert_eq!(parse_row(&m).unwrap(), vm, "as a point read decodes it");
     }
 
     #[test]
@@ -865,6 +944,12 @@ mod tests {
             assert!(
                 err.contains(name) || err.contains("PartitionKey"),
                 "{name}: {err}"
+            );
+            let fields: RowFields = serde_json::from_value(Value::Object(m)).unwrap();
+            assert_eq!(
+                parse_row(&fields).unwrap_err(),
+                err,
+                "a query decodes it too"
             );
         }
         let mut m = good.clone();
