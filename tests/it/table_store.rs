@@ -424,6 +424,7 @@ async fn start_up_connects_from_vmpool_storage_and_never_shows_the_key() {
 struct LossyProxy {
     port: u16,
     armed: Arc<std::sync::atomic::AtomicBool>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LossyProxy {
@@ -434,10 +435,13 @@ impl LossyProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let armed = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
         let shared = armed.clone();
+        let shared_silent = silent.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let armed = shared.clone();
+                let silent = shared_silent.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
@@ -472,6 +476,9 @@ impl LossyProxy {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
+                        if silent.load(Ordering::SeqCst) {
+                            lose.store(true, Ordering::SeqCst);
+                        }
                         if lose.load(Ordering::SeqCst) {
                             continue;
                         }
@@ -483,7 +490,17 @@ impl LossyProxy {
                 });
             }
         });
-        LossyProxy { port, armed }
+        LossyProxy {
+            port,
+            armed,
+            silent,
+        }
+    }
+
+    /// Every answer is lost (storage that accepts requests and never answers), or none.
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The answer to the next write is lost.
@@ -561,4 +578,39 @@ async fn a_write_whose_answer_is_lost_is_settled_by_reading_the_row_back() {
     assert_eq!(answer.status, 200, "{:?}", answer.json);
     assert_eq!(answer.json["action"], "reclaimed");
     assert_eq!(answer.json["vm"]["vmId"], "lossy-2");
+}
+
+#[tokio::test]
+async fn storage_that_never_answers_is_503_within_the_deadline_and_then_recovers() {
+    let proxy = LossyProxy::start(Azurite::shared().port()).await;
+    let store = Arc::new(
+        TableStore::connect_with(
+            &proxy.connection_string(),
+            &table_name("silent"),
+            TableOptions {
+                timeout: Duration::from_millis(1500),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    store.insert(&marked("silent-1")).await.unwrap();
+    let sim = spawn_on(store.clone(), &[]).await;
+    let app = &sim.app;
+
+    proxy.set_silent(true);
+    for (name, answer) in [
+        ("CreateVM", timed(app.create_vm()).await),
+        ("GetAvailableVMs", timed(app.available()).await),
+        ("MarkVMForDeallocation", timed(app.mark("silent-1")).await),
+    ] {
+        assert_eq!(answer.status, 503, "{name}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "Unavailable", "{name}");
+        assert!(answer.headers.contains_key("retry-after"), "{name}");
+    }
+
+    proxy.set_silent(false);
+    let reclaimed = app.create_vm().await;
+    assert_eq!(reclaimed.status, 200, "{:?}", reclaimed.json);
+    assert_eq!(reclaimed.json["vm"]["vmId"], "silent-1");
 }
