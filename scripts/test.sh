@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test on a fresh machine: installs what the tests need, then runs them all.
+# Runs every test on a fresh machine: installs what the tests need (Azurite, pinned by
+# package-lock.json, into node_modules/), then runs them all. Tests that need Azurite start
+# and stop it themselves on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+npm ci --no-audit --no-fund
 cargo test --locked --all-targets

@@ -18,6 +18,7 @@ use crate::pool::Pool;
 use crate::reconcile::Reconciler;
 use crate::store::VmStore;
 use crate::store::memory::MemoryStore;
+use crate::store::table::TableStore;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +68,11 @@ pub async fn ports(
 ) -> Result<(Arc<dyn VmStore>, Arc<dyn Compute>), StartupError> {
     let store: Arc<dyn VmStore> = match &config.storage {
         StorageConfig::Memory => Arc::new(MemoryStore::new()),
-        StorageConfig::Azure(_) => {
-            return Err(StartupError::Port(
-                "VMPOOL_STORAGE: Azure Table Storage is not supported by this build yet".into(),
-            ));
-        }
+        StorageConfig::Azure(secret) => Arc::new(
+            TableStore::connect(secret.expose(), &config.table)
+                .await
+                .map_err(|e| StartupError::Port(format!("VMPOOL_STORAGE: {e}")))?,
+        ),
     };
     let compute: Arc<dyn Compute> = match &config.compute {
         ComputeConfig::Simulated(latencies) => {

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
+use super::{
+    Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize, normalize_meta,
+};
 use crate::domain::{VmId, VmRecord};
 
 /// Rows kept in process. Cloning is not offered: share it behind an `Arc`.
@@ -86,6 +88,7 @@ impl VmStore for MemoryStore {
 
     async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
         self.write()?;
+        let vm = &normalize(vm)?;
         let mut rows = self.rows();
         if rows.contains_key(&vm.id) {
             return Ok(Written::LostRace);
@@ -103,6 +106,7 @@ impl VmStore for MemoryStore {
 
     async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
         self.write()?;
+        let vm = &normalize(vm)?;
         let mut rows = self.rows();
         match rows.get_mut(&vm.id) {
             Some(row) if row.etag == *etag => {
@@ -136,7 +140,8 @@ impl VmStore for MemoryStore {
 
     async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
         self.check_up()?;
-        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta.clone());
+        let meta = normalize_meta(meta)?;
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta);
         Ok(())
     }
 }

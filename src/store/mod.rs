@@ -95,6 +95,61 @@ pub struct PoolMeta {
     pub breaker_reason: Option<String>,
 }
 
+/// The longest free text (an ARM error, a reconcile summary) a row keeps, in characters;
+/// longer text is cut. Table Storage refuses strings over 64 KiB.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
+/// Cuts `text` to [`MAX_TEXT_CHARS`] characters.
+pub fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((at, _)) => text[..at].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// The row as every store keeps it: times in UTC cut to the 100 ns ticks Table Storage
+/// keeps, free text cut to [`MAX_TEXT_CHARS`]. Times outside the years 1601-9999 (which
+/// Table Storage cannot hold) are refused. Both stores apply this, so the in-memory one
+/// answers exactly as the real one would.
+pub fn normalize(vm: &VmRecord) -> Result<VmRecord, StoreError> {
+    Ok(VmRecord {
+        last_report_at: opt(vm.last_report_at)?,
+        state_changed_at: tick(vm.state_changed_at)?,
+        created_at: tick(vm.created_at)?,
+        claimed_at: opt(vm.claimed_at)?,
+        last_error: vm.last_error.as_deref().map(truncate),
+        ..vm.clone()
+    })
+}
+
+/// The pool's record as every store keeps it (see [`normalize`]).
+pub fn normalize_meta(meta: &PoolMeta) -> Result<PoolMeta, StoreError> {
+    Ok(PoolMeta {
+        last_reconcile_at: opt(meta.last_reconcile_at)?,
+        last_reconcile_summary: truncate(&meta.last_reconcile_summary),
+        buffer_target: meta.buffer_target,
+        target_raised_at: opt(meta.target_raised_at)?,
+        consecutive_create_failures: meta.consecutive_create_failures,
+        breaker_open_until: opt(meta.breaker_open_until)?,
+        breaker_reason: meta.breaker_reason.as_deref().map(truncate),
+    })
+}
+
+fn tick(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    if !(1601..=9999).contains(&t.year()) {
+        return Err(StoreError::Rejected(format!(
+            "time {t} is outside what table storage keeps (years 1601-9999)"
+        )));
+    }
+    t.replace_nanosecond(t.nanosecond() / 100 * 100)
+        .map_err(|e| StoreError::Rejected(format!("time {t}: {e}")))
+}
+
+fn opt(t: Option<OffsetDateTime>) -> Result<Option<OffsetDateTime>, StoreError> {
+    t.map(tick).transpose()
+}
+
 /// The VM table.
 #[async_trait]
 pub trait VmStore: Send + Sync + 'static {
@@ -108,13 +163,16 @@ pub trait VmStore: Send + Sync + 'static {
     /// (written by something else) are skipped with a warning.
     async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError>;
 
-    /// Adds a row; [`Written::LostRace`] if a row with that key exists.
+    /// Adds a row; [`Written::LostRace`] if a row with that key exists. The row is kept as
+    /// [`normalize`] makes it.
     async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError>;
 
-    /// Replaces a row if it is still at `etag`.
+    /// Replaces a row if it is still at `etag` ([`Written::LostRace`] if it is not, or is
+    /// gone). The row is kept as [`normalize`] makes it.
     async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError>;
 
-    /// Removes a row if it is still at `etag`.
+    /// Removes a row if it is still at `etag` ([`Written::LostRace`] if it is not, or is
+    /// gone).
     async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError>;
 
     /// The pool's own record, if written yet.

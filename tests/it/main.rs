@@ -12,3 +12,5 @@ mod arm;
 mod host;
 mod reconcile;
 mod router;
+mod store_contract;
+mod table_store;

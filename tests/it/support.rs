@@ -1,5 +1,10 @@
 //! Test helpers: an app over real sockets with typed request helpers.
 
+pub mod apps;
+pub mod azurite;
+
+pub use apps::{config, sim_cloud, spawn_instance, spawn_on};
+
 use std::sync::Arc;
 
 use serde_json::Value;

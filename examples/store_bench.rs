@@ -1,0 +1,449 @@
+//! Benchmark of vmpool on Table Storage: prints figures, asserts nothing.
+//!
+//! ```text
+//! npm ci --no-audit --no-fund
+//! cargo run --release --example store_bench
+//! ```
+//!
+//! Starts Azurite (from `node_modules`) on a free port, seeds 1000 VMs, and measures p50/p99
+//! of CreateVM (reclaim path), ReportGameRoomsNumber and GetAvailableVMs, each next to the
+//! raw `azure_data_tables` calls the operation inherently needs, interleaved in the same
+//! run, and prints the ratios. vmpool is measured twice: over HTTP (what a caller sees,
+//! axum and JSON included) and in process (the pool's own work). Then it runs the 64-caller
+//! burst over 16 reclaimable VMs and prints table writes per successful claim, for one
+//! instance and for two instances over one table.
+//!
+//! `BENCH_ITERATIONS` (default 300) sets the samples per figure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::{RetryOptions, TransportOptions};
+use azure_data_tables::clients::TableServiceClientBuilder;
+use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use azure_storage::{CloudLocation, StorageCredentials};
+use futures::StreamExt;
+use rand::seq::IndexedRandom;
+use serde_json::{Map, Value};
+use time::macros::datetime;
+use tokio::net::TcpListener;
+use vmpool::clock::{Clock, SystemClock};
+use vmpool::compute::Compute;
+use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
+use vmpool::config::Config;
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::http::AppState;
+use vmpool::pool::Pool;
+use vmpool::store::table::TableStore;
+use vmpool::store::{Rows, VmStore, Written};
+
+#[path = "../tests/it/support/azurite.rs"]
+mod azurite;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const SEEDED: usize = 1000;
+const RUNNING: usize = 500;
+const MARKED: usize = 100;
+
+fn vm(name: &str, state: VmState) -> VmRecord {
+    let mut vm = VmRecord::new_creating(
+        VmId::parse(name).expect("a valid name"),
+        format!(
+            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
+        Purpose::Matchmaker,
+        datetime!(2026-01-01 00:00 UTC),
+    );
+    vm.state = state;
+    vm.operation = None;
+    vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
+    vm.rooms = 3;
+    vm
+}
+
+/// A running vmpool over `store` on a loopback port.
+struct Service {
+    base: String,
+    state: AppState,
+}
+
+async fn serve(store: Arc<dyn VmStore>, max_vms: &str) -> Res<Service> {
+    let vars: HashMap<String, String> = [("VMPOOL_MAX_VMS", max_vms)]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let config = Config::from_source(&vars)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let cloud = Arc::new(SimCloud::new(clock.clone(), Latencies::default(), 1));
+    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
+    let state = vmpool::startup::state(&config, store, compute, clock);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let served = state.clone();
+    tokio::spawn(async move {
+        let _ = vmpool::startup::run(listener, served, None, std::future::pending()).await;
+    });
+    Ok(Service { base, state })
+}
+
+/// A client for the raw calls, tuned as TableStore tunes its own (pooled connections, no
+/// SDK retries), so the comparison is of the work and not of the transport.
+fn raw_table(port: u16, table: &str) -> Res<TableClient> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    Ok(TableServiceClientBuilder::with_location(
+        CloudLocation::Custom {
+            account: azurite::ACCOUNT.into(),
+            uri: format!("http://127.0.0.1:{port}/{}", azurite::ACCOUNT),
+        },
+        StorageCredentials::emulator(),
+    )
+    .retry(RetryOptions::none())
+    .transport(TransportOptions::new(Arc::new(http)))
+    .build()
+    .table_client(table))
+}
+
+async fn raw_query(table: &TableClient, filter: &'static str) -> Res<Vec<Map<String, Value>>> {
+    let mut pages = table
+        .query()
+        .filter(filter)
+        .into_stream::<Map<String, Value>>();
+    let mut rows = Vec::new();
+    while let Some(page) = pages.next().await {
+        rows.extend(page?.entities);
+    }
+    Ok(rows)
+}
+
+/// The raw row for an update: what was read, minus the metadata the service added.
+fn raw_body(mut row: Map<String, Value>) -> (Value, String) {
+    let etag = row
+        .get("odata.etag")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
+    (Value::Object(row), etag)
+}
+
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+    fn pct(&self, p: usize) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, raw_what: &str, raw: &Samples, http: &Samples, pool: &Samples) {
+    println!("{name} (raw: {raw_what})");
+    println!(
+        "  {:<22} p50 {:>7.2} ms   p99 {:>7.2} ms",
+        "raw azure_data_tables",
+        ms(raw.pct(50)),
+        ms(raw.pct(99))
+    );
+    for (label, s) in [("vmpool in process", pool), ("vmpool over HTTP", http)] {
+        println!(
+            "  {:<22} p50 {:>7.2} ms   p99 {:>7.2} ms   ratio p50 {:.2}  p99 {:.2}",
+            label,
+            ms(s.pct(50)),
+            ms(s.pct(99)),
+            s.pct(50).as_secs_f64() / raw.pct(50).as_secs_f64(),
+            s.pct(99).as_secs_f64() / raw.pct(99).as_secs_f64()
+        );
+    }
+}
+
+async fn timed<T>(samples: &mut Samples, fut: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = fut.await;
+    samples.push(started.elapsed());
+    out
+}
+
+/// Puts a VM back to `MarkedForDeallocation` (not measured).
+async fn remark(store: &dyn VmStore, id: &str) -> Res<()> {
+    let id = VmId::parse(id)?;
+    let row = store.get(&id).await?.ok_or("row vanished")?;
+    let mut next = row.vm.clone();
+    next.state = VmState::MarkedForDeallocation;
+    if let Written::LostRace = store.update(&next, &row.etag).await? {
+        return Err("lost a race while resetting".into());
+    }
+    Ok(())
+}
+
+async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
+    let table = azurite::table_name("bench");
+    let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
+    let raw = raw_table(az.port(), &table)?;
+    println!(
+        "seeding {SEEDED} VMs ({RUNNING} Running, {MARKED} MarkedForDeallocation, the rest Deallocated) ..."
+    );
+    let names: Vec<(String, VmState)> = (0..SEEDED)
+        .map(|i| {
+            let state = if i < RUNNING {
+                VmState::Running
+            } else if i < RUNNING + MARKED {
+                VmState::MarkedForDeallocation
+            } else {
+                VmState::Deallocated
+            };
+            (format!("bench-{i:04}"), state)
+        })
+        .collect();
+    let seeded = futures::stream::iter(names.iter())
+        .map(|(name, state)| {
+            let store = store.clone();
+            async move { store.insert(&vm(name, *state)).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for s in seeded {
+        s?;
+    }
+    let running: Vec<String> = names
+        .iter()
+        .filter(|(_, s)| *s == VmState::Running)
+        .map(|(n, _)| n.clone())
+        .collect();
+
+    let service = serve(store.clone(), "1000").await?;
+    let pool: &Pool = &service.state.pool;
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(format!("{}{path}", service.base));
+    let claim_filter =
+        "VM_State eq 'MarkedForDeallocation' or VM_State eq 'Standby' or VM_State eq 'Creating'";
+    let warmup = iterations / 10;
+
+    // CreateVM, reclaim path: one filtered query plus one conditional update.
+    let (mut raw_s, mut http_s, mut pool_s) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
+        }
+        let id = timed(&mut raw_s, async {
+            let rows = raw_query(&raw, claim_filter).await?;
+            let row = rows
+                .choose(&mut rand::rng())
+                .ok_or("no reclaimable row")?
+                .clone();
+            let (mut body, etag) = raw_body(row);
+            body["VM_State"] = "Running".into();
+            let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
+            raw.partition_key_client(&key)
+                .entity_client(&key)
+                .update(&body, IfMatchCondition::Etag(etag.into()))?
+                .await?;
+            Res::Ok(key)
+        })
+        .await?;
+        remark(&*store, &id).await?;
+
+        let answer: Value = timed(&mut http_s, async {
+            post("/api/CreateVM").send().await?.json::<Value>().await
+        })
+        .await?;
+        if answer["action"] != "reclaimed" {
+            return Err(format!("CreateVM did not reclaim: {answer}").into());
+        }
+        remark(&*store, answer["vm"]["vmId"].as_str().unwrap_or_default()).await?;
+
+        let created = timed(&mut pool_s, pool.create_vm()).await?;
+        remark(&*store, created.vm.id.as_str()).await?;
+    }
+    report(
+        "CreateVM, reclaim path",
+        "1 filtered query + 1 conditional update",
+        &raw_s,
+        &http_s,
+        &pool_s,
+    );
+
+    // ReportGameRoomsNumber: one read plus one conditional update.
+    let (mut raw_s, mut http_s, mut pool_s) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
+        }
+        let pick = || {
+            running
+                .choose(&mut rand::rng())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let key = pick();
+        timed(&mut raw_s, async {
+            let entity = raw.partition_key_client(&key).entity_client(&key);
+            let got = entity.get::<Map<String, Value>>().await?;
+            let (mut body, _) = raw_body(got.entity);
+            body["Rooms"] = ((i % 50) as u32).into();
+            entity
+                .update(&body, IfMatchCondition::Etag(got.etag))?
+                .await?;
+            Res::Ok(())
+        })
+        .await?;
+        let key = pick();
+        let status = timed(&mut http_s, async {
+            post("/api/ReportGameRoomsNumber")
+                .json(&serde_json::json!({"vmId": key, "rooms": i % 50}))
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+        .await?;
+        if !status.is_success() {
+            return Err(format!("ReportGameRoomsNumber answered {status}").into());
+        }
+        let key = VmId::parse(&pick())?;
+        timed(&mut pool_s, pool.report_rooms(&key, (i % 50) as u32)).await?;
+    }
+    report(
+        "ReportGameRoomsNumber",
+        "1 read + 1 conditional update",
+        &raw_s,
+        &http_s,
+        &pool_s,
+    );
+
+    // GetAvailableVMs: one filtered query (all pages).
+    let (mut raw_s, mut http_s, mut pool_s) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
+        }
+        let rows = timed(&mut raw_s, raw_query(&raw, "VM_State eq 'Running'")).await?;
+        let answer: Value = timed(&mut http_s, async {
+            http.get(format!("{}/api/GetAvailableVMs", service.base))
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        })
+        .await?;
+        let vms = timed(&mut pool_s, pool.available()).await?;
+        let listed = answer["vms"].as_array().map_or(0, Vec::len);
+        if rows.len() != RUNNING || listed != RUNNING || vms.len() != RUNNING {
+            return Err(format!(
+                "expected {RUNNING} Running VMs, got raw {} http {listed} pool {}",
+                rows.len(),
+                vms.len()
+            )
+            .into());
+        }
+    }
+    report(
+        &format!("GetAvailableVMs ({RUNNING} of {SEEDED} VMs Running)"),
+        "1 filtered query",
+        &raw_s,
+        &http_s,
+        &pool_s,
+    );
+    Ok(())
+}
+
+/// 64 concurrent CreateVM over 16 reclaimable VMs with room for 4 more, spread over
+/// `instances` vmpool instances with their own connections to one table.
+async fn burst(az: &azurite::Azurite, instances: usize) -> Res<()> {
+    let table = azurite::table_name("burst");
+    let mut stores = Vec::new();
+    let mut services = Vec::new();
+    for _ in 0..instances {
+        let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
+        services.push(serve(store.clone(), "20").await?);
+        stores.push(store);
+    }
+    for i in 0..16 {
+        stores[0]
+            .insert(&vm(
+                &format!("burst-{i:02}"),
+                VmState::MarkedForDeallocation,
+            ))
+            .await?;
+    }
+    let writes =
+        |stores: &[Arc<TableStore>]| stores.iter().map(|s| s.write_attempts()).sum::<u64>();
+    let before = writes(&stores);
+    let http = reqwest::Client::new();
+    let answers = futures::future::join_all((0..64).map(|i| {
+        let url = format!("{}/api/CreateVM", services[i % instances].base);
+        let http = http.clone();
+        async move {
+            let res = http.post(url).send().await?;
+            let status = res.status().as_u16();
+            Res::Ok((status, res.json::<Value>().await?))
+        }
+    }))
+    .await;
+    let mut claims = 0;
+    let mut reclaimed = 0;
+    let mut exhausted = 0;
+    for answer in answers {
+        let (status, json) = answer?;
+        match status {
+            200 | 202 => {
+                claims += 1;
+                if json["action"] == "reclaimed" {
+                    reclaimed += 1;
+                }
+            }
+            _ if json["error"]["code"] == "CapacityExhausted" => exhausted += 1,
+            _ => return Err(format!("unexpected answer {status}: {json}").into()),
+        }
+    }
+    let spent = writes(&stores) - before;
+    let active = stores[0]
+        .list(Rows::All)
+        .await?
+        .iter()
+        .filter(|r| r.vm.state.counts_against_max())
+        .count();
+    println!(
+        "64-caller burst, {instances} instance(s): {claims} claims ({reclaimed} reclaimed), {exhausted} CapacityExhausted, {spent} table writes = {:.2} writes per successful claim (minimum 1.00); {active} VMs count against the maximum of 20",
+        spent as f64 / f64::from(claims.max(1))
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let iterations = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let az =
+        tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
+            .await?;
+    println!(
+        "Azurite on port {}; {iterations} samples per figure after {} warm-up rounds",
+        az.port(),
+        iterations / 10
+    );
+    latency(&az, iterations).await?;
+    burst(&az, 1).await?;
+    burst(&az, 2).await?;
+    Ok(())
+}

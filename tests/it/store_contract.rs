@@ -1,0 +1,401 @@
+//! One contract for the VM table, run against both implementations: the in-memory store
+//! (the fake every other test leans on) and `TableStore` on Azurite. Where they differ, the
+//! fake is wrong.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use time::macros::datetime;
+use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::store::memory::MemoryStore;
+use vmpool::store::table::TableStore;
+use vmpool::store::{
+    Etag, MAX_TEXT_CHARS, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize,
+};
+
+use crate::support::azurite::{Azurite, table_name};
+
+/// A TableStore on the shared Azurite, over a table of its own.
+pub async fn table_store() -> Arc<TableStore> {
+    let azurite = Azurite::shared();
+    Arc::new(
+        TableStore::connect(&azurite.connection_string(), &table_name("contract"))
+            .await
+            .expect("connect to Azurite"),
+    )
+}
+
+fn id(raw: &str) -> VmId {
+    VmId::parse(raw).unwrap()
+}
+
+/// A VM with every field set, times with nanoseconds (finer than the table keeps).
+fn full_vm(name: &str, state: VmState) -> VmRecord {
+    VmRecord {
+        id: id(name),
+        state,
+        purpose: Purpose::Buffer,
+        operation: Some(Operation::Start),
+        resource_id: format!(
+            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
+        public_ip: Some("203.0.113.7".into()),
+        rooms: 12,
+        last_report_at: Some(datetime!(2026-01-01 00:00:01.123456789 UTC)),
+        state_changed_at: datetime!(2026-01-01 00:00:02.987654321 UTC),
+        created_at: datetime!(2025-12-31 23:59:59 UTC),
+        claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
+        attempts: 2,
+        last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
+    }
+}
+
+/// A VM with every optional field empty.
+fn bare_vm(name: &str, state: VmState) -> VmRecord {
+    let mut vm = VmRecord::new_creating(
+        id(name),
+        format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
+        Purpose::Matchmaker,
+        datetime!(2026-01-01 00:00 UTC),
+    );
+    vm.state = state;
+    vm.operation = None;
+    vm.claimed_at = None;
+    vm.attempts = 0;
+    vm
+}
+
+fn done(w: Written) -> Etag {
+    match w {
+        Written::Done(etag) => etag,
+        Written::LostRace => panic!("expected the write to happen"),
+    }
+}
+
+async fn insert(store: &dyn VmStore, vm: &VmRecord) -> Etag {
+    done(store.insert(vm).await.unwrap())
+}
+
+async fn get(store: &dyn VmStore, name: &str) -> Versioned {
+    store.get(&id(name)).await.unwrap().expect("the row")
+}
+
+pub async fn rows_round_trip_as_normalised(store: Arc<dyn VmStore>) {
+    for vm in [
+        full_vm("full-1", VmState::Creating),
+        bare_vm("bare-1", VmState::Running),
+    ] {
+        let etag = insert(&*store, &vm).await;
+        let got = get(&*store, vm.id.as_str()).await;
+        let want = normalize(&vm).unwrap();
+        assert_eq!(got.vm, want);
+        assert_eq!(got.etag, etag, "get answers the version the insert made");
+        assert_eq!(
+            got.vm.state_changed_at.nanosecond() % 100,
+            0,
+            "times are kept in 100 ns ticks"
+        );
+    }
+}
+
+pub async fn inserting_an_existing_key_loses_and_changes_nothing(store: Arc<dyn VmStore>) {
+    let first = full_vm("dup", VmState::Running);
+    let etag = insert(&*store, &first).await;
+    let mut second = bare_vm("dup", VmState::Creating);
+    second.rooms = 99;
+    assert_eq!(store.insert(&second).await.unwrap(), Written::LostRace);
+    let got = get(&*store, "dup").await;
+    assert_eq!(got.vm, normalize(&first).unwrap());
+    assert_eq!(got.etag, etag);
+}
+
+pub async fn missing_rows_are_none_and_writes_to_them_lose(store: Arc<dyn VmStore>) {
+    assert_eq!(store.get(&id("ghost")).await.unwrap(), None);
+    let ghost = bare_vm("ghost", VmState::Running);
+    let some_etag = insert(&*store, &bare_vm("real", VmState::Running)).await;
+    assert_eq!(
+        store.update(&ghost, &some_etag).await.unwrap(),
+        Written::LostRace
+    );
+    assert_eq!(
+        store.delete(&id("ghost"), &some_etag).await.unwrap(),
+        Written::LostRace
+    );
+    assert_eq!(
+        store.get(&id("ghost")).await.unwrap(),
+        None,
+        "an update never creates a row"
+    );
+}
+
+pub async fn updates_need_the_current_etag(store: Arc<dyn VmStore>) {
+    let vm = bare_vm("upd", VmState::Running);
+    let v1 = insert(&*store, &vm).await;
+    let mut next = vm.clone();
+    next.rooms = 5;
+    next.public_ip = Some("198.51.100.1".into());
+    let v2 = done(store.update(&next, &v1).await.unwrap());
+    assert_ne!(v1, v2, "every write makes a new version");
+    let got = get(&*store, "upd").await;
+    assert_eq!((got.vm.rooms, got.etag.clone()), (5, v2.clone()));
+
+    // Stale: the first version again.
+    let mut stale = next.clone();
+    stale.rooms = 77;
+    assert_eq!(store.update(&stale, &v1).await.unwrap(), Written::LostRace);
+    assert_eq!(get(&*store, "upd").await.vm.rooms, 5);
+
+    // A replace removes what the new row leaves out.
+    let mut cleared = next.clone();
+    cleared.public_ip = None;
+    cleared.last_error = None;
+    let v3 = done(store.update(&cleared, &v2).await.unwrap());
+    let got = get(&*store, "upd").await;
+    assert_eq!(got.vm.public_ip, None);
+    assert_eq!(got.etag, v3);
+}
+
+pub async fn deletes_need_the_current_etag(store: Arc<dyn VmStore>) {
+    let vm = bare_vm("del", VmState::Failed);
+    let v1 = insert(&*store, &vm).await;
+    let v2 = done(store.update(&vm, &v1).await.unwrap());
+    assert_eq!(
+        store.delete(&id("del"), &v1).await.unwrap(),
+        Written::LostRace
+    );
+    assert!(store.get(&id("del")).await.unwrap().is_some());
+    done(store.delete(&id("del"), &v2).await.unwrap());
+    assert_eq!(store.get(&id("del")).await.unwrap(), None);
+    assert_eq!(
+        store.delete(&id("del"), &v2).await.unwrap(),
+        Written::LostRace
+    );
+    // The key can be used again.
+    insert(&*store, &vm).await;
+}
+
+pub async fn one_of_many_concurrent_writers_wins(store: Arc<dyn VmStore>) {
+    let vm = bare_vm("race", VmState::MarkedForDeallocation);
+    let etag = insert(&*store, &vm).await;
+    let outcomes = futures::future::join_all((0..10u32).map(|i| {
+        let store = store.clone();
+        let etag = etag.clone();
+        let mut next = vm.clone();
+        next.rooms = i;
+        async move { store.update(&next, &etag).await.unwrap() }
+    }))
+    .await;
+    let winners = outcomes
+        .iter()
+        .filter(|w| matches!(w, Written::Done(_)))
+        .count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    let inserts = futures::future::join_all((0..10).map(|_| {
+        let store = store.clone();
+        async move {
+            store
+                .insert(&bare_vm("fresh", VmState::Creating))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(
+        inserts
+            .iter()
+            .filter(|w| matches!(w, Written::Done(_)))
+            .count(),
+        1
+    );
+}
+
+pub async fn lists_select_by_state_with_usable_etags(store: Arc<dyn VmStore>) {
+    for (i, state) in VmState::ALL.into_iter().enumerate() {
+        insert(&*store, &full_vm(&format!("s{i}"), state)).await;
+        insert(&*store, &bare_vm(&format!("t{i}"), state)).await;
+    }
+    let all = store.list(Rows::All).await.unwrap();
+    assert_eq!(all.len(), 14);
+    for row in &all {
+        let got = get(&*store, row.vm.id.as_str()).await;
+        assert_eq!(&got, row, "a listed row equals the row as read");
+    }
+    for state in VmState::ALL {
+        let rows = store.list(Rows::InStates(&[state])).await.unwrap();
+        assert_eq!(rows.len(), 2, "{state}");
+        assert!(rows.iter().all(|r| r.vm.state == state));
+    }
+    let two = [VmState::MarkedForDeallocation, VmState::Standby];
+    assert_eq!(store.list(Rows::InStates(&two)).await.unwrap().len(), 4);
+    assert!(store.list(Rows::InStates(&[])).await.unwrap().is_empty());
+
+    // The version a list gives is the one a conditional write needs.
+    let running = store
+        .list(Rows::InStates(&[VmState::Running]))
+        .await
+        .unwrap();
+    let mut next = running[0].vm.clone();
+    next.state = VmState::MarkedForDeallocation;
+    done(store.update(&next, &running[0].etag).await.unwrap());
+    assert_eq!(
+        store.update(&next, &running[0].etag).await.unwrap(),
+        Written::LostRace
+    );
+}
+
+pub async fn lists_page_past_a_thousand_rows(store: Arc<dyn VmStore>) {
+    const N: usize = 1234;
+    let names: Vec<String> = (0..N).map(|i| format!("page-{i:05}")).collect();
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(32, |(i, name)| {
+            let store = store.clone();
+            async move {
+                let state = if i % 3 == 0 {
+                    VmState::Running
+                } else {
+                    VmState::Deallocated
+                };
+                insert(&*store, &bare_vm(name, state)).await;
+            }
+        })
+        .await;
+    let all = store.list(Rows::All).await.unwrap();
+    assert_eq!(all.len(), N);
+    let distinct: BTreeSet<&str> = all.iter().map(|r| r.vm.id.as_str()).collect();
+    assert_eq!(distinct.len(), N, "no row twice");
+    let running = store
+        .list(Rows::InStates(&[VmState::Running]))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), N.div_ceil(3));
+}
+
+pub async fn awkward_but_valid_names_work_everywhere(store: Arc<dyn VmStore>) {
+    let names = [
+        "a",
+        "A",
+        "0",
+        "-",
+        "_",
+        ".a",
+        "a.b",
+        "a..b",
+        "-.-_",
+        "UPPER-lower_9.x",
+        &"z".repeat(64),
+    ];
+    for name in names {
+        insert(&*store, &bare_vm(name, VmState::Running)).await;
+    }
+    assert_eq!(
+        get(&*store, "A").await.vm.id.as_str(),
+        "A",
+        "keys are case-sensitive"
+    );
+    let listed: BTreeSet<String> = store
+        .list(Rows::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.vm.id.to_string())
+        .collect();
+    let want: BTreeSet<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    assert_eq!(listed, want);
+    for name in names {
+        let row = get(&*store, name).await;
+        let mut next = row.vm.clone();
+        next.rooms = 3;
+        let etag = done(store.update(&next, &row.etag).await.unwrap());
+        done(store.delete(&id(name), &etag).await.unwrap());
+        assert_eq!(store.get(&id(name)).await.unwrap(), None, "{name}");
+    }
+}
+
+pub async fn extreme_values_are_kept_or_cut_the_same_way(store: Arc<dyn VmStore>) {
+    let mut vm = full_vm("extreme", VmState::Failed);
+    vm.rooms = u32::MAX;
+    vm.attempts = u32::MAX;
+    vm.last_error = Some("é".repeat(MAX_TEXT_CHARS + 100));
+    insert(&*store, &vm).await;
+    let got = get(&*store, "extreme").await.vm;
+    assert_eq!((got.rooms, got.attempts), (u32::MAX, u32::MAX));
+    assert_eq!(
+        got.last_error.as_deref().map(|e| e.chars().count()),
+        Some(MAX_TEXT_CHARS)
+    );
+
+    let mut ancient = bare_vm("ancient", VmState::Running);
+    ancient.created_at = datetime!(1600-12-31 00:00 UTC);
+    assert!(matches!(
+        store.insert(&ancient).await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert_eq!(store.get(&id("ancient")).await.unwrap(), None);
+}
+
+pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
+    assert_eq!(store.load_meta().await.unwrap(), None);
+    let meta = PoolMeta {
+        last_reconcile_at: Some(datetime!(2026-01-01 00:00:00.123456789 UTC)),
+        last_reconcile_summary: "reconciled: 1 completed".into(),
+        buffer_target: 2,
+        target_raised_at: Some(datetime!(2026-01-01 00:00 UTC)),
+        consecutive_create_failures: 0,
+        breaker_open_until: None,
+        breaker_reason: None,
+    };
+    store.save_meta(&meta).await.unwrap();
+    let got = store.load_meta().await.unwrap().unwrap();
+    assert_eq!(
+        got.last_reconcile_at,
+        Some(datetime!(2026-01-01 00:00:00.1234567 UTC))
+    );
+    assert_eq!(got.last_reconcile_summary, meta.last_reconcile_summary);
+    let mut next = got.clone();
+    next.breaker_reason = Some("QuotaExceeded".into());
+    next.buffer_target = 0;
+    store.save_meta(&next).await.unwrap();
+    assert_eq!(store.load_meta().await.unwrap(), Some(next));
+    assert!(
+        store.list(Rows::All).await.unwrap().is_empty(),
+        "the pool record is not a VM row"
+    );
+}
+
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(std::sync::Arc::new(super::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod azurite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(super::table_store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    rows_round_trip_as_normalised,
+    inserting_an_existing_key_loses_and_changes_nothing,
+    missing_rows_are_none_and_writes_to_them_lose,
+    updates_need_the_current_etag,
+    deletes_need_the_current_etag,
+    one_of_many_concurrent_writers_wins,
+    lists_select_by_state_with_usable_etags,
+    lists_page_past_a_thousand_rows,
+    awkward_but_valid_names_work_everywhere,
+    extreme_values_are_kept_or_cut_the_same_way,
+    the_pool_record_is_kept_apart,
+);

@@ -1,0 +1,616 @@
+//! vmpool over `TableStore` on Azurite, end to end over real HTTP: the lifecycle, claims
+//! under contention (one instance and two), foreign rows, and storage outages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use time::macros::datetime;
+use vmpool::clock::ManualClock;
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::store::table::{TableOptions, TableStore};
+use vmpool::store::{Rows, StoreError, VmStore, Written};
+
+use crate::store_contract::table_store;
+use crate::support::azurite::{Azurite, Persistence, table_name};
+use crate::support::{Answer, TestApp, config, sim_cloud, spawn_instance, spawn_on};
+
+/// A VM the matchmaker has given back: `MarkedForDeallocation`, with rooms.
+fn marked(name: &str) -> VmRecord {
+    let mut vm = VmRecord::new_creating(
+        VmId::parse(name).unwrap(),
+        format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
+        Purpose::Matchmaker,
+        datetime!(2025-12-31 23:00 UTC),
+    );
+    vm.state = VmState::MarkedForDeallocation;
+    vm.operation = None;
+    vm.public_ip = Some("203.0.113.200".into());
+    vm.rooms = 2;
+    vm
+}
+
+/// How a burst of CreateVM calls went.
+struct Burst {
+    answers: Vec<Answer>,
+}
+
+impl Burst {
+    async fn run(apps: &[&TestApp], calls: usize) -> Burst {
+        let answers =
+            futures::future::join_all((0..calls).map(|i| apps[i % apps.len()].create_vm())).await;
+        Burst { answers }
+    }
+
+    fn handed_out(&self) -> Vec<(String, String)> {
+        self.answers
+            .iter()
+            .filter(|a| a.status == 200 || a.status == 202)
+            .map(|a| {
+                (
+                    a.json["action"].as_str().unwrap().to_owned(),
+                    a.json["vm"]["vmId"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The checks every burst must pass, whatever the number of instances.
+    async fn check(&self, store: &dyn VmStore, seeded: &BTreeSet<String>, max: usize) {
+        for a in &self.answers {
+            match a.status {
+                200 | 202 => {}
+                503 => {
+                    assert_eq!(a.json["error"]["code"], "CapacityExhausted", "{:?}", a.json);
+                    assert!(a.headers.contains_key("retry-after"));
+                }
+                other => panic!("unexpected answer {other}: {:?}", a.json),
+            }
+        }
+        let handed = self.handed_out();
+        let reclaimed: BTreeSet<String> = handed
+            .iter()
+            .filter(|(action, _)| action == "reclaimed")
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(
+            handed.iter().filter(|(a, _)| a == "reclaimed").count(),
+            seeded.len(),
+            "every reclaimable VM is reclaimed exactly once: {handed:?}"
+        );
+        assert_eq!(&reclaimed, seeded);
+        let ids: BTreeSet<&str> = handed.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            handed.len(),
+            "a vmId was handed out twice: {handed:?}"
+        );
+        for (action, id) in &handed {
+            assert!(
+                action == "reclaimed" || !seeded.contains(id),
+                "{action} {id}"
+            );
+        }
+
+        // The table agrees with the answers.
+        let rows: BTreeMap<String, VmRecord> = store
+            .list(Rows::All)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.vm.id.to_string(), r.vm))
+            .collect();
+        let active = rows
+            .values()
+            .filter(|vm| vm.state.counts_against_max())
+            .count();
+        assert!(
+            active <= max,
+            "{active} VMs count against a maximum of {max}"
+        );
+        for (action, id) in &handed {
+            let vm = rows.get(id).unwrap_or_else(|| panic!("{id} has no row"));
+            let want = if action == "reclaimed" {
+                VmState::Running
+            } else {
+                VmState::Creating
+            };
+            assert_eq!((vm.state, vm.purpose), (want, Purpose::Matchmaker), "{id}");
+        }
+        let owned: BTreeSet<&str> = rows
+            .values()
+            .filter(|vm| {
+                vm.state == VmState::Running
+                    || (vm.state == VmState::Creating && vm.purpose == Purpose::Matchmaker)
+            })
+            .map(|vm| vm.id.as_str())
+            .collect();
+        assert_eq!(
+            owned, ids,
+            "every VM the matchmaker owns was handed out once"
+        );
+        assert!(
+            rows.values()
+                .all(|vm| vm.state != VmState::MarkedForDeallocation),
+            "no reclaimable VM is left over"
+        );
+    }
+}
+
+async fn seed_marked(store: &dyn VmStore, n: usize) -> BTreeSet<String> {
+    let mut seeded = BTreeSet::new();
+    for i in 0..n {
+        let name = format!("seed-{i:02}");
+        assert!(matches!(
+            store.insert(&marked(&name)).await.unwrap(),
+            Written::Done(_)
+        ));
+        seeded.insert(name);
+    }
+    seeded
+}
+
+#[tokio::test]
+async fn sixty_four_callers_share_sixteen_reclaimable_vms() {
+    let store = table_store().await;
+    let seeded = seed_marked(&*store, 16).await;
+    let sim = spawn_on(store.clone(), &[("VMPOOL_MAX_VMS", "20")]).await;
+    let writes_before = store.write_attempts();
+
+    let burst = Burst::run(&[&sim.app], 64).await;
+    burst.check(&*store, &seeded, 20).await;
+
+    let claims = burst.handed_out().len();
+    let writes = store.write_attempts() - writes_before;
+    let per_claim = writes as f64 / claims as f64;
+    println!(
+        "one instance: {claims} claims, {writes} table writes, {per_claim:.2} writes per claim"
+    );
+    assert_eq!(claims, 20, "16 reclaimed and 4 created up to the maximum");
+    assert!(per_claim <= 1.5, "{per_claim:.2} writes per claim");
+}
+
+#[tokio::test]
+async fn two_instances_never_hand_out_one_vm_twice() {
+    let store = table_store().await;
+    let seeded = seed_marked(&*store, 16).await;
+    // A second instance: its own connection to the same table, its own Pool.
+    let other = Arc::new(
+        TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+            .await
+            .unwrap(),
+    );
+    let vars = [("VMPOOL_MAX_VMS", "20")];
+    let clock = Arc::new(ManualClock::default());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let a = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
+    let b = spawn_instance(other.clone(), &vars, clock, cloud).await;
+
+    let writes_before = store.write_attempts() + other.write_attempts();
+    let burst = Burst::run(&[&a.app, &b.app], 64).await;
+    burst.check(&*store, &seeded, 20).await;
+    let claims = burst.handed_out().len();
+    let writes = store.write_attempts() + other.write_attempts() - writes_before;
+    println!(
+        "two instances: {claims} claims, {writes} table writes, {:.2} writes per claim",
+        writes as f64 / claims as f64
+    );
+    assert!(claims >= 16);
+}
+
+#[tokio::test]
+async fn rows_written_by_someone_else_are_skipped_or_named() {
+    use azure_data_tables::clients::TableServiceClientBuilder;
+    use azure_storage::{CloudLocation, StorageCredentials};
+
+    let store = table_store().await;
+    let azurite = Azurite::shared();
+    store.insert(&marked("mine")).await.unwrap();
+    let raw = TableServiceClientBuilder::with_location(
+        CloudLocation::Custom {
+            account: "devstoreaccount1".into(),
+            uri: format!("http://127.0.0.1:{}/devstoreaccount1", azurite.port()),
+        },
+        StorageCredentials::emulator(),
+    )
+    .build()
+    .table_client(store.table_name());
+    for (key, state) in [("foreign-1", "Sleeping"), ("foreign-2", "Running")] {
+        let row = serde_json::json!({"PartitionKey": key, "RowKey": key, "VM_State": state});
+        raw.insert::<_, Value>(&row).unwrap().await.unwrap();
+    }
+    let row = serde_json::json!({"PartitionKey": "a'b", "RowKey": "a'b", "VM_State": "Running"});
+    raw.insert::<_, Value>(&row).unwrap().await.unwrap();
+
+    let listed = store.list(Rows::All).await.unwrap();
+    assert_eq!(listed.len(), 1, "only the VM row is listed: {listed:?}");
+    let running = store
+        .list(Rows::InStates(&[VmState::Running]))
+        .await
+        .unwrap();
+    assert!(running.is_empty());
+    match store.get(&VmId::parse("foreign-2").unwrap()).await {
+        Err(StoreError::Rejected(msg)) => assert!(msg.contains("foreign-2"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Over HTTP the foreign row is a clean 503, not a 500 and not a VM.
+    let sim = spawn_on(store.clone(), &[]).await;
+    let answer = sim.app.mark("foreign-2").await;
+    assert_eq!(answer.status, 503, "{:?}", answer.json);
+    assert_eq!(sim.app.available().await.json["vms"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn unreachable_storage_fails_fast_at_start_up() {
+    // Nothing listens: refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let on = |port: u16| {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1",
+            crate::support::azurite::KEY
+        )
+    };
+    let refused = on(port);
+    let started = Instant::now();
+    let err = TableStore::connect(&refused, "vmpool").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!err.to_string().contains(crate::support::azurite::KEY));
+
+    // Something accepts but never answers: the deadline ends the wait.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let hanging = on(port);
+    let started = Instant::now();
+    let err = TableStore::connect_with(
+        &hanging,
+        "vmpool",
+        TableOptions {
+            timeout: Duration::from_millis(500),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut azurite =
+        tokio::task::block_in_place(|| Azurite::start(Persistence::OnDisk(dir.path().to_owned())));
+    let store = Arc::new(
+        TableStore::connect(&azurite.connection_string(), &table_name("outage"))
+            .await
+            .unwrap(),
+    );
+    let sim = spawn_on(store.clone(), &[]).await;
+    let app = &sim.app;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let created = app.create_vm().await;
+        assert_eq!(created.status, 202, "{:?}", created.json);
+        ids.push(created.json["vm"]["vmId"].as_str().unwrap().to_owned());
+    }
+    sim.clock.advance(time::Duration::minutes(3));
+    app.reconcile().await;
+    assert_eq!(
+        app.available().await.json["vms"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(app.mark(&ids[0]).await.status, 200);
+    assert_eq!(app.report(&ids[1], 4).await.status, 200);
+
+    tokio::task::block_in_place(|| azurite.stop());
+    for (name, answer) in [
+        ("CreateVM", timed(app.create_vm()).await),
+        ("GetAvailableVMs", timed(app.available()).await),
+        ("ReportGameRoomsNumber", timed(app.report(&ids[1], 5)).await),
+        ("MarkVMForDeallocation", timed(app.mark(&ids[2])).await),
+        ("GetPoolStatus", timed(app.status()).await),
+    ] {
+        assert_eq!(answer.status, 503, "{name}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "Unavailable", "{name}");
+        assert!(answer.headers.contains_key("retry-after"), "{name}");
+    }
+    let pass = app.reconcile().await;
+    assert_eq!(
+        pass.status, 200,
+        "the timer invocation itself still answers"
+    );
+
+    tokio::task::block_in_place(|| azurite.restart());
+    let status = app.status().await;
+    assert_eq!(status.status, 200, "{:?}", status.json);
+    assert_eq!(status.json["counts"]["Running"], 2, "{:?}", status.json);
+    assert_eq!(status.json["counts"]["MarkedForDeallocation"], 1);
+    let rooms: Vec<u64> = status.json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|vm| vm["vmId"] == ids[1].as_str())
+        .map(|vm| vm["rooms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        rooms,
+        vec![4],
+        "the write before the outage is kept, the one during it never happened"
+    );
+    let reclaimed = app.create_vm().await;
+    assert_eq!(reclaimed.status, 200, "{:?}", reclaimed.json);
+    assert_eq!(reclaimed.json["vm"]["vmId"], ids[0].as_str());
+    assert_eq!(app.report(&ids[1], 5).await.status, 200);
+}
+
+/// Awaits an answer, which must come within a few seconds.
+async fn timed(call: impl std::future::Future<Output = Answer>) -> Answer {
+    let started = Instant::now();
+    let answer = call.await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    answer
+}
+
+#[tokio::test]
+async fn start_up_connects_from_vmpool_storage_and_never_shows_the_key() {
+    let azurite = Azurite::shared();
+    let table = table_name("startup");
+    let settings = config(&[
+        ("VMPOOL_STORAGE", &azurite.connection_string()),
+        ("VMPOOL_TABLE", &table),
+    ]);
+    let clock: Arc<dyn vmpool::clock::Clock> = Arc::new(ManualClock::default());
+    let (store, _) = vmpool::startup::ports(&settings, clock.clone())
+        .await
+        .unwrap();
+    let shown = store.describe();
+    assert!(
+        shown.contains("devstoreaccount1") && shown.contains(&table),
+        "{shown}"
+    );
+    assert!(!shown.contains(crate::support::azurite::KEY));
+    assert!(
+        store.list(Rows::All).await.unwrap().is_empty(),
+        "the table was created"
+    );
+
+    // The fallback name works the same way.
+    let fallback = config(&[("AzureWebJobsStorage", &azurite.connection_string())]);
+    assert!(
+        vmpool::startup::ports(&fallback, clock.clone())
+            .await
+            .is_ok()
+    );
+
+    let bad = format!(
+        "AccountName=devstoreaccount1;AccountKey={};Nonsense=1",
+        crate::support::azurite::KEY
+    );
+    let broken = config(&[("VMPOOL_STORAGE", &bad)]);
+    let err = vmpool::startup::ports(&broken, clock)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("VMPOOL_STORAGE: "), "{err}");
+    assert!(!err.contains(crate::support::azurite::KEY), "{err}");
+}
+
+/// A TCP proxy in front of Azurite that can lose the answer to the next write: the request
+/// reaches Azurite and is applied, the answer never comes back.
+struct LossyProxy {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    async fn start(target: u16) -> LossyProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
+        let shared = armed.clone();
+        let shared_silent = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let armed = shared.clone();
+                let silent = shared_silent.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let lose = Arc::new(AtomicBool::new(false));
+                    let lose_up = lose.clone();
+                    let up = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let chunk = &buf[..n];
+                            let write = [&b"PUT "[..], b"POST ", b"DELETE ", b"MERGE "]
+                                .iter()
+                                .any(|m| chunk.starts_with(m));
+                            if write && armed.swap(false, Ordering::SeqCst) {
+                                lose_up.store(true, Ordering::SeqCst);
+                            }
+                            if to_server.write_all(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if silent.load(Ordering::SeqCst) {
+                            lose.store(true, Ordering::SeqCst);
+                        }
+                        if lose.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        LossyProxy {
+            port,
+            armed,
+            silent,
+        }
+    }
+
+    /// Every answer is lost (storage that accepts requests and never answers), or none.
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The answer to the next write is lost.
+    fn lose_next_answer(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1",
+            crate::support::azurite::KEY,
+            self.port
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_settled_by_reading_the_row_back() {
+    let proxy = LossyProxy::start(Azurite::shared().port()).await;
+    let store = Arc::new(
+        TableStore::connect_with(
+            &proxy.connection_string(),
+            &table_name("lossy"),
+            TableOptions {
+                timeout: Duration::from_millis(1500),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let id = VmId::parse("lossy-1").unwrap();
+
+    proxy.lose_next_answer();
+    let Written::Done(v1) = store.insert(&marked("lossy-1")).await.unwrap() else {
+        panic!("the insert landed")
+    };
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.etag, v1);
+
+    let mut running = row.vm.clone();
+    running.state = VmState::Running;
+    proxy.lose_next_answer();
+    let Written::Done(v2) = store.update(&running, &v1).await.unwrap() else {
+        panic!("the update landed")
+    };
+    let row = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.etag.clone(), row.vm.state),
+        (v2.clone(), VmState::Running)
+    );
+
+    // A stale write whose answer (412) is lost is still a lost race.
+    let mut stale = running.clone();
+    stale.rooms = 9;
+    proxy.lose_next_answer();
+    assert_eq!(store.update(&stale, &v1).await.unwrap(), Written::LostRace);
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().vm.rooms,
+        running.rooms
+    );
+
+    proxy.lose_next_answer();
+    assert!(matches!(
+        store.delete(&id, &v2).await.unwrap(),
+        Written::Done(_)
+    ));
+    assert_eq!(store.get(&id).await.unwrap(), None);
+
+    // Over HTTP: the claim's answer is lost, yet the caller gets the VM, and it is not left
+    // Running with nobody knowing.
+    store.insert(&marked("lossy-2")).await.unwrap();
+    let sim = spawn_on(store.clone(), &[]).await;
+    proxy.lose_next_answer();
+    let answer = sim.app.create_vm().await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(answer.json["action"], "reclaimed");
+    assert_eq!(answer.json["vm"]["vmId"], "lossy-2");
+}
+
+#[tokio::test]
+async fn storage_that_never_answers_is_503_within_the_deadline_and_then_recovers() {
+    let proxy = LossyProxy::start(Azurite::shared().port()).await;
+    let store = Arc::new(
+        TableStore::connect_with(
+            &proxy.connection_string(),
+            &table_name("silent"),
+            TableOptions {
+                timeout: Duration::from_millis(1500),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    store.insert(&marked("silent-1")).await.unwrap();
+    let sim = spawn_on(store.clone(), &[]).await;
+    let app = &sim.app;
+
+    proxy.set_silent(true);
+    for (name, answer) in [
+        ("CreateVM", timed(app.create_vm()).await),
+        ("GetAvailableVMs", timed(app.available()).await),
+        ("MarkVMForDeallocation", timed(app.mark("silent-1")).await),
+    ] {
+        assert_eq!(answer.status, 503, "{name}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "Unavailable", "{name}");
+        assert!(answer.headers.contains_key("retry-after"), "{name}");
+    }
+
+    proxy.set_silent(false);
+    let reclaimed = app.create_vm().await;
+    assert_eq!(reclaimed.status, 200, "{:?}", reclaimed.json);
+    assert_eq!(reclaimed.json["vm"]["vmId"], "silent-1");
+}
