@@ -614,6 +614,10 @@ async fn sim_arm_faults_during_a_pass_are_retried_next_pass() {
 // ---- in memory, real ARM client against the ARM fake over HTTP -------------------------------
 
 async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
+    arm_rig_on(Arc::new(MemoryStore::new()), vars).await
+}
+
+async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
     use vmpool::arm_fake::{FakeOp, HttpFault};
     use vmpool::compute::arm::ArmCompute;
 
@@ -628,7 +632,7 @@ async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
     );
     let mut rig = Rig::over(
         config(vars),
-        Arc::new(MemoryStore::new()),
+        store,
         compute,
         fake.fake.cloud().clone(),
         fake.clock.clone(),
@@ -671,6 +675,58 @@ async fn arm_every_interrupted_step_is_repaired_by_one_pass() {
 async fn arm_faults_during_a_pass_are_retried_next_pass() {
     compute_faults_during_a_pass_are_retried_next_pass(
         arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
+    )
+    .await;
+}
+
+// ---- Azurite, real ARM client against the ARM fake: the production parts ---------------------
+
+async fn azure_rig(vars: &[(&str, &str)]) -> Rig {
+    use crate::support::azurite::{Azurite, table_name};
+    let store = vmpool::store::table::TableStore::connect(
+        &Azurite::shared().connection_string(),
+        &table_name("reconcile"),
+    )
+    .await
+    .unwrap();
+    arm_rig_on(Arc::new(store), vars).await
+}
+
+#[tokio::test]
+async fn azure_buffer_fills_is_taken_and_refills() {
+    buffer_fills_is_taken_and_refills(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn azure_failures_are_recorded_cleaned_up_and_replaced() {
+    failures_are_recorded_cleaned_up_and_replaced(azure_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await)
+        .await;
+}
+
+#[tokio::test]
+async fn azure_the_breaker_stops_creates_and_says_why() {
+    the_breaker_stops_creates_and_says_why(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn azure_drift_is_repaired() {
+    drift_is_repaired(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+}
+
+#[tokio::test]
+async fn azure_drained_vms_are_deallocated_after_the_drain_timeout() {
+    drained_vms_are_deallocated_after_the_drain_timeout(azure_rig(&[]).await).await;
+}
+
+#[tokio::test]
+async fn azure_every_interrupted_step_is_repaired_by_one_pass() {
+    every_interrupted_step_is_repaired_by_one_pass(azure_rig(&[]).await).await;
+}
+
+#[tokio::test]
+async fn azure_faults_during_a_pass_are_retried_next_pass() {
+    compute_faults_during_a_pass_are_retried_next_pass(
+        azure_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
     )
     .await;
 }
