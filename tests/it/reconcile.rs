@@ -13,6 +13,8 @@ use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::sim::{Fault, Latencies, SimCloud, SimOp, SimulatedCompute};
 use vmpool::compute::{Compute, ComputeError, Power, VmStatus};
 use vmpool::config::{ComputeConfig, Config};
+
+use crate::support::apps::config;
 use vmpool::domain::{VmId, VmRecord, VmState};
 use vmpool::pool::Pool;
 use vmpool::reconcile::{Reconciler, Summary};
@@ -34,14 +36,6 @@ pub struct Rig {
     pub fail_next_create: Box<dyn Fn() + Send + Sync>,
     /// Whatever must live as long as the rig (a fake server, an Azurite process).
     pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-pub fn config(vars: &[(&str, &str)]) -> Config {
-    let map: std::collections::HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Config::from_source(&map).unwrap()
 }
 
 impl Rig {
@@ -560,59 +554,78 @@ pub async fn compute_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
     assert_eq!(rig.count(VmState::Standby).await, 1);
 }
 
-// ---- in memory, simulated ARM ---------------------------------------------------------------
+// ---- every scenario on every rig ---------------------------------------------------------------
 
-#[tokio::test]
-async fn sim_buffer_fills_is_taken_and_refills() {
-    buffer_fills_is_taken_and_refills(Rig::sim(&[("VMPOOL_MIN_STANDBY", "2")])).await;
+/// One test per scenario for a rig constructor, in a module named after the rig.
+macro_rules! every_scenario {
+    ($rig:path) => {
+        use super::*;
+
+        #[tokio::test]
+        async fn buffer_fills_is_taken_and_refills() {
+            super::buffer_fills_is_taken_and_refills($rig(&[("VMPOOL_MIN_STANDBY", "2")]).await)
+                .await;
+        }
+
+        #[tokio::test]
+        async fn failures_are_recorded_cleaned_up_and_replaced() {
+            super::failures_are_recorded_cleaned_up_and_replaced(
+                $rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn a_create_that_times_out_fails() {
+            super::a_create_that_times_out_fails(
+                $rig(&[
+                    ("VMPOOL_MIN_STANDBY", "1"),
+                    ("VMPOOL_CREATE_TIMEOUT_SECS", "120"),
+                ])
+                .await,
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn the_breaker_stops_creates_and_says_why() {
+            super::the_breaker_stops_creates_and_says_why(
+                $rig(&[("VMPOOL_MIN_STANDBY", "2")]).await,
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn drift_is_repaired() {
+            super::drift_is_repaired($rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+        }
+
+        #[tokio::test]
+        async fn drained_vms_are_deallocated_after_the_drain_timeout() {
+            super::drained_vms_are_deallocated_after_the_drain_timeout($rig(&[]).await).await;
+        }
+
+        #[tokio::test]
+        async fn every_interrupted_step_is_repaired_by_one_pass() {
+            super::every_interrupted_step_is_repaired_by_one_pass($rig(&[]).await).await;
+        }
+
+        #[tokio::test]
+        async fn compute_faults_during_a_pass_are_retried_next_pass() {
+            super::compute_faults_during_a_pass_are_retried_next_pass(
+                $rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
+            )
+            .await;
+        }
+    };
 }
 
-#[tokio::test]
-async fn sim_failures_are_recorded_cleaned_up_and_replaced() {
-    failures_are_recorded_cleaned_up_and_replaced(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")])).await;
+/// In memory, simulated ARM.
+async fn sim_rig(vars: &[(&str, &str)]) -> Rig {
+    Rig::sim(vars)
 }
 
-#[tokio::test]
-async fn sim_a_create_that_times_out_fails() {
-    a_create_that_times_out_fails(Rig::sim(&[
-        ("VMPOOL_MIN_STANDBY", "1"),
-        ("VMPOOL_CREATE_TIMEOUT_SECS", "120"),
-    ]))
-    .await;
-}
-
-#[tokio::test]
-async fn sim_the_breaker_stops_creates_and_says_why() {
-    the_breaker_stops_creates_and_says_why(Rig::sim(&[
-        ("VMPOOL_MIN_STANDBY", "2"),
-        ("VMPOOL_BREAKER_COOLDOWN_SECS", "600"),
-    ]))
-    .await;
-}
-
-#[tokio::test]
-async fn sim_drift_is_repaired() {
-    drift_is_repaired(Rig::sim(&[("VMPOOL_MIN_STANDBY", "2")])).await;
-}
-
-#[tokio::test]
-async fn sim_drained_vms_are_deallocated_after_the_drain_timeout() {
-    drained_vms_are_deallocated_after_the_drain_timeout(Rig::sim(&[])).await;
-}
-
-#[tokio::test]
-async fn sim_every_interrupted_step_is_repaired_by_one_pass() {
-    every_interrupted_step_is_repaired_by_one_pass(Rig::sim(&[])).await;
-}
-
-#[tokio::test]
-async fn sim_arm_faults_during_a_pass_are_retried_next_pass() {
-    compute_faults_during_a_pass_are_retried_next_pass(Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")]))
-        .await;
-}
-
-// ---- in memory, real ARM client against the ARM fake over HTTP -------------------------------
-
+/// In memory, the real ARM client against the ARM fake over HTTP.
 async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
     arm_rig_on(Arc::new(MemoryStore::new()), vars).await
 }
@@ -645,42 +658,7 @@ async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
     rig
 }
 
-#[tokio::test]
-async fn arm_buffer_fills_is_taken_and_refills() {
-    buffer_fills_is_taken_and_refills(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
-}
-
-#[tokio::test]
-async fn arm_failures_are_recorded_cleaned_up_and_replaced() {
-    failures_are_recorded_cleaned_up_and_replaced(arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await)
-        .await;
-}
-
-#[tokio::test]
-async fn arm_the_breaker_stops_creates_and_says_why() {
-    the_breaker_stops_creates_and_says_why(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
-}
-
-#[tokio::test]
-async fn arm_drift_is_repaired() {
-    drift_is_repaired(arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
-}
-
-#[tokio::test]
-async fn arm_every_interrupted_step_is_repaired_by_one_pass() {
-    every_interrupted_step_is_repaired_by_one_pass(arm_rig(&[]).await).await;
-}
-
-#[tokio::test]
-async fn arm_faults_during_a_pass_are_retried_next_pass() {
-    compute_faults_during_a_pass_are_retried_next_pass(
-        arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
-    )
-    .await;
-}
-
-// ---- Azurite, real ARM client against the ARM fake: the production parts ---------------------
-
+/// The production parts: Azurite, and the real ARM client against the ARM fake.
 async fn azure_rig(vars: &[(&str, &str)]) -> Rig {
     use crate::support::azurite::{Azurite, table_name};
     let store = vmpool::store::table::TableStore::connect(
@@ -692,41 +670,14 @@ async fn azure_rig(vars: &[(&str, &str)]) -> Rig {
     arm_rig_on(Arc::new(store), vars).await
 }
 
-#[tokio::test]
-async fn azure_buffer_fills_is_taken_and_refills() {
-    buffer_fills_is_taken_and_refills(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
+mod sim {
+    every_scenario!(sim_rig);
 }
 
-#[tokio::test]
-async fn azure_failures_are_recorded_cleaned_up_and_replaced() {
-    failures_are_recorded_cleaned_up_and_replaced(azure_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await)
-        .await;
+mod arm {
+    every_scenario!(arm_rig);
 }
 
-#[tokio::test]
-async fn azure_the_breaker_stops_creates_and_says_why() {
-    the_breaker_stops_creates_and_says_why(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
-}
-
-#[tokio::test]
-async fn azure_drift_is_repaired() {
-    drift_is_repaired(azure_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await).await;
-}
-
-#[tokio::test]
-async fn azure_drained_vms_are_deallocated_after_the_drain_timeout() {
-    drained_vms_are_deallocated_after_the_drain_timeout(azure_rig(&[]).await).await;
-}
-
-#[tokio::test]
-async fn azure_every_interrupted_step_is_repaired_by_one_pass() {
-    every_interrupted_step_is_repaired_by_one_pass(azure_rig(&[]).await).await;
-}
-
-#[tokio::test]
-async fn azure_faults_during_a_pass_are_retried_next_pass() {
-    compute_faults_during_a_pass_are_retried_next_pass(
-        azure_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await,
-    )
-    .await;
+mod azure {
+    every_scenario!(azure_rig);
 }
