@@ -533,3 +533,38 @@ async fn fifty_concurrent_creates_over_ten_reclaimable_vms() {
         40
     );
 }
+
+#[tokio::test]
+async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
+    let parts = sim_parts(&[("VMPOOL_MIN_STANDBY", "2")]);
+    let now = parts.clock_now();
+    parts
+        .store
+        .save_meta(&vmpool::store::PoolMeta {
+            last_reconcile_at: Some(now),
+            last_reconcile_summary: "reconciled: 1 completed".into(),
+            buffer_target: 6,
+            consecutive_create_failures: 3,
+            breaker_open_until: Some(now + Duration::minutes(10)),
+            breaker_reason: Some("3 creates failed in a row; last: QuotaExceeded".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got = call(&parts, "GET", "/api/GetPoolStatus", "").await;
+    assert_eq!(got.json["buffer"], json!({"minStandby": 2, "target": 6}));
+    assert_eq!(got.json["circuitBreaker"]["open"], true);
+    assert_eq!(got.json["circuitBreaker"]["consecutiveCreateFailures"], 3);
+    assert!(
+        got.json["circuitBreaker"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("QuotaExceeded")
+    );
+    assert_eq!(got.json["lastReconcileSummary"], "reconciled: 1 completed");
+    // Once the cool-down has passed the breaker reads closed.
+    parts.clock.advance(Duration::minutes(11));
+    let got = call(&parts, "GET", "/api/GetPoolStatus", "").await;
+    assert_eq!(got.json["circuitBreaker"]["open"], false);
+    assert_eq!(got.json["circuitBreaker"]["reason"], Value::Null);
+}
