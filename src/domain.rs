@@ -548,6 +548,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_either_a_valid_name_or_refused(raw in "\\PC{0,80}") {
+            let valid = !raw.is_empty()
+                && raw.len() <= VmId::MAX_LEN
+                && raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !raw.ends_with('.');
+            proptest::prop_assert_eq!(VmId::parse(&raw).is_ok(), valid);
+        }
+
+        #[test]
+        fn valid_names_round_trip(raw in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}[A-Za-z0-9_-]") {
+            proptest::prop_assert_eq!(VmId::parse(&raw).map(|id| id.to_string()), Ok(raw.clone()));
+        }
+    }
+
     #[test]
     fn states_round_trip_by_name() {
         for s in VmState::ALL {

@@ -148,6 +148,23 @@ mod tests {
         Ok((vm_id(&b, &q)?, rooms(&b, &q)?))
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_body_or_query_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..200), query in "\\PC{0,60}") {
+            if let Ok(b) = object(&body) {
+                let q = query_pairs(Some(&query));
+                let _ = vm_id(&b, &q);
+                let _ = rooms(&b, &q);
+            }
+        }
+
+        #[test]
+        fn rooms_accepts_exactly_the_whole_numbers_in_range(n in -5i64..200_000) {
+            let b = object(format!("{{\"rooms\": {n}}}").as_bytes()).unwrap();
+            proptest::prop_assert_eq!(rooms(&b, &[]).is_ok(), (0..=i64::from(MAX_ROOMS)).contains(&n));
+        }
+    }
+
     #[test]
     fn accepts_body_query_and_both_when_they_agree() {
         assert_eq!(parse(r#"{"vmId":"a","rooms":3}"#, None).unwrap().1, 3);
