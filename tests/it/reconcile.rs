@@ -478,37 +478,19 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     assert_eq!(rig.rows().await[0].state, VmState::Running);
 
     // 4. The reconciler's buffer create: row written, ARM create never sent.
-    let buffered = Rig::over(
-        config(&[("VMPOOL_MIN_STANDBY", "1")]),
-        rig.store.clone(),
-        rig.compute.clone(),
-        rig.cloud.clone(),
-        rig.clock.clone(),
-    );
-    let (_, crash_buffer, crashing_buffer) = buffered.crashing();
-    interrupt(&crashing_buffer, crash_buffer.run_once()).await;
-    assert_eq!(buffered.count(VmState::Creating).await, 1);
-    buffered.advance(61);
-    assert_eq!(buffered.pass().await.reissued, 1);
-    buffered.advance(180);
-    buffered.pass().await;
+    let buffered =
+        interrupt_a_pass_then_repair(&rig, &[("VMPOOL_MIN_STANDBY", "1")], VmState::Creating, 180)
+            .await;
     assert_eq!(buffered.count(VmState::Standby).await, 1);
 
     // 5. The reconciler's surplus deallocate: with no buffer wanted, the Standby VM goes.
-    let surplus = Rig::over(
-        config(&[("VMPOOL_BUFFER_COOLDOWN_SECS", "0")]),
-        rig.store.clone(),
-        rig.compute.clone(),
-        rig.cloud.clone(),
-        rig.clock.clone(),
-    );
-    let (_, crash_surplus, crashing_surplus) = surplus.crashing();
-    interrupt(&crashing_surplus, crash_surplus.run_once()).await;
-    assert_eq!(surplus.count(VmState::Deallocating).await, 1);
-    surplus.advance(61);
-    assert_eq!(surplus.pass().await.reissued, 1);
-    surplus.advance(60);
-    surplus.pass().await;
+    let surplus = interrupt_a_pass_then_repair(
+        &rig,
+        &[("VMPOOL_BUFFER_COOLDOWN_SECS", "0")],
+        VmState::Deallocating,
+        60,
+    )
+    .await;
     assert_eq!(surplus.count(VmState::Standby).await, 0);
     assert_eq!(surplus.count(VmState::Deallocating).await, 0);
 
@@ -539,6 +521,32 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     rig.advance(60);
     assert_eq!(rig.pass().await.forgotten, 1);
     assert!(rig.rows().await.iter().all(|vm| vm.id != running.id));
+}
+
+/// A reconcile pass over `rig`'s table and cloud, configured by `vars`, interrupted at its
+/// first ARM call, leaves one row `in_flight`; one pass after the grace period re-issues the
+/// call and, `settle` seconds later, another finishes it. Returns the rig with `vars`.
+async fn interrupt_a_pass_then_repair(
+    rig: &Rig,
+    vars: &[(&str, &str)],
+    in_flight: VmState,
+    settle: i64,
+) -> Rig {
+    let other = Rig::over(
+        config(vars),
+        rig.store.clone(),
+        rig.compute.clone(),
+        rig.cloud.clone(),
+        rig.clock.clone(),
+    );
+    let (_, crash_reconciler, crashing) = other.crashing();
+    interrupt(&crashing, crash_reconciler.run_once()).await;
+    assert_eq!(other.count(in_flight).await, 1);
+    other.advance(61);
+    assert_eq!(other.pass().await.reissued, 1);
+    other.advance(settle);
+    other.pass().await;
+    other
 }
 
 pub async fn compute_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
