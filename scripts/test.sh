@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npm ci --no-audit --no-fund
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets

@@ -6,29 +6,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::compute::arm::settings::{self as arm_rules, ArmConfig, DEFAULT_IMAGE, DEFAULT_VM_SIZE};
 use crate::compute::sim::Latencies;
-
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
+use crate::secret::Secret;
 
 /// A setting that stops start-up: the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,68 +43,6 @@ pub enum ComputeConfig {
     Simulated(Latencies),
     /// Real ARM.
     Arm(Box<ArmConfig>),
-}
-
-/// A VM image: a marketplace reference or an image resource ID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Image {
-    /// `publisher:offer:sku:version`.
-    Marketplace {
-        /// Publisher, e.g. `Canonical`.
-        publisher: String,
-        /// Offer, e.g. `ubuntu-24_04-lts`.
-        offer: String,
-        /// SKU, e.g. `server`.
-        sku: String,
-        /// Version, e.g. `latest`.
-        version: String,
-    },
-    /// `/subscriptions/.../images/...` or a gallery image version.
-    Id(String),
-}
-
-impl Image {
-    /// Parses `publisher:offer:sku:version` or a resource ID.
-    pub fn parse(raw: &str) -> Option<Image> {
-        if raw.starts_with('/') {
-            return Some(Image::Id(raw.to_owned()));
-        }
-        let parts: Vec<&str> = raw.split(':').collect();
-        match parts.as_slice() {
-            [p, o, s, v] if parts.iter().all(|x| !x.is_empty()) => Some(Image::Marketplace {
-                publisher: (*p).to_owned(),
-                offer: (*o).to_owned(),
-                sku: (*s).to_owned(),
-                version: (*v).to_owned(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Settings of the real ARM compute API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArmConfig {
-    /// ARM base URL.
-    pub endpoint: url::Url,
-    /// Static bearer token for ARM emulators; `None` uses azure_identity's chain.
-    pub token: Option<Secret>,
-    /// Subscription that holds the pool.
-    pub subscription_id: String,
-    /// Resource group of the VMs.
-    pub resource_group: String,
-    /// Azure region.
-    pub location: String,
-    /// Resource ID of the subnet for the VMs' NICs.
-    pub subnet_id: String,
-    /// Admin SSH public key.
-    pub ssh_public_key: String,
-    /// VM image.
-    pub image: Image,
-    /// VM size.
-    pub vm_size: String,
-    /// Admin user name.
-    pub admin_username: String,
 }
 
 /// The pool's policy: sizes, the warm buffer and the reconciler's timeouts.
@@ -329,140 +247,58 @@ fn ports(raw: &str) -> Result<Vec<u16>, ConfigError> {
         .collect()
 }
 
-/// The default image: Ubuntu 24.04 LTS.
-pub const DEFAULT_IMAGE: &str = "Canonical:ubuntu-24_04-lts:server:latest";
-/// The default VM size: small general purpose.
-pub const DEFAULT_VM_SIZE: &str = "Standard_B2s";
-
 fn arm(src: &dyn Source) -> Result<ArmConfig, ConfigError> {
     let why = "when VMPOOL_COMPUTE=arm";
+    let rule = |var: &'static str, value: String, check: fn(&str) -> Result<String, String>| {
+        check(value.trim()).map_err(|m| invalid(var, m))
+    };
     let endpoint_raw = src
         .get("VMPOOL_ARM_ENDPOINT")
         .unwrap_or_else(|| "https://management.azure.com".into());
-    let endpoint = url::Url::parse(endpoint_raw.trim())
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            invalid(
-                "VMPOOL_ARM_ENDPOINT",
-                format!("{endpoint_raw:?} is not an http(s) URL"),
-            )
-        })?;
-    let subscription_id = required(src, "AZURE_SUBSCRIPTION_ID", why)?;
-    if !subscription_id
-        .chars()
-        .all(|c| c.is_ascii_hexdigit() || c == '-')
-    {
-        return Err(invalid(
-            "AZURE_SUBSCRIPTION_ID",
-            "must be a subscription GUID",
-        ));
-    }
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
-    };
-    let resource_group = required(src, "VMPOOL_RESOURCE_GROUP", why)?;
-    if !name_ok(&resource_group) || resource_group.len() > 90 {
-        return Err(invalid(
-            "VMPOOL_RESOURCE_GROUP",
-            "is not a resource group name",
-        ));
-    }
-    let location = required(src, "VMPOOL_LOCATION", why)?;
-    if !location.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(invalid(
-            "VMPOOL_LOCATION",
-            "must be a region name such as westeurope",
-        ));
-    }
-    let subnet_id = required(src, "VMPOOL_SUBNET_ID", why)?;
-    if !subnet_id
-        .to_ascii_lowercase()
-        .contains("/providers/microsoft.network/virtualnetworks/")
-        || !subnet_id.to_ascii_lowercase().contains("/subnets/")
-    {
-        return Err(invalid(
-            "VMPOOL_SUBNET_ID",
-            "must be a subnet resource ID (/subscriptions/.../virtualNetworks/NAME/subnets/NAME)",
-        ));
-    }
-    let ssh_public_key = required(src, "VMPOOL_SSH_PUBLIC_KEY", why)?;
-    if !(ssh_public_key.starts_with("ssh-") || ssh_public_key.starts_with("ecdsa-")) {
-        return Err(invalid(
-            "VMPOOL_SSH_PUBLIC_KEY",
-            "must be an OpenSSH public key (ssh-rsa ..., ssh-ed25519 ...)",
-        ));
-    }
-    let image_raw = src
-        .get("VMPOOL_IMAGE")
-        .unwrap_or_else(|| DEFAULT_IMAGE.into());
-    let image = Image::parse(image_raw.trim()).ok_or_else(|| {
-        invalid(
-            "VMPOOL_IMAGE",
-            format!(
-                "{image_raw:?} is neither publisher:offer:sku:version nor an image resource ID"
-            ),
-        )
-    })?;
-    let vm_size = src
-        .get("VMPOOL_VM_SIZE")
-        .unwrap_or_else(|| DEFAULT_VM_SIZE.into());
-    let admin_username = src
-        .get("VMPOOL_ADMIN_USERNAME")
-        .unwrap_or_else(|| "azureuser".into());
-    let vm_size = vm_size.trim().to_owned();
-    if vm_size.is_empty()
-        || vm_size.len() > 64
-        || !vm_size
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(invalid(
-            "VMPOOL_VM_SIZE",
-            format!("{vm_size:?} is not a VM size such as Standard_B2s"),
-        ));
-    }
-    let admin_username = admin_username.trim().to_owned();
-    let user_ok = (1..=32).contains(&admin_username.len())
-        && admin_username.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && admin_username
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
-    // Names Azure refuses for a Linux admin user.
-    const RESERVED: &[&str] = &[
-        "root",
-        "admin",
-        "administrator",
-        "user",
-        "user1",
-        "test",
-        "test1",
-        "guest",
-        "sys",
-        "adm",
-        "daemon",
-        "bin",
-        "nobody",
-        "sshd",
-        "support",
-        "owner",
-    ];
-    if !user_ok || RESERVED.contains(&admin_username.as_str()) {
-        return Err(invalid(
-            "VMPOOL_ADMIN_USERNAME",
-            format!(
-                "{admin_username:?} is not allowed: 1-32 lowercase letters, digits, '_' or '-', starting with a letter or '_', and not a reserved name such as root or admin"
-            ),
-        ));
-    }
-    if ssh_public_key.contains(['\n', '\r']) || ssh_public_key.split_whitespace().count() < 2 {
-        return Err(invalid(
-            "VMPOOL_SSH_PUBLIC_KEY",
-            "must be one OpenSSH public key on one line (type, key data, optional comment)",
-        ));
-    }
+    let endpoint =
+        arm_rules::endpoint(&endpoint_raw).map_err(|m| invalid("VMPOOL_ARM_ENDPOINT", m))?;
+    let subscription_id = rule(
+        "AZURE_SUBSCRIPTION_ID",
+        required(src, "AZURE_SUBSCRIPTION_ID", why)?,
+        arm_rules::subscription_id,
+    )?;
+    let resource_group = rule(
+        "VMPOOL_RESOURCE_GROUP",
+        required(src, "VMPOOL_RESOURCE_GROUP", why)?,
+        arm_rules::resource_group,
+    )?;
+    let location = rule(
+        "VMPOOL_LOCATION",
+        required(src, "VMPOOL_LOCATION", why)?,
+        arm_rules::location,
+    )?;
+    let subnet_id = rule(
+        "VMPOOL_SUBNET_ID",
+        required(src, "VMPOOL_SUBNET_ID", why)?,
+        arm_rules::subnet_id,
+    )?;
+    let ssh_public_key = rule(
+        "VMPOOL_SSH_PUBLIC_KEY",
+        required(src, "VMPOOL_SSH_PUBLIC_KEY", why)?,
+        arm_rules::ssh_public_key,
+    )?;
+    let image = arm_rules::image(
+        &src.get("VMPOOL_IMAGE")
+            .unwrap_or_else(|| DEFAULT_IMAGE.into()),
+    )
+    .map_err(|m| invalid("VMPOOL_IMAGE", m))?;
+    let vm_size = rule(
+        "VMPOOL_VM_SIZE",
+        src.get("VMPOOL_VM_SIZE")
+            .unwrap_or_else(|| DEFAULT_VM_SIZE.into()),
+        arm_rules::vm_size,
+    )?;
+    let admin_username = rule(
+        "VMPOOL_ADMIN_USERNAME",
+        src.get("VMPOOL_ADMIN_USERNAME")
+            .unwrap_or_else(|| arm_rules::DEFAULT_ADMIN_USERNAME.into()),
+        arm_rules::admin_username,
+    )?;
     Ok(ArmConfig {
         endpoint,
         token: src.get("VMPOOL_ARM_TOKEN").map(Secret::new),
@@ -658,6 +494,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::arm::Image;
 
     #[test]
     fn defaults_need_no_settings() {

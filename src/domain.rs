@@ -88,7 +88,7 @@ pub enum VmState {
 }
 
 impl VmState {
-    /// Every state, in the order of the design.
+    /// Every state, in the README's order.
     pub const ALL: [VmState; 7] = [
         VmState::Creating,
         VmState::Running,

@@ -6,14 +6,12 @@
 //! - [`pool`]: the matchmaker's operations over the two ports (write intent, then act).
 //! - [`store`]: the VM table port, in memory and in Azure Table Storage.
 //! - [`compute`]: the ARM port, simulated and real.
-//! - [`arm_fake`]: an ARM fake that speaks the wire protocol, for tests and local runs.
 //! - [`http`]: the routes, JSON shapes and the error envelope.
 //! - [`config`]: settings from environment variables.
+//! - [`secret`]: a value whose `Debug` hides it.
 //! - [`startup`]: wiring a configuration into a running service.
-//! - [`simulation`]: replays demand traces through the pool and the fixed-buffer reference.
 //! - [`clock`]: time as a parameter.
 
-pub mod arm_fake;
 pub mod clock;
 pub mod compute;
 pub mod config;
@@ -21,6 +19,6 @@ pub mod domain;
 pub mod http;
 pub mod pool;
 pub mod reconcile;
-pub mod simulation;
+pub mod secret;
 pub mod startup;
 pub mod store;

@@ -188,7 +188,7 @@ impl Pool {
         Ok(None)
     }
 
-    /// CreateVM: hands the matchmaker a VM, in the design's order of preference.
+    /// CreateVM: hands the matchmaker a VM, in the order of preference the README gives.
     #[instrument(skip_all)]
     pub async fn create_vm(&self) -> Result<Created, PoolError> {
         let without_capacity = [

@@ -13,6 +13,9 @@ use async_trait::async_trait;
 
 use crate::domain::VmId;
 
+/// The tag that marks a VM as a member of a pool; its value is the pool's name (the table).
+pub const POOL_TAG: &str = "vmpool";
+
 /// ARM's provisioning state of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provisioning {

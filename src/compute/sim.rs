@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::{Duration, OffsetDateTime};
 
+use super::POOL_TAG;
 use super::{Compute, ComputeError, Power, Provisioning, VmStatus};
 use crate::clock::Clock;
 use crate::domain::VmId;
@@ -388,9 +389,6 @@ fn view(name: &str, vm: &SimVm) -> SimVmView {
         created_at: vm.created_at,
     }
 }
-
-/// The tag that marks a VM as a member of the pool.
-pub const POOL_TAG: &str = "vmpool";
 
 /// The compute port over a [`SimCloud`] in process.
 #[derive(Debug, Clone)]

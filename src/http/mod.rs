@@ -1,4 +1,4 @@
-//! The HTTP layer: routes of the design's section 2, translating requests into pool
+//! The HTTP layer: the routes the README lists, translating requests into pool
 //! operations and pool outcomes into JSON. It holds no rules of its own.
 
 pub mod error;
@@ -20,10 +20,11 @@ use time::OffsetDateTime;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info};
 
-use crate::config::{PoolPolicy, Secret};
+use crate::config::PoolPolicy;
 use crate::domain::{VmRecord, VmState};
 use crate::pool::{Changed, Created, Pool};
 use crate::reconcile::Reconciler;
+use crate::secret::Secret;
 pub use error::ApiError;
 
 /// The most a request body may hold.

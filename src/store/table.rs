@@ -39,7 +39,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_TABLE_NAME: usize = 63;
 /// The one row of the meta table.
 const META_KEY: &str = "pool";
-/// The property that holds the state (fixed by the design).
+/// The property that holds the state (fixed by the table schema).
 pub const STATE_PROPERTY: &str = "VM_State";
 
 /// Tuning for [`TableStore::connect_with`].

@@ -10,13 +10,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use time::Duration as Span;
 use tokio::net::TcpListener;
-use vmpool::arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
 use vmpool::clock::{Clock, ManualClock};
+use vmpool::compute::arm::ArmConfig;
 use vmpool::compute::arm::{ArmCompute, ArmOptions};
 use vmpool::compute::sim::{Latencies, SimCloud};
 use vmpool::compute::{Compute, ComputeError, Power, Provisioning};
-use vmpool::config::{ArmConfig, ComputeConfig, Config};
+use vmpool::config::{ComputeConfig, Config};
 use vmpool::domain::VmId;
+use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
 
 use crate::support;
 

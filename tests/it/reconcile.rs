@@ -639,8 +639,8 @@ async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
 }
 
 async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
-    use vmpool::arm_fake::{FakeOp, HttpFault};
     use vmpool::compute::arm::ArmCompute;
+    use vmpool_arm_fake::{FakeOp, HttpFault};
 
     let fake = crate::arm::spawn_fake(50).await;
     let compute: Arc<dyn Compute> = Arc::new(

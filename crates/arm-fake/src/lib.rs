@@ -1,7 +1,7 @@
 //! An Azure Resource Manager fake that speaks the wire protocol over real HTTP, for tests
 //! and local runs (`cargo run --bin vmpool-arm-fake`).
 //!
-//! It serves the [`SimCloud`] model (VM states move on its [`crate::clock::Clock`]) in ARM's
+//! It serves the [`SimCloud`] model (VM states move on its [`vmpool::clock::Clock`]) in ARM's
 //! shapes, as in the official examples (`VirtualMachines_CreateOrUpdate`, `_Get`,
 //! `_InstanceView`, `_List`, `_ListAll`, `_Start`, `_Deallocate`, `_PowerOff`, `_Delete`,
 //! `PublicIPAddresses_Get`):
@@ -36,8 +36,8 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::compute::sim::{Fault, SimCloud, SimVmView};
-use crate::compute::{ComputeError, Power, Provisioning};
+use vmpool::compute::sim::{Fault, SimCloud, SimVmView};
+use vmpool::compute::{ComputeError, Power, Provisioning};
 
 /// `Microsoft.Compute` API versions the fake accepts.
 pub const COMPUTE_API_VERSIONS: &[&str] = &[
@@ -1682,7 +1682,7 @@ mod tests {
     use super::*;
 
     fn good_body() -> Value {
-        let config = crate::config::ArmConfig {
+        let config = vmpool::compute::arm::ArmConfig {
             endpoint: url::Url::parse("http://127.0.0.1:1").unwrap(),
             token: None,
             subscription_id: "s".into(),
@@ -1690,12 +1690,12 @@ mod tests {
             location: "westeurope".into(),
             subnet_id: "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v/subnets/d".into(),
             ssh_public_key: "ssh-ed25519 AAAA k".into(),
-            image: crate::config::Image::parse(crate::config::DEFAULT_IMAGE).unwrap(),
+            image: vmpool::compute::arm::Image::parse(vmpool::compute::arm::settings::DEFAULT_IMAGE).unwrap(),
             vm_size: "Standard_B2s".into(),
             admin_username: "azureuser".into(),
         };
-        let id = crate::domain::VmId::parse("vm1").unwrap();
-        crate::compute::arm::vm_body(&config, &id, "p")
+        let id = vmpool::domain::VmId::parse("vm1").unwrap();
+        vmpool::compute::arm::vm_body(&config, &id, "p")
     }
 
     #[test]

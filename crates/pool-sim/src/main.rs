@@ -8,7 +8,7 @@
 //! `VMPOOL_MIN_STANDBY=N` to show what a fixed floor costs.
 
 use vmpool::config::PoolPolicy;
-use vmpool::simulation::{Outcome, run_fixed, run_vmpool, standard_traces};
+use vmpool_sim::{Outcome, run_fixed, run_vmpool, standard_traces};
 
 fn row(trace: &str, policy: &str, o: &Outcome) {
     println!(

@@ -9,9 +9,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use vmpool::arm_fake::{ArmFake, FakeSettings};
 use vmpool::clock::SystemClock;
 use vmpool::compute::sim::{Latencies, SimCloud};
+use vmpool_arm_fake::{ArmFake, FakeSettings};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

@@ -11,15 +11,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::Duration;
 
-use crate::clock::{Clock, ManualClock};
-use crate::compute::sim::{Latencies, SimCloud, SimulatedCompute};
-use crate::compute::{Compute, Power};
-use crate::config::PoolPolicy;
-use crate::domain::{VmId, VmState};
-use crate::pool::Pool;
-use crate::reconcile::Reconciler;
-use crate::store::VmStore;
-use crate::store::memory::MemoryStore;
+use vmpool::clock::{Clock, ManualClock};
+use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
+use vmpool::compute::{Compute, Power};
+use vmpool::config::PoolPolicy;
+use vmpool::domain::{VmId, VmState};
+use vmpool::pool::Pool;
+use vmpool::reconcile::Reconciler;
+use vmpool::store::VmStore;
+use vmpool::store::memory::MemoryStore;
 
 /// One matchmaker request: when it asks for capacity, and how long the game session lasts
 /// once it has a VM.

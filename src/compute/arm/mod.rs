@@ -14,6 +14,8 @@
 //! [`ComputeError::Rejected`]), any other 4xx -> [`ComputeError::Rejected`]. Every call is
 //! bounded by [`ArmOptions::call_timeout`].
 
+pub mod settings;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +34,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Compute, ComputeError, Power, Provisioning, VmStatus};
-use crate::config::{ArmConfig, Image, Secret};
 use crate::domain::VmId;
+use crate::secret::Secret;
+pub use settings::{ArmConfig, Image};
 
-/// The tag that marks a VM as a member of a pool; its value is the pool's name (the table).
-pub const POOL_TAG: &str = super::sim::POOL_TAG;
+pub use super::POOL_TAG;
 
 /// The `Microsoft.Network` API version used to read public IPs.
 pub const NETWORK_API_VERSION: &str = "2024-05-01";
@@ -751,7 +753,7 @@ mod tests {
             location: "westeurope".into(),
             subnet_id: "/subscriptions/s/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v/subnets/default".into(),
             ssh_public_key: "ssh-ed25519 AAAA test".into(),
-            image: Image::parse(crate::config::DEFAULT_IMAGE).unwrap(),
+            image: Image::parse(settings::DEFAULT_IMAGE).unwrap(),
             vm_size: "Standard_B2s".into(),
             admin_username: "azureuser".into(),
         }
