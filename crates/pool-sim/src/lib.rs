@@ -1,7 +1,7 @@
 //! The pool simulation: replays a matchmaker demand trace on virtual time through the real
 //! pool ([`Pool`], [`Reconciler`], the real `plan`) over a simulated Azure with Azure-like
 //! latencies, and through the reference fixed-buffer algorithm (N ready deployments, 10 s
-//! polling), and measures both on the same trace. `cargo run --release --example pool_sim`
+//! polling), and measures both on the same trace. `cargo run --release -p vmpool-sim`
 //! prints the table.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

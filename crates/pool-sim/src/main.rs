@@ -1,7 +1,7 @@
 //! Replays matchmaker demand traces on virtual time through vmpool (the real pool rules and
 //! reconcile plan) and through the reference fixed-buffer pool, and prints a comparison.
 //!
-//! `cargo run --release --example pool_sim [N [MIN_STANDBY [READY_SECS [COOLDOWN_SECS]]]]`
+//! `cargo run --release -p vmpool-sim -- [N [MIN_STANDBY [READY_SECS [COOLDOWN_SECS]]]]`
 //!
 //! N is the fixed buffer's size (default 5, the smallest that keeps up with the steady
 //! trace); vmpool runs with its defaults (or the given overrides), and once more with
