@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::{
-    Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize, normalize_meta,
+    Etag, Record, Rows, StoreError, Versioned, VmStore, Written, check_record_key,
+    check_record_value, normalize,
 };
 use crate::domain::{VmId, VmRecord};
 
@@ -16,7 +17,7 @@ use crate::domain::{VmId, VmRecord};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rows: Mutex<HashMap<VmId, Versioned>>,
-    meta: Mutex<Option<PoolMeta>>,
+    records: Mutex<HashMap<(String, String), Record>>,
     version: AtomicU64,
     down: AtomicBool,
     writes: AtomicU64,
@@ -56,6 +57,10 @@ impl MemoryStore {
 
     fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Versioned>> {
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Record>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> Result<(), StoreError> {
@@ -133,15 +138,85 @@ impl VmStore for MemoryStore {
         }
     }
 
-    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError> {
         self.check_up()?;
-        Ok(self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        check_keys(kind, key)?;
+        Ok(self
+            .records()
+            .get(&(kind.to_owned(), key.to_owned()))
+            .cloned())
     }
 
-    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
-        self.check_up()?;
-        let meta = normalize_meta(meta)?;
-        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta);
-        Ok(())
+    async fn insert_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Written, StoreError> {
+        self.write()?;
+        check_keys(kind, key)?;
+        check_record_value(value)?;
+        let mut records = self.records();
+        let slot = (kind.to_owned(), key.to_owned());
+        if records.contains_key(&slot) {
+            return Ok(Written::LostRace);
+        }
+        let etag = self.next_etag();
+        records.insert(
+            slot,
+            Record {
+                value: value.to_owned(),
+                etag: etag.clone(),
+            },
+        );
+        Ok(Written::Done(etag))
     }
+
+    async fn update_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        self.write()?;
+        check_keys(kind, key)?;
+        check_record_value(value)?;
+        let mut records = self.records();
+        match records.get_mut(&(kind.to_owned(), key.to_owned())) {
+            Some(record) if record.etag == *etag => {
+                let etag = self.next_etag();
+                *record = Record {
+                    value: value.to_owned(),
+                    etag: etag.clone(),
+                };
+                Ok(Written::Done(etag))
+            }
+            _ => Ok(Written::LostRace),
+        }
+    }
+
+    async fn delete_record(
+        &self,
+        kind: &str,
+        key: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        self.write()?;
+        check_keys(kind, key)?;
+        let mut records = self.records();
+        let slot = (kind.to_owned(), key.to_owned());
+        match records.get(&slot) {
+            Some(record) if record.etag == *etag => {
+                records.remove(&slot);
+                Ok(Written::Done(etag.clone()))
+            }
+            _ => Ok(Written::LostRace),
+        }
+    }
+}
+
+fn check_keys(kind: &str, key: &str) -> Result<(), StoreError> {
+    check_record_key("kind", kind)?;
+    check_record_key("key", key)
 }

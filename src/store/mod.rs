@@ -95,6 +95,50 @@ pub struct PoolMeta {
     pub breaker_reason: Option<String>,
 }
 
+/// One of the pool's own records (the reconciler's record, its lease, an idempotency key),
+/// kept apart from the VM rows, with the version a conditional write must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// What the owner of the record stored (JSON, by convention).
+    pub value: String,
+    /// Its version when it was read.
+    pub etag: Etag,
+}
+
+/// The longest record value, in characters: Table Storage keeps strings up to 64 KiB of UTF-16.
+pub const MAX_RECORD_CHARS: usize = 30_000;
+
+/// Checks a record's kind or key: 1-256 characters, none of `/ \ # ?` or control
+/// characters (which Table Storage refuses in keys).
+pub fn check_record_key(what: &str, raw: &str) -> Result<(), StoreError> {
+    let ok = (1..=256).contains(&raw.chars().count())
+        && !raw
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '#' | '?') || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Rejected(format!(
+            "record {what} {raw:?} is not a valid key (1-256 characters, no / \\ # ? or control characters)"
+        )))
+    }
+}
+
+/// Checks a record's value fits in one property.
+pub fn check_record_value(value: &str) -> Result<(), StoreError> {
+    if value.chars().count() <= MAX_RECORD_CHARS {
+        Ok(())
+    } else {
+        Err(StoreError::Rejected(format!(
+            "record value of {} characters is over the {MAX_RECORD_CHARS} kept",
+            value.chars().count()
+        )))
+    }
+}
+
+/// The kind and key of the reconciler's record.
+const META_RECORD: (&str, &str) = ("pool", "meta");
+
 /// The longest free text (an ARM error, a reconcile summary) a row keeps, in characters;
 /// longer text is cut. Table Storage refuses strings over 64 KiB.
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -175,9 +219,67 @@ pub trait VmStore: Send + Sync + 'static {
     /// gone).
     async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError>;
 
-    /// The pool's own record, if written yet.
-    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError>;
+    /// The record `kind`/`key`, if there is one.
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Adds a record; [`Written::LostRace`] if one with that kind and key exists.
+    async fn insert_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Written, StoreError>;
+
+    /// Replaces a record if it is still at `etag` ([`Written::LostRace`] if it is not, or is
+    /// gone).
+    async fn update_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError>;
+
+    /// Removes a record if it is still at `etag` ([`Written::LostRace`] if it is not, or is
+    /// gone).
+    async fn delete_record(
+        &self,
+        kind: &str,
+        key: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError>;
+
+    /// The pool's own record, if written yet. A record that cannot be read (written by an
+    /// older version) counts as absent, with a warning.
+    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
+        let Some(record) = self.get_record(META_RECORD.0, META_RECORD.1).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str(&record.value) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the pool's record is unreadable; starting afresh");
+                Ok(None)
+            }
+        }
+    }
 
     /// Writes the pool's own record (only the reconciler writes it, one pass at a time).
-    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError>;
+    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
+        let value = serde_json::to_string(&normalize_meta(meta)?)
+            .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
+        let (kind, key) = META_RECORD;
+        for _ in 0..3 {
+            let written = match self.get_record(kind, key).await? {
+                Some(old) => self.update_record(kind, key, &value, &old.etag).await?,
+                None => self.insert_record(kind, key, &value).await?,
+            };
+            if let Written::Done(_) = written {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(
+            "pool record: other writers kept changing it".into(),
+        ))
+    }
 }

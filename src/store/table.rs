@@ -8,7 +8,7 @@
 //!
 //! Faults are bounded: the SDK does not retry (its default would retry for a minute), every
 //! call has a deadline, and anything that is not an answer from the service becomes
-//! [`StoreError::Unavailable`] within seconds. The pool's own record ([`PoolMeta`]) lives in
+//! [`StoreError::Unavailable`] within seconds. The pool's own records ([`super::Record`]) live in
 //! a second table, `<table>meta`, so the VM table holds VMs only.
 
 use std::future::Future;
@@ -28,7 +28,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::warn;
 
-use super::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize};
+#[cfg(test)]
+use super::MAX_RECORD_CHARS;
+use super::{
+    Etag, Record, Rows, StoreError, Versioned, VmStore, Written, check_record_key,
+    check_record_value, normalize,
+};
 use crate::domain::{Operation, Purpose, VmId, VmRecord, VmState};
 
 /// How long one call to the service may take before it counts as unavailable.
@@ -37,8 +42,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest table name Azure accepts.
 const MAX_TABLE_NAME: usize = 63;
-/// The one row of the meta table.
-const META_KEY: &str = "pool";
 /// The property that holds the state (fixed by the table schema).
 pub const STATE_PROPERTY: &str = "VM_State";
 
@@ -259,20 +262,25 @@ impl VmStore for TableStore {
         .await
     }
 
-    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
-        self.recreating("load meta", || async {
-            let client = self
-                .meta
-                .partition_key_client(META_KEY)
-                .entity_client(META_KEY);
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        check_keys(kind, key)?;
+        self.recreating("get record", || async {
+            let client = self.meta.partition_key_client(kind).entity_client(key);
             match self
                 .call(
-                    "load meta",
+                    "get record",
                     client.get::<Map<String, Value>>().into_future(),
                 )
                 .await
             {
-                Ok(res) => Ok(Some(parse_meta(&res.entity))),
+                Ok(res) => Ok(Some(Record {
+                    value: opt_text(&res.entity, RECORD_VALUE)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    etag: Etag(res.etag.to_string()),
+                })),
                 Err(f) if is_missing_row(&f) => Ok(None),
                 Err(f) => Err(f),
             }
@@ -280,18 +288,67 @@ impl VmStore for TableStore {
         .await
     }
 
-    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
-        let body = meta_entity(meta)?;
-        self.recreating("save meta", || async {
+    async fn insert_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Written, StoreError> {
+        let body = record_entity(kind, key, value)?;
+        self.recreating("insert record", || async {
             let builder = self
                 .meta
-                .partition_key_client(META_KEY)
-                .entity_client(META_KEY)
-                .insert_or_replace(&body)
-                .map_err(|e| Fault::Store(StoreError::Rejected(format!("save meta: {e}"))))?;
-            self.call("save meta", builder.into_future())
-                .await
-                .map(|_| ())
+                .insert::<_, Value>(&body)
+                .map_err(|e| Fault::Store(StoreError::Rejected(format!("insert record: {e}"))))?;
+            match self.call("insert record", builder.into_future()).await {
+                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                Err(f) => lost_race(f),
+            }
+        })
+        .await
+    }
+
+    async fn update_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        let body = record_entity(kind, key, value)?;
+        self.recreating("update record", || async {
+            let builder = self
+                .meta
+                .partition_key_client(kind)
+                .entity_client(key)
+                .update(&body, IfMatchCondition::Etag(etag.0.clone().into()))
+                .map_err(|e| Fault::Store(StoreError::Rejected(format!("update record: {e}"))))?;
+            match self.call("update record", builder.into_future()).await {
+                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                Err(f) => lost_race(f),
+            }
+        })
+        .await
+    }
+
+    async fn delete_record(
+        &self,
+        kind: &str,
+        key: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        check_keys(kind, key)?;
+        self.recreating("delete record", || async {
+            let builder = self
+                .meta
+                .partition_key_client(kind)
+                .entity_client(key)
+                .delete()
+                .if_match(IfMatchCondition::Etag(etag.0.clone().into()));
+            match self.call("delete record", builder.into_future()).await {
+                Ok(_) => Ok(Written::Done(etag.clone())),
+                Err(f) => lost_race(f),
+            }
         })
         .await
     }
@@ -822,59 +879,23 @@ fn time_of(m: &impl Props, name: &str) -> Result<Option<OffsetDateTime>, String>
     }
 }
 
-fn meta_entity(meta: &PoolMeta) -> Result<Value, StoreError> {
-    let meta = &super::normalize_meta(meta)?;
-    let mut m = Map::new();
-    m.insert("PartitionKey".into(), META_KEY.into());
-    m.insert("RowKey".into(), META_KEY.into());
-    put_time(&mut m, "LastReconcileAt", meta.last_reconcile_at)?;
-    m.insert(
-        "LastReconcileSummary".into(),
-        meta.last_reconcile_summary.clone().into(),
-    );
-    put_int(&mut m, "BufferTarget", meta.buffer_target);
-    put_time(&mut m, "TargetRaisedAt", meta.target_raised_at)?;
-    put_int(
-        &mut m,
-        "ConsecutiveCreateFailures",
-        meta.consecutive_create_failures,
-    );
-    put_time(&mut m, "BreakerOpenUntil", meta.breaker_open_until)?;
-    if let Some(reason) = &meta.breaker_reason {
-        m.insert("BreakerReason".into(), reason.clone().into());
-    }
-    Ok(Value::Object(m))
+/// The property that holds a record's value.
+const RECORD_VALUE: &str = "Value";
+
+fn check_keys(kind: &str, key: &str) -> Result<(), StoreError> {
+    check_record_key("kind", kind)?;
+    check_record_key("key", key)
 }
 
-/// Reads the pool's record leniently: a property that is missing or unreadable takes its
-/// default (with a warning), so a damaged record never stops the pool.
-fn parse_meta(m: &Map<String, Value>) -> PoolMeta {
-    fn or_default<T>(name: &str, got: Result<Option<T>, String>) -> Option<T> {
-        got.unwrap_or_else(|why| {
-            warn!(property = name, reason = %why, "pool record property ignored");
-            None
-        })
-    }
-    PoolMeta {
-        last_reconcile_at: or_default("LastReconcileAt", time_of(m, "LastReconcileAt")),
-        last_reconcile_summary: or_default(
-            "LastReconcileSummary",
-            opt_text(m, "LastReconcileSummary").map(|s| s.map(str::to_owned)),
-        )
-        .unwrap_or_default(),
-        buffer_target: or_default("BufferTarget", int(m, "BufferTarget")).unwrap_or_default(),
-        target_raised_at: or_default("TargetRaisedAt", time_of(m, "TargetRaisedAt")),
-        consecutive_create_failures: or_default(
-            "ConsecutiveCreateFailures",
-            int(m, "ConsecutiveCreateFailures"),
-        )
-        .unwrap_or_default(),
-        breaker_open_until: or_default("BreakerOpenUntil", time_of(m, "BreakerOpenUntil")),
-        breaker_reason: or_default(
-            "BreakerReason",
-            opt_text(m, "BreakerReason").map(|s| s.map(str::to_owned)),
-        ),
-    }
+/// A record as a meta-table entity: its kind is the partition, its key the row.
+fn record_entity(kind: &str, key: &str, value: &str) -> Result<Value, StoreError> {
+    check_keys(kind, key)?;
+    check_record_value(value)?;
+    let mut m = Map::new();
+    m.insert("PartitionKey".into(), kind.into());
+    m.insert("RowKey".into(), key.into());
+    m.insert(RECORD_VALUE.into(), value.into());
+    Ok(Value::Object(m))
 }
 
 #[cfg(test)]
@@ -1010,21 +1031,15 @@ mod tests {
     }
 
     #[test]
-    fn meta_round_trips_and_reads_leniently() {
-        let meta = PoolMeta {
-            last_reconcile_at: Some(time::macros::datetime!(2026-01-01 00:00:01 UTC)),
-            last_reconcile_summary: "ok".into(),
-            buffer_target: 3,
-            target_raised_at: None,
-            consecutive_create_failures: 1,
-            breaker_open_until: None,
-            breaker_reason: Some("quota".into()),
-        };
-        let Value::Object(mut m) = meta_entity(&meta).unwrap() else {
+    fn records_are_meta_rows_keyed_by_kind_and_key() {
+        let Value::Object(m) = record_entity("lease", "reconcile", "{}").unwrap() else {
             panic!("not an object")
         };
-        assert_eq!(parse_meta(&m), meta);
-        m.insert("BufferTarget".into(), "many".into());
-        assert_eq!(parse_meta(&m).buffer_target, 0);
+        assert_eq!(m["PartitionKey"], "lease");
+        assert_eq!(m["RowKey"], "reconcile");
+        assert_eq!(m[RECORD_VALUE], "{}");
+        assert!(record_entity("a/b", "k", "").is_err());
+        assert!(record_entity("k", "", "").is_err());
+        assert!(record_entity("k", "k", &"x".repeat(MAX_RECORD_CHARS + 1)).is_err());
     }
 }

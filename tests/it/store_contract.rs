@@ -365,6 +365,97 @@ pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
     );
 }
 
+pub async fn records_are_written_conditionally(store: Arc<dyn VmStore>) {
+    assert_eq!(store.get_record("lease", "reconcile").await.unwrap(), None);
+    let Written::Done(first) = store
+        .insert_record("lease", "reconcile", r#"{"holder":"a"}"#)
+        .await
+        .unwrap()
+    else {
+        panic!("the first insert wins")
+    };
+    assert_eq!(
+        store
+            .insert_record("lease", "reconcile", r#"{"holder":"b"}"#)
+            .await
+            .unwrap(),
+        Written::LostRace,
+        "a second insert of the same key loses"
+    );
+    let got = store
+        .get_record("lease", "reconcile")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.value.as_str(), &got.etag),
+        (r#"{"holder":"a"}"#, &first)
+    );
+    let Written::Done(second) = store
+        .update_record("lease", "reconcile", r#"{"holder":"c"}"#, &first)
+        .await
+        .unwrap()
+    else {
+        panic!("an update at the current version wins")
+    };
+    assert_eq!(
+        store
+            .update_record("lease", "reconcile", r#"{"holder":"d"}"#, &first)
+            .await
+            .unwrap(),
+        Written::LostRace,
+        "an update at a stale version loses"
+    );
+    assert_eq!(
+        store
+            .delete_record("lease", "reconcile", &first)
+            .await
+            .unwrap(),
+        Written::LostRace
+    );
+    assert_eq!(
+        store
+            .get_record("lease", "reconcile")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        r#"{"holder":"c"}"#
+    );
+    // Kinds are separate partitions: the same key under another kind is another record.
+    assert!(matches!(
+        store
+            .insert_record("idempotency", "reconcile", "x")
+            .await
+            .unwrap(),
+        Written::Done(_)
+    ));
+    assert_eq!(
+        store
+            .delete_record("lease", "reconcile", &second)
+            .await
+            .unwrap(),
+        Written::Done(second.clone())
+    );
+    assert_eq!(store.get_record("lease", "reconcile").await.unwrap(), None);
+    assert_eq!(
+        store
+            .update_record("lease", "reconcile", "y", &second)
+            .await
+            .unwrap(),
+        Written::LostRace,
+        "an update of a missing record loses"
+    );
+    assert!(matches!(
+        store.insert_record("bad/kind", "k", "v").await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert!(
+        store.list(Rows::All).await.unwrap().is_empty(),
+        "records are not VM rows"
+    );
+}
+
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -398,4 +489,5 @@ contract!(
     awkward_but_valid_names_work_everywhere,
     extreme_values_are_kept_or_cut_the_same_way,
     the_pool_record_is_kept_apart,
+    records_are_written_conditionally,
 );
