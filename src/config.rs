@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::compute::arm::settings::{self as arm_rules, ArmConfig, DEFAULT_IMAGE, DEFAULT_VM_SIZE};
 use crate::compute::sim::Latencies;
 use crate::secret::Secret;
+use crate::store::identity::IdentityStorage;
 
 /// A setting that stops start-up: the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum StorageConfig {
     Memory,
     /// Azure Table Storage (or Azurite) from a connection string.
     Azure(Secret),
+    /// Azure Table Storage with a token: `AzureWebJobsStorage__accountName` or
+    /// `__tableServiceUri`, and no connection string.
+    Identity(IdentityStorage),
 }
 
 /// Which compute API drives the VMs.
@@ -333,7 +337,10 @@ impl Config {
             .get("VMPOOL_STORAGE")
             .or_else(|| src.get("AzureWebJobsStorage"))
         {
-            None => StorageConfig::Memory,
+            // Then the identity-based form Azure Functions uses without a connection string.
+            None => IdentityStorage::from_settings(&|name| src.get(name))
+                .map_err(|e| invalid(e.var, e.message))?
+                .map_or(StorageConfig::Memory, StorageConfig::Identity),
             Some(v) if v.trim().eq_ignore_ascii_case("memory") => StorageConfig::Memory,
             Some(v) => StorageConfig::Azure(Secret::new(v.trim())),
         };

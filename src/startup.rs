@@ -77,6 +77,12 @@ pub async fn ports(
                 .await
                 .map_err(|e| StartupError::Port(format!("VMPOOL_STORAGE: {e}")))?,
         ),
+        StorageConfig::Identity(identity) => Arc::new(
+            identity
+                .connect(&config.table)
+                .await
+                .map_err(|e| StartupError::Port(format!("{}: {e}", identity.setting)))?,
+        ),
     };
     let compute: Arc<dyn Compute> = match &config.compute {
         ComputeConfig::Simulated(latencies) => {

@@ -1,9 +1,11 @@
 //! The VM table port: one row per VM, every change a conditional write on the row's ETag.
 //!
 //! [`memory::MemoryStore`] keeps rows in process (unit tests, the embedded default);
-//! [`table::TableStore`] keeps them in Azure Table Storage. Both pass the same contract
+//! [`table::TableStore`] keeps them in Azure Table Storage, reached with a connection string or
+//! with a token ([`identity`]). Both pass the same contract
 //! suite in `tests/`.
 
+pub mod identity;
 pub mod memory;
 pub mod table;
 

@@ -106,20 +106,47 @@ impl TableStore {
     ) -> Result<Self, StoreError> {
         check_table_name(table)?;
         let target = parse_connection_string(connection_string)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
-            .timeout(options.timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| StoreError::Rejected(format!("cannot build an HTTP client: {e}")))?;
-        let service = TableServiceClientBuilder::with_location(target.location, target.credentials)
+        Self::connect_to(
+            target.location,
+            target.credentials,
+            &target.describe,
+            table,
+            options,
+            None,
+        )
+        .await
+    }
+
+    /// Connects to the Table service at `location` with `credentials` (a key, a SAS or a
+    /// bearer-token credential), over `http` when given (else a client with the deadlines of
+    /// `options`), and creates `table` and `<table>meta` when absent. `describe` names the
+    /// service for the start-up line and must hold no secret.
+    pub async fn connect_to(
+        location: CloudLocation,
+        credentials: StorageCredentials,
+        describe: &str,
+        table: &str,
+        options: TableOptions,
+        http: Option<reqwest::Client>,
+    ) -> Result<Self, StoreError> {
+        check_table_name(table)?;
+        let http = match http {
+            Some(http) => http,
+            None => reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
+                .timeout(options.timeout)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| StoreError::Rejected(format!("cannot build an HTTP client: {e}")))?,
+        };
+        let service = TableServiceClientBuilder::with_location(location, credentials)
             .retry(RetryOptions::none())
             .transport(TransportOptions::new(Arc::new(http)))
             .build();
         let store = TableStore {
             vms: service.table_client(table),
             meta: service.table_client(meta_table_name(table)),
-            describe: format!("{}, table {table}", target.describe),
+            describe: format!("{describe}, table {table}"),
             timeout: options.timeout,
             writes: AtomicU64::new(0),
         };
@@ -531,7 +558,8 @@ fn classify(what: &'static str, e: &azure_core::Error) -> Fault {
             root_cause(e)
         ))),
         ErrorKind::Credential => Fault::Store(StoreError::Rejected(format!(
-            "{what}: the connection string's credentials cannot sign requests"
+            "{what}: the storage credentials cannot sign the request or get a token ({})",
+            root_cause(e)
         ))),
         ErrorKind::DataConversion => Fault::Store(StoreError::Unavailable(format!(
             "{what}: table storage sent an answer that cannot be read"

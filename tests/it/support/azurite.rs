@@ -45,6 +45,7 @@ pub enum Persistence {
 pub struct Azurite {
     port: u16,
     persistence: Persistence,
+    extra_args: Vec<std::ffi::OsString>,
     child: Option<(Child, ChildStdin)>,
     log: PathBuf,
 }
@@ -71,6 +72,11 @@ fn free_port() -> u16 {
 impl Azurite {
     /// Starts Azurite on a free port and waits until it accepts connections.
     pub fn start(persistence: Persistence) -> Azurite {
+        Self::start_with(persistence, Vec::new())
+    }
+
+    /// Starts Azurite with extra command-line arguments (such as `--oauth basic --cert ...`).
+    pub fn start_with(persistence: Persistence, extra_args: Vec<std::ffi::OsString>) -> Azurite {
         let log = std::env::temp_dir().join(format!(
             "vmpool-azurite-{}-{}.log",
             std::process::id(),
@@ -79,6 +85,7 @@ impl Azurite {
         let mut azurite = Azurite {
             port: free_port(),
             persistence,
+            extra_args,
             child: None,
             log,
         };
@@ -125,7 +132,8 @@ impl Azurite {
             .args(["--tableHost", "127.0.0.1", "--tablePort"])
             .arg(self.port.to_string())
             .arg("--disableTelemetry")
-            .arg("--skipApiVersionCheck");
+            .arg("--skipApiVersionCheck")
+            .args(&self.extra_args);
         match &self.persistence {
             Persistence::InMemory => {
                 cmd.arg("--inMemoryPersistence");
