@@ -7,6 +7,7 @@
 #[allow(dead_code, reason = "shared helpers; not every test uses every part")]
 mod support;
 
+mod access;
 mod api;
 mod arm;
 mod host;
