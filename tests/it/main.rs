@@ -11,6 +11,7 @@ mod access;
 mod api;
 mod arm;
 mod host;
+mod logs;
 mod reconcile;
 mod router;
 mod store_contract;
