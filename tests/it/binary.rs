@@ -1,4 +1,6 @@
-//! No secret reaches a log at any level: the real `vmpool` binary runs with `RUST_LOG=trace`
+//! The real `vmpool` binary. A bad setting stops it with one line naming the variable; what
+//! start-up warns about is logged; and no secret reaches a log at any level: it runs with
+//! `RUST_LOG=trace`
 //! against Azurite (once with a SAS connection string, once with an account key) and the ARM
 //! fake (with a bearer token), an API key set, in text and in JSON; a few requests go through
 //! every part (CreateVM with an ARM create, a reconcile pass, a refused key), and then its whole
@@ -84,7 +86,8 @@ struct Binary {
 }
 
 impl Binary {
-    fn start(vars: &[(&str, String)]) -> Binary {
+    /// Listens on a free port given in `port_var` (`VMPOOL_PORT`, or the host's variable).
+    fn start(vars: &[(&str, String)], port_var: &str) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -94,7 +97,7 @@ impl Binary {
         let child = Command::new(env!("CARGO_BIN_EXE_vmpool"))
             .env_clear()
             .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("VMPOOL_PORT", port.to_string())
+            .env(port_var, port.to_string())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
@@ -166,7 +169,7 @@ async fn run_and_drive(fake: &Fake, table: &str, vars: &[(&str, String)]) -> Str
     ];
     all.extend(vars.iter().cloned());
     let http = reqwest::Client::new();
-    let mut binary = Binary::start(&all);
+    let mut binary = Binary::start(&all, "VMPOOL_PORT");
     binary.wait_until_up(&http).await;
     let base = &binary.base;
     let puts_before = fake.fake.accepted(FakeOp::PutVm).len();
@@ -280,4 +283,65 @@ async fn no_secret_reaches_the_log_at_trace_level_in_text_or_json() {
     }));
     assert_no_secret(&text, &secrets);
     assert_no_secret(&json, &secrets);
+}
+
+#[test]
+fn arm_without_a_storage_setting_does_not_start() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vmpool"))
+        .env_clear()
+        .env("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
+        .env("VMPOOL_RESOURCE_GROUP", "games")
+        .env("VMPOOL_LOCATION", "westeurope")
+        .env(
+            "VMPOOL_SUBNET_ID",
+            format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
+        )
+        .env("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILogs logs")
+        .env("VMPOOL_PORT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "vmpool: configuration error: VMPOOL_STORAGE: is required when VMPOOL_COMPUTE=arm"
+        ),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn under_the_host_an_api_key_is_ignored_and_start_up_says_so() {
+    let http = reqwest::Client::new();
+    let mut binary = Binary::start(
+        &[
+            ("VMPOOL_API_KEY", API_KEY.to_owned()),
+            ("VMPOOL_LOG_FORMAT", "json".to_owned()),
+        ],
+        "FUNCTIONS_CUSTOMHANDLER_PORT",
+    );
+    binary.wait_until_up(&http).await;
+    // The host has checked its function key; vmpool asks for none.
+    let created = http
+        .post(format!("{}/api/CreateVM", binary.base))
+        .header("x-functions-key", "the-hosts-function-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    let output = binary.stop();
+    let warnings: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{output}");
+    assert_eq!(
+        warnings[0]["message"],
+        "VMPOOL_API_KEY is ignored under the Functions host, which checks function keys itself"
+    );
+    assert!(output.contains("under the Functions host, which checks function keys"));
+    assert!(!output.contains(API_KEY));
 }
