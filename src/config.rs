@@ -1,15 +1,18 @@
 //! Configuration from environment variables (Function App settings arrive as environment
-//! variables). A missing or invalid value is a [`ConfigError`] whose one line names the
-//! variable; secrets are wrapped in [`Secret`] so they never reach a log.
+//! variables). Each setting is declared once, in [`settings`]; this module assembles them. A
+//! missing or invalid value is a [`ConfigError`] whose one line names the variable; secrets
+//! are wrapped in [`Secret`] so they never reach a log.
 
-use std::fmt;
+pub mod settings;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::compute::arm::settings::{self as arm_rules, ArmConfig, DEFAULT_IMAGE, DEFAULT_VM_SIZE};
+use crate::compute::arm::settings::ArmConfig;
 use crate::compute::sim::Latencies;
 use crate::secret::Secret;
 use crate::store::identity::IdentityStorage;
+use settings as s;
 
 /// A setting that stops start-up: the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +43,15 @@ pub enum StorageConfig {
     Identity(IdentityStorage),
 }
 
+/// Which compute API drives the VMs, as `VMPOOL_COMPUTE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeKind {
+    /// `simulated`.
+    Simulated,
+    /// `arm`.
+    Arm,
+}
+
 /// Which compute API drives the VMs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ComputeConfig {
@@ -49,7 +61,8 @@ pub enum ComputeConfig {
     Arm(Box<ArmConfig>),
 }
 
-/// The pool's policy: sizes, the warm buffer and the reconciler's timeouts.
+/// The pool's policy: sizes, the warm buffer and the reconciler's timeouts. Its defaults are
+/// the settings' defaults ([`settings`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolPolicy {
     /// Warm VMs kept in `Standby` (or `Creating` for the buffer) at least.
@@ -80,23 +93,44 @@ pub struct PoolPolicy {
     pub breaker_cooldown: Duration,
 }
 
-impl Default for PoolPolicy {
-    fn default() -> Self {
-        PoolPolicy {
-            min_standby: 0,
-            max_vms: 20,
-            game_ports: Vec::new(),
-            vm_prefix: "vmpool".into(),
-            demand_window: Duration::from_secs(300),
-            buffer_cooldown: Duration::from_secs(600),
-            ready_estimate: Duration::from_secs(180),
-            max_creates_per_pass: 5,
-            drain_timeout: Duration::from_secs(900),
-            create_timeout: Duration::from_secs(900),
-            deallocate_timeout: Duration::from_secs(600),
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_secs(600),
+impl PoolPolicy {
+    /// The policy `src` describes; unset settings take their defaults.
+    pub fn from_source(src: &dyn Source) -> Result<PoolPolicy, ConfigError> {
+        let policy = PoolPolicy {
+            min_standby: s::MIN_STANDBY.read(src)?,
+            max_vms: s::MAX_VMS.read(src)?,
+            game_ports: s::GAME_PORTS.read(src)?,
+            vm_prefix: s::VM_PREFIX.read(src)?,
+            demand_window: s::DEMAND_WINDOW_SECS.read(src)?,
+            buffer_cooldown: s::BUFFER_COOLDOWN_SECS.read(src)?,
+            ready_estimate: s::READY_ESTIMATE_SECS.read(src)?,
+            max_creates_per_pass: s::MAX_CREATES_PER_PASS.read(src)?,
+            drain_timeout: s::DRAIN_TIMEOUT_SECS.read(src)?,
+            create_timeout: s::CREATE_TIMEOUT_SECS.read(src)?,
+            deallocate_timeout: s::DEALLOCATE_TIMEOUT_SECS.read(src)?,
+            breaker_failures: s::BREAKER_FAILURES.read(src)?,
+            breaker_cooldown: s::BREAKER_COOLDOWN_SECS.read(src)?,
+        };
+        if policy.min_standby > policy.max_vms {
+            return Err(invalid(
+                s::MIN_STANDBY.name,
+                format!(
+                    "{} is more than {} ({})",
+                    policy.min_standby,
+                    s::MAX_VMS.name,
+                    policy.max_vms
+                ),
+            ));
         }
+        Ok(policy)
+    }
+}
+
+impl Default for PoolPolicy {
+    /// Every setting at its default.
+    fn default() -> Self {
+        // The defaults are constants, and `defaults_need_no_settings` reads every one of them.
+        PoolPolicy::from_source(&Unset).expect("the settings' defaults are valid")
     }
 }
 
@@ -112,6 +146,8 @@ pub enum LogFormat {
 /// Everything vmpool is configured with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Runs as an Azure Functions custom handler (`FUNCTIONS_CUSTOMHANDLER_PORT` is set).
+    pub functions_host: bool,
     /// Address to listen on.
     pub bind: IpAddr,
     /// Port to listen on.
@@ -123,14 +159,18 @@ pub struct Config {
     /// Which compute API drives the VMs.
     pub compute: ComputeConfig,
     /// Standalone reconcile interval; `None` when the Functions timer drives reconciling
-    /// (the default under the Functions host, which sets `FUNCTIONS_WORKER_RUNTIME`).
+    /// (the default under the Functions host).
     pub reconcile_every: Option<Duration>,
     /// The pool's policy.
     pub policy: PoolPolicy,
-    /// Standalone API key, checked on `/api/*`; ignored under the Functions host.
+    /// Standalone API key, checked on every route but `GET /`; always `None` under the
+    /// Functions host, which checks function keys itself.
     pub api_key: Option<Secret>,
     /// Log format.
     pub log_format: LogFormat,
+    /// What start-up should warn about, one line each (settings that are valid but unsafe or
+    /// ignored).
+    pub warnings: Vec<String>,
 }
 
 /// Reads settings by name; [`std::env::var`] in production, a map in tests.
@@ -146,6 +186,16 @@ pub struct Env;
 impl Source for Env {
     fn get(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// No setting at all: every default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unset;
+
+impl Source for Unset {
+    fn get(&self, _name: &str) -> Option<String> {
+        None
     }
 }
 
@@ -166,154 +216,50 @@ impl Source for std::collections::HashMap<String, String> {
     }
 }
 
-fn number<T>(
-    src: &dyn Source,
-    var: &'static str,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
-{
-    let Some(raw) = src.get(var) else {
-        return Ok(default);
+/// Where the table lives as the settings say it: `VMPOOL_STORAGE`, else `AzureWebJobsStorage`;
+/// `None` when neither says anything.
+fn storage(src: &dyn Source) -> Result<Option<StorageConfig>, ConfigError> {
+    let Some(value) = s::STORAGE
+        .given(src)?
+        .or(s::AZURE_WEB_JOBS_STORAGE.given(src)?)
+    else {
+        // Then the identity-based form Azure Functions uses without a connection string.
+        return IdentityStorage::from_settings(&|name| src.get(name))
+            .map(|identity| identity.map(StorageConfig::Identity))
+            .map_err(|e| invalid(e.var, e.message));
     };
-    let value: T = raw
-        .trim()
-        .parse()
-        .map_err(|_| invalid(var, format!("{raw:?} is not a whole number")))?;
-    if value < min || value > max {
-        return Err(invalid(var, format!("{value} is outside {min}..={max}")));
-    }
-    Ok(value)
-}
-
-fn seconds(
-    src: &dyn Source,
-    var: &'static str,
-    default: u64,
-    min: u64,
-) -> Result<Duration, ConfigError> {
-    number(src, var, default, min, 7 * 24 * 3600).map(Duration::from_secs)
-}
-
-fn required(src: &dyn Source, var: &'static str, why: &str) -> Result<String, ConfigError> {
-    src.get(var)
-        .map(|v| v.trim().to_owned())
-        .ok_or_else(|| invalid(var, format!("is required {why}")))
-}
-
-/// Table names: 3-63 letters and digits, starting with a letter.
-fn table_name(raw: &str) -> Result<String, ConfigError> {
-    let ok = (3..=63).contains(&raw.len())
-        && raw.starts_with(|c: char| c.is_ascii_alphabetic())
-        && raw.chars().all(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(raw.to_owned())
+    Ok(Some(if value.expose().eq_ignore_ascii_case("memory") {
+        StorageConfig::Memory
     } else {
-        Err(invalid(
-            "VMPOOL_TABLE",
-            format!(
-                "{raw:?} is not a table name (3-63 letters and digits, starting with a letter)"
-            ),
-        ))
-    }
+        StorageConfig::Azure(value)
+    }))
 }
 
-fn vm_prefix(raw: &str) -> Result<String, ConfigError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 40
-        && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if ok {
-        Ok(raw.to_owned())
+fn compute(src: &dyn Source) -> Result<ComputeConfig, ConfigError> {
+    let implied = if src.get(s::SUBSCRIPTION_ID.name).is_some() {
+        ComputeKind::Arm
     } else {
-        Err(invalid(
-            "VMPOOL_VM_PREFIX",
-            format!("{raw:?} must be 1-40 letters, digits or '-', starting with a letter or digit"),
-        ))
-    }
-}
-
-fn ports(raw: &str) -> Result<Vec<u16>, ConfigError> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                invalid(
-                    "VMPOOL_GAME_PORTS",
-                    format!("{p:?} is not a port (1-65535)"),
-                )
-            })
-        })
-        .collect()
-}
-
-fn arm(src: &dyn Source) -> Result<ArmConfig, ConfigError> {
-    let why = "when VMPOOL_COMPUTE=arm";
-    let rule = |var: &'static str, value: String, check: fn(&str) -> Result<String, String>| {
-        check(value.trim()).map_err(|m| invalid(var, m))
+        ComputeKind::Simulated
     };
-    let endpoint_raw = src
-        .get("VMPOOL_ARM_ENDPOINT")
-        .unwrap_or_else(|| "https://management.azure.com".into());
-    let endpoint =
-        arm_rules::endpoint(&endpoint_raw).map_err(|m| invalid("VMPOOL_ARM_ENDPOINT", m))?;
-    let subscription_id = rule(
-        "AZURE_SUBSCRIPTION_ID",
-        required(src, "AZURE_SUBSCRIPTION_ID", why)?,
-        arm_rules::subscription_id,
-    )?;
-    let resource_group = rule(
-        "VMPOOL_RESOURCE_GROUP",
-        required(src, "VMPOOL_RESOURCE_GROUP", why)?,
-        arm_rules::resource_group,
-    )?;
-    let location = rule(
-        "VMPOOL_LOCATION",
-        required(src, "VMPOOL_LOCATION", why)?,
-        arm_rules::location,
-    )?;
-    let subnet_id = rule(
-        "VMPOOL_SUBNET_ID",
-        required(src, "VMPOOL_SUBNET_ID", why)?,
-        arm_rules::subnet_id,
-    )?;
-    let ssh_public_key = rule(
-        "VMPOOL_SSH_PUBLIC_KEY",
-        required(src, "VMPOOL_SSH_PUBLIC_KEY", why)?,
-        arm_rules::ssh_public_key,
-    )?;
-    let image = arm_rules::image(
-        &src.get("VMPOOL_IMAGE")
-            .unwrap_or_else(|| DEFAULT_IMAGE.into()),
-    )
-    .map_err(|m| invalid("VMPOOL_IMAGE", m))?;
-    let vm_size = rule(
-        "VMPOOL_VM_SIZE",
-        src.get("VMPOOL_VM_SIZE")
-            .unwrap_or_else(|| DEFAULT_VM_SIZE.into()),
-        arm_rules::vm_size,
-    )?;
-    let admin_username = rule(
-        "VMPOOL_ADMIN_USERNAME",
-        src.get("VMPOOL_ADMIN_USERNAME")
-            .unwrap_or_else(|| arm_rules::DEFAULT_ADMIN_USERNAME.into()),
-        arm_rules::admin_username,
-    )?;
-    Ok(ArmConfig {
-        endpoint,
-        token: src.get("VMPOOL_ARM_TOKEN").map(Secret::new),
-        subscription_id,
-        resource_group,
-        location,
-        subnet_id,
-        ssh_public_key,
-        image,
-        vm_size,
-        admin_username,
+    Ok(match s::COMPUTE.given(src)?.unwrap_or(implied) {
+        ComputeKind::Simulated => ComputeConfig::Simulated(Latencies {
+            create: s::SIM_CREATE_SECS.read(src)?,
+            start: s::SIM_START_SECS.read(src)?,
+            deallocate: s::SIM_DEALLOCATE_SECS.read(src)?,
+            ..Latencies::default()
+        }),
+        ComputeKind::Arm => ComputeConfig::Arm(Box::new(ArmConfig {
+            endpoint: s::ARM_ENDPOINT.read(src)?,
+            token: s::ARM_TOKEN.given(src)?,
+            subscription_id: s::SUBSCRIPTION_ID.read(src)?,
+            resource_group: s::RESOURCE_GROUP.read(src)?,
+            location: s::LOCATION.read(src)?,
+            subnet_id: s::SUBNET_ID.read(src)?,
+            ssh_public_key: s::SSH_PUBLIC_KEY.read(src)?,
+            image: s::IMAGE.read(src)?,
+            vm_size: s::VM_SIZE.read(src)?,
+            admin_username: s::ADMIN_USERNAME.read(src)?,
+        })),
     })
 }
 
@@ -325,175 +271,73 @@ impl Config {
 
     /// Reads the configuration from `src`.
     pub fn from_source(src: &dyn Source) -> Result<Config, ConfigError> {
-        let port = number(src, "FUNCTIONS_CUSTOMHANDLER_PORT", 7071u16, 1, u16::MAX)?;
-        let bind = match src.get("VMPOOL_BIND") {
-            None => IpAddr::from([127, 0, 0, 1]),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|_| invalid("VMPOOL_BIND", format!("{raw:?} is not an IP address")))?,
+        // The host always sets its port for the handler; nothing else does.
+        let host_port = s::FUNCTIONS_CUSTOMHANDLER_PORT.given(src)?;
+        let functions_host = host_port.is_some();
+        let port = match host_port {
+            Some(port) => port,
+            None => s::PORT.read(src)?,
         };
-        let storage = match src
-            .get("VMPOOL_STORAGE")
-            .or_else(|| src.get("AzureWebJobsStorage"))
-        {
-            // Then the identity-based form Azure Functions uses without a connection string.
-            None => IdentityStorage::from_settings(&|name| src.get(name))
-                .map_err(|e| invalid(e.var, e.message))?
-                .map_or(StorageConfig::Memory, StorageConfig::Identity),
-            Some(v) if v.trim().eq_ignore_ascii_case("memory") => StorageConfig::Memory,
-            Some(v) => StorageConfig::Azure(Secret::new(v.trim())),
-        };
-        let table = table_name(&src.get("VMPOOL_TABLE").unwrap_or_else(|| "vmpool".into()))?;
-        let compute_kind = src.get("VMPOOL_COMPUTE").unwrap_or_else(|| {
-            if src.get("AZURE_SUBSCRIPTION_ID").is_some() {
-                "arm".into()
-            } else {
-                "simulated".into()
-            }
-        });
-        let compute = match compute_kind.trim() {
-            "simulated" => ComputeConfig::Simulated(Latencies {
-                create: time::Duration::seconds(number(
-                    src,
-                    "VMPOOL_SIM_CREATE_SECS",
-                    150,
-                    0,
-                    86_400,
-                )?),
-                start: time::Duration::seconds(number(
-                    src,
-                    "VMPOOL_SIM_START_SECS",
-                    60,
-                    0,
-                    86_400,
-                )?),
-                deallocate: time::Duration::seconds(number(
-                    src,
-                    "VMPOOL_SIM_DEALLOCATE_SECS",
-                    60,
-                    0,
-                    86_400,
-                )?),
-                ..Latencies::default()
-            }),
-            "arm" => ComputeConfig::Arm(Box::new(arm(src)?)),
-            other => {
+        let bind = s::BIND.read(src)?;
+        let table = s::TABLE.read(src)?;
+        let compute = compute(src)?;
+        let storage = match (storage(src)?, &compute) {
+            (Some(storage), _) => storage,
+            (None, ComputeConfig::Simulated(_)) => StorageConfig::Memory,
+            // Real VMs with a table that dies with the process (and differs per instance)
+            // would be orphaned: only an explicit `memory` may do that.
+            (None, ComputeConfig::Arm(_)) => {
                 return Err(invalid(
-                    "VMPOOL_COMPUTE",
-                    format!("{other:?} is neither simulated nor arm"),
+                    s::STORAGE.name,
+                    "is required when VMPOOL_COMPUTE=arm: a storage connection string (or the identity-based AzureWebJobsStorage__accountName / __tableServiceUri), or `memory` to keep the table in this process only",
                 ));
             }
         };
         // Under the Functions host the timer function reconciles; a loop in every instance
         // would only repeat its work.
-        let under_host = src.get("FUNCTIONS_WORKER_RUNTIME").is_some();
-        let reconcile_secs = number(
-            src,
-            "VMPOOL_RECONCILE_SECS",
-            if under_host { 0 } else { 10u64 },
-            0,
-            86_400,
-        )?;
-        let defaults = PoolPolicy::default();
-        let policy = PoolPolicy {
-            min_standby: number(src, "VMPOOL_MIN_STANDBY", 0u32, 0, 10_000)?,
-            max_vms: number(src, "VMPOOL_MAX_VMS", 20u32, 1, 10_000)?,
-            game_ports: ports(&src.get("VMPOOL_GAME_PORTS").unwrap_or_default())?,
-            vm_prefix: vm_prefix(
-                &src.get("VMPOOL_VM_PREFIX")
-                    .unwrap_or_else(|| "vmpool".into()),
-            )?,
-            demand_window: seconds(
-                src,
-                "VMPOOL_DEMAND_WINDOW_SECS",
-                defaults.demand_window.as_secs(),
-                1,
-            )?,
-            buffer_cooldown: seconds(
-                src,
-                "VMPOOL_BUFFER_COOLDOWN_SECS",
-                defaults.buffer_cooldown.as_secs(),
-                0,
-            )?,
-            ready_estimate: seconds(
-                src,
-                "VMPOOL_READY_ESTIMATE_SECS",
-                defaults.ready_estimate.as_secs(),
-                1,
-            )?,
-            max_creates_per_pass: number(
-                src,
-                "VMPOOL_MAX_CREATES_PER_PASS",
-                defaults.max_creates_per_pass,
-                1,
-                1000,
-            )?,
-            drain_timeout: seconds(
-                src,
-                "VMPOOL_DRAIN_TIMEOUT_SECS",
-                defaults.drain_timeout.as_secs(),
-                1,
-            )?,
-            create_timeout: seconds(
-                src,
-                "VMPOOL_CREATE_TIMEOUT_SECS",
-                defaults.create_timeout.as_secs(),
-                1,
-            )?,
-            deallocate_timeout: seconds(
-                src,
-                "VMPOOL_DEALLOCATE_TIMEOUT_SECS",
-                defaults.deallocate_timeout.as_secs(),
-                1,
-            )?,
-            breaker_failures: number(
-                src,
-                "VMPOOL_BREAKER_FAILURES",
-                defaults.breaker_failures,
-                1,
-                1000,
-            )?,
-            breaker_cooldown: seconds(
-                src,
-                "VMPOOL_BREAKER_COOLDOWN_SECS",
-                defaults.breaker_cooldown.as_secs(),
-                0,
-            )?,
+        let reconcile_every = if functions_host {
+            s::RECONCILE_SECS.given(src)?.unwrap_or(Duration::ZERO)
+        } else {
+            s::RECONCILE_SECS.read(src)?
         };
-        if policy.min_standby > policy.max_vms {
-            return Err(invalid(
-                "VMPOOL_MIN_STANDBY",
-                format!(
-                    "{} is more than VMPOOL_MAX_VMS ({})",
-                    policy.min_standby, policy.max_vms
-                ),
+        let policy = PoolPolicy::from_source(src)?;
+        let log_format = s::LOG_FORMAT.read(src)?;
+        let given_key = s::API_KEY.given(src)?;
+        let mut warnings = Vec::new();
+        if functions_host && given_key.is_some() {
+            warnings.push(format!(
+                "{} is ignored under the Functions host, which checks function keys itself",
+                s::API_KEY.name
             ));
         }
-        let log_format = match src.get("VMPOOL_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(invalid(
-                    "VMPOOL_LOG_FORMAT",
-                    format!("{other:?} is neither text nor json"),
-                ));
-            }
-        };
+        // The host checks function keys itself and forwards them; ours is standalone only.
+        let api_key = given_key.filter(|_| !functions_host);
+        if !bind.is_loopback() && api_key.is_none() {
+            warnings.push(if functions_host {
+                format!(
+                    "{} is {bind}, not loopback: callers that reach this address directly bypass the Functions host's function keys",
+                    s::BIND.name
+                )
+            } else {
+                format!(
+                    "{} is {bind}, not loopback, and {} is unset: anyone who reaches this address can call every route",
+                    s::BIND.name,
+                    s::API_KEY.name
+                )
+            });
+        }
         Ok(Config {
+            functions_host,
             bind,
             port,
             storage,
             table,
             compute,
-            reconcile_every: (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs)),
+            reconcile_every: (!reconcile_every.is_zero()).then_some(reconcile_every),
             policy,
-            // The host checks function keys itself and forwards them; ours is standalone only.
-            api_key: src
-                .get("VMPOOL_API_KEY")
-                .filter(|_| !under_host)
-                .map(Secret::new),
+            api_key,
             log_format,
+            warnings,
         })
     }
 }
@@ -516,22 +360,88 @@ mod tests {
         assert_eq!(c.reconcile_every, Some(Duration::from_secs(10)));
         assert_eq!((c.policy.min_standby, c.policy.max_vms), (0, 20));
         assert_eq!(c.api_key, None);
+        assert!(!c.functions_host);
+        assert!(c.warnings.is_empty());
+        assert_eq!(c.log_format, LogFormat::Text);
+        // The policy's defaults are the settings' defaults.
+        assert_eq!(c.policy, PoolPolicy::default());
+        assert_eq!(c.policy.demand_window, Duration::from_secs(300));
+        assert_eq!(c.policy.vm_prefix, "vmpool");
+        assert!(c.policy.game_ports.is_empty());
     }
 
     #[test]
     fn under_the_functions_host_the_timer_reconciles_and_the_host_checks_keys() {
         let c = Config::from_source(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"),
+            ("VMPOOL_API_KEY", "k"),
+        ])
+        .unwrap();
+        assert!(c.functions_host);
+        assert_eq!(c.port, 40123);
+        assert_eq!((c.reconcile_every, c.api_key), (None, None));
+        assert_eq!(
+            c.warnings,
+            [
+                "VMPOOL_API_KEY is ignored under the Functions host, which checks function keys itself"
+            ]
+        );
+        let c = Config::from_source(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"),
+            ("VMPOOL_RECONCILE_SECS", "30"),
+            ("VMPOOL_PORT", "9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.reconcile_every, Some(Duration::from_secs(30)));
+        assert_eq!(c.port, 40123, "the host's port wins");
+    }
+
+    #[test]
+    fn the_host_is_detected_by_its_port_alone() {
+        // Flex Consumption may not set FUNCTIONS_WORKER_RUNTIME; it changes nothing either way.
+        let standalone = Config::from_source(&[("VMPOOL_API_KEY", "k")]).unwrap();
+        let with_runtime = Config::from_source(&[
             ("FUNCTIONS_WORKER_RUNTIME", "custom"),
             ("VMPOOL_API_KEY", "k"),
         ])
         .unwrap();
-        assert_eq!((c.reconcile_every, c.api_key), (None, None));
-        let c = Config::from_source(&[
-            ("FUNCTIONS_WORKER_RUNTIME", "custom"),
-            ("VMPOOL_RECONCILE_SECS", "30"),
+        assert_eq!(with_runtime, standalone);
+        assert!(!standalone.functions_host);
+        assert_eq!(standalone.api_key, Some(Secret::new("k")));
+        assert_eq!(standalone.reconcile_every, Some(Duration::from_secs(10)));
+        let c = Config::from_source(&[("VMPOOL_PORT", "9000")]).unwrap();
+        assert_eq!((c.functions_host, c.port), (false, 9000));
+    }
+
+    #[test]
+    fn a_reachable_address_without_a_key_is_warned_about() {
+        let open = Config::from_source(&[("VMPOOL_BIND", "0.0.0.0")]).unwrap();
+        assert_eq!(
+            open.warnings,
+            [
+                "VMPOOL_BIND is 0.0.0.0, not loopback, and VMPOOL_API_KEY is unset: anyone who reaches this address can call every route"
+            ]
+        );
+        let keyed =
+            Config::from_source(&[("VMPOOL_BIND", "0.0.0.0"), ("VMPOOL_API_KEY", "k")]).unwrap();
+        assert!(keyed.warnings.is_empty(), "{:?}", keyed.warnings);
+        for loopback in ["127.0.0.1", "127.0.0.2", "::1"] {
+            let c = Config::from_source(&[("VMPOOL_BIND", loopback)]).unwrap();
+            assert!(c.warnings.is_empty(), "{loopback}: {:?}", c.warnings);
+        }
+        let host = Config::from_source(&[
+            ("VMPOOL_BIND", "::"),
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"),
         ])
         .unwrap();
-        assert_eq!(c.reconcile_every, Some(Duration::from_secs(30)));
+        assert_eq!(host.warnings.len(), 1);
+        assert!(host.warnings[0].starts_with("VMPOOL_BIND is ::, not loopback"));
+        assert!(
+            host.warnings
+                .iter()
+                .chain(&open.warnings)
+                .all(|w| !w.contains('\n'))
+        );
     }
 
     #[test]
@@ -550,6 +460,59 @@ mod tests {
         assert_eq!(c.storage, StorageConfig::Memory);
     }
 
+    const ARM: [(&str, &str); 5] = [
+        (
+            "AZURE_SUBSCRIPTION_ID",
+            "00000000-0000-0000-0000-000000000001",
+        ),
+        ("VMPOOL_RESOURCE_GROUP", "games"),
+        ("VMPOOL_LOCATION", "westeurope"),
+        (
+            "VMPOOL_SUBNET_ID",
+            "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
+        ),
+        ("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAA test"),
+    ];
+
+    fn map(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn arm_keeps_its_table_in_memory_only_when_told_so() {
+        // Implied by AZURE_SUBSCRIPTION_ID, or said.
+        for extra in [None, Some(("VMPOOL_COMPUTE", "arm"))] {
+            let mut src = map(&ARM);
+            src.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
+            let err = Config::from_source(&src).unwrap_err();
+            assert_eq!(err.var, "VMPOOL_STORAGE", "{err}");
+            assert!(!err.to_string().contains('\n'));
+            src.insert("VMPOOL_STORAGE".into(), "memory".into());
+            let c = Config::from_source(&src).unwrap();
+            assert_eq!(c.storage, StorageConfig::Memory);
+            assert!(matches!(c.compute, ComputeConfig::Arm(_)));
+        }
+        let mut src = map(&ARM);
+        src.insert(
+            "AzureWebJobsStorage".into(),
+            "UseDevelopmentStorage=true".into(),
+        );
+        assert!(matches!(
+            Config::from_source(&src).unwrap().storage,
+            StorageConfig::Azure(_)
+        ));
+        // The simulated cloud may keep its table in memory without saying so.
+        assert_eq!(
+            Config::from_source(&[("VMPOOL_COMPUTE", "simulated")])
+                .unwrap()
+                .storage,
+            StorageConfig::Memory
+        );
+    }
+
     #[test]
     fn each_bad_value_names_its_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
@@ -557,6 +520,8 @@ mod tests {
                 &[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")],
                 "FUNCTIONS_CUSTOMHANDLER_PORT",
             ),
+            (&[("VMPOOL_PORT", "0")], "VMPOOL_PORT"),
+            (&[("VMPOOL_BIND", "localhost")], "VMPOOL_BIND"),
             (&[("VMPOOL_MAX_VMS", "0")], "VMPOOL_MAX_VMS"),
             (&[("VMPOOL_MIN_STANDBY", "-1")], "VMPOOL_MIN_STANDBY"),
             (&[("VMPOOL_MIN_STANDBY", "30")], "VMPOOL_MIN_STANDBY"),
@@ -630,6 +595,92 @@ mod tests {
             src.insert(var.to_owned(), bad.to_owned());
             assert_eq!(Config::from_source(&src).unwrap_err().var, var);
         }
+    }
+
+    /// The rows of the README's configuration table, as written.
+    fn readme_rows() -> Vec<&'static str> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        section.lines().filter(|l| l.starts_with("| `")).collect()
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_setting_as_declared() {
+        let rows = readme_rows();
+        let expected: Vec<String> = settings::ALL.iter().map(|a| a.readme_row()).collect();
+        let table = expected.join("\n");
+        for (about, row) in settings::ALL.iter().zip(&expected) {
+            assert!(
+                rows.contains(&row.as_str()),
+                "the README's configuration table lacks (or differs from) the row of {}:\n{row}\n\nthe table should read:\n{table}",
+                about.name
+            );
+        }
+        for row in &rows {
+            let name = row
+                .trim_start_matches("| `")
+                .split('`')
+                .next()
+                .unwrap_or_default();
+            assert!(
+                settings::ALL.iter().any(|a| a.name == name),
+                "the README documents {name}, which is not a setting:\n{row}"
+            );
+        }
+        assert_eq!(rows.len(), settings::ALL.len(), "one row per setting");
+    }
+
+    #[test]
+    fn every_declared_default_is_valid() {
+        // Every setting at its default: the simulated cloud, then ARM with the required ones.
+        Config::from_source(&Unset).unwrap();
+        let mut src = map(&ARM);
+        src.insert("VMPOOL_STORAGE".into(), "memory".into());
+        let c = Config::from_source(&src).unwrap();
+        let ComputeConfig::Arm(arm) = c.compute else {
+            panic!("arm")
+        };
+        assert_eq!(arm.endpoint.as_str(), "https://management.azure.com/");
+        assert_eq!(arm.vm_size, "Standard_B2s");
+    }
+
+    /// A source that remembers every name asked for.
+    struct Recorder(
+        std::collections::HashMap<String, String>,
+        std::cell::RefCell<std::collections::BTreeSet<String>>,
+    );
+    impl Source for Recorder {
+        fn get(&self, name: &str) -> Option<String> {
+            self.1.borrow_mut().insert(name.to_owned());
+            self.0.get(name).cloned()
+        }
+    }
+
+    #[test]
+    fn every_variable_read_is_a_declared_setting() {
+        let mut arm = map(&ARM);
+        arm.insert("FUNCTIONS_CUSTOMHANDLER_PORT".into(), "7000".into());
+        arm.insert(
+            "AzureWebJobsStorage".into(),
+            "UseDevelopmentStorage=true".into(),
+        );
+        let mut asked = std::collections::BTreeSet::new();
+        for src in [std::collections::HashMap::new(), arm] {
+            let recorder = Recorder(src, Default::default());
+            Config::from_source(&recorder).unwrap();
+            asked.extend(recorder.1.into_inner());
+        }
+        for name in &asked {
+            assert!(
+                settings::ALL.iter().any(|a| a.name == name),
+                "{name} is read but not declared in config::settings"
+            );
+        }
+        assert!(asked.contains("VMPOOL_SSH_PUBLIC_KEY") && asked.contains("VMPOOL_SIM_START_SECS"));
     }
 
     struct HashMapSource(std::collections::HashMap<String, String>);

@@ -39,29 +39,36 @@ pub enum StartupError {
     },
 }
 
-/// Sets up tracing: `RUST_LOG` filter (default `info`), text or JSON lines.
+/// Whether an event of `target` at `level` may be written, whatever `RUST_LOG` says. The Azure
+/// SDK crates log each request's URL (a SAS signature is in its query) and headers (the
+/// `Authorization` bearer token is not redacted) at debug and trace: they stay at info or above.
+pub fn allowed_whatever_rust_log_says(target: &str, level: &tracing::Level) -> bool {
+    !target.starts_with("azure_") || *level <= tracing::Level::INFO
+}
+
+/// Sets up tracing: `RUST_LOG` filter (default `info`), capped for the Azure SDK crates by
+/// [`allowed_whatever_rust_log_says`]; text or JSON lines.
 pub fn init_tracing(format: LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let rust_log = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // azure_core 0.21 logs each request at debug/trace with a Headers Debug that redacts every
-    // header except Authorization: keep its pipeline above debug so no bearer token is logged.
-    for directive in [
-        "azure_core::policies=info",
-        "azure_core::policies::transport=info",
-        "azure_core::policies::retry_policies=info",
-    ] {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
+    // Both must agree, so no directive in RUST_LOG, however specific, lifts the cap.
+    let filter = rust_log.and(filter_fn(|meta| {
+        allowed_whatever_rust_log_says(meta.target(), meta.level())
+    }));
     // Colours only on a terminal: the Functions host and log collectors capture stdout.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let lines = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(lines.with_filter(filter)).try_init(),
+        LogFormat::Json => registry
+            .with(lines.json().flatten_event(true).with_filter(filter))
+            .try_init(),
     };
 }
 
@@ -166,6 +173,9 @@ pub async fn run(
 
 /// Builds everything from `config` and serves until SIGTERM or Ctrl+C.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (store, compute) = ports(&config, clock.clone()).await?;
     let addr = std::net::SocketAddr::new(config.bind, config.port);
@@ -176,7 +186,12 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
             source,
         })?;
     info!(
-        "vmpool listening on http://{addr}; storage: {}; compute: {}; reconcile: {}",
+        "vmpool listening on http://{addr} ({}); storage: {}; compute: {}; reconcile: {}",
+        match (config.functions_host, config.api_key.is_some()) {
+            (true, _) => "under the Functions host, which checks function keys",
+            (false, true) => "standalone; API key required",
+            (false, false) => "standalone; no API key",
+        },
         store.describe(),
         compute.describe(),
         config
@@ -213,4 +228,46 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn the_azure_sdk_never_logs_below_info() {
+        for target in [
+            "azure_core::http_client::reqwest",
+            "azure_core::policies::transport",
+            "azure_identity",
+            "azure_data_tables::operations",
+            "azure_mgmt_compute",
+        ] {
+            assert!(
+                !allowed_whatever_rust_log_says(target, &Level::DEBUG),
+                "{target}"
+            );
+            assert!(
+                !allowed_whatever_rust_log_says(target, &Level::TRACE),
+                "{target}"
+            );
+            assert!(
+                allowed_whatever_rust_log_says(target, &Level::INFO),
+                "{target}"
+            );
+            assert!(
+                allowed_whatever_rust_log_says(target, &Level::WARN),
+                "{target}"
+            );
+        }
+        assert!(allowed_whatever_rust_log_says(
+            "vmpool::pool",
+            &Level::TRACE
+        ));
+        assert!(allowed_whatever_rust_log_says(
+            "tower_http::trace",
+            &Level::DEBUG
+        ));
+    }
 }

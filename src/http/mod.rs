@@ -1,21 +1,22 @@
 //! The HTTP layer: the routes the README lists, translating requests into pool
 //! operations and pool outcomes into JSON. It holds no rules of its own.
 
+pub mod auth;
 pub mod error;
 pub mod input;
+pub mod routing;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info};
@@ -37,7 +38,7 @@ pub struct AppState {
     pub pool: Arc<Pool>,
     /// The reconciler, for the timer invocation.
     pub reconciler: Reconciler,
-    /// Standalone API key for `/api/*`.
+    /// Standalone API key, wanted on every route but `GET /` (see [`auth`]).
     pub api_key: Option<Secret>,
 }
 
@@ -73,20 +74,22 @@ impl<'a> VmView<'a> {
     }
 }
 
-/// The router, with every route, the JSON error mapping and a span per request.
+/// The router, with every route (matched ignoring case, as the host does), the API key,
+/// the JSON error mapping and a span per request.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
+    let router = Router::new()
+        .route("/", get(probe))
+        .route("/ReconcilePool", post(reconcile_timer))
         .route("/api/CreateVM", post(create_vm))
         .route("/api/ReportGameRoomsNumber", post(report_rooms))
         .route("/api/MarkVMForDeallocation", post(mark))
         .route("/api/GetAvailableVMs", get(available))
         .route("/api/GetPoolStatus", get(pool_status))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
-        .route("/", get(probe))
-        .route("/ReconcilePool", post(reconcile_timer))
-        .merge(api)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            auth::ApiKey::new(state.api_key.as_ref()),
+            auth::require_key,
+        ))
         .layer(middleware::map_response(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -96,7 +99,8 @@ pub fn app(state: AppState) -> Router {
                 .map_or("unmatched", |p| p.as_str());
             tracing::info_span!("request", method = %req.method(), route)
         }))
-        .with_state(state)
+        .with_state(state);
+    routing::case_insensitive(router)
 }
 
 /// The router's own answers (405, 413...) come without a body: give them the envelope.
@@ -141,27 +145,6 @@ async fn not_found() -> ApiError {
     ApiError::NotFound(
         "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs and /api/GetPoolStatus".into(),
     )
-}
-
-/// Standalone only: `/api/*` wants the key in `x-functions-key` or `?code=`.
-async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(key) = &state.api_key else {
-        return next.run(req).await;
-    };
-    let from_header = req
-        .headers()
-        .get("x-functions-key")
-        .map(|v| v.as_bytes().to_vec());
-    let from_query = input::query_pairs(req.uri().query())
-        .into_iter()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_bytes());
-    let given = from_header.or(from_query).unwrap_or_default();
-    if bool::from(given.ct_eq(key.expose().as_bytes())) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
 }
 
 async fn probe() -> Json<Value> {

@@ -42,13 +42,7 @@ pub const CREDENTIAL: &str = "AzureWebJobsStorage__credential";
 pub const CLIENT_ID: &str = "AzureWebJobsStorage__clientId";
 /// A user-assigned managed identity's resource ID (not supported; see the module docs).
 pub const MANAGED_IDENTITY_RESOURCE_ID: &str = "AzureWebJobsStorage__managedIdentityResourceId";
-/// Settings of an identity-based host storage connection for other services: set without a
-/// Table endpoint, they mean identity-based storage vmpool cannot locate.
-const OTHER_SERVICE_URIS: [&str; 3] = [
-    "AzureWebJobsStorage__blobServiceUri",
-    "AzureWebJobsStorage__queueServiceUri",
-    "AzureWebJobsStorage__fileServiceUri",
-];
+
 /// The App Service / Functions managed identity endpoint, set by the platform.
 const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
 
@@ -118,11 +112,7 @@ impl IdentityStorage {
                 )
             }
             (None, None) => {
-                let hint = OTHER_SERVICE_URIS
-                    .into_iter()
-                    .chain([CREDENTIAL])
-                    .find(|var| get(var).is_some());
-                return match hint {
+                return match get(CREDENTIAL).map(|_| CREDENTIAL) {
                     None => Ok(None),
                     Some(var) => Err(bad(
                         TABLE_SERVICE_URI,
@@ -377,13 +367,6 @@ mod tests {
                     (MANAGED_IDENTITY_RESOURCE_ID, "/subscriptions/x"),
                 ],
                 MANAGED_IDENTITY_RESOURCE_ID,
-            ),
-            (
-                &[(
-                    "AzureWebJobsStorage__blobServiceUri",
-                    "https://a.blob.core.windows.net",
-                )],
-                TABLE_SERVICE_URI,
             ),
             (&[(CREDENTIAL, "managedidentity")], TABLE_SERVICE_URI),
         ];

@@ -65,6 +65,7 @@ pub async fn spawn_fake(page_size: usize) -> Fake {
 fn env(base: &str, token: &str) -> HashMap<String, String> {
     [
         ("VMPOOL_COMPUTE", "arm"),
+        ("VMPOOL_STORAGE", "memory"),
         ("VMPOOL_ARM_ENDPOINT", base),
         ("VMPOOL_ARM_TOKEN", token),
         ("AZURE_SUBSCRIPTION_ID", SUB),

@@ -1,7 +1,9 @@
 //! The Functions host contract: reads `host.json` and every
-//! `function-definitions/*/function.json`, then sends exactly what the host would send
-//! (forwarded HTTP requests at `/api/<Name>`, the timer's `{"Data", "Metadata"}` POST) and
-//! checks the answers. A renamed folder, a wrong method or a broken function.json fails here.
+//! `function-definitions/*/function.json`, then does exactly what the host would do with each
+//! request (match the route ignoring case, answer 404 itself for an unknown route or a method
+//! the function does not list, otherwise forward the request with the path as the caller typed
+//! it; the timer's `{"Data", "Metadata"}` POST) and checks the answers. A renamed folder, a
+//! wrong method or a broken function.json fails here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -95,14 +97,41 @@ fn every_function_of_the_design_is_defined_with_valid_bindings() {
     }
 }
 
-/// What the host sends for one HTTP function: the original request, forwarded.
-async fn forward(
+/// What the host answers a caller.
+#[derive(Debug, PartialEq)]
+enum HostAnswer {
+    /// The host's own 404: no function has this route, or it does not list this method.
+    /// vmpool never sees the request.
+    HostNotFound,
+    /// The request was forwarded; vmpool's status and JSON body.
+    Forwarded(u16, Value),
+}
+
+/// What the host does with one HTTP request to the app, `path` as the caller typed it: the
+/// function whose `api/<Name>` route matches ignoring case, and whose `methods` list the
+/// method, gets the original request forwarded; anything else gets the host's 404.
+async fn host_request(
     app: &crate::support::TestApp,
-    name: &str,
+    defs: &BTreeMap<String, Value>,
     method: &str,
+    path: &str,
     body: Option<Value>,
-) -> (u16, Value) {
-    let url = format!("{}/api/{name}?code=host-checked-key", app.base);
+) -> HostAnswer {
+    let function = defs.iter().find(|(name, def)| {
+        def["bindings"][0]["type"] == "httpTrigger"
+            && path.eq_ignore_ascii_case(&format!("/api/{name}"))
+    });
+    let Some((_, def)) = function else {
+        return HostAnswer::HostNotFound;
+    };
+    let listed = def["bindings"][0]["methods"].as_array().unwrap();
+    if !listed
+        .iter()
+        .any(|m| m.as_str().unwrap().eq_ignore_ascii_case(method))
+    {
+        return HostAnswer::HostNotFound;
+    }
+    let url = format!("{}{path}?code=host-checked-key", app.base);
     let mut req = app
         .http
         .request(
@@ -117,13 +146,25 @@ async fn forward(
     }
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
-    let json: Value = res.json().await.unwrap();
-    (status, json)
+    HostAnswer::Forwarded(status, res.json().await.unwrap())
+}
+
+fn forwarded(answer: HostAnswer) -> (u16, Value) {
+    match answer {
+        HostAnswer::Forwarded(status, json) => (status, json),
+        HostAnswer::HostNotFound => panic!("the host did not forward the request"),
+    }
 }
 
 #[tokio::test]
 async fn the_host_can_drive_every_function_as_defined() {
-    let sim = spawn_sim(&[("FUNCTIONS_WORKER_RUNTIME", "custom")]).await;
+    // The host sets its port; a VMPOOL_API_KEY left over from standalone use is ignored (the
+    // host checks function keys and forwards them, with its own key, as sent here).
+    let sim = spawn_sim(&[
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", "7071"),
+        ("VMPOOL_API_KEY", "standalone-only"),
+    ])
+    .await;
     let app = &sim.app;
     let defs = definitions();
 
@@ -142,7 +183,9 @@ async fn the_host_can_drive_every_function_as_defined() {
 
     // CreateVM, then the timer finishes it, then every other function on that VM.
     let [create] = methods("CreateVM").try_into().unwrap();
-    let (status, created) = forward(app, "CreateVM", &create, None).await;
+    // The host forwards the path as the caller typed it.
+    let (status, created) =
+        forwarded(host_request(app, &defs, &create, "/api/createvm", None).await);
     assert_eq!(status, 202, "{created}");
     let id = created["vm"]["vmId"].as_str().unwrap().to_owned();
 
@@ -185,43 +228,52 @@ async fn the_host_can_drive_every_function_as_defined() {
     assert_eq!(out["ReturnValue"]["ok"], true);
 
     let [get] = methods("GetAvailableVMs").try_into().unwrap();
-    let (status, available) = forward(app, "GetAvailableVMs", &get, None).await;
+    let (status, available) =
+        forwarded(host_request(app, &defs, &get, "/API/GETAVAILABLEVMS", None).await);
     assert_eq!(
         (status, available["vms"][0]["vmId"].as_str()),
         (200, Some(id.as_str()))
     );
 
     let [get] = methods("GetPoolStatus").try_into().unwrap();
-    let (status, pool) = forward(app, "GetPoolStatus", &get, None).await;
+    let (status, pool) =
+        forwarded(host_request(app, &defs, &get, "/api/GetPoolStatus", None).await);
     assert_eq!((status, &pool["counts"]["Running"]), (200, &json!(1)));
 
     let [post] = methods("ReportGameRoomsNumber").try_into().unwrap();
-    let (status, reported) = forward(
-        app,
-        "ReportGameRoomsNumber",
-        &post,
-        Some(json!({"vmId": id, "rooms": 4})),
-    )
-    .await;
+    let (status, reported) = forwarded(
+        host_request(
+            app,
+            &defs,
+            &post,
+            "/api/reportGameRoomsNumber",
+            Some(json!({"vmId": id, "rooms": 4})),
+        )
+        .await,
+    );
     assert_eq!(
         (status, reported["action"].as_str()),
         (200, Some("recorded"))
     );
 
     let [post] = methods("MarkVMForDeallocation").try_into().unwrap();
-    let (status, marked) = forward(
-        app,
-        "MarkVMForDeallocation",
-        &post,
-        Some(json!({"vmId": id})),
-    )
-    .await;
+    let (status, marked) = forwarded(
+        host_request(
+            app,
+            &defs,
+            &post,
+            "/api/markvmfordeallocation",
+            Some(json!({"vmId": id})),
+        )
+        .await,
+    );
     assert_eq!(
         (status, marked["vm"]["state"].as_str()),
         (200, Some("MarkedForDeallocation"))
     );
 
-    // A method the definition does not list is refused with the envelope and an Allow header.
+    // A method the definition does not list gets the host's own 404: vmpool never sees it.
+    // Standalone, vmpool answers such a request itself with 405 and an Allow header.
     for (name, def) in &defs {
         if name == "ReconcilePool" {
             continue;
@@ -232,17 +284,15 @@ async fn the_host_can_drive_every_function_as_defined() {
         } else {
             "GET"
         };
-        let res = app
-            .http
-            .request(
-                reqwest::Method::from_bytes(other.as_bytes()).unwrap(),
-                format!("{}/api/{name}", app.base),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status().as_u16(), 405, "{name} {other}");
-        let allow = res.headers()["allow"]
+        let path = format!("/api/{name}");
+        assert_eq!(
+            host_request(app, &defs, other, &path, None).await,
+            HostAnswer::HostNotFound,
+            "{name} {other}"
+        );
+        let standalone = app.send(other, &path, None).await;
+        assert_eq!(standalone.status, 405, "{name} {other}");
+        let allow = standalone.headers["allow"]
             .to_str()
             .unwrap()
             .to_ascii_lowercase();
@@ -252,7 +302,14 @@ async fn the_host_can_drive_every_function_as_defined() {
                 "{name}: Allow {allow} lacks {m}"
             );
         }
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "MethodNotAllowed", "{def}");
+        assert_eq!(
+            standalone.json["error"]["code"], "MethodNotAllowed",
+            "{def}"
+        );
     }
+    // A route no function has is the host's 404 too.
+    assert_eq!(
+        host_request(app, &defs, "post", "/api/CreateVMs", None).await,
+        HostAnswer::HostNotFound
+    );
 }

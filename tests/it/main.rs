@@ -7,8 +7,10 @@
 #[allow(dead_code, reason = "shared helpers; not every test uses every part")]
 mod support;
 
+mod access;
 mod api;
 mod arm;
+mod binary;
 mod host;
 mod identity_storage;
 mod reconcile;

@@ -63,7 +63,7 @@ async fn run() -> Result<(), String> {
     println!("ARM fake listening on {base} (scripted faults under {base}/_fake/)");
     println!("Run vmpool against it with:");
     println!(
-        "  VMPOOL_COMPUTE=arm VMPOOL_ARM_ENDPOINT={base} VMPOOL_ARM_TOKEN={} \\\n  AZURE_SUBSCRIPTION_ID={sub} VMPOOL_RESOURCE_GROUP=vmpool-local VMPOOL_LOCATION={} \\\n  VMPOOL_SUBNET_ID=/subscriptions/{sub}/resourceGroups/vmpool-local/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default \\\n  VMPOOL_SSH_PUBLIC_KEY='ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheLocalFakeOnly local' \\\n  cargo run",
+        "  VMPOOL_COMPUTE=arm VMPOOL_STORAGE=memory VMPOOL_ARM_ENDPOINT={base} VMPOOL_ARM_TOKEN={} \\\n  AZURE_SUBSCRIPTION_ID={sub} VMPOOL_RESOURCE_GROUP=vmpool-local VMPOOL_LOCATION={} \\\n  VMPOOL_SUBNET_ID=/subscriptions/{sub}/resourceGroups/vmpool-local/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default \\\n  VMPOOL_SSH_PUBLIC_KEY='ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheLocalFakeOnly local' \\\n  cargo run",
         settings.token, settings.location
     );
     let fake = Arc::new(ArmFake::new(cloud, settings));
