@@ -74,6 +74,10 @@ pub struct PoolPolicy {
     pub breaker_failures: u32,
     /// ... for this long.
     pub breaker_cooldown: Duration,
+    /// A CreateVM `Idempotency-Key` answers with the same VM for this long.
+    pub idempotency_ttl: Duration,
+    /// How long CreateVM may spend retrying a throttled ARM call before it answers 503.
+    pub arm_retry_budget: Duration,
 }
 
 impl Default for PoolPolicy {
@@ -92,6 +96,8 @@ impl Default for PoolPolicy {
             deallocate_timeout: Duration::from_secs(600),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(600),
+            idempotency_ttl: Duration::from_secs(86_400),
+            arm_retry_budget: Duration::from_secs(10),
         }
     }
 }
@@ -127,6 +133,10 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Longest an `/api/*` request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Most `/api/*` requests served at once; more are answered 503.
+    pub max_concurrent_requests: usize,
 }
 
 /// Reads settings by name; [`std::env::var`] in production, a map in tests.
@@ -453,6 +463,8 @@ impl Config {
                 defaults.breaker_cooldown.as_secs(),
                 0,
             )?,
+            idempotency_ttl: seconds(src, "VMPOOL_IDEMPOTENCY_TTL_SECS", 86_400, 1)?,
+            arm_retry_budget: seconds(src, "VMPOOL_ARM_RETRY_BUDGET_SECS", 10, 0)?,
         };
         if policy.min_standby > policy.max_vms {
             return Err(invalid(
@@ -487,6 +499,14 @@ impl Config {
                 .filter(|_| !under_host)
                 .map(Secret::new),
             log_format,
+            request_timeout: seconds(src, "VMPOOL_REQUEST_TIMEOUT_SECS", 30, 1)?,
+            max_concurrent_requests: number(
+                src,
+                "VMPOOL_MAX_CONCURRENT_REQUESTS",
+                256,
+                1,
+                100_000,
+            )?,
         })
     }
 }
