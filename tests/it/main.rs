@@ -10,6 +10,7 @@ mod support;
 mod api;
 mod arm;
 mod host;
+mod idempotency;
 mod reconcile;
 mod router;
 mod store_contract;
