@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod arm;
+mod create_under_faults;
 mod host;
 mod idempotency;
 mod reconcile;
