@@ -14,5 +14,6 @@ mod host;
 mod idempotency;
 mod reconcile;
 mod router;
+mod state_table;
 mod store_contract;
 mod table_store;
