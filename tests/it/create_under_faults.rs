@@ -170,6 +170,44 @@ async fn two_throttles_with_retry_after_1_are_waited_out() {
 }
 
 #[tokio::test]
+async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client() {
+    let a = arm_app(&[]).await;
+    a.fake.fake.fail_next(
+        FakeOp::PutVm,
+        2,
+        HttpFault {
+            retry_after: Some(1),
+            ..HttpFault::server_error()
+        },
+    );
+    let started = Instant::now();
+    let got = a.app.create_vm().await;
+    assert_eq!(
+        (got.status, got.json["action"].as_str()),
+        (202, Some("created")),
+        "{:?}",
+        got.json
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "each Retry-After was honoured"
+    );
+    let puts: Vec<u16> = a
+        .fake
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::PutVm))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        puts,
+        [500, 500, 201],
+        "retried by the client only, not again on top"
+    );
+}
+
+#[tokio::test]
 async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer() {
     for (budget, retry_after) in [("0", 1), ("10", 30)] {
         let a = arm_app(&[("VMPOOL_ARM_RETRY_BUDGET_SECS", budget)]).await;
