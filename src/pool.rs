@@ -33,6 +33,9 @@ const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
 const DEADLINE_MARGIN: Duration = Duration::from_secs(90);
 /// How long a CreateVM waits for another request with its `Idempotency-Key` to answer.
 const KEY_WAIT: Duration = Duration::from_secs(15);
+/// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
+/// clocks differ a little never take over a request that is still running.
+const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
 /// The states CreateVM takes VMs from without consuming capacity.
 const WITHOUT_CAPACITY: [VmState; 3] = [
     VmState::MarkedForDeallocation,
@@ -225,7 +228,7 @@ impl Pool {
     }
 
     /// CreateVM's own deadline: past it the work stops and what was written is left to the
-    /// reconciler; a `pending` `Idempotency-Key` older than this is taken over.
+    /// reconciler; a `pending` `Idempotency-Key` is taken over 30 s after it.
     pub fn create_deadline(&self) -> Duration {
         self.policy.arm_retry_budget + DEADLINE_MARGIN
     }
@@ -272,7 +275,7 @@ impl Pool {
         };
         let rules = keys::Rules {
             ttl: self.policy.idempotency_ttl,
-            take_over_after: self.create_deadline(),
+            take_over_after: self.create_deadline() + KEY_TAKE_OVER_MARGIN,
             wait: KEY_WAIT,
         };
         for _ in 0..TRIES_PER_VM {
