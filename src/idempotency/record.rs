@@ -115,7 +115,13 @@ pub async fn begin(
     rules: Rules,
 ) -> Result<Begun, KeyError> {
     let waiting_since = tokio::time::Instant::now();
+    let mut rounds = 0u32;
     loop {
+        // Every round but the first follows a lost race or a wait: give up past the wait.
+        if rounds > 0 && waiting_since.elapsed() >= rules.wait {
+            return Err(KeyError::InFlight);
+        }
+        rounds += 1;
         let now = clock.now();
         let pending = Entry::Pending { since: now }.json()?;
         if let Written::Done(etag) = store.insert_record(KIND, key.as_str(), &pending).await? {
@@ -150,7 +156,7 @@ pub async fn begin(
             if waiting_since.elapsed() >= rules.wait {
                 return Err(KeyError::InFlight);
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(POLL.min(rules.wait.saturating_sub(waiting_since.elapsed()))).await;
             continue;
         }
         if let Written::Done(etag) = store
