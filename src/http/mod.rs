@@ -3,9 +3,9 @@
 
 pub mod error;
 pub mod input;
+pub mod limits;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{BoxError, Json, Router};
+use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -28,6 +28,7 @@ use crate::pool::{Changed, Created, Pool};
 use crate::reconcile::Reconciler;
 use crate::secret::Secret;
 pub use error::ApiError;
+pub use limits::Limits;
 
 /// The most a request body may hold.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -43,52 +44,6 @@ pub struct AppState {
     pub api_key: Option<Secret>,
     /// How long and how many `/api/*` requests are served.
     pub limits: Limits,
-}
-
-/// How long one `/api/*` request may take and how many are served at once; past either the
-/// answer is 503 `Unavailable` with `Retry-After`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// `VMPOOL_REQUEST_TIMEOUT_SECS`.
-    pub request_timeout: Duration,
-    /// `VMPOOL_MAX_CONCURRENT_REQUESTS`.
-    pub max_concurrent_requests: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            request_timeout: Duration::from_secs(30),
-            max_concurrent_requests: 256,
-        }
-    }
-}
-
-/// The answer when a request passes a [`Limits`] bound.
-fn over_limit(err: &BoxError, limits: Limits) -> ApiError {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Unavailable {
-            message: format!(
-                "the request took longer than {}s; retry (a CreateVM goes on, and its Idempotency-Key gets its answer)",
-                limits.request_timeout.as_secs()
-            ),
-            retry_after: 5,
-        }
-    } else if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Unavailable {
-            message: format!(
-                "more than {} requests are in progress; retry",
-                limits.max_concurrent_requests
-            ),
-            retry_after: 1,
-        }
-    } else {
-        error!(error = %err, "a request failed in the router's limits");
-        ApiError::Unavailable {
-            message: "the service failed; retry later".into(),
-            retry_after: 5,
-        }
-    }
 }
 
 /// A VM as the API shows it.
@@ -125,27 +80,14 @@ impl<'a> VmView<'a> {
 
 /// The router, with every route, the JSON error mapping and a span per request.
 pub fn app(state: AppState) -> Router {
-    let limits = state.limits;
     let api = Router::new()
         .route("/api/CreateVM", post(create_vm))
         .route("/api/ReportGameRoomsNumber", post(report_rooms))
         .route("/api/MarkVMForDeallocation", post(mark))
         .route("/api/GetAvailableVMs", get(available))
         .route("/api/GetPoolStatus", get(pool_status))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
-        // The request timeout and the concurrency limit, shared by every `/api/*` route: a
-        // request over the limit is refused at once rather than queued.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    move |err: BoxError| async move { over_limit(&err, limits) },
-                ))
-                .load_shed()
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    limits.max_concurrent_requests,
-                ))
-                .timeout(limits.request_timeout),
-        );
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let api = limits::apply(api, state.limits);
     Router::new()
         .route("/", get(probe))
         .route("/ReconcilePool", post(reconcile_timer))
