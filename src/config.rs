@@ -91,6 +91,10 @@ pub struct PoolPolicy {
     pub breaker_failures: u32,
     /// ... for this long.
     pub breaker_cooldown: Duration,
+    /// A CreateVM `Idempotency-Key` answers with the same VM for this long.
+    pub idempotency_ttl: Duration,
+    /// How long CreateVM may spend retrying a throttled ARM call before it answers 503.
+    pub arm_retry_budget: Duration,
 }
 
 impl PoolPolicy {
@@ -110,6 +114,8 @@ impl PoolPolicy {
             deallocate_timeout: s::DEALLOCATE_TIMEOUT_SECS.read(src)?,
             breaker_failures: s::BREAKER_FAILURES.read(src)?,
             breaker_cooldown: s::BREAKER_COOLDOWN_SECS.read(src)?,
+            idempotency_ttl: s::IDEMPOTENCY_TTL_SECS.read(src)?,
+            arm_retry_budget: s::ARM_RETRY_BUDGET_SECS.read(src)?,
         };
         if policy.min_standby > policy.max_vms {
             return Err(invalid(
@@ -171,6 +177,10 @@ pub struct Config {
     /// What start-up should warn about, one line each (settings that are valid but unsafe or
     /// ignored).
     pub warnings: Vec<String>,
+    /// Longest an `/api/*` request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Most `/api/*` requests served at once; more are answered 503.
+    pub max_concurrent_requests: usize,
 }
 
 /// Reads settings by name; [`std::env::var`] in production, a map in tests.
@@ -338,6 +348,8 @@ impl Config {
             api_key,
             log_format,
             warnings,
+            request_timeout: s::REQUEST_TIMEOUT_SECS.read(src)?,
+            max_concurrent_requests: s::MAX_CONCURRENT_REQUESTS.read(src)?,
         })
     }
 }

@@ -381,26 +381,39 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
 /// What MarkVMForDeallocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marked {
-    /// The VM moved from `Running` to `MarkedForDeallocation`.
+    /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
+    /// meant for the warm buffer (it completes into `Standby`, where it is reclaimable, or
+    /// deallocated as surplus).
     Now(VmRecord),
-    /// It was already marked: nothing changes.
+    /// Nothing to do: the VM is already marked, already unowned (`Standby`, `Creating` for the
+    /// buffer) or already on its way out (`Deallocating`, `Deallocated`).
     Already,
 }
 
-/// MarkVMForDeallocation: `Running` -> `MarkedForDeallocation`; already marked is no change.
+/// MarkVMForDeallocation: `Running` -> `MarkedForDeallocation`; a `Creating` VM for the
+/// matchmaker is handed to the warm buffer; a VM nobody holds is no change. Only a `Failed`
+/// VM is refused (the matchmaker should hear that it failed).
 pub fn mark_for_deallocation(vm: &VmRecord, now: OffsetDateTime) -> Result<Marked, Refused> {
-    match vm.state {
-        VmState::Running => Ok(Marked::Now(vm.moved(
+    match (vm.state, vm.purpose) {
+        (VmState::Running, _) => Ok(Marked::Now(vm.moved(
             VmState::MarkedForDeallocation,
             None,
             now,
         ))),
-        VmState::MarkedForDeallocation => Ok(Marked::Already),
-        _ => Err(refuse(
-            vm,
-            "MarkVMForDeallocation",
-            "Running (or already MarkedForDeallocation)",
-        )),
+        // The create or start goes on (its clock keeps running); only who it is for changes.
+        (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
+            purpose: Purpose::Buffer,
+            ..vm.clone()
+        })),
+        (
+            VmState::MarkedForDeallocation
+            | VmState::Creating
+            | VmState::Standby
+            | VmState::Deallocating
+            | VmState::Deallocated,
+            _,
+        ) => Ok(Marked::Already),
+        (VmState::Failed, _) => Err(refuse(vm, "MarkVMForDeallocation", "any state but Failed")),
     }
 }
 
@@ -416,29 +429,44 @@ pub enum Report {
     AlreadyDeallocating,
 }
 
-/// ReportGameRoomsNumber: records `rooms`; zero rooms on a `MarkedForDeallocation` VM
-/// starts its deallocation.
+/// ReportGameRoomsNumber: records `rooms` on a VM that hosts rooms or is about to.
+/// Rooms on a `Creating` VM make it the matchmaker's; rooms on a `Standby` VM make it
+/// `Running` (someone uses it, so it is never handed out as empty); zero rooms on a
+/// `MarkedForDeallocation` VM start its deallocation.
 pub fn report_rooms(vm: &VmRecord, rooms: u32, now: OffsetDateTime) -> Result<Report, Refused> {
-    let needs = "Running or MarkedForDeallocation";
-    match vm.state {
-        VmState::Running => Ok(Report::Recorded(VmRecord {
+    let recorded = |vm: VmRecord| {
+        Report::Recorded(VmRecord {
             rooms,
             last_report_at: Some(now),
+            ..vm
+        })
+    };
+    match vm.state {
+        VmState::Running => Ok(recorded(vm.clone())),
+        VmState::Creating if rooms > 0 => Ok(recorded(VmRecord {
+            purpose: Purpose::Matchmaker,
             ..vm.clone()
         })),
+        VmState::Creating => Ok(recorded(vm.clone())),
+        VmState::Standby if rooms > 0 => {
+            let mut next = vm.moved(VmState::Running, None, now);
+            next.purpose = Purpose::Matchmaker;
+            Ok(recorded(next))
+        }
+        VmState::Standby => Ok(recorded(vm.clone())),
         VmState::MarkedForDeallocation if rooms == 0 => {
             let mut next = vm.moved(VmState::Deallocating, Some(Operation::Deallocate), now);
             next.rooms = 0;
             next.last_report_at = Some(now);
             Ok(Report::Deallocate(next))
         }
-        VmState::MarkedForDeallocation => Ok(Report::Recorded(VmRecord {
-            rooms,
-            last_report_at: Some(now),
-            ..vm.clone()
-        })),
+        VmState::MarkedForDeallocation => Ok(recorded(vm.clone())),
         VmState::Deallocating if rooms == 0 => Ok(Report::AlreadyDeallocating),
-        _ => Err(refuse(vm, "ReportGameRoomsNumber", needs)),
+        VmState::Deallocating | VmState::Deallocated | VmState::Failed => Err(refuse(
+            vm,
+            "ReportGameRoomsNumber",
+            "Creating, Standby, Running or MarkedForDeallocation (or 0 rooms on Deallocating)",
+        )),
     }
 }
 
@@ -497,6 +525,44 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(VmState::Failed, None, now);
     next.last_error = Some(error.to_owned());
     next
+}
+
+/// How a claim that would over-fill the pool is taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GiveBack {
+    /// The row was written for a new VM that ARM never heard of: remove it.
+    Remove,
+    /// A started VM goes back to `Deallocated`, for the buffer, as it was before the claim.
+    Restore(VmRecord),
+}
+
+/// Takes back a capacity-consuming claim (a start or a create) whose ARM call was not made.
+pub fn give_back(won: &VmRecord) -> GiveBack {
+    if won.operation == Some(Operation::Create) {
+        GiveBack::Remove
+    } else {
+        GiveBack::Restore(VmRecord {
+            state: VmState::Deallocated,
+            operation: None,
+            purpose: Purpose::Buffer,
+            ..won.clone()
+        })
+    }
+}
+
+/// An ARM create or start issued after its row was written did not go through. A call that
+/// may work later keeps its intent but is handed to the warm buffer (the reconciler re-issues
+/// it, and the caller, who was told it failed, is not left with a VM it never heard of); a
+/// refused call fails the VM with ARM's error.
+pub fn call_failed(vm: &VmRecord, transient: bool, error: &str, now: OffsetDateTime) -> VmRecord {
+    if transient {
+        VmRecord {
+            purpose: Purpose::Buffer,
+            ..vm.clone()
+        }
+    } else {
+        fail(vm, error, now)
+    }
 }
 
 /// The VM's operation is issued once more (after a crash, a lost ARM request or a timeout).
@@ -603,9 +669,6 @@ mod tests {
                 "{state} {purpose:?}"
             );
         }
-        let mut sorted = ClaimKind::ORDER;
-        sorted.sort();
-        assert_eq!(sorted, ClaimKind::ORDER);
     }
 
     #[test]
@@ -674,50 +737,77 @@ mod tests {
     }
 
     #[test]
-    fn marking_is_allowed_from_running_and_idempotent() {
-        for state in VmState::ALL {
-            let got = mark_for_deallocation(&vm(state, Purpose::Matchmaker), t0());
-            match state {
-                VmState::Running => {
-                    assert!(
-                        matches!(got, Ok(Marked::Now(ref v)) if v.state == VmState::MarkedForDeallocation)
-                    )
-                }
-                VmState::MarkedForDeallocation => assert_eq!(got, Ok(Marked::Already)),
-                _ => {
-                    let err = got.unwrap_err();
-                    assert!(err.to_string().contains(state.as_str()), "{err}");
+    fn marking_moves_running_and_creating_and_leaves_unowned_vms_alone() {
+        for purpose in [Purpose::Matchmaker, Purpose::Buffer] {
+            for state in VmState::ALL {
+                let before = vm(state, purpose);
+                let got = mark_for_deallocation(&before, t0() + time::Duration::minutes(1));
+                match (state, purpose) {
+                    (VmState::Running, _) => assert!(
+                        matches!(got, Ok(Marked::Now(ref v)) if v.state == VmState::MarkedForDeallocation && v.rooms == 3)
+                    ),
+                    (VmState::Creating, Purpose::Matchmaker) => {
+                        let Ok(Marked::Now(v)) = got else {
+                            panic!("{got:?}")
+                        };
+                        assert_eq!(
+                            (v.state, v.purpose, v.operation, v.state_changed_at),
+                            (
+                                VmState::Creating,
+                                Purpose::Buffer,
+                                Some(Operation::Create),
+                                t0()
+                            ),
+                            "only who it is for changes"
+                        );
+                    }
+                    (VmState::Failed, _) => {
+                        let err = got.unwrap_err();
+                        assert!(err.to_string().contains("Failed"), "{err}");
+                    }
+                    _ => assert_eq!(got, Ok(Marked::Already), "{state} {purpose:?}"),
                 }
             }
         }
     }
 
     #[test]
-    fn reports_record_rooms_and_zero_on_marked_deallocates() {
+    fn reports_record_rooms_wherever_rooms_are_hosted_or_about_to_be() {
         let now = t0() + time::Duration::seconds(1);
-        match report_rooms(&vm(VmState::Running, Purpose::Matchmaker), 7, now).unwrap() {
-            Report::Recorded(v) => {
-                assert_eq!(
-                    (v.state, v.rooms, v.last_report_at),
-                    (VmState::Running, 7, Some(now))
-                )
+        let recorded = |state, purpose, rooms| match report_rooms(&vm(state, purpose), rooms, now) {
+            Ok(Report::Recorded(v)) => {
+                assert_eq!((v.rooms, v.last_report_at), (rooms, Some(now)));
+                v
             }
-            other => panic!("{other:?}"),
-        }
-        match report_rooms(&vm(VmState::Running, Purpose::Matchmaker), 0, now).unwrap() {
-            Report::Recorded(v) => assert_eq!((v.state, v.rooms), (VmState::Running, 0)),
-            other => panic!("{other:?}"),
-        }
-        match report_rooms(
-            &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
-            2,
-            now,
-        )
-        .unwrap()
-        {
-            Report::Recorded(v) => assert_eq!(v.state, VmState::MarkedForDeallocation),
-            other => panic!("{other:?}"),
-        }
+            other => panic!("{state} {rooms}: {other:?}"),
+        };
+        let v = recorded(VmState::Running, Purpose::Matchmaker, 7);
+        assert_eq!(v.state, VmState::Running);
+        assert_eq!(
+            recorded(VmState::Running, Purpose::Matchmaker, 0).state,
+            VmState::Running
+        );
+        let v = recorded(VmState::MarkedForDeallocation, Purpose::Matchmaker, 2);
+        assert_eq!(v.state, VmState::MarkedForDeallocation);
+
+        let v = recorded(VmState::Creating, Purpose::Buffer, 2);
+        assert_eq!(
+            (v.state, v.purpose),
+            (VmState::Creating, Purpose::Matchmaker)
+        );
+        assert_eq!(v.state_changed_at, t0(), "the create's clock keeps running");
+        let v = recorded(VmState::Creating, Purpose::Buffer, 0);
+        assert_eq!((v.state, v.purpose), (VmState::Creating, Purpose::Buffer));
+
+        let v = recorded(VmState::Standby, Purpose::Buffer, 4);
+        assert_eq!(
+            (v.state, v.purpose, v.state_changed_at),
+            (VmState::Running, Purpose::Matchmaker, now),
+            "a used VM is never handed out as empty"
+        );
+        let v = recorded(VmState::Standby, Purpose::Buffer, 0);
+        assert_eq!(v.state, VmState::Standby);
+
         match report_rooms(
             &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
             0,
@@ -737,18 +827,51 @@ mod tests {
             report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 0, now),
             Ok(Report::AlreadyDeallocating)
         );
-        for state in [
-            VmState::Creating,
-            VmState::Deallocated,
-            VmState::Standby,
-            VmState::Failed,
-        ] {
-            assert!(
-                report_rooms(&vm(state, Purpose::Matchmaker), 0, now).is_err(),
-                "{state}"
-            );
+        for state in [VmState::Deallocated, VmState::Failed] {
+            for rooms in [0, 1] {
+                assert!(
+                    report_rooms(&vm(state, Purpose::Matchmaker), rooms, now).is_err(),
+                    "{state}"
+                );
+            }
         }
         assert!(report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 1, now).is_err());
+    }
+
+    #[test]
+    fn a_claim_given_back_is_removed_or_restored() {
+        assert_eq!(
+            give_back(&vm(VmState::Creating, Purpose::Matchmaker)),
+            GiveBack::Remove
+        );
+        let started = claim(
+            &vm(VmState::Deallocated, Purpose::Buffer),
+            ClaimKind::Start,
+            t0(),
+        )
+        .unwrap();
+        let GiveBack::Restore(back) = give_back(&started) else {
+            panic!("a start is restored")
+        };
+        assert_eq!(
+            (back.state, back.operation, back.purpose),
+            (VmState::Deallocated, None, Purpose::Buffer)
+        );
+    }
+
+    #[test]
+    fn a_failed_call_hands_the_vm_to_the_buffer_or_fails_it() {
+        let creating = vm(VmState::Creating, Purpose::Matchmaker);
+        let later = call_failed(&creating, true, "ARM is unavailable", t0());
+        assert_eq!(
+            (later.state, later.purpose, later.operation),
+            (VmState::Creating, Purpose::Buffer, Some(Operation::Create))
+        );
+        let refused = call_failed(&creating, false, "QuotaExceeded: no cores", t0());
+        assert_eq!(
+            (refused.state, refused.last_error.as_deref()),
+            (VmState::Failed, Some("QuotaExceeded: no cores"))
+        );
     }
 
     #[test]

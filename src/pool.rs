@@ -3,16 +3,21 @@
 //! row's ETag, and only then calls ARM ("write intent before acting").
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::PoolPolicy;
-use crate::domain::{self, ClaimKind, Marked, Purpose, Refused, Report, VmId, VmRecord, VmState};
+use crate::domain::{
+    self, ClaimKind, GiveBack, Marked, Operation, Purpose, Refused, Report, VmId, VmRecord, VmState,
+};
+use crate::idempotency::IdempotencyKey;
+use crate::idempotency::record::{self as keys, Begun, KeyError};
 use crate::store::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.
@@ -21,6 +26,22 @@ const TRIES_PER_KIND: usize = 4;
 const TRIES_PER_VM: usize = 8;
 /// How long this instance remembers row versions it has consumed.
 const STALE_MEMORY: Duration = Duration::from_secs(120);
+/// The longest `Retry-After` CreateVM waits out itself, within `VMPOOL_ARM_RETRY_BUDGET_SECS`.
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// CreateVM's deadline beyond the ARM retry budget: table calls (5 s each at most) and the ARM
+/// adapter's own time limits (20 s a call, 5xx retried twice).
+const DEADLINE_MARGIN: Duration = Duration::from_secs(90);
+/// How long a CreateVM waits for another request with its `Idempotency-Key` to answer.
+const KEY_WAIT: Duration = Duration::from_secs(15);
+/// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
+/// clocks differ a little never take over a request that is still running.
+const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
+/// The states CreateVM takes VMs from without consuming capacity.
+const WITHOUT_CAPACITY: [VmState; 3] = [
+    VmState::MarkedForDeallocation,
+    VmState::Standby,
+    VmState::Creating,
+];
 
 /// Why an operation did not happen. Nothing was changed by an operation that failed, except
 /// where a variant says so (and then the reconciler finishes the job).
@@ -48,6 +69,24 @@ pub enum PoolError {
     /// Other callers kept winning every race for this VM.
     #[error("the VM is being changed by other callers; try again")]
     Contention,
+    /// Another CreateVM with the same `Idempotency-Key` is still in progress.
+    #[error(
+        "another request with this Idempotency-Key is still in progress; retry with the same key"
+    )]
+    KeyInFlight,
+    /// CreateVM did not finish within its own deadline (or stopped unexpectedly); what it
+    /// wrote is finished by the reconciler.
+    #[error("CreateVM did not finish: {0}")]
+    Interrupted(String),
+}
+
+impl From<KeyError> for PoolError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::InFlight => PoolError::KeyInFlight,
+            KeyError::Store(e) => PoolError::Store(e),
+        }
+    }
 }
 
 /// What CreateVM did.
@@ -188,20 +227,103 @@ impl Pool {
         Ok(None)
     }
 
-    /// CreateVM: hands the matchmaker a VM, in the order of preference the README gives.
+    /// CreateVM's own deadline: past it the work stops and what was written is left to the
+    /// reconciler; a `pending` `Idempotency-Key` is taken over 30 s after it.
+    pub fn create_deadline(&self) -> Duration {
+        self.policy.arm_retry_budget + DEADLINE_MARGIN
+    }
+
+    /// CreateVM as the API runs it: the work runs on its own task, so a caller who hangs up
+    /// or times out does not cut it short, and it ends at [`Pool::create_deadline`]. With a
+    /// `key`, see [`Pool::create_vm_with_key`].
+    pub async fn create_vm_detached(
+        self: &Arc<Self>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, PoolError> {
+        let pool = Arc::clone(self);
+        let deadline = self.create_deadline();
+        let work = async move {
+            match tokio::time::timeout(deadline, pool.create_vm_with_key(key.as_ref())).await {
+                Ok(done) => done,
+                Err(_) => {
+                    warn!(
+                        deadline_secs = deadline.as_secs(),
+                        "CreateVM passed its deadline; the reconciler finishes what it wrote"
+                    );
+                    Err(PoolError::Interrupted(format!(
+                        "it passed its deadline of {}s",
+                        deadline.as_secs()
+                    )))
+                }
+            }
+        };
+        tokio::spawn(work.in_current_span())
+            .await
+            .unwrap_or_else(|e| Err(PoolError::Interrupted(format!("its task ended: {e}"))))
+    }
+
+    /// CreateVM with an optional `Idempotency-Key`: the key is written before any VM is
+    /// claimed, so of all requests with one key only one claims; the others wait for its
+    /// answer (up to 15 s, then [`PoolError::KeyInFlight`]) and answer with the same VM and
+    /// action. A failed attempt releases the key, so a retry tries again.
+    pub async fn create_vm_with_key(
+        &self,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Created, PoolError> {
+        let Some(key) = key else {
+            return self.create_vm().await;
+        };
+        let rules = keys::Rules {
+            ttl: self.policy.idempotency_ttl,
+            take_over_after: self.create_deadline() + KEY_TAKE_OVER_MARGIN,
+            wait: KEY_WAIT,
+        };
+        for _ in 0..TRIES_PER_VM {
+            match keys::begin(&*self.store, &*self.clock, key, rules).await? {
+                Begun::Answered {
+                    vm_id,
+                    action,
+                    etag,
+                } => match self.store.get(&vm_id).await? {
+                    Some(row) => {
+                        info!(vm.id = %vm_id, action, "CreateVM answered again for its key");
+                        return Ok(Created { vm: row.vm, action });
+                    }
+                    None => {
+                        // The VM this key got is gone (failed and cleaned up): the key is
+                        // free again.
+                        keys::forget(&*self.store, key, &etag).await?;
+                    }
+                },
+                Begun::Holder(held) => {
+                    let outcome = self.create_vm().await;
+                    match &outcome {
+                        Ok(created) => {
+                            keys::finish(
+                                &*self.store,
+                                held,
+                                &created.vm.id,
+                                created.action,
+                                self.clock.now(),
+                            )
+                            .await;
+                        }
+                        Err(_) => keys::abandon(&*self.store, held).await,
+                    }
+                    return outcome;
+                }
+            }
+        }
+        Err(PoolError::Contention)
+    }
+
+    /// CreateVM: hands the matchmaker a VM, trying the kinds of [`ClaimKind::ORDER`] in turn
+    /// and creating a new VM when none is left. It runs in the caller's task; the API calls
+    /// [`Pool::create_vm_detached`].
     #[instrument(skip_all)]
     pub async fn create_vm(&self) -> Result<Created, PoolError> {
-        let without_capacity = [
-            VmState::MarkedForDeallocation,
-            VmState::Standby,
-            VmState::Creating,
-        ];
-        let rows = self.store.list(Rows::InStates(&without_capacity)).await?;
-        for kind in [
-            ClaimKind::Reclaim,
-            ClaimKind::Standby,
-            ClaimKind::ClaimCreating,
-        ] {
+        let rows = self.store.list(Rows::InStates(&WITHOUT_CAPACITY)).await?;
+        for kind in ClaimKind::ORDER.into_iter().filter(|k| !k.needs_capacity()) {
             let candidates: Vec<Versioned> = rows
                 .iter()
                 .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
@@ -218,65 +340,109 @@ impl Pool {
         self.create_with_capacity().await
     }
 
-    /// The capacity-consuming half of CreateVM: start a deallocated VM, else create one.
+    /// The capacity-consuming half of CreateVM: the kinds of [`ClaimKind::ORDER`] that need
+    /// capacity (a start of a deallocated VM), else a new VM. The intent is written under
+    /// the capacity gate; ARM is called after it is released.
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
-        let _gate = self.capacity_gate.lock().await;
-        let all = self.store.list(Rows::All).await?;
-        let max = self.policy.max_vms;
-        if active(&all) >= max as usize {
-            return Err(PoolError::CapacityExhausted { max });
-        }
-        let deallocated: Vec<Versioned> = all
-            .into_iter()
-            .filter(|r| r.vm.state == VmState::Deallocated)
-            .collect();
-        if let Some(won) = self.claim_one(deallocated, ClaimKind::Start).await? {
+        let (won, action) = {
+            let _gate = self.capacity_gate.lock().await;
+            let all = self.store.list(Rows::All).await?;
+            let max = self.policy.max_vms;
+            if active(&all) >= max as usize {
+                return Err(PoolError::CapacityExhausted { max });
+            }
+            let mut won = None;
+            for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
+                let candidates: Vec<Versioned> = all
+                    .iter()
+                    .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
+                    .cloned()
+                    .collect();
+                if let Some(claimed) = self.claim_one(candidates, kind).await? {
+                    won = Some((claimed, kind.action()));
+                    break;
+                }
+            }
+            let (won, action) = match won {
+                Some(won) => won,
+                None => (self.insert_new(Purpose::Matchmaker).await?, "created"),
+            };
             self.confirm_capacity(&won).await?;
-            self.act(&won, self.compute.start(&won.vm.id).await).await?;
-            info!(vm.id = %won.vm.id, action = "started", "CreateVM");
-            return Ok(Created {
-                vm: won.vm,
-                action: "started",
-            });
+            (won, action)
+        };
+        let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
+        self.act(&won, answer).await?;
+        info!(vm.id = %won.vm.id, action, "CreateVM");
+        Ok(Created { vm: won.vm, action })
+    }
+
+    /// Sends the ARM call a capacity claim's row asks for: a start or a create.
+    async fn issue(&self, vm: &VmRecord) -> Result<(), ComputeError> {
+        if vm.operation == Some(Operation::Start) {
+            self.compute.start(&vm.id).await
+        } else {
+            self.compute.create(&vm.id).await
         }
-        let won = self.insert_new(Purpose::Matchmaker).await?;
-        self.confirm_capacity(&won).await?;
-        self.act(&won, self.compute.create(&won.vm.id).await)
-            .await?;
-        info!(vm.id = %won.vm.id, action = "created", "CreateVM");
-        Ok(Created {
-            vm: won.vm,
-            action: "created",
-        })
+    }
+
+    /// Runs an ARM call, waiting out a throttle (`429` with a `Retry-After` of at most 5 s)
+    /// and trying again while `VMPOOL_ARM_RETRY_BUDGET_SECS` allows. Server errors are
+    /// retried by the ARM adapter itself, so they are not retried again here.
+    async fn within_retry_budget<F, Fut>(&self, call: F) -> Result<(), ComputeError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), ComputeError>>,
+    {
+        let started = tokio::time::Instant::now();
+        loop {
+            match call().await {
+                Err(ComputeError::Throttled { retry_after })
+                    if retry_after <= MAX_INLINE_RETRY_AFTER
+                        && started.elapsed() + retry_after <= self.policy.arm_retry_budget =>
+                {
+                    info!(
+                        retry_after_ms = retry_after.as_millis() as u64,
+                        "ARM is throttling; trying again within the retry budget"
+                    );
+                    tokio::time::sleep(retry_after.max(Duration::from_millis(100))).await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// The reconciler adds a VM to the warm buffer: starts `deallocated` if given, else
-    /// creates one. The same capacity rules as CreateVM apply.
+    /// creates one. The same capacity rules as CreateVM apply, and ARM is called after the
+    /// capacity gate is released.
     pub async fn add_to_buffer(
         &self,
         deallocated: Option<&Versioned>,
     ) -> Result<Created, PoolError> {
-        let _gate = self.capacity_gate.lock().await;
-        let max = self.policy.max_vms;
-        if active(&self.store.list(Rows::All).await?) >= max as usize {
-            return Err(PoolError::CapacityExhausted { max });
-        }
-        let won = match deallocated {
-            Some(row) => {
-                let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
-                match self.store.update(&next, &row.etag).await? {
-                    Written::Done(etag) => Versioned { vm: next, etag },
-                    Written::LostRace => return Err(PoolError::Contention),
-                }
+        let won = {
+            let _gate = self.capacity_gate.lock().await;
+            let max = self.policy.max_vms;
+            if active(&self.store.list(Rows::All).await?) >= max as usize {
+                return Err(PoolError::CapacityExhausted { max });
             }
-            None => self.insert_new(Purpose::Buffer).await?,
+            let won = match deallocated {
+                Some(row) => {
+                    let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
+                    match self.store.update(&next, &row.etag).await? {
+                        Written::Done(etag) => Versioned { vm: next, etag },
+                        Written::LostRace => return Err(PoolError::Contention),
+                    }
+                }
+                None => self.insert_new(Purpose::Buffer).await?,
+            };
+            self.confirm_capacity(&won).await?;
+            won
         };
-        self.confirm_capacity(&won).await?;
-        let (answer, action) = if deallocated.is_some() {
-            (self.compute.start(&won.vm.id).await, "started")
+        let action = if deallocated.is_some() {
+            "started"
         } else {
-            (self.compute.create(&won.vm.id).await, "created")
+            "created"
         };
+        let answer = self.issue(&won.vm).await;
         self.act(&won, answer).await?;
         Ok(Created { vm: won.vm, action })
     }
@@ -309,14 +475,9 @@ impl Pool {
             return Ok(());
         }
         warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
-        let undone = if won.vm.operation == Some(domain::Operation::Create) {
-            self.store.delete(&won.vm.id, &won.etag).await
-        } else {
-            let mut back = won.vm.clone();
-            back.state = VmState::Deallocated;
-            back.operation = None;
-            back.purpose = Purpose::Buffer;
-            self.store.update(&back, &won.etag).await
+        let undone = match domain::give_back(&won.vm) {
+            GiveBack::Remove => self.store.delete(&won.vm.id, &won.etag).await,
+            GiveBack::Restore(back) => self.store.update(&back, &won.etag).await,
         };
         if let Err(e) = undone {
             // The row stays Creating with no ARM call; the reconciler gives it back.
@@ -334,16 +495,13 @@ impl Pool {
         let Err(e) = answer else {
             return Ok(());
         };
-        let mut next = won.vm.clone();
-        if e.is_transient() {
-            // Keep the intent but hand it to the warm buffer: the reconciler re-issues the
-            // call, and the caller, who gets a 503, is not left with a VM it never heard of.
-            next.purpose = Purpose::Buffer;
+        let transient = e.is_transient();
+        if transient {
             warn!(vm.id = %won.vm.id, error = %e, "ARM call failed; the reconciler finishes it into the buffer");
         } else {
-            next = domain::fail(&won.vm, &e.to_string(), self.clock.now());
             warn!(vm.id = %won.vm.id, error = %e, "ARM refused; the VM is Failed");
         }
+        let next = domain::call_failed(&won.vm, transient, &e.to_string(), self.clock.now());
         if let Err(store) = self.store.update(&next, &won.etag).await {
             warn!(vm.id = %won.vm.id, error = %store, "could not record the ARM failure");
         }

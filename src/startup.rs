@@ -121,6 +121,10 @@ pub fn state(
         reconciler: Reconciler::new(pool.clone()),
         pool,
         api_key: config.api_key.clone(),
+        limits: crate::http::Limits {
+            request_timeout: config.request_timeout,
+            max_concurrent_requests: config.max_concurrent_requests,
+        },
     }
 }
 

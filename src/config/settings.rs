@@ -498,6 +498,38 @@ pub const BREAKER_COOLDOWN_SECS: Setting<Duration> = Setting {
     parse: |raw| seconds(raw, 0),
 };
 
+/// See [`PoolPolicy::idempotency_ttl`](super::PoolPolicy::idempotency_ttl).
+pub const IDEMPOTENCY_TTL_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_IDEMPOTENCY_TTL_SECS",
+    doc: "how long a CreateVM `Idempotency-Key` answers with the same VM",
+    default: Fallback::Value("86400"),
+    parse: |raw| seconds(raw, 1),
+};
+
+/// See [`PoolPolicy::arm_retry_budget`](super::PoolPolicy::arm_retry_budget).
+pub const ARM_RETRY_BUDGET_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_ARM_RETRY_BUDGET_SECS",
+    doc: "how long CreateVM waits out ARM throttling (`Retry-After` up to 5 s) before it answers 503",
+    default: Fallback::Value("10"),
+    parse: |raw| seconds(raw, 0),
+};
+
+/// See [`Config::request_timeout`](super::Config::request_timeout).
+pub const REQUEST_TIMEOUT_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_REQUEST_TIMEOUT_SECS",
+    doc: "longest an `/api/*` request may take before it answers 503",
+    default: Fallback::Value("30"),
+    parse: |raw| seconds(raw, 1),
+};
+
+/// See [`Config::max_concurrent_requests`](super::Config::max_concurrent_requests).
+pub const MAX_CONCURRENT_REQUESTS: Setting<usize> = Setting {
+    name: "VMPOOL_MAX_CONCURRENT_REQUESTS",
+    doc: "most `/api/*` requests served at once; more answer 503",
+    default: Fallback::Value("256"),
+    parse: |raw| whole(raw, 1, 100_000),
+};
+
 /// See [`PoolPolicy::game_ports`](super::PoolPolicy::game_ports).
 pub const GAME_PORTS: Setting<Vec<u16>> = Setting {
     name: "VMPOOL_GAME_PORTS",
@@ -556,6 +588,10 @@ pub const ALL: &[About] = &[
     DEALLOCATE_TIMEOUT_SECS.about(),
     BREAKER_FAILURES.about(),
     BREAKER_COOLDOWN_SECS.about(),
+    IDEMPOTENCY_TTL_SECS.about(),
+    ARM_RETRY_BUDGET_SECS.about(),
+    REQUEST_TIMEOUT_SECS.about(),
+    MAX_CONCURRENT_REQUESTS.about(),
     GAME_PORTS.about(),
     VM_PREFIX.about(),
 ];

@@ -137,6 +137,17 @@ impl From<PoolError> for ApiError {
                 message: "the VM is being changed by other callers; retry".into(),
                 retry_after: 1,
             },
+            PoolError::KeyInFlight => ApiError::Unavailable {
+                message: PoolError::KeyInFlight.to_string(),
+                retry_after: 2,
+            },
+            PoolError::Interrupted(why) => {
+                warn!(%why, "CreateVM did not finish");
+                ApiError::Unavailable {
+                    message: "CreateVM did not finish in time; the pool finishes what it started, retry (with the same Idempotency-Key)".into(),
+                    retry_after: 5,
+                }
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod input;
+pub mod limits;
 pub mod routing;
 
 use std::sync::Arc;
@@ -23,10 +24,12 @@ use tracing::{error, info};
 
 use crate::config::PoolPolicy;
 use crate::domain::{VmRecord, VmState};
+use crate::idempotency::IdempotencyKey;
 use crate::pool::{Changed, Created, Pool};
 use crate::reconcile::Reconciler;
 use crate::secret::Secret;
 pub use error::ApiError;
+pub use limits::Limits;
 
 /// The most a request body may hold.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -40,6 +43,8 @@ pub struct AppState {
     pub reconciler: Reconciler,
     /// Standalone API key, wanted on every route but `GET /` (see [`auth`]).
     pub api_key: Option<Secret>,
+    /// How long and how many `/api/*` requests are served.
+    pub limits: Limits,
 }
 
 /// A VM as the API shows it.
@@ -77,14 +82,16 @@ impl<'a> VmView<'a> {
 /// The router, with every route (matched ignoring case, as the host does), the API key,
 /// the JSON error mapping and a span per request.
 pub fn app(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/", get(probe))
-        .route("/ReconcilePool", post(reconcile_timer))
+    let api = Router::new()
         .route("/api/CreateVM", post(create_vm))
         .route("/api/ReportGameRoomsNumber", post(report_rooms))
         .route("/api/MarkVMForDeallocation", post(mark))
         .route("/api/GetAvailableVMs", get(available))
-        .route("/api/GetPoolStatus", get(pool_status))
+        .route("/api/GetPoolStatus", get(pool_status));
+    let router = Router::new()
+        .route("/", get(probe))
+        .route("/ReconcilePool", post(reconcile_timer))
+        .merge(limits::apply(api, state.limits))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             auth::ApiKey::new(state.api_key.as_ref()),
@@ -156,9 +163,15 @@ fn changed(state: &AppState, outcome: &Changed) -> Json<Value> {
     Json(json!({"vm": VmView::new(&outcome.vm, policy), "action": outcome.action}))
 }
 
-async fn create_vm(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_vm(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     input::object(&body)?;
-    let Created { vm, action } = state.pool.create_vm().await?;
+    let key = IdempotencyKey::from_headers(&headers)
+        .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+    let Created { vm, action } = state.pool.create_vm_detached(key).await?;
     let status = if vm.state == VmState::Running {
         StatusCode::OK
     } else {

@@ -165,6 +165,21 @@ pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
     }
 }
 
+/// The longest server-error `Retry-After` the client waits before its next try.
+const MAX_ASKED_WAIT: Duration = Duration::from_secs(5);
+
+/// The `Retry-After` ARM sent with an error answer, if any.
+fn asked_wait(e: &azure_core::Error) -> Option<Duration> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(http) = err.downcast_ref::<ArmHttpError>() {
+            return http.retry_after;
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Maps any error of an azure_core call; `true` when it is worth retrying at once.
 fn map_error(e: &azure_core::Error) -> (ComputeError, bool) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -542,9 +557,13 @@ impl ArmCompute {
     {
         let mut retries = 0;
         loop {
+            let mut asked = None;
             let (err, retry) = match tokio::time::timeout(self.options.call_timeout, call()).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => map_error(&e),
+                Ok(Err(e)) => {
+                    asked = asked_wait(&e);
+                    map_error(&e)
+                }
                 Err(_) => (
                     ComputeError::Unavailable(format!(
                         "ARM did not answer {what} within {}s",
@@ -557,7 +576,9 @@ impl ArmCompute {
                 return Err(err);
             }
             tracing::debug!(error = %err, retries, "{what}: retrying");
-            tokio::time::sleep(self.options.backoff * 2u32.saturating_pow(retries)).await;
+            // A 5xx's own Retry-After is honoured when it is short; a longer one is capped.
+            let backoff = self.options.backoff * 2u32.saturating_pow(retries);
+            tokio::time::sleep(backoff.max(asked.unwrap_or_default().min(MAX_ASKED_WAIT))).await;
             retries += 1;
         }
     }

@@ -1,0 +1,302 @@
+//! CreateVM against the real ARM client and the ARM fake, when the caller or ARM misbehaves:
+//! a caller who gives up, a throttled or slow ARM, the capacity gate, and the router's
+//! request timeout and concurrency limit. Waits here are for real background work (a delayed
+//! ARM answer, a spawned CreateVM), each bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmpool::compute::Compute;
+use vmpool::compute::arm::ArmCompute;
+use vmpool::domain::{Purpose, VmState};
+use vmpool::store::memory::MemoryStore;
+use vmpool::store::{Rows, VmStore};
+use vmpool_arm_fake::{FakeOp, HttpFault};
+
+use crate::arm::{Fake, TOKEN, arm_config, quick, spawn_fake};
+use crate::idempotency::create_with_key;
+use crate::support::{TestApp, config, serve};
+
+/// vmpool over the in-memory table and the real ARM client against the ARM fake.
+struct ArmApp {
+    app: TestApp,
+    fake: Fake,
+    store: Arc<MemoryStore>,
+}
+
+async fn arm_app(vars: &[(&str, &str)]) -> ArmApp {
+    let fake = spawn_fake(50).await;
+    let compute: Arc<dyn Compute> =
+        Arc::new(ArmCompute::new(&arm_config(&fake.base, TOKEN), "vmpool", quick()).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let state = vmpool::startup::state(
+        &config(vars),
+        store.clone() as Arc<dyn VmStore>,
+        compute,
+        fake.clock.clone(),
+    );
+    ArmApp {
+        app: serve(state).await,
+        fake,
+        store,
+    }
+}
+
+/// Waits (at most `within`) until `check` holds.
+async fn until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "not reached within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rows(store: &MemoryStore) -> Vec<vmpool::domain::VmRecord> {
+    store
+        .list(Rows::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.vm)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_its_key() {
+    let a = arm_app(&[]).await;
+    a.fake
+        .fake
+        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/api/CreateVM", a.app.base))
+        .header("Idempotency-Key", "slow-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(gave_up.is_timeout(), "{gave_up}");
+
+    // The retry waits for the first attempt, which went on without its caller.
+    let retried = create_with_key(&a.app, "slow-1").await;
+    assert_eq!(
+        (retried.status, retried.json["action"].as_str()),
+        (202, Some("created")),
+        "{:?}",
+        retried.json
+    );
+    let all = rows(&a.store).await;
+    assert_eq!(all.len(), 1, "one VM");
+    assert_eq!(retried.json["vm"]["vmId"], all[0].id.as_str());
+    assert_eq!(
+        a.fake.fake.accepted(FakeOp::PutVm).len(),
+        1,
+        "one ARM create"
+    );
+
+    // It completes for the matchmaker, who now has its vmId.
+    a.fake.clock.advance(time::Duration::minutes(3));
+    a.app.reconcile().await;
+    assert_eq!(rows(&a.store).await[0].state, VmState::Running);
+}
+
+#[tokio::test]
+async fn a_caller_who_gives_up_without_a_key_does_not_stop_the_create() {
+    let a = arm_app(&[]).await;
+    a.fake
+        .fake
+        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(1));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/api/CreateVM", a.app.base))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(gave_up.is_timeout(), "{gave_up}");
+    until(Duration::from_secs(10), || async {
+        a.fake.fake.accepted(FakeOp::PutVm).len() == 1
+    })
+    .await;
+    let vm = rows(&a.store).await.pop().unwrap();
+    assert_eq!(
+        (vm.state, vm.purpose),
+        (VmState::Creating, Purpose::Matchmaker)
+    );
+    a.fake.clock.advance(time::Duration::minutes(3));
+    a.app.reconcile().await;
+    let vm = rows(&a.store).await.pop().unwrap();
+    assert_eq!(
+        vm.state,
+        VmState::Running,
+        "the VM completes; nothing is orphaned in ARM"
+    );
+}
+
+#[tokio::test]
+async fn two_throttles_with_retry_after_1_are_waited_out() {
+    let a = arm_app(&[]).await;
+    a.fake
+        .fake
+        .fail_next(FakeOp::PutVm, 2, HttpFault::throttled(1));
+    let got = a.app.create_vm().await;
+    assert_eq!(
+        (got.status, got.json["action"].as_str()),
+        (202, Some("created")),
+        "{:?}",
+        got.json
+    );
+    let puts: Vec<u16> = a
+        .fake
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::PutVm))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(puts, [429, 429, 201]);
+    let vm = rows(&a.store).await.pop().unwrap();
+    assert_eq!(
+        (vm.state, vm.purpose),
+        (VmState::Creating, Purpose::Matchmaker)
+    );
+}
+
+#[tokio::test]
+async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client() {
+    let a = arm_app(&[]).await;
+    a.fake.fake.fail_next(
+        FakeOp::PutVm,
+        2,
+        HttpFault {
+            retry_after: Some(1),
+            ..HttpFault::server_error()
+        },
+    );
+    let started = Instant::now();
+    let got = a.app.create_vm().await;
+    assert_eq!(
+        (got.status, got.json["action"].as_str()),
+        (202, Some("created")),
+        "{:?}",
+        got.json
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "each Retry-After was honoured"
+    );
+    let puts: Vec<u16> = a
+        .fake
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::PutVm))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        puts,
+        [500, 500, 201],
+        "retried by the client only, not again on top"
+    );
+}
+
+#[tokio::test]
+async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer() {
+    for (budget, retry_after) in [("0", 1), ("10", 30)] {
+        let a = arm_app(&[("VMPOOL_ARM_RETRY_BUDGET_SECS", budget)]).await;
+        a.fake
+            .fake
+            .fail_next(FakeOp::PutVm, 1, HttpFault::throttled(retry_after));
+        let got = a.app.create_vm().await;
+        assert_eq!(got.status, 503, "{:?}", got.json);
+        assert_eq!(got.json["error"]["code"], "Unavailable");
+        assert_eq!(got.headers["retry-after"], retry_after.to_string().as_str());
+        let vm = rows(&a.store).await.pop().unwrap();
+        assert_eq!((vm.state, vm.purpose), (VmState::Creating, Purpose::Buffer));
+        assert_eq!(a.fake.fake.requests().len(), 1, "no retry past the budget");
+    }
+}
+
+#[tokio::test]
+async fn the_capacity_gate_is_not_held_while_arm_is_slow() {
+    let a = Arc::new(arm_app(&[]).await);
+    a.fake
+        .fake
+        .delay_next(FakeOp::PutVm, 2, Duration::from_secs(3));
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.app.create_vm().await }
+    });
+    until(Duration::from_secs(2), || async {
+        rows(&a.store).await.len() == 1
+    })
+    .await;
+    let second = tokio::spawn({
+        let a = a.clone();
+        async move { a.app.create_vm().await }
+    });
+    // Both intents are written while the first ARM call is still waiting.
+    until(Duration::from_secs(2), || async {
+        rows(&a.store).await.len() == 2
+    })
+    .await;
+    assert!(!first.is_finished() && !second.is_finished());
+    for done in [first.await.unwrap(), second.await.unwrap()] {
+        assert_eq!(done.status, 202, "{:?}", done.json);
+    }
+    assert_eq!(a.fake.fake.accepted(FakeOp::PutVm).len(), 2);
+}
+
+#[tokio::test]
+async fn the_request_timeout_answers_503_and_the_create_goes_on() {
+    let a = arm_app(&[("VMPOOL_REQUEST_TIMEOUT_SECS", "1")]).await;
+    a.fake
+        .fake
+        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
+    let got = a.app.create_vm().await;
+    assert_eq!(got.status, 503, "{:?}", got.json);
+    assert_eq!(got.json["error"]["code"], "Unavailable");
+    assert!(got.headers.contains_key("retry-after"));
+    until(Duration::from_secs(10), || async {
+        a.fake.fake.accepted(FakeOp::PutVm).len() == 1
+    })
+    .await;
+    let vm = rows(&a.store).await.pop().unwrap();
+    assert_eq!(
+        (vm.state, vm.purpose),
+        (VmState::Creating, Purpose::Matchmaker)
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_503_at_once() {
+    let a = Arc::new(arm_app(&[("VMPOOL_MAX_CONCURRENT_REQUESTS", "1")]).await);
+    a.fake
+        .fake
+        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
+    let slow = tokio::spawn({
+        let a = a.clone();
+        async move { a.app.create_vm().await }
+    });
+    until(Duration::from_secs(2), || async {
+        rows(&a.store).await.len() == 1
+    })
+    .await;
+    let refused = a.app.available().await;
+    assert_eq!(refused.status, 503, "{:?}", refused.json);
+    assert_eq!(refused.json["error"]["code"], "Unavailable");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(slow.await.unwrap().status, 202);
+    assert_eq!(
+        a.app.available().await.status,
+        200,
+        "served again once it is free"
+    );
+}
