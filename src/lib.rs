@@ -7,6 +7,7 @@
 //! - [`store`]: the VM table port, in memory and in Azure Table Storage.
 //! - [`compute`]: the ARM port, simulated and real.
 //! - [`http`]: the routes, JSON shapes and the error envelope.
+//! - [`metrics`]: Prometheus counters, and the decorators that count ARM and table calls.
 //! - [`config`]: settings from environment variables.
 //! - [`secret`]: a value whose `Debug` hides it.
 //! - [`startup`]: wiring a configuration into a running service.
@@ -17,6 +18,7 @@ pub mod compute;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod reconcile;
 pub mod secret;
