@@ -280,6 +280,11 @@ impl Metrics {
         );
     }
 
+    /// The Prometheus text exposition of what is recorded, without reading the pool.
+    pub fn render_counters(&self) -> String {
+        self.handle.render()
+    }
+
     /// The Prometheus text exposition, with the gauges read from `pool` now.
     pub async fn render(&self, pool: &Pool, policy: &PoolPolicy, now: OffsetDateTime) -> String {
         match pool.status().await {

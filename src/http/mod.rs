@@ -289,7 +289,7 @@ async fn create_vm(State(state): State<AppState>, _: NoInput) -> Result<Response
 #[utoipa::path(post, path = "/api/ReportGameRoomsNumber", tag = "pool",
     description = "Records a VM's open rooms. On a MarkedForDeallocation VM, 0 rooms starts its deallocation.",
     params(
-        ("vmId" = Option<String>, Query, description = "The VM, if not in the body"),
+        ("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"),
         ("rooms" = Option<u32>, Query, description = "Open rooms, 0 to 100000, if not in the body", minimum = 0, maximum = 100_000),
     ),
     request_body(content = Option<views::RoomsInput>, description = "vmId and rooms, unless both come from the query string"),
@@ -315,7 +315,7 @@ async fn report_rooms(
 /// MarkVMForDeallocation: the matchmaker no longer needs a VM.
 #[utoipa::path(post, path = "/api/MarkVMForDeallocation", tag = "pool",
     description = "Marks a VM the matchmaker no longer needs; it is deallocated once its rooms close, unless CreateVM reclaims it first.",
-    params(("vmId" = Option<String>, Query, description = "The VM, if not in the body")),
+    params(("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$")),
     request_body(content = Option<views::VmIdInput>, description = "vmId, unless it comes from the query string"),
     responses(
         (status = 200, description = "`marked` or `alreadyMarked`", body = VmOutcome),

@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use axum::Json;
+use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -58,14 +59,54 @@ impl Modify for FunctionKeys {
 }
 
 /// The document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(ApiDoc::openapi)
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        optional_bodies_are_not_null(&mut doc);
+        doc
+    })
+}
+
+/// utoipa writes an optional request body (`Option<T>`) as `oneOf: [null, T]` and leaves it
+/// not required; what vmpool accepts is no body or a `T`, never a JSON `null`. Keep the `T`.
+fn optional_bodies_are_not_null(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for op in paths.values_mut().filter_map(Value::as_object_mut) {
+        for operation in op.values_mut() {
+            let Some(content) = operation
+                .pointer_mut("/requestBody/content")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for media in content.values_mut() {
+                let Some(schema) = media.get_mut("schema") else {
+                    continue;
+                };
+                let kept = schema
+                    .get("oneOf")
+                    .and_then(Value::as_array)
+                    .and_then(|items| {
+                        let rest: Vec<&Value> = items
+                            .iter()
+                            .filter(|s| s.get("type") != Some(&Value::from("null")))
+                            .collect();
+                        (items.len() == 2 && rest.len() == 1).then(|| rest[0].clone())
+                    });
+                if let Some(kept) = kept {
+                    *schema = kept;
+                }
+            }
+        }
+    }
 }
 
 /// The OpenAPI document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
-pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
+pub async fn serve() -> Json<&'static Value> {
     Json(document())
 }

@@ -10,6 +10,10 @@ use crate::domain::{VmRecord, VmState};
 use crate::pool::Status;
 use crate::reconcile::Summary;
 
+/// What a vmId looks like: Azure's VM naming rules (1-64 ASCII letters, digits, `-`, `_`
+/// and `.`, not ending with `.`).
+pub const VM_ID_PATTERN: &str = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$";
+
 /// The seven VM states, for the document (the values [`VmState`] serialises to).
 #[derive(Debug, Clone, Copy, ToSchema)]
 #[schema(as = VmState)]
@@ -248,7 +252,12 @@ pub struct EmptyObject {}
 #[serde(rename_all = "camelCase")]
 pub struct RoomsInput {
     /// The VM.
-    #[schema(example = "vmpool-kugvkeie3q")]
+    #[schema(
+        example = "vmpool-kugvkeie3q",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"
+    )]
     pub vm_id: Option<String>,
     /// Its open rooms: a JSON number (not a string), whole, 0 to 100000; `3.0` counts as 3.
     #[schema(minimum = 0, maximum = 100_000, example = 3)]
@@ -260,7 +269,12 @@ pub struct RoomsInput {
 #[serde(rename_all = "camelCase")]
 pub struct VmIdInput {
     /// The VM.
-    #[schema(example = "vmpool-kugvkeie3q")]
+    #[schema(
+        example = "vmpool-kugvkeie3q",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"
+    )]
     pub vm_id: Option<String>,
 }
 

@@ -10,6 +10,9 @@ mod support;
 mod api;
 mod arm;
 mod host;
+
+mod openapi;
+mod operations;
 mod reconcile;
 mod router;
 mod store_contract;
