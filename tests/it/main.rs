@@ -10,7 +10,7 @@ mod support;
 mod api;
 mod arm;
 mod host;
-
+mod infra;
 mod openapi;
 mod operations;
 mod reconcile;
