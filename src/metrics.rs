@@ -330,7 +330,7 @@ fn summary_fields(s: &Summary) -> [(&'static str, u32); 13] {
 }
 
 /// One reconcile pass: runs it, records it in `metrics`, and writes one log event
-/// (`vmpool::metrics` target, message `reconcile pass`) whose fields are the pass's figures.
+/// (`vmpool::metrics` target, message `reconcile pass measured`) whose fields are the pass's figures.
 pub async fn reconcile_pass(
     reconciler: &Reconciler,
     metrics: &Metrics,
@@ -358,9 +358,9 @@ pub async fn reconcile_pass(
             buffer_target = s.buffer_target,
             lost_races = s.lost_races,
             errors = s.errors,
-            "reconcile pass"
+            "reconcile pass measured"
         ),
-        Err(e) => warn!(ok = false, duration_ms, error = %e, "reconcile pass"),
+        Err(e) => warn!(ok = false, duration_ms, error = %e, "reconcile pass measured"),
     }
     result
 }

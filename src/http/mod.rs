@@ -212,7 +212,7 @@ async fn json_errors(res: Response) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs and /api/GetPoolStatus".into(),
+        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs, /api/GetPoolStatus, /api/Metrics, /api/Dashboard and /api/openapi.json".into(),
     )
 }
 

@@ -196,3 +196,82 @@ async fn the_operations_functions_are_defined_and_routed_as_the_host_forwards_th
         assert!(got.starts_with(ctype), "{name}: {got}");
     }
 }
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_reconcile_pass_writes_one_json_log_line_with_its_figures() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let parts = crate::support::sim_parts(&[]);
+    parts.state.pool.create_vm().await.unwrap();
+    parts.clock.advance(Duration::minutes(5));
+    let summary = parts.state.reconcile_pass().await.unwrap();
+    assert_eq!(summary.completed, 1);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let passes: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["message"] == "reconcile pass measured")
+        .collect();
+    assert_eq!(passes.len(), 1, "{text}");
+    let pass = &passes[0];
+    assert_eq!(pass["ok"], true);
+    assert_eq!(pass["completed"], 1);
+    assert_eq!(pass["buffer_target"], summary.buffer_target);
+    assert_eq!(pass["errors"], 0);
+    assert!(pass["duration_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn with_storage_down_metrics_still_answer_and_say_so() {
+    let sim = spawn_sim(&[]).await;
+    assert_eq!(sim.app.create_vm().await.status, 202);
+    sim.store.set_unavailable(true);
+    assert_eq!(sim.app.create_vm().await.status, 503);
+    assert_eq!(sim.app.reconcile().await.json["ReturnValue"]["ok"], false);
+    let (status, _, m) = text(&sim.app, "/api/Metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&m, "vmpool_pool_status_up"), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_createvm_total{action="none",code="Unavailable"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_reconcile_passes_total{result="error"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &m,
+            r#"vmpool_table_calls_total{operation="list",outcome="unavailable"}"#
+        ) >= 1.0
+    );
+    sim.store.set_unavailable(false);
+    let (_, _, m) = text(&sim.app, "/api/Metrics").await;
+    assert_eq!(sample(&m, "vmpool_pool_status_up"), 1.0);
+    assert_eq!(sample(&m, r#"vmpool_vms{state="Creating"}"#), 1.0);
+}
