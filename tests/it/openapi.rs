@@ -120,3 +120,64 @@ async fn the_document_is_served_without_a_key() {
     let keyed = sim.app.send("GET", "/api/GetPoolStatus", None).await;
     assert_eq!(keyed.status, 401, "the other routes still want the key");
 }
+
+#[test]
+fn every_http_function_of_the_functions_app_is_in_the_document() {
+    let documented = documented(document());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("function-definitions");
+    let mut seen = 0;
+    for dir in std::fs::read_dir(root).unwrap() {
+        let dir = dir.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let def: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("function.json")).unwrap())
+                .unwrap();
+        let trigger = &def["bindings"][0];
+        let path = if trigger["type"] == "httpTrigger" {
+            format!("/api/{}", trigger["route"].as_str().unwrap_or(&name))
+        } else {
+            // The timer: the host POSTs the invocation to /<Name>.
+            format!("/{name}")
+        };
+        let methods: Vec<String> = trigger["methods"].as_array().map_or_else(
+            || vec!["POST".to_owned()],
+            |m| {
+                m.iter()
+                    .map(|m| m.as_str().unwrap().to_ascii_uppercase())
+                    .collect()
+            },
+        );
+        for method in methods {
+            assert!(
+                documented.contains(&(path.clone(), method.clone())),
+                "{name}: {method} {path} is not in the document"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 9, "{seen}");
+}
+
+#[tokio::test]
+async fn the_router_serves_every_route_of_the_list() {
+    use tower::ServiceExt;
+    let parts = crate::support::sim_parts(&[]);
+    for route in routes() {
+        let req = axum::http::Request::builder()
+            .method(route.method.clone())
+            .uri(route.path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = vmpool::http::app(parts.state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        assert!(
+            status != 404 && status != 405 && status < 500,
+            "{} {} answered {status}",
+            route.method,
+            route.path
+        );
+    }
+}
