@@ -56,6 +56,9 @@ pub struct VmView {
     /// When the state last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub state_changed_at: OffsetDateTime,
+    /// When the VM's row was first written (its age counts from here).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
     /// The last ARM error, when one is recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -72,6 +75,7 @@ impl VmView {
             rooms: vm.rooms,
             resource_id: vm.resource_id.clone(),
             state_changed_at: vm.state_changed_at,
+            created_at: vm.created_at,
             last_error: vm.last_error.clone(),
         }
     }

@@ -111,6 +111,7 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
   const rowB = page.locator(`tr[data-vm="${b}"]`);
   assert.match(await rowB.textContent(), /Running/);
   assert.equal((await rowB.locator("td.num").textContent()).trim(), "4");
+  assert.match(await rowB.locator("td.age").textContent(), /^\d+ (s|min|h|d)$/);
   assert.match(await page.locator(`tr[data-vm="${a}"]`).textContent(), /MarkedForDeallocation/);
   assert.equal(await page.textContent("#buffer-target"), String(status.buffer.target));
   assert.equal(await page.textContent("#breaker"), "closed");
