@@ -21,6 +21,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 .venv/bin/schemathesis run "$base/api/openapi.json" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance \
   --max-examples 20 --seed 20260101 --generation-database none \
   --request-timeout 10 --no-color
