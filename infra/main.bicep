@@ -73,6 +73,7 @@ var deploymentContainer = 'app-package'
 
 // Built-in role definition IDs.
 var roles = {
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
@@ -162,7 +163,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
-// The pool's network and the app's roles on the pool's resource group.
+// The pool's network, in the pool's resource group.
 module pool 'pool.bicep' = {
   name: 'vmpool-pool-network'
   scope: resourceGroup(poolResourceGroupName)
@@ -173,6 +174,14 @@ module pool 'pool.bicep' = {
     gamePortsProtocol: gamePortsProtocol
     vnetAddressPrefix: vnetAddressPrefix
     vmSubnetPrefix: vmSubnetPrefix
+  }
+}
+
+// The app identity's roles on the pool's resource group.
+module poolRoles 'pool-roles.bicep' = {
+  name: 'vmpool-pool-roles'
+  scope: resourceGroup(poolResourceGroupName)
+  params: {
     principalId: app.identity.principalId
   }
 }
@@ -324,6 +333,17 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: app.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+  }
+}
+
+// Application Insights takes telemetry by Microsoft Entra ID only (DisableLocalAuth).
+resource insightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(insights.id, app.id, roles.monitoringMetricsPublisher)
+  scope: insights
+  properties: {
+    principalId: app.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
   }
 }
 

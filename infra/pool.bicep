@@ -1,5 +1,5 @@
-// In the pool's resource group: the network the VMs join, the NSG that opens the game ports,
-// and the app identity's roles there (the VMs, and the NICs and public IPs their PUT creates).
+// In the pool's resource group: the network the VMs join and the NSG that opens the game
+// ports. (The app identity's roles there are in pool-roles.bicep, deployed after the app.)
 
 @description('Azure region.')
 param location string
@@ -18,13 +18,6 @@ param vnetAddressPrefix string
 
 @description('Subnet of the VMs\' NICs.')
 param vmSubnetPrefix string
-
-@description('The Function App\'s managed identity.')
-param principalId string
-
-// Built-in role definition IDs.
-var virtualMachineContributor = '9980e02c-c2be-4d73-94e8-173b1dc7cf3c'
-var networkContributor = '4d97b98b-1d4f-4787-a291-c67834d212e7'
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2023-11-01' = {
   name: '${namePrefix}-nsg'
@@ -69,24 +62,6 @@ resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' = {
         }
       }
     ]
-  }
-}
-
-resource vmContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(resourceGroup().id, principalId, virtualMachineContributor)
-  properties: {
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', virtualMachineContributor)
-  }
-}
-
-resource netContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(resourceGroup().id, principalId, networkContributor)
-  properties: {
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', networkContributor)
   }
 }
 

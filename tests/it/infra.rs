@@ -81,15 +81,27 @@ fn every_vmpool_setting_the_template_sets_is_one_the_readme_documents() {
 fn the_identity_gets_the_roles_vmpool_needs_where_it_needs_them() {
     let main = read("infra/main.bicep");
     let pool = read("infra/pool.bicep");
+    let pool_roles = read("infra/pool-roles.bicep");
     let reader = read("infra/subscription-vm-reader.bicep");
     // Built-in role definition IDs.
     let storage_table_data_contributor = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3";
     let virtual_machine_contributor = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
     let network_contributor = "4d97b98b-1d4f-4787-a291-c67834d212e7";
     assert!(main.contains(storage_table_data_contributor));
-    assert!(pool.contains(virtual_machine_contributor));
-    assert!(pool.contains(network_contributor));
-    assert!(main.contains("scope: resourceGroup(poolResourceGroupName)"));
+    assert!(pool_roles.contains(virtual_machine_contributor));
+    assert!(pool_roles.contains(network_contributor));
+    assert!(
+        main.matches("scope: resourceGroup(poolResourceGroupName)")
+            .count()
+            == 2,
+        "the network and the roles are in the pool's resource group"
+    );
+    // The subnet the app settings name is the one the pool network creates.
+    assert_eq!(
+        app_settings()["VMPOOL_SUBNET_ID"],
+        "pool.outputs.vmSubnetId"
+    );
+    assert!(pool.contains("output vmSubnetId string = '${vnet.id}/subnets/servers'"));
     assert!(reader.contains("'Microsoft.Compute/virtualMachines/read'"));
     assert!(reader.contains("targetScope = 'subscription'"));
     // The NSG opens exactly VMPOOL_GAME_PORTS.
