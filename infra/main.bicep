@@ -194,6 +194,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   name: appName
   location: location
   kind: 'functionapp,linux'
+  dependsOn: [
+    packageContainer
+  ]
   identity: {
     type: 'SystemAssigned'
   }
