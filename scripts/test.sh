@@ -1,8 +1,28 @@
 #!/usr/bin/env bash
-# Runs every test on a fresh machine: installs what the tests need (Azurite, pinned by
-# package-lock.json, into node_modules/), then runs them all. Tests that need Azurite start
-# and stop it themselves on free ports.
+# Runs every test on a fresh machine: installs what the tests need (Azurite and playwright-core,
+# pinned by package-lock.json, into node_modules/; schemathesis and checkov, pinned by
+# requirements-test.txt, into .venv/; Debian's chromium when it is missing), then runs them all.
+# Tests that need Azurite start and stop it themselves on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npm ci --no-audit --no-fund
 cargo test --locked --workspace --all-targets
+
+# Python tools, in a local virtual environment.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+
+# The Bicep template: checkov's static analysis (findings are fixed or skipped with a reason
+# in the template). --skip-download: no call to checkov's online service.
+.venv/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
+
+# The API against its OpenAPI document, on the running service.
+cargo build --locked --bin vmpool
+./scripts/conformance.sh
+
+# The dashboard in headless Chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+fi
+node --test tests/browser/

@@ -8,6 +8,7 @@
 //! - [`compute`]: the ARM port, simulated and real.
 //! - [`http`]: the routes, JSON shapes and the error envelope.
 //! - [`idempotency`]: CreateVM's `Idempotency-Key`, kept in the table.
+//! - [`metrics`]: Prometheus counters, and the decorators that count ARM and table calls.
 //! - [`config`]: settings from environment variables.
 //! - [`secret`]: a value whose `Debug` hides it.
 //! - [`startup`]: wiring a configuration into a running service.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod idempotency;
+pub mod metrics;
 pub mod pool;
 pub mod reconcile;
 pub mod secret;

@@ -111,15 +111,16 @@ pub fn state(
     compute: Arc<dyn Compute>,
     clock: Arc<dyn Clock>,
 ) -> AppState {
-    let pool = Arc::new(Pool::new(
-        store,
-        compute,
-        clock,
-        Arc::new(config.policy.clone()),
-    ));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (store, compute) = crate::metrics::metered(store, compute, &metrics);
+    let policy = Arc::new(config.policy.clone());
+    let pool = Arc::new(Pool::new(store, compute, clock.clone(), policy.clone()));
     AppState {
         reconciler: Reconciler::new(pool.clone()),
         pool,
+        policy,
+        clock,
+        metrics,
         api_key: config.api_key.clone(),
         limits: crate::http::Limits {
             request_timeout: config.request_timeout,
@@ -130,14 +131,14 @@ pub fn state(
 
 /// Runs a reconcile pass every `every` until `stop` is cancelled; a pass in progress is
 /// finished first.
-pub async fn reconcile_loop(reconciler: Reconciler, every: Duration, stop: CancellationToken) {
+pub async fn reconcile_loop(state: AppState, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {
-                if let Err(e) = reconciler.run_once().await {
+                if let Err(e) = state.reconcile_pass().await {
                     warn!(error = %e, "reconcile pass failed; retrying next interval");
                 }
             }
@@ -154,13 +155,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
-    let looper = reconcile_every.map(|every| {
-        tokio::spawn(reconcile_loop(
-            state.reconciler.clone(),
-            every,
-            stop.clone(),
-        ))
-    });
+    let looper = reconcile_every
+        .map(|every| tokio::spawn(reconcile_loop(state.clone(), every, stop.clone())));
     let stop_serving = stop.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

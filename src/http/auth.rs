@@ -1,5 +1,6 @@
 //! The standalone API key. When `VMPOOL_API_KEY` is set, every route but `GET /` (the host's
-//! probe) wants it in the `x-functions-key` header or the `code` query parameter, as the
+//! probe) and `GET /api/openapi.json` (the API's description, anonymous under the host too)
+//! wants it in the `x-functions-key` header or the `code` query parameter, as the
 //! Functions host asks for function keys; otherwise the answer is 401 in the JSON envelope.
 //! Under the Functions host the host checks function keys and no key is configured here.
 
@@ -49,10 +50,14 @@ fn presented(req: &Request) -> Option<Vec<u8>> {
         .map(|(_, value)| value.into_owned().into_bytes())
 }
 
-/// Middleware: every request but `GET /` must present the key.
+/// The paths anyone may `GET` (or `HEAD`): the host's probe and the OpenAPI document.
+pub const ANONYMOUS: &[&str] = &["/", "/api/openapi.json"];
+
+/// Middleware: every request but a `GET` of an [`ANONYMOUS`] path must present the key.
 pub async fn require_key(State(key): State<ApiKey>, req: Request, next: Next) -> Response {
-    let probe = req.uri().path() == "/" && matches!(*req.method(), Method::GET | Method::HEAD);
-    if probe || key.admits(presented(&req).as_deref()) {
+    let anonymous = ANONYMOUS.contains(&req.uri().path())
+        && matches!(*req.method(), Method::GET | Method::HEAD);
+    if anonymous || key.admits(presented(&req).as_deref()) {
         next.run(req).await
     } else {
         ApiError::Unauthorized.into_response()

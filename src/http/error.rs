@@ -2,8 +2,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use tracing::warn;
+use utoipa::ToSchema;
 
 use crate::compute::ComputeError;
 use crate::pool::PoolError;
@@ -69,15 +70,20 @@ impl ApiError {
 
     /// The `code` of the envelope.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The `code` of the envelope, as its type.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            ApiError::InvalidInput(_) => "InvalidInput",
-            ApiError::Unauthorized => "Unauthorized",
-            ApiError::NotFound(_) => "NotFound",
-            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
-            ApiError::Conflict(_) => "Conflict",
-            ApiError::PayloadTooLarge => "PayloadTooLarge",
-            ApiError::CapacityExhausted { .. } => "CapacityExhausted",
-            ApiError::Unavailable { .. } => "Unavailable",
+            ApiError::InvalidInput(_) => ErrorCode::InvalidInput,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::CapacityExhausted { .. } => ErrorCode::CapacityExhausted,
+            ApiError::Unavailable { .. } => ErrorCode::Unavailable,
         }
     }
 
@@ -88,6 +94,60 @@ impl ApiError {
             _ => None,
         }
     }
+}
+
+/// The machine-readable `code` of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum ErrorCode {
+    /// 400.
+    InvalidInput,
+    /// 401.
+    Unauthorized,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 409.
+    Conflict,
+    /// 413.
+    PayloadTooLarge,
+    /// 503, with `Retry-After`.
+    CapacityExhausted,
+    /// 503, with `Retry-After`.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The name, as the envelope writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidInput => "InvalidInput",
+            ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::MethodNotAllowed => "MethodNotAllowed",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::PayloadTooLarge => "PayloadTooLarge",
+            ErrorCode::CapacityExhausted => "CapacityExhausted",
+            ErrorCode::Unavailable => "Unavailable",
+        }
+    }
+}
+
+/// The error envelope every failed request answers with.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "InvalidInput", "message": "rooms must be a whole number from 0 to 100000; got -1"}}))]
+pub struct ErrorEnvelope {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// The inside of the error envelope.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Which error, for programs.
+    pub code: ErrorCode,
+    /// What to fix or when to retry, for people.
+    pub message: String,
 }
 
 impl From<PoolError> for ApiError {
@@ -154,7 +214,12 @@ impl From<PoolError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.error_code(),
+                message: self.to_string(),
+            },
+        };
         let mut res = (self.status(), axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after() {
             res.headers_mut()

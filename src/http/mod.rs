@@ -2,95 +2,169 @@
 //! operations and pool outcomes into JSON. It holds no rules of its own.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod extract;
 pub mod input;
 pub mod limits;
+pub mod openapi;
 pub mod routing;
+pub mod views;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use serde::Serialize;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info};
 
+use crate::clock::Clock;
 use crate::config::PoolPolicy;
-use crate::domain::{VmRecord, VmState};
-use crate::idempotency::IdempotencyKey;
-use crate::pool::{Changed, Created, Pool};
-use crate::reconcile::Reconciler;
+use crate::metrics::Metrics;
+use crate::pool::{Changed, Pool};
+use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorEnvelope};
+use extract::{IdempotencyHeader, NoInput, RoomsReport, TimerInvocation, VmTarget};
 pub use limits::Limits;
+use views::{PassResult, PoolStatusView, Probe, TimerAnswer, VmList, VmOutcome, VmView};
 
 /// The most a request body may hold.
 const BODY_LIMIT: usize = 64 * 1024;
 
 /// What every handler shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     /// The pool's operations.
     pub pool: Arc<Pool>,
     /// The reconciler, for the timer invocation.
     pub reconciler: Reconciler,
-    /// Standalone API key, wanted on every route but `GET /` (see [`auth`]).
+    /// The pool's rules (game ports, limits), for the views.
+    pub policy: Arc<PoolPolicy>,
+    /// The clock, for what "now" is in the views.
+    pub clock: Arc<dyn Clock>,
+    /// This instance's counters, served at `/api/Metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Standalone API key for `/api/*`.
     pub api_key: Option<Secret>,
     /// How long and how many `/api/*` requests are served.
     pub limits: Limits,
 }
 
-/// A VM as the API shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VmView<'a> {
-    vm_id: &'a str,
-    state: VmState,
-    public_ip: Option<&'a str>,
-    ports: &'a [u16],
-    rooms: u32,
-    resource_id: &'a str,
-    #[serde(with = "time::serde::rfc3339")]
-    state_changed_at: OffsetDateTime,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<&'a str>,
-}
-
-impl<'a> VmView<'a> {
-    /// The view of `vm` with the pool's game ports.
-    pub fn new(vm: &'a VmRecord, policy: &'a PoolPolicy) -> Self {
-        VmView {
-            vm_id: vm.id.as_str(),
-            state: vm.state,
-            public_ip: vm.public_ip.as_deref(),
-            ports: &policy.game_ports,
-            rooms: vm.rooms,
-            resource_id: &vm.resource_id,
-            state_changed_at: vm.state_changed_at,
-            last_error: vm.last_error.as_deref(),
-        }
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("pool", &self.pool)
+            .field("policy", &self.policy)
+            .field("api_key", &self.api_key)
+            .finish_non_exhaustive()
     }
 }
 
-/// The router, with every route (matched ignoring case, as the host does), the API key,
-/// the JSON error mapping and a span per request.
+impl AppState {
+    /// One reconcile pass, measured and logged (the timer and the standalone loop both call
+    /// this).
+    pub async fn reconcile_pass(&self) -> Result<Summary, ReconcileError> {
+        crate::metrics::reconcile_pass(&self.reconciler, &self.metrics).await
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the host's probe, the OpenAPI document): see [`auth::ANONYMOUS`].
+    Anonymous,
+    /// Callers with a function key (`x-functions-key` or `?code=`); standalone, the key is
+    /// `VMPOOL_API_KEY` when set.
+    FunctionKey,
+}
+
+/// One route of the router.
+#[derive(Debug)]
+pub struct Route {
+    /// The path.
+    pub path: &'static str,
+    /// The one method it answers.
+    pub method: Method,
+    /// Who may call it.
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every route the router serves; the OpenAPI document covers exactly these.
+pub fn routes() -> Vec<Route> {
+    use Access::{Anonymous, FunctionKey};
+    let route = |path, method, access, handler| Route {
+        path,
+        method,
+        access,
+        handler,
+    };
+    vec![
+        route("/", Method::GET, Anonymous, get(probe)),
+        route(
+            "/ReconcilePool",
+            Method::POST,
+            FunctionKey,
+            post(reconcile_timer),
+        ),
+        route(
+            "/api/openapi.json",
+            Method::GET,
+            Anonymous,
+            get(openapi::serve),
+        ),
+        route("/api/CreateVM", Method::POST, FunctionKey, post(create_vm)),
+        route(
+            "/api/ReportGameRoomsNumber",
+            Method::POST,
+            FunctionKey,
+            post(report_rooms),
+        ),
+        route(
+            "/api/MarkVMForDeallocation",
+            Method::POST,
+            FunctionKey,
+            post(mark),
+        ),
+        route(
+            "/api/GetAvailableVMs",
+            Method::GET,
+            FunctionKey,
+            get(available),
+        ),
+        route(
+            "/api/GetPoolStatus",
+            Method::GET,
+            FunctionKey,
+            get(pool_status),
+        ),
+        route("/api/Metrics", Method::GET, FunctionKey, get(metrics)),
+        route(
+            "/api/Dashboard",
+            Method::GET,
+            FunctionKey,
+            get(dashboard::serve),
+        ),
+    ]
+}
+
+/// The router, with every route, the JSON error mapping and a span per request.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/CreateVM", post(create_vm))
-        .route("/api/ReportGameRoomsNumber", post(report_rooms))
-        .route("/api/MarkVMForDeallocation", post(mark))
-        .route("/api/GetAvailableVMs", get(available))
-        .route("/api/GetPoolStatus", get(pool_status));
-    let router = Router::new()
-        .route("/", get(probe))
-        .route("/ReconcilePool", post(reconcile_timer))
+    let (mut host, mut api) = (Router::new(), Router::new());
+    for r in routes() {
+        if r.path.starts_with("/api/") {
+            api = api.route(r.path, r.handler);
+        } else {
+            host = host.route(r.path, r.handler);
+        }
+    }
+    let router = host
         .merge(limits::apply(api, state.limits))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -150,146 +224,236 @@ async fn json_errors(res: Response) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs and /api/GetPoolStatus".into(),
+        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs, /api/GetPoolStatus, /api/Metrics, /api/Dashboard and /api/openapi.json".into(),
     )
 }
 
-async fn probe() -> Json<Value> {
-    Json(json!({"status": "ok", "service": "vmpool"}))
+/// The host's probe.
+#[utoipa::path(get, path = "/", tag = "host",
+    responses((status = 200, description = "The service is up", body = Probe)))]
+async fn probe() -> Json<Probe> {
+    Json(Probe {
+        status: "ok".into(),
+        service: "vmpool".into(),
+    })
 }
 
-fn changed(state: &AppState, outcome: &Changed) -> Json<Value> {
-    let policy = state.pool.policy();
-    Json(json!({"vm": VmView::new(&outcome.vm, policy), "action": outcome.action}))
+fn outcome(state: &AppState, changed: Changed) -> Json<VmOutcome> {
+    Json(VmOutcome {
+        vm: VmView::new(&changed.vm, &state.policy),
+        action: changed.action.to_owned(),
+    })
 }
 
+/// CreateVM: capacity for the matchmaker.
+#[utoipa::path(post, path = "/api/CreateVM", tag = "pool",
+    description = "Hands out a VM: a MarkedForDeallocation VM (reclaimed), a Standby VM, a Creating buffer VM, a Deallocated VM started again, or a new VM.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key within VMPOOL_IDEMPOTENCY_TTL_SECS get the same VM and action, from any instance", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$"),
+    ),
+    request_body(content = Option<views::EmptyObject>, description = "Empty, or any JSON object"),
+    responses(
+        (status = 200, description = "A Running VM, usable now", body = VmOutcome),
+        (status = 202, description = "A VM that is Creating; poll GetAvailableVMs", body = VmOutcome),
+        (status = 400, description = "The body is not empty nor a JSON object, or the Idempotency-Key is malformed", body = ErrorEnvelope),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
+        (status = 503, description = "CapacityExhausted (the pool is at VMPOOL_MAX_VMS) or Unavailable (storage or ARM, a request with the same Idempotency-Key still in progress, or the request limits)", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn create_vm(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
+    IdempotencyHeader(key): IdempotencyHeader,
+    _: NoInput,
 ) -> Result<Response, ApiError> {
-    input::object(&body)?;
-    let key = IdempotencyKey::from_headers(&headers)
-        .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
-    let Created { vm, action } = state.pool.create_vm_detached(key).await?;
-    let status = if vm.state == VmState::Running {
+    let started = Instant::now();
+    let created = state.pool.create_vm_detached(key).await;
+    state.metrics.create_vm(&created, started.elapsed());
+    let created = created?;
+    let status = if created.vm.state == crate::domain::VmState::Running {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    let policy = state.pool.policy();
-    Ok((
-        status,
-        Json(json!({"vm": VmView::new(&vm, policy), "action": action})),
-    )
-        .into_response())
+    let body = VmOutcome {
+        vm: VmView::new(&created.vm, &state.policy),
+        action: created.action.to_owned(),
+    };
+    Ok((status, Json(body)).into_response())
 }
 
+/// ReportGameRoomsNumber: a VM's open rooms.
+#[utoipa::path(post, path = "/api/ReportGameRoomsNumber", tag = "pool",
+    description = "Records a VM's open rooms. On a MarkedForDeallocation VM, 0 rooms starts its deallocation.",
+    params(
+        ("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"),
+        ("rooms" = Option<u32>, Query, description = "Open rooms, 0 to 100000, if not in the body", minimum = 0, maximum = 100_000),
+    ),
+    request_body(content = Option<views::RoomsInput>, description = "vmId and rooms, unless both come from the query string"),
+    responses(
+        (status = 200, description = "`recorded` or `deallocating`", body = VmOutcome),
+        (status = 400, description = "vmId or rooms missing or invalid", body = ErrorEnvelope),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
+        (status = 409, description = "The VM's state does not take room reports", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
+        (status = 503, description = "Storage or ARM unavailable", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn report_rooms(
     State(state): State<AppState>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body = input::object(&body)?;
-    let query = input::query_pairs(query.as_deref());
-    let id = input::vm_id(&body, &query)?;
-    let rooms = input::rooms(&body, &query)?;
-    let outcome = state.pool.report_rooms(&id, rooms).await?;
-    Ok(changed(&state, &outcome))
+    report: RoomsReport,
+) -> Result<Json<VmOutcome>, ApiError> {
+    let changed = state.pool.report_rooms(&report.vm_id, report.rooms).await?;
+    Ok(outcome(&state, changed))
 }
 
+/// MarkVMForDeallocation: the matchmaker no longer needs a VM.
+#[utoipa::path(post, path = "/api/MarkVMForDeallocation", tag = "pool",
+    description = "Marks a VM the matchmaker no longer needs; it is deallocated once its rooms close, unless CreateVM reclaims it first.",
+    params(("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$")),
+    request_body(content = Option<views::VmIdInput>, description = "vmId, unless it comes from the query string"),
+    responses(
+        (status = 200, description = "`marked` or `alreadyMarked`", body = VmOutcome),
+        (status = 400, description = "vmId missing or invalid", body = ErrorEnvelope),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
+        (status = 409, description = "The VM's state cannot be marked", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
+        (status = 503, description = "Storage or ARM unavailable", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn mark(
     State(state): State<AppState>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body = input::object(&body)?;
-    let query = input::query_pairs(query.as_deref());
-    let id = input::vm_id(&body, &query)?;
-    let outcome = state.pool.mark_for_deallocation(&id).await?;
-    Ok(changed(&state, &outcome))
+    target: VmTarget,
+) -> Result<Json<VmOutcome>, ApiError> {
+    let changed = state.pool.mark_for_deallocation(&target.vm_id).await?;
+    Ok(outcome(&state, changed))
 }
 
-async fn available(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// GetAvailableVMs: the Running VMs.
+#[utoipa::path(get, path = "/api/GetAvailableVMs", tag = "pool",
+    responses(
+        (status = 200, description = "Running VMs, sorted by vmId", body = VmList),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
+async fn available(State(state): State<AppState>) -> Result<Json<VmList>, ApiError> {
     let vms = state.pool.available().await?;
-    let policy = state.pool.policy();
-    let views: Vec<VmView<'_>> = vms.iter().map(|vm| VmView::new(vm, policy)).collect();
-    Ok(Json(json!({ "vms": views })))
+    let vms = vms
+        .iter()
+        .map(|vm| VmView::new(vm, &state.policy))
+        .collect();
+    Ok(Json(VmList { vms }))
 }
 
-async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// GetPoolStatus: every VM and the reconciler's record.
+#[utoipa::path(get, path = "/api/GetPoolStatus", tag = "pool",
+    responses(
+        (status = 200, description = "Counts by state, every VM, the buffer, the breaker and the last pass", body = PoolStatusView),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
+async fn pool_status(State(state): State<AppState>) -> Result<Json<PoolStatusView>, ApiError> {
     let status = state.pool.status().await?;
-    let policy = state.pool.policy();
-    let counts: serde_json::Map<String, Value> = VmState::ALL
-        .iter()
-        .map(|s| {
-            let n = status.vms.iter().filter(|vm| vm.state == *s).count();
-            (s.as_str().to_owned(), json!(n))
-        })
-        .collect();
-    let views: Vec<VmView<'_>> = status
-        .vms
-        .iter()
-        .map(|vm| VmView::new(vm, policy))
-        .collect();
-    let meta = &status.meta;
-    let now = state.pool.clock().now();
-    let breaker_open = meta.breaker_open_until.is_some_and(|until| until > now);
-    let fmt = |t: Option<OffsetDateTime>| {
-        t.and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-    };
-    Ok(Json(json!({
-        "counts": counts,
-        "vms": views,
-        "maxVms": policy.max_vms,
-        "buffer": {
-            "minStandby": policy.min_standby,
-            "target": meta.buffer_target.max(policy.min_standby),
-        },
-        "circuitBreaker": {
-            "open": breaker_open,
-            "openUntil": if breaker_open { fmt(meta.breaker_open_until) } else { None },
-            "reason": if breaker_open { meta.breaker_reason.clone() } else { None },
-            "consecutiveCreateFailures": meta.consecutive_create_failures,
-        },
-        "lastReconcileAt": fmt(meta.last_reconcile_at),
-        "lastReconcileSummary": meta.last_reconcile_summary,
-    })))
+    Ok(Json(PoolStatusView::new(
+        &status,
+        &state.policy,
+        state.clock.now(),
+    )))
 }
 
-/// The Functions timer: `{"Data": {"timer": {...}}, "Metadata": {...}}` in, the invocation
-/// envelope out. The timer's payload is read leniently; any JSON object will do.
+/// Metrics: the Prometheus text exposition.
+#[utoipa::path(get, path = "/api/Metrics", tag = "operations",
+    description = "Prometheus text exposition: VMs by state, buffer target, breaker, CreateVM outcomes and latency, ARM and table calls, reconcile passes.",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state
+        .metrics
+        .render(&state.pool, &state.policy, state.clock.now())
+        .await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// ReconcilePool: the Functions timer.
+#[utoipa::path(post, path = "/ReconcilePool", tag = "host",
+    description = "The Functions timer invocation. Always 200 once admitted: a failed pass has `ok: false` and the error in Logs. Standalone with VMPOOL_API_KEY set, it wants the key like every route but the probe and this document.",
+    request_body(content = Option<views::TimerInput>, description = "The timer invocation; any JSON object will do"),
+    responses(
+        (status = 200, description = "The invocation envelope", body = TimerAnswer),
+        (status = 400, description = "The body is not empty nor a JSON object", body = ErrorEnvelope),
+        (status = 401, description = "Standalone with VMPOOL_API_KEY set: no valid key", body = ErrorEnvelope),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn reconcile_timer(
     State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let invocation = input::object(&body)?;
-    let past_due = invocation
-        .get("Data")
-        .and_then(|d| d.as_object())
-        .and_then(|d| d.values().find_map(|t| t.get("IsPastDue")))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    invocation: TimerInvocation,
+) -> Json<TimerAnswer> {
     let mut logs = Vec::new();
-    if past_due {
+    if invocation.past_due {
         logs.push("timer is past due".to_owned());
     }
-    let return_value = match state.reconciler.run_once().await {
+    let return_value = match state.reconcile_pass().await {
         Ok(summary) => {
             logs.push(summary.line());
-            json!({"ok": true, "summary": summary})
+            PassResult {
+                ok: true,
+                summary: Some(summary),
+                error: None,
+            }
         }
         Err(e) => {
             error!(error = %e, "reconcile pass failed");
             logs.push(format!("reconcile pass failed: {e}"));
-            json!({"ok": false, "error": e.to_string()})
+            PassResult {
+                ok: false,
+                summary: None,
+                error: Some(e.to_string()),
+            }
         }
     };
-    info!(past_due, "timer invocation");
-    Ok(Json(
-        json!({"Outputs": {}, "Logs": logs, "ReturnValue": return_value}),
-    ))
+    info!(past_due = invocation.past_due, "timer invocation");
+    Json(TimerAnswer {
+        outputs: views::EmptyOutputs {},
+        logs,
+        return_value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_layer_and_the_case_insensitive_paths_know_every_route() {
+        for r in routes() {
+            assert_eq!(
+                auth::ANONYMOUS.contains(&r.path),
+                r.access == Access::Anonymous,
+                "{}",
+                r.path
+            );
+            assert_eq!(routing::canonical_path(r.path), Some(r.path));
+        }
+        assert_eq!(routing::PATHS.len(), routes().len());
+    }
 }

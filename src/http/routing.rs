@@ -18,6 +18,9 @@ pub const PATHS: &[&str] = &[
     "/api/MarkVMForDeallocation",
     "/api/GetAvailableVMs",
     "/api/GetPoolStatus",
+    "/api/openapi.json",
+    "/api/Metrics",
+    "/api/Dashboard",
 ];
 
 /// `router`, reached through paths in any case.

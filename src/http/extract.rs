@@ -1,0 +1,132 @@
+//! Typed extractors: each handler names the input it needs, and a request that does not
+//! provide it is refused with an [`ApiError`] before the handler runs. The rules themselves
+//! (what a valid `vmId` or `rooms` is, body or query string) live in [`super::input`].
+//!
+//! Bodies are read whatever their `Content-Type` (`curl -d` sends a form type), up to the
+//! router's 64 KiB limit; an empty body counts as `{}`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::input;
+use crate::domain::VmId;
+use crate::idempotency::IdempotencyKey;
+
+/// A request's JSON object body (empty counts as `{}`) and its query-string pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// The body's fields.
+    pub body: Map<String, Value>,
+    /// The query string's pairs, in order.
+    pub query: Vec<(String, String)>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Input {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let query = input::query_pairs(req.uri().query());
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::InvalidInput(format!("the body cannot be read: {}", e.body_text())),
+            })?;
+        Ok(Input {
+            body: input::object(&bytes)?,
+            query,
+        })
+    }
+}
+
+/// A body that is empty or a JSON object (CreateVM takes no input).
+#[derive(Debug, Clone, Copy)]
+pub struct NoInput;
+
+impl<S: Send + Sync> FromRequest<S> for NoInput {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Input::from_request(req, state).await.map(|_| NoInput)
+    }
+}
+
+/// CreateVM's optional `Idempotency-Key` header.
+#[derive(Debug, Clone)]
+pub struct IdempotencyHeader(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        IdempotencyKey::from_headers(&parts.headers)
+            .map(IdempotencyHeader)
+            .map_err(|e| ApiError::InvalidInput(e.to_string()))
+    }
+}
+
+/// `vmId` from the body or the query string.
+#[derive(Debug, Clone)]
+pub struct VmTarget {
+    /// The VM.
+    pub vm_id: VmId,
+}
+
+impl<S: Send + Sync> FromRequest<S> for VmTarget {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Input { body, query } = Input::from_request(req, state).await?;
+        Ok(VmTarget {
+            vm_id: input::vm_id(&body, &query)?,
+        })
+    }
+}
+
+/// `vmId` and `rooms` from the body or the query string.
+#[derive(Debug, Clone)]
+pub struct RoomsReport {
+    /// The VM.
+    pub vm_id: VmId,
+    /// Its open rooms, 0 to [`input::MAX_ROOMS`].
+    pub rooms: u32,
+}
+
+impl<S: Send + Sync> FromRequest<S> for RoomsReport {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Input { body, query } = Input::from_request(req, state).await?;
+        Ok(RoomsReport {
+            vm_id: input::vm_id(&body, &query)?,
+            rooms: input::rooms(&body, &query)?,
+        })
+    }
+}
+
+/// The Functions timer's invocation, `{"Data": {"<binding>": {...}}, "Metadata": {...}}`,
+/// read leniently: any JSON object will do.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerInvocation {
+    /// Whether the host says the timer is past due.
+    pub past_due: bool,
+}
+
+impl<S: Send + Sync> FromRequest<S> for TimerInvocation {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Input { body, .. } = Input::from_request(req, state).await?;
+        let past_due = body
+            .get("Data")
+            .and_then(Value::as_object)
+            .and_then(|d| d.values().find_map(|t| t.get("IsPastDue")))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok(TimerInvocation { past_due })
+    }
+}

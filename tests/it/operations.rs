@@ -1,0 +1,284 @@
+//! Operations routes: Prometheus metrics, the dashboard page, and their function definitions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use time::Duration;
+use vmpool::domain::{Purpose, VmId, VmRecord};
+use vmpool::metrics::{MeteredStore, Metrics};
+use vmpool::store::memory::MemoryStore;
+use vmpool::store::{Etag, VmStore, Written};
+
+use crate::support::spawn_sim;
+
+async fn text(app: &crate::support::TestApp, path: &str) -> (u16, String, String) {
+    let res = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let ctype = res.headers()["content-type"].to_str().unwrap().to_owned();
+    (status, ctype, res.text().await.unwrap())
+}
+
+/// The value of one sample line `name{labels} value` in the exposition.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_createvm_arm_table_and_reconcile_and_read_gauges_at_scrape() {
+    let sim = spawn_sim(&[("VMPOOL_MAX_VMS", "2"), ("VMPOOL_API_KEY", "k")]).await;
+    let app = &sim.app;
+    for _ in 0..2 {
+        assert_eq!(
+            app.send("POST", "/api/CreateVM?code=k", None).await.status,
+            202
+        );
+    }
+    let full = app.send("POST", "/api/CreateVM?code=k", None).await;
+    assert_eq!(full.status, 503);
+    sim.clock.advance(Duration::minutes(5));
+    let pass = app
+        .send(
+            "POST",
+            "/ReconcilePool?code=k",
+            Some(r#"{"Data":{},"Metadata":{}}"#),
+        )
+        .await;
+    assert_eq!(pass.json["ReturnValue"]["ok"], true);
+
+    assert_eq!(
+        text(app, "/api/Metrics").await.0,
+        401,
+        "metrics want the key"
+    );
+    let (status, ctype, m) = text(app, "/api/Metrics?code=k").await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+
+    assert_eq!(sample(&m, r#"vmpool_vms{state="Running"}"#), 2.0);
+    assert_eq!(sample(&m, r#"vmpool_vms{state="Creating"}"#), 0.0);
+    assert_eq!(sample(&m, r#"vmpool_vms{state="Failed"}"#), 0.0);
+    assert_eq!(sample(&m, "vmpool_max_vms"), 2.0);
+    assert_eq!(sample(&m, "vmpool_breaker_open"), 0.0);
+    assert!(sample(&m, "vmpool_buffer_target") >= 0.0);
+    assert_eq!(sample(&m, "vmpool_pool_status_up"), 1.0);
+    assert_eq!(
+        sample(&m, r#"vmpool_createvm_total{action="created",code="OK"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_createvm_total{action="none",code="CapacityExhausted"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_createvm_duration_seconds_count{result="ok"}"#),
+        2.0
+    );
+    assert!(m.contains(r#"vmpool_createvm_duration_seconds_bucket{result="ok",le="0.1"}"#));
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_arm_calls_total{operation="create",outcome="ok"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_arm_calls_total{operation="list",outcome="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_table_calls_total{operation="insert",outcome="ok"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_reconcile_passes_total{result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_reconcile_duration_seconds_count{result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_reconcile_actions_total{kind="completed"}"#),
+        2.0
+    );
+    assert!(m.contains("# HELP vmpool_arm_calls_total ARM calls by operation and outcome"));
+}
+
+#[tokio::test]
+async fn a_lost_race_is_counted_as_a_table_outcome_and_as_a_race() {
+    let metrics = Arc::new(Metrics::new());
+    let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+    let id = VmId::parse("vmpool-race").unwrap();
+    let vm = VmRecord::new_creating(
+        id,
+        "/x".into(),
+        Purpose::Matchmaker,
+        time::OffsetDateTime::UNIX_EPOCH,
+    );
+    assert!(matches!(store.insert(&vm).await.unwrap(), Written::Done(_)));
+    assert_eq!(store.insert(&vm).await.unwrap(), Written::LostRace);
+    let stale = Etag("stale".into());
+    assert_eq!(store.update(&vm, &stale).await.unwrap(), Written::LostRace);
+    let m = metrics.render_counters();
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_table_calls_total{operation="insert",outcome="lost_race"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_table_lost_races_total{operation="insert"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_table_lost_races_total{operation="update"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page_behind_the_key() {
+    let sim = spawn_sim(&[("VMPOOL_API_KEY", "k")]).await;
+    assert_eq!(text(&sim.app, "/api/Dashboard").await.0, 401);
+    let (status, ctype, page) = text(&sim.app, "/api/Dashboard?code=k").await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    assert!(page.contains("GetPoolStatus"), "it polls GetPoolStatus");
+    assert!(page.contains(r#"get("code")"#), "it forwards ?code=");
+    for outside in ["http://", "https://", "//cdn", "<link rel=\"stylesheet\""] {
+        assert!(!page.contains(outside), "the page loads {outside}");
+    }
+}
+
+fn definition(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("function-definitions")
+        .join(name)
+        .join("function.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_operations_functions_are_defined_and_routed_as_the_host_forwards_them() {
+    let sim = spawn_sim(&[("FUNCTIONS_WORKER_RUNTIME", "custom")]).await;
+    for (name, auth, route, ctype) in [
+        ("OpenApi", "anonymous", "openapi.json", "application/json"),
+        ("Metrics", "function", "Metrics", "text/plain"),
+        ("Dashboard", "function", "Dashboard", "text/html"),
+    ] {
+        let def = definition(name);
+        let trigger = &def["bindings"][0];
+        assert_eq!(trigger["type"], "httpTrigger", "{name}");
+        assert_eq!(trigger["authLevel"], auth, "{name}");
+        assert_eq!(trigger["methods"], serde_json::json!(["get"]), "{name}");
+        assert_eq!(def["bindings"][1]["type"], "http", "{name}");
+        let defined_route = trigger["route"].as_str().unwrap_or(name);
+        assert_eq!(defined_route, route, "{name}");
+        let (status, got, _) = text(&sim.app, &format!("/api/{route}?code=host-checked")).await;
+        assert_eq!(status, 200, "{name}");
+        assert!(got.starts_with(ctype), "{name}: {got}");
+    }
+}
+
+/// A log sink shared with the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_reconcile_pass_writes_one_json_log_line_with_its_figures() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let parts = crate::support::sim_parts(&[]);
+    parts.state.pool.create_vm().await.unwrap();
+    parts.clock.advance(Duration::minutes(5));
+    let summary = parts.state.reconcile_pass().await.unwrap();
+    assert_eq!(summary.completed, 1);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let passes: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["message"] == "reconcile pass measured")
+        .collect();
+    assert_eq!(passes.len(), 1, "{text}");
+    let pass = &passes[0];
+    assert_eq!(pass["ok"], true);
+    assert_eq!(pass["completed"], 1);
+    assert_eq!(pass["buffer_target"], summary.buffer_target);
+    assert_eq!(pass["errors"], 0);
+    assert!(pass["duration_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn with_storage_down_metrics_still_answer_and_say_so() {
+    let sim = spawn_sim(&[]).await;
+    assert_eq!(sim.app.create_vm().await.status, 202);
+    sim.store.set_unavailable(true);
+    assert_eq!(sim.app.create_vm().await.status, 503);
+    assert_eq!(sim.app.reconcile().await.json["ReturnValue"]["ok"], false);
+    let (status, _, m) = text(&sim.app, "/api/Metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&m, "vmpool_pool_status_up"), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"vmpool_createvm_total{action="none",code="Unavailable"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_reconcile_passes_total{result="error"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &m,
+            r#"vmpool_table_calls_total{operation="list",outcome="unavailable"}"#
+        ) >= 1.0
+    );
+    sim.store.set_unavailable(false);
+    let (_, _, m) = text(&sim.app, "/api/Metrics").await;
+    assert_eq!(sample(&m, "vmpool_pool_status_up"), 1.0);
+    assert_eq!(sample(&m, r#"vmpool_vms{state="Creating"}"#), 1.0);
+}
