@@ -74,6 +74,14 @@ pub struct PoolPolicy {
     pub breaker_failures: u32,
     /// ... for this long.
     pub breaker_cooldown: Duration,
+    /// How often the reconciler sweeps every VM's power state and adopts untracked pool VMs.
+    pub adopt_every: Duration,
+    /// When more than this share (percent) of the known VMs, and at least 3, vanish from
+    /// one listing, the reconciler acts on none of them.
+    pub vanish_brake_percent: u32,
+    /// A VM handed out that gets no report nor mark this long after it is `Running` goes
+    /// back to `Standby`.
+    pub claim_timeout: Duration,
 }
 
 impl Default for PoolPolicy {
@@ -92,6 +100,9 @@ impl Default for PoolPolicy {
             deallocate_timeout: Duration::from_secs(600),
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(600),
+            adopt_every: Duration::from_secs(300),
+            vanish_brake_percent: 10,
+            claim_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -452,6 +463,25 @@ impl Config {
                 "VMPOOL_BREAKER_COOLDOWN_SECS",
                 defaults.breaker_cooldown.as_secs(),
                 0,
+            )?,
+            adopt_every: seconds(
+                src,
+                "VMPOOL_ADOPT_EVERY_SECS",
+                defaults.adopt_every.as_secs(),
+                1,
+            )?,
+            vanish_brake_percent: number(
+                src,
+                "VMPOOL_VANISH_BRAKE_PERCENT",
+                defaults.vanish_brake_percent,
+                0,
+                100,
+            )?,
+            claim_timeout: seconds(
+                src,
+                "VMPOOL_CLAIM_TIMEOUT_SECS",
+                defaults.claim_timeout.as_secs(),
+                1,
             )?,
         };
         if policy.min_standby > policy.max_vms {

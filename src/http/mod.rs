@@ -222,7 +222,8 @@ async fn available(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let status = state.pool.status().await?;
+    let (status, meta) = tokio::join!(state.pool.status(), state.reconciler.record());
+    let (status, meta) = (status?, meta.map_err(crate::pool::PoolError::from)?);
     let policy = state.pool.policy();
     let counts: serde_json::Map<String, Value> = VmState::ALL
         .iter()
@@ -236,9 +237,8 @@ async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         .iter()
         .map(|vm| VmView::new(vm, policy))
         .collect();
-    let meta = &status.meta;
     let now = state.pool.clock().now();
-    let breaker_open = meta.breaker_open_until.is_some_and(|until| until > now);
+    let breaker_open = meta.breaker_open_at(now);
     let fmt = |t: Option<OffsetDateTime>| {
         t.and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -251,8 +251,9 @@ async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         "maxVms": policy.max_vms,
         "buffer": {
             "minStandby": policy.min_standby,
-            "target": meta.buffer_target.max(policy.min_standby),
+            "target": meta.effective_buffer_target(policy),
         },
+        "observation": {"suspect": meta.observation_suspect(), "missing": meta.vanished},
         "circuitBreaker": {
             "open": breaker_open,
             "openUntil": if breaker_open { fmt(meta.breaker_open_until) } else { None },

@@ -132,26 +132,46 @@ async fn every_operation_round_trips_through_the_fake() {
 
     f.clock.advance(Span::seconds(150));
     assert!(arm.status(&vm).await.unwrap().unwrap().is_up());
+    // The resource group's list: tags and provisioning, no power state.
     let listed = arm.list().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].0, vm);
-    assert!(listed[0].1.is_up());
+    assert_eq!(listed[0].name, vm);
+    assert!(listed[0].tagged);
+    assert_eq!(listed[0].status.provisioning, Provisioning::Succeeded);
+    assert_eq!(listed[0].status.power, Power::Unknown);
+    assert!(
+        listed[0]
+            .resource_id
+            .eq_ignore_ascii_case(&arm.resource_id(&vm))
+    );
     let list_req = f.fake.accepted(FakeOp::ListVms);
     assert!(
-        list_req[0].query.contains("statusOnly=true"),
+        list_req[0].path.contains("/resourceGroups/games/"),
         "{list_req:?}"
     );
+    // The subscription's statusOnly list: power states, no tags.
+    let power = arm.list_power().await.unwrap();
+    assert_eq!(power.len(), 1);
+    assert!(power[0].status.is_up());
+    assert!(!power[0].tagged);
     assert!(
-        !list_req[0].path.contains("resourceGroups"),
-        "one subscription-wide call"
+        f.fake.accepted(FakeOp::ListVms)[1]
+            .query
+            .contains("statusOnly=true")
     );
+    // The public IP is found by following IDs, not by guessing names.
     let ip = arm.public_ip(&vm).await.unwrap().unwrap();
     assert_eq!(
         Some(ip.clone()),
         f.fake.cloud().get("pool1-vm1").unwrap().unwrap().public_ip
     );
     let ip_req = f.fake.accepted(FakeOp::GetPublicIp);
-    assert!(ip_req[0].path.ends_with("/publicIPAddresses/pool1-vm1-ip"));
+    assert!(!ip_req[0].path.contains("pool1-vm1"), "{ip_req:?}");
+    assert!(
+        !f.fake.accepted(FakeOp::GetNic)[0]
+            .path
+            .contains("pool1-vm1")
+    );
 
     arm.deallocate(&vm).await.unwrap();
     assert_eq!(f.fake.accepted(FakeOp::Deallocate)[0].status, 202);
@@ -197,7 +217,7 @@ async fn every_operation_round_trips_through_the_fake() {
 }
 
 #[tokio::test]
-async fn the_list_pages_and_keeps_to_its_own_pool_and_resource_group() {
+async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() {
     let f = spawn_fake(2).await;
     let mine = adapter(&f, "mine");
     let theirs = adapter(&f, "theirs");
@@ -219,14 +239,15 @@ async fn the_list_pages_and_keeps_to_its_own_pool_and_resource_group() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(id, _)| id.to_string())
+        .filter(|l| l.tagged)
+        .map(|l| l.name.to_string())
         .collect();
     names.sort();
     assert_eq!(names, ["mine-0", "mine-1", "mine-2", "mine-3", "mine-4"]);
     assert_eq!(
         f.fake.accepted(FakeOp::ListVms).len(),
-        4,
-        "7 VMs in pages of 2"
+        3,
+        "6 VMs of the resource group in pages of 2"
     );
     assert!(f.fake.accepted(FakeOp::GetVm).is_empty(), "no GET per VM");
 }
@@ -326,8 +347,12 @@ async fn provisioning_that_ends_failed_is_reported_with_its_code() {
         s.provisioning,
         Provisioning::Failed("AllocationFailed: no capacity for this size".into())
     );
+    // The resource group's list says Failed without the instance view's detail.
     let listed = arm.list().await.unwrap();
-    assert_eq!(listed[0].1.provisioning, s.provisioning);
+    assert!(matches!(
+        listed[0].status.provisioning,
+        Provisioning::Failed(_)
+    ));
 }
 
 #[tokio::test]
@@ -527,11 +552,43 @@ async fn the_fake_speaks_arm() {
         j["properties"]["instanceView"]["statuses"][1]["code"],
         "PowerState/stopped"
     );
-    let ip_url = format!(
+    // The NIC and public IP have names of ARM's own: the guessed name is not found, the
+    // IDs ARM returns lead to them.
+    let guessed = format!(
         "{}/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Network/publicIPAddresses/hand-1-ip?api-version=2024-05-01",
         f.base
     );
-    let (s, _, j) = send(M::GET, ip_url, None, true).await;
+    assert_eq!(send(M::GET, guessed, None, true).await.0, 404);
+    let (_, _, vm_json) = send(
+        M::GET,
+        format!("{vm_url}?api-version=2024-07-01"),
+        None,
+        true,
+    )
+    .await;
+    let nic_id = vm_json["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _, nic) = send(
+        M::GET,
+        format!("{}{nic_id}?api-version=2024-05-01", f.base),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ip_id = nic["properties"]["ipConfigurations"][0]["properties"]["publicIPAddress"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _, j) = send(
+        M::GET,
+        format!("{}{ip_id}?api-version=2024-05-01", f.base),
+        None,
+        true,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(j["properties"]["publicIPAllocationMethod"], "Static");
     assert!(j["properties"]["ipAddress"].is_string());
@@ -696,9 +753,15 @@ async fn vmpool_drives_the_fake_end_to_end() {
             .ends_with(&format!("/virtualMachines/{vm}/start"))
     );
     assert_eq!(f.fake.accepted(FakeOp::PutVm).len(), 1, "no second VM");
+    let gets: std::collections::HashSet<String> = f
+        .fake
+        .accepted(FakeOp::GetVm)
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
     assert!(
-        f.fake.accepted(FakeOp::GetVm).is_empty(),
-        "the reconciler lists, never GETs each VM"
+        gets.iter().all(|p| p.contains(&vm)),
+        "the reconciler lists, and GETs only the VM in flight: {gets:?}"
     );
 }
 

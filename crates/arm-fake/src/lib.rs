@@ -12,14 +12,23 @@
 //!   `{"status": "InProgress" | "Succeeded" | "Failed", "error": ...}`.
 //! - GET a VM (`$expand=instanceView`), its `/instanceView`, the resource-group list and the
 //!   subscription list (`statusOnly=true` adds each instance view), paged with `nextLink`.
-//! - GET a public IP created by a VM PUT's `publicIPAddressConfiguration`.
+//! - GET the NIC and the public IP a VM PUT's `networkInterfaceConfigurations` create, under
+//!   names of the fake's own (Azure does not document them): follow the VM's
+//!   `networkInterfaces[].id`, then the NIC's `ipConfigurations[].publicIPAddress.id`.
+//! - `statusOnly=true` lists carry the instance view but no tags and no network profile
+//!   (the harsher reading of field reports; [`FakeSettings::status_only_tags`] restores
+//!   them), and `$expand=instanceView` on a resource group's list without `$filter` is a 400.
 //! - Every request needs `Authorization: Bearer <token>` and a known `api-version`; a PUT body
 //!   must carry what ARM requires (location, size, image, OS profile with an SSH key when
 //!   password authentication is off, a network profile), or it gets ARM's 400 envelope.
 //!   Paths are matched case-insensitively, as ARM does. No input makes it panic.
 //! - Scripted faults ([`ArmFake::fail_next`], [`ArmFake::delay_next`],
-//!   [`ArmFake::provisioning_fails_next`], [`ArmFake::delete_behind_our_back`]), also reachable
-//!   over HTTP under `/_fake/`; every request is recorded ([`ArmFake::requests`]).
+//!   [`ArmFake::provisioning_fails_next`], [`ArmFake::delete_behind_our_back`],
+//!   [`ArmFake::hide`], [`ArmFake::short_pages`]), also reachable over HTTP under `/_fake/`
+//!   (`POST /_fake/hide` `{"vm": "<name>" | null, "secs": N}`: missing from list responses
+//!   for N seconds of the fake's clock while point GETs still find it; `POST
+//!   /_fake/short-pages` `{"times": N}`: the next N list responses end early, their last VMs
+//!   and their nextLink dropped); every request is recorded ([`ArmFake::requests`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -83,6 +92,8 @@ pub enum FakeOp {
     OperationStatus,
     /// GET a public IP address.
     GetPublicIp,
+    /// GET a network interface.
+    GetNic,
 }
 
 /// An error answer to script.
@@ -173,6 +184,10 @@ pub struct FakeSettings {
     pub page_size: usize,
     /// `Retry-After` on accepted long-running operations, in seconds.
     pub retry_after_secs: u64,
+    /// Whether `statusOnly=true` lists carry tags and the network profile. Field reports
+    /// say they do not (azure-sdk-for-go #18565), so by default they do not; this switch
+    /// keeps the older, kinder behaviour for a test that needs it.
+    pub status_only_tags: bool,
 }
 
 impl Default for FakeSettings {
@@ -183,6 +198,7 @@ impl Default for FakeSettings {
             location: "westeurope".into(),
             page_size: 50,
             retry_after_secs: 10,
+            status_only_tags: false,
         }
     }
 }
@@ -201,6 +217,17 @@ struct StoredVm {
     body: Value,
     vm_id: String,
     created: OffsetDateTime,
+    /// The NICs ARM created from the body's `networkInterfaceConfigurations`, under names
+    /// of its own (Azure does not document them, so nothing may guess them).
+    nics: Vec<CreatedNic>,
+}
+
+/// A NIC the fake created for a VM, with the IP configuration and public IP under it.
+#[derive(Debug, Clone)]
+struct CreatedNic {
+    name: String,
+    ip_config: String,
+    public_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +253,20 @@ struct FakeState {
     next_op: u64,
     scripts: Vec<(FakeOp, Scripted)>,
     requests: Vec<Recorded>,
+    /// VMs (by lowercase name; `None`: every VM) missing from list responses until then.
+    hidden: Vec<(Option<String>, OffsetDateTime)>,
+    /// List responses still to end early.
+    short_pages: u32,
+}
+
+/// A name ARM might give: a prefix and random letters and digits nothing can derive.
+fn unguessable(prefix: &str) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let tail: String = (0..12)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect();
+    format!("{prefix}-{tail}")
 }
 
 /// The fake: a [`SimCloud`] served in ARM's shapes.
@@ -584,6 +625,11 @@ enum Target {
         rg: String,
         name: String,
     },
+    Nic {
+        sub: String,
+        rg: String,
+        name: String,
+    },
 }
 
 impl Target {
@@ -697,6 +743,20 @@ impl Target {
                 rg: s(3),
                 name: s(7),
             }),
+            [
+                "subscriptions",
+                _,
+                "resourcegroups",
+                _,
+                "providers",
+                "microsoft.network",
+                "networkinterfaces",
+                _,
+            ] if method == Method::GET => Some(Target::Nic {
+                sub: s(1),
+                rg: s(3),
+                name: s(7),
+            }),
             _ => None,
         }
     }
@@ -714,6 +774,7 @@ impl Target {
             Target::List { .. } => FakeOp::ListVms,
             Target::OperationStatus { .. } => FakeOp::OperationStatus,
             Target::PublicIp { .. } => FakeOp::GetPublicIp,
+            Target::Nic { .. } => FakeOp::GetNic,
         })
     }
 
@@ -724,7 +785,8 @@ impl Target {
             | Target::Action { sub, .. }
             | Target::List { sub, .. }
             | Target::OperationStatus { sub, .. }
-            | Target::PublicIp { sub, .. } => sub,
+            | Target::PublicIp { sub, .. }
+            | Target::Nic { sub, .. } => sub,
         }
     }
 }
@@ -827,6 +889,22 @@ impl ArmFake {
         self.lock().requests.clear();
     }
 
+    /// Hides `vm` (`None`: every VM) from list responses for `secs` seconds of the fake's
+    /// clock; point GETs still find it.
+    pub fn hide(&self, vm: Option<&str>, secs: u64) {
+        let until = self.cloud.clock().now()
+            + time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2));
+        self.lock()
+            .hidden
+            .push((vm.map(str::to_ascii_lowercase), until));
+    }
+
+    /// The next `times` list responses end early: their last VMs and their nextLink are
+    /// dropped.
+    pub fn short_pages(&self, times: u32) {
+        self.lock().short_pages = times;
+    }
+
     /// The router: ARM's paths (as a fallback, matched case-insensitively) and `/_fake/`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -838,6 +916,8 @@ impl ArmFake {
                 post(admin_provisioning_failure),
             )
             .route("/_fake/vms/{name}", delete(admin_delete_vm))
+            .route("/_fake/hide", post(admin_hide))
+            .route("/_fake/short-pages", post(admin_short_pages))
             .fallback(dispatch)
             .with_state(self.clone())
     }
@@ -975,6 +1055,19 @@ impl ArmFake {
     }
 
     fn vm_json(&self, vm: &StoredVm, view: &SimVmView, with_instance_view: bool) -> Value {
+        self.vm_json_as(vm, view, with_instance_view, false)
+    }
+
+    /// A VM as ARM shows it; `status_only` as the `statusOnly=true` list shows it: the
+    /// instance view and little else (no tags, no network profile), unless the settings
+    /// keep them.
+    fn vm_json_as(
+        &self,
+        vm: &StoredVm,
+        view: &SimVmView,
+        with_instance_view: bool,
+        status_only: bool,
+    ) -> Value {
         let mut props: Map<String, Value> = vm
             .body
             .get("properties")
@@ -985,8 +1078,10 @@ impl ArmFake {
             os.remove("adminPassword");
             os.insert("secrets".into(), json!([]));
         }
-        let nic_ids: Vec<Value> = nic_names(&vm.body)
-            .into_iter()
+        let nic_ids: Vec<Value> = vm
+            .nics
+            .iter()
+            .map(|nic| &nic.name)
             .map(|nic| {
                 json!({
                     "id": format!(
@@ -1021,6 +1116,17 @@ impl ArmFake {
             .iter()
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
+        if status_only && !self.settings.status_only_tags {
+            props
+                .retain(|k, _| matches!(k.as_str(), "instanceView" | "vmId" | "provisioningState"));
+            return json!({
+                "name": vm.name,
+                "id": self.vm_id(vm),
+                "type": "Microsoft.Compute/virtualMachines",
+                "location": vm.location,
+                "properties": props
+            });
+        }
         json!({
             "name": vm.name,
             "id": self.vm_id(vm),
@@ -1064,6 +1170,7 @@ impl ArmFake {
             Target::List { rg, .. } => self.list(rg.as_deref(), query, base),
             Target::OperationStatus { id, .. } => self.operation_status(&id, query, base),
             Target::PublicIp { rg, name, .. } => self.public_ip(&rg, &name),
+            Target::Nic { rg, name, .. } => self.nic(&rg, &name),
         }
     }
 
@@ -1136,7 +1243,18 @@ impl ArmFake {
                     body: Value::Null,
                     vm_id: guid(name, n),
                     created: now,
+                    nics: Vec::new(),
                 });
+            if created || entry.nics.is_empty() {
+                entry.nics = public_ips(&parsed)
+                    .into_iter()
+                    .map(|(_, ip_config, pip)| CreatedNic {
+                        name: unguessable("nic"),
+                        ip_config,
+                        public_ip: (!pip.is_empty()).then(|| unguessable("pip")),
+                    })
+                    .collect();
+            }
             if created {
                 entry.vm_id = guid(name, n + 1000);
                 entry.created = now;
@@ -1234,9 +1352,24 @@ impl ArmFake {
             Ok(views) => views,
             Err(e) => return from_sim_error(&e),
         };
-        let stored = self.lock().vms.clone();
+        let now = self.cloud.clock().now();
+        let (stored, hidden, short) = {
+            let mut state = self.lock();
+            state.hidden.retain(|(_, until)| *until > now);
+            let short = state.short_pages > 0;
+            if short {
+                state.short_pages -= 1;
+            }
+            (state.vms.clone(), state.hidden.clone(), short)
+        };
         let all: Vec<(StoredVm, SimVmView)> = views
             .into_iter()
+            .filter(|view| {
+                let name = view.name.to_ascii_lowercase();
+                !hidden
+                    .iter()
+                    .any(|(vm, _)| vm.as_ref().is_none_or(|vm| *vm == name))
+            })
             .filter_map(|view| {
                 let vm = stored.get(&view.name.to_ascii_lowercase())?.clone();
                 if let Some(rg) = rg
@@ -1252,14 +1385,18 @@ impl ArmFake {
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
         let size = self.settings.page_size.max(1);
-        let page: Vec<Value> = all
+        let mut page: Vec<Value> = all
             .iter()
             .skip(skip)
             .take(size)
-            .map(|(vm, view)| self.vm_json(vm, view, status_only || expand))
+            .map(|(vm, view)| self.vm_json_as(vm, view, status_only || expand, status_only))
             .collect();
+        if short {
+            // The page ends early: its last VMs and its nextLink are dropped.
+            page.truncate(page.len() / 2);
+        }
         let mut body = json!({ "value": page });
-        if skip.saturating_add(size) < all.len() {
+        if !short && skip.saturating_add(size) < all.len() {
             let path = match rg {
                 Some(rg) => format!(
                     "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines",
@@ -1357,17 +1494,72 @@ impl ArmFake {
         json_answer(StatusCode::OK, &body)
     }
 
-    fn public_ip(&self, rg: &str, name: &str) -> Answer {
-        let wanted = name.to_ascii_lowercase();
-        let owner = self.lock().vms.values().find_map(|vm| {
+    /// The VM and NIC that own a NIC or public IP of this name in `rg`.
+    fn owner(&self, rg: &str, is: impl Fn(&CreatedNic) -> bool) -> Option<(StoredVm, CreatedNic)> {
+        self.lock().vms.values().find_map(|vm| {
             if !vm.resource_group.eq_ignore_ascii_case(rg) {
                 return None;
             }
-            public_ips(&vm.body)
-                .into_iter()
-                .find(|(_, _, pip)| pip.to_ascii_lowercase() == wanted)
-                .map(|(nic, ipc, pip)| (vm.clone(), nic, ipc, pip))
+            vm.nics
+                .iter()
+                .find(|nic| is(nic))
+                .map(|nic| (vm.clone(), nic.clone()))
+        })
+    }
+
+    fn nic(&self, rg: &str, name: &str) -> Answer {
+        let Some((vm, nic)) = self.owner(rg, |nic| nic.name.eq_ignore_ascii_case(name)) else {
+            return not_found("Microsoft.Network/networkInterfaces", name, rg);
+        };
+        if !matches!(self.view(&vm.name), Ok(Some(_))) {
+            return not_found("Microsoft.Network/networkInterfaces", name, rg);
+        }
+        let sub = &self.settings.subscription_id;
+        let base = format!(
+            "/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network",
+            vm.resource_group
+        );
+        let mut ipc_props = json!({
+            "privateIPAddress": "10.0.0.4",
+            "privateIPAllocationMethod": "Dynamic",
+            "primary": true,
+            "provisioningState": "Succeeded"
         });
+        if let Some(pip) = &nic.public_ip {
+            ipc_props["publicIPAddress"] = json!({"id": format!("{base}/publicIPAddresses/{pip}")});
+        }
+        json_answer(
+            StatusCode::OK,
+            &json!({
+                "name": nic.name,
+                "id": format!("{base}/networkInterfaces/{}", nic.name),
+                "location": vm.location,
+                "type": "Microsoft.Network/networkInterfaces",
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "ipConfigurations": [{
+                        "name": nic.ip_config,
+                        "id": format!("{base}/networkInterfaces/{}/ipConfigurations/{}", nic.name, nic.ip_config),
+                        "properties": ipc_props
+                    }],
+                    "virtualMachine": {"id": self.vm_id(&vm)},
+                    "primary": true
+                }
+            }),
+        )
+    }
+
+    fn public_ip(&self, rg: &str, name: &str) -> Answer {
+        let owner = self
+            .owner(rg, |nic| {
+                nic.public_ip
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(name))
+            })
+            .and_then(|(vm, nic)| {
+                let pip = nic.public_ip.clone()?;
+                Some((vm, nic.name, nic.ip_config, pip))
+            });
         let Some((vm, nic, ipc, pip)) = owner else {
             return not_found("Microsoft.Network/publicIPAddresses", name, rg);
         };
@@ -1406,17 +1598,6 @@ impl ArmFake {
     fn record(&self, entry: Recorded) {
         self.lock().requests.push(entry);
     }
-}
-
-fn nic_names(body: &Value) -> Vec<String> {
-    body.pointer("/properties/networkProfile/networkInterfaceConfigurations")
-        .and_then(Value::as_array)
-        .map(|nics| {
-            nics.iter()
-                .filter_map(|n| n.get("name")?.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// (NIC, IP configuration, public IP) names a VM body asks ARM to create.
@@ -1480,7 +1661,7 @@ fn api_version_ok(target: &Target, query: &HashMap<String, String>) -> Result<()
         )));
     };
     let known = match target {
-        Target::PublicIp { .. } => NETWORK_API_VERSIONS,
+        Target::PublicIp { .. } | Target::Nic { .. } => NETWORK_API_VERSIONS,
         _ => COMPUTE_API_VERSIONS,
     };
     if known.contains(&version.as_str()) {
@@ -1620,8 +1801,41 @@ struct ProvisioningFailureRequest {
     message: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HideRequest {
+    vm: Option<String>,
+    secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShortPagesRequest {
+    times: u32,
+}
+
 fn one() -> u32 {
     1
+}
+
+async fn admin_hide(State(fake): State<Arc<ArmFake>>, body: axum::body::Bytes) -> Response {
+    match parse_admin::<HideRequest>(&body) {
+        Ok(r) => {
+            fake.hide(r.vm.as_deref(), r.secs.min(86_400 * 365));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+async fn admin_short_pages(State(fake): State<Arc<ArmFake>>, body: axum::body::Bytes) -> Response {
+    match parse_admin::<ShortPagesRequest>(&body) {
+        Ok(r) => {
+            fake.short_pages(r.times);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
 }
 
 fn parse_admin<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
