@@ -634,10 +634,13 @@ pub fn complete_deallocating(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRec
     Ok(next)
 }
 
-/// An ARM operation failed or timed out: the VM goes `Failed` with the error recorded.
+/// An ARM operation failed or timed out: the VM goes `Failed` with the error (and the
+/// attempts made) recorded.
 pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(VmState::Failed, None, now);
     next.last_error = Some(error.to_owned());
+    // Kept as history: how often the failed operation was issued.
+    next.attempts = vm.attempts;
     next
 }
 

@@ -10,6 +10,7 @@ mod support;
 mod api;
 mod arm;
 mod host;
+mod observation;
 mod reconcile;
 mod router;
 mod store_contract;

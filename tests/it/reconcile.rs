@@ -640,11 +640,11 @@ async fn sim_rig(vars: &[(&str, &str)]) -> Rig {
 }
 
 /// In memory, the real ARM client against the ARM fake over HTTP.
-async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
+pub(crate) async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
     arm_rig_on(Arc::new(MemoryStore::new()), vars).await
 }
 
-async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
+pub(crate) async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
     use vmpool::compute::arm::ArmCompute;
     use vmpool_arm_fake::{FakeOp, HttpFault};
 
