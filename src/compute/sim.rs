@@ -1,6 +1,6 @@
 //! A simulated Azure: VMs whose provisioning and power states move on a [`Clock`] with
 //! ARM-like latencies. [`SimulatedCompute`] serves it in process (the embedded default and
-//! unit tests); the ARM fake in [`crate::arm_fake`] serves the same model over HTTP.
+//! unit tests); the ARM fake (`crates/arm-fake`) serves the same model over HTTP.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
