@@ -541,3 +541,72 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
     }
     observed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Purpose, VmRecord};
+    use crate::store::Etag;
+
+    fn row(name: &str) -> Versioned {
+        let id = VmId::parse(name).unwrap();
+        Versioned {
+            vm: VmRecord::new_creating(
+                id,
+                format!(
+                    "/subscriptions/s/resourceGroups/Games/providers/Microsoft.Compute/virtualMachines/{name}"
+                ),
+                Purpose::Buffer,
+                time::macros::datetime!(2026-01-01 00:00 UTC),
+            ),
+            etag: Etag("e".into()),
+        }
+    }
+
+    fn listed(name: &str, rg: &str, power: Power, tagged: bool) -> Listed {
+        Listed {
+            name: VmId::parse(name).unwrap(),
+            resource_id: format!(
+                "/subscriptions/s/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            status: VmStatus {
+                provisioning: Provisioning::Succeeded,
+                power,
+            },
+            tagged,
+        }
+    }
+
+    #[test]
+    fn listings_match_rows_by_resource_id_ignoring_case_and_adopt_only_on_a_sweep() {
+        let rows = [row("a"), row("b")];
+        let listing = vec![
+            listed("a", "GAMES", Power::Unknown, false),
+            listed("ghost", "games", Power::Unknown, true),
+            listed("stray", "games", Power::Unknown, false),
+        ];
+        let plain = observe(&rows, listing.clone(), None);
+        assert_eq!(plain.arm.len(), 1);
+        assert_eq!(plain.arm[&rows[0].vm.id].power, Power::Unknown);
+        assert!(plain.untracked.is_empty(), "no adoption between sweeps");
+
+        let swept = vec![
+            listed("a", "games", Power::Running, false),
+            listed("b", "games", Power::Deallocated, false),
+            listed("ghost", "Games", Power::Running, false),
+        ];
+        let full = observe(&rows, listing, Some(&swept));
+        assert_eq!(full.arm[&rows[0].vm.id].power, Power::Running);
+        assert_eq!(
+            full.arm[&rows[1].vm.id].power,
+            Power::Deallocated,
+            "seen by the sweep though the listing missed it"
+        );
+        let adopt: Vec<&str> = full.untracked.iter().map(|u| u.0.as_str()).collect();
+        assert_eq!(
+            adopt,
+            ["ghost"],
+            "tagged only; the untagged stray is not the pool's"
+        );
+    }
+}
