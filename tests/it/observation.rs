@@ -405,59 +405,56 @@ async fn another_instance_takes_over_once_the_lease_expires() {
     assert!(rig.pass().await.skipped);
 }
 
-/// A writer for the JSON log that keeps every line in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+#[tokio::test]
+async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
+    let rig = arm_rig(&[("VMPOOL_ADOPT_EVERY_SECS", "3600")]).await;
+    let f = fake(&rig);
+    running(&rig, 6).await;
+    // Two in flight: one create, one deallocate.
+    rig.pool.create_vm().await.unwrap();
+    let leaving = rig.pool.available().await.unwrap()[0].id.clone();
+    rig.pool.mark_for_deallocation(&leaving).await.unwrap();
+    rig.pool.report_rooms(&leaving, 0).await.unwrap();
+    f.clear_requests();
+    rig.advance(10);
+    let s = rig.pass().await;
+    let reads = |op| f.requests().iter().filter(|r| r.op == Some(op)).count();
+    assert_eq!(reads(FakeOp::ListVms), 1, "8 VMs fit one page");
+    assert!(
+        f.requests()
+            .iter()
+            .filter(|r| r.op == Some(FakeOp::ListVms))
+            .all(|r| r.path.contains("/resourceGroups/")),
+        "scoped to the pool's resource group"
+    );
+    assert!(reads(FakeOp::GetVm) <= 2, "{}", s.line());
+    assert_eq!(u32::try_from(reads(FakeOp::GetVm)).unwrap(), s.point_reads);
 }
 
 #[tokio::test]
-async fn each_pass_that_ran_logs_its_start_and_end_and_a_skipped_one_says_so() {
-    use time::OffsetDateTime;
-    use time::format_description::well_known::Rfc3339;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
-    let other = Reconciler::new(rig.pool.clone());
+async fn a_claim_never_used_goes_back_to_the_buffer() {
+    let rig = arm_rig(&[
+        ("VMPOOL_MIN_STANDBY", "1"),
+        ("VMPOOL_CLAIM_TIMEOUT_SECS", "600"),
+    ])
+    .await;
     rig.pass().await;
-    rig.advance(10);
+    rig.advance(180);
     rig.pass().await;
-    assert!(other.run_once().await.unwrap().skipped);
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let passes: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["fields"]["message"] == "reconcile pass")
-        .collect();
-    assert_eq!(passes.len(), 2, "one line per pass that ran");
-    for pass in passes {
-        let at = |field: &str| {
-            OffsetDateTime::parse(pass["fields"][field].as_str().unwrap(), &Rfc3339).unwrap()
-        };
-        assert!(at("pass_started_at") <= at("pass_finished_at"));
-    }
-    assert!(
-        lines.iter().any(|l| l["level"] == "DEBUG"
-            && l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("another instance holds the reconcile lease"))),
-        "the skipped pass says so at debug level"
-    );
+    let used = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.pool.report_rooms(&used, 1).await.unwrap();
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let unused = rig.pool.create_vm().await.unwrap();
+    assert_eq!(unused.action, "standby");
+    let unused = unused.vm.id;
+    rig.advance(599);
+    rig.pass().await;
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Running);
+    rig.advance(1);
+    let s = rig.pass().await;
+    assert_eq!(s.unclaimed, 1, "{}", s.line());
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Standby);
+    assert_eq!(row(&rig, &used).await.unwrap().state, VmState::Running);
 }
