@@ -129,8 +129,8 @@ pub enum ReconcileError {
 /// How many point reads run at once.
 const READS_AT_ONCE: usize = 8;
 
-/// The lease lasts this many default reconcile periods (10 s), renewed every pass and
-/// whenever a third of it is left during a long pass.
+/// How long the reconcile lease lasts unless renewed: six default reconcile periods of 10 s.
+/// It is renewed every pass, and during a long pass whenever a third of it is left.
 pub const DEFAULT_LEASE_TTL: time::Duration = time::Duration::seconds(60);
 
 /// Runs reconcile passes against a pool: one at a time in this process (a mutex), and one
@@ -155,10 +155,10 @@ impl Reconciler {
     /// A reconciler for `pool`, with a lease holder name of its own.
     pub fn new(pool: Arc<Pool>) -> Self {
         use rand::Rng;
-        let holder: String = (0..16)
-            .map(|_| {
-                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::rng().random_range(0..36)])
-            })
+        let holder: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(16)
+            .map(char::from)
             .collect();
         Reconciler {
             pool,

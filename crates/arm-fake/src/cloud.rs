@@ -79,9 +79,10 @@ pub(crate) struct FakeState {
 /// A name ARM might give: a prefix and random letters and digits nothing can derive.
 pub(crate) fn unguessable(prefix: &str) -> String {
     use rand::Rng;
-    let mut rng = rand::rng();
-    let tail: String = (0..12)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+    let tail: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(|b| char::from(b).to_ascii_lowercase())
         .collect();
     format!("{prefix}-{tail}")
 }
