@@ -372,26 +372,36 @@ impl Reconciler {
             }
             Action::Reissue(row) => {
                 let next = domain::reissue(&row.vm, now);
-                if self.write(&row, &next, summary).await? {
-                    let id = &row.vm.id;
-                    let answer = match (row.vm.state, row.vm.operation) {
-                        (VmState::Creating, Some(Operation::Create)) => compute.create(id).await,
-                        (VmState::Creating, _) => compute.start(id).await,
-                        (VmState::Deallocating, _) => match compute.deallocate(id).await {
-                            Err(ComputeError::NotFound) => Ok(()),
-                            other => other,
-                        },
-                        _ => Ok(()),
-                    };
-                    if let Err(e) = answer {
-                        if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                            meta.create_failed(&e.to_string(), now, policy);
-                        }
-                        return Err(e.into());
+                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                    summary.lost_races += 1;
+                    return Ok(());
+                };
+                let id = &row.vm.id;
+                let answer = match (row.vm.state, row.vm.operation) {
+                    (VmState::Creating, Some(Operation::Create)) => compute.create(id).await,
+                    (VmState::Creating, _) => compute.start(id).await,
+                    (VmState::Deallocating, _) => match compute.deallocate(id).await {
+                        Err(ComputeError::NotFound) => Ok(()),
+                        other => other,
+                    },
+                    _ => Ok(()),
+                };
+                if let Err(e) = answer {
+                    if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
+                        meta.create_failed(&e.to_string(), now, policy);
                     }
-                    info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
-                    summary.reissued += 1;
+                    // Kept on the row, so the failure after the last attempt says why.
+                    let noted = domain::VmRecord {
+                        last_error: Some(crate::store::truncate(&e.to_string())),
+                        ..next
+                    };
+                    if let Err(store) = pool.store().update(&noted, &etag).await {
+                        warn!(vm.id = %id, error = %store, "could not record the ARM refusal");
+                    }
+                    return Err(e.into());
                 }
+                info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
+                summary.reissued += 1;
             }
             Action::StartForBuffer(row) => {
                 pool.add_to_buffer(Some(&row)).await?;

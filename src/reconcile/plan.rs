@@ -520,7 +520,13 @@ pub fn settle(
             )),
             _ if out_of_attempts => Some(Action::Fail(
                 row.clone(),
-                format!("the {what} did not take after {} attempts", vm.attempts),
+                match &vm.last_error {
+                    Some(last) => format!(
+                        "the {what} did not take after {} attempts; last: {last}",
+                        vm.attempts
+                    ),
+                    None => format!("the {what} did not take after {} attempts", vm.attempts),
+                },
             )),
             // The create never reached ARM (a crash or a fault between row and call).
             Seen::Gone if vm.operation == Some(Operation::Create) && settled => {

@@ -241,6 +241,10 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
             .unwrap()
             .contains("3 creates failed in a row")
     );
+    assert!(
+        failed.last_error.unwrap().contains("OperationNotAllowed"),
+        "the failure says why"
+    );
 }
 
 #[tokio::test]
