@@ -24,7 +24,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
-use crate::domain::{self, AdoptedAs, Operation, VmId, VmState};
+use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, Written};
 
@@ -498,12 +498,13 @@ impl Reconciler {
 
 /// Matches what ARM listed to the rows by resource ID (compared case-insensitively, as ARM
 /// does): the rows' statuses, with the sweep's power states merged in, and on a sweep the
-/// pool VMs (by the pool tag of the resource group's listing) that have no row.
+/// pool VMs (by the pool tag of the resource group's listing) that have no row. VMs in
+/// flight keep the listing's status without the sweep's power state, whose list may lag:
+/// their outcome is confirmed by point reads.
 pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<Listed>>) -> Observed {
-    let by_id: HashMap<String, &VmId> = rows
-        .iter()
-        .map(|r| (lower(&r.vm.resource_id), &r.vm.id))
-        .collect();
+    let by_id: HashMap<String, &Versioned> =
+        rows.iter().map(|r| (lower(&r.vm.resource_id), r)).collect();
+    let in_flight = |r: &Versioned| matches!(r.vm.state, VmState::Creating | VmState::Deallocating);
     let power: HashMap<String, &VmStatus> = swept
         .into_iter()
         .flatten()
@@ -524,8 +525,11 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
         let key = lower(&l.resource_id);
         seen.insert(key.clone());
         match by_id.get(&key) {
-            Some(id) => {
-                observed.arm.insert((*id).clone(), merged(l));
+            Some(row) if in_flight(row) => {
+                observed.arm.insert(row.vm.id.clone(), l.status.clone());
+            }
+            Some(row) => {
+                observed.arm.insert(row.vm.id.clone(), merged(l));
             }
             None if l.tagged && swept.is_some() => {
                 let status = merged(l);
@@ -540,13 +544,14 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
             None => {}
         }
     }
-    // A VM the sweep shows and the listing missed is still seen.
+    // A settled VM the sweep shows and the listing missed is still seen.
     for l in swept.into_iter().flatten() {
         let key = lower(&l.resource_id);
         if !seen.contains(&key)
-            && let Some(id) = by_id.get(&key)
+            && let Some(row) = by_id.get(&key)
+            && !in_flight(row)
         {
-            observed.arm.insert((*id).clone(), l.status.clone());
+            observed.arm.insert(row.vm.id.clone(), l.status.clone());
         }
     }
     observed
@@ -555,7 +560,7 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Purpose, VmRecord};
+    use crate::domain::{Purpose, VmId, VmRecord};
     use crate::store::Etag;
 
     fn row(name: &str) -> Versioned {
@@ -571,6 +576,13 @@ mod tests {
             ),
             etag: Etag("e".into()),
         }
+    }
+
+    fn standby(name: &str) -> Versioned {
+        let mut r = row(name);
+        r.vm.state = VmState::Standby;
+        r.vm.operation = None;
+        r
     }
 
     fn listed(name: &str, rg: &str, power: Power, tagged: bool) -> Listed {
@@ -589,18 +601,20 @@ mod tests {
 
     #[test]
     fn listings_match_rows_by_resource_id_ignoring_case_and_adopt_only_on_a_sweep() {
-        let rows = [row("a"), row("b")];
+        let rows = [standby("a"), standby("b"), row("c")];
         let listing = vec![
+            listed("c", "games", Power::Unknown, false),
             listed("a", "GAMES", Power::Unknown, false),
             listed("ghost", "games", Power::Unknown, true),
             listed("stray", "games", Power::Unknown, false),
         ];
         let plain = observe(&rows, listing.clone(), None);
-        assert_eq!(plain.arm.len(), 1);
+        assert_eq!(plain.arm.len(), 2);
         assert_eq!(plain.arm[&rows[0].vm.id].power, Power::Unknown);
         assert!(plain.untracked.is_empty(), "no adoption between sweeps");
 
         let swept = vec![
+            listed("c", "games", Power::Running, false),
             listed("a", "games", Power::Running, false),
             listed("b", "games", Power::Deallocated, false),
             listed("ghost", "Games", Power::Running, false),
@@ -611,6 +625,11 @@ mod tests {
             full.arm[&rows[1].vm.id].power,
             Power::Deallocated,
             "seen by the sweep though the listing missed it"
+        );
+        assert_eq!(
+            full.arm[&rows[2].vm.id].power,
+            Power::Unknown,
+            "a VM in flight is confirmed by a point read, not by the sweep"
         );
         let adopt: Vec<&str> = full.untracked.iter().map(|u| u.0.as_str()).collect();
         assert_eq!(
