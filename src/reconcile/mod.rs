@@ -232,8 +232,17 @@ impl Reconciler {
         )?;
         let sweep_every =
             time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
+        // A sweep ARM refuses (throttled, or no read access at the subscription's scope)
+        // only delays drift repair and adoption: the pass goes on, and the next one sweeps.
         let swept = if meta.last_sweep_at.is_none_or(|t| now - t >= sweep_every) {
-            Some(pool.compute().list_power().await?)
+            match pool.compute().list_power().await {
+                Ok(swept) => Some(swept),
+                Err(e) => {
+                    summary.errors += 1;
+                    warn!(error = %e, "the power sweep failed; drift repair and adoption wait for the next pass");
+                    None
+                }
+            }
         } else {
             None
         };

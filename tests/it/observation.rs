@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::Value;
 use vmpool::clock::Clock;
+use vmpool::compute::{ComputeError, Listed, VmStatus};
 use vmpool::domain::{VmId, VmRecord, VmState};
 use vmpool::http::AppState;
 use vmpool::reconcile::Reconciler;
@@ -461,4 +462,62 @@ async fn a_claim_never_used_goes_back_to_the_buffer() {
     assert_eq!(s.unclaimed, 1, "{}", s.line());
     assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Standby);
     assert_eq!(row(&rig, &used).await.unwrap().state, VmState::Running);
+}
+
+/// A compute API whose power sweep ARM refuses (no read access at the subscription's scope).
+struct NoSweep(Arc<dyn vmpool::compute::Compute>);
+
+#[async_trait::async_trait]
+impl vmpool::compute::Compute for NoSweep {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn resource_id(&self, name: &VmId) -> String {
+        self.0.resource_id(name)
+    }
+    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.create(name).await
+    }
+    async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.start(name).await
+    }
+    async fn deallocate(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.deallocate(name).await
+    }
+    async fn delete(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.delete(name).await
+    }
+    async fn status(&self, name: &VmId) -> Result<Option<VmStatus>, ComputeError> {
+        self.0.status(name).await
+    }
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError> {
+        self.0.list().await
+    }
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
+        Err(ComputeError::Rejected {
+            code: "AuthorizationFailed".into(),
+            message: "no read access at the subscription's scope".into(),
+        })
+    }
+    async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
+        self.0.public_ip(name).await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_sweep_delays_drift_repair_but_not_the_pass() {
+    let sim = Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")]);
+    let rig = Rig::over(
+        sim.config.clone(),
+        sim.store.clone(),
+        Arc::new(NoSweep(sim.compute.clone())),
+        sim.cloud.clone(),
+        sim.clock.clone(),
+    );
+    let s = rig.pass().await;
+    assert_eq!((s.created, s.errors), (1, 1), "{}", s.line());
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.completed, 1, "{}", s.line());
+    assert_eq!(rig.count(VmState::Standby).await, 1);
 }
