@@ -95,6 +95,14 @@ pub struct PoolPolicy {
     pub idempotency_ttl: Duration,
     /// How long CreateVM may spend retrying a throttled ARM call before it answers 503.
     pub arm_retry_budget: Duration,
+    /// How often the reconciler sweeps every VM's power state and adopts untracked pool VMs.
+    pub adopt_every: Duration,
+    /// When more than this share (percent) of the known VMs, and at least 3, vanish from
+    /// one listing, the reconciler acts on none of them.
+    pub vanish_brake_percent: u32,
+    /// A VM handed out that gets no report nor mark this long after it is `Running` goes
+    /// back to `Standby`.
+    pub claim_timeout: Duration,
 }
 
 impl PoolPolicy {
@@ -116,6 +124,9 @@ impl PoolPolicy {
             breaker_cooldown: s::BREAKER_COOLDOWN_SECS.read(src)?,
             idempotency_ttl: s::IDEMPOTENCY_TTL_SECS.read(src)?,
             arm_retry_budget: s::ARM_RETRY_BUDGET_SECS.read(src)?,
+            adopt_every: s::ADOPT_EVERY_SECS.read(src)?,
+            vanish_brake_percent: s::VANISH_BRAKE_PERCENT.read(src)?,
+            claim_timeout: s::CLAIM_TIMEOUT_SECS.read(src)?,
         };
         if policy.min_standby > policy.max_vms {
             return Err(invalid(

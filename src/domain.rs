@@ -214,8 +214,12 @@ pub struct VmRecord {
     pub rooms: u32,
     /// When rooms were last reported.
     pub last_report_at: Option<OffsetDateTime>,
-    /// When the state last changed (also when the current operation was issued).
+    /// When the state last changed, or the current operation was last issued again.
     pub state_changed_at: OffsetDateTime,
+    /// When the current operation was first issued: its timeout and attempts count from
+    /// here, however often it is issued again. `None` with no operation (and on rows written
+    /// before this was kept, which count from `state_changed_at`).
+    pub operation_since: Option<OffsetDateTime>,
     /// When the row was first written.
     pub created_at: OffsetDateTime,
     /// When the VM was last handed to the matchmaker (feeds the demand estimate).
@@ -244,6 +248,7 @@ impl VmRecord {
             rooms: 0,
             last_report_at: None,
             state_changed_at: now,
+            operation_since: Some(now),
             created_at: now,
             claimed_at: (purpose == Purpose::Matchmaker).then_some(now),
             attempts: 1,
@@ -256,8 +261,33 @@ impl VmRecord {
             state,
             operation,
             state_changed_at: now,
+            operation_since: operation.map(|_| now),
             attempts: if operation.is_some() { 1 } else { 0 },
             ..self.clone()
+        }
+    }
+
+    /// When the current operation was first issued.
+    pub fn issued_at(&self) -> OffsetDateTime {
+        self.operation_since.unwrap_or(self.state_changed_at)
+    }
+
+    /// Whether the VM's last report said 0 rooms and came after it was last handed out: its
+    /// rooms are known to be empty. A VM never reported on since it was handed out (or
+    /// adopted) has unknown rooms.
+    pub fn reported_empty(&self) -> bool {
+        self.rooms == 0
+            && self
+                .last_report_at
+                .is_some_and(|at| self.claimed_at.is_none_or(|c| at >= c))
+    }
+
+    /// Whether the pool itself may deallocate or delete this VM without destroying a game:
+    /// a `Standby` VM that reports no rooms, or any other VM known to be empty.
+    pub fn may_be_emptied(&self) -> bool {
+        match self.state {
+            VmState::Standby => self.rooms == 0,
+            _ => self.reported_empty(),
         }
     }
 }
@@ -471,7 +501,9 @@ pub fn report_rooms(vm: &VmRecord, rooms: u32, now: OffsetDateTime) -> Result<Re
 }
 
 /// The reconciler moves a `Creating` VM that ARM reports up and running to `Running` (for
-/// the matchmaker) or `Standby` (for the buffer), with its public IP and no rooms.
+/// the matchmaker) or `Standby` (for the buffer), with its public IP. The rooms were zeroed
+/// when the create or start was issued (a VM that boots starts empty); reports that came
+/// after that are kept.
 pub fn complete_creating(
     vm: &VmRecord,
     public_ip: Option<String>,
@@ -486,17 +518,127 @@ pub fn complete_creating(
     };
     let mut next = vm.moved(state, None, now);
     next.public_ip = public_ip.or_else(|| vm.public_ip.clone());
-    next.rooms = 0;
-    next.last_report_at = None;
     next.last_error = None;
     Ok(next)
 }
 
+/// The reconciler fills in a public IP that ARM did not show when the VM completed.
+pub fn found_public_ip(vm: &VmRecord, public_ip: String) -> VmRecord {
+    VmRecord {
+        public_ip: Some(public_ip),
+        ..vm.clone()
+    }
+}
+
+/// A VM handed to the matchmaker that got neither a rooms report nor a mark within the claim
+/// timeout after it was `Running` was never used: it goes back to the buffer as `Standby`.
+pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    let reported = vm
+        .last_report_at
+        .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
+    if vm.state != VmState::Running || vm.claimed_at.is_none() || reported || vm.rooms > 0 {
+        return Err(refuse(
+            vm,
+            "returning an unused claim",
+            "Running, handed out by CreateVM and never reported on",
+        ));
+    }
+    let mut next = vm.moved(VmState::Standby, None, now);
+    next.purpose = Purpose::Buffer;
+    Ok(next)
+}
+
+/// Drift repair: the row follows the state ARM shows (`Deallocated`, or `Standby` for a VM
+/// started outside vmpool, which is billed and so joins the buffer).
+pub fn correct(vm: &VmRecord, to: VmState, now: OffsetDateTime) -> VmRecord {
+    let mut next = vm.moved(to, None, now);
+    next.rooms = 0;
+    if to == VmState::Standby {
+        next.purpose = Purpose::Buffer;
+    }
+    next.last_error = Some(format!(
+        "ARM showed the VM {to} while the row said {}",
+        vm.state
+    ));
+    next
+}
+
+/// The reconciler deletes a `Failed` VM in ARM (with its NIC, disk and IP): the row records
+/// the delete before it is sent. A delete issued again keeps its first issue time.
+pub fn begin_delete(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
+    if vm.operation == Some(Operation::Delete) {
+        reissue(vm, now)
+    } else {
+        VmRecord {
+            operation: Some(Operation::Delete),
+            operation_since: Some(now),
+            state_changed_at: now,
+            attempts: 1,
+            ..vm.clone()
+        }
+    }
+}
+
+/// What ARM showed of a pool VM that had no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptedAs {
+    /// ARM says its provisioning failed.
+    ProvisioningFailed,
+    /// Deallocated.
+    Deallocated,
+    /// Provisioned and running.
+    Running,
+    /// Anything else (being created or started).
+    InFlight,
+}
+
+/// The row for a pool VM that ARM has and the table does not. Nobody knows what a running
+/// one hosts, so it is adopted as `Running` with unknown rooms: CreateVM never hands out a
+/// `Running` VM, the reconciler never deallocates one, and vmpool never handed it out, so
+/// the claim timeout does not apply. Its game servers' reports and the matchmaker's mark
+/// then drive it like any other VM. One on its way up completes as `Running` too.
+pub fn adopt(
+    id: VmId,
+    resource_id: String,
+    seen: AdoptedAs,
+    error: Option<&str>,
+    now: OffsetDateTime,
+) -> VmRecord {
+    let mut vm = VmRecord::new_creating(id, resource_id, Purpose::Matchmaker, now);
+    vm.claimed_at = None;
+    vm.last_error =
+        Some("adopted: the VM had no row; its rooms are unknown until it reports".into());
+    match seen {
+        AdoptedAs::ProvisioningFailed => {
+            vm = fail(
+                &vm,
+                &format!(
+                    "adopted: provisioning failed: {}",
+                    error.unwrap_or("unknown")
+                ),
+                now,
+            );
+        }
+        AdoptedAs::Deallocated => {
+            vm = vm.moved(VmState::Deallocated, None, now);
+            vm.purpose = Purpose::Buffer;
+        }
+        AdoptedAs::Running => vm = vm.moved(VmState::Running, None, now),
+        AdoptedAs::InFlight => vm = vm.moved(VmState::Creating, Some(Operation::Start), now),
+    }
+    vm
+}
+
 /// Starts a deallocation from any state that may be deallocated by the pool itself:
-/// `MarkedForDeallocation` (drained), `Standby` (surplus buffer), `Running`/`Creating`
-/// never (they belong to someone).
+/// `MarkedForDeallocation` (drained: a report of 0 rooms since it was handed out), `Standby`
+/// (surplus buffer, reporting no rooms), `Running`/`Creating` never (they belong to someone).
 pub fn begin_deallocate(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
     match vm.state {
+        VmState::MarkedForDeallocation | VmState::Standby if !vm.may_be_emptied() => Err(refuse(
+            vm,
+            "deallocating",
+            "known to host no rooms (a report of 0 rooms since it was handed out)",
+        )),
         VmState::MarkedForDeallocation | VmState::Standby => {
             let mut next = vm.moved(VmState::Deallocating, Some(Operation::Deallocate), now);
             next.rooms = 0;
@@ -520,10 +662,13 @@ pub fn complete_deallocating(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRec
     Ok(next)
 }
 
-/// An ARM operation failed or timed out: the VM goes `Failed` with the error recorded.
+/// An ARM operation failed or timed out: the VM goes `Failed` with the error (and the
+/// attempts made) recorded.
 pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(VmState::Failed, None, now);
     next.last_error = Some(error.to_owned());
+    // Kept as history: how often the failed operation was issued.
+    next.attempts = vm.attempts;
     next
 }
 
@@ -544,6 +689,7 @@ pub fn give_back(won: &VmRecord) -> GiveBack {
         GiveBack::Restore(VmRecord {
             state: VmState::Deallocated,
             operation: None,
+            operation_since: None,
             purpose: Purpose::Buffer,
             ..won.clone()
         })
@@ -566,12 +712,20 @@ pub fn call_failed(vm: &VmRecord, transient: bool, error: &str, now: OffsetDateT
 }
 
 /// The VM's operation is issued once more (after a crash, a lost ARM request or a timeout).
+/// Its first issue time stays, so its timeout and attempts still count from there. A create
+/// or start issued again finishes into the buffer: whoever asked for it got an error or
+/// gave up, and would never hear of it.
 pub fn reissue(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
-    VmRecord {
+    let mut next = VmRecord {
         attempts: vm.attempts.saturating_add(1),
+        operation_since: Some(vm.issued_at()),
         state_changed_at: now,
         ..vm.clone()
+    };
+    if matches!(vm.operation, Some(Operation::Create | Operation::Start)) {
+        next.purpose = Purpose::Buffer;
     }
+    next
 }
 
 #[cfg(test)]
@@ -875,7 +1029,7 @@ mod tests {
     }
 
     #[test]
-    fn completion_follows_purpose_and_empties_the_vm() {
+    fn completion_follows_purpose_and_keeps_reports_made_after_the_issue() {
         let done = complete_creating(
             &vm(VmState::Creating, Purpose::Matchmaker),
             Some("203.0.113.9".into()),
@@ -883,9 +1037,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (done.state, done.rooms, done.public_ip.as_deref()),
-            (VmState::Running, 0, Some("203.0.113.9"))
+            (done.state, done.public_ip.as_deref()),
+            (VmState::Running, Some("203.0.113.9"))
         );
+        // Rooms were zeroed when the operation was issued; a report since then is kept.
+        let mut reported = vm(VmState::Creating, Purpose::Buffer);
+        reported.last_report_at = Some(t0());
+        let kept = complete_creating(&reported, None, t0()).unwrap();
+        assert_eq!((kept.rooms, kept.last_report_at), (3, Some(t0())));
         let buf = complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, t0()).unwrap();
         assert_eq!(buf.state, VmState::Standby);
         for state in VmState::ALL.into_iter().filter(|s| *s != VmState::Creating) {
@@ -905,13 +1064,27 @@ mod tests {
     #[test]
     fn the_pool_deallocates_only_drained_or_standby_vms() {
         for state in VmState::ALL {
-            let ok = begin_deallocate(&vm(state, Purpose::Buffer), t0()).is_ok();
+            let mut empty = vm(state, Purpose::Buffer);
+            empty.rooms = 0;
+            empty.last_report_at = Some(t0());
+            let ok = begin_deallocate(&empty, t0()).is_ok();
             assert_eq!(
                 ok,
                 matches!(state, VmState::MarkedForDeallocation | VmState::Standby),
                 "{state}"
             );
         }
+        // Never a VM with rooms, nor a drained one whose rooms are unknown since it was
+        // handed out.
+        assert!(begin_deallocate(&vm(VmState::Standby, Purpose::Buffer), t0()).is_err());
+        let mut unknown = vm(VmState::MarkedForDeallocation, Purpose::Matchmaker);
+        unknown.rooms = 0;
+        assert!(begin_deallocate(&unknown, t0()).is_err());
+        unknown.last_report_at = Some(t0() - time::Duration::seconds(1));
+        assert!(
+            begin_deallocate(&unknown, t0()).is_err(),
+            "reported before it was handed out"
+        );
         let s = start_for_buffer(&vm(VmState::Deallocated, Purpose::Matchmaker), t0()).unwrap();
         assert_eq!((s.state, s.purpose), (VmState::Creating, Purpose::Buffer));
         assert!(start_for_buffer(&vm(VmState::Standby, Purpose::Buffer), t0()).is_err());
@@ -928,7 +1101,62 @@ mod tests {
             (f.state, f.last_error.as_deref()),
             (VmState::Failed, Some("QuotaExceeded: no cores"))
         );
-        let r = reissue(&vm(VmState::Creating, Purpose::Buffer), t0());
-        assert_eq!(r.attempts, 2);
+        let mut claimed = vm(VmState::Creating, Purpose::Matchmaker);
+        claimed.operation = Some(Operation::Start);
+        let later = t0() + time::Duration::seconds(90);
+        let r = reissue(&claimed, later);
+        // The first issue time stays; a re-issued start finishes into the buffer.
+        assert_eq!(
+            (r.attempts, r.operation_since, r.state_changed_at, r.purpose),
+            (2, Some(t0()), later, Purpose::Buffer)
+        );
+        let again = reissue(&r, later + time::Duration::seconds(90));
+        assert_eq!((again.attempts, again.issued_at()), (3, t0()));
+    }
+
+    #[test]
+    fn unused_claims_go_back_to_standby_and_used_ones_never() {
+        let mut handed = vm(VmState::Running, Purpose::Matchmaker);
+        handed.rooms = 0;
+        let back = unclaimed(&handed, t0()).unwrap();
+        assert_eq!(
+            (back.state, back.purpose),
+            (VmState::Standby, Purpose::Buffer)
+        );
+        let mut reported = handed.clone();
+        reported.last_report_at = Some(t0());
+        assert!(unclaimed(&reported, t0()).is_err());
+        let mut adopted = handed.clone();
+        adopted.claimed_at = None;
+        assert!(
+            unclaimed(&adopted, t0()).is_err(),
+            "vmpool never handed it out"
+        );
+        assert!(
+            unclaimed(
+                &vm(VmState::MarkedForDeallocation, Purpose::Matchmaker),
+                t0()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn adopted_vms_have_unknown_rooms_and_are_never_empty_buffer() {
+        let id = VmId::parse("ghost").unwrap();
+        for (seen, state) in [
+            (AdoptedAs::Running, VmState::Running),
+            (AdoptedAs::Deallocated, VmState::Deallocated),
+            (AdoptedAs::InFlight, VmState::Creating),
+            (AdoptedAs::ProvisioningFailed, VmState::Failed),
+        ] {
+            let vm = adopt(id.clone(), "/x/ghost".into(), seen, Some("E"), t0());
+            assert_eq!(vm.state, state);
+            assert_eq!(vm.claimed_at, None);
+            assert!(!vm.reported_empty());
+            assert_ne!(vm.state, VmState::Standby);
+        }
+        let up = adopt(id, "/x/ghost".into(), AdoptedAs::InFlight, None, t0());
+        assert_eq!(up.purpose, Purpose::Matchmaker, "completes as Running");
     }
 }

@@ -16,14 +16,12 @@ use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::compute::{Compute, ComputeError, VmStatus};
-use crate::config::PoolPolicy;
+use crate::compute::{Compute, ComputeError, Listed, VmStatus};
 use crate::domain::{VmId, VmRecord, VmState};
 use crate::http::views::PoolStatusView;
-use crate::pool::{Created, Pool, PoolError};
+use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::store::{Etag, Record, Rows, StoreError, Versioned, VmStore, Written};
 
@@ -285,17 +283,15 @@ impl Metrics {
         self.handle.render()
     }
 
-    /// The Prometheus text exposition, with the gauges read from `pool` now.
-    pub async fn render(&self, pool: &Pool, policy: &PoolPolicy, now: OffsetDateTime) -> String {
-        match pool.status().await {
-            Ok(status) => {
-                self.set_pool(&PoolStatusView::new(&status, policy, now));
+    /// The Prometheus text exposition, with the gauges set from `view` (the pool's status
+    /// now), or marked down when it could not be read.
+    pub fn render(&self, view: Option<&PoolStatusView>) -> String {
+        match view {
+            Some(view) => {
+                self.set_pool(view);
                 self.set("vmpool_pool_status_up", &[], 1.0);
             }
-            Err(e) => {
-                warn!(error = %e, "metrics: the pool status could not be read");
-                self.set("vmpool_pool_status_up", &[], 0.0);
-            }
+            None => self.set("vmpool_pool_status_up", &[], 0.0),
         }
         self.handle.render()
     }
@@ -435,8 +431,12 @@ impl Compute for MeteredCompute {
         self.timed("status", self.inner.status(name)).await
     }
 
-    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError> {
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError> {
         self.timed("list", self.inner.list()).await
+    }
+
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
+        self.timed("list_power", self.inner.list_power()).await
     }
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {

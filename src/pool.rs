@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
-use crate::store::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
+use crate::store::{Etag, Rows, StoreError, Versioned, VmStore, Written};
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.
 const TRIES_PER_KIND: usize = 4;
@@ -107,13 +107,11 @@ pub struct Changed {
     pub action: &'static str,
 }
 
-/// Every VM and the pool's own record.
+/// Every VM (the reconciler's own record is read through the reconciler).
 #[derive(Debug, Clone)]
 pub struct Status {
     /// Every VM, sorted by name.
     pub vms: Vec<VmRecord>,
-    /// What the reconciler last recorded.
-    pub meta: PoolMeta,
 }
 
 /// The pool: the operations the matchmaker calls.
@@ -581,15 +579,12 @@ impl Pool {
         Ok(vms)
     }
 
-    /// GetPoolStatus: every VM and the reconciler's record.
+    /// GetPoolStatus: every VM.
     pub async fn status(&self) -> Result<Status, PoolError> {
-        let (rows, meta) = tokio::try_join!(self.store.list(Rows::All), self.store.load_meta())?;
+        let rows = self.store.list(Rows::All).await?;
         let mut vms: Vec<VmRecord> = rows.into_iter().map(|r| r.vm).collect();
         vms.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(Status {
-            vms,
-            meta: meta.unwrap_or_default(),
-        })
+        Ok(Status { vms })
     }
 
     async fn get_row(&self, id: &VmId) -> Result<Versioned, PoolError> {

@@ -1,7 +1,7 @@
 //! The compute port: what vmpool asks of Azure Resource Manager.
 //!
 //! Every mutation returns once ARM has accepted it; the reconciler confirms the outcome later
-//! from [`Compute::list`] / [`Compute::status`]. [`sim::SimulatedCompute`] is a simulated ARM
+//! from [`Compute::list`], [`Compute::list_power`] and [`Compute::status`]. [`sim::SimulatedCompute`] is a simulated ARM
 //! with realistic latencies (the embedded default); [`arm::ArmCompute`] is the real client.
 
 pub mod arm;
@@ -69,6 +69,21 @@ impl VmStatus {
     }
 }
 
+/// One VM of the pool's resource group as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name.
+    pub name: VmId,
+    /// Its full resource ID as ARM spells it (compare case-insensitively).
+    pub resource_id: String,
+    /// What the listing says of it. The resource-group listing carries no power state
+    /// ([`Power::Unknown`]); a point read or [`Compute::list_power`] gives it.
+    pub status: VmStatus,
+    /// Whether it carries this pool's [`POOL_TAG`] (only a listing that carries tags says so;
+    /// the `statusOnly` listing never does).
+    pub tagged: bool,
+}
+
 /// Why ARM did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ComputeError {
@@ -133,8 +148,13 @@ pub trait Compute: Send + Sync + 'static {
     /// The status of one VM; `None` if ARM does not know it.
     async fn status(&self, name: &VmId) -> Result<Option<VmStatus>, ComputeError>;
 
-    /// The status of every VM of the pool, in as few calls as ARM allows.
-    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError>;
+    /// Every VM in the pool's resource group, with its provisioning state and tags (one
+    /// page per ARM page of VMs). A listing may lag or miss VMs: absence is not deletion.
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError>;
+
+    /// The power state of every VM in the pool's resource group, without tags (a costlier
+    /// sweep, run every few minutes for drift and adoption).
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError>;
 
     /// The VM's public IP address, once it has one.
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError>;

@@ -1,6 +1,6 @@
 //! A simulated Azure: VMs whose provisioning and power states move on a [`Clock`] with
 //! ARM-like latencies. [`SimulatedCompute`] serves it in process (the embedded default and
-//! unit tests); the ARM fake in [`crate::arm_fake`] serves the same model over HTTP.
+//! unit tests); the ARM fake (`crates/arm-fake`) serves the same model over HTTP.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use time::{Duration, OffsetDateTime};
 
 use super::POOL_TAG;
-use super::{Compute, ComputeError, Power, Provisioning, VmStatus};
+use super::{Compute, ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::clock::Clock;
 use crate::domain::VmId;
 
@@ -451,13 +451,42 @@ impl Compute for SimulatedCompute {
         Ok(self.cloud.get(name.as_str())?.map(|vm| vm.status))
     }
 
-    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError> {
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError> {
+        // Like ARM's resource-group listing: tags and provisioning state, no power state.
         Ok(self
             .cloud
             .list()?
             .into_iter()
-            .filter(|vm| vm.tags.get(POOL_TAG) == Some(&self.pool))
-            .filter_map(|vm| Some((VmId::parse(&vm.name).ok()?, vm.status)))
+            .filter_map(|vm| {
+                let name = VmId::parse(&vm.name).ok()?;
+                Some(Listed {
+                    resource_id: self.resource_id(&name),
+                    status: VmStatus {
+                        provisioning: vm.status.provisioning,
+                        power: Power::Unknown,
+                    },
+                    tagged: vm.tags.get(POOL_TAG) == Some(&self.pool),
+                    name,
+                })
+            })
+            .collect())
+    }
+
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
+        // Like ARM's `statusOnly` listing: power state, no tags.
+        Ok(self
+            .cloud
+            .list()?
+            .into_iter()
+            .filter_map(|vm| {
+                let name = VmId::parse(&vm.name).ok()?;
+                Some(Listed {
+                    resource_id: self.resource_id(&name),
+                    status: vm.status,
+                    tagged: false,
+                    name,
+                })
+            })
             .collect())
     }
 

@@ -469,7 +469,7 @@ pub const DRAIN_TIMEOUT_SECS: Setting<Duration> = Setting {
 /// See [`PoolPolicy::create_timeout`](super::PoolPolicy::create_timeout).
 pub const CREATE_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_CREATE_TIMEOUT_SECS",
-    doc: "a create or start not done after this fails the VM",
+    doc: "a create or start not done this long after it was first issued fails the VM",
     default: Fallback::Value("900"),
     parse: |raw| seconds(raw, 1),
 };
@@ -477,7 +477,7 @@ pub const CREATE_TIMEOUT_SECS: Setting<Duration> = Setting {
 /// See [`PoolPolicy::deallocate_timeout`](super::PoolPolicy::deallocate_timeout).
 pub const DEALLOCATE_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_DEALLOCATE_TIMEOUT_SECS",
-    doc: "a deallocate not done after this is issued again (3 attempts, then `Failed`)",
+    doc: "a deallocate not done after this is issued again (3 attempts from the first issue, then `Failed`)",
     default: Fallback::Value("600"),
     parse: |raw| seconds(raw, 1),
 };
@@ -528,6 +528,30 @@ pub const MAX_CONCURRENT_REQUESTS: Setting<usize> = Setting {
     doc: "most `/api/*` requests served at once; more answer 503",
     default: Fallback::Value("256"),
     parse: |raw| whole(raw, 1, 100_000),
+};
+
+/// See [`PoolPolicy::adopt_every`](super::PoolPolicy::adopt_every).
+pub const ADOPT_EVERY_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_ADOPT_EVERY_SECS",
+    doc: "how often the reconciler sweeps every VM's power state (drift) and adopts untracked pool VMs",
+    default: Fallback::Value("300"),
+    parse: |raw| seconds(raw, 1),
+};
+
+/// See [`PoolPolicy::vanish_brake_percent`](super::PoolPolicy::vanish_brake_percent).
+pub const VANISH_BRAKE_PERCENT: Setting<u32> = Setting {
+    name: "VMPOOL_VANISH_BRAKE_PERCENT",
+    doc: "when more than this share (0-100) of the known VMs, and at least 3, vanish from one listing, the reconciler acts on none of them",
+    default: Fallback::Value("10"),
+    parse: |raw| whole(raw, 0, 100),
+};
+
+/// See [`PoolPolicy::claim_timeout`](super::PoolPolicy::claim_timeout).
+pub const CLAIM_TIMEOUT_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_CLAIM_TIMEOUT_SECS",
+    doc: "a VM handed out that gets no rooms report nor mark this long after it is `Running` goes back to `Standby`",
+    default: Fallback::Value("600"),
+    parse: |raw| seconds(raw, 1),
 };
 
 /// See [`PoolPolicy::game_ports`](super::PoolPolicy::game_ports).
@@ -592,6 +616,9 @@ pub const ALL: &[About] = &[
     ARM_RETRY_BUDGET_SECS.about(),
     REQUEST_TIMEOUT_SECS.about(),
     MAX_CONCURRENT_REQUESTS.about(),
+    ADOPT_EVERY_SECS.about(),
+    VANISH_BRAKE_PERCENT.about(),
+    CLAIM_TIMEOUT_SECS.about(),
     GAME_PORTS.about(),
     VM_PREFIX.about(),
 ];

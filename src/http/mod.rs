@@ -362,12 +362,19 @@ async fn available(State(state): State<AppState>) -> Result<Json<VmList>, ApiErr
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn pool_status(State(state): State<AppState>) -> Result<Json<PoolStatusView>, ApiError> {
-    let status = state.pool.status().await?;
-    Ok(Json(PoolStatusView::new(
-        &status,
+    Ok(Json(pool_status_view(&state).await?))
+}
+
+/// Every VM and the reconciler's record, as GetPoolStatus shows them.
+async fn pool_status_view(state: &AppState) -> Result<PoolStatusView, ApiError> {
+    let (status, meta) = tokio::join!(state.pool.status(), state.reconciler.record());
+    let (status, meta) = (status?, meta.map_err(crate::pool::PoolError::from)?);
+    Ok(PoolStatusView::new(
+        &status.vms,
+        &meta,
         &state.policy,
         state.clock.now(),
-    )))
+    ))
 }
 
 /// Metrics: the Prometheus text exposition.
@@ -379,10 +386,11 @@ async fn pool_status(State(state): State<AppState>) -> Result<Json<PoolStatusVie
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state
-        .metrics
-        .render(&state.pool, &state.policy, state.clock.now())
-        .await;
+    let view = pool_status_view(&state).await;
+    if let Err(e) = &view {
+        tracing::warn!(error = %e, "metrics: the pool status could not be read");
+    }
+    let text = state.metrics.render(view.as_ref().ok());
     (
         [(
             header::CONTENT_TYPE,

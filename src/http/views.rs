@@ -7,8 +7,7 @@ use utoipa::ToSchema;
 
 use crate::config::PoolPolicy;
 use crate::domain::{VmRecord, VmState};
-use crate::pool::Status;
-use crate::reconcile::Summary;
+use crate::reconcile::{PoolMeta, Summary};
 
 /// What a vmId looks like: Azure's VM naming rules (1-64 ASCII letters, digits, `-`, `_`
 /// and `.`, not ending with `.`).
@@ -171,6 +170,17 @@ pub struct BreakerView {
     pub consecutive_create_failures: u32,
 }
 
+/// Whether the reconciler's view of ARM is trusted (see the README's reconciler section).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservationView {
+    /// Too many known VMs vanished from the last listing: the reconciler acts on none of
+    /// them until the listing recovers.
+    pub suspect: bool,
+    /// How many known VMs the last listing lacked.
+    pub missing: u32,
+}
+
 /// Every VM and the pool's own record.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -185,6 +195,8 @@ pub struct PoolStatusView {
     pub buffer: BufferView,
     /// The circuit breaker.
     pub circuit_breaker: BreakerView,
+    /// Whether the last ARM listing was trusted.
+    pub observation: ObservationView,
     /// When the last reconcile pass finished (RFC 3339).
     pub last_reconcile_at: Option<String>,
     /// One line on what the last pass did.
@@ -199,21 +211,25 @@ fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
 }
 
 impl PoolStatusView {
-    /// The view of `status` at `now`.
-    pub fn new(status: &Status, policy: &PoolPolicy, now: OffsetDateTime) -> Self {
-        let meta = &status.meta;
-        let open = meta.breaker_open_until.is_some_and(|until| until > now);
+    /// The view of `vms` and the reconciler's record `meta` at `now`.
+    pub fn new(
+        vms: &[VmRecord],
+        meta: &PoolMeta,
+        policy: &PoolPolicy,
+        now: OffsetDateTime,
+    ) -> Self {
+        let open = meta.breaker_open_at(now);
         PoolStatusView {
-            counts: StateCounts::of(&status.vms),
-            vms: status
-                .vms
-                .iter()
-                .map(|vm| VmView::new(vm, policy))
-                .collect(),
+            counts: StateCounts::of(vms),
+            vms: vms.iter().map(|vm| VmView::new(vm, policy)).collect(),
             max_vms: policy.max_vms,
             buffer: BufferView {
                 min_standby: policy.min_standby,
-                target: meta.buffer_target.max(policy.min_standby),
+                target: meta.effective_buffer_target(policy),
+            },
+            observation: ObservationView {
+                suspect: meta.observation_suspect(),
+                missing: meta.vanished,
             },
             circuit_breaker: BreakerView {
                 open,

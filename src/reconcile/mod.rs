@@ -1,26 +1,39 @@
 //! The reconciler: [`plan`] decides purely what to do from the rows, what ARM reports, the
-//! pool's record and the time; [`Reconciler::run_once`] gathers those inputs, applies the
-//! actions idempotently with conditional writes (intent first, then ARM), and records the
-//! pass. The Functions timer and the standalone loop both call [`Reconciler::run_once`].
+//! pool's record and the time; [`Reconciler::run_once`] takes the reconcile lease, gathers
+//! those inputs (one table query, the resource group's listing, point reads of VMs in flight
+//! or missing, a power sweep every few minutes), applies the actions idempotently with
+//! conditional writes (intent first, then ARM), and records the pass with If-Match. The
+//! Functions timer and the standalone loop both call [`Reconciler::run_once`].
 
+mod meta;
 mod plan;
 
-pub use plan::{Action, GRACE, Observed, Plan, demand_target, plan};
+pub use meta::{Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
+pub use plan::{
+    Action, BRAKE_MIN_VMS, GRACE, MAX_ATTEMPTS, MAX_POINT_READS_PER_PASS, Observed, Plan, Seen,
+    demand_target, plan, reads_needed, settle, vanished,
+};
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use serde::Serialize;
-use tracing::{info, warn};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{debug, error, info, warn};
 
-use crate::compute::{ComputeError, Power, Provisioning, VmStatus};
-use crate::domain::{self, Operation, Purpose, VmId, VmRecord, VmState};
+use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
+use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::pool::{Pool, PoolError};
-use crate::store::{PoolMeta, Rows, StoreError, Versioned, Written};
+use crate::store::{Rows, StoreError, Versioned, Written};
 
 /// What one pass did, for the timer's `ReturnValue` and the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    /// Another instance holds the reconcile lease: this pass did nothing.
+    pub skipped: bool,
     /// VMs that became `Running` or `Standby`.
     pub completed: u32,
     /// VMs that became `Deallocated`.
@@ -43,6 +56,14 @@ pub struct Summary {
     pub forgotten: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
+    /// Unused claims returned to the buffer.
+    pub unclaimed: u32,
+    /// Public IPs found after their VM completed.
+    pub ips_found: u32,
+    /// Point reads (GETs) of single VMs.
+    pub point_reads: u32,
+    /// Known VMs missing from the listing while the brake held (nothing was done to them).
+    pub vanished: u32,
     /// The buffer target this pass worked towards.
     pub buffer_target: u32,
     /// Actions skipped because another writer changed the row first.
@@ -57,14 +78,18 @@ impl Summary {
         *self
             != Summary {
                 buffer_target: self.buffer_target,
+                point_reads: self.point_reads,
                 ..Summary::default()
             }
     }
 
     /// One line for the log and the timer's `Logs`.
     pub fn line(&self) -> String {
+        if self.skipped {
+            return "reconcile skipped: another instance holds the reconcile lease".into();
+        }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -76,6 +101,10 @@ impl Summary {
             self.deleted,
             self.forgotten,
             self.adopted,
+            self.unclaimed,
+            self.ips_found,
+            self.point_reads,
+            self.vanished,
             self.buffer_target,
             self.lost_races,
             self.errors
@@ -97,66 +126,200 @@ pub enum ReconcileError {
     Pool(#[from] PoolError),
 }
 
-/// Runs reconcile passes against a pool.
+/// How many point reads run at once.
+const READS_AT_ONCE: usize = 8;
+
+/// How long the reconcile lease lasts unless renewed: six default reconcile periods of 10 s.
+/// It is renewed every pass, and during a long pass whenever a third of it is left.
+pub const DEFAULT_LEASE_TTL: time::Duration = time::Duration::seconds(60);
+
+/// Runs reconcile passes against a pool: one at a time in this process (a mutex), and one
+/// instance at a time across processes (the lease).
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     pool: Arc<Pool>,
+    holder: String,
+    lease_ttl: time::Duration,
+    serial: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn lower(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
 }
 
 impl Reconciler {
-    /// A reconciler for `pool`.
+    /// A reconciler for `pool`, with a lease holder name of its own.
     pub fn new(pool: Arc<Pool>) -> Self {
-        Reconciler { pool }
+        use rand::Rng;
+        let holder: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(16)
+            .map(char::from)
+            .collect();
+        Reconciler {
+            pool,
+            holder,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            serial: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
-    /// One pass: observe (one table query, one ARM listing), plan, act, record.
+    /// The same, holding the lease under `holder` (the name another reconciler of this
+    /// instance uses, so the two count as one instance).
+    pub fn with_holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    /// The name this reconciler holds the lease under.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The same, with a lease that lasts `ttl` unless renewed.
+    pub fn with_lease_ttl(mut self, ttl: time::Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// The reconciler's record (buffer target, breaker, observation, last pass).
+    pub async fn record(&self) -> Result<PoolMeta, StoreError> {
+        Ok(load_meta(self.pool.store().as_ref()).await?.0)
+    }
+
+    /// One pass, if this instance holds (or takes) the lease: observe, plan, act, record.
     pub async fn run_once(&self) -> Result<Summary, ReconcileError> {
+        let _one_at_a_time = self.serial.lock().await;
         let pool = &self.pool;
-        let (rows, arm, meta) = tokio::try_join!(
-            async {
-                pool.store()
-                    .list(Rows::All)
-                    .await
-                    .map_err(ReconcileError::from)
-            },
+        let store = pool.store().as_ref();
+        let started = pool.clock().now();
+        let Some(lease) = acquire_lease(store, &self.holder, started, self.lease_ttl).await? else {
+            debug!("reconcile pass skipped: another instance holds the reconcile lease");
+            return Ok(Summary {
+                skipped: true,
+                ..Summary::default()
+            });
+        };
+        let mut summary = Summary::default();
+        let result = self.pass(lease, started, &mut summary).await;
+        let finished = pool.clock().now();
+        let line = summary.line();
+        if result.is_err() || summary.changed_anything() {
+            info!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
+        } else {
+            debug!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
+        }
+        result.map(|()| summary)
+    }
+
+    async fn pass(
+        &self,
+        mut lease: Lease,
+        now: OffsetDateTime,
+        summary: &mut Summary,
+    ) -> Result<(), ReconcileError> {
+        let pool = &self.pool;
+        let store = pool.store().as_ref();
+        let policy = pool.policy();
+        let (rows, listing, (meta, meta_etag)) = tokio::try_join!(
+            async { store.list(Rows::All).await.map_err(ReconcileError::from) },
             async { pool.compute().list().await.map_err(ReconcileError::from) },
-            async { pool.store().load_meta().await.map_err(ReconcileError::from) },
+            async { load_meta(store).await.map_err(ReconcileError::from) },
         )?;
-        let observed = Observed {
-            arm: arm.into_iter().collect(),
+        let sweep_every =
+            time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
+        // A sweep ARM refuses (throttled, or no read access at the subscription's scope)
+        // only delays drift repair and adoption: the pass goes on, and the next one sweeps.
+        let swept = if meta.last_sweep_at.is_none_or(|t| now - t >= sweep_every) {
+            match pool.compute().list_power().await {
+                Ok(swept) => Some(swept),
+                Err(e) => {
+                    summary.errors += 1;
+                    warn!(error = %e, "the power sweep failed; drift repair and adoption wait for the next pass");
+                    None
+                }
+            }
+        } else {
+            None
         };
-        let Plan { actions, mut meta } = plan(
-            &rows,
-            &observed,
-            pool.clock().now(),
-            pool.policy(),
-            &meta.unwrap_or_default(),
-        );
-        let mut summary = Summary {
-            buffer_target: meta.buffer_target,
-            ..Summary::default()
-        };
+        let mut observed = observe(&rows, listing, swept.as_ref());
+        let braked = vanished(&rows, &observed.arm, policy);
+        if let Some(missing) = &braked {
+            observed.vanished = u32::try_from(missing.len()).unwrap_or(u32::MAX);
+            error!(
+                missing = missing.len(),
+                known = rows.len(),
+                "observation suspect: many known VMs are missing from ARM's listing at once; acting on none of them until the view recovers"
+            );
+        }
+        summary.vanished = observed.vanished;
+        let reads = reads_needed(&rows, &observed.arm, braked.is_some(), now);
+        summary.point_reads = u32::try_from(reads.len()).unwrap_or(u32::MAX);
+        let compute = pool.compute().clone();
+        let mut answers = futures::stream::iter(reads)
+            .map(|id| {
+                let compute = compute.clone();
+                async move {
+                    let answer = compute.status(&id).await;
+                    (id, answer)
+                }
+            })
+            .buffer_unordered(READS_AT_ONCE);
+        while let Some((id, answer)) = answers.next().await {
+            match answer {
+                Ok(Some(status)) => {
+                    observed.arm.insert(id, status);
+                }
+                Ok(None) => {
+                    observed.gone.insert(id);
+                }
+                Err(e) => {
+                    summary.errors += 1;
+                    warn!(vm.id = %id, error = %e, "point read failed; nothing is concluded about this VM this pass");
+                }
+            }
+        }
+        drop(answers);
+
+        let Plan { actions, mut meta } = plan(&rows, &observed, now, policy, &meta);
+        summary.buffer_target = meta.buffer_target;
         for action in actions {
-            if let Err(e) = self.apply(action, &mut summary, &mut meta).await {
+            let at = pool.clock().now();
+            if lease.expires_at - at < self.lease_ttl / 3 {
+                match renew_lease(store, &self.holder, &lease, at, self.lease_ttl).await? {
+                    Some(renewed) => lease = renewed,
+                    None => {
+                        warn!("the reconcile lease was lost during the pass; stopping it");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.apply(action, summary, &mut meta).await {
                 summary.errors += 1;
                 warn!(error = %e, "reconcile action failed; the next pass retries it");
             }
         }
         meta.last_reconcile_at = Some(pool.clock().now());
-        meta.last_reconcile_summary = summary.line();
-        pool.store().save_meta(&meta).await?;
-        if summary.changed_anything() {
-            info!(summary = %summary.line(), "reconcile pass");
-        } else {
-            tracing::debug!(summary = %summary.line(), "reconcile pass");
+        if swept.is_some() {
+            meta.last_sweep_at = Some(now);
         }
-        Ok(summary)
+        meta.last_reconcile_summary = summary.line();
+        if let Written::LostRace = save_meta(store, &meta, meta_etag.as_ref()).await? {
+            warn!(
+                "the pool's record was changed by another writer during the pass; this pass's record is dropped"
+            );
+        }
+        Ok(())
     }
 
     async fn write(
         &self,
         row: &Versioned,
-        next: &VmRecord,
+        next: &domain::VmRecord,
         summary: &mut Summary,
     ) -> Result<bool, ReconcileError> {
         match self.pool.store().update(next, &row.etag).await? {
@@ -176,14 +339,25 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let pool = &self.pool;
         let compute = pool.compute();
+        let policy = pool.policy();
         let now = pool.clock().now();
         match action {
             Action::Complete(row) => {
-                let ip = compute.public_ip(&row.vm.id).await?;
+                // A missing IP does not hold the VM back: it is looked for on later passes.
+                let ip = match compute.public_ip(&row.vm.id).await {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        warn!(vm.id = %row.vm.id, error = %e, "public IP not read; looked for again later");
+                        None
+                    }
+                };
                 if let Ok(next) = domain::complete_creating(&row.vm, ip, now)
                     && self.write(&row, &next, summary).await?
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
+                    if row.vm.operation == Some(Operation::Create) {
+                        meta.create_succeeded();
+                    }
                     summary.completed += 1;
                 }
             }
@@ -199,38 +373,66 @@ impl Reconciler {
                 let next = domain::fail(&row.vm, &error, now);
                 if self.write(&row, &next, summary).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
+                    if row.vm.operation == Some(Operation::Create) {
+                        meta.create_failed(&error, now, policy);
+                    }
                     summary.failed += 1;
                 }
             }
             Action::Reissue(row) => {
                 let next = domain::reissue(&row.vm, now);
-                if self.write(&row, &next, summary).await? {
-                    let id = &row.vm.id;
-                    match (row.vm.state, row.vm.operation) {
-                        (VmState::Creating, Some(Operation::Create)) => compute.create(id).await?,
-                        (VmState::Creating, _) => compute.start(id).await?,
-                        (VmState::Deallocating, _) => compute.deallocate(id).await?,
-                        _ => {}
+                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                    summary.lost_races += 1;
+                    return Ok(());
+                };
+                let id = &row.vm.id;
+                let answer = match (row.vm.state, row.vm.operation) {
+                    (VmState::Creating, Some(Operation::Create)) => compute.create(id).await,
+                    (VmState::Creating, _) => compute.start(id).await,
+                    (VmState::Deallocating, _) => match compute.deallocate(id).await {
+                        Err(ComputeError::NotFound) => Ok(()),
+                        other => other,
+                    },
+                    _ => Ok(()),
+                };
+                if let Err(e) = answer {
+                    if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
+                        meta.create_failed(&e.to_string(), now, policy);
                     }
-                    info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
-                    summary.reissued += 1;
+                    // Kept on the row, so the failure after the last attempt says why.
+                    let noted = domain::VmRecord {
+                        last_error: Some(crate::store::truncate(&e.to_string())),
+                        ..next
+                    };
+                    if let Err(store) = pool.store().update(&noted, &etag).await {
+                        warn!(vm.id = %id, error = %store, "could not record the ARM refusal");
+                    }
+                    return Err(e.into());
                 }
+                info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
+                summary.reissued += 1;
             }
             Action::StartForBuffer(row) => {
                 pool.add_to_buffer(Some(&row)).await?;
                 summary.started += 1;
             }
-            Action::CreateForBuffer => match pool.add_to_buffer(None).await {
-                Ok(_) => summary.created += 1,
-                Err(PoolError::Compute(e)) if !e.is_transient() => {
-                    meta.consecutive_create_failures += 1;
-                    return Err(PoolError::Compute(e).into());
+            Action::CreateForBuffer => {
+                if meta.breaker_open_at(now) {
+                    return Ok(());
                 }
-                Err(e) => return Err(e.into()),
-            },
+                match pool.add_to_buffer(None).await {
+                    Ok(_) => summary.created += 1,
+                    Err(PoolError::Compute(e)) if !e.is_transient() => {
+                        meta.create_failed(&e.to_string(), now, policy);
+                        return Err(PoolError::Compute(e).into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Action::Deallocate(row, why) => {
-                let next = domain::begin_deallocate(&row.vm, now)
-                    .map_err(|e| ReconcileError::Pool(e.into()))?;
+                let Ok(next) = domain::begin_deallocate(&row.vm, now) else {
+                    return Ok(());
+                };
                 if self.write(&row, &next, summary).await? {
                     info!(vm.id = %row.vm.id, why, "deallocating");
                     summary.deallocating += 1;
@@ -241,29 +443,14 @@ impl Reconciler {
                 }
             }
             Action::Correct(row, to) => {
-                let mut next = row.vm.clone();
-                next.state = to;
-                next.operation = None;
-                next.state_changed_at = now;
-                next.rooms = 0;
-                if to == VmState::Standby {
-                    next.purpose = Purpose::Buffer;
-                }
-                next.last_error = Some(format!(
-                    "ARM showed the VM {to} while the row said {}",
-                    row.vm.state
-                ));
+                let next = domain::correct(&row.vm, to, now);
                 if self.write(&row, &next, summary).await? {
                     warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, "row corrected to what ARM shows");
                     summary.corrected += 1;
                 }
             }
             Action::Delete(row) => {
-                let mut next = domain::reissue(&row.vm, now);
-                if row.vm.operation != Some(Operation::Delete) {
-                    next.operation = Some(Operation::Delete);
-                    next.attempts = 1;
-                }
+                let next = domain::begin_delete(&row.vm, now);
                 if self.write(&row, &next, summary).await? {
                     match compute.delete(&row.vm.id).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
@@ -275,17 +462,42 @@ impl Reconciler {
             }
             Action::Forget(row) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
-                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table");
+                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table (a GET answered 404)");
                     summary.forgotten += 1;
                 } else {
                     summary.lost_races += 1;
                 }
             }
-            Action::Adopt(id, status) => {
-                let vm = adopted(&id, &status, compute.resource_id(&id), now);
+            Action::Adopt(id, resource_id, status) => {
+                let (seen, error) = match (&status.provisioning, status.power) {
+                    (Provisioning::Failed(e), _) => {
+                        (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
+                    }
+                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
+                    (Provisioning::Succeeded, Power::Running) => (AdoptedAs::Running, None),
+                    _ => (AdoptedAs::InFlight, None),
+                };
+                let vm = domain::adopt(id.clone(), resource_id, seen, error, now);
                 if let Written::Done(_) = pool.store().insert(&vm).await? {
-                    warn!(vm.id = %id, state = %vm.state, "untracked pool VM adopted");
+                    warn!(vm.id = %id, state = %vm.state, "untracked pool VM adopted; its rooms are unknown until it reports");
                     summary.adopted += 1;
+                }
+            }
+            Action::Unclaim(row) => {
+                if let Ok(next) = domain::unclaimed(&row.vm, now)
+                    && self.write(&row, &next, summary).await?
+                {
+                    info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
+                    summary.unclaimed += 1;
+                }
+            }
+            Action::FindIp(row) => {
+                if let Some(ip) = compute.public_ip(&row.vm.id).await?
+                    && self
+                        .write(&row, &domain::found_public_ip(&row.vm, ip), summary)
+                        .await?
+                {
+                    summary.ips_found += 1;
                 }
             }
         }
@@ -293,29 +505,146 @@ impl Reconciler {
     }
 }
 
-/// The row for a pool VM that ARM has and the table does not. A running one joins the
-/// buffer (never the matchmaker's list: nobody knows what it hosts until it is claimed).
-fn adopted(
-    id: &VmId,
-    status: &VmStatus,
-    resource_id: String,
-    now: time::OffsetDateTime,
-) -> VmRecord {
-    let mut vm = VmRecord::new_creating(id.clone(), resource_id, Purpose::Buffer, now);
-    match (&status.provisioning, status.power) {
-        (Provisioning::Failed(error), _) => {
-            vm = domain::fail(&vm, &format!("adopted: provisioning failed: {error}"), now);
+/// Matches what ARM listed to the rows by resource ID (compared case-insensitively, as ARM
+/// does): the rows' statuses, with the sweep's power states merged in, and on a sweep the
+/// pool VMs (by the pool tag of the resource group's listing) that have no row. VMs in
+/// flight keep the listing's status without the sweep's power state, whose list may lag:
+/// their outcome is confirmed by point reads.
+pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<Listed>>) -> Observed {
+    let by_id: HashMap<String, &Versioned> =
+        rows.iter().map(|r| (lower(&r.vm.resource_id), r)).collect();
+    let in_flight = |r: &Versioned| matches!(r.vm.state, VmState::Creating | VmState::Deallocating);
+    let power: HashMap<String, &VmStatus> = swept
+        .into_iter()
+        .flatten()
+        .map(|l| (lower(&l.resource_id), &l.status))
+        .collect();
+    let merged = |l: &Listed| {
+        let mut status = l.status.clone();
+        if let Some(swept) = power.get(&lower(&l.resource_id))
+            && swept.power != Power::Unknown
+        {
+            status.power = swept.power;
         }
-        (_, Power::Deallocated) => {
-            vm.state = VmState::Deallocated;
-            vm.operation = None;
+        status
+    };
+    let mut observed = Observed::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for l in &listing {
+        let key = lower(&l.resource_id);
+        seen.insert(key.clone());
+        match by_id.get(&key) {
+            Some(row) if in_flight(row) => {
+                observed.arm.insert(row.vm.id.clone(), l.status.clone());
+            }
+            Some(row) => {
+                observed.arm.insert(row.vm.id.clone(), merged(l));
+            }
+            None if l.tagged && swept.is_some() => {
+                let status = merged(l);
+                let known = status.power != Power::Unknown
+                    || matches!(status.provisioning, Provisioning::Failed(_));
+                if known {
+                    observed
+                        .untracked
+                        .push((l.name.clone(), l.resource_id.clone(), status));
+                }
+            }
+            None => {}
         }
-        (Provisioning::Succeeded, Power::Running) => {
-            vm.state = VmState::Standby;
-            vm.operation = None;
-        }
-        (Provisioning::Succeeded, _) => vm.operation = Some(Operation::Start),
-        _ => {}
     }
-    vm
+    // A settled VM the sweep shows and the listing missed is still seen.
+    for l in swept.into_iter().flatten() {
+        let key = lower(&l.resource_id);
+        if !seen.contains(&key)
+            && let Some(row) = by_id.get(&key)
+            && !in_flight(row)
+        {
+            observed.arm.insert(row.vm.id.clone(), l.status.clone());
+        }
+    }
+    observed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Purpose, VmId, VmRecord};
+    use crate::store::Etag;
+
+    fn row(name: &str) -> Versioned {
+        let id = VmId::parse(name).unwrap();
+        Versioned {
+            vm: VmRecord::new_creating(
+                id,
+                format!(
+                    "/subscriptions/s/resourceGroups/Games/providers/Microsoft.Compute/virtualMachines/{name}"
+                ),
+                Purpose::Buffer,
+                time::macros::datetime!(2026-01-01 00:00 UTC),
+            ),
+            etag: Etag("e".into()),
+        }
+    }
+
+    fn standby(name: &str) -> Versioned {
+        let mut r = row(name);
+        r.vm.state = VmState::Standby;
+        r.vm.operation = None;
+        r
+    }
+
+    fn listed(name: &str, rg: &str, power: Power, tagged: bool) -> Listed {
+        Listed {
+            name: VmId::parse(name).unwrap(),
+            resource_id: format!(
+                "/subscriptions/s/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            status: VmStatus {
+                provisioning: Provisioning::Succeeded,
+                power,
+            },
+            tagged,
+        }
+    }
+
+    #[test]
+    fn listings_match_rows_by_resource_id_ignoring_case_and_adopt_only_on_a_sweep() {
+        let rows = [standby("a"), standby("b"), row("c")];
+        let listing = vec![
+            listed("c", "games", Power::Unknown, false),
+            listed("a", "GAMES", Power::Unknown, false),
+            listed("ghost", "games", Power::Unknown, true),
+            listed("stray", "games", Power::Unknown, false),
+        ];
+        let plain = observe(&rows, listing.clone(), None);
+        assert_eq!(plain.arm.len(), 2);
+        assert_eq!(plain.arm[&rows[0].vm.id].power, Power::Unknown);
+        assert!(plain.untracked.is_empty(), "no adoption between sweeps");
+
+        let swept = vec![
+            listed("c", "games", Power::Running, false),
+            listed("a", "games", Power::Running, false),
+            listed("b", "games", Power::Deallocated, false),
+            listed("ghost", "Games", Power::Running, false),
+        ];
+        let full = observe(&rows, listing, Some(&swept));
+        assert_eq!(full.arm[&rows[0].vm.id].power, Power::Running);
+        assert_eq!(
+            full.arm[&rows[1].vm.id].power,
+            Power::Deallocated,
+            "seen by the sweep though the listing missed it"
+        );
+        assert_eq!(
+            full.arm[&rows[2].vm.id].power,
+            Power::Unknown,
+            "a VM in flight is confirmed by a point read, not by the sweep"
+        );
+        let adopt: Vec<&str> = full.untracked.iter().map(|u| u.0.as_str()).collect();
+        assert_eq!(
+            adopt,
+            ["ghost"],
+            "tagged only; the untagged stray is not the pool's"
+        );
+    }
 }

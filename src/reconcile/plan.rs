@@ -1,14 +1,21 @@
-//! The reconcile decision as a pure function of the rows, what ARM reports, the pool's own
-//! record and the time. No I/O: every rule here is tested on virtual time.
+//! The reconcile decision as pure functions of the rows, what ARM reports, the pool's own
+//! record and the time, one per phase: which VMs need a point read ([`reads_needed`], with
+//! the brake on mass disappearance, [`vanished`]), what each row needs ([`settle`]), which
+//! untracked VMs to adopt ([`adoptions`]), the buffer target ([`buffer_target`]), how to fill
+//! the buffer ([`fill_buffer`]), what surplus to deallocate ([`surplus`]), which drained VMs
+//! to deallocate ([`drained`]), which claims were never used ([`unused_claims`]) and the cap
+//! on ARM writes ([`cap_writes`]). [`plan`] runs them in order. No I/O: every rule here is
+//! tested on virtual time.
 
 use std::collections::{HashMap, HashSet};
 
 use time::{Duration, OffsetDateTime};
 
+use super::meta::PoolMeta;
 use crate::compute::{Power, Provisioning, VmStatus};
 use crate::config::PoolPolicy;
 use crate::domain::{Operation, Purpose, VmId, VmState};
-use crate::store::{PoolMeta, Versioned};
+use crate::store::Versioned;
 
 /// How long after issuing an operation ARM may still not show it (its answers and listings
 /// lag): only after this is a missing or unchanged VM re-issued or corrected.
@@ -18,14 +25,53 @@ pub const GRACE: Duration = Duration::seconds(60);
 /// to stay well inside ARM's write budget (200 burst, 10/s per subscription).
 pub const MAX_OTHER_WRITES_PER_PASS: usize = 50;
 
-/// A deallocate issued this many times without effect fails the VM.
-pub const MAX_DEALLOCATE_ATTEMPTS: u32 = 3;
+/// An operation issued this many times without effect fails the VM.
+pub const MAX_ATTEMPTS: u32 = 3;
 
-/// What ARM reported at the start of a pass.
+/// Most point reads (GETs) of single VMs per pass: VMs in flight first, then VMs missing
+/// from the listing.
+pub const MAX_POINT_READS_PER_PASS: usize = 100;
+
+/// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
+pub const MAX_IP_LOOKUPS_PER_PASS: usize = 5;
+
+/// The brake never holds for fewer vanished VMs than this.
+pub const BRAKE_MIN_VMS: usize = 3;
+
+/// What ARM reported this pass, matched to the rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    /// Every VM of the pool that ARM knows, by name.
+    /// The best status known of each row's VM: a point read, else the sweep's power state,
+    /// else the listing (whose power state may be [`Power::Unknown`]).
     pub arm: HashMap<VmId, VmStatus>,
+    /// Rows whose VM a point read answered 404 for this pass: confirmed gone.
+    pub gone: HashSet<VmId>,
+    /// Pool VMs with no row, with what ARM shows of them (sweep passes only).
+    pub untracked: Vec<(VmId, String, VmStatus)>,
+    /// Known VMs missing from the listing while the brake held (0: it did not hold).
+    pub vanished: u32,
+}
+
+/// What ARM shows of one row's VM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Seen<'a> {
+    /// Listed or read, with this status.
+    Present(&'a VmStatus),
+    /// Not in the listing, and no point read confirmed it gone: nothing is concluded.
+    Missing,
+    /// A point read answered 404.
+    Gone,
+}
+
+impl Observed {
+    /// What ARM shows of `id`.
+    pub fn seen(&self, id: &VmId) -> Seen<'_> {
+        if self.gone.contains(id) {
+            Seen::Gone
+        } else {
+            self.arm.get(id).map_or(Seen::Missing, Seen::Present)
+        }
+    }
 }
 
 /// One step the executor takes. Steps on an existing row carry the row as the plan saw it,
@@ -35,7 +81,7 @@ pub struct Observed {
 pub enum Action {
     /// `Creating` -> `Running`/`Standby`: ARM reports it provisioned and running.
     Complete(Versioned),
-    /// `Deallocating` -> `Deallocated`: ARM reports it deallocated (or gone).
+    /// `Deallocating` -> `Deallocated`: ARM reports it deallocated (or a GET answered 404).
     FinishDeallocate(Versioned),
     /// -> `Failed`, with the error.
     Fail(Versioned, String),
@@ -51,10 +97,14 @@ pub enum Action {
     Correct(Versioned, VmState),
     /// A `Failed` VM is deleted in ARM (with its NIC, disk and IP).
     Delete(Versioned),
-    /// A `Failed` VM that ARM no longer has: the row is removed.
+    /// A `Failed` VM that a GET found gone: the row is removed.
     Forget(Versioned),
-    /// A pool VM in ARM with no row: a row is written for it.
-    Adopt(VmId, VmStatus),
+    /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status).
+    Adopt(VmId, String, VmStatus),
+    /// A `Running` VM handed out and never used goes back to `Standby`.
+    Unclaim(Versioned),
+    /// Look for the public IP of an up VM that has none recorded.
+    FindIp(Versioned),
 }
 
 /// The actions of one pass and the pool record to save after them.
@@ -62,7 +112,7 @@ pub enum Action {
 pub struct Plan {
     /// What to do, in order.
     pub actions: Vec<Action>,
-    /// The pool's record after this pass (buffer target, breaker).
+    /// The pool's record after this pass (buffer target, breaker, observation).
     pub meta: PoolMeta,
 }
 
@@ -70,8 +120,347 @@ fn to_time(d: std::time::Duration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::MAX)
 }
 
+/// Time since the row's operation was last issued (or its state last changed).
 fn age(row: &Versioned, now: OffsetDateTime) -> Duration {
     now - row.vm.state_changed_at
+}
+
+/// Time since the row's operation was first issued.
+fn issued_for(row: &Versioned, now: OffsetDateTime) -> Duration {
+    now - row.vm.issued_at()
+}
+
+/// Whether a row's VM certainly exists in ARM (so missing from a listing means the listing
+/// is wrong or the VM was removed behind the pool's back).
+fn must_exist(row: &Versioned) -> bool {
+    match row.vm.state {
+        VmState::Creating => row.vm.operation == Some(Operation::Start),
+        VmState::Failed => false,
+        _ => true,
+    }
+}
+
+/// The brake on mass disappearance: the known VMs missing from the listing, if more than
+/// `VMPOOL_VANISH_BRAKE_PERCENT` of them and at least [`BRAKE_MIN_VMS`]; then the pass acts
+/// on none of them (a listing that lags or pages short must not fail a fleet).
+pub fn vanished<'a>(
+    rows: &'a [Versioned],
+    listed: &HashMap<VmId, VmStatus>,
+    policy: &PoolPolicy,
+) -> Option<Vec<&'a VmId>> {
+    let known: Vec<&Versioned> = rows.iter().filter(|r| must_exist(r)).collect();
+    let missing: Vec<&VmId> = known
+        .iter()
+        .filter(|r| !listed.contains_key(&r.vm.id))
+        .map(|r| &r.vm.id)
+        .collect();
+    let over_share = missing.len() * 100 > known.len() * policy.vanish_brake_percent as usize;
+    (missing.len() >= BRAKE_MIN_VMS && over_share).then_some(missing)
+}
+
+/// The VMs to read one by one this pass, at most [`MAX_POINT_READS_PER_PASS`]: VMs in flight
+/// whose listing does not say whether they are done (oldest first), then VMs missing from
+/// the listing whose absence would change their row (unless the brake holds).
+pub fn reads_needed(
+    rows: &[Versioned],
+    listed: &HashMap<VmId, VmStatus>,
+    braked: bool,
+    now: OffsetDateTime,
+) -> Vec<VmId> {
+    let settled = |r: &Versioned| age(r, now) >= GRACE;
+    let mut in_flight: Vec<&Versioned> = Vec::new();
+    let mut missing: Vec<&Versioned> = Vec::new();
+    for row in rows {
+        let vm = &row.vm;
+        match (vm.state, listed.get(&vm.id)) {
+            (VmState::Creating | VmState::Deallocating, Some(s)) => {
+                // A listing without power state cannot say a VM is up or deallocated, and
+                // says Failed without ARM's error: read it, unless it is still being created.
+                let undecided = s.power == Power::Unknown
+                    && !(vm.operation == Some(Operation::Create)
+                        && s.provisioning == Provisioning::Creating);
+                if undecided {
+                    in_flight.push(row);
+                }
+            }
+            (VmState::Creating, None) if settled(row) => in_flight.push(row),
+            (VmState::Deallocating, None) => in_flight.push(row),
+            (VmState::Failed, None) => missing.push(row),
+            (_, None) if settled(row) && !braked => missing.push(row),
+            _ => {}
+        }
+    }
+    in_flight.sort_by_key(|r| r.vm.state_changed_at);
+    missing.sort_by_key(|r| r.vm.state_changed_at);
+    in_flight
+        .into_iter()
+        .chain(missing)
+        .take(MAX_POINT_READS_PER_PASS)
+        .map(|r| r.vm.id.clone())
+        .collect()
+}
+
+/// Decides what to do.
+pub fn plan(
+    rows: &[Versioned],
+    observed: &Observed,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+    meta: &PoolMeta,
+) -> Plan {
+    let mut meta = meta.clone();
+    meta.vanished = observed.vanished;
+    meta.half_open_if_cooled(now, policy);
+    let mut actions = Vec::new();
+    // Rows an action already takes care of this pass, and those of them it takes out of
+    // the buffer.
+    let mut handled: HashSet<&VmId> = HashSet::new();
+    let mut leaving: HashSet<&VmId> = HashSet::new();
+
+    for row in rows {
+        if let Some(action) = settle(row, observed.seen(&row.vm.id), now, policy) {
+            handled.insert(&row.vm.id);
+            if matches!(
+                action,
+                Action::Fail(..)
+                    | Action::Deallocate(..)
+                    | Action::Correct(_, VmState::Deallocated)
+            ) {
+                leaving.insert(&row.vm.id);
+            }
+            actions.push(action);
+        }
+    }
+    actions.extend(adoptions(rows, observed));
+    let unclaimed = unused_claims(rows, &handled, now, policy);
+    let returning = unclaimed.len();
+    for r in rows {
+        if unclaimed
+            .iter()
+            .any(|a| matches!(a, Action::Unclaim(u) if u.vm.id == r.vm.id))
+        {
+            handled.insert(&r.vm.id);
+        }
+    }
+    actions.extend(unclaimed);
+
+    let (target, cooled) = buffer_target(rows, now, policy, &mut meta);
+    let buffer = rows
+        .iter()
+        .filter(|r| !leaving.contains(&r.vm.id))
+        .filter(|r| {
+            r.vm.state == VmState::Standby
+                || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
+        })
+        .count()
+        + returning;
+    actions.extend(fill_buffer(
+        rows,
+        observed,
+        &mut handled,
+        buffer,
+        target,
+        meta.breaker_open_at(now),
+        policy,
+    ));
+    if cooled {
+        actions.extend(surplus(rows, observed, &mut handled, buffer, target));
+    }
+    actions.extend(drained(rows, &handled, now, policy));
+    actions.extend(find_ips(rows, observed, &handled));
+    Plan {
+        actions: cap_writes(actions),
+        meta,
+    }
+}
+
+/// Pool VMs in ARM with no row (a table restored from backup, rows removed by hand), seen on
+/// a sweep: each gets a row.
+pub fn adoptions(rows: &[Versioned], observed: &Observed) -> Vec<Action> {
+    let known: HashSet<&VmId> = rows.iter().map(|r| &r.vm.id).collect();
+    let mut untracked: Vec<&(VmId, String, VmStatus)> = observed
+        .untracked
+        .iter()
+        .filter(|(id, _, s)| !known.contains(id) && s.provisioning != Provisioning::Deleting)
+        .collect();
+    untracked.sort_by(|a, b| a.0.cmp(&b.0));
+    untracked
+        .into_iter()
+        .map(|(id, rid, s)| Action::Adopt(id.clone(), rid.clone(), s.clone()))
+        .collect()
+}
+
+/// `Running` VMs handed out by CreateVM that got neither a report nor a mark within the
+/// claim timeout: they were never used and go back to the buffer.
+pub fn unused_claims(
+    rows: &[Versioned],
+    handled: &HashSet<&VmId>,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+) -> Vec<Action> {
+    let timeout = to_time(policy.claim_timeout);
+    rows.iter()
+        .filter(|r| !handled.contains(&r.vm.id))
+        .filter(|r| {
+            r.vm.state == VmState::Running
+                && age(r, now) >= timeout
+                && crate::domain::unclaimed(&r.vm, now).is_ok()
+        })
+        .map(|r| Action::Unclaim(r.clone()))
+        .collect()
+}
+
+/// The buffer target: the configured floor, raised by demand, lowered after a cool-down.
+/// Returns the target and whether demand has cooled down (surplus may go).
+pub fn buffer_target(
+    rows: &[Versioned],
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+    meta: &mut PoolMeta,
+) -> (usize, bool) {
+    let wanted = demand_target(rows, now, policy).max(policy.min_standby);
+    let cooled = meta
+        .target_raised_at
+        .is_none_or(|at| now - at >= to_time(policy.buffer_cooldown));
+    if wanted >= meta.buffer_target {
+        if wanted > policy.min_standby {
+            meta.target_raised_at = Some(now);
+        }
+        meta.buffer_target = wanted;
+    } else if cooled {
+        meta.buffer_target = wanted;
+    }
+    (meta.effective_buffer_target(policy) as usize, cooled)
+}
+
+/// Fills the buffer up to `target`: starts of deallocated VMs first (faster and cheaper),
+/// then creates (none while the breaker is open), within the pool's maximum and the
+/// per-pass cap.
+pub fn fill_buffer<'a>(
+    rows: &'a [Versioned],
+    observed: &Observed,
+    handled: &mut HashSet<&'a VmId>,
+    buffer: usize,
+    target: usize,
+    breaker_open: bool,
+    policy: &PoolPolicy,
+) -> Vec<Action> {
+    let active = rows
+        .iter()
+        .filter(|r| r.vm.state.counts_against_max())
+        .count();
+    let headroom = (policy.max_vms as usize).saturating_sub(active);
+    let missing = target
+        .saturating_sub(buffer)
+        .min(headroom)
+        .min(policy.max_creates_per_pass as usize);
+    let mut deallocated: Vec<&Versioned> = rows
+        .iter()
+        .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
+        .filter(|r| {
+            observed.arm.get(&r.vm.id).is_some_and(|s| {
+                s.provisioning == Provisioning::Succeeded
+                    && matches!(s.power, Power::Deallocated | Power::Unknown)
+            })
+        })
+        .collect();
+    // The longest-deallocated first, so every VM gets exercised.
+    deallocated.sort_by_key(|r| r.vm.state_changed_at);
+    let starts = missing.min(deallocated.len());
+    let mut actions = Vec::new();
+    for row in deallocated.into_iter().take(starts) {
+        handled.insert(&row.vm.id);
+        actions.push(Action::StartForBuffer(row.clone()));
+    }
+    if !breaker_open {
+        actions.extend(std::iter::repeat_n(
+            Action::CreateForBuffer,
+            missing - starts,
+        ));
+    }
+    actions
+}
+
+/// Surplus `Standby` VMs over the target, once demand has cooled down: the longest-idle
+/// first. A `Standby` VM that reports rooms is in use and never surplus, and one missing
+/// from the listing is left alone.
+pub fn surplus<'a>(
+    rows: &'a [Versioned],
+    observed: &Observed,
+    handled: &mut HashSet<&'a VmId>,
+    buffer: usize,
+    target: usize,
+) -> Vec<Action> {
+    let mut standby: Vec<&Versioned> = rows
+        .iter()
+        .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
+        .filter(|r| r.vm.may_be_emptied())
+        .filter(|r| matches!(observed.seen(&r.vm.id), Seen::Present(_)))
+        .collect();
+    standby.sort_by_key(|r| r.vm.state_changed_at);
+    let n = buffer.saturating_sub(target).min(standby.len());
+    standby
+        .into_iter()
+        .take(n)
+        .map(|row| {
+            handled.insert(&row.vm.id);
+            Action::Deallocate(row.clone(), "surplus standby")
+        })
+        .collect()
+}
+
+/// The drain safety net: a `MarkedForDeallocation` VM whose last report (since it was handed
+/// out) said 0 rooms, and that has not reported for the drain timeout, is deallocated. One
+/// whose rooms are unknown is never touched.
+pub fn drained(
+    rows: &[Versioned],
+    handled: &HashSet<&VmId>,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+) -> Vec<Action> {
+    let timeout = to_time(policy.drain_timeout);
+    rows.iter()
+        .filter(|r| {
+            let vm = &r.vm;
+            vm.state == VmState::MarkedForDeallocation
+                && !handled.contains(&vm.id)
+                && vm.reported_empty()
+                && vm
+                    .last_report_at
+                    .is_some_and(|t| now - t.max(vm.state_changed_at) >= timeout)
+        })
+        .map(|r| Action::Deallocate(r.clone(), "drain timeout"))
+        .collect()
+}
+
+/// Up VMs with no public IP recorded (ARM had none yet when they completed): looked for
+/// again, a few per pass.
+pub fn find_ips(rows: &[Versioned], observed: &Observed, handled: &HashSet<&VmId>) -> Vec<Action> {
+    rows.iter()
+        .filter(|r| {
+            matches!(
+                r.vm.state,
+                VmState::Running | VmState::Standby | VmState::MarkedForDeallocation
+            ) && r.vm.public_ip.is_none()
+                && !handled.contains(&r.vm.id)
+                && matches!(observed.seen(&r.vm.id), Seen::Present(_))
+        })
+        .take(MAX_IP_LOOKUPS_PER_PASS)
+        .map(|r| Action::FindIp(r.clone()))
+        .collect()
+}
+
+/// Caps the ARM writes of one pass (creates and starts are capped by [`fill_buffer`]).
+pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
+    let mut others = 0usize;
+    actions.retain(|a| match a {
+        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(_) => {
+            others += 1;
+            others <= MAX_OTHER_WRITES_PER_PASS
+        }
+        _ => true,
+    });
+    actions
 }
 
 /// The buffer target from demand: claims over the demand window, scaled to the time a VM
@@ -95,280 +484,136 @@ pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolic
     target
 }
 
-/// Decides what to do.
-pub fn plan(
-    rows: &[Versioned],
-    observed: &Observed,
-    now: OffsetDateTime,
-    policy: &PoolPolicy,
-    meta: &PoolMeta,
-) -> Plan {
-    let mut meta = meta.clone();
-    let mut actions = Vec::new();
-    let mut create_failures = 0u32;
-    let mut create_succeeded = false;
-    let mut last_create_error = None;
-    // Rows an action already takes care of this pass, and those of them it takes out of
-    // the buffer.
-    let mut handled: HashSet<&VmId> = HashSet::new();
-    let mut leaving: HashSet<&VmId> = HashSet::new();
-
-    for row in rows {
-        if let Some(action) = settle(row, observed.arm.get(&row.vm.id), now, policy) {
-            if row.vm.operation == Some(Operation::Create) {
-                match &action {
-                    Action::Complete(_) => create_succeeded = true,
-                    Action::Fail(_, error) => {
-                        create_failures += 1;
-                        last_create_error = Some(error.clone());
-                    }
-                    _ => {}
-                }
-            }
-            handled.insert(&row.vm.id);
-            if matches!(
-                action,
-                Action::Fail(..)
-                    | Action::Deallocate(..)
-                    | Action::Correct(_, VmState::Deallocated)
-            ) {
-                leaving.insert(&row.vm.id);
-            }
-            actions.push(action);
-        }
-    }
-
-    // Pool VMs in ARM with no row (a table restored from backup, rows removed by hand).
-    let known: HashSet<&VmId> = rows.iter().map(|r| &r.vm.id).collect();
-    let mut untracked: Vec<(&VmId, &VmStatus)> = observed
-        .arm
-        .iter()
-        .filter(|(id, s)| !known.contains(id) && s.provisioning != Provisioning::Deleting)
-        .collect();
-    untracked.sort_by(|a, b| a.0.cmp(b.0));
-    for (id, status) in untracked {
-        actions.push(Action::Adopt(id.clone(), status.clone()));
-    }
-
-    // The circuit breaker over creates.
-    if create_succeeded {
-        meta.consecutive_create_failures = 0;
-        meta.breaker_open_until = None;
-        meta.breaker_reason = None;
-    }
-    meta.consecutive_create_failures += create_failures;
-    let breaker_open = meta.breaker_open_until.is_some_and(|until| until > now);
-    if !breaker_open && meta.breaker_open_until.is_some() {
-        // Cool-down over: half open. One more failure opens it again.
-        meta.breaker_open_until = None;
-        meta.consecutive_create_failures = policy.breaker_failures.saturating_sub(1);
-    }
-    if !breaker_open && meta.consecutive_create_failures >= policy.breaker_failures {
-        meta.breaker_open_until = Some(now + to_time(policy.breaker_cooldown));
-        meta.breaker_reason = Some(format!(
-            "{} creates failed in a row; last: {}",
-            meta.consecutive_create_failures,
-            last_create_error.unwrap_or_else(|| "unknown".into())
-        ));
-    }
-    let breaker_open = meta.breaker_open_until.is_some_and(|until| until > now);
-
-    // The buffer target: the configured floor, raised by demand, lowered after a cool-down.
-    let wanted = demand_target(rows, now, policy).max(policy.min_standby);
-    let cooled = meta
-        .target_raised_at
-        .is_none_or(|at| now - at >= to_time(policy.buffer_cooldown));
-    if wanted >= meta.buffer_target {
-        if wanted > policy.min_standby {
-            meta.target_raised_at = Some(now);
-        }
-        meta.buffer_target = wanted;
-    } else if cooled {
-        meta.buffer_target = wanted;
-    }
-    let target = meta.buffer_target.min(policy.max_vms) as usize;
-
-    // Fill the buffer: starts of deallocated VMs first (faster and cheaper), then creates.
-    let buffer = rows
-        .iter()
-        .filter(|r| !leaving.contains(&r.vm.id))
-        .filter(|r| {
-            r.vm.state == VmState::Standby
-                || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
-        })
-        .count();
-    let active = rows
-        .iter()
-        .filter(|r| r.vm.state.counts_against_max())
-        .count();
-    let headroom = (policy.max_vms as usize).saturating_sub(active);
-    let missing = target
-        .saturating_sub(buffer)
-        .min(headroom)
-        .min(policy.max_creates_per_pass as usize);
-    let mut deallocated: Vec<&Versioned> =
-        rows.iter()
-            .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
-            .filter(|r| {
-                observed.arm.get(&r.vm.id).is_some_and(|s| {
-                    s.is_deallocated() && s.provisioning == Provisioning::Succeeded
-                })
-            })
-            .collect();
-    // The longest-deallocated first, so every VM gets exercised.
-    deallocated.sort_by_key(|r| r.vm.state_changed_at);
-    let starts = missing.min(deallocated.len());
-    for row in deallocated.into_iter().take(starts) {
-        handled.insert(&row.vm.id);
-        actions.push(Action::StartForBuffer(row.clone()));
-    }
-    if !breaker_open {
-        actions.extend(std::iter::repeat_n(
-            Action::CreateForBuffer,
-            missing - starts,
-        ));
-    }
-
-    // Surplus Standby VMs, once demand has cooled down: the longest-idle first.
-    if cooled {
-        let mut standby: Vec<&Versioned> = rows
-            .iter()
-            .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
-            .collect();
-        standby.sort_by_key(|r| r.vm.state_changed_at);
-        let surplus = buffer.saturating_sub(target).min(standby.len());
-        for row in standby.into_iter().take(surplus) {
-            handled.insert(&row.vm.id);
-            actions.push(Action::Deallocate(row.clone(), "surplus standby"));
-        }
-    }
-
-    // Drained VMs that stopped reporting: deallocate as a safety net.
-    let drain_timeout = to_time(policy.drain_timeout);
-    for row in rows {
-        let vm = &row.vm;
-        if vm.state == VmState::MarkedForDeallocation && vm.rooms == 0 && !handled.contains(&vm.id)
-        {
-            let heard = vm
-                .last_report_at
-                .map_or(vm.state_changed_at, |t| t.max(vm.state_changed_at));
-            if now - heard >= drain_timeout {
-                actions.push(Action::Deallocate(row.clone(), "drain timeout"));
-            }
-        }
-    }
-
-    // Cap the ARM writes of one pass (creates and starts are capped above).
-    let mut others = 0usize;
-    actions.retain(|a| match a {
-        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(_) => {
-            others += 1;
-            others <= MAX_OTHER_WRITES_PER_PASS
-        }
-        _ => true,
-    });
-    Plan { actions, meta }
-}
-
-/// What one row needs, given what ARM says of it: completion, failure, re-issue, drift repair.
-fn settle(
+/// What one row needs, given what ARM shows of it: completion, failure, re-issue, drift
+/// repair, clean-up. Absence is never deletion: only [`Seen::Gone`] (a GET answered 404)
+/// fails, finishes or forgets a row for its VM being missing.
+pub fn settle(
     row: &Versioned,
-    arm: Option<&VmStatus>,
+    seen: Seen<'_>,
     now: OffsetDateTime,
     policy: &PoolPolicy,
 ) -> Option<Action> {
     let vm = &row.vm;
     let settled = age(row, now) >= GRACE;
+    let what = vm
+        .operation
+        .map_or("operation", |o| o.as_str())
+        .to_lowercase();
+    let out_of_attempts = vm.attempts >= MAX_ATTEMPTS && settled;
     match vm.state {
-        VmState::Creating => match arm {
-            Some(s) if s.is_up() => Some(Action::Complete(row.clone())),
-            Some(VmStatus {
+        VmState::Creating => match seen {
+            Seen::Present(s) if s.is_up() => Some(Action::Complete(row.clone())),
+            Seen::Present(VmStatus {
                 provisioning: Provisioning::Failed(error),
                 ..
             }) => Some(Action::Fail(
                 row.clone(),
                 format!("provisioning failed: {error}"),
             )),
-            _ if age(row, now) >= to_time(policy.create_timeout) => Some(Action::Fail(
+            _ if issued_for(row, now) >= to_time(policy.create_timeout) => Some(Action::Fail(
                 row.clone(),
                 format!(
-                    "not running {}s after the {} was issued",
+                    "not running {}s after the {what} was first issued ({} attempts)",
                     policy.create_timeout.as_secs(),
-                    vm.operation
-                        .map_or("operation", |o| o.as_str())
-                        .to_lowercase()
+                    vm.attempts
                 ),
             )),
+            _ if out_of_attempts => Some(Action::Fail(
+                row.clone(),
+                match &vm.last_error {
+                    Some(last) => format!(
+                        "the {what} did not take after {} attempts; last: {last}",
+                        vm.attempts
+                    ),
+                    None => format!("the {what} did not take after {} attempts", vm.attempts),
+                },
+            )),
             // The create never reached ARM (a crash or a fault between row and call).
-            None if vm.operation == Some(Operation::Create) && settled => {
+            Seen::Gone if vm.operation == Some(Operation::Create) && settled => {
                 Some(Action::Reissue(row.clone()))
             }
-            None if settled => Some(Action::Fail(
+            Seen::Gone if settled => Some(Action::Fail(
                 row.clone(),
-                "the VM was deleted outside vmpool".into(),
+                "the VM was deleted outside vmpool (a GET answered 404)".into(),
             )),
             // The start never reached ARM.
-            Some(s) if s.power == Power::Deallocated && settled => {
+            Seen::Present(s) if s.power == Power::Deallocated && settled => {
                 Some(Action::Reissue(row.clone()))
             }
             _ => None,
         },
-        VmState::Deallocating => match arm {
-            // Gone from ARM counts as deallocated: nothing is billed.
-            None => Some(Action::FinishDeallocate(row.clone())),
-            Some(s) if s.is_deallocated() => Some(Action::FinishDeallocate(row.clone())),
-            Some(_)
-                if vm.attempts >= MAX_DEALLOCATE_ATTEMPTS
-                    && age(row, now) >= to_time(policy.deallocate_timeout) =>
+        VmState::Deallocating => match seen {
+            // Gone counts as deallocated: nothing is billed.
+            Seen::Gone => Some(Action::FinishDeallocate(row.clone())),
+            Seen::Present(s) if s.is_deallocated() => Some(Action::FinishDeallocate(row.clone())),
+            Seen::Present(_)
+                if vm.attempts >= MAX_ATTEMPTS
+                    && issued_for(row, now) >= to_time(policy.deallocate_timeout) =>
             {
                 Some(Action::Fail(
                     row.clone(),
                     format!("still not deallocated after {} attempts", vm.attempts),
                 ))
             }
-            Some(s)
+            Seen::Present(s)
                 if matches!(s.power, Power::Running | Power::Stopped | Power::Starting)
                     && settled =>
             {
                 Some(Action::Reissue(row.clone()))
             }
-            Some(_) if age(row, now) >= to_time(policy.deallocate_timeout) => {
+            Seen::Present(_) if age(row, now) >= to_time(policy.deallocate_timeout) => {
                 Some(Action::Reissue(row.clone()))
             }
             _ => None,
         },
-        VmState::Running | VmState::Standby | VmState::MarkedForDeallocation => match arm {
-            None if settled => Some(Action::Fail(
+        VmState::Running | VmState::Standby | VmState::MarkedForDeallocation => match seen {
+            Seen::Gone if settled => Some(Action::Fail(
                 row.clone(),
-                "the VM was deleted outside vmpool".into(),
+                "the VM was deleted outside vmpool (a GET answered 404)".into(),
             )),
-            Some(s) if s.is_deallocated() && settled => {
+            Seen::Present(s) if s.is_deallocated() && settled => {
                 Some(Action::Correct(row.clone(), VmState::Deallocated))
             }
             // Stopped but still allocated (billed) with nobody on it.
-            Some(s) if s.power == Power::Stopped && vm.state == VmState::Standby && settled => {
+            Seen::Present(s)
+                if s.power == Power::Stopped
+                    && vm.state == VmState::Standby
+                    && vm.may_be_emptied()
+                    && settled =>
+            {
                 Some(Action::Deallocate(row.clone(), "stopped outside vmpool"))
             }
             _ => None,
         },
-        VmState::Deallocated => match arm {
-            None if settled => Some(Action::Fail(
+        VmState::Deallocated => match seen {
+            Seen::Gone if settled => Some(Action::Fail(
                 row.clone(),
-                "the VM was deleted outside vmpool".into(),
+                "the VM was deleted outside vmpool (a GET answered 404)".into(),
             )),
             // Started outside vmpool: it is billed, so put it in the buffer.
-            Some(s) if s.is_up() && settled => Some(Action::Correct(row.clone(), VmState::Standby)),
+            Seen::Present(s) if s.is_up() && settled => {
+                Some(Action::Correct(row.clone(), VmState::Standby))
+            }
             _ => None,
         },
-        VmState::Failed => match (arm, vm.operation) {
-            (None, _) => Some(Action::Forget(row.clone())),
-            (Some(s), _) if s.provisioning == Provisioning::Deleting => None,
-            (Some(_), Some(Operation::Delete))
-                if age(row, now) < to_time(policy.deallocate_timeout) =>
+        VmState::Failed => match seen {
+            Seen::Gone => Some(Action::Forget(row.clone())),
+            Seen::Missing => None,
+            Seen::Present(s) if s.provisioning == Provisioning::Deleting => None,
+            // Players' games are never destroyed: a VM that reported rooms is kept unless
+            // ARM itself says its provisioning failed.
+            Seen::Present(s)
+                if vm.rooms > 0 && !matches!(s.provisioning, Provisioning::Failed(_)) =>
             {
                 None
             }
-            (Some(_), _) => Some(Action::Delete(row.clone())),
+            Seen::Present(_)
+                if vm.operation == Some(Operation::Delete)
+                    && age(row, now) < to_time(policy.deallocate_timeout) =>
+            {
+                None
+            }
+            Seen::Present(_) => Some(Action::Delete(row.clone())),
         },
     }
 }
@@ -393,6 +638,7 @@ mod tests {
         vm.state = state;
         vm.operation = op;
         vm.claimed_at = None;
+        vm.public_ip = Some("203.0.113.1".into());
         Versioned {
             vm,
             etag: Etag("e".into()),
@@ -435,7 +681,9 @@ mod tests {
             Action::Correct(r, to) => format!("correct {} to {to}", r.vm.id),
             Action::Delete(r) => format!("delete {}", r.vm.id),
             Action::Forget(r) => format!("forget {}", r.vm.id),
-            Action::Adopt(id, _) => format!("adopt {id}"),
+            Action::Adopt(id, ..) => format!("adopt {id}"),
+            Action::Unclaim(r) => format!("unclaim {}", r.vm.id),
+            Action::FindIp(r) => format!("findIp {}", r.vm.id),
         }
     }
 
@@ -455,11 +703,20 @@ mod tests {
         policy: &PoolPolicy,
         meta: &PoolMeta,
     ) -> (Vec<String>, PoolMeta) {
+        // A row ARM does not show was confirmed gone by a GET (see `run_missing` for rows
+        // merely missing from the listing).
+        let arm: HashMap<VmId, VmStatus> = arm
+            .iter()
+            .map(|(r, s)| (r.vm.id.clone(), s.clone()))
+            .collect();
         let observed = Observed {
-            arm: arm
+            gone: rows
                 .iter()
-                .map(|(r, s)| (r.vm.id.clone(), s.clone()))
+                .filter(|r| !arm.contains_key(&r.vm.id))
+                .map(|r| r.vm.id.clone())
                 .collect(),
+            arm,
+            ..Observed::default()
         };
         let p = plan(
             rows,
@@ -534,7 +791,7 @@ mod tests {
     #[test]
     fn a_deallocate_that_never_takes_fails_after_its_attempts() {
         let mut r = row("a", VmState::Deallocating, Some(Operation::Deallocate));
-        r.vm.attempts = MAX_DEALLOCATE_ATTEMPTS;
+        r.vm.attempts = MAX_ATTEMPTS;
         assert_eq!(
             run(
                 std::slice::from_ref(&r),
@@ -577,9 +834,219 @@ mod tests {
         );
         // Within the grace period nothing is trusted yet.
         assert!(run(std::slice::from_ref(&running), &[], 30, &p).is_empty());
-        // A pool VM with no row is adopted.
-        let ghost = row("ghost", VmState::Running, None);
-        assert_eq!(run(&[], &[(&ghost, up())], 0, &p), ["adopt ghost"]);
+        // A pool VM with no row, seen on a sweep, is adopted.
+        let observed = Observed {
+            untracked: vec![(VmId::parse("ghost").unwrap(), "/x/ghost".into(), up())],
+            ..Observed::default()
+        };
+        let adopt: Vec<String> = plan(&[], &observed, t0(), &p, &PoolMeta::default())
+            .actions
+            .iter()
+            .map(kind)
+            .collect();
+        assert_eq!(adopt, ["adopt ghost"]);
+    }
+
+    /// Like `run`, but rows ARM does not show are merely missing from the listing.
+    fn run_missing(rows: &[Versioned], secs: i64, policy: &PoolPolicy) -> Vec<String> {
+        let p = plan(
+            rows,
+            &Observed::default(),
+            t0() + Duration::seconds(secs),
+            policy,
+            &PoolMeta::default(),
+        );
+        p.actions.iter().map(kind).collect()
+    }
+
+    #[test]
+    fn absence_from_a_listing_changes_nothing_until_a_get_answers_404() {
+        let p = PoolPolicy::default();
+        for (state, op) in [
+            (VmState::Running, None),
+            (VmState::Standby, None),
+            (VmState::MarkedForDeallocation, None),
+            (VmState::Deallocated, None),
+            (VmState::Deallocating, Some(Operation::Deallocate)),
+            (VmState::Creating, Some(Operation::Start)),
+            (VmState::Creating, Some(Operation::Create)),
+            (VmState::Failed, None),
+        ] {
+            let r = row("a", state, op);
+            assert!(
+                run_missing(
+                    std::slice::from_ref(&r),
+                    3600 * 24,
+                    &PoolPolicy {
+                        create_timeout: std::time::Duration::from_secs(u64::MAX / 4),
+                        ..p.clone()
+                    }
+                )
+                .is_empty(),
+                "{state} {op:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn point_reads_go_to_vms_in_flight_then_to_missing_ones_and_stop_under_the_brake() {
+        let creating = row("c", VmState::Creating, Some(Operation::Start));
+        let dealloc = row("d", VmState::Deallocating, Some(Operation::Deallocate));
+        let running = row("r", VmState::Running, None);
+        let standby = row("s", VmState::Standby, None);
+        let rows = [
+            creating.clone(),
+            dealloc.clone(),
+            running.clone(),
+            standby.clone(),
+        ];
+        let listing_power_unknown = |r: &Versioned| {
+            (
+                r.vm.id.clone(),
+                status(Provisioning::Succeeded, Power::Unknown),
+            )
+        };
+        // In flight and listed without a power state: read. Running listed: not read.
+        let listed: HashMap<VmId, VmStatus> = [&creating, &dealloc, &running]
+            .into_iter()
+            .map(listing_power_unknown)
+            .collect();
+        let now = t0() + Duration::seconds(120);
+        let ids = |v: Vec<VmId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            ids(reads_needed(&rows, &listed, false, now)),
+            ["c", "d", "s"]
+        );
+        // Under the brake, missing steady VMs are not read (in-flight ones still are).
+        assert_eq!(ids(reads_needed(&rows, &listed, true, now)), ["c", "d"]);
+        // A create still provisioning needs no read.
+        let making = row("m", VmState::Creating, Some(Operation::Create));
+        let listed: HashMap<VmId, VmStatus> = [(
+            making.vm.id.clone(),
+            status(Provisioning::Creating, Power::Unknown),
+        )]
+        .into();
+        assert!(reads_needed(std::slice::from_ref(&making), &listed, false, now).is_empty());
+        // Bounded.
+        let many: Vec<Versioned> = (0..500)
+            .map(|i| row(&format!("v{i}"), VmState::Running, None))
+            .collect();
+        assert_eq!(
+            reads_needed(&many, &HashMap::new(), false, now).len(),
+            MAX_POINT_READS_PER_PASS
+        );
+    }
+
+    #[test]
+    fn the_brake_holds_when_many_known_vms_vanish_at_once() {
+        let p = PoolPolicy::default();
+        let rows: Vec<Versioned> = (0..30)
+            .map(|i| row(&format!("v{i}"), VmState::Running, None))
+            .collect();
+        let listed_but = |n: usize| -> HashMap<VmId, VmStatus> {
+            rows.iter()
+                .skip(n)
+                .map(|r| (r.vm.id.clone(), up()))
+                .collect()
+        };
+        // 3 of 30 is 10%: not more than the share.
+        assert!(vanished(&rows, &listed_but(3), &p).is_none());
+        assert_eq!(
+            vanished(&rows, &listed_but(4), &p).map(|v| v.len()),
+            Some(4)
+        );
+        assert_eq!(
+            vanished(&rows, &HashMap::new(), &p).map(|v| v.len()),
+            Some(30)
+        );
+        // Never for fewer than three.
+        let two = &rows[..2];
+        assert!(vanished(two, &HashMap::new(), &p).is_none());
+        // Rows whose VM may not exist yet do not count.
+        let creating: Vec<Versioned> = (0..5)
+            .map(|i| row(&format!("c{i}"), VmState::Creating, Some(Operation::Create)))
+            .collect();
+        assert!(vanished(&creating, &HashMap::new(), &p).is_none());
+    }
+
+    #[test]
+    fn retries_count_from_the_first_issue() {
+        let p = PoolPolicy::default();
+        let mut r = row("a", VmState::Creating, Some(Operation::Create));
+        // Re-issued twice, the last time 61 s ago: a third try would exceed the attempts.
+        r.vm.attempts = MAX_ATTEMPTS;
+        r.vm.operation_since = Some(t0());
+        r.vm.state_changed_at = t0() + Duration::seconds(200);
+        assert_eq!(run(std::slice::from_ref(&r), &[], 200 + 61, &p), ["fail a"]);
+        // Re-issued recently, but first issued past the create timeout: failed.
+        let mut late = row("b", VmState::Creating, Some(Operation::Create));
+        late.vm.attempts = 2;
+        late.vm.operation_since = Some(t0());
+        late.vm.state_changed_at = t0() + Duration::seconds(890);
+        assert_eq!(run(std::slice::from_ref(&late), &[], 901, &p), ["fail b"]);
+    }
+
+    #[test]
+    fn unused_claims_return_to_the_buffer_after_the_claim_timeout() {
+        let p = PoolPolicy::default();
+        let mut handed = row("h", VmState::Running, None);
+        handed.vm.claimed_at = Some(t0());
+        let mut used = handed.clone();
+        used.vm.id = VmId::parse("u").unwrap();
+        used.vm.last_report_at = Some(t0() + Duration::seconds(5));
+        let rows = [handed.clone(), used.clone()];
+        let arm = [(&handed, up()), (&used, up())];
+        assert!(run(&rows, &arm, 599, &p).is_empty());
+        assert_eq!(run(&rows, &arm, 600, &p), ["unclaim h"]);
+    }
+
+    #[test]
+    fn vms_with_rooms_or_unknown_rooms_are_never_deallocated() {
+        let p = PoolPolicy::default();
+        // A Standby VM someone reports rooms on is not surplus.
+        let mut busy = buffer_row("b", VmState::Standby);
+        busy.vm.rooms = 2;
+        busy.vm.last_report_at = Some(t0());
+        assert!(run(std::slice::from_ref(&busy), &[(&busy, up())], 60, &p).is_empty());
+        // A drained VM never reported on since it was handed out stays.
+        let mut unknown = row("m", VmState::MarkedForDeallocation, None);
+        unknown.vm.claimed_at = Some(t0());
+        assert!(
+            run(
+                std::slice::from_ref(&unknown),
+                &[(&unknown, up())],
+                90_000,
+                &p
+            )
+            .is_empty()
+        );
+        // A failed VM that reported rooms is not deleted, unless ARM says provisioning failed.
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.rooms = 4;
+        assert!(run(std::slice::from_ref(&failed), &[(&failed, up())], 60, &p).is_empty());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&failed),
+                &[(
+                    &failed,
+                    status(Provisioning::Failed("E".into()), Power::Unknown)
+                )],
+                60,
+                &p
+            ),
+            ["delete f"]
+        );
+    }
+
+    #[test]
+    fn a_missing_public_ip_is_looked_for_again() {
+        let p = PoolPolicy::default();
+        let mut r = row("r", VmState::Running, None);
+        r.vm.public_ip = None;
+        assert_eq!(
+            run(std::slice::from_ref(&r), &[(&r, up())], 0, &p),
+            ["findIp r"]
+        );
     }
 
     #[test]
@@ -692,6 +1159,8 @@ mod tests {
             .map(|i| {
                 let mut r = row(&format!("r{i}"), VmState::Running, None);
                 r.vm.claimed_at = Some(t0());
+                r.vm.rooms = 2;
+                r.vm.last_report_at = Some(t0());
                 r
             })
             .collect();
@@ -744,72 +1213,25 @@ mod tests {
     }
 
     #[test]
-    fn the_breaker_opens_after_consecutive_create_failures_and_half_opens_after_cool_down() {
+    fn no_creates_while_the_breaker_is_open_and_starts_still_fill_the_buffer() {
         let policy = PoolPolicy {
             min_standby: 2,
             breaker_failures: 3,
             ..PoolPolicy::default()
         };
-        let failing: Vec<Versioned> = (0..3)
-            .map(|i| buffer_row(&format!("c{i}"), VmState::Creating))
-            .collect();
-        let arm: Vec<_> = failing
-            .iter()
-            .map(|r| {
-                (
-                    r,
-                    status(Provisioning::Failed("QuotaExceeded".into()), Power::Unknown),
-                )
-            })
-            .collect();
-        let (actions, meta) = run_meta(&failing, &arm, 30, &policy, &PoolMeta::default());
-        assert_eq!(meta.consecutive_create_failures, 3);
-        assert!(meta.breaker_open_until.is_some());
-        assert!(
-            meta.breaker_reason
-                .as_deref()
-                .unwrap()
-                .contains("QuotaExceeded")
-        );
-        assert!(!actions.contains(&"create".to_owned()), "{actions:?}");
-
-        // While open: no creates, but starts of deallocated VMs still fill the buffer.
+        let open = PoolMeta {
+            consecutive_create_failures: 3,
+            breaker_open_until: Some(t0() + Duration::seconds(600)),
+            breaker_reason: Some("QuotaExceeded".into()),
+            ..PoolMeta::default()
+        };
         let d = row("d", VmState::Deallocated, None);
-        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &meta);
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
         assert_eq!(actions, ["start d"]);
-
-        // After the cool-down: half open, creates resume; one more failure reopens it.
-        let (actions, half) = run_meta(&[], &[], 30 + 601, &policy, &meta);
+        // After the cool-down: half open, creates resume.
+        let (actions, half) = run_meta(&[], &[], 601, &policy, &open);
         assert_eq!(actions, ["create", "create"]);
         assert_eq!(half.breaker_open_until, None);
-        let one = buffer_row("c9", VmState::Creating);
-        let (_, reopened) = run_meta(
-            std::slice::from_ref(&one),
-            &[(
-                &one,
-                status(Provisioning::Failed("QuotaExceeded".into()), Power::Unknown),
-            )],
-            700,
-            &policy,
-            &half,
-        );
-        assert!(reopened.breaker_open_until.is_some());
-
-        // A success closes it.
-        let ok = buffer_row("c8", VmState::Creating);
-        let (_, closed) = run_meta(
-            std::slice::from_ref(&ok),
-            &[(&ok, up())],
-            40,
-            &policy,
-            &meta,
-        );
-        assert_eq!(
-            (
-                closed.breaker_open_until,
-                closed.consecutive_create_failures
-            ),
-            (None, 0)
-        );
+        assert_eq!(half.consecutive_create_failures, 2);
     }
 }

@@ -10,7 +10,6 @@ pub mod memory;
 pub mod table;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::{VmId, VmRecord, VmState};
@@ -69,34 +68,6 @@ impl Rows<'_> {
     }
 }
 
-/// What the reconciler remembers about the pool as a whole (not about one VM): kept beside
-/// the VM rows so every instance can report it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolMeta {
-    /// When the last reconcile pass finished.
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub last_reconcile_at: Option<OffsetDateTime>,
-    /// One line on what the last pass did.
-    #[serde(default)]
-    pub last_reconcile_summary: String,
-    /// The warm-buffer target the last pass worked towards.
-    #[serde(default)]
-    pub buffer_target: u32,
-    /// When the buffer target was last raised by demand (the cool-down counts from here).
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub target_raised_at: Option<OffsetDateTime>,
-    /// Creates that failed in a row since the last success.
-    #[serde(default)]
-    pub consecutive_create_failures: u32,
-    /// While set and in the future, the buffer creates no VMs.
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub breaker_open_until: Option<OffsetDateTime>,
-    /// Why the breaker opened.
-    #[serde(default)]
-    pub breaker_reason: Option<String>,
-}
-
 /// One of the pool's own records (the reconciler's record, its lease, an idempotency key),
 /// kept apart from the VM rows, with the version a conditional write must name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +109,6 @@ pub fn check_record_value(value: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The kind and key of the reconciler's record.
-const META_RECORD: (&str, &str) = ("pool", "meta");
-
 /// The longest free text (an ARM error, a reconcile summary) a row keeps, in characters;
 /// longer text is cut. Table Storage refuses strings over 64 KiB.
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -161,23 +129,11 @@ pub fn normalize(vm: &VmRecord) -> Result<VmRecord, StoreError> {
     Ok(VmRecord {
         last_report_at: opt(vm.last_report_at)?,
         state_changed_at: tick(vm.state_changed_at)?,
+        operation_since: opt(vm.operation_since)?,
         created_at: tick(vm.created_at)?,
         claimed_at: opt(vm.claimed_at)?,
         last_error: vm.last_error.as_deref().map(truncate),
         ..vm.clone()
-    })
-}
-
-/// The pool's record as every store keeps it (see [`normalize`]).
-pub fn normalize_meta(meta: &PoolMeta) -> Result<PoolMeta, StoreError> {
-    Ok(PoolMeta {
-        last_reconcile_at: opt(meta.last_reconcile_at)?,
-        last_reconcile_summary: truncate(&meta.last_reconcile_summary),
-        buffer_target: meta.buffer_target,
-        target_raised_at: opt(meta.target_raised_at)?,
-        consecutive_create_failures: meta.consecutive_create_failures,
-        breaker_open_until: opt(meta.breaker_open_until)?,
-        breaker_reason: meta.breaker_reason.as_deref().map(truncate),
     })
 }
 
@@ -250,38 +206,4 @@ pub trait VmStore: Send + Sync + 'static {
         key: &str,
         etag: &Etag,
     ) -> Result<Written, StoreError>;
-
-    /// The pool's own record, if written yet. A record that cannot be read (written by an
-    /// older version) counts as absent, with a warning.
-    async fn load_meta(&self) -> Result<Option<PoolMeta>, StoreError> {
-        let Some(record) = self.get_record(META_RECORD.0, META_RECORD.1).await? else {
-            return Ok(None);
-        };
-        match serde_json::from_str(&record.value) {
-            Ok(meta) => Ok(Some(meta)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the pool's record is unreadable; starting afresh");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Writes the pool's own record (only the reconciler writes it, one pass at a time).
-    async fn save_meta(&self, meta: &PoolMeta) -> Result<(), StoreError> {
-        let value = serde_json::to_string(&normalize_meta(meta)?)
-            .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
-        let (kind, key) = META_RECORD;
-        for _ in 0..3 {
-            let written = match self.get_record(kind, key).await? {
-                Some(old) => self.update_record(kind, key, &value, &old.etag).await?,
-                None => self.insert_record(kind, key, &value).await?,
-            };
-            if let Written::Done(_) = written {
-                return Ok(());
-            }
-        }
-        Err(StoreError::Unavailable(
-            "pool record: other writers kept changing it".into(),
-        ))
-    }
 }

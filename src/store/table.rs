@@ -708,6 +708,7 @@ fn to_entity(vm: &VmRecord) -> Result<Value, StoreError> {
     put_int(&mut m, "Rooms", vm.rooms);
     put_time(&mut m, "LastReportAt", vm.last_report_at)?;
     put_time(&mut m, "StateChangedAt", Some(vm.state_changed_at))?;
+    put_time(&mut m, "OperationSince", vm.operation_since)?;
     put_time(&mut m, "CreatedAt", Some(vm.created_at))?;
     put_time(&mut m, "ClaimedAt", vm.claimed_at)?;
     put_int(&mut m, "Attempts", vm.attempts);
@@ -798,6 +799,8 @@ struct RowFields {
     last_report_at: Option<Value>,
     #[serde(rename = "StateChangedAt")]
     state_changed_at: Option<Value>,
+    #[serde(rename = "OperationSince")]
+    operation_since: Option<Value>,
     #[serde(rename = "CreatedAt")]
     created_at: Option<Value>,
     #[serde(rename = "ClaimedAt")]
@@ -823,6 +826,7 @@ impl Props for RowFields {
             "Rooms" => self.rooms.as_ref(),
             "LastReportAt" => self.last_report_at.as_ref(),
             "StateChangedAt" => self.state_changed_at.as_ref(),
+            "OperationSince" => self.operation_since.as_ref(),
             "CreatedAt" => self.created_at.as_ref(),
             "ClaimedAt" => self.claimed_at.as_ref(),
             "Attempts" => self.attempts.as_ref(),
@@ -859,6 +863,7 @@ fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
         rooms: int(m, "Rooms")?.ok_or("Rooms: missing")?,
         last_report_at: time_of(m, "LastReportAt")?,
         state_changed_at: time_of(m, "StateChangedAt")?.ok_or("StateChangedAt: missing")?,
+        operation_since: time_of(m, "OperationSince")?,
         created_at: time_of(m, "CreatedAt")?.ok_or("CreatedAt: missing")?,
         claimed_at: time_of(m, "ClaimedAt")?,
         attempts: int(m, "Attempts")?.ok_or("Attempts: missing")?,

@@ -29,7 +29,11 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
 /// No row was written and no reconcile pass recorded.
 async fn untouched(sim: &SimApp) -> bool {
     sim.store.list(Rows::All).await.unwrap().is_empty()
-        && sim.store.load_meta().await.unwrap().is_none()
+        && vmpool::reconcile::load_meta(&*sim.store)
+            .await
+            .unwrap()
+            .1
+            .is_none()
 }
 
 async fn with_key(app: &TestApp, method: &str, path: &str, body: Option<&str>, key: &str) -> u16 {

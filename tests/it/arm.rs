@@ -133,26 +133,46 @@ async fn every_operation_round_trips_through_the_fake() {
 
     f.clock.advance(Span::seconds(150));
     assert!(arm.status(&vm).await.unwrap().unwrap().is_up());
+    // The resource group's list: tags and provisioning, no power state.
     let listed = arm.list().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].0, vm);
-    assert!(listed[0].1.is_up());
+    assert_eq!(listed[0].name, vm);
+    assert!(listed[0].tagged);
+    assert_eq!(listed[0].status.provisioning, Provisioning::Succeeded);
+    assert_eq!(listed[0].status.power, Power::Unknown);
+    assert!(
+        listed[0]
+            .resource_id
+            .eq_ignore_ascii_case(&arm.resource_id(&vm))
+    );
     let list_req = f.fake.accepted(FakeOp::ListVms);
     assert!(
-        list_req[0].query.contains("statusOnly=true"),
+        list_req[0].path.contains("/resourceGroups/games/"),
         "{list_req:?}"
     );
+    // The subscription's statusOnly list: power states, no tags.
+    let power = arm.list_power().await.unwrap();
+    assert_eq!(power.len(), 1);
+    assert!(power[0].status.is_up());
+    assert!(!power[0].tagged);
     assert!(
-        !list_req[0].path.contains("resourceGroups"),
-        "one subscription-wide call"
+        f.fake.accepted(FakeOp::ListVms)[1]
+            .query
+            .contains("statusOnly=true")
     );
+    // The public IP is found by following IDs, not by guessing names.
     let ip = arm.public_ip(&vm).await.unwrap().unwrap();
     assert_eq!(
         Some(ip.clone()),
         f.fake.cloud().get("pool1-vm1").unwrap().unwrap().public_ip
     );
     let ip_req = f.fake.accepted(FakeOp::GetPublicIp);
-    assert!(ip_req[0].path.ends_with("/publicIPAddresses/pool1-vm1-ip"));
+    assert!(!ip_req[0].path.contains("pool1-vm1"), "{ip_req:?}");
+    assert!(
+        !f.fake.accepted(FakeOp::GetNic)[0]
+            .path
+            .contains("pool1-vm1")
+    );
 
     arm.deallocate(&vm).await.unwrap();
     assert_eq!(f.fake.accepted(FakeOp::Deallocate)[0].status, 202);
@@ -198,7 +218,7 @@ async fn every_operation_round_trips_through_the_fake() {
 }
 
 #[tokio::test]
-async fn the_list_pages_and_keeps_to_its_own_pool_and_resource_group() {
+async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() {
     let f = spawn_fake(2).await;
     let mine = adapter(&f, "mine");
     let theirs = adapter(&f, "theirs");
@@ -220,14 +240,15 @@ async fn the_list_pages_and_keeps_to_its_own_pool_and_resource_group() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(id, _)| id.to_string())
+        .filter(|l| l.tagged)
+        .map(|l| l.name.to_string())
         .collect();
     names.sort();
     assert_eq!(names, ["mine-0", "mine-1", "mine-2", "mine-3", "mine-4"]);
     assert_eq!(
         f.fake.accepted(FakeOp::ListVms).len(),
-        4,
-        "7 VMs in pages of 2"
+        3,
+        "6 VMs of the resource group in pages of 2"
     );
     assert!(f.fake.accepted(FakeOp::GetVm).is_empty(), "no GET per VM");
 }
@@ -327,8 +348,12 @@ async fn provisioning_that_ends_failed_is_reported_with_its_code() {
         s.provisioning,
         Provisioning::Failed("AllocationFailed: no capacity for this size".into())
     );
+    // The resource group's list says Failed without the instance view's detail.
     let listed = arm.list().await.unwrap();
-    assert_eq!(listed[0].1.provisioning, s.provisioning);
+    assert!(matches!(
+        listed[0].status.provisioning,
+        Provisioning::Failed(_)
+    ));
 }
 
 #[tokio::test]
@@ -383,9 +408,310 @@ async fn an_unreachable_endpoint_is_unavailable() {
     ));
 }
 
-/// The wire protocol, spoken by hand.
+/// One request spoken by hand and what ARM answers it.
+struct Check {
+    /// What the row checks.
+    what: &'static str,
+    method: &'static str,
+    /// Path and query, after the fake's base URL; `{vm}` is the VM's URL path.
+    path: &'static str,
+    body: Body,
+    /// Whether the request carries the bearer token.
+    auth: bool,
+    /// Seconds the fake's clock moves before the request.
+    advance: i64,
+    status: u16,
+    /// ARM's `error.code`, or a JSON pointer and the value it must hold.
+    expect: Expect,
+}
+
+enum Body {
+    None,
+    /// The adapter's own PUT body.
+    Good,
+    /// The PUT body with no SSH key.
+    NoKey,
+    Raw(&'static str),
+}
+
+enum Expect {
+    Nothing,
+    Code(&'static str),
+    Field(&'static str, &'static str),
+    Header(&'static str),
+}
+
+/// The wire protocol, spoken by hand: every row is a request and its answer, in order (the
+/// fake's state carries from row to row).
 #[tokio::test]
 async fn the_fake_speaks_arm() {
+    use Body::{Good, NoKey, Raw};
+    use Expect::{Code, Field, Header, Nothing};
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let vm_path = format!(
+        "/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/hand-1"
+    );
+    let good = serde_json::to_value(
+        vmpool::compute::arm::vm_model(&arm_config(&f.base, TOKEN), &id("hand-1"), "p").unwrap(),
+    )
+    .unwrap();
+    let mut no_key = good.clone();
+    no_key["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"] = json!([]);
+    let checks = [
+        Check {
+            what: "no token",
+            method: "PUT",
+            path: "{vm}?api-version=2024-07-01",
+            body: Good,
+            auth: false,
+            advance: 0,
+            status: 401,
+            expect: Code("AuthenticationFailed"),
+        },
+        Check {
+            what: "no api-version",
+            method: "PUT",
+            path: "{vm}",
+            body: Good,
+            auth: true,
+            advance: 0,
+            status: 400,
+            expect: Code("MissingApiVersionParameter"),
+        },
+        Check {
+            what: "unknown api-version",
+            method: "GET",
+            path: "{vm}?api-version=1999-01-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 400,
+            expect: Code("InvalidApiVersionParameter"),
+        },
+        Check {
+            what: "a body that is not JSON",
+            method: "PUT",
+            path: "{vm}?api-version=2024-07-01",
+            body: Raw("{not json"),
+            auth: true,
+            advance: 0,
+            status: 400,
+            expect: Code("InvalidRequestContent"),
+        },
+        Check {
+            what: "no SSH key with passwords off",
+            method: "PUT",
+            path: "{vm}?api-version=2024-07-01",
+            body: NoKey,
+            auth: true,
+            advance: 0,
+            status: 400,
+            expect: Code("InvalidParameter"),
+        },
+        Check {
+            what: "a create",
+            method: "PUT",
+            path: "{vm}?api-version=2024-07-01",
+            body: Good,
+            auth: true,
+            advance: 0,
+            status: 201,
+            expect: Field("/properties/provisioningState", "Creating"),
+        },
+        Check {
+            what: "the operation header",
+            method: "PUT",
+            path: "{vm}?api-version=2024-07-01",
+            body: Good,
+            auth: true,
+            advance: 0,
+            status: 200,
+            expect: Header("azure-asyncoperation"),
+        },
+        Check {
+            what: "the resource type",
+            method: "GET",
+            path: "{vm}?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 200,
+            expect: Field("/type", "Microsoft.Compute/virtualMachines"),
+        },
+        Check {
+            what: "provisioned after the create's latency",
+            method: "GET",
+            path: "{vm}/instanceView?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 150,
+            status: 200,
+            expect: Field("/statuses/1/code", "PowerState/running"),
+        },
+        Check {
+            what: "a power-off",
+            method: "POST",
+            path: "{vm}/powerOff?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 202,
+            expect: Header("location"),
+        },
+        Check {
+            what: "stopped",
+            method: "GET",
+            path: "{vm}?api-version=2024-07-01&$expand=instanceView",
+            body: Body::None,
+            auth: true,
+            advance: 60,
+            status: 200,
+            expect: Field(
+                "/properties/instanceView/statuses/1/code",
+                "PowerState/stopped",
+            ),
+        },
+        Check {
+            what: "the listing of the resource group has tags",
+            method: "GET",
+            path: "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/games/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 200,
+            expect: Field("/value/0/tags/vmpool", "p"),
+        },
+        Check {
+            what: "instanceView on a resource group's list needs a $filter",
+            method: "GET",
+            path: "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/games/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&$expand=instanceView",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 400,
+            expect: Code("InvalidParameter"),
+        },
+        Check {
+            what: "statusOnly carries the power state",
+            method: "GET",
+            path: "/subscriptions/00000000-0000-0000-0000-0000000000aa/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&statusOnly=true",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 200,
+            expect: Field(
+                "/value/0/properties/instanceView/statuses/1/code",
+                "PowerState/stopped",
+            ),
+        },
+        Check {
+            what: "a guessed public IP name",
+            method: "GET",
+            path: "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/games/providers/Microsoft.Network/publicIPAddresses/hand-1-ip?api-version=2024-05-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 404,
+            expect: Code("ResourceNotFound"),
+        },
+        Check {
+            what: "a guessed NIC name",
+            method: "GET",
+            path: "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/games/providers/Microsoft.Network/networkInterfaces/hand-1-nic?api-version=2024-05-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 404,
+            expect: Code("ResourceNotFound"),
+        },
+        Check {
+            what: "a delete",
+            method: "DELETE",
+            path: "{vm}?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 202,
+            expect: Header("azure-asyncoperation"),
+        },
+        Check {
+            what: "deleting what is gone",
+            method: "DELETE",
+            path: "{vm}?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 30,
+            status: 204,
+            expect: Nothing,
+        },
+        Check {
+            what: "a VM that is gone",
+            method: "GET",
+            path: "{vm}?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 404,
+            expect: Code("ResourceNotFound"),
+        },
+        Check {
+            what: "a path ARM does not have",
+            method: "GET",
+            path: "/nothing/here",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 404,
+            expect: Code("InvalidResourceType"),
+        },
+        Check {
+            what: "another subscription",
+            method: "GET",
+            path: "/subscriptions/ffffffff-0000-0000-0000-000000000000/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/hand-1?api-version=2024-07-01",
+            body: Body::None,
+            auth: true,
+            advance: 0,
+            status: 404,
+            expect: Code("SubscriptionNotFound"),
+        },
+    ];
+    for c in checks {
+        f.clock.advance(Span::seconds(c.advance));
+        let url = format!("{}{}", f.base, c.path.replace("{vm}", &vm_path));
+        let mut req = http.request(
+            reqwest::Method::from_bytes(c.method.as_bytes()).unwrap(),
+            url,
+        );
+        if c.auth {
+            req = req.bearer_auth(TOKEN);
+        }
+        req = match c.body {
+            Body::None => req,
+            Good => req.json(&good),
+            NoKey => req.json(&no_key),
+            Raw(text) => req.header("content-type", "application/json").body(text),
+        };
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let json: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap_or(Value::Null);
+        assert_eq!(status, c.status, "{}: {json}", c.what);
+        match c.expect {
+            Nothing => {}
+            Code(code) => assert_eq!(json["error"]["code"], code, "{}", c.what),
+            Field(ptr, want) => {
+                assert_eq!(json.pointer(ptr), Some(&json!(want)), "{}: {json}", c.what)
+            }
+            Header(name) => assert!(headers.contains_key(name), "{}: {headers:?}", c.what),
+        }
+    }
+}
+
+/// Long-running operations: the `Azure-AsyncOperation` URL reports progress, the `Location`
+/// URL answers 202 while in progress.
+#[tokio::test]
+async fn operation_urls_report_progress() {
     let f = spawn_fake(50).await;
     let http = reqwest::Client::new();
     let vm_url = format!(
@@ -396,209 +722,158 @@ async fn the_fake_speaks_arm() {
         vmpool::compute::arm::vm_model(&arm_config(&f.base, TOKEN), &id("hand-1"), "p").unwrap(),
     )
     .unwrap();
-    let send = |method: reqwest::Method, url: String, body: Option<Value>, auth: bool| {
-        let mut req = http.request(method, url);
-        if auth {
-            req = req.bearer_auth(TOKEN);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        async move {
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            let headers = res.headers().clone();
-            let text = res.text().await.unwrap();
-            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            (status, headers, json)
-        }
-    };
-    use reqwest::Method as M;
-
-    let (s, _, j) = send(
-        M::PUT,
-        format!("{vm_url}?api-version=2024-07-01"),
-        Some(good.clone()),
-        false,
-    )
-    .await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (401, Some("AuthenticationFailed"))
-    );
-    let (s, _, j) = send(M::PUT, vm_url.clone(), Some(good.clone()), true).await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (400, Some("MissingApiVersionParameter"))
-    );
-    let (s, _, j) = send(
-        M::GET,
-        format!("{vm_url}?api-version=1999-01-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (400, Some("InvalidApiVersionParameter"))
-    );
-    let bad = http
+    let res = http
         .put(format!("{vm_url}?api-version=2024-07-01"))
         .bearer_auth(TOKEN)
-        .body("{not json")
+        .json(&good)
         .send()
         .await
         .unwrap();
-    assert_eq!(bad.status(), 400);
-    let bad: Value = bad.json().await.unwrap();
-    assert_eq!(bad["error"]["code"], "InvalidRequestContent");
-    let mut no_key = good.clone();
-    no_key["properties"]["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"] = json!([]);
-    let (s, _, j) = send(
-        M::PUT,
-        format!("{vm_url}?api-version=2024-07-01"),
-        Some(no_key),
-        true,
-    )
-    .await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (400, Some("InvalidParameter"))
-    );
-
-    let (s, h, j) = send(
-        M::PUT,
-        format!("{vm_url}?api-version=2024-07-01"),
-        Some(good.clone()),
-        true,
-    )
-    .await;
-    assert_eq!(s, 201);
-    assert_eq!(j["properties"]["provisioningState"], "Creating");
-    assert_eq!(j["type"], "Microsoft.Compute/virtualMachines");
-    assert!(h.contains_key("location") && h.contains_key("retry-after"));
-    let op_url = h["azure-asyncoperation"].to_str().unwrap().to_owned();
+    assert!(res.headers().contains_key("retry-after"));
+    let op_url = res.headers()["azure-asyncoperation"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(op_url.starts_with(&f.base), "{op_url}");
-    let (s, _, j) = send(M::GET, op_url.clone(), None, true).await;
-    assert_eq!((s, j["status"].as_str()), (200, Some("InProgress")));
-    let (s, _, _) = send(
-        M::PUT,
-        format!("{vm_url}?api-version=2024-07-01"),
-        Some(good),
-        true,
-    )
-    .await;
-    assert_eq!(s, 200, "PUT of an existing VM");
+    let status = |url: String| {
+        let req = http.get(url).bearer_auth(TOKEN);
+        async move {
+            let res = req.send().await.unwrap();
+            let code = res.status().as_u16();
+            let json: Value = res.json().await.unwrap_or(Value::Null);
+            (code, json)
+        }
+    };
+    assert_eq!(status(op_url.clone()).await.1["status"], "InProgress");
     f.clock.advance(Span::seconds(150));
-    let (_, _, j) = send(M::GET, op_url, None, true).await;
-    assert_eq!(j["status"], "Succeeded");
-
-    let (s, _, j) = send(
-        M::GET,
-        format!("{vm_url}/instanceView?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(s, 200);
-    assert_eq!(j["statuses"][1]["code"], "PowerState/running");
-    let (s, h, _) = send(
-        M::POST,
-        format!("{vm_url}/powerOff?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(s, 202);
-    let monitor = h["location"].to_str().unwrap().to_owned();
-    assert!(monitor.contains("monitor=true"));
-    let (s, _, _) = send(M::GET, monitor.clone(), None, true).await;
-    assert_eq!(s, 202, "the Location URL answers 202 while in progress");
-    f.clock.advance(Span::seconds(60));
-    let (s, _, _) = send(M::GET, monitor, None, true).await;
-    assert_eq!(s, 200);
-    let (_, _, j) = send(
-        M::GET,
-        format!("{vm_url}?api-version=2024-07-01&$expand=instanceView"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(
-        j["properties"]["instanceView"]["statuses"][1]["code"],
-        "PowerState/stopped"
-    );
-    let ip_url = format!(
-        "{}/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Network/publicIPAddresses/hand-1-ip?api-version=2024-05-01",
-        f.base
-    );
-    let (s, _, j) = send(M::GET, ip_url, None, true).await;
-    assert_eq!(s, 200);
-    assert_eq!(j["properties"]["publicIPAllocationMethod"], "Static");
-    assert!(j["properties"]["ipAddress"].is_string());
-
-    let (s, _, _) = send(
-        M::DELETE,
-        format!("{vm_url}?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(s, 202);
-    f.clock.advance(Span::seconds(30));
-    let (s, _, _) = send(
-        M::DELETE,
-        format!("{vm_url}?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(s, 204, "deleting what is gone");
-    let (s, _, j) = send(
-        M::GET,
-        format!("{vm_url}?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (404, Some("ResourceNotFound"))
-    );
-    let (s, _, j) = send(M::GET, format!("{}/nothing/here", f.base), None, true).await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (404, Some("InvalidResourceType"))
-    );
-    let other_sub = vm_url.replace(SUB, "ffffffff-0000-0000-0000-000000000000");
-    let (s, _, j) = send(
-        M::GET,
-        format!("{other_sub}?api-version=2024-07-01"),
-        None,
-        true,
-    )
-    .await;
-    assert_eq!(
-        (s, j["error"]["code"].as_str()),
-        (404, Some("SubscriptionNotFound"))
-    );
-
-    // Scripted faults over HTTP.
+    assert_eq!(status(op_url).await.1["status"], "Succeeded");
     let res = http
-        .post(format!("{}/_fake/faults", f.base))
-        .json(&json!({"op": "ListVms", "status": 429, "code": "TooManyRequests", "message": "slow down", "retryAfter": 9}))
+        .post(format!("{vm_url}/powerOff?api-version=2024-07-01"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 204);
+    let monitor = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(monitor.contains("monitor=true"));
+    assert_eq!(status(monitor.clone()).await.0, 202, "in progress");
+    f.clock.advance(Span::seconds(60));
+    assert_eq!(status(monitor).await.0, 200);
+}
+
+/// The NIC and public IP have names of ARM's own: the IDs ARM returns lead to them.
+#[tokio::test]
+async fn the_public_ip_is_reached_by_the_ids_arm_returns() {
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let arm = adapter(&f, "p");
+    arm.create(&id("hand-1")).await.unwrap();
+    f.clock.advance(Span::seconds(150));
+    let get = |url: String| {
+        let req = http.get(url).bearer_auth(TOKEN);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let vm = get(format!(
+        "{}/subscriptions/{SUB}/resourceGroups/games/providers/Microsoft.Compute/virtualMachines/hand-1?api-version=2024-07-01",
+        f.base
+    ))
+    .await;
+    let nic_id = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!nic_id.contains("hand-1"), "{nic_id}");
+    let nic = get(format!("{}{nic_id}?api-version=2024-05-01", f.base)).await;
+    let ip_id = nic["properties"]["ipConfigurations"][0]["properties"]["publicIPAddress"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ip = get(format!("{}{ip_id}?api-version=2024-05-01", f.base)).await;
+    assert_eq!(ip["properties"]["publicIPAllocationMethod"], "Static");
+    assert!(ip["properties"]["ipAddress"].is_string());
+    assert_eq!(
+        ip["properties"]["ipAddress"].as_str().map(str::to_owned),
+        f.fake.cloud().get("hand-1").unwrap().unwrap().public_ip
+    );
+}
+
+/// Scripted faults and the request log over HTTP.
+#[tokio::test]
+async fn the_control_routes_script_faults_and_show_requests() {
+    let f = spawn_fake(50).await;
+    let http = reqwest::Client::new();
+    let post = |route: &str, body: Value| {
+        http.post(format!("{}/_fake/{route}", f.base))
+            .json(&body)
+            .send()
+    };
     let list = format!(
         "{}/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&statusOnly=true",
         f.base
     );
-    let (s, h, _) = send(M::GET, list.clone(), None, true).await;
-    assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "9"));
-    let (s, _, j) = send(M::GET, list, None, true).await;
-    assert_eq!((s, j["value"].as_array().map(Vec::len)), (200, Some(0)));
+    let get_list = || http.get(list.clone()).bearer_auth(TOKEN).send();
+    let res = post("faults", json!({"op": "ListVms", "status": 429, "code": "TooManyRequests", "message": "slow down", "retryAfter": 9})).await.unwrap();
+    assert_eq!(res.status(), 204);
+    let res = get_list().await.unwrap();
+    assert_eq!(
+        (
+            res.status().as_u16(),
+            res.headers()["retry-after"].to_str().unwrap()
+        ),
+        (429, "9")
+    );
+    let res = get_list().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // Hidden VMs and short pages.
+    let arm = adapter(&f, "p");
+    for n in 0..4 {
+        arm.create(&id(&format!("p-{n}"))).await.unwrap();
+    }
+    assert_eq!(
+        post("hide", json!({"vm": "p-1", "secs": 120}))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let names = |l: Vec<vmpool::compute::Listed>| {
+        l.into_iter()
+            .map(|l| l.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(arm.list().await.unwrap()), ["p-0", "p-2", "p-3"]);
+    assert!(
+        arm.status(&id("p-1")).await.unwrap().is_some(),
+        "a GET still finds it"
+    );
+    assert_eq!(
+        post("hide", json!({"vm": null, "secs": 60}))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(arm.list().await.unwrap().is_empty());
+    f.clock.advance(Span::seconds(121));
+    assert_eq!(arm.list().await.unwrap().len(), 4, "back after their time");
+    assert_eq!(
+        post("short-pages", json!({"times": 1}))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(arm.list().await.unwrap().len(), 2, "the page ended early");
+    assert_eq!(arm.list().await.unwrap().len(), 4);
+    for bad in [json!({"secs": "x"}), json!({"vm": 1, "secs": 1}), json!([])] {
+        assert_eq!(post("hide", bad).await.unwrap().status(), 400);
+    }
+    assert_eq!(
+        post("short-pages", json!({"times": -1}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     let res = http
         .post(format!("{}/_fake/faults", f.base))
         .body("nonsense")
@@ -614,7 +889,7 @@ async fn the_fake_speaks_arm() {
         .json()
         .await
         .unwrap();
-    assert!(recorded["requests"].as_array().unwrap().len() > 10);
+    assert!(recorded["requests"].as_array().unwrap().len() > 5);
 }
 
 /// The end-to-end flow: vmpool (memory store) with `VMPOOL_COMPUTE=arm` pointed at the
@@ -697,9 +972,15 @@ async fn vmpool_drives_the_fake_end_to_end() {
             .ends_with(&format!("/virtualMachines/{vm}/start"))
     );
     assert_eq!(f.fake.accepted(FakeOp::PutVm).len(), 1, "no second VM");
+    let gets: std::collections::HashSet<String> = f
+        .fake
+        .accepted(FakeOp::GetVm)
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
     assert!(
-        f.fake.accepted(FakeOp::GetVm).is_empty(),
-        "the reconciler lists, never GETs each VM"
+        gets.iter().all(|p| p.contains(&vm)),
+        "the reconciler lists, and GETs only the VM in flight: {gets:?}"
     );
 }
 

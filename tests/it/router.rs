@@ -538,9 +538,9 @@ async fn fifty_concurrent_creates_over_ten_reclaimable_vms() {
 async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
     let parts = sim_parts(&[("VMPOOL_MIN_STANDBY", "2")]);
     let now = parts.clock_now();
-    parts
-        .store
-        .save_meta(&vmpool::store::PoolMeta {
+    vmpool::reconcile::save_meta(
+        parts.store.as_ref(),
+        &vmpool::reconcile::PoolMeta {
             last_reconcile_at: Some(now),
             last_reconcile_summary: "reconciled: 1 completed".into(),
             buffer_target: 6,
@@ -548,9 +548,11 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
             breaker_open_until: Some(now + Duration::minutes(10)),
             breaker_reason: Some("3 creates failed in a row; last: QuotaExceeded".into()),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+        None,
+    )
+    .await
+    .unwrap();
     let got = call(&parts, "GET", "/api/GetPoolStatus", "").await;
     assert_eq!(got.json["buffer"], json!({"minStandby": 2, "target": 6}));
     assert_eq!(got.json["circuitBreaker"]["open"], true);

@@ -11,7 +11,7 @@ use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::memory::MemoryStore;
 use vmpool::store::table::TableStore;
 use vmpool::store::{
-    Etag, MAX_TEXT_CHARS, PoolMeta, Rows, StoreError, Versioned, VmStore, Written, normalize,
+    Etag, MAX_TEXT_CHARS, Rows, StoreError, Versioned, VmStore, Written, normalize,
 };
 
 use crate::support::azurite::{Azurite, table_name};
@@ -44,6 +44,7 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         rooms: 12,
         last_report_at: Some(datetime!(2026-01-01 00:00:01.123456789 UTC)),
         state_changed_at: datetime!(2026-01-01 00:00:02.987654321 UTC),
+        operation_since: Some(datetime!(2026-01-01 00:00:01.5 UTC)),
         created_at: datetime!(2025-12-31 23:59:59 UTC),
         claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
         attempts: 2,
@@ -63,6 +64,7 @@ fn bare_vm(name: &str, state: VmState) -> VmRecord {
     );
     vm.state = state;
     vm.operation = None;
+    vm.operation_since = None;
     vm.claimed_at = None;
     vm.attempts = 0;
     vm
@@ -337,28 +339,28 @@ pub async fn extreme_values_are_kept_or_cut_the_same_way(store: Arc<dyn VmStore>
 }
 
 pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
-    assert_eq!(store.load_meta().await.unwrap(), None);
+    use vmpool::reconcile::{PoolMeta, load_meta, save_meta};
+    assert_eq!(
+        load_meta(store.as_ref()).await.unwrap(),
+        (PoolMeta::default(), None)
+    );
     let meta = PoolMeta {
         last_reconcile_at: Some(datetime!(2026-01-01 00:00:00.123456789 UTC)),
         last_reconcile_summary: "reconciled: 1 completed".into(),
         buffer_target: 2,
         target_raised_at: Some(datetime!(2026-01-01 00:00 UTC)),
-        consecutive_create_failures: 0,
-        breaker_open_until: None,
-        breaker_reason: None,
+        ..PoolMeta::default()
     };
-    store.save_meta(&meta).await.unwrap();
-    let got = store.load_meta().await.unwrap().unwrap();
-    assert_eq!(
-        got.last_reconcile_at,
-        Some(datetime!(2026-01-01 00:00:00.1234567 UTC))
-    );
-    assert_eq!(got.last_reconcile_summary, meta.last_reconcile_summary);
+    save_meta(store.as_ref(), &meta, None).await.unwrap();
+    let (got, etag) = load_meta(store.as_ref()).await.unwrap();
+    assert_eq!(got, meta);
     let mut next = got.clone();
     next.breaker_reason = Some("QuotaExceeded".into());
     next.buffer_target = 0;
-    store.save_meta(&next).await.unwrap();
-    assert_eq!(store.load_meta().await.unwrap(), Some(next));
+    save_meta(store.as_ref(), &next, etag.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(load_meta(store.as_ref()).await.unwrap().0, next);
     assert!(
         store.list(Rows::All).await.unwrap().is_empty(),
         "the pool record is not a VM row"

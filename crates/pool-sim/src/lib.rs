@@ -199,6 +199,8 @@ pub async fn run_vmpool(trace: &Trace, policy: PoolPolicy, seed: u64) -> Outcome
             }
             match pool.create_vm().await {
                 Ok(created) if created.vm.state == VmState::Running => {
+                    // The game server reports its room, as real ones do.
+                    let _ = pool.report_rooms(&created.vm.id, 1).await;
                     waits.push(t - r.at);
                     sessions
                         .entry(t + r.session)
@@ -214,6 +216,7 @@ pub async fn run_vmpool(trace: &Trace, policy: PoolPolicy, seed: u64) -> Outcome
             for (id, r) in booting.drain(..) {
                 match store.get(&id).await.ok().flatten().map(|row| row.vm.state) {
                     Some(VmState::Running) => {
+                        let _ = pool.report_rooms(&id, 1).await;
                         waits.push(t - r.at);
                         sessions.entry(t + r.session).or_default().push(id);
                     }

@@ -3,7 +3,9 @@
 //! Every mutation is sent with `.send()` and returns as soon as ARM accepts it (201/200/202);
 //! nothing here polls a long-running operation (in 0.21 `create_or_update(..).await` re-PUTs
 //! and misreads `provisioningState`). The reconciler reads outcomes later: [`Compute::list`]
-//! is one paged `statusOnly` listing, [`Compute::status`] a GET with `$expand=instanceView`.
+//! is the resource group's paged listing (tags, provisioning state), [`Compute::list_power`]
+//! the subscription's `statusOnly` listing (power states, no tags), [`Compute::status`] a GET
+//! with `$expand=instanceView`.
 //!
 //! Errors: a pipeline policy ([`ArmErrorPolicy`]) turns every non-2xx answer into an
 //! [`ArmHttpError`] that keeps the status, ARM's `{"error":{"code","message"}}` and
@@ -33,7 +35,7 @@ use compute_api::models::VirtualMachine;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Compute, ComputeError, Power, Provisioning, VmStatus};
+use super::{Compute, ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::VmId;
 use crate::secret::Secret;
 pub use settings::{ArmConfig, Image};
@@ -583,12 +585,16 @@ impl ArmCompute {
         }
     }
 
-    async fn get_public_ip(&self, name: &str) -> azure_core::Result<Option<String>> {
+    /// GETs a `Microsoft.Network` resource by the ID ARM gave for it.
+    async fn get_by_id(&self, id: &str) -> azure_core::Result<Value> {
+        if !id.starts_with('/') || id.contains("..") || id.contains('?') {
+            return Err(azure_core::Error::message(
+                ErrorKind::DataConversion,
+                format!("ARM gave a resource ID that is not a path: {id}"),
+            ));
+        }
         let mut url = self.config.endpoint.clone();
-        url.set_path(&format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/publicIPAddresses/{}",
-            self.config.subscription_id, self.config.resource_group, name
-        ));
+        url.set_path(id);
         url.set_query(None);
         url.query_pairs_mut()
             .append_pair("api-version", NETWORK_API_VERSION);
@@ -607,12 +613,7 @@ impl ArmCompute {
             .into_body()
             .collect()
             .await?;
-        let ip: Value = serde_json::from_slice(&body)?;
-        Ok(ip
-            .pointer("/properties/ipAddress")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned))
+        Ok(serde_json::from_slice(&body)?)
     }
 }
 
@@ -714,10 +715,48 @@ impl Compute for ArmCompute {
         }
     }
 
-    async fn list(&self) -> Result<Vec<(VmId, VmStatus)>, ComputeError> {
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError> {
+        // The resource group's list (`VirtualMachines_List`) carries tags and the model's
+        // `provisioningState` but no instance view: `$expand=instanceView` on a list is only
+        // allowed with a `$filter`, and the only documented filter names a scale set
+        // (azure-rest-api-specs #42411; azure-sdk-for-java #31382: "service behavior").
         let c = &self.config;
         let vms = self
             .call("the VM list", || async {
+                let mut pages = self
+                    .vms()
+                    .list(&c.resource_group, &c.subscription_id)
+                    .into_stream();
+                let mut all = Vec::new();
+                while let Some(page) = pages.next().await {
+                    all.extend(page?.value);
+                }
+                Ok(all)
+            })
+            .await?;
+        Ok(vms
+            .iter()
+            .filter_map(|vm| {
+                let mut listed = listed(vm, &c.resource_group)?;
+                listed.tagged = vm
+                    .resource
+                    .tags
+                    .as_ref()
+                    .and_then(|t| t.get(POOL_TAG))
+                    .and_then(Value::as_str)
+                    == Some(self.pool.as_str());
+                Some(listed)
+            })
+            .collect())
+    }
+
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
+        // `statusOnly=true` exists only on the subscription-wide list. Its results carry the
+        // instance view but, by field reports, no tags and no network profile
+        // (azure-sdk-for-go #18565), so nothing but the ID and the instance view is read.
+        let c = &self.config;
+        let vms = self
+            .call("the VM status list", || async {
                 let mut pages = self
                     .vms()
                     .list_all(&c.subscription_id)
@@ -732,33 +771,92 @@ impl Compute for ArmCompute {
             .await?;
         Ok(vms
             .iter()
-            .filter(|vm| {
-                vm.resource
-                    .tags
-                    .as_ref()
-                    .and_then(|t| t.get(POOL_TAG))
-                    .and_then(Value::as_str)
-                    == Some(self.pool.as_str())
-            })
-            .filter(|vm| in_resource_group(vm.resource.id.as_deref(), &c.resource_group))
-            .filter_map(|vm| {
-                let id = VmId::parse(vm.resource.name.as_deref()?).ok()?;
-                Some((id, status_of(vm)))
-            })
+            .filter_map(|vm| listed(vm, &c.resource_group))
             .collect())
     }
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
-        let ip_name = VmResourceNames::of(name).public_ip;
-        match self
-            .call("the public IP GET", || self.get_public_ip(&ip_name))
+        // Azure does not document the names of the NIC and public IP it creates from
+        // `networkInterfaceConfigurations`, so follow the IDs ARM returns:
+        // VM -> its NIC -> the NIC's IP configuration -> the public IP.
+        let c = &self.config;
+        let vm = match self
+            .call("the VM GET", || async {
+                self.vms()
+                    .get(&c.resource_group, name.as_str(), &c.subscription_id)
+                    .send()
+                    .await?
+                    .into_body()
+                    .await
+            })
             .await
         {
-            Ok(ip) => Ok(ip),
-            Err(ComputeError::NotFound) => Ok(None),
-            Err(e) => Err(e),
+            Ok(vm) => vm,
+            Err(ComputeError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let nics: Vec<String> = vm
+            .properties
+            .as_ref()
+            .and_then(|p| p.network_profile.as_ref())
+            .map(|n| {
+                n.network_interfaces
+                    .iter()
+                    .filter_map(|nic| nic.sub_resource.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for nic in nics {
+            let nic = match self.call("the NIC GET", || self.get_by_id(&nic)).await {
+                Ok(nic) => nic,
+                Err(ComputeError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let ip_ids: Vec<String> = nic
+                .pointer("/properties/ipConfigurations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|ipc| {
+                    ipc.pointer("/properties/publicIPAddress/id")?
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect();
+            for id in ip_ids {
+                match self.call("the public IP GET", || self.get_by_id(&id)).await {
+                    Ok(ip) => {
+                        if let Some(address) = ip
+                            .pointer("/properties/ipAddress")
+                            .and_then(Value::as_str)
+                            .filter(|s| !s.is_empty())
+                        {
+                            return Ok(Some(address.to_owned()));
+                        }
+                    }
+                    Err(ComputeError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
+        Ok(None)
     }
+}
+
+/// A listed VM of `resource_group` (compared case-insensitively, as ARM does), by the name
+/// its resource ID ends in; anything else in the list is not the pool's.
+fn listed(vm: &VirtualMachine, resource_group: &str) -> Option<Listed> {
+    let id = vm.resource.id.as_deref()?;
+    if !in_resource_group(Some(id), resource_group) {
+        return None;
+    }
+    let name = id.rsplit('/').next()?;
+    Some(Listed {
+        name: VmId::parse(name).ok()?,
+        resource_id: id.to_owned(),
+        status: status_of(vm),
+        tagged: false,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,146 @@
+//! The `/_fake/` control routes: scripted faults, delays, failed provisioning, VMs deleted
+//! behind vmpool's back, VMs hidden from listings, pages that end early, and the requests
+//! received.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::wire::{arm_error, invalid_parameter, json_answer};
+use crate::{ArmFake, FakeOp, HttpFault};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FaultRequest {
+    op: FakeOp,
+    #[serde(flatten)]
+    fault: HttpFault,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DelayRequest {
+    op: FakeOp,
+    millis: u64,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ProvisioningFailureRequest {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HideRequest {
+    vm: Option<String>,
+    secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShortPagesRequest {
+    times: u32,
+}
+
+pub(crate) fn one() -> u32 {
+    1
+}
+
+pub(crate) async fn admin_hide(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<HideRequest>(&body) {
+        Ok(r) => {
+            fake.hide(r.vm.as_deref(), r.secs.min(86_400 * 365));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_short_pages(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<ShortPagesRequest>(&body) {
+        Ok(r) => {
+            fake.short_pages(r.times);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) fn parse_admin<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            &format!("The request content was invalid and could not be deserialized: {e}"),
+        ))
+    })
+}
+
+pub(crate) async fn admin_requests(State(fake): State<Arc<ArmFake>>) -> Response {
+    json_answer(StatusCode::OK, &json!({ "requests": fake.requests() }))
+}
+
+pub(crate) async fn admin_fault(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<FaultRequest>(&body) {
+        Ok(r) if StatusCode::from_u16(r.fault.status).is_ok() && r.fault.status >= 400 => {
+            fake.fail_next(r.op, r.times, r.fault);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => invalid_parameter("status must be an HTTP error status (400-599)", "status"),
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_delay(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<DelayRequest>(&body) {
+        Ok(r) => {
+            fake.delay_next(r.op, r.times, Duration::from_millis(r.millis.min(600_000)));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_provisioning_failure(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<ProvisioningFailureRequest>(&body) {
+        Ok(r) => {
+            fake.provisioning_fails_next(&r.code, &r.message);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_delete_vm(
+    State(fake): State<Arc<ArmFake>>,
+    Path(name): Path<String>,
+) -> Response {
+    fake.delete_behind_our_back(&name);
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,342 @@
+//! The reconciler's own records in the pool-record table: [`PoolMeta`] (buffer target,
+//! breaker, last pass, observation) written with If-Match on its ETag, and the [`Lease`]
+//! that lets one instance at a time run a pass.
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use tracing::warn;
+
+use crate::config::PoolPolicy;
+use crate::store::{Etag, StoreError, VmStore, Written, truncate};
+
+/// The kind and key of the pool's record.
+const META: (&str, &str) = ("pool", "meta");
+/// The kind and key of the reconcile lease.
+const LEASE: (&str, &str) = ("lease", "reconcile");
+
+/// What the reconciler remembers about the pool as a whole (not about one VM): kept beside
+/// the VM rows so every instance can report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMeta {
+    /// When the last reconcile pass finished.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_reconcile_at: Option<OffsetDateTime>,
+    /// One line on what the last pass did.
+    #[serde(default)]
+    pub last_reconcile_summary: String,
+    /// The warm-buffer target the last pass worked towards.
+    #[serde(default)]
+    pub buffer_target: u32,
+    /// When the buffer target was last raised by demand (the cool-down counts from here).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub target_raised_at: Option<OffsetDateTime>,
+    /// Creates that failed in a row since the last success.
+    #[serde(default)]
+    pub consecutive_create_failures: u32,
+    /// While set and in the future, the buffer creates no VMs.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub breaker_open_until: Option<OffsetDateTime>,
+    /// Why the breaker opened.
+    #[serde(default)]
+    pub breaker_reason: Option<String>,
+    /// When the last sweep (power states of every VM, adoption) ran.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_sweep_at: Option<OffsetDateTime>,
+    /// Known VMs missing from the last pass's listing while the brake held (0: the view
+    /// was trusted).
+    #[serde(default)]
+    pub vanished: u32,
+}
+
+fn to_time(d: std::time::Duration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::MAX)
+}
+
+impl PoolMeta {
+    /// Whether the circuit breaker stops creates at `now`.
+    pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
+        self.breaker_open_until.is_some_and(|until| until > now)
+    }
+
+    /// The buffer target in force: what the last pass worked towards, never under the
+    /// configured floor nor over the maximum.
+    pub fn effective_buffer_target(&self, policy: &PoolPolicy) -> u32 {
+        self.buffer_target
+            .max(policy.min_standby)
+            .min(policy.max_vms)
+    }
+
+    /// Whether the last pass held the brake on mass disappearance.
+    pub fn observation_suspect(&self) -> bool {
+        self.vanished > 0
+    }
+
+    /// After its cool-down an open breaker half-opens: creates resume, and one more failure
+    /// opens it again.
+    pub fn half_open_if_cooled(&mut self, now: OffsetDateTime, policy: &PoolPolicy) {
+        if self.breaker_open_until.is_some() && !self.breaker_open_at(now) {
+            self.breaker_open_until = None;
+            self.consecutive_create_failures = policy.breaker_failures.saturating_sub(1);
+        }
+    }
+
+    /// A create succeeded: the breaker closes.
+    pub fn create_succeeded(&mut self) {
+        self.consecutive_create_failures = 0;
+        self.breaker_open_until = None;
+        self.breaker_reason = None;
+    }
+
+    /// A create failed (a failure recorded on its row, or ARM refusing it again): counts
+    /// toward the breaker, which opens at the configured number in a row.
+    pub fn create_failed(&mut self, error: &str, now: OffsetDateTime, policy: &PoolPolicy) {
+        self.consecutive_create_failures = self.consecutive_create_failures.saturating_add(1);
+        if !self.breaker_open_at(now) && self.consecutive_create_failures >= policy.breaker_failures
+        {
+            self.breaker_open_until = Some(now + to_time(policy.breaker_cooldown));
+            self.breaker_reason = Some(truncate(&format!(
+                "{} creates failed in a row; last: {error}",
+                self.consecutive_create_failures
+            )));
+        }
+    }
+}
+
+/// The pool's record and the version a conditional write must name (`None`: not written
+/// yet). A record that cannot be read (written by an older version) counts as absent, with
+/// a warning, and is replaced on the next save.
+pub async fn load_meta(store: &dyn VmStore) -> Result<(PoolMeta, Option<Etag>), StoreError> {
+    let Some(record) = store.get_record(META.0, META.1).await? else {
+        return Ok((PoolMeta::default(), None));
+    };
+    match serde_json::from_str(&record.value) {
+        Ok(meta) => Ok((meta, Some(record.etag))),
+        Err(e) => {
+            warn!(error = %e, "the pool's record is unreadable; starting afresh");
+            Ok((PoolMeta::default(), Some(record.etag)))
+        }
+    }
+}
+
+/// Writes the pool's record if it is still at `etag` (inserts it when `etag` is `None`):
+/// [`Written::LostRace`] if another writer changed it since it was read.
+pub async fn save_meta(
+    store: &dyn VmStore,
+    meta: &PoolMeta,
+    etag: Option<&Etag>,
+) -> Result<Written, StoreError> {
+    let mut meta = meta.clone();
+    meta.last_reconcile_summary = truncate(&meta.last_reconcile_summary);
+    let value = serde_json::to_string(&meta)
+        .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
+    match etag {
+        Some(etag) => store.update_record(META.0, META.1, &value, etag).await,
+        None => store.insert_record(META.0, META.1, &value).await,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseValue {
+    holder: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+/// The reconcile lease as this instance holds it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    etag: Etag,
+    /// When it runs out unless renewed.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Takes or renews the lease for `holder` until `now + ttl`: it is free (absent, expired) or
+/// already `holder`'s. `None` when another holder has it, or won the race for it.
+pub async fn acquire_lease(
+    store: &dyn VmStore,
+    holder: &str,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let value = LeaseValue {
+        holder: holder.to_owned(),
+        expires_at: now + ttl,
+    };
+    let text =
+        serde_json::to_string(&value).map_err(|e| StoreError::Rejected(format!("lease: {e}")))?;
+    let written = match store.get_record(LEASE.0, LEASE.1).await? {
+        None => store.insert_record(LEASE.0, LEASE.1, &text).await?,
+        Some(record) => {
+            let held = serde_json::from_str::<LeaseValue>(&record.value).ok();
+            let free = held
+                .as_ref()
+                .is_none_or(|l| l.holder == holder || l.expires_at <= now);
+            if !free {
+                return Ok(None);
+            }
+            store
+                .update_record(LEASE.0, LEASE.1, &text, &record.etag)
+                .await?
+        }
+    };
+    Ok(match written {
+        Written::Done(etag) => Some(Lease {
+            etag,
+            expires_at: value.expires_at,
+        }),
+        Written::LostRace => None,
+    })
+}
+
+/// Renews a held lease, conditionally on its ETag: `None` if it was lost meanwhile.
+pub async fn renew_lease(
+    store: &dyn VmStore,
+    holder: &str,
+    lease: &Lease,
+    now: OffsetDateTime,
+    ttl: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let value = LeaseValue {
+        holder: holder.to_owned(),
+        expires_at: now + ttl,
+    };
+    let text =
+        serde_json::to_string(&value).map_err(|e| StoreError::Rejected(format!("lease: {e}")))?;
+    Ok(
+        match store
+            .update_record(LEASE.0, LEASE.1, &text, &lease.etag)
+            .await?
+        {
+            Written::Done(etag) => Some(Lease {
+                etag,
+                expires_at: value.expires_at,
+            }),
+            Written::LostRace => None,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn t0() -> OffsetDateTime {
+        time::macros::datetime!(2026-01-01 00:00 UTC)
+    }
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_until_the_lease_expires() {
+        let store = MemoryStore::new();
+        let ttl = Duration::seconds(30);
+        let a = acquire_lease(&store, "a", t0(), ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            acquire_lease(&store, "b", t0(), ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Renewed by its holder, still refused to the other.
+        let a = renew_lease(&store, "a", &a, t0() + Duration::seconds(20), ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            acquire_lease(&store, "b", t0() + Duration::seconds(40), ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Expired: the other takes it, and the old holder's renewal loses.
+        let b = acquire_lease(&store, "b", t0() + Duration::seconds(51), ttl)
+            .await
+            .unwrap();
+        assert!(b.is_some());
+        assert!(
+            renew_lease(&store, "a", &a, t0() + Duration::seconds(52), ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pool_record_is_written_with_if_match() {
+        let store = MemoryStore::new();
+        let (meta, etag) = load_meta(&store).await.unwrap();
+        assert_eq!((meta.clone(), etag.clone()), (PoolMeta::default(), None));
+        let next = PoolMeta {
+            buffer_target: 3,
+            ..meta
+        };
+        let Written::Done(first) = save_meta(&store, &next, None).await.unwrap() else {
+            panic!("first write")
+        };
+        // A second writer that read before the first wrote loses.
+        assert_eq!(
+            save_meta(&store, &next, None).await.unwrap(),
+            Written::LostRace
+        );
+        assert!(matches!(
+            save_meta(&store, &next, Some(&first)).await.unwrap(),
+            Written::Done(_)
+        ));
+        assert_eq!(
+            save_meta(&store, &next, Some(&first)).await.unwrap(),
+            Written::LostRace
+        );
+        assert_eq!(load_meta(&store).await.unwrap().0.buffer_target, 3);
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_half_opens_after_cool_down() {
+        let policy = PoolPolicy {
+            breaker_failures: 3,
+            ..PoolPolicy::default()
+        };
+        let mut meta = PoolMeta::default();
+        for _ in 0..2 {
+            meta.create_failed("QuotaExceeded", t0(), &policy);
+        }
+        assert!(!meta.breaker_open_at(t0()));
+        meta.create_failed("QuotaExceeded", t0(), &policy);
+        assert!(meta.breaker_open_at(t0()));
+        assert!(
+            meta.breaker_reason
+                .as_deref()
+                .unwrap()
+                .contains("QuotaExceeded")
+        );
+        let later = t0() + Duration::seconds(601);
+        assert!(!meta.breaker_open_at(later));
+        meta.half_open_if_cooled(later, &policy);
+        assert_eq!(meta.breaker_open_until, None);
+        meta.create_failed("QuotaExceeded", later, &policy);
+        assert!(meta.breaker_open_at(later), "one more failure reopens it");
+        meta.create_succeeded();
+        assert!(!meta.breaker_open_at(later));
+        assert_eq!(meta.consecutive_create_failures, 0);
+    }
+
+    #[test]
+    fn the_effective_target_stays_between_the_floor_and_the_maximum() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            max_vms: 5,
+            ..PoolPolicy::default()
+        };
+        let at = |t| {
+            PoolMeta {
+                buffer_target: t,
+                ..PoolMeta::default()
+            }
+            .effective_buffer_target(&policy)
+        };
+        assert_eq!((at(0), at(3), at(9)), (2, 3, 5));
+    }
+}

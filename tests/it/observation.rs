@@ -1,0 +1,530 @@
+//! The reconciler acts only on what it has confirmed, proved with the real ARM client against
+//! the ARM fake over HTTP on virtual time: tagless `statusOnly` lists, VMs hidden from the
+//! listings, listings that end early, a VM really deleted, quota refusals on re-issue, safe
+//! adoption, public IPs behind names nobody can guess, and the reconcile lease shared by
+//! several instances on one Azurite table.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde_json::Value;
+use vmpool::clock::Clock;
+use vmpool::compute::{ComputeError, Listed, VmStatus};
+use vmpool::domain::{VmId, VmRecord, VmState};
+use vmpool::http::AppState;
+use vmpool::reconcile::Reconciler;
+use vmpool_arm_fake::{ArmFake, FakeOp, HttpFault};
+
+use crate::arm::Fake;
+use crate::reconcile::{Rig, arm_rig, arm_rig_on};
+
+fn fake(rig: &Rig) -> Arc<ArmFake> {
+    rig.keep
+        .iter()
+        .find_map(|k| k.downcast_ref::<Fake>())
+        .map(|f| f.fake.clone())
+        .unwrap()
+}
+
+async fn row(rig: &Rig, id: &VmId) -> Option<VmRecord> {
+    rig.rows().await.into_iter().find(|vm| vm.id == *id)
+}
+
+/// Passes every 10 s for `secs` seconds; returns every summary line.
+async fn passes_for(rig: &Rig, secs: i64) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..secs / 10 {
+        rig.advance(10);
+        lines.push(rig.pass().await.line());
+    }
+    lines
+}
+
+/// Requests of `op` the fake answered for a path naming `vm`.
+fn touched(fake: &ArmFake, op: FakeOp, vm: &VmId) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.op == Some(op) && r.path.contains(&format!("/{vm}")))
+        .count()
+}
+
+/// `n` VMs handed to the matchmaker and running, with 2 rooms each.
+async fn running(rig: &Rig, n: usize) -> Vec<VmId> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(rig.pool.create_vm().await.unwrap().vm.id);
+    }
+    rig.advance(180);
+    rig.pass().await;
+    for id in &ids {
+        rig.pool.report_rooms(id, 2).await.unwrap();
+    }
+    ids
+}
+
+async fn pool_status(rig: &Rig) -> Value {
+    let app = crate::support::serve(AppState {
+        pool: rig.pool.clone(),
+        reconciler: rig.reconciler.clone(),
+        policy: rig.pool.policy().clone(),
+        clock: rig.pool.clock().clone(),
+        metrics: std::sync::Arc::new(vmpool::metrics::Metrics::new()),
+        api_key: None,
+        limits: vmpool::http::Limits {
+            request_timeout: std::time::Duration::from_secs(30),
+            max_concurrent_requests: 256,
+        },
+    })
+    .await;
+    app.status().await.json
+}
+
+#[tokio::test]
+async fn a_whole_lifecycle_with_tagless_lists() {
+    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let f = fake(&rig);
+    assert!(!f.settings().status_only_tags);
+    // The statusOnly list the fake serves carries no tags.
+    rig.pass().await;
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.completed, 1, "{}", s.line());
+    let listed = rig.compute.list_power().await.unwrap();
+    assert!(listed.iter().all(|l| !l.tagged));
+    // Buffer, claim, mark, drain, deallocate, start again: all on tagless lists.
+    let taken = rig.pool.create_vm().await.unwrap();
+    assert_eq!(taken.action, "standby");
+    rig.pool.report_rooms(&taken.vm.id, 3).await.unwrap();
+    rig.pool.mark_for_deallocation(&taken.vm.id).await.unwrap();
+    rig.pool.report_rooms(&taken.vm.id, 0).await.unwrap();
+    rig.advance(180);
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(
+        row(&rig, &taken.vm.id).await.unwrap().state,
+        VmState::Deallocated
+    );
+    assert_eq!(rig.count(VmState::Standby).await, 1, "the buffer refilled");
+    let again = rig.pool.create_vm().await.unwrap();
+    assert_eq!(again.action, "standby");
+    rig.advance(60);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Failed).await, 0);
+}
+
+#[tokio::test]
+async fn one_vm_hidden_from_the_lists_for_two_minutes_stays_running() {
+    let rig = arm_rig(&[]).await;
+    let f = fake(&rig);
+    let ids = running(&rig, 3).await;
+    f.hide(Some(ids[0].as_str()), 120);
+    f.short_pages(2);
+    for line in passes_for(&rig, 150).await {
+        assert!(!line.contains(" 1 failed"), "{line}");
+        assert_eq!(row(&rig, &ids[0]).await.unwrap().state, VmState::Running);
+    }
+    for id in &ids {
+        assert_eq!(row(&rig, id).await.unwrap().state, VmState::Running);
+        assert_eq!(touched(&f, FakeOp::DeleteVm, id), 0);
+        assert_eq!(touched(&f, FakeOp::Deallocate, id), 0);
+    }
+    assert!(
+        touched(&f, FakeOp::GetVm, &ids[0]) > 0,
+        "its absence was checked with a GET"
+    );
+}
+
+#[tokio::test]
+async fn every_vm_hidden_for_two_minutes_brakes_then_everything_resumes() {
+    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await;
+    let f = fake(&rig);
+    let ids = running(&rig, 3).await;
+    rig.advance(180);
+    rig.pass().await;
+    let before = rig.rows().await;
+    assert_eq!(before.len(), 5);
+    f.hide(None, 120);
+    rig.advance(61);
+    let s = rig.pass().await;
+    assert_eq!(s.vanished, 5, "{}", s.line());
+    let status = pool_status(&rig).await;
+    assert_eq!(
+        status["observation"],
+        serde_json::json!({"suspect": true, "missing": 5})
+    );
+    passes_for(&rig, 60).await;
+    let during = rig.rows().await;
+    assert_eq!(during.len(), 5, "no row forgotten");
+    assert!(during.iter().all(|vm| vm.state != VmState::Failed));
+    assert_eq!(
+        during.iter().map(|vm| vm.state).collect::<Vec<_>>(),
+        before.iter().map(|vm| vm.state).collect::<Vec<_>>(),
+        "no row changed"
+    );
+    for id in &ids {
+        assert_eq!(touched(&f, FakeOp::DeleteVm, id), 0);
+    }
+    // The lists come back: the brake lets go, and the pool works again.
+    passes_for(&rig, 30).await;
+    let status = pool_status(&rig).await;
+    assert_eq!(status["observation"]["suspect"], false);
+    let taken = rig.pool.create_vm().await.unwrap();
+    assert_eq!(taken.action, "standby");
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Standby).await, 2, "the buffer refilled");
+}
+
+#[tokio::test]
+async fn a_vm_really_deleted_leaves_the_available_list_after_a_404() {
+    let rig = arm_rig(&[]).await;
+    let f = fake(&rig);
+    let ids = running(&rig, 2).await;
+    f.delete_behind_our_back(ids[0].as_str());
+    f.clear_requests();
+    rig.advance(30);
+    rig.pass().await;
+    assert_eq!(
+        rig.pool.available().await.unwrap().len(),
+        2,
+        "within the grace nothing is concluded"
+    );
+    rig.advance(31);
+    rig.pass().await;
+    let available: Vec<VmId> = rig
+        .pool
+        .available()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|vm| vm.id)
+        .collect();
+    assert_eq!(available, [ids[1].clone()]);
+    let gets: Vec<u16> = f
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::GetVm) && r.path.ends_with(ids[0].as_str()))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(gets, [404], "failed only after a GET answered 404");
+    let failed = row(&rig, &ids[0]).await.unwrap();
+    assert_eq!(failed.state, VmState::Failed);
+    // Then forgotten, again after a 404.
+    rig.advance(10);
+    rig.pass().await;
+    assert!(row(&rig, &ids[0]).await.is_none());
+}
+
+#[tokio::test]
+async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_breaker_counts_it() {
+    let rig = arm_rig(&[("VMPOOL_BREAKER_FAILURES", "3")]).await;
+    let f = fake(&rig);
+    // The first PUT meets a 503 (the caller gets it; the row is kept for the buffer), then
+    // every re-issue is refused for quota.
+    f.fail_next(FakeOp::PutVm, 3, HttpFault::server_error());
+    assert!(rig.pool.create_vm().await.is_err());
+    let id = rig.rows().await[0].id.clone();
+    f.fail_next(FakeOp::PutVm, 100, HttpFault::quota_exceeded());
+    let mut refusals = 0;
+    for _ in 0..10 {
+        rig.advance(61);
+        let s = rig.pass().await;
+        refusals += s.errors;
+        if row(&rig, &id).await.unwrap().state == VmState::Failed {
+            break;
+        }
+    }
+    let failed = row(&rig, &id).await.unwrap();
+    assert_eq!(failed.state, VmState::Failed);
+    assert_eq!(failed.attempts, vmpool::reconcile::MAX_ATTEMPTS);
+    assert_eq!(refusals, 2, "two re-issues, both refused");
+    let meta = rig.reconciler.record().await.unwrap();
+    assert_eq!(meta.consecutive_create_failures, 3, "{meta:?}");
+    assert!(meta.breaker_open_at(rig.clock.now()));
+    assert!(
+        meta.breaker_reason
+            .unwrap()
+            .contains("3 creates failed in a row")
+    );
+    assert!(
+        failed.last_error.unwrap().contains("OperationNotAllowed"),
+        "the failure says why"
+    );
+}
+
+#[tokio::test]
+async fn a_create_that_never_completes_fails_at_the_timeout_from_its_first_issue() {
+    let rig = arm_rig(&[("VMPOOL_CREATE_TIMEOUT_SECS", "150")]).await;
+    let f = fake(&rig);
+    f.fail_next(FakeOp::PutVm, 3, HttpFault::server_error());
+    assert!(rig.pool.create_vm().await.is_err());
+    let id = rig.rows().await[0].id.clone();
+    // Each re-issue is lost (the PUT never lands): the clock still runs from the first.
+    f.fail_next(FakeOp::PutVm, 100, HttpFault::server_error());
+    rig.advance(61);
+    rig.pass().await;
+    rig.advance(61);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Creating);
+    rig.advance(30);
+    rig.pass().await;
+    let failed = row(&rig, &id).await.unwrap();
+    assert_eq!(failed.state, VmState::Failed, "{failed:?}");
+    assert!(failed.last_error.unwrap().contains("first issued"));
+}
+
+#[tokio::test]
+async fn an_adopted_vm_with_rooms_is_never_handed_out_as_empty() {
+    let rig = arm_rig(&[]).await;
+    let ghost = VmId::parse("vmpool-ghost").unwrap();
+    rig.compute.create(&ghost).await.unwrap();
+    rig.advance(180);
+    // The first pass sweeps (it has never swept) and adopts it.
+    let s = rig.pass().await;
+    assert_eq!(s.adopted, 1, "{}", s.line());
+    let adopted = row(&rig, &ghost).await.unwrap();
+    assert_eq!(adopted.state, VmState::Running);
+    assert_eq!(adopted.claimed_at, None);
+    // CreateVM never hands it out; the reconciler never deallocates it, however long.
+    let taken = rig.pool.create_vm().await.unwrap();
+    assert_ne!(taken.vm.id, ghost);
+    for _ in 0..12 {
+        rig.advance(600);
+        rig.pass().await;
+    }
+    let kept = row(&rig, &ghost).await.unwrap();
+    assert_eq!(kept.state, VmState::Running, "{kept:?}");
+    // Its game server reports rooms; marked, it drains and is never reclaimed as empty.
+    rig.pool.report_rooms(&ghost, 5).await.unwrap();
+    rig.pool.mark_for_deallocation(&ghost).await.unwrap();
+    rig.advance(3600);
+    rig.pass().await;
+    assert_eq!(
+        row(&rig, &ghost).await.unwrap().state,
+        VmState::MarkedForDeallocation
+    );
+    let again = rig.pool.create_vm().await.unwrap();
+    if again.vm.id == ghost {
+        assert_eq!((again.action, again.vm.rooms), ("reclaimed", 5));
+    }
+}
+
+#[tokio::test]
+async fn the_public_ip_is_found_behind_names_nobody_can_guess() {
+    let rig = arm_rig(&[]).await;
+    let f = fake(&rig);
+    let created = rig.pool.create_vm().await.unwrap();
+    let id = created.vm.id.clone();
+    // The NIC cannot be read when the VM completes: it completes without an IP...
+    f.fail_next(FakeOp::GetNic, 3, HttpFault::server_error());
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.completed, 1, "{}", s.line());
+    let done = row(&rig, &id).await.unwrap();
+    assert_eq!((done.state, done.public_ip), (VmState::Running, None));
+    // ...and the next pass reads it again.
+    rig.advance(10);
+    let s = rig.pass().await;
+    assert_eq!(s.ips_found, 1, "{}", s.line());
+    let ip = f.cloud().get(id.as_str()).unwrap().unwrap().public_ip;
+    assert_eq!(row(&rig, &id).await.unwrap().public_ip, ip);
+    for r in f.accepted(FakeOp::GetPublicIp) {
+        assert!(!r.path.contains(id.as_str()), "no guessed name: {}", r.path);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_passes_in_one_process_run_one_after_another() {
+    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let passes = (0..20).map(|_| rig.reconciler.run_once());
+    let summaries: Vec<_> = join_all(passes).await;
+    let created: u32 = summaries.iter().map(|s| s.as_ref().unwrap().created).sum();
+    assert_eq!(created, 1);
+    assert_eq!(fake(&rig).accepted(FakeOp::PutVm).len(), 1);
+}
+
+/// `n` instances with reconcile loops on one Azurite table, one ARM (fake) and one clock.
+async fn instances_on_one_table_create_exactly_the_buffer_target(n: usize) {
+    use crate::support::azurite::{Azurite, table_name};
+    let store: Arc<dyn vmpool::store::VmStore> = Arc::new(
+        vmpool::store::table::TableStore::connect(
+            &Azurite::shared().connection_string(),
+            &table_name("lease"),
+        )
+        .await
+        .unwrap(),
+    );
+    let vars = [("VMPOOL_MIN_STANDBY", "2")];
+    let first = arm_rig_on(store.clone(), &vars).await;
+    let reconcilers: Vec<Reconciler> = (0..n)
+        .map(|_| {
+            let pool = Arc::new(vmpool::pool::Pool::new(
+                store.clone(),
+                first.compute.clone(),
+                first.clock.clone(),
+                Arc::new(first.config.policy.clone()),
+            ));
+            Reconciler::new(pool)
+        })
+        .collect();
+    let mut ran_by: HashSet<String> = HashSet::new();
+    for _ in 0..60 {
+        let summaries = join_all(reconcilers.iter().map(Reconciler::run_once)).await;
+        let ran: Vec<usize> = summaries
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.as_ref().unwrap().skipped)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(ran.len() <= 1, "passes overlapped: {ran:?}");
+        ran_by.extend(ran.iter().map(|i| reconcilers[*i].holder().to_owned()));
+        first.advance(10);
+    }
+    let f = fake(&first);
+    assert_eq!(
+        f.accepted(FakeOp::PutVm).len(),
+        2,
+        "exactly the buffer target"
+    );
+    assert!(f.accepted(FakeOp::Deallocate).is_empty(), "no churn");
+    assert!(f.accepted(FakeOp::DeleteVm).is_empty(), "no churn");
+    assert_eq!(first.count(VmState::Standby).await, 2);
+    assert_eq!(ran_by.len(), 1, "one instance held the lease throughout");
+}
+
+#[tokio::test]
+async fn two_instances_on_one_table_create_exactly_the_buffer_target() {
+    instances_on_one_table_create_exactly_the_buffer_target(2).await;
+}
+
+#[tokio::test]
+async fn three_instances_on_one_table_create_exactly_the_buffer_target() {
+    instances_on_one_table_create_exactly_the_buffer_target(3).await;
+}
+
+#[tokio::test]
+async fn another_instance_takes_over_once_the_lease_expires() {
+    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let other = Reconciler::new(rig.pool.clone());
+    assert!(!rig.pass().await.skipped);
+    assert!(other.run_once().await.unwrap().skipped);
+    // The holder stops (a crash): after the lease's expiry the other runs the passes.
+    rig.advance(vmpool::reconcile::DEFAULT_LEASE_TTL.whole_seconds() + 1);
+    assert!(!other.run_once().await.unwrap().skipped);
+    assert!(rig.pass().await.skipped);
+}
+
+#[tokio::test]
+async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
+    let rig = arm_rig(&[("VMPOOL_ADOPT_EVERY_SECS", "3600")]).await;
+    let f = fake(&rig);
+    running(&rig, 6).await;
+    // Two in flight: one create, one deallocate.
+    rig.pool.create_vm().await.unwrap();
+    let leaving = rig.pool.available().await.unwrap()[0].id.clone();
+    rig.pool.mark_for_deallocation(&leaving).await.unwrap();
+    rig.pool.report_rooms(&leaving, 0).await.unwrap();
+    f.clear_requests();
+    rig.advance(10);
+    let s = rig.pass().await;
+    let reads = |op| f.requests().iter().filter(|r| r.op == Some(op)).count();
+    assert_eq!(reads(FakeOp::ListVms), 1, "8 VMs fit one page");
+    assert!(
+        f.requests()
+            .iter()
+            .filter(|r| r.op == Some(FakeOp::ListVms))
+            .all(|r| r.path.contains("/resourceGroups/")),
+        "scoped to the pool's resource group"
+    );
+    assert!(reads(FakeOp::GetVm) <= 2, "{}", s.line());
+    assert_eq!(u32::try_from(reads(FakeOp::GetVm)).unwrap(), s.point_reads);
+}
+
+#[tokio::test]
+async fn a_claim_never_used_goes_back_to_the_buffer() {
+    let rig = arm_rig(&[
+        ("VMPOOL_MIN_STANDBY", "1"),
+        ("VMPOOL_CLAIM_TIMEOUT_SECS", "600"),
+    ])
+    .await;
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let used = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.pool.report_rooms(&used, 1).await.unwrap();
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let unused = rig.pool.create_vm().await.unwrap();
+    assert_eq!(unused.action, "standby");
+    let unused = unused.vm.id;
+    rig.advance(599);
+    rig.pass().await;
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Running);
+    rig.advance(1);
+    let s = rig.pass().await;
+    assert_eq!(s.unclaimed, 1, "{}", s.line());
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Standby);
+    assert_eq!(row(&rig, &used).await.unwrap().state, VmState::Running);
+}
+
+/// A compute API whose power sweep ARM refuses (no read access at the subscription's scope).
+struct NoSweep(Arc<dyn vmpool::compute::Compute>);
+
+#[async_trait::async_trait]
+impl vmpool::compute::Compute for NoSweep {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn resource_id(&self, name: &VmId) -> String {
+        self.0.resource_id(name)
+    }
+    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.create(name).await
+    }
+    async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.start(name).await
+    }
+    async fn deallocate(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.deallocate(name).await
+    }
+    async fn delete(&self, name: &VmId) -> Result<(), ComputeError> {
+        self.0.delete(name).await
+    }
+    async fn status(&self, name: &VmId) -> Result<Option<VmStatus>, ComputeError> {
+        self.0.status(name).await
+    }
+    async fn list(&self) -> Result<Vec<Listed>, ComputeError> {
+        self.0.list().await
+    }
+    async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
+        Err(ComputeError::Rejected {
+            code: "AuthorizationFailed".into(),
+            message: "no read access at the subscription's scope".into(),
+        })
+    }
+    async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
+        self.0.public_ip(name).await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_sweep_delays_drift_repair_but_not_the_pass() {
+    let sim = Rig::sim(&[("VMPOOL_MIN_STANDBY", "1")]);
+    let rig = Rig::over(
+        sim.config.clone(),
+        sim.store.clone(),
+        Arc::new(NoSweep(sim.compute.clone())),
+        sim.cloud.clone(),
+        sim.clock.clone(),
+    );
+    let s = rig.pass().await;
+    assert_eq!((s.created, s.errors), (1, 1), "{}", s.line());
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.completed, 1, "{}", s.line());
+    assert_eq!(rig.count(VmState::Standby).await, 1);
+}
