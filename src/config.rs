@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::compute::arm::settings::{self as arm_rules, ArmConfig, DEFAULT_IMAGE, DEFAULT_VM_SIZE};
 use crate::compute::sim::Latencies;
 use crate::secret::Secret;
+use crate::store::StoreError;
 
 /// A setting that stops start-up: the message names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,20 +201,13 @@ fn required(src: &dyn Source, var: &'static str, why: &str) -> Result<String, Co
         .ok_or_else(|| invalid(var, format!("is required {why}")))
 }
 
-/// Table names: 3-63 letters and digits, starting with a letter.
+/// Table names, as the store checks them.
 fn table_name(raw: &str) -> Result<String, ConfigError> {
-    let ok = (3..=63).contains(&raw.len())
-        && raw.starts_with(|c: char| c.is_ascii_alphabetic())
-        && raw.chars().all(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(invalid(
-            "VMPOOL_TABLE",
-            format!(
-                "{raw:?} is not a table name (3-63 letters and digits, starting with a letter)"
-            ),
-        ))
+    match crate::store::table::check_table_name(raw) {
+        Ok(()) => Ok(raw.to_owned()),
+        Err(StoreError::Rejected(why) | StoreError::Unavailable(why)) => {
+            Err(invalid("VMPOOL_TABLE", why))
+        }
     }
 }
 

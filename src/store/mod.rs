@@ -179,7 +179,7 @@ pub fn normalize_meta(meta: &PoolMeta) -> Result<PoolMeta, StoreError> {
     })
 }
 
-fn tick(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn tick(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
     let t = t.to_offset(time::UtcOffset::UTC);
     if !(1601..=9999).contains(&t.year()) {
         return Err(StoreError::Rejected(format!(
