@@ -385,7 +385,7 @@ impl Config {
         let defaults = PoolPolicy::default();
         let policy = PoolPolicy {
             min_standby: number(src, "VMPOOL_MIN_STANDBY", 0u32, 0, 10_000)?,
-            max_vms: number(src, "VMPOOL_MAX_VMS", 20u32, 1, 10_000)?,
+            max_vms: number(src, "VMPOOL_MAX_VMS", 20u32, 1, 100_000)?,
             game_ports: ports(&src.get("VMPOOL_GAME_PORTS").unwrap_or_default())?,
             vm_prefix: vm_prefix(
                 &src.get("VMPOOL_VM_PREFIX")

@@ -13,7 +13,9 @@ use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::PoolPolicy;
 use crate::domain::{self, ClaimKind, Marked, Purpose, Refused, Report, VmId, VmRecord, VmState};
-use crate::store::{Etag, PoolMeta, Rows, StoreError, Versioned, VmStore, Written};
+use crate::store::{
+    Etag, Page, PageRequest, PoolMeta, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+};
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.
 const TRIES_PER_KIND: usize = 4;
@@ -21,6 +23,8 @@ const TRIES_PER_KIND: usize = 4;
 const TRIES_PER_VM: usize = 8;
 /// How long this instance remembers row versions it has consumed.
 const STALE_MEMORY: Duration = Duration::from_secs(120);
+/// How many deallocated VMs the start path reads as candidates (not all of them).
+const START_CANDIDATES: usize = 16;
 
 /// Why an operation did not happen. Nothing was changed by an operation that failed, except
 /// where a variant says so (and then the reconciler finishes the job).
@@ -89,6 +93,22 @@ pub struct Pool {
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
+    /// The VMs counting against the maximum at this instance's last count: when it showed
+    /// room, the next claim skips counting before it writes (the count after the write,
+    /// which every claim makes, keeps the maximum).
+    last_active: Mutex<Option<usize>>,
+}
+
+/// One page of GetPoolStatus: counts over the whole pool, a page of VMs if asked for, and
+/// the reconciler's record.
+#[derive(Debug, Clone)]
+pub struct StatusPage {
+    /// VMs in each state, over the whole pool.
+    pub counts: StateCounts,
+    /// A page of VMs in vmId order, unless only counts were asked for.
+    pub vms: Option<Page<VmRecord>>,
+    /// What the reconciler last recorded.
+    pub meta: PoolMeta,
 }
 
 impl std::fmt::Debug for Pool {
@@ -114,6 +134,7 @@ impl Pool {
             policy,
             capacity_gate: tokio::sync::Mutex::new(()),
             taken: Mutex::new(HashMap::new()),
+            last_active: Mutex::new(None),
         }
     }
 
@@ -221,15 +242,14 @@ impl Pool {
     /// The capacity-consuming half of CreateVM: start a deallocated VM, else create one.
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
         let _gate = self.capacity_gate.lock().await;
-        let all = self.store.list(Rows::All).await?;
         let max = self.policy.max_vms;
-        if active(&all) >= max as usize {
+        if !self.room_for_one().await? {
             return Err(PoolError::CapacityExhausted { max });
         }
-        let deallocated: Vec<Versioned> = all
-            .into_iter()
-            .filter(|r| r.vm.state == VmState::Deallocated)
-            .collect();
+        let deallocated = self
+            .store
+            .sample(&[VmState::Deallocated], START_CANDIDATES)
+            .await?;
         if let Some(won) = self.claim_one(deallocated, ClaimKind::Start).await? {
             self.confirm_capacity(&won).await?;
             self.act(&won, self.compute.start(&won.vm.id).await).await?;
@@ -258,7 +278,7 @@ impl Pool {
     ) -> Result<Created, PoolError> {
         let _gate = self.capacity_gate.lock().await;
         let max = self.policy.max_vms;
-        if active(&self.store.list(Rows::All).await?) >= max as usize {
+        if !self.room_for_one().await? {
             return Err(PoolError::CapacityExhausted { max });
         }
         let won = match deallocated {
@@ -304,8 +324,7 @@ impl Pool {
     /// at worst both give way and the callers retry.
     async fn confirm_capacity(&self, won: &Versioned) -> Result<(), PoolError> {
         let max = self.policy.max_vms;
-        let all = self.store.list(Rows::All).await?;
-        if active(&all) <= max as usize {
+        if self.count_active().await? <= max as usize {
             return Ok(());
         }
         warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
@@ -323,6 +342,29 @@ impl Pool {
             warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
         }
         Err(PoolError::CapacityExhausted { max })
+    }
+
+    /// Whether one more VM fits under the maximum, as far as this instance knows before it
+    /// writes: its last count if that showed room (no table scan), else a fresh count.
+    async fn room_for_one(&self) -> Result<bool, PoolError> {
+        let max = self.policy.max_vms as usize;
+        let hint = *self.last_active.lock().unwrap_or_else(|e| e.into_inner());
+        if hint.is_some_and(|n| n < max) {
+            return Ok(true);
+        }
+        Ok(self.count_active().await? < max)
+    }
+
+    /// Counts the VMs against the maximum (one pass over the states of the table).
+    async fn count_active(&self) -> Result<usize, PoolError> {
+        let counts = self.store.count_states().await?;
+        let n = counts
+            .iter()
+            .filter(|(state, _)| state.counts_against_max())
+            .map(|(_, n)| n)
+            .sum();
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+        Ok(n)
     }
 
     /// After the intent is written: handles the ARM answer to a create or start.
@@ -429,6 +471,44 @@ impl Pool {
         let mut vms: Vec<VmRecord> = rows.into_iter().map(|r| r.vm).collect();
         vms.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Status {
+            vms,
+            meta: meta.unwrap_or_default(),
+        })
+    }
+
+    /// GetAvailableVMs, one page: `Running` VMs in vmId order.
+    pub async fn available_page(&self, page: &PageRequest) -> Result<Page<VmRecord>, PoolError> {
+        let rows = self
+            .store
+            .list_page(Rows::InStates(&[VmState::Running]), page)
+            .await?;
+        Ok(Page {
+            items: rows.items.into_iter().map(|r| r.vm).collect(),
+            next: rows.next,
+        })
+    }
+
+    /// GetPoolStatus, one page: counts over the whole pool, a page of VMs in vmId order
+    /// (when `with_vms`), and the reconciler's record.
+    pub async fn status_page(
+        &self,
+        page: &PageRequest,
+        with_vms: bool,
+    ) -> Result<StatusPage, PoolError> {
+        let vms = async {
+            if !with_vms {
+                return Ok(None);
+            }
+            let rows = self.store.list_page(Rows::All, page).await?;
+            Ok::<_, StoreError>(Some(Page {
+                items: rows.items.into_iter().map(|r| r.vm).collect(),
+                next: rows.next,
+            }))
+        };
+        let (counts, vms, meta) =
+            tokio::try_join!(self.store.count_states(), vms, self.store.load_meta())?;
+        Ok(StatusPage {
+            counts,
             vms,
             meta: meta.unwrap_or_default(),
         })

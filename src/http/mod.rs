@@ -214,28 +214,70 @@ async fn mark(
     Ok(changed(&state, &outcome))
 }
 
-async fn available(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let vms = state.pool.available().await?;
-    let policy = state.pool.policy();
-    let views: Vec<VmView<'_>> = vms.iter().map(|vm| VmView::new(vm, policy)).collect();
-    Ok(Json(json!({ "vms": views })))
+/// `?limit=` and `?continuation=` of a paged listing.
+fn page_request(query: &[(String, String)]) -> Result<crate::store::PageRequest, ApiError> {
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    crate::store::PageRequest::parse(get("limit"), get("continuation"))
+        .map_err(ApiError::InvalidInput)
 }
 
-async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let status = state.pool.status().await?;
+async fn available(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let page = page_request(&input::query_pairs(query.as_deref()))?;
+    let vms = state.pool.available_page(&page).await?;
     let policy = state.pool.policy();
-    let counts: serde_json::Map<String, Value> = VmState::ALL
+    let views: Vec<VmView<'_>> = vms.items.iter().map(|vm| VmView::new(vm, policy)).collect();
+    let mut body = json!({ "vms": views });
+    if let Some(next) = vms.next {
+        body["continuation"] = json!(next.token());
+    }
+    Ok(Json(body))
+}
+
+async fn pool_status(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let query = input::query_pairs(query.as_deref());
+    let page = page_request(&query)?;
+    let with_vms = match query
         .iter()
-        .map(|s| {
-            let n = status.vms.iter().filter(|vm| vm.state == *s).count();
-            (s.as_str().to_owned(), json!(n))
-        })
+        .find(|(k, _)| k == "vms")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::InvalidInput(format!(
+                "vms must be true or false; got {other:?}"
+            )));
+        }
+    };
+    let status = state.pool.status_page(&page, with_vms).await?;
+    let policy = state.pool.policy();
+    let counts: serde_json::Map<String, Value> = status
+        .counts
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
         .collect();
-    let views: Vec<VmView<'_>> = status
+    let views: Option<Vec<VmView<'_>>> = status.vms.as_ref().map(|page| {
+        page.items
+            .iter()
+            .map(|vm| VmView::new(vm, policy))
+            .collect()
+    });
+    let continuation = status
         .vms
-        .iter()
-        .map(|vm| VmView::new(vm, policy))
-        .collect();
+        .as_ref()
+        .and_then(|p| p.next.as_ref())
+        .map(|c| c.token());
     let meta = &status.meta;
     let now = state.pool.clock().now();
     let breaker_open = meta.breaker_open_until.is_some_and(|until| until > now);
@@ -245,9 +287,8 @@ async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
                 .ok()
         })
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "counts": counts,
-        "vms": views,
         "maxVms": policy.max_vms,
         "buffer": {
             "minStandby": policy.min_standby,
@@ -261,7 +302,14 @@ async fn pool_status(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         },
         "lastReconcileAt": fmt(meta.last_reconcile_at),
         "lastReconcileSummary": meta.last_reconcile_summary,
-    })))
+    });
+    if let Some(views) = views {
+        body["vms"] = json!(views);
+    }
+    if let Some(next) = continuation {
+        body["continuation"] = json!(next);
+    }
+    Ok(Json(body))
 }
 
 /// The Functions timer: `{"Data": {"timer": {...}}, "Metadata": {...}}` in, the invocation

@@ -61,6 +61,23 @@ impl Summary {
             }
     }
 
+    /// Adds the counts of `other` (one action's part of a pass) to these.
+    fn absorb(&mut self, other: &Summary) {
+        self.completed += other.completed;
+        self.deallocated += other.deallocated;
+        self.failed += other.failed;
+        self.reissued += other.reissued;
+        self.started += other.started;
+        self.created += other.created;
+        self.deallocating += other.deallocating;
+        self.corrected += other.corrected;
+        self.deleted += other.deleted;
+        self.forgotten += other.forgotten;
+        self.adopted += other.adopted;
+        self.lost_races += other.lost_races;
+        self.errors += other.errors;
+    }
+
     /// One line for the log and the timer's `Logs`.
     pub fn line(&self) -> String {
         format!(
@@ -122,6 +139,9 @@ impl Reconciler {
             async { pool.compute().list().await.map_err(ReconcileError::from) },
             async { pool.store().load_meta().await.map_err(ReconcileError::from) },
         )?;
+        if let Err(e) = pool.store().repair_index(&rows).await {
+            warn!(error = %e, "the state index could not be repaired; the next pass retries");
+        }
         let observed = Observed {
             arm: arm.into_iter().collect(),
         };
@@ -136,8 +156,28 @@ impl Reconciler {
             buffer_target: meta.buffer_target,
             ..Summary::default()
         };
-        for action in actions {
-            if let Err(e) = self.apply(action, &mut summary, &mut meta).await {
+        // Actions touch different rows: run them a bounded number at a time, each with its
+        // own summary and record, then add them up.
+        let base = meta.clone();
+        let outcomes = crate::store::run_bounded(
+            actions.into_iter().map(|action| {
+                let (mut part, mut m) = (Summary::default(), base.clone());
+                async move {
+                    let result = self.apply(action, &mut part, &mut m).await;
+                    (
+                        result,
+                        part,
+                        m.consecutive_create_failures - base.consecutive_create_failures,
+                    )
+                }
+            }),
+            crate::store::WRITE_CONCURRENCY,
+        )
+        .await;
+        for (result, part, failures) in outcomes {
+            summary.absorb(&part);
+            meta.consecutive_create_failures += failures;
+            if let Err(e) = result {
                 summary.errors += 1;
                 warn!(error = %e, "reconcile action failed; the next pass retries it");
             }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod connection;
 mod faults;
+mod index;
 mod row;
 
 use async_trait::async_trait;
@@ -35,10 +36,15 @@ use tracing::warn;
 use connection::parse_connection_string;
 pub use connection::{check_table_name, meta_table_name};
 use faults::{Fault, Sent, classify, is_ambiguous, is_missing_row, lost_race};
+pub use index::{INDEXED, index_table_name};
 use row::{RECORD_VALUE, RowFields, check_keys, opt_text, parse_row, record_entity, to_entity};
 
-use super::{Etag, Record, Rows, StoreError, Versioned, VmStore, Written, normalize};
-use crate::domain::{VmId, VmRecord};
+use super::{
+    Continuation, Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
+    VmStore, Written, normalize, zero_counts,
+};
+use crate::domain::{VmId, VmRecord, VmState};
+use azure_core::Continuable;
 
 /// How long one call to the service may take before it counts as unavailable.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +73,9 @@ impl Default for TableOptions {
 pub struct TableStore {
     vms: TableClient,
     meta: TableClient,
+    /// The state index: a table per indexed state (see `index.rs`).
+    index: Vec<(VmState, TableClient)>,
+    known: index::Known,
     describe: String,
     timeout: Duration,
     writes: AtomicU64,
@@ -103,13 +112,43 @@ impl TableStore {
         let store = TableStore {
             vms: service.table_client(table),
             meta: service.table_client(meta_table_name(table)),
+            index: INDEXED
+                .iter()
+                .map(|s| (*s, service.table_client(index_table_name(table, *s))))
+                .collect(),
+            known: index::Known::default(),
             describe: format!("{}, table {table}", target.describe),
             timeout: options.timeout,
             writes: AtomicU64::new(0),
         };
-        store.create_table(&store.vms).await?;
-        store.create_table(&store.meta).await?;
+        if store.create_tables().await? {
+            // A table that existed before the index did: build the index from its rows.
+            let rows = store
+                .list_once(Rows::All)
+                .await
+                .map_err(|f| store.fail("build index", f))?;
+            if !rows.is_empty() {
+                store.repair(&rows).await?;
+            }
+        }
         Ok(store)
+    }
+
+    /// Creates the VM table, the meta table and the index tables when absent; true if an
+    /// index table was created.
+    async fn create_tables(&self) -> Result<bool, StoreError> {
+        self.create_table(&self.vms).await?;
+        self.create_table(&self.meta).await?;
+        let mut created = false;
+        for (_, table) in &self.index {
+            created |= self.create_table(table).await?;
+        }
+        Ok(created)
+    }
+
+    /// The names of the state index tables.
+    pub fn index_table_names(&self) -> Vec<&str> {
+        self.index.iter().map(|(_, t)| t.table_name()).collect()
     }
 
     /// How many VM-table writes (insert, update, delete; won or lost) this store attempted,
@@ -128,13 +167,14 @@ impl TableStore {
         self.meta.table_name()
     }
 
-    async fn create_table(&self, table: &TableClient) -> Result<(), StoreError> {
+    /// Creates `table`; true if it did not exist.
+    async fn create_table(&self, table: &TableClient) -> Result<bool, StoreError> {
         match self
             .call("create table", table.create().into_future())
             .await
         {
-            Ok(_) => Ok(()),
-            Err(Fault::Status { status: 409, .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(Fault::Status { status: 409, .. }) => Ok(false),
             Err(f) => Err(self.fail("create table", f)),
         }
     }
@@ -146,13 +186,18 @@ impl TableStore {
         fut: impl Future<Output = azure_core::Result<T>>,
     ) -> Result<T, Fault> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(Fault::Store(StoreError::Unavailable(format!(
-                "{what}: no answer within {} ms",
-                self.timeout.as_millis()
-            )))),
+            Err(_) => Err(self.no_answer(what)),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(what, &e)),
         }
+    }
+
+    /// The fault of a call that passed its deadline.
+    fn no_answer(&self, what: &str) -> Fault {
+        Fault::Store(StoreError::Unavailable(format!(
+            "{what}: no answer within {} ms",
+            self.timeout.as_millis()
+        )))
     }
 
     /// The error for a fault that the operation has no special meaning for.
@@ -186,64 +231,114 @@ impl VmStore for TableStore {
     }
 
     async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
-        self.recreating("list", || self.list_once(which)).await
+        match which {
+            Rows::InStates(states) if states.iter().all(|s| index::is_indexed(*s)) => {
+                self.recreating("list", || self.list_indexed(states, None, None))
+                    .await
+            }
+            _ => self.recreating("list", || self.list_once(which)).await,
+        }
+    }
+
+    async fn list_page(
+        &self,
+        which: Rows<'_>,
+        page: &PageRequest,
+    ) -> Result<Page<Versioned>, StoreError> {
+        self.recreating("list page", || self.page_once(which, page))
+            .await
+    }
+
+    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
+        if !states.iter().all(|s| index::is_indexed(*s)) {
+            let mut rows = self.list(Rows::InStates(states)).await?;
+            rows.truncate(limit);
+            return Ok(rows);
+        }
+        self.recreating("sample", || self.sample_indexed(states, limit))
+            .await
+    }
+
+    async fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.recreating("count", || self.count_once()).await
+    }
+
+    async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
+        self.repair(rows).await
     }
 
     async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
         let vm = normalize(vm)?;
         let body = to_entity(&vm)?;
-        self.recreating("insert", || async {
-            let builder = self
-                .vms
-                .insert::<_, Value>(&body)
-                .map_err(|e| Fault::Store(StoreError::Rejected(format!("insert: {e}"))))?;
-            self.count_write();
-            match self.call("insert", builder.into_future()).await {
-                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
-                Err(Fault::Status { status: 409, .. }) => Ok(Written::LostRace),
-                Err(f) if is_ambiguous(&f) => self.settle(&vm.id, Sent::Insert(&vm), f).await,
-                Err(f) => Err(f),
-            }
-        })
-        .await
+        let written = self
+            .recreating("insert", || async {
+                let builder = self
+                    .vms
+                    .insert::<_, Value>(&body)
+                    .map_err(|e| Fault::Store(StoreError::Rejected(format!("insert: {e}"))))?;
+                self.count_write();
+                match self.call("insert", builder.into_future()).await {
+                    Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                    Err(Fault::Status { status: 409, .. }) => Ok(Written::LostRace),
+                    Err(f) if is_ambiguous(&f) => self.settle(&vm.id, Sent::Insert(&vm), f).await,
+                    Err(f) => Err(f),
+                }
+            })
+            .await?;
+        if let Written::Done(new) = &written {
+            self.reindex(&vm.id, None, Some((&vm, new))).await;
+        }
+        Ok(written)
     }
 
     async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
         let vm = normalize(vm)?;
         let body = to_entity(&vm)?;
-        self.recreating("update", || async {
-            let builder = self
-                .vms
-                .partition_key_client(vm.id.as_str())
-                .entity_client(vm.id.as_str())
-                .update(&body, IfMatchCondition::Etag(etag.0.clone().into()))
-                .map_err(|e| Fault::Store(StoreError::Rejected(format!("update: {e}"))))?;
-            self.count_write();
-            match self.call("update", builder.into_future()).await {
-                Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
-                Err(f) if is_ambiguous(&f) => self.settle(&vm.id, Sent::Update(&vm, etag), f).await,
-                Err(f) => lost_race(f),
-            }
-        })
-        .await
+        let written = self
+            .recreating("update", || async {
+                let builder = self
+                    .vms
+                    .partition_key_client(vm.id.as_str())
+                    .entity_client(vm.id.as_str())
+                    .update(&body, IfMatchCondition::Etag(etag.0.clone().into()))
+                    .map_err(|e| Fault::Store(StoreError::Rejected(format!("update: {e}"))))?;
+                self.count_write();
+                match self.call("update", builder.into_future()).await {
+                    Ok(res) => Ok(Written::Done(Etag(res.etag.to_string()))),
+                    Err(f) if is_ambiguous(&f) => {
+                        self.settle(&vm.id, Sent::Update(&vm, etag), f).await
+                    }
+                    Err(f) => lost_race(f),
+                }
+            })
+            .await?;
+        if let Written::Done(new) = &written {
+            self.reindex(&vm.id, Some(etag), Some((&vm, new))).await;
+        }
+        Ok(written)
     }
 
     async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
-        self.recreating("delete", || async {
-            let builder = self
-                .vms
-                .partition_key_client(id.as_str())
-                .entity_client(id.as_str())
-                .delete()
-                .if_match(IfMatchCondition::Etag(etag.0.clone().into()));
-            self.count_write();
-            match self.call("delete", builder.into_future()).await {
-                Ok(_) => Ok(Written::Done(etag.clone())),
-                Err(f) if is_ambiguous(&f) => self.settle(id, Sent::Delete(etag), f).await,
-                Err(f) => lost_race(f),
-            }
-        })
-        .await
+        let written = self
+            .recreating("delete", || async {
+                let builder = self
+                    .vms
+                    .partition_key_client(id.as_str())
+                    .entity_client(id.as_str())
+                    .delete()
+                    .if_match(IfMatchCondition::Etag(etag.0.clone().into()));
+                self.count_write();
+                match self.call("delete", builder.into_future()).await {
+                    Ok(_) => Ok(Written::Done(etag.clone())),
+                    Err(f) if is_ambiguous(&f) => self.settle(id, Sent::Delete(etag), f).await,
+                    Err(f) => lost_race(f),
+                }
+            })
+            .await?;
+        if let Written::Done(_) = &written {
+            self.reindex(id, Some(etag), None).await;
+        }
+        Ok(written)
     }
 
     async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError> {
@@ -355,8 +450,7 @@ impl TableStore {
                     table = self.vms.table_name(),
                     "the table is missing; creating it"
                 );
-                self.create_table(&self.vms).await?;
-                self.create_table(&self.meta).await?;
+                self.create_tables().await?;
                 op().await.map_err(|f| self.fail(what, f))
             }
             other => other.map_err(|f| self.fail(what, f)),
@@ -406,54 +500,132 @@ impl TableStore {
         if vm.id != *id {
             return Err(unreadable("it names another VM".into()));
         }
-        Ok(Some(Versioned {
-            vm,
-            etag: Etag(res.etag.to_string()),
-        }))
+        let etag = Etag(res.etag.to_string());
+        self.known.saw(&vm.id, &etag, vm.state);
+        Ok(Some(Versioned { vm, etag }))
+    }
+
+    /// The VM-table query for `which`: only the row's properties, filtered by state.
+    fn query(&self, which: Rows<'_>) -> azure_data_tables::operations::QueryEntityBuilder {
+        let query = self.vms.query().select(row::select());
+        match which {
+            Rows::InStates(states) if !states.is_empty() => query.filter(row::state_filter(states)),
+            _ => query,
+        }
     }
 
     async fn list_once(&self, which: Rows<'_>) -> Result<Vec<Versioned>, Fault> {
-        let mut query = self.vms.query().select(row::select());
-        match which {
-            Rows::All => {}
-            Rows::InStates([]) => return Ok(Vec::new()),
-            Rows::InStates(states) => query = query.filter(row::state_filter(states)),
+        if which == Rows::InStates(&[]) {
+            return Ok(Vec::new());
         }
-        let mut pages = query.into_stream::<RowFields>();
+        let mut pages = self.query(which).into_stream::<RowFields>();
         let mut rows = Vec::new();
         loop {
             let page = match tokio::time::timeout(self.timeout, pages.next()).await {
-                Err(_) => {
-                    return Err(Fault::Store(StoreError::Unavailable(format!(
-                        "list: no answer within {} ms",
-                        self.timeout.as_millis()
-                    ))));
-                }
+                Err(_) => return Err(self.no_answer("list")),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(classify("list", &e)),
                 Ok(Some(Ok(page))) => page,
             };
+            self.decode(&page.entities, which, &mut rows);
+        }
+        Ok(rows)
+    }
+
+    /// One page: Table Storage may answer a filtered query with fewer rows than asked for
+    /// (and a continuation), so this asks again for the rest until the page is full or the
+    /// table ends.
+    async fn page_once(
+        &self,
+        which: Rows<'_>,
+        page: &PageRequest,
+    ) -> Result<Page<Versioned>, Fault> {
+        let mut rows = Vec::new();
+        let mut next = page.after.clone();
+        if which == Rows::InStates(&[]) {
+            return Ok(Page {
+                items: rows,
+                next: None,
+            });
+        }
+        loop {
+            let want = page.limit - rows.len();
+            let mut query = self
+                .query(which)
+                .top(u32::try_from(want).unwrap_or(u32::MAX));
+            if let Some(after) = next.take() {
+                query = query.initial_partition_key(after.partition_key);
+                if let Some(row_key) = after.row_key {
+                    query = query.initial_row_key(row_key);
+                }
+            }
+            let mut pages = query.into_stream::<RowFields>();
+            let answer = match tokio::time::timeout(self.timeout, pages.next()).await {
+                Err(_) => return Err(self.no_answer("list page")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(classify("list page", &e)),
+                Ok(Some(Ok(answer))) => answer,
+            };
+            self.decode(&answer.entities, which, &mut rows);
+            next = answer
+                .continuation()
+                .map(|(partition_key, row_key)| Continuation {
+                    partition_key,
+                    row_key,
+                });
+            if next.is_none() || rows.len() >= page.limit {
+                break;
+            }
+        }
+        Ok(Page { items: rows, next })
+    }
+
+    /// Counts rows by state, reading only the state of each, page by page.
+    async fn count_once(&self) -> Result<StateCounts, Fault> {
+        let mut pages = self
+            .vms
+            .query()
+            .select(row::STATE.name)
+            .into_stream::<RowFields>();
+        let mut counts = zero_counts();
+        loop {
+            let page = match tokio::time::timeout(self.timeout, pages.next()).await {
+                Err(_) => return Err(self.no_answer("count")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(classify("count", &e)),
+                Ok(Some(Ok(page))) => page,
+            };
             for entity in &page.entities {
-                let etag = entity.etag();
-                match (parse_row(entity), etag) {
-                    (Ok(vm), Some(etag)) if which.selects(vm.state) => rows.push(Versioned {
-                        vm,
-                        etag: Etag(etag.to_owned()),
-                    }),
-                    (Ok(_), Some(_)) => {}
-                    (Ok(vm), None) => {
-                        warn!(table = self.vms.table_name(), vm.id = %vm.id, "row without an ETag skipped");
-                    }
-                    (Err(why), _) => {
-                        let key = opt_text(entity, row::ROW_KEY.name)
-                            .ok()
-                            .flatten()
-                            .unwrap_or("?");
-                        warn!(table = self.vms.table_name(), row_key = key, reason = %why, "row that is not a VM skipped");
-                    }
+                if let Some(state) = row::state_of(entity) {
+                    *counts.entry(state).or_default() += 1;
                 }
             }
         }
-        Ok(rows)
+        Ok(counts)
+    }
+
+    /// Adds the VM rows of a page that `which` selects to `rows`; skips others with a
+    /// warning.
+    fn decode(&self, entities: &[RowFields], which: Rows<'_>, rows: &mut Vec<Versioned>) {
+        for entity in entities {
+            match (parse_row(entity), entity.etag()) {
+                (Ok(vm), Some(etag)) if which.selects(vm.state) => {
+                    let etag = Etag(etag.to_owned());
+                    self.known.saw(&vm.id, &etag, vm.state);
+                    rows.push(Versioned { vm, etag });
+                }
+                (Ok(_), Some(_)) => {}
+                (Ok(vm), None) => {
+                    warn!(table = self.vms.table_name(), vm.id = %vm.id, "row without an ETag skipped");
+                }
+                (Err(why), _) => {
+                    let key = opt_text(entity, row::ROW_KEY.name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or("?");
+                    warn!(table = self.vms.table_name(), row_key = key, reason = %why, "row that is not a VM skipped");
+                }
+            }
+        }
     }
 }

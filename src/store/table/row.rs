@@ -232,12 +232,21 @@ impl Props for Map<String, Value> {
 pub(crate) struct RowFields {
     values: [Option<Value>; PROPERTIES.len()],
     etag: Option<Value>,
+    row_etag: Option<Value>,
 }
 
+/// The property of an index entry that holds the ETag of the row it copies.
+pub(crate) const ROW_ETAG: &str = "RowEtag";
+
 impl RowFields {
-    /// The row's ETag, if the answer carried one.
+    /// The ETag of what was read, if the answer carried one.
     pub(crate) fn etag(&self) -> Option<&str> {
         self.etag.as_ref().and_then(Value::as_str)
+    }
+
+    /// For an index entry: the ETag of the row it copies.
+    pub(crate) fn row_etag(&self) -> Option<&str> {
+        self.row_etag.as_ref().and_then(Value::as_str)
     }
 }
 
@@ -264,6 +273,8 @@ impl<'de> serde::Deserialize<'de> for RowFields {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == ETAG_ANNOTATION {
                         row.etag = Some(map.next_value()?);
+                    } else if key == ROW_ETAG {
+                        row.row_etag = Some(map.next_value()?);
                     } else if let Some(at) = PROPERTIES.iter().position(|p| p.name == key) {
                         row.values[at] = Some(map.next_value()?);
                     } else {
@@ -275,6 +286,11 @@ impl<'de> serde::Deserialize<'de> for RowFields {
         }
         d.deserialize_map(Fields)
     }
+}
+
+/// The state of a row, if it has a known one.
+pub(crate) fn state_of(m: &impl Props) -> Option<VmState> {
+    STATE.opt_text(m).ok().flatten().and_then(VmState::parse)
 }
 
 /// Reads a row as a VM; the error says which property is missing or wrong.
