@@ -257,6 +257,7 @@ impl TableStore {
                 .await?;
             rows.extend(more);
         }
+        rows.truncate(limit);
         Ok(rows)
     }
 
