@@ -799,3 +799,21 @@ async fn listings_come_in_pages_and_status_can_be_counts_only() {
         assert_eq!(answer.json["error"]["code"], "InvalidInput");
     }
 }
+
+#[tokio::test]
+async fn a_pool_of_up_to_a_hundred_thousand_vms_can_be_configured() {
+    assert_eq!(
+        config(&[("VMPOOL_MAX_VMS", "100000")]).policy.max_vms,
+        100_000
+    );
+    let vars: std::collections::HashMap<String, String> =
+        [("VMPOOL_MAX_VMS".to_owned(), "100001".to_owned())].into();
+    let err = vmpool::config::Config::from_source(&vars).unwrap_err();
+    assert!(err.to_string().contains("VMPOOL_MAX_VMS"), "{err}");
+    let sim = spawn_on(table_store().await, &[("VMPOOL_MAX_VMS", "100000")]).await;
+    let counts = sim
+        .app
+        .send("GET", "/api/GetPoolStatus?vms=false", None)
+        .await;
+    assert_eq!(counts.json["maxVms"], 100_000);
+}
