@@ -7,8 +7,9 @@
 //!
 //! Starts Azurite (from `node_modules`) on a free port, seeds 1000 VMs, and measures p50/p99
 //! of CreateVM (reclaim path), ReportGameRoomsNumber and GetAvailableVMs, each next to the
-//! raw `azure_data_tables` calls the operation inherently needs, interleaved in the same
-//! run, and prints the ratios. vmpool is measured twice: over HTTP (what a caller sees,
+//! raw `azure_data_tables` calls a design without an index needs (for CreateVM, a filtered
+//! query of the VM table; vmpool reads its state index instead, see `scale_bench` for how the
+//! two grow with the table), interleaved in the same run, and prints the ratios. vmpool is measured twice: over HTTP (what a caller sees,
 //! axum and JSON included) and in process (the pool's own work). Then it runs the 64-caller
 //! burst over 16 reclaimable VMs and prints table writes per successful claim, for one
 //! instance and for two instances over one table.

@@ -18,7 +18,9 @@ use crate::domain::{
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
-use crate::store::{Etag, Rows, StoreError, Versioned, VmStore, Written};
+use crate::store::{
+    Etag, Page, PageRequest, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+};
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.
 const TRIES_PER_KIND: usize = 4;
@@ -36,6 +38,8 @@ const KEY_WAIT: Duration = Duration::from_secs(15);
 /// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
 /// clocks differ a little never take over a request that is still running.
 const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
+/// How many deallocated VMs the start path reads as candidates (not all of them).
+const START_CANDIDATES: usize = 16;
 /// The states CreateVM takes VMs from without consuming capacity.
 const WITHOUT_CAPACITY: [VmState; 3] = [
     VmState::MarkedForDeallocation,
@@ -126,6 +130,19 @@ pub struct Pool {
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
+    /// The VMs counting against the maximum at this instance's last count: when it showed
+    /// room, the next claim skips counting before it writes (the count after the write,
+    /// which every claim makes, keeps the maximum).
+    last_active: Mutex<Option<usize>>,
+}
+
+/// One page of GetPoolStatus: counts over the whole pool and a page of VMs if asked for.
+#[derive(Debug, Clone)]
+pub struct StatusPage {
+    /// VMs in each state, over the whole pool.
+    pub counts: StateCounts,
+    /// A page of VMs in vmId order, unless only counts were asked for.
+    pub vms: Option<Page<VmRecord>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -151,6 +168,7 @@ impl Pool {
             policy,
             capacity_gate: tokio::sync::Mutex::new(()),
             taken: Mutex::new(HashMap::new()),
+            last_active: Mutex::new(None),
         }
     }
 
@@ -344,14 +362,19 @@ impl Pool {
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
         let (won, action) = {
             let _gate = self.capacity_gate.lock().await;
-            let all = self.store.list(Rows::All).await?;
             let max = self.policy.max_vms;
-            if active(&all) >= max as usize {
+            if !self.room_for_one().await? {
                 return Err(PoolError::CapacityExhausted { max });
             }
+            // A sample of the candidates, not all of them: any one will do, and the index
+            // answers a sample without reading the whole table.
+            let sample = self
+                .store
+                .sample(&[VmState::Deallocated], START_CANDIDATES)
+                .await?;
             let mut won = None;
             for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
-                let candidates: Vec<Versioned> = all
+                let candidates: Vec<Versioned> = sample
                     .iter()
                     .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
                     .cloned()
@@ -419,7 +442,7 @@ impl Pool {
         let won = {
             let _gate = self.capacity_gate.lock().await;
             let max = self.policy.max_vms;
-            if active(&self.store.list(Rows::All).await?) >= max as usize {
+            if !self.room_for_one().await? {
                 return Err(PoolError::CapacityExhausted { max });
             }
             let won = match deallocated {
@@ -468,8 +491,7 @@ impl Pool {
     /// at worst both give way and the callers retry.
     async fn confirm_capacity(&self, won: &Versioned) -> Result<(), PoolError> {
         let max = self.policy.max_vms;
-        let all = self.store.list(Rows::All).await?;
-        if active(&all) <= max as usize {
+        if self.count_active().await? <= max as usize {
             return Ok(());
         }
         warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
@@ -482,6 +504,29 @@ impl Pool {
             warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
         }
         Err(PoolError::CapacityExhausted { max })
+    }
+
+    /// Whether one more VM fits under the maximum, as far as this instance knows before it
+    /// writes: its last count if that showed room (no table scan), else a fresh count.
+    async fn room_for_one(&self) -> Result<bool, PoolError> {
+        let max = self.policy.max_vms as usize;
+        let hint = *self.last_active.lock().unwrap_or_else(|e| e.into_inner());
+        if hint.is_some_and(|n| n < max) {
+            return Ok(true);
+        }
+        Ok(self.count_active().await? < max)
+    }
+
+    /// Counts the VMs against the maximum (one pass over the states of the table).
+    async fn count_active(&self) -> Result<usize, PoolError> {
+        let counts = self.store.count_states().await?;
+        let n = counts
+            .iter()
+            .filter(|(state, _)| state.counts_against_max())
+            .map(|(_, n)| n)
+            .sum();
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+        Ok(n)
     }
 
     /// After the intent is written: handles the ARM answer to a create or start.
@@ -585,6 +630,39 @@ impl Pool {
         let mut vms: Vec<VmRecord> = rows.into_iter().map(|r| r.vm).collect();
         vms.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Status { vms })
+    }
+
+    /// GetAvailableVMs, one page: `Running` VMs in vmId order.
+    pub async fn available_page(&self, page: &PageRequest) -> Result<Page<VmRecord>, PoolError> {
+        let rows = self
+            .store
+            .list_page(Rows::InStates(&[VmState::Running]), page)
+            .await?;
+        Ok(Page {
+            items: rows.items.into_iter().map(|r| r.vm).collect(),
+            next: rows.next,
+        })
+    }
+
+    /// GetPoolStatus, one page: counts over the whole pool and a page of VMs in vmId order
+    /// (when `with_vms`).
+    pub async fn status_page(
+        &self,
+        page: &PageRequest,
+        with_vms: bool,
+    ) -> Result<StatusPage, PoolError> {
+        let vms = async {
+            if !with_vms {
+                return Ok(None);
+            }
+            let rows = self.store.list_page(Rows::All, page).await?;
+            Ok::<_, StoreError>(Some(Page {
+                items: rows.items.into_iter().map(|r| r.vm).collect(),
+                next: rows.next,
+            }))
+        };
+        let (counts, vms) = tokio::try_join!(self.store.count_states(), vms)?;
+        Ok(StatusPage { counts, vms })
     }
 
     async fn get_row(&self, id: &VmId) -> Result<Versioned, PoolError> {

@@ -124,17 +124,13 @@ fn secret(raw: &str) -> Result<Secret, String> {
     Ok(Secret::new(raw))
 }
 
-/// Table names: 3-63 letters and digits, starting with a letter.
+/// Table names, as the store checks them.
 fn table_name(raw: &str) -> Result<String, String> {
-    let ok = (3..=63).contains(&raw.len())
-        && raw.starts_with(|c: char| c.is_ascii_alphabetic())
-        && raw.chars().all(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(format!(
-            "{raw:?} is not a table name (3-63 letters and digits, starting with a letter)"
-        ))
+    match crate::store::table::check_table_name(raw) {
+        Ok(()) => Ok(raw.to_owned()),
+        Err(
+            crate::store::StoreError::Rejected(why) | crate::store::StoreError::Unavailable(why),
+        ) => Err(why),
     }
 }
 
@@ -423,7 +419,7 @@ pub const MAX_VMS: Setting<u32> = Setting {
     name: "VMPOOL_MAX_VMS",
     doc: "most VMs not `Deallocated` at once",
     default: Fallback::Value("20"),
-    parse: |raw| whole(raw, 1, 10_000),
+    parse: |raw| whole(raw, 1, 100_000),
 };
 
 /// See [`PoolPolicy::demand_window`](super::PoolPolicy::demand_window).

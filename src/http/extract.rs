@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::input;
 use crate::domain::VmId;
 use crate::idempotency::IdempotencyKey;
+use crate::store::PageRequest;
 
 /// A request's JSON object body (empty counts as `{}`) and its query-string pairs.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +68,46 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
             .map(IdempotencyHeader)
             .map_err(|e| ApiError::InvalidInput(e.to_string()))
     }
+}
+
+/// `?limit=` and `?continuation=` of a paged listing.
+#[derive(Debug, Clone)]
+pub struct Paging(pub PageRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for Paging {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = input::query_pairs(parts.uri.query());
+        PageRequest::parse(param(&query, "limit"), param(&query, "continuation"))
+            .map(Paging)
+            .map_err(ApiError::InvalidInput)
+    }
+}
+
+/// GetPoolStatus's `?vms=`: `false` answers with counts only.
+#[derive(Debug, Clone, Copy)]
+pub struct WithVms(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for WithVms {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match param(&input::query_pairs(parts.uri.query()), "vms") {
+            None | Some("true") => Ok(WithVms(true)),
+            Some("false") => Ok(WithVms(false)),
+            Some(other) => Err(ApiError::InvalidInput(format!(
+                "vms must be true or false; got {other:?}"
+            ))),
+        }
+    }
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// `vmId` from the body or the query string.

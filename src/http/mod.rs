@@ -30,7 +30,9 @@ use crate::pool::{Changed, Pool};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
 pub use error::{ApiError, ErrorEnvelope};
-use extract::{IdempotencyHeader, NoInput, RoomsReport, TimerInvocation, VmTarget};
+use extract::{
+    IdempotencyHeader, NoInput, Paging, RoomsReport, TimerInvocation, VmTarget, WithVms,
+};
 pub use limits::Limits;
 use views::{PassResult, PoolStatusView, Probe, TimerAnswer, VmList, VmOutcome, VmView};
 
@@ -334,43 +336,71 @@ async fn mark(
     Ok(outcome(&state, changed))
 }
 
-/// GetAvailableVMs: the Running VMs.
+/// GetAvailableVMs: the Running VMs, a page at a time.
 #[utoipa::path(get, path = "/api/GetAvailableVMs", tag = "pool",
+    params(
+        ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
+        ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
+    ),
     responses(
-        (status = 200, description = "Running VMs, sorted by vmId", body = VmList),
+        (status = 200, description = "Running VMs, sorted by vmId; `continuation` when more follow", body = VmList),
+        (status = 400, description = "limit or continuation invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
-async fn available(State(state): State<AppState>) -> Result<Json<VmList>, ApiError> {
-    let vms = state.pool.available().await?;
-    let vms = vms
-        .iter()
-        .map(|vm| VmView::new(vm, &state.policy))
-        .collect();
-    Ok(Json(VmList { vms }))
+async fn available(
+    State(state): State<AppState>,
+    Paging(page): Paging,
+) -> Result<Json<VmList>, ApiError> {
+    let vms = state.pool.available_page(&page).await?;
+    Ok(Json(VmList {
+        vms: vms
+            .items
+            .iter()
+            .map(|vm| VmView::new(vm, &state.policy))
+            .collect(),
+        continuation: vms.next.map(|next| next.token()),
+    }))
 }
 
-/// GetPoolStatus: every VM and the reconciler's record.
+/// GetPoolStatus: counts, the VMs a page at a time, and the reconciler's record.
 #[utoipa::path(get, path = "/api/GetPoolStatus", tag = "pool",
+    params(
+        ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
+        ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
+        ("vms" = Option<bool>, Query, description = "`false`: counts and the pool's record only, no VMs"),
+    ),
     responses(
-        (status = 200, description = "Counts by state, every VM, the buffer, the breaker and the last pass", body = PoolStatusView),
+        (status = 200, description = "Counts by state, a page of VMs, the buffer, the breaker, the observation and the last pass", body = PoolStatusView),
+        (status = 400, description = "limit, continuation or vms invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
-async fn pool_status(State(state): State<AppState>) -> Result<Json<PoolStatusView>, ApiError> {
-    Ok(Json(pool_status_view(&state).await?))
+async fn pool_status(
+    State(state): State<AppState>,
+    Paging(page): Paging,
+    WithVms(with_vms): WithVms,
+) -> Result<Json<PoolStatusView>, ApiError> {
+    Ok(Json(pool_status_view(&state, &page, with_vms).await?))
 }
 
-/// Every VM and the reconciler's record, as GetPoolStatus shows them.
-async fn pool_status_view(state: &AppState) -> Result<PoolStatusView, ApiError> {
-    let (status, meta) = tokio::join!(state.pool.status(), state.reconciler.record());
+/// One page of the pool's status and the reconciler's record, as GetPoolStatus shows them.
+async fn pool_status_view(
+    state: &AppState,
+    page: &crate::store::PageRequest,
+    with_vms: bool,
+) -> Result<PoolStatusView, ApiError> {
+    let (status, meta) = tokio::join!(
+        state.pool.status_page(page, with_vms),
+        state.reconciler.record()
+    );
     let (status, meta) = (status?, meta.map_err(crate::pool::PoolError::from)?);
     Ok(PoolStatusView::new(
-        &status.vms,
+        &status,
         &meta,
         &state.policy,
         state.clock.now(),
@@ -386,7 +416,7 @@ async fn pool_status_view(state: &AppState) -> Result<PoolStatusView, ApiError> 
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let view = pool_status_view(&state).await;
+    let view = pool_status_view(&state, &crate::store::PageRequest::default(), false).await;
     if let Err(e) = &view {
         tracing::warn!(error = %e, "metrics: the pool status could not be read");
     }

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use crate::config::PoolPolicy;
 use crate::domain::{VmRecord, VmState};
+use crate::pool::StatusPage;
 use crate::reconcile::{PoolMeta, Summary};
 
 /// What a vmId looks like: Azure's VM naming rules (1-64 ASCII letters, digits, `-`, `_`
@@ -95,8 +96,11 @@ pub struct VmOutcome {
 /// The VMs the matchmaker may use.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VmList {
-    /// `Running` VMs, sorted by vmId.
+    /// `Running` VMs, sorted by vmId: one page.
     pub vms: Vec<VmView>,
+    /// Pass as `?continuation=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
 }
 
 /// How many VMs are in each state.
@@ -114,20 +118,32 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
+    /// The counts the store made.
+    pub fn from_store(counts: &crate::store::StateCounts) -> Self {
+        let mut c = StateCounts::default();
+        for (state, n) in counts {
+            *c.slot(*state) += u32::try_from(*n).unwrap_or(u32::MAX);
+        }
+        c
+    }
+
+    fn slot(&mut self, state: VmState) -> &mut u32 {
+        match state {
+            VmState::Creating => &mut self.creating,
+            VmState::Running => &mut self.running,
+            VmState::MarkedForDeallocation => &mut self.marked_for_deallocation,
+            VmState::Deallocating => &mut self.deallocating,
+            VmState::Deallocated => &mut self.deallocated,
+            VmState::Standby => &mut self.standby,
+            VmState::Failed => &mut self.failed,
+        }
+    }
+
     /// The counts of `vms`.
     pub fn of(vms: &[VmRecord]) -> Self {
         let mut c = StateCounts::default();
         for vm in vms {
-            let n = match vm.state {
-                VmState::Creating => &mut c.creating,
-                VmState::Running => &mut c.running,
-                VmState::MarkedForDeallocation => &mut c.marked_for_deallocation,
-                VmState::Deallocating => &mut c.deallocating,
-                VmState::Deallocated => &mut c.deallocated,
-                VmState::Standby => &mut c.standby,
-                VmState::Failed => &mut c.failed,
-            };
-            *n += 1;
+            *c.slot(vm.state) += 1;
         }
         c
     }
@@ -187,8 +203,12 @@ pub struct ObservationView {
 pub struct PoolStatusView {
     /// VMs by state (every state, zeros included).
     pub counts: StateCounts,
-    /// Every VM, sorted by vmId.
-    pub vms: Vec<VmView>,
+    /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vms: Option<Vec<VmView>>,
+    /// Pass as `?continuation=` for the next page of VMs; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
     /// `VMPOOL_MAX_VMS`.
     pub max_vms: u32,
     /// The warm buffer.
@@ -211,17 +231,27 @@ fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
 }
 
 impl PoolStatusView {
-    /// The view of `vms` and the reconciler's record `meta` at `now`.
+    /// The view of one page of the pool's status and the reconciler's record `meta` at `now`.
     pub fn new(
-        vms: &[VmRecord],
+        status: &StatusPage,
         meta: &PoolMeta,
         policy: &PoolPolicy,
         now: OffsetDateTime,
     ) -> Self {
         let open = meta.breaker_open_at(now);
         PoolStatusView {
-            counts: StateCounts::of(vms),
-            vms: vms.iter().map(|vm| VmView::new(vm, policy)).collect(),
+            counts: StateCounts::from_store(&status.counts),
+            vms: status.vms.as_ref().map(|page| {
+                page.items
+                    .iter()
+                    .map(|vm| VmView::new(vm, policy))
+                    .collect()
+            }),
+            continuation: status
+                .vms
+                .as_ref()
+                .and_then(|page| page.next.as_ref())
+                .map(|next| next.token()),
             max_vms: policy.max_vms,
             buffer: BufferView {
                 min_standby: policy.min_standby,

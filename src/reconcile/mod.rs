@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::pool::{Pool, PoolError};
-use crate::store::{Rows, StoreError, Versioned, Written};
+use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
 /// What one pass did, for the timer's `ReturnValue` and the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -81,6 +81,27 @@ impl Summary {
                 point_reads: self.point_reads,
                 ..Summary::default()
             }
+    }
+
+    /// Adds the counts of `other` (one action's part of a pass) to these.
+    fn absorb(&mut self, other: &Summary) {
+        self.completed += other.completed;
+        self.deallocated += other.deallocated;
+        self.failed += other.failed;
+        self.reissued += other.reissued;
+        self.started += other.started;
+        self.created += other.created;
+        self.deallocating += other.deallocating;
+        self.corrected += other.corrected;
+        self.deleted += other.deleted;
+        self.forgotten += other.forgotten;
+        self.adopted += other.adopted;
+        self.unclaimed += other.unclaimed;
+        self.ips_found += other.ips_found;
+        self.point_reads += other.point_reads;
+        self.vanished += other.vanished;
+        self.lost_races += other.lost_races;
+        self.errors += other.errors;
     }
 
     /// One line for the log and the timer's `Logs`.
@@ -230,6 +251,9 @@ impl Reconciler {
             async { pool.compute().list().await.map_err(ReconcileError::from) },
             async { load_meta(store).await.map_err(ReconcileError::from) },
         )?;
+        if let Err(e) = store.repair_index(&rows).await {
+            warn!(error = %e, "the state index could not be repaired; the next pass retries");
+        }
         let sweep_every =
             time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
         // A sweep ARM refuses (throttled, or no read access at the subscription's scope)
@@ -285,9 +309,14 @@ impl Reconciler {
         }
         drop(answers);
 
-        let Plan { actions, mut meta } = plan(&rows, &observed, now, policy, &meta);
+        let Plan { actions, meta } = plan(&rows, &observed, now, policy, &meta);
         summary.buffer_target = meta.buffer_target;
-        for action in actions {
+        // Actions touch different rows: they run a bounded number at a time, each with its own
+        // summary, sharing the pool's record (held only between awaits). The lease is renewed
+        // between batches when it nears its end.
+        let shared = std::sync::Mutex::new(meta);
+        let mut actions = actions.into_iter().peekable();
+        while actions.peek().is_some() {
             let at = pool.clock().now();
             if lease.expires_at - at < self.lease_ttl / 3 {
                 match renew_lease(store, &self.holder, &lease, at, self.lease_ttl).await? {
@@ -298,11 +327,28 @@ impl Reconciler {
                     }
                 }
             }
-            if let Err(e) = self.apply(action, summary, &mut meta).await {
-                summary.errors += 1;
-                warn!(error = %e, "reconcile action failed; the next pass retries it");
+            let batch: Vec<Action> = actions.by_ref().take(WRITE_CONCURRENCY).collect();
+            let outcomes = run_bounded(
+                batch.into_iter().map(|action| {
+                    let shared = &shared;
+                    async move {
+                        let mut part = Summary::default();
+                        let result = self.apply(action, &mut part, shared).await;
+                        (result, part)
+                    }
+                }),
+                WRITE_CONCURRENCY,
+            )
+            .await;
+            for (result, part) in outcomes {
+                summary.absorb(&part);
+                if let Err(e) = result {
+                    summary.errors += 1;
+                    warn!(error = %e, "reconcile action failed; the next pass retries it");
+                }
             }
         }
+        let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
         meta.last_reconcile_at = Some(pool.clock().now());
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
@@ -335,8 +381,9 @@ impl Reconciler {
         &self,
         action: Action,
         summary: &mut Summary,
-        meta: &mut PoolMeta,
+        meta: &std::sync::Mutex<PoolMeta>,
     ) -> Result<(), ReconcileError> {
+        let record = || meta.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &self.pool;
         let compute = pool.compute();
         let policy = pool.policy();
@@ -356,7 +403,7 @@ impl Reconciler {
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
                     if row.vm.operation == Some(Operation::Create) {
-                        meta.create_succeeded();
+                        record().create_succeeded();
                     }
                     summary.completed += 1;
                 }
@@ -374,7 +421,7 @@ impl Reconciler {
                 if self.write(&row, &next, summary).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        meta.create_failed(&error, now, policy);
+                        record().create_failed(&error, now, policy);
                     }
                     summary.failed += 1;
                 }
@@ -397,7 +444,7 @@ impl Reconciler {
                 };
                 if let Err(e) = answer {
                     if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                        meta.create_failed(&e.to_string(), now, policy);
+                        record().create_failed(&e.to_string(), now, policy);
                     }
                     // Kept on the row, so the failure after the last attempt says why.
                     let noted = domain::VmRecord {
@@ -417,13 +464,13 @@ impl Reconciler {
                 summary.started += 1;
             }
             Action::CreateForBuffer => {
-                if meta.breaker_open_at(now) {
+                if record().breaker_open_at(now) {
                     return Ok(());
                 }
                 match pool.add_to_buffer(None).await {
                     Ok(_) => summary.created += 1,
                     Err(PoolError::Compute(e)) if !e.is_transient() => {
-                        meta.create_failed(&e.to_string(), now, policy);
+                        record().create_failed(&e.to_string(), now, policy);
                         return Err(PoolError::Compute(e).into());
                     }
                     Err(e) => return Err(e.into()),

@@ -11,7 +11,8 @@ use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::memory::MemoryStore;
 use vmpool::store::table::TableStore;
 use vmpool::store::{
-    Etag, MAX_TEXT_CHARS, Rows, StoreError, Versioned, VmStore, Written, normalize,
+    Continuation, Etag, MAX_TEXT_CHARS, PageRequest, Rows, StoreError, Versioned, VmStore, Written,
+    normalize,
 };
 
 use crate::support::azurite::{Azurite, table_name};
@@ -458,6 +459,166 @@ pub async fn records_are_written_conditionally(store: Arc<dyn VmStore>) {
     );
 }
 
+/// Every page of `which` at `limit` rows, following the tokens as a caller would.
+async fn walk_pages(store: &dyn VmStore, which: Rows<'_>, limit: usize) -> Vec<Vec<Versioned>> {
+    let mut pages = Vec::new();
+    let mut after: Option<Continuation> = None;
+    loop {
+        let page = store
+            .list_page(which, &PageRequest { limit, after })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit, "a page holds at most its limit");
+        pages.push(page.items);
+        match page.next {
+            // The token travels as text, as it does over HTTP.
+            Some(next) => after = Some(Continuation::parse(&next.token()).unwrap()),
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "the listing ends");
+    }
+}
+
+pub async fn pages_hold_every_row_once_in_vm_id_order(store: Arc<dyn VmStore>) {
+    let states = [VmState::Running, VmState::Deallocated, VmState::Standby];
+    let mut running = BTreeSet::new();
+    for i in 0..23 {
+        let name = format!("pg-{i:02}");
+        let state = states[i % 3];
+        if state == VmState::Running {
+            running.insert(name.clone());
+        }
+        insert(&*store, &bare_vm(&name, state)).await;
+    }
+    let pages = walk_pages(&*store, Rows::All, 5).await;
+    let ids: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|r| r.vm.id.as_str().to_owned())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in vmId order, no row twice");
+    assert_eq!(ids.len(), 23);
+    assert!(pages.len() >= 5, "{} pages of at most 5", pages.len());
+
+    let pages = walk_pages(&*store, Rows::InStates(&[VmState::Running]), 3).await;
+    let got: Vec<&Versioned> = pages.iter().flatten().collect();
+    assert_eq!(
+        got.iter()
+            .map(|r| r.vm.id.as_str().to_owned())
+            .collect::<BTreeSet<_>>(),
+        running
+    );
+    // A listed row's version is usable at once.
+    let mut next = got[0].vm.clone();
+    next.rooms = 3;
+    done(store.update(&next, &got[0].etag).await.unwrap());
+
+    let one = store
+        .list_page(Rows::All, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 23);
+    assert_eq!(one.next, None, "the last page names no next one");
+}
+
+pub async fn counts_cover_every_state(store: Arc<dyn VmStore>) {
+    let counts = store.count_states().await.unwrap();
+    assert_eq!(
+        counts.len(),
+        VmState::ALL.len(),
+        "every state, even at zero"
+    );
+    assert!(counts.values().all(|n| *n == 0));
+    for (i, state) in [VmState::Running, VmState::Running, VmState::Failed]
+        .into_iter()
+        .enumerate()
+    {
+        insert(&*store, &full_vm(&format!("cnt-{i}"), state)).await;
+    }
+    let counts = store.count_states().await.unwrap();
+    assert_eq!(counts[&VmState::Running], 2);
+    assert_eq!(counts[&VmState::Failed], 1);
+    assert_eq!(counts.values().sum::<usize>(), 3);
+}
+
+pub async fn state_listings_follow_every_write(store: Arc<dyn VmStore>) {
+    let standby = [VmState::Standby];
+    let marked = [VmState::MarkedForDeallocation];
+    let listed = |rows: Vec<Versioned>| -> Vec<(String, Etag)> {
+        rows.into_iter()
+            .map(|r| (r.vm.id.as_str().to_owned(), r.etag))
+            .collect()
+    };
+    let vm = bare_vm("idx-1", VmState::Standby);
+    let v1 = insert(&*store, &vm).await;
+    insert(&*store, &bare_vm("idx-2", VmState::Running)).await;
+    assert_eq!(
+        listed(store.list(Rows::InStates(&standby)).await.unwrap()),
+        vec![("idx-1".to_owned(), v1.clone())]
+    );
+    // Claimed: it leaves Standby.
+    let mut running = vm.clone();
+    running.state = VmState::Running;
+    let v2 = done(store.update(&running, &v1).await.unwrap());
+    assert!(
+        store
+            .list(Rows::InStates(&standby))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Given back: it is listed as marked, with the version a claim must name.
+    let mut back = running.clone();
+    back.state = VmState::MarkedForDeallocation;
+    let v3 = done(store.update(&back, &v2).await.unwrap());
+    let got = store.list(Rows::InStates(&marked)).await.unwrap();
+    assert_eq!(listed(got.clone()), vec![("idx-1".to_owned(), v3.clone())]);
+    assert_eq!(got[0].vm, normalize(&back).unwrap());
+    // A write in the same state moves the listed version on.
+    back.rooms = 4;
+    let v4 = done(store.update(&back, &v3).await.unwrap());
+    assert_eq!(
+        listed(store.list(Rows::InStates(&marked)).await.unwrap()),
+        vec![("idx-1".to_owned(), v4.clone())]
+    );
+    // Deleted: listed nowhere.
+    done(store.delete(&id("idx-1"), &v4).await.unwrap());
+    for state in VmState::ALL {
+        let rows = store.list(Rows::InStates(&[state])).await.unwrap();
+        assert!(rows.iter().all(|r| r.vm.id.as_str() != "idx-1"), "{state}");
+    }
+}
+
+pub async fn samples_hold_only_the_states_asked_for(store: Arc<dyn VmStore>) {
+    for i in 0..30 {
+        insert(
+            &*store,
+            &bare_vm(&format!("smp-d{i:02}"), VmState::Deallocated),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        insert(&*store, &bare_vm(&format!("smp-r{i}"), VmState::Running)).await;
+    }
+    let some = store.sample(&[VmState::Deallocated], 10).await.unwrap();
+    assert_eq!(some.len(), 10);
+    assert!(some.iter().all(|r| r.vm.state == VmState::Deallocated));
+    let distinct: BTreeSet<&str> = some.iter().map(|r| r.vm.id.as_str()).collect();
+    assert_eq!(distinct.len(), 10, "no row twice");
+    let mut next = some[0].vm.clone();
+    next.state = VmState::Creating;
+    done(store.update(&next, &some[0].etag).await.unwrap());
+    let all = store.sample(&[VmState::Deallocated], 100).await.unwrap();
+    assert_eq!(
+        all.len(),
+        29,
+        "a sample larger than the rows holds them all"
+    );
+}
+
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -492,4 +653,8 @@ contract!(
     extreme_values_are_kept_or_cut_the_same_way,
     the_pool_record_is_kept_apart,
     records_are_written_conditionally,
+    pages_hold_every_row_once_in_vm_id_order,
+    counts_cover_every_state,
+    state_listings_follow_every_write,
+    samples_hold_only_the_states_asked_for,
 );

@@ -614,3 +614,206 @@ async fn storage_that_never_answers_is_503_within_the_deadline_and_then_recovers
     assert_eq!(reclaimed.status, 200, "{:?}", reclaimed.json);
     assert_eq!(reclaimed.json["vm"]["vmId"], "silent-1");
 }
+
+/// A client for one table of the shared Azurite that bypasses `TableStore` (to write what a
+/// crash or another program would leave).
+fn raw_table(name: &str) -> azure_data_tables::prelude::TableClient {
+    use azure_data_tables::clients::TableServiceClientBuilder;
+    use azure_storage::{CloudLocation, StorageCredentials};
+    TableServiceClientBuilder::with_location(
+        CloudLocation::Custom {
+            account: "devstoreaccount1".into(),
+            uri: format!(
+                "http://127.0.0.1:{}/devstoreaccount1",
+                Azurite::shared().port()
+            ),
+        },
+        StorageCredentials::emulator(),
+    )
+    .build()
+    .table_client(name)
+}
+
+/// A VM row as the table keeps it, written without the store (so without its index entry).
+fn raw_row(name: &str, state: &str) -> Value {
+    serde_json::json!({
+        "PartitionKey": name, "RowKey": name, "VM_State": state, "Purpose": "Buffer",
+        "ResourceId": format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/{name}"),
+        "Rooms": 0, "Attempts": 0,
+        "StateChangedAt": "2026-01-01T00:00:00.0000000Z", "StateChangedAt@odata.type": "Edm.DateTime",
+        "CreatedAt": "2026-01-01T00:00:00.0000000Z", "CreatedAt@odata.type": "Edm.DateTime",
+    })
+}
+
+#[tokio::test]
+async fn a_crash_between_a_row_write_and_its_index_write_is_repaired() {
+    let store = table_store().await;
+    let standby = [VmState::Standby];
+    let mut ready = marked("ready");
+    ready.state = VmState::Standby;
+    store.insert(&ready).await.unwrap();
+    let mut moved = marked("moved");
+    moved.state = VmState::Standby;
+    store.insert(&moved).await.unwrap();
+    let vms = raw_table(store.table_name());
+    // Crashed after the row write: a Standby row without its entry...
+    vms.insert::<_, Value>(&raw_row("unindexed", "Standby"))
+        .unwrap()
+        .await
+        .unwrap();
+    // ...and a row that left Standby while its entry stayed.
+    vms.partition_key_client("moved")
+        .entity_client("moved")
+        .insert_or_replace(raw_row("moved", "Running"))
+        .unwrap()
+        .await
+        .unwrap();
+
+    let names = |rows: &[vmpool::store::Versioned]| -> BTreeSet<String> {
+        rows.iter().map(|r| r.vm.id.as_str().to_owned()).collect()
+    };
+    let before = store.list(Rows::InStates(&standby)).await.unwrap();
+    assert_eq!(
+        names(&before),
+        BTreeSet::from(["ready".to_owned(), "moved".to_owned()]),
+        "the index lags the rows"
+    );
+    // The stale entry costs a claim a lost race, never a wrong write.
+    let stale = before.iter().find(|r| r.vm.id.as_str() == "moved").unwrap();
+    let mut claim = stale.vm.clone();
+    claim.state = VmState::Running;
+    assert_eq!(
+        store.update(&claim, &stale.etag).await.unwrap(),
+        Written::LostRace
+    );
+
+    let rows = store.list(Rows::All).await.unwrap();
+    let fixed = store.repair_index(&rows).await.unwrap();
+    assert_eq!(fixed, 2, "one entry added, one removed");
+    let after = store.list(Rows::InStates(&standby)).await.unwrap();
+    assert_eq!(
+        names(&after),
+        BTreeSet::from(["ready".to_owned(), "unindexed".to_owned()])
+    );
+    for row in &after {
+        let now = store.get(&row.vm.id).await.unwrap().unwrap();
+        assert_eq!(row, &now, "the entry is the row at its current version");
+    }
+    assert_eq!(store.repair_index(&rows).await.unwrap(), 0, "nothing left");
+
+    // A second store over the same table, made after the rows, serves claims at once: the
+    // reconciler's pass repairs through it like any other.
+    let other = TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&other.list(Rows::InStates(&standby)).await.unwrap()),
+        names(&after)
+    );
+}
+
+#[tokio::test]
+async fn a_table_from_before_the_index_gets_one_at_connect() {
+    let name = table_name("preindex");
+    let vms = raw_table(&name);
+    vms.create().await.unwrap();
+    for (key, state) in [
+        ("old-a", "Standby"),
+        ("old-b", "Deallocated"),
+        ("old-c", "Running"),
+    ] {
+        vms.insert::<_, Value>(&raw_row(key, state))
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let store = TableStore::connect(&Azurite::shared().connection_string(), &name)
+        .await
+        .unwrap();
+    let standby = store
+        .list(Rows::InStates(&[VmState::Standby]))
+        .await
+        .unwrap();
+    assert_eq!(standby.len(), 1);
+    assert_eq!(standby[0].vm.id.as_str(), "old-a");
+    let deallocated = store.sample(&[VmState::Deallocated], 5).await.unwrap();
+    assert_eq!(deallocated.len(), 1);
+    assert_eq!(deallocated[0].vm.id.as_str(), "old-b");
+}
+
+#[tokio::test]
+async fn listings_come_in_pages_and_status_can_be_counts_only() {
+    let store = table_store().await;
+    for i in 0..7 {
+        let mut vm = marked(&format!("run-{i}"));
+        vm.state = if i < 5 {
+            VmState::Running
+        } else {
+            VmState::Deallocated
+        };
+        store.insert(&vm).await.unwrap();
+    }
+    let sim = spawn_on(store.clone(), &[]).await;
+    let app = &sim.app;
+
+    let mut seen = Vec::new();
+    let mut path = "/api/GetAvailableVMs?limit=2".to_owned();
+    loop {
+        let page = app.send("GET", &path, None).await;
+        assert_eq!(page.status, 200, "{:?}", page.json);
+        let vms = page.json["vms"].as_array().unwrap();
+        assert!(vms.len() <= 2);
+        seen.extend(vms.iter().map(|vm| vm["vmId"].as_str().unwrap().to_owned()));
+        match page.json["continuation"].as_str() {
+            Some(token) => path = format!("/api/GetAvailableVMs?limit=2&continuation={token}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..5).map(|i| format!("run-{i}")).collect::<Vec<_>>());
+
+    let first = app.send("GET", "/api/GetPoolStatus?limit=3", None).await;
+    assert_eq!(first.json["vms"].as_array().unwrap().len(), 3);
+    assert!(first.json["continuation"].is_string());
+    assert_eq!(
+        first.json["counts"]["Running"], 5,
+        "counts cover the whole pool"
+    );
+    assert_eq!(first.json["counts"]["Deallocated"], 2);
+
+    let counts = app.send("GET", "/api/GetPoolStatus?vms=false", None).await;
+    assert_eq!(counts.status, 200);
+    assert!(counts.json.get("vms").is_none(), "{:?}", counts.json);
+    assert!(counts.json.get("continuation").is_none());
+    assert_eq!(counts.json["counts"], first.json["counts"]);
+    assert_eq!(counts.json["maxVms"], first.json["maxVms"]);
+
+    for bad in [
+        "/api/GetAvailableVMs?limit=0",
+        "/api/GetAvailableVMs?limit=1001",
+        "/api/GetAvailableVMs?continuation=not-a-token",
+        "/api/GetPoolStatus?vms=maybe",
+        "/api/GetPoolStatus?limit=x",
+    ] {
+        let answer = app.send("GET", bad, None).await;
+        assert_eq!(answer.status, 400, "{bad}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "InvalidInput");
+    }
+}
+
+#[tokio::test]
+async fn a_pool_of_up_to_a_hundred_thousand_vms_can_be_configured() {
+    assert_eq!(
+        config(&[("VMPOOL_MAX_VMS", "100000")]).policy.max_vms,
+        100_000
+    );
+    let vars: std::collections::HashMap<String, String> =
+        [("VMPOOL_MAX_VMS".to_owned(), "100001".to_owned())].into();
+    let err = vmpool::config::Config::from_source(&vars).unwrap_err();
+    assert!(err.to_string().contains("VMPOOL_MAX_VMS"), "{err}");
+    let sim = spawn_on(table_store().await, &[("VMPOOL_MAX_VMS", "100000")]).await;
+    let counts = sim
+        .app
+        .send("GET", "/api/GetPoolStatus?vms=false", None)
+        .await;
+    assert_eq!(counts.json["maxVms"], 100_000);
+}

@@ -1,0 +1,678 @@
+//! Benchmark of vmpool at scale on Table Storage: prints figures, asserts nothing.
+//!
+//! ```text
+//! npm ci --no-audit --no-fund
+//! cargo build --release --bin vmpool --example scale_bench
+//! target/release/examples/scale_bench
+//! ```
+//!
+//! Starts Azurite (from `node_modules`) on a free port and the release `vmpool` binary (found
+//! beside this example, or at `VMPOOL_BIN`) over one table, then grows the table to 1,000,
+//! 10,000 and 50,000 VMs. At each size it measures CreateVM over HTTP on the reclaim path
+//! and on the standby path, next to the raw calls any claim needs at least (one point read
+//! and one conditional update) and the raw calls a claim by scanning would need (one
+//! filtered query over the VM table and one conditional update). At 50,000 it measures pages
+//! of GetAvailableVMs and GetPoolStatus (and counts only), next to the raw page and count
+//! queries, and reads the binary's peak RSS (`VmHWM` in `/proc/<pid>/status`). Last, it
+//! times one reconcile pass that changes 10,000 rows, next to the same 10,000 conditional
+//! updates made raw at the same concurrency.
+//!
+//! `BENCH_ITERATIONS` (default 200) sets the samples per CreateVM figure.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::{RetryOptions, TransportOptions};
+use azure_data_tables::clients::TableServiceClientBuilder;
+use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use azure_storage::{CloudLocation, StorageCredentials};
+use futures::StreamExt;
+use rand::seq::IndexedRandom;
+use serde_json::{Map, Value};
+use time::macros::datetime;
+use vmpool::clock::{Clock, ManualClock};
+use vmpool::compute::Compute;
+use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
+use vmpool::config::Config;
+use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::store::table::TableStore;
+use vmpool::store::{VmStore, Written};
+
+#[path = "../tests/it/support/azurite.rs"]
+mod azurite;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
+/// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
+const CLAIMABLE: usize = 100;
+/// Rows the reconcile pass changes.
+const RECONCILED: usize = 10_000;
+/// Seeding and raw bulk writes in flight at once.
+const SEED_CONCURRENCY: usize = 64;
+
+fn vm(name: &str, state: VmState) -> VmRecord {
+    let mut vm = VmRecord::new_creating(
+        VmId::parse(name).expect("a valid name"),
+        format!(
+            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
+        ),
+        Purpose::Matchmaker,
+        datetime!(2026-01-01 00:00 UTC),
+    );
+    vm.state = state;
+    vm.operation = (state == VmState::Deallocating).then_some(Operation::Deallocate);
+    vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
+    vm.rooms = if state == VmState::Running { 3 } else { 0 };
+    vm
+}
+
+/// The state of the `i`th seeded VM: the claimable ones first, then four Running to one
+/// Deallocated.
+fn seeded_state(i: usize) -> VmState {
+    if i < CLAIMABLE {
+        VmState::MarkedForDeallocation
+    } else if i < 2 * CLAIMABLE {
+        VmState::Standby
+    } else if i % 5 == 0 {
+        VmState::Deallocated
+    } else {
+        VmState::Running
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("scale-{i:06}")
+}
+
+/// A client for the raw calls, tuned as TableStore tunes its own.
+fn raw_table(port: u16, table: &str) -> Res<TableClient> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    Ok(TableServiceClientBuilder::with_location(
+        CloudLocation::Custom {
+            account: azurite::ACCOUNT.into(),
+            uri: format!("http://127.0.0.1:{port}/{}", azurite::ACCOUNT),
+        },
+        StorageCredentials::emulator(),
+    )
+    .retry(RetryOptions::none())
+    .transport(TransportOptions::new(Arc::new(http)))
+    .build()
+    .table_client(table))
+}
+
+/// The raw row for an update: what was read, minus the metadata the service added.
+fn raw_body(mut row: Map<String, Value>) -> Value {
+    row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
+    Value::Object(row)
+}
+
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+    fn pct(&self, p: usize) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+    fn line(&self, label: &str, raw: Option<&Samples>) -> String {
+        let mut line = format!(
+            "  {label:<44} p50 {:>8.2} ms  p99 {:>8.2} ms",
+            ms(self.pct(50)),
+            ms(self.pct(99))
+        );
+        if let Some(raw) = raw {
+            line.push_str(&format!(
+                "  ratio p50 {:.2}",
+                self.pct(50).as_secs_f64() / raw.pct(50).as_secs_f64()
+            ));
+        }
+        line
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn timed<T>(samples: &mut Samples, fut: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = fut.await;
+    samples.push(started.elapsed());
+    out
+}
+
+/// Writes rows `from..to` through the store (rows and their index entries).
+async fn seed(store: &Arc<TableStore>, from: usize, to: usize) -> Res<Duration> {
+    let started = Instant::now();
+    let results = futures::stream::iter(from..to)
+        .map(|i| {
+            let store = store.clone();
+            async move { store.insert(&vm(&name(i), seeded_state(i))).await }
+        })
+        .buffer_unordered(SEED_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    for r in results {
+        if let Written::LostRace = r? {
+            return Err("a seeded name existed already".into());
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Sets the row of `id` to `state` through the store (not measured).
+async fn set_state(store: &dyn VmStore, id: &str, state: VmState) -> Res<()> {
+    let id = VmId::parse(id)?;
+    let row = store.get(&id).await?.ok_or("row vanished")?;
+    let mut next = row.vm.clone();
+    next.state = state;
+    next.rooms = 0;
+    if let Written::LostRace = store.update(&next, &row.etag).await? {
+        return Err("lost a race while resetting".into());
+    }
+    Ok(())
+}
+
+/// The release vmpool binary, serving one table on a loopback port.
+struct Binary {
+    child: Child,
+    base: String,
+}
+
+impl Binary {
+    fn start(connection_string: &str, table: &str) -> Res<Binary> {
+        let path = match std::env::var("VMPOOL_BIN") {
+            Ok(path) => std::path::PathBuf::from(path),
+            Err(_) => std::env::current_exe()?
+                .parent()
+                .and_then(|examples| examples.parent())
+                .ok_or("no directory above the example")?
+                .join("vmpool"),
+        };
+        if !path.exists() {
+            return Err(format!(
+                "{} is missing: run `cargo build --release --bin vmpool` first",
+                path.display()
+            )
+            .into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(path)
+            .env_clear()
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("VMPOOL_STORAGE", connection_string)
+            .env("VMPOOL_TABLE", table)
+            .env("VMPOOL_COMPUTE", "simulated")
+            .env("VMPOOL_RECONCILE_SECS", "0")
+            .env("VMPOOL_MAX_VMS", "100000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Binary {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn ready(&self, http: &reqwest::Client) -> Res<()> {
+        for _ in 0..300 {
+            if http.get(format!("{}/", self.base)).send().await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("the vmpool binary did not answer within 30 s".into())
+    }
+
+    /// `VmHWM` (peak resident set) and `VmRSS` of the process, in MB.
+    fn memory(&self) -> Res<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> Res<f64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .ok_or("no such field")?;
+            let kb: f64 = line.split_whitespace().nth(1).ok_or("no value")?.parse()?;
+            Ok(kb / 1024.0)
+        };
+        Ok((field("VmHWM:")?, field("VmRSS:")?))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rows of `state` among the first `size` seeded.
+fn of_state(size: usize, state: VmState) -> Vec<String> {
+    (0..size)
+        .filter(|i| seeded_state(*i) == state)
+        .map(name)
+        .collect()
+}
+
+/// CreateVM over HTTP, `iterations` times, each claim put back afterwards; with the raw
+/// floor (point read + conditional update) and the raw scan claim interleaved.
+async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) -> Res<Claims> {
+    let (action, filter) = match kind {
+        VmState::MarkedForDeallocation => ("reclaimed", "VM_State eq 'MarkedForDeallocation'"),
+        _ => ("standby", "VM_State eq 'Standby'"),
+    };
+    let candidates = of_state(size, kind);
+    let mut c = Claims::default();
+    let warmup = iterations / 10;
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            c = Claims::default();
+        }
+        let Claims {
+            vmpool,
+            floor,
+            cached,
+            scan,
+        } = &mut c;
+        let answer: Value = timed(vmpool, async {
+            ctx.http
+                .post(format!("{}/api/CreateVM", ctx.binary.base))
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        })
+        .await?;
+        if answer["action"] != action {
+            return Err(format!("CreateVM did not answer {action}: {answer}").into());
+        }
+        let claimed = answer["vm"]["vmId"].as_str().unwrap_or_default().to_owned();
+        set_state(ctx.store, &claimed, kind).await?;
+
+        // The floor: read one known candidate, claim it conditionally.
+        let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
+        timed(floor, async {
+            let entity = ctx.raw.partition_key_client(key).entity_client(key);
+            let got = entity.get::<Map<String, Value>>().await?;
+            let mut body = raw_body(got.entity);
+            body["VM_State"] = "Running".into();
+            entity
+                .update(&body, IfMatchCondition::Etag(got.etag))?
+                .await?;
+            Res::Ok(())
+        })
+        .await?;
+        set_state(ctx.store, key, kind).await?;
+
+        // The candidate-cache design at its best: a copy already in memory, claimed with one
+        // conditional update (the copy is read untimed just before).
+        let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
+        let entity = ctx.raw.partition_key_client(key).entity_client(key);
+        let got = entity.get::<Map<String, Value>>().await?;
+        let mut body = raw_body(got.entity);
+        body["VM_State"] = "Running".into();
+        timed(cached, async {
+            entity
+                .update(&body, IfMatchCondition::Etag(got.etag))?
+                .await?;
+            Res::Ok(())
+        })
+        .await?;
+        set_state(ctx.store, key, kind).await?;
+
+        // The scan claim, every fifth round (it is slow at size).
+        if i % 5 == 0 {
+            let key = timed(scan, async {
+                let mut pages = ctx
+                    .raw
+                    .query()
+                    .filter(filter)
+                    .into_stream::<Map<String, Value>>();
+                let mut rows = Vec::new();
+                while let Some(page) = pages.next().await {
+                    rows.extend(page?.entities);
+                }
+                let row = rows.choose(&mut rand::rng()).ok_or("no row")?.clone();
+                let etag = row
+                    .get("odata.etag")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut body = raw_body(row);
+                body["VM_State"] = "Running".into();
+                let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
+                ctx.raw
+                    .partition_key_client(&key)
+                    .entity_client(&key)
+                    .update(&body, IfMatchCondition::Etag(etag.into()))?
+                    .await?;
+                Res::Ok(key)
+            })
+            .await?;
+            set_state(ctx.store, &key, kind).await?;
+        }
+    }
+    Ok(c)
+}
+
+/// The CreateVM figures at one size.
+#[derive(Default)]
+struct Claims {
+    /// CreateVM over HTTP.
+    vmpool: Samples,
+    /// Raw: a point read and a conditional update.
+    floor: Samples,
+    /// Raw: one conditional update of a copy already in memory.
+    cached: Samples,
+    /// Raw: a filtered query over the VM table and a conditional update.
+    scan: Samples,
+}
+
+struct Ctx<'a> {
+    store: &'a TableStore,
+    raw: &'a TableClient,
+    http: &'a reqwest::Client,
+    binary: &'a Binary,
+}
+
+/// Moves the rows `ids` to `to` (not measured).
+async fn move_all(ctx: &Ctx<'_>, ids: Vec<String>, to: VmState) -> Res<()> {
+    let results = futures::stream::iter(ids)
+        .map(|id| async move { set_state(ctx.store, &id, to).await })
+        .buffer_unordered(SEED_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Pages of a listing over HTTP, following the continuation, at most `pages` of them.
+async fn http_pages(ctx: &Ctx<'_>, route: &str, pages: usize) -> Res<(Samples, usize)> {
+    let mut samples = Samples::default();
+    let mut token: Option<String> = None;
+    let mut rows = 0;
+    for _ in 0..pages {
+        let url = match &token {
+            Some(t) => format!("{}{route}?continuation={t}", ctx.binary.base),
+            None => format!("{}{route}", ctx.binary.base),
+        };
+        let answer: Value = timed(&mut samples, async {
+            ctx.http.get(url).send().await?.json::<Value>().await
+        })
+        .await?;
+        rows += answer["vms"].as_array().map_or(0, Vec::len);
+        match answer["continuation"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => token = None,
+        }
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok((samples, rows))
+}
+
+/// The same pages raw: a filtered query of 1000 rows, following the service's continuation.
+async fn raw_pages(ctx: &Ctx<'_>, filter: Option<&'static str>, pages: usize) -> Res<Samples> {
+    let mut samples = Samples::default();
+    let mut query = ctx.raw.query().top(1000);
+    if let Some(filter) = filter {
+        query = query.filter(filter);
+    }
+    let mut stream = query.into_stream::<Map<String, Value>>();
+    for _ in 0..pages {
+        let page = timed(&mut samples, stream.next()).await;
+        match page {
+            Some(page) => drop(page?),
+            None => break,
+        }
+    }
+    Ok(samples)
+}
+
+/// The raw count: every row's state, page by page.
+async fn raw_count(ctx: &Ctx<'_>) -> Res<usize> {
+    let mut stream = ctx
+        .raw
+        .query()
+        .select("VM_State")
+        .into_stream::<Map<String, Value>>();
+    let mut n = 0;
+    while let Some(page) = stream.next().await {
+        n += page?.entities.len();
+    }
+    Ok(n)
+}
+
+async fn listings(ctx: &Ctx<'_>, size: usize) -> Res<()> {
+    const PAGES: usize = 10;
+    println!("listings at {size} rows (pages of 1000, the default and the maximum):");
+    let (available, rows) = http_pages(ctx, "/api/GetAvailableVMs", PAGES).await?;
+    let raw_available = raw_pages(ctx, Some("VM_State eq 'Running'"), PAGES).await?;
+    println!(
+        "{}",
+        raw_available.line("raw: 1 filtered query page (Running)", None)
+    );
+    println!(
+        "{}",
+        available.line(
+            &format!("GetAvailableVMs page ({rows} VMs in {PAGES})"),
+            Some(&raw_available)
+        )
+    );
+    let (status, rows) = http_pages(ctx, "/api/GetPoolStatus", PAGES).await?;
+    let raw_all = raw_pages(ctx, None, PAGES).await?;
+    let mut counts = Samples::default();
+    let mut raw_counts = Samples::default();
+    for _ in 0..5 {
+        timed(&mut raw_counts, raw_count(ctx)).await?;
+        let answer: Value = timed(&mut counts, async {
+            ctx.http
+                .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base))
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        })
+        .await?;
+        if answer.get("vms").is_some() {
+            return Err("vms=false still listed VMs".into());
+        }
+    }
+    println!("{}", raw_all.line("raw: 1 query page (all states)", None));
+    println!(
+        "{}",
+        raw_counts.line("raw: count (every row's state)", None)
+    );
+    println!(
+        "{}",
+        status.line(
+            &format!("GetPoolStatus page + counts ({rows} VMs in {PAGES})"),
+            Some(&raw_counts)
+        )
+    );
+    println!(
+        "{}",
+        counts.line("GetPoolStatus?vms=false (counts only)", Some(&raw_counts))
+    );
+    let (hwm, rss) = ctx.binary.memory()?;
+    println!("  vmpool binary memory: peak RSS (VmHWM) {hwm:.1} MB, RSS now {rss:.1} MB");
+    Ok(())
+}
+
+/// One reconcile pass over `RECONCILED` rows whose deallocation finished, in process;
+/// then the same number of conditional updates made raw at the same concurrency.
+async fn reconcile(az: &azurite::Azurite) -> Res<()> {
+    let table = azurite::table_name("reconcile");
+    let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
+    let raw = raw_table(az.port(), &table)?;
+    println!("seeding {RECONCILED} Deallocating rows for the reconcile pass ...");
+    let results = futures::stream::iter(0..RECONCILED)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .insert(&vm(&format!("rec-{i:05}"), VmState::Deallocating))
+                    .await
+            }
+        })
+        .buffer_unordered(SEED_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    for r in results {
+        r?;
+    }
+    let vars: HashMap<String, String> = HashMap::new();
+    let config = Config::from_source(&vars)?;
+    let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 00:05 UTC)));
+    let clock_dyn: Arc<dyn Clock> = clock.clone();
+    let cloud = Arc::new(SimCloud::new(clock_dyn.clone(), Latencies::default(), 1));
+    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
+    let state = vmpool::startup::state(&config, store.clone(), compute, clock_dyn);
+    // ARM has none of these VMs: each deallocation counts as finished.
+    let started = Instant::now();
+    let summary = state.reconciler.run_once().await?;
+    let pass = started.elapsed();
+    println!("  reconcile pass: {}", summary.line());
+    println!(
+        "  {:<44} {:>8.2} s  ({} rows changed, {} writes in flight at most)",
+        "vmpool reconcile pass",
+        pass.as_secs_f64(),
+        summary.deallocated,
+        vmpool::store::WRITE_CONCURRENCY
+    );
+
+    // Raw: the same number of conditional updates, from a listing, at the same concurrency.
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut pages = raw.query().into_stream::<Map<String, Value>>();
+    while let Some(page) = pages.next().await {
+        rows.extend(page?.entities);
+    }
+    let results = futures::stream::iter(rows)
+        .map(|row| {
+            let raw = &raw;
+            async move {
+                let etag = row
+                    .get("odata.etag")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut body = raw_body(row);
+                body["Rooms"] = 1.into();
+                let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
+                raw.partition_key_client(&key)
+                    .entity_client(&key)
+                    .update(&body, IfMatchCondition::Etag(etag.into()))?
+                    .await?;
+                Res::Ok(())
+            }
+        })
+        .buffer_unordered(vmpool::store::WRITE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    for r in results {
+        r?;
+    }
+    let raw_pass = started.elapsed();
+    println!(
+        "  {:<44} {:>8.2} s  ratio {:.2}",
+        "raw: 1 listing + 10000 conditional updates",
+        raw_pass.as_secs_f64(),
+        pass.as_secs_f64() / raw_pass.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let iterations = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let az =
+        tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
+            .await?;
+    let table = azurite::table_name("scale");
+    let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
+    let raw = raw_table(az.port(), &table)?;
+    let binary = Binary::start(&az.connection_string(), &table)?;
+    let http = reqwest::Client::new();
+    binary.ready(&http).await?;
+    println!(
+        "Azurite on port {}; the release vmpool binary at {}; {iterations} CreateVM samples per figure",
+        az.port(),
+        binary.base
+    );
+    let ctx = Ctx {
+        store: &store,
+        raw: &raw,
+        http: &http,
+        binary: &binary,
+    };
+    let mut seeded = 0;
+    let mut reclaim_p50 = Vec::new();
+    let mut standby_p50 = Vec::new();
+    for size in SIZES {
+        let took = seed(&store, seeded, size).await?;
+        println!(
+            "\n{size} rows ({CLAIMABLE} MarkedForDeallocation, {CLAIMABLE} Standby, then 4 Running : 1 Deallocated); seeded {} more in {:.1} s",
+            size - seeded,
+            took.as_secs_f64()
+        );
+        seeded = size;
+        let reclaim = claims(&ctx, size, VmState::MarkedForDeallocation, iterations).await?;
+        for (label, samples) in [
+            ("raw floor: 1 point read + 1 cond. update", &reclaim.floor),
+            ("raw cache claim: 1 cond. update of a copy", &reclaim.cached),
+            ("raw scan claim: 1 filtered query + 1 update", &reclaim.scan),
+        ] {
+            println!("{}", samples.line(label, None));
+        }
+        println!(
+            "{}",
+            reclaim.vmpool.line(
+                "CreateVM reclaim (HTTP, release binary)",
+                Some(&reclaim.floor)
+            )
+        );
+        let marked = of_state(size, VmState::MarkedForDeallocation);
+        move_all(&ctx, marked.clone(), VmState::Running).await?;
+        let standby = claims(&ctx, size, VmState::Standby, iterations).await?;
+        println!(
+            "{}",
+            standby.vmpool.line(
+                "CreateVM standby (HTTP, release binary)",
+                Some(&standby.floor)
+            )
+        );
+        move_all(&ctx, marked, VmState::MarkedForDeallocation).await?;
+        reclaim_p50.push(reclaim.vmpool.pct(50));
+        standby_p50.push(standby.vmpool.pct(50));
+    }
+    println!(
+        "\nCreateVM p50 at 50k / at 1k: reclaim {:.2}x, standby {:.2}x",
+        reclaim_p50[2].as_secs_f64() / reclaim_p50[0].as_secs_f64(),
+        standby_p50[2].as_secs_f64() / standby_p50[0].as_secs_f64()
+    );
+    println!();
+    listings(&ctx, seeded).await?;
+    println!();
+    reconcile(&az).await?;
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! The state index: for each state CreateVM looks for ([`INDEXED`]), a table beside the VM
+//! table holding one entry per VM in that state, so a claim reads only its candidates instead
+//! of scanning every row.
+//!
+//! An entry is the row's copy, with the row's ETag in `RowEtag`: a listing from the index
+//! hands out rows a conditional write can name at once. The VM table stays the system of
+//! record; the index is maintained by the same write that changes a row (row first, then
+//! index) and may lag it:
+//! - a copy older than its row costs a claim one lost race (the row's ETag has moved on);
+//! - an entry missing after a crash between the two writes hides that VM from claims until
+//!   [`TableStore::repair`] (called by the reconciler every pass) puts it back;
+//! - an entry left in the wrong state's table is removed by the same repair.
+//!
+//! A table per state (rather than a partition per state in one table) keeps a query's cost
+//! proportional to the entries of that state on the emulator too, which scans a whole table
+//! for any query. Each entry is its own partition (vmId, as in the VM table), because one
+//! partition serves about 2,000 entities a second
+//! (<https://learn.microsoft.com/azure/storage/tables/scalability-targets>): a partition per
+//! state would cap the pool's state changes at that rate, at the cost of index writes that
+//! cannot be batched into entity group transactions.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tracing::warn;
+
+use super::row::{self, ROW_ETAG, RowFields, parse_row, to_entity};
+use super::{Fault, TableStore, classify, is_missing_row, lost_race};
+use crate::domain::{VmId, VmRecord, VmState};
+use crate::store::{Etag, StoreError, Versioned, WRITE_CONCURRENCY, run_bounded};
+
+/// The states with an index table: those CreateVM claims from.
+pub const INDEXED: [VmState; 4] = [
+    VmState::MarkedForDeallocation,
+    VmState::Standby,
+    VmState::Creating,
+    VmState::Deallocated,
+];
+
+/// The longest table name Azure accepts.
+const MAX_TABLE_NAME: usize = 63;
+
+/// The index table of `state` for `table`: `<table>ix<State>` (the table's name shortened
+/// to fit 63 characters).
+pub fn index_table_name(table: &str, state: VmState) -> String {
+    let suffix = format!("ix{}", state.as_str());
+    let kept: String = table.chars().take(MAX_TABLE_NAME - suffix.len()).collect();
+    format!("{kept}{suffix}")
+}
+
+/// Whether `state` has an index table.
+pub fn is_indexed(state: VmState) -> bool {
+    INDEXED.contains(&state)
+}
+
+/// The states rows were last seen in, by row version, so a write knows which index entry it
+/// replaces. Bounded: when full it starts afresh, and a write whose old state is unknown
+/// removes the VM's entry from every other index table.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    states: Mutex<HashMap<u64, VmState>>,
+}
+
+/// Row versions remembered at most (about 24 bytes each).
+const KNOWN_MAX: usize = 200_000;
+
+fn version_key(id: &VmId, etag: &Etag) -> u64 {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    etag.hash(&mut h);
+    h.finish()
+}
+
+impl Known {
+    pub(super) fn saw(&self, id: &VmId, etag: &Etag, state: VmState) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if states.len() >= KNOWN_MAX {
+            states.clear();
+        }
+        states.insert(version_key(id, etag), state);
+    }
+
+    fn state_at(&self, id: &VmId, etag: &Etag) -> Option<VmState> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.get(&version_key(id, etag)).copied()
+    }
+}
+
+/// An index entry: the row's properties (same keys) and the row's ETag.
+fn entry(vm: &VmRecord, etag: &Etag) -> Result<Map<String, Value>, StoreError> {
+    let mut m = to_entity(vm)?;
+    m.insert(ROW_ETAG.into(), etag.0.clone().into());
+    Ok(m)
+}
+
+/// What the repair found for one VM.
+struct Listed {
+    state: VmState,
+    row_etag: Option<String>,
+    entry_etag: Option<String>,
+}
+
+impl TableStore {
+    fn index_table(&self, state: VmState) -> Option<&TableClient> {
+        self.index
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, client)| client)
+    }
+
+    /// After a row write landed: the row at `old` (its previous version, if any) is now
+    /// `new` at `etag` (or gone). Puts the entry in the new state's table and removes it
+    /// from the old one. Failures are logged, not returned: the row is written, and the
+    /// reconciler's repair restores the index.
+    pub(super) async fn reindex(
+        &self,
+        id: &VmId,
+        old: Option<&Etag>,
+        new: Option<(&VmRecord, &Etag)>,
+    ) {
+        let new_state = new.map(|(vm, _)| vm.state);
+        if let Some((vm, etag)) = new {
+            self.known.saw(id, etag, vm.state);
+        }
+        let stale: Vec<VmState> = match old.map(|etag| self.known.state_at(id, etag)) {
+            None => Vec::new(),
+            Some(Some(state)) => vec![state],
+            Some(None) => INDEXED.to_vec(),
+        };
+        let removals = stale
+            .into_iter()
+            .filter(|s| is_indexed(*s) && Some(*s) != new_state)
+            .filter_map(|s| self.index_table(s).map(|t| (s, t)))
+            .map(|(state, table)| async move {
+                let delete = table
+                    .partition_key_client(id.as_str())
+                    .entity_client(id.as_str())
+                    .delete()
+                    .if_match(IfMatchCondition::Any);
+                match self.call("unindex", delete.into_future()).await {
+                    Ok(_) => Ok(()),
+                    Err(f) if is_missing_row(&f) => Ok(()),
+                    Err(f) => Err((state, self.fail("unindex", f))),
+                }
+            });
+        let addition = async {
+            let Some((vm, etag)) = new.filter(|(vm, _)| is_indexed(vm.state)) else {
+                return Ok(());
+            };
+            let Some(table) = self.index_table(vm.state) else {
+                return Ok(());
+            };
+            let body = entry(vm, etag).map_err(|e| (vm.state, e))?;
+            let put = table
+                .partition_key_client(id.as_str())
+                .entity_client(id.as_str())
+                .insert_or_replace(&body)
+                .map_err(|e| (vm.state, StoreError::Rejected(format!("index: {e}"))))?;
+            self.call("index", put.into_future())
+                .await
+                .map(|_| ())
+                .map_err(|f| (vm.state, self.fail("index", f)))
+        };
+        let (added, removed) = tokio::join!(addition, futures::future::join_all(removals));
+        for result in std::iter::once(added).chain(removed) {
+            if let Err((state, e)) = result {
+                warn!(vm.id = %id, index = %state, error = %e, "index not updated; the reconciler repairs it");
+            }
+        }
+    }
+
+    /// Every entry of the index tables of `states`, as rows with the row's ETag.
+    pub(super) async fn list_indexed(
+        &self,
+        states: &[VmState],
+        filter: Option<String>,
+        top: Option<u32>,
+    ) -> Result<Vec<Versioned>, Fault> {
+        let lists = states
+            .iter()
+            .filter_map(|s| self.index_table(*s))
+            .map(|table| {
+                let filter = filter.clone();
+                async move {
+                    let mut query = table.query();
+                    if let Some(filter) = filter {
+                        query = query.filter(filter);
+                    }
+                    if let Some(top) = top {
+                        query = query.top(top);
+                    }
+                    let mut pages = query.into_stream::<RowFields>();
+                    let mut rows = Vec::new();
+                    loop {
+                        let page = match tokio::time::timeout(self.timeout, pages.next()).await {
+                            Err(_) => return Err(self.no_answer("index list")),
+                            Ok(None) => break,
+                            Ok(Some(Err(e))) => return Err(classify("index list", &e)),
+                            Ok(Some(Ok(page))) => page,
+                        };
+                        for e in page.entities {
+                            match (parse_row(&e), e.row_etag()) {
+                                (Ok(vm), Some(etag)) => {
+                                    let etag = Etag(etag.to_owned());
+                                    self.known.saw(&vm.id, &etag, vm.state);
+                                    rows.push(Versioned { vm, etag });
+                                }
+                                _ => warn!(
+                                    table = table.table_name(),
+                                    "unreadable index entry skipped"
+                                ),
+                            }
+                        }
+                        if top.is_some_and(|top| rows.len() >= top as usize) {
+                            break;
+                        }
+                    }
+                    Ok(rows)
+                }
+            });
+        let mut all = Vec::new();
+        for rows in futures::future::join_all(lists).await {
+            all.extend(rows?);
+        }
+        Ok(all)
+    }
+
+    /// Up to `limit` indexed rows in `states`, starting at a random key and wrapping round.
+    pub(super) async fn sample_indexed(
+        &self,
+        states: &[VmState],
+        limit: usize,
+    ) -> Result<Vec<Versioned>, Fault> {
+        use rand::Rng;
+        let start: String = (0..6)
+            .map(|_| {
+                char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rand::rng().random_range(0..36)])
+            })
+            .collect();
+        let top = u32::try_from(limit).unwrap_or(u32::MAX);
+        // Keys are compared as strings; `start` is ours (letters and digits), never input.
+        let mut rows = self
+            .list_indexed(
+                states,
+                Some(format!("PartitionKey ge '{start}'")),
+                Some(top),
+            )
+            .await?;
+        if rows.len() < limit {
+            let more = self
+                .list_indexed(
+                    states,
+                    Some(format!("PartitionKey lt '{start}'")),
+                    Some(top),
+                )
+                .await?;
+            rows.extend(more);
+        }
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// Brings the index back in line with `rows` (the VM table as just listed): see
+    /// [`crate::store::VmStore::repair_index`]. Every disagreement is settled against the
+    /// row read afresh, so a write that lands during the repair is never undone.
+    pub(super) async fn repair(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
+        let mut listed: HashMap<String, Vec<Listed>> = HashMap::new();
+        for state in INDEXED {
+            let Some(table) = self.index_table(state) else {
+                continue;
+            };
+            let mut pages = table
+                .query()
+                .select(format!(
+                    "{},{},{ROW_ETAG}",
+                    row::PARTITION_KEY.name,
+                    row::ROW_KEY.name
+                ))
+                .into_stream::<Map<String, Value>>();
+            loop {
+                let page = match tokio::time::timeout(self.timeout, pages.next()).await {
+                    Err(_) => return Err(self.fail("repair", self.no_answer("repair"))),
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(self.fail("repair", classify("repair", &e))),
+                    Ok(Some(Ok(page))) => page,
+                };
+                for e in page.entities {
+                    let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
+                    if let Some(key) = text(row::ROW_KEY.name) {
+                        listed.entry(key).or_default().push(Listed {
+                            state,
+                            row_etag: text(ROW_ETAG),
+                            entry_etag: text("odata.etag"),
+                        });
+                    }
+                }
+            }
+        }
+        // The VMs whose entries disagree with their row: a row in an indexed state without an
+        // exact entry, or an entry that is not exactly its row.
+        let mut suspects: HashSet<String> = HashSet::new();
+        let by_id: HashMap<&str, &Versioned> = rows.iter().map(|r| (r.vm.id.as_str(), r)).collect();
+        for r in rows {
+            let entries = listed.get(r.vm.id.as_str());
+            let agrees = if is_indexed(r.vm.state) {
+                entries.is_some_and(|entries| {
+                    entries.len() == 1
+                        && entries[0].state == r.vm.state
+                        && entries[0].row_etag.as_deref() == Some(r.etag.0.as_str())
+                })
+            } else {
+                entries.is_none()
+            };
+            if !agrees {
+                suspects.insert(r.vm.id.as_str().to_owned());
+            }
+        }
+        for id in listed.keys() {
+            if !by_id.contains_key(id.as_str()) {
+                suspects.insert(id.clone());
+            }
+        }
+        let fixes = run_bounded(
+            suspects.into_iter().map(|id| {
+                let entries = listed.remove(&id).unwrap_or_default();
+                async move { self.repair_one(&id, entries).await }
+            }),
+            WRITE_CONCURRENCY,
+        )
+        .await;
+        let mut fixed = 0;
+        for result in fixes {
+            fixed += result?;
+        }
+        if fixed > 0 {
+            warn!(fixed, "index entries repaired");
+        }
+        Ok(fixed)
+    }
+
+    /// Settles one VM's index entries against its row read afresh.
+    async fn repair_one(&self, id: &str, entries: Vec<Listed>) -> Result<usize, StoreError> {
+        let Ok(vm_id) = VmId::parse(id) else {
+            // Not a VM name: no row can ever match it.
+            return self.drop_entries(id, &entries, None).await;
+        };
+        let row = self
+            .get_once(&vm_id)
+            .await
+            .map_err(|f| self.fail("repair", f))?;
+        let mut fixed = self
+            .drop_entries(id, &entries, row.as_ref().map(|r| r.vm.state))
+            .await?;
+        if let Some(row) = row.filter(|r| is_indexed(r.vm.state)) {
+            let exact = entries.iter().any(|e| {
+                e.state == row.vm.state && e.row_etag.as_deref() == Some(row.etag.0.as_str())
+            });
+            if !exact {
+                self.reindex(&vm_id, None, Some((&row.vm, &row.etag))).await;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Removes the entries not in `keep`'s table, each only if unchanged since listed.
+    async fn drop_entries(
+        &self,
+        id: &str,
+        entries: &[Listed],
+        keep: Option<VmState>,
+    ) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for e in entries.iter().filter(|e| Some(e.state) != keep) {
+            let (Some(table), Some(etag)) = (self.index_table(e.state), &e.entry_etag) else {
+                continue;
+            };
+            let delete = table
+                .partition_key_client(id)
+                .entity_client(id)
+                .delete()
+                .if_match(IfMatchCondition::Etag(etag.clone().into()));
+            match self.call("repair", delete.into_future()).await.map(|_| ()) {
+                Ok(()) => dropped += 1,
+                Err(f) => {
+                    lost_race(f).map_err(|f| self.fail("repair", f))?;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_table_names_stay_valid_and_distinct() {
+        let names: HashSet<String> = INDEXED
+            .iter()
+            .map(|s| index_table_name("vmpool", *s))
+            .collect();
+        assert_eq!(names.len(), INDEXED.len());
+        assert!(names.contains("vmpoolixStandby"));
+        for s in INDEXED {
+            let long = index_table_name(&"a".repeat(63), s);
+            assert_eq!(long.len(), 63);
+            crate::store::table::check_table_name(&long).unwrap();
+        }
+    }
+}
