@@ -181,17 +181,28 @@ impl Checker {
             let Some(changed) = r.state_changed_at else {
                 continue;
             };
-            let since = m
-                .released_at
-                .get(&r.vm)
-                .map_or(changed, |released| changed.max(*released));
+            let released = m.released_at.get(&r.vm).copied();
+            let since = released.map_or(changed, |released| changed.max(released));
             let key = (r.vm.clone(), changed.unix_timestamp());
             if now - since > limit && !self.claim_reported.contains(&key) {
                 self.claim_reported.insert(key);
+                let history = match released {
+                    Some(t) if t > changed => {
+                        format!("the matchmaker let go of it at {}", rfc(t))
+                    }
+                    Some(_) => format!(
+                        "handed out again at {} with the answer lost (client timeout or killed instance)",
+                        rfc(changed)
+                    ),
+                    None => format!(
+                        "Running since {}; no match ever got it (the CreateVM answer was lost: client timeout or killed instance)",
+                        rfc(changed)
+                    ),
+                };
                 sh.violation(
                     inv::CLAIM,
                     format!(
-                        "{} is Running, held by no match, for {} s (claim timeout {} s + {} s)",
+                        "{} is Running, held by no match, for {} s (claim timeout {} s + {} s); {history}",
                         r.vm,
                         (now - since).whole_seconds(),
                         sh.settings.claim_timeout_secs,

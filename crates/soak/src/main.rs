@@ -241,6 +241,25 @@ fn summary(sh: &Shared, layout: &Layout) -> bool {
         println!("  {kind:<30} {outcome:<32} {n:>7}");
     }
     println!();
+    println!("latency of answered operations (client side, ms)");
+    println!(
+        "  {:<30} {:>7} {:>8} {:>8} {:>8}",
+        "kind", "count", "p50", "p99", "max"
+    );
+    for (kind, all) in sh.latencies() {
+        let at = |q: f64| {
+            let i = ((all.len() as f64 - 1.0) * q).round() as usize;
+            all.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "  {kind:<30} {:>7} {:>8.1} {:>8.1} {:>8.1}",
+            all.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
+    println!();
     println!("faults");
     println!("  {:<34} {:>8} {:>13}", "kind", "injected", "not injected");
     let (faults, notes) = sh.faults_table();

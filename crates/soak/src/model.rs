@@ -47,13 +47,12 @@ pub async fn launcher(sh: Arc<Shared>, mut rng: StdRng) {
 pub async fn browser(sh: Arc<Shared>, mut rng: StdRng) {
     while !sh.stopping() {
         let i = rng.random_range(0..sh.ports.len());
-        let answer = sh
-            .send(
-                sh.http.get(sh.url(i, "/api/GetAvailableVMs")),
-                Duration::from_secs(3),
-            )
-            .await;
-        sh.op("GetAvailableVMs", &answer);
+        sh.call(
+            "GetAvailableVMs",
+            sh.http.get(sh.url(i, "/api/GetAvailableVMs")),
+            Duration::from_secs(3),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
     }
 }
@@ -141,8 +140,7 @@ async fn acquire(sh: &Shared, id: u64, rng: &mut StdRng) -> Option<(String, Stri
         if let Some(key) = &key {
             req = req.header("Idempotency-Key", key);
         }
-        let answer = sh.send(req, timeout).await;
-        sh.op(kind, &answer);
+        let answer = sh.call(kind, req, timeout).await;
         let retry = match &answer {
             Answer::Status(200 | 202, body) => {
                 let vm = body.pointer("/vm/vmId").and_then(Value::as_str)?;
@@ -216,12 +214,12 @@ async fn wait_running(sh: &Shared, vm: &str, rng: &mut StdRng) -> bool {
         }
         let i = rng.random_range(0..sh.ports.len());
         let answer = sh
-            .send(
+            .call(
+                "GetAvailableVMs",
                 sh.http.get(sh.url(i, "/api/GetAvailableVMs")),
                 Duration::from_secs(3),
             )
             .await;
-        sh.op("GetAvailableVMs", &answer);
         if let Answer::Status(200, body) = answer {
             let listed = body
                 .get("vms")
@@ -261,8 +259,7 @@ async fn report(sh: &Shared, vm: &str, rooms: u32, rng: &mut StdRng) {
         .http
         .post(sh.url(i, "/api/ReportGameRoomsNumber"))
         .json(&json!({"vmId": vm, "rooms": rooms}));
-    let answer = sh.send(req, timeout).await;
-    sh.op("ReportGameRoomsNumber", &answer);
+    let answer = sh.call("ReportGameRoomsNumber", req, timeout).await;
     let fate = match answer.status() {
         Some(200..=299) => Fate::Recorded,
         Some(400..=499) => Fate::Refused,
@@ -298,8 +295,9 @@ async fn mark(sh: &Shared, id: u64, vm: &str, rng: &mut StdRng) {
             .http
             .post(sh.url(i, "/api/MarkVMForDeallocation"))
             .json(&json!({"vmId": vm}));
-        let answer = sh.send(req, Duration::from_secs(4)).await;
-        sh.op("MarkVMForDeallocation", &answer);
+        let answer = sh
+            .call("MarkVMForDeallocation", req, Duration::from_secs(4))
+            .await;
         match answer.status() {
             Some(200 | 404) => break,
             // 409: not in a state that can be marked (yet); anything else: try again.

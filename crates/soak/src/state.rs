@@ -188,6 +188,8 @@ pub struct Shared {
     pub quiet_since: Mutex<Option<OffsetDateTime>>,
     /// Operations by (kind, outcome).
     pub ops: Mutex<BTreeMap<(String, String), u64>>,
+    /// Latencies of answered operations, by kind.
+    pub latencies: Mutex<BTreeMap<String, Vec<Duration>>>,
     /// Faults by kind: (injected, not injected).
     pub faults: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Why a fault kind was not injected.
@@ -225,6 +227,7 @@ impl Shared {
             down: Mutex::default(),
             quiet_since: Mutex::default(),
             ops: Mutex::default(),
+            latencies: Mutex::default(),
             faults: Mutex::default(),
             fault_notes: Mutex::default(),
             invariants: Mutex::new(vec![Counter::default(); INVARIANTS.len()]),
@@ -269,11 +272,26 @@ impl Shared {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Counts an operation's outcome.
-    pub fn op(&self, kind: &str, answer: &Answer) {
+    /// Sends a vmpool request, counts its outcome and, when it was answered, its latency.
+    pub async fn call(
+        &self,
+        kind: &str,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Answer {
+        let started = std::time::Instant::now();
+        let answer = self.send(req, timeout).await;
+        let elapsed = started.elapsed();
         *locked(&self.ops)
             .entry((kind.to_owned(), answer.label()))
             .or_default() += 1;
+        if answer.status().is_some() {
+            locked(&self.latencies)
+                .entry(kind.to_owned())
+                .or_default()
+                .push(elapsed);
+        }
+        answer
     }
 
     /// Counts a fault: injected or not (with why).
@@ -328,6 +346,15 @@ impl Shared {
     /// The operations table.
     pub fn ops_table(&self) -> BTreeMap<(String, String), u64> {
         locked(&self.ops).clone()
+    }
+
+    /// Latencies of answered operations, by kind, sorted.
+    pub fn latencies(&self) -> BTreeMap<String, Vec<Duration>> {
+        let mut all = locked(&self.latencies).clone();
+        for v in all.values_mut() {
+            v.sort();
+        }
+        all
     }
 
     /// The faults table and the notes.
