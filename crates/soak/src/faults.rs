@@ -73,6 +73,7 @@ async fn post_fake(sh: &Shared, path: &str, body: Value) -> Answer {
 }
 
 fn count(sh: &Shared, kind: &str, answer: &Answer) {
+    sh.event(format_args!("fault {kind}: {}", answer.label()));
     match answer.status() {
         Some(200..=299) => sh.fault(kind, true, None),
         Some(404) => sh.fault(
@@ -151,6 +152,7 @@ async fn arm_fault(sh: &Shared, rng: &mut StdRng) {
                 m.holds.remove(&vm);
                 m.marking.remove(&vm);
             }
+            sh.event(format_args!("fault: {vm} deleted behind vmpool's back"));
             let req = sh.http.delete(format!("{}/_fake/vms/{vm}", sh.fake_base));
             let answer = sh.send(req, Duration::from_secs(5)).await;
             count(sh, "VM deleted behind vmpool's back", &answer);

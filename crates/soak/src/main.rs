@@ -179,7 +179,12 @@ async fn soak() -> Result<bool, String> {
     }
     let ports = vmpools.iter().map(|v| v.port).collect();
     let logs = vmpools.iter().map(|v| layout.log(&v.log_name())).collect();
-    let sh = Arc::new(Shared::new(settings.clone(), ports, fake_port)?);
+    let sh = Arc::new(Shared::new(
+        settings.clone(),
+        ports,
+        fake_port,
+        &layout.log("events"),
+    )?);
     eprintln!("[{}] system up; traffic starts", now_text());
 
     let mut master = StdRng::seed_from_u64(seed);

@@ -141,6 +141,18 @@ async fn acquire(sh: &Shared, id: u64, rng: &mut StdRng) -> Option<(String, Stri
             req = req.header("Idempotency-Key", key);
         }
         let answer = sh.call(kind, req, timeout).await;
+        sh.event(format_args!(
+            "match {id}: {kind} attempt {attempt} on vmpool {i} (timeout {} ms): {} {}",
+            timeout.as_millis(),
+            answer.label(),
+            match &answer {
+                Answer::Status(_, body) => body
+                    .pointer("/vm/vmId")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                _ => "",
+            }
+        ));
         let retry = match &answer {
             Answer::Status(200 | 202, body) => {
                 let vm = body.pointer("/vm/vmId").and_then(Value::as_str)?;
@@ -174,6 +186,7 @@ fn hold(sh: &Shared, id: u64, vm: &str) {
         m.marking.remove(vm);
         other
     };
+    sh.event(format_args!("match {id}: holds {vm}"));
     sh.checked(inv::HANDOUT, 1);
     if let Some(other) = other {
         sh.violation(
@@ -184,6 +197,7 @@ fn hold(sh: &Shared, id: u64, vm: &str) {
 }
 
 fn release(sh: &Shared, id: u64, vm: &str) {
+    sh.event(format_args!("match {id}: {vm} is gone; the match ends"));
     let mut m = sh.model();
     if m.holds.get(vm) == Some(&id) {
         m.holds.remove(vm);
@@ -260,6 +274,10 @@ async fn report(sh: &Shared, vm: &str, rooms: u32, rng: &mut StdRng) {
         .post(sh.url(i, "/api/ReportGameRoomsNumber"))
         .json(&json!({"vmId": vm, "rooms": rooms}));
     let answer = sh.call("ReportGameRoomsNumber", req, timeout).await;
+    sh.event(format_args!(
+        "report {vm} rooms {rooms} on vmpool {i}: {}",
+        answer.label()
+    ));
     let fate = match answer.status() {
         Some(200..=299) => Fate::Recorded,
         Some(400..=499) => Fate::Refused,
@@ -298,12 +316,17 @@ async fn mark(sh: &Shared, id: u64, vm: &str, rng: &mut StdRng) {
         let answer = sh
             .call("MarkVMForDeallocation", req, Duration::from_secs(4))
             .await;
+        sh.event(format_args!(
+            "match {id}: mark {vm} on vmpool {i}: {}",
+            answer.label()
+        ));
         match answer.status() {
             Some(200 | 404) => break,
             // 409: not in a state that can be marked (yet); anything else: try again.
             _ => tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await,
         }
     }
+    sh.event(format_args!("match {id}: lets go of {vm}"));
     let mut m = sh.model();
     if m.marking.get(vm) == Some(&id) {
         m.marking.remove(vm);

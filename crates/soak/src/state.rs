@@ -202,6 +202,8 @@ pub struct Shared {
     pub snapshot: Mutex<Vec<Row>>,
     /// Set when the traffic should stop.
     pub stopping: AtomicBool,
+    /// The model's and the faults' events, one line each, for reading a violation's story.
+    pub events: Mutex<Option<std::fs::File>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,7 +215,14 @@ const EXAMPLES: usize = 6;
 
 impl Shared {
     /// A new shared state.
-    pub fn new(settings: Settings, ports: Vec<u16>, fake_port: u16) -> Result<Shared, String> {
+    pub fn new(
+        settings: Settings,
+        ports: Vec<u16>,
+        fake_port: u16,
+        events: &std::path::Path,
+    ) -> Result<Shared, String> {
+        let events = std::fs::File::create(events)
+            .map_err(|e| format!("cannot create {}: {e}", events.display()))?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(5))
@@ -234,7 +243,16 @@ impl Shared {
             model: Mutex::default(),
             snapshot: Mutex::default(),
             stopping: AtomicBool::new(false),
+            events: Mutex::new(Some(events)),
         })
+    }
+
+    /// Appends a line to the events file.
+    pub fn event(&self, what: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if let Some(file) = locked(&self.events).as_mut() {
+            let _ = writeln!(file, "{} {what}", now_text());
+        }
     }
 
     /// The model, locked.
@@ -317,6 +335,7 @@ impl Shared {
 
     /// Records a violation of invariant `i`.
     pub fn violation(&self, i: usize, what: String) {
+        self.event(format_args!("VIOLATION of invariant {}: {what}", i + 1));
         eprintln!(
             "[{}] VIOLATION of invariant {} ({}): {what}",
             now_text(),
