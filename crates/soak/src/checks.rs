@@ -363,21 +363,11 @@ impl Checker {
             let mut lines: Vec<&str> = joined.split('\n').collect();
             log.partial = lines.pop().unwrap_or_default().to_owned();
             for line in lines {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                let Some(times) = pass_line(line) else {
                     continue;
                 };
-                if field(&v, "message").and_then(Value::as_str) != Some("reconcile pass") {
-                    continue;
-                }
                 self.pass_lines += 1;
-                let time = |name: &str| {
-                    field(&v, name)
-                        .and_then(Value::as_str)
-                        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-                };
-                if let (Some(started), Some(finished)) =
-                    (time("pass_started_at"), time("pass_finished_at"))
-                {
+                if let Some((started, finished)) = times {
                     new.push(Pass {
                         instance: log.instance,
                         started,
@@ -393,7 +383,7 @@ impl Checker {
         for pass in new {
             sh.checked(inv::ONE_PASS, 1);
             for old in &self.passes {
-                if pass.started < old.finished && old.started < pass.finished {
+                if overlap(&pass, old) {
                     sh.violation(
                         inv::ONE_PASS,
                         format!(
@@ -411,6 +401,30 @@ impl Checker {
             self.passes.push(pass);
         }
     }
+}
+
+/// `None` for a line that is not a "reconcile pass" record; otherwise its start and finish,
+/// when it carries them.
+#[expect(
+    clippy::option_option,
+    reason = "not a pass line, a pass line without times, a pass line with times"
+)]
+fn pass_line(line: &str) -> Option<Option<(OffsetDateTime, OffsetDateTime)>> {
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    if field(&v, "message").and_then(Value::as_str) != Some("reconcile pass") {
+        return None;
+    }
+    let time = |name: &str| {
+        field(&v, name)
+            .and_then(Value::as_str)
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+    };
+    Some(time("pass_started_at").zip(time("pass_finished_at")))
+}
+
+/// Two passes overlap when each starts before the other finishes.
+fn overlap(a: &Pass, b: &Pass) -> bool {
+    a.started < b.finished && b.started < a.finished
 }
 
 fn rfc(t: OffsetDateTime) -> String {
@@ -534,6 +548,34 @@ mod tests {
             Some("vm-2".into())
         );
         assert_eq!(vm_from_path("/subscriptions/s"), None);
+    }
+
+    #[test]
+    fn pass_lines_are_read_flat_or_nested_and_others_ignored() {
+        let flat = r#"{"timestamp":"x","level":"DEBUG","message":"reconcile pass","pass_started_at":"1970-01-01T00:00:01Z","pass_finished_at":"1970-01-01T00:00:02.5Z"}"#;
+        let nested = r#"{"fields":{"message":"reconcile pass","pass_started_at":"1970-01-01T00:00:01Z","pass_finished_at":"1970-01-01T00:00:02Z"}}"#;
+        let bare = r#"{"message":"reconcile pass","summary":"nothing to do"}"#;
+        assert_eq!(
+            pass_line(flat),
+            Some(Some((at(1), at(2) + time::Duration::milliseconds(500))))
+        );
+        assert_eq!(pass_line(nested), Some(Some((at(1), at(2)))));
+        assert_eq!(pass_line(bare), Some(None));
+        assert_eq!(pass_line(r#"{"message":"VM is ready"}"#), None);
+        assert_eq!(pass_line("not json"), None);
+    }
+
+    #[test]
+    fn passes_overlap_only_when_each_starts_before_the_other_ends() {
+        let pass = |a, b| Pass {
+            instance: 0,
+            started: at(a),
+            finished: at(b),
+        };
+        assert!(overlap(&pass(1, 3), &pass(2, 4)));
+        assert!(overlap(&pass(1, 5), &pass(2, 3)));
+        assert!(!overlap(&pass(1, 2), &pass(2, 3)));
+        assert!(!overlap(&pass(3, 4), &pass(1, 2)));
     }
 
     #[test]
