@@ -79,7 +79,7 @@ fn settings() -> Result<Settings, String> {
         claim_timeout_secs: CLAIM_TIMEOUT_SECS,
         stable_bound: Duration::from_secs(45),
         orphan_settle: Duration::from_secs(20),
-        claim_slack_secs: 10,
+        claim_slack_secs: 15,
     })
 }
 

@@ -75,7 +75,14 @@ async fn session(sh: Arc<Shared>, id: u64, mut rng: StdRng) {
         .copied()
         .unwrap_or(0)
         .max(rng.random_range(1..=4));
-    report(&sh, &vm, rooms, &mut rng).await;
+    // Players arrive at once: the first report is retried until vmpool records it, so the
+    // VM is never taken for one nobody uses.
+    for _ in 0..8 {
+        if report(&sh, &vm, rooms, &mut rng).await || gone(&sh, &vm) || sh.stopping() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..800))).await;
+    }
     let play = Duration::from_millis(rng.random_range(4000..22000));
     let until = tokio::time::Instant::now() + play;
     while tokio::time::Instant::now() < until {
@@ -250,8 +257,8 @@ async fn wait_running(sh: &Shared, vm: &str, rng: &mut StdRng) -> bool {
     false
 }
 
-/// ReportGameRoomsNumber, recorded with its fate for invariant 3.
-async fn report(sh: &Shared, vm: &str, rooms: u32, rng: &mut StdRng) {
+/// ReportGameRoomsNumber, recorded with its fate for invariant 3; true when vmpool recorded it.
+async fn report(sh: &Shared, vm: &str, rooms: u32, rng: &mut StdRng) -> bool {
     let index = {
         let mut m = sh.model();
         m.rooms.insert(vm.to_owned(), rooms);
@@ -291,6 +298,7 @@ async fn report(sh: &Shared, vm: &str, rooms: u32, rng: &mut StdRng) {
     {
         r.fate = fate;
     }
+    fate == Fate::Recorded
 }
 
 /// MarkVMForDeallocation, retried until vmpool gives a definite answer. The hold ends when
