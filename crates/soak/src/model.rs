@@ -313,7 +313,12 @@ async fn mark(sh: &Shared, id: u64, vm: &str, rng: &mut StdRng) {
         m.marking.insert(vm.to_owned(), id);
     }
     for _ in 0..10 {
-        if sh.stopping() || sh.model().deleted_behind.contains(vm) {
+        let stop = {
+            let m = sh.model();
+            // Reclaimed by another match after an earlier mark landed: it is theirs now.
+            m.deleted_behind.contains(vm) || m.holds.get(vm).is_some_and(|h| *h != id)
+        };
+        if stop || sh.stopping() {
             break;
         }
         let i = rng.random_range(0..sh.ports.len());
