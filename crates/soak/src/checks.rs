@@ -1,0 +1,588 @@
+//! The invariants, checked about every second while the soak runs and once more at the end.
+//!
+//! 1 is judged in the model when CreateVM answers (`model.rs`); the others here:
+//! - 2 from the table (GetPoolStatus) and from ARM (the fake's own list API);
+//! - 3 from the fake's request log against the rooms the model reported;
+//! - 4 and 5 once the faults have stopped;
+//! - 6 from the table against the model's holds;
+//! - 7 from the instances' JSON logs.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::procs::{FAKE_SUBSCRIPTION, FAKE_TOKEN};
+use crate::state::{Answer, Fate, Report, Row, Shared, inv};
+
+/// States a row may rest in.
+const STABLE: [&str; 4] = ["Running", "Standby", "Deallocated", "MarkedForDeallocation"];
+
+/// How far before a destructive request was seen that vmpool may have decided it: a poll
+/// interval, a reconcile pass and the longest scripted ARM delay.
+const DECISION_WINDOW: time::Duration = time::Duration::seconds(8);
+
+/// An orphan must still be one this much later (a row and its VM are never written at the
+/// same instant, and a listing is read before the table).
+const ORPHAN_CONFIRM: time::Duration = time::Duration::seconds(3);
+
+/// The checkers' memory between rounds.
+#[derive(Debug, Default)]
+pub struct Checker {
+    table_over_before: bool,
+    table_over_reported: bool,
+    unstable_since: HashMap<String, OffsetDateTime>,
+    stable_reported: HashSet<String>,
+    claim_reported: HashSet<(String, i64)>,
+    orphan_seen: HashMap<String, OffsetDateTime>,
+    orphan_reported: HashSet<String>,
+    requests_seen: usize,
+    requests_polled_at: Option<OffsetDateTime>,
+    logs: Vec<LogFile>,
+    passes: Vec<Pass>,
+    pass_lines: u64,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    instance: usize,
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+#[derive(Debug, Clone)]
+struct Pass {
+    instance: usize,
+    started: OffsetDateTime,
+    finished: OffsetDateTime,
+}
+
+impl Checker {
+    /// A checker reading the instances' logs at `logs` (index = instance).
+    pub fn new(logs: Vec<PathBuf>) -> Self {
+        Checker {
+            logs: logs
+                .into_iter()
+                .enumerate()
+                .map(|(instance, path)| LogFile {
+                    instance,
+                    path,
+                    offset: 0,
+                    partial: String::new(),
+                })
+                .collect(),
+            ..Checker::default()
+        }
+    }
+
+    /// Checks every second until the traffic stops.
+    pub async fn run(mut self, sh: Arc<Shared>) -> Self {
+        let mut round: u64 = 0;
+        while !sh.stopping() {
+            self.round(&sh, round).await;
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        self
+    }
+
+    /// One round: the table every time, ARM and orphans every other round, the request log
+    /// every time, the logs every fifth.
+    pub async fn round(&mut self, sh: &Shared, round: u64) {
+        self.table(sh).await;
+        if round % 2 == 0 {
+            self.arm(sh).await;
+        }
+        self.requests(sh).await;
+        if round % 5 == 0 {
+            self.logs(sh);
+        }
+    }
+
+    /// The end: everything once more, then the verdict on the logs.
+    pub async fn finish(&mut self, sh: &Shared) {
+        self.table(sh).await;
+        self.arm(sh).await;
+        self.requests(sh).await;
+        self.logs(sh);
+        if self.passes.is_empty() {
+            sh.not_observable(
+                inv::ONE_PASS,
+                format!(
+                    "no \"reconcile pass\" log line carries pass_started_at and pass_finished_at ({} \"reconcile pass\" lines seen)",
+                    self.pass_lines
+                ),
+            );
+        }
+    }
+
+    async fn table(&mut self, sh: &Shared) {
+        let Some(rows) = sh.read_table().await else {
+            return;
+        };
+        sh.set_snapshot(rows.clone());
+        let now = OffsetDateTime::now_utc();
+        self.max_vms_in_table(sh, &rows);
+        self.claim_timeout(sh, &rows, now);
+        if sh.quiet_since().is_some() {
+            self.stable(sh, &rows, now);
+        }
+    }
+
+    /// Invariant 2, table side. A claimer writes its row before it counts and gives the claim
+    /// back if the pool is over, so one read may catch max + 1 for an instant: an excess
+    /// counts when two reads a second apart both show it.
+    fn max_vms_in_table(&mut self, sh: &Shared, rows: &[Row]) {
+        let max = sh.settings.max_vms;
+        let active: Vec<&Row> = rows.iter().filter(|r| r.state != "Deallocated").collect();
+        sh.checked(inv::MAX_VMS, 1);
+        if active.len() > max {
+            if self.table_over_before && !self.table_over_reported {
+                self.table_over_reported = true;
+                let states: Vec<String> = active
+                    .iter()
+                    .map(|r| format!("{} {}", r.vm, r.state))
+                    .collect();
+                sh.violation(
+                    inv::MAX_VMS,
+                    format!(
+                        "the table has {} VMs not Deallocated (max {max}) in two reads: {}",
+                        active.len(),
+                        states.join(", ")
+                    ),
+                );
+            }
+            self.table_over_before = true;
+        } else {
+            self.table_over_before = false;
+            self.table_over_reported = false;
+        }
+    }
+
+    /// Invariant 6: a `Running` VM the matchmaker does not hold goes back to the pool within
+    /// the claim timeout (plus a few reconcile passes).
+    fn claim_timeout(&mut self, sh: &Shared, rows: &[Row], now: OffsetDateTime) {
+        let limit = time::Duration::seconds(
+            (sh.settings.claim_timeout_secs + sh.settings.claim_slack_secs) as i64,
+        );
+        let m = sh.model();
+        for r in rows.iter().filter(|r| r.state == "Running") {
+            sh.checked(inv::CLAIM, 1);
+            // A VM the faults deleted is no matchmaker VM: invariants 4 and 5 judge its row.
+            if m.owned(&r.vm) || m.deleted_behind.contains(&r.vm) {
+                continue;
+            }
+            let Some(changed) = r.state_changed_at else {
+                continue;
+            };
+            let released = m.released_at.get(&r.vm).copied();
+            let since = released.map_or(changed, |released| changed.max(released));
+            let key = (r.vm.clone(), changed.unix_timestamp());
+            if now - since > limit && !self.claim_reported.contains(&key) {
+                self.claim_reported.insert(key);
+                let history = match released {
+                    Some(t) if t > changed => {
+                        format!("the matchmaker let go of it at {}", rfc(t))
+                    }
+                    Some(_) => format!(
+                        "handed out again at {} with the answer lost (client timeout or killed instance)",
+                        rfc(changed)
+                    ),
+                    None => format!(
+                        "Running since {}; no match ever got it (the CreateVM answer was lost: client timeout or killed instance)",
+                        rfc(changed)
+                    ),
+                };
+                sh.violation(
+                    inv::CLAIM,
+                    format!(
+                        "{} is Running, held by no match, for {} s (claim timeout {} s + {} s); {history}",
+                        r.vm,
+                        (now - since).whole_seconds(),
+                        sh.settings.claim_timeout_secs,
+                        sh.settings.claim_slack_secs
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Invariant 5: once the faults stop, every row reaches a stable state (or is removed)
+    /// within the bound, counted from when the faults stopped or it was first seen unstable.
+    fn stable(&mut self, sh: &Shared, rows: &[Row], now: OffsetDateTime) {
+        let bound = time::Duration::try_from(sh.settings.stable_bound).unwrap_or_default();
+        let present: HashSet<&str> = rows.iter().map(|r| r.vm.as_str()).collect();
+        self.unstable_since
+            .retain(|vm, _| present.contains(vm.as_str()));
+        for r in rows {
+            sh.checked(inv::STABLE, 1);
+            if STABLE.contains(&r.state.as_str()) {
+                self.unstable_since.remove(&r.vm);
+                continue;
+            }
+            let since = *self.unstable_since.entry(r.vm.clone()).or_insert(now);
+            if now - since > bound && self.stable_reported.insert(r.vm.clone()) {
+                sh.violation(
+                    inv::STABLE,
+                    format!(
+                        "{} still {} {} s after the faults stopped (bound {} s)",
+                        r.vm,
+                        r.state,
+                        (now - since).whole_seconds(),
+                        bound.whole_seconds()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Invariant 2 on ARM's side, and invariant 4 once the faults have settled.
+    async fn arm(&mut self, sh: &Shared) {
+        let Some(vms) = list_arm(sh).await else {
+            return;
+        };
+        let max = sh.settings.max_vms;
+        let live: Vec<&(String, bool)> = vms.iter().filter(|(_, dealloc)| !dealloc).collect();
+        sh.checked(inv::MAX_VMS, 1);
+        if live.len() > max {
+            let names: Vec<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
+            sh.violation(
+                inv::MAX_VMS,
+                format!(
+                    "ARM lists {} VMs not deallocated (max {max}): {}",
+                    live.len(),
+                    names.join(", ")
+                ),
+            );
+        }
+        let now = OffsetDateTime::now_utc();
+        let settled = sh.quiet_since().is_some_and(|q| {
+            now - q >= time::Duration::try_from(sh.settings.orphan_settle).unwrap_or_default()
+        });
+        if !settled {
+            return;
+        }
+        // The table is read after the listing: a VM created in between has its row already.
+        let Some(rows) = sh.read_table().await else {
+            return;
+        };
+        let known: HashSet<String> = rows.iter().map(|r| r.vm.to_ascii_lowercase()).collect();
+        let mut orphans = HashSet::new();
+        for (name, _) in &live {
+            sh.checked(inv::ORPHANS, 1);
+            let key = name.to_ascii_lowercase();
+            if known.contains(&key) {
+                continue;
+            }
+            orphans.insert(key.clone());
+            let first = *self.orphan_seen.entry(key.clone()).or_insert(now);
+            if now - first >= ORPHAN_CONFIRM && self.orphan_reported.insert(key) {
+                sh.violation(
+                    inv::ORPHANS,
+                    format!(
+                        "{name} runs in ARM with no row in the table (seen for {} s)",
+                        (now - first).whole_seconds()
+                    ),
+                );
+            }
+        }
+        self.orphan_seen.retain(|k, _| orphans.contains(k));
+    }
+
+    /// Invariant 3: every deallocate, power-off or delete ARM accepted, against the rooms the
+    /// matchmaker had reported for that VM when vmpool may have decided it.
+    async fn requests(&mut self, sh: &Shared) {
+        let req = sh.http.get(format!("{}/_fake/requests", sh.fake_base));
+        let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let from = self.requests_polled_at.unwrap_or(now) - DECISION_WINDOW;
+        self.requests_polled_at = Some(now);
+        let all = body
+            .get("requests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let new = all.get(self.requests_seen..).unwrap_or_default();
+        self.requests_seen = all.len();
+        for r in new {
+            let op = r.get("op").and_then(Value::as_str).unwrap_or_default();
+            let status = r.get("status").and_then(Value::as_u64).unwrap_or_default();
+            let destroys = matches!(op, "Deallocate" | "PowerOff" | "DeleteVm");
+            // A 204 to a DELETE means the VM was already gone: nothing was destroyed.
+            if !destroys || !(200..300).contains(&status) || status == 204 {
+                continue;
+            }
+            let Some(vm) = r.get("path").and_then(Value::as_str).and_then(vm_from_path) else {
+                continue;
+            };
+            let m = sh.model();
+            if m.deleted_behind.contains(&vm) {
+                continue;
+            }
+            sh.checked(inv::ROOMS, 1);
+            let reports = m.reports.get(&vm).map(Vec::as_slice).unwrap_or_default();
+            let candidates = rooms_candidates(reports, from, now);
+            if !candidates.is_empty() && candidates.iter().all(|rooms| *rooms > 0) {
+                let text: Vec<String> = candidates.iter().map(u32::to_string).collect();
+                drop(m);
+                sh.violation(
+                    inv::ROOMS,
+                    format!(
+                        "ARM accepted {op} of {vm} ({status}) while the matchmaker's last reports said rooms {}",
+                        text.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Invariant 7: reads new log lines and compares each pass with every earlier one.
+    fn logs(&mut self, sh: &Shared) {
+        let mut new = Vec::new();
+        for log in &mut self.logs {
+            let Ok(mut file) = std::fs::File::open(&log.path) else {
+                continue;
+            };
+            if file.seek(SeekFrom::Start(log.offset)).is_err() {
+                continue;
+            }
+            let mut text = String::new();
+            let Ok(read) = file.read_to_string(&mut text) else {
+                continue;
+            };
+            log.offset += read as u64;
+            let joined = std::mem::take(&mut log.partial) + &text;
+            let mut lines: Vec<&str> = joined.split('\n').collect();
+            log.partial = lines.pop().unwrap_or_default().to_owned();
+            for line in lines {
+                let Some(times) = pass_line(line) else {
+                    continue;
+                };
+                self.pass_lines += 1;
+                if let Some((started, finished)) = times {
+                    new.push(Pass {
+                        instance: log.instance,
+                        started,
+                        finished,
+                    });
+                }
+            }
+        }
+        self.new_passes(sh, new);
+    }
+
+    fn new_passes(&mut self, sh: &Shared, new: Vec<Pass>) {
+        for pass in new {
+            sh.checked(inv::ONE_PASS, 1);
+            for old in &self.passes {
+                if overlap(&pass, old) {
+                    sh.violation(
+                        inv::ONE_PASS,
+                        format!(
+                            "a pass of vmpool {} ({} to {}) overlaps one of vmpool {} ({} to {})",
+                            pass.instance,
+                            rfc(pass.started),
+                            rfc(pass.finished),
+                            old.instance,
+                            rfc(old.started),
+                            rfc(old.finished)
+                        ),
+                    );
+                }
+            }
+            self.passes.push(pass);
+        }
+    }
+}
+
+/// `None` for a line that is not a "reconcile pass" record; otherwise its start and finish,
+/// when it carries them.
+#[expect(
+    clippy::option_option,
+    reason = "not a pass line, a pass line without times, a pass line with times"
+)]
+fn pass_line(line: &str) -> Option<Option<(OffsetDateTime, OffsetDateTime)>> {
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    if field(&v, "message").and_then(Value::as_str) != Some("reconcile pass") {
+        return None;
+    }
+    let time = |name: &str| {
+        field(&v, name)
+            .and_then(Value::as_str)
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+    };
+    Some(time("pass_started_at").zip(time("pass_finished_at")))
+}
+
+/// Two passes overlap when each starts before the other finishes.
+fn overlap(a: &Pass, b: &Pass) -> bool {
+    a.started < b.finished && b.started < a.finished
+}
+
+fn rfc(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The field `name` of a JSON log line, at the top (flattened events) or under `fields`.
+fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.get(name)
+        .or_else(|| v.get("fields").and_then(|f| f.get(name)))
+}
+
+/// The VM name in an ARM path `.../virtualMachines/<name>[/<action>]`.
+fn vm_from_path(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let at = segs
+        .iter()
+        .position(|s| s.eq_ignore_ascii_case("virtualMachines"))?;
+    segs.get(at + 1).map(|s| (*s).to_owned())
+}
+
+/// The rooms the VM may have had when vmpool decided, in `[from, to]`: the last report
+/// vmpool confirmed before `from` and every report sent after it up to `to` that may have
+/// landed. Empty when the matchmaker never reported on the VM.
+fn rooms_candidates(reports: &[Report], from: OffsetDateTime, to: OffsetDateTime) -> Vec<u32> {
+    let start = reports
+        .iter()
+        .rposition(|r| r.fate == Fate::Recorded && r.sent < from)
+        .unwrap_or(0);
+    reports
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.sent <= to && r.fate != Fate::Refused)
+        .map(|r| r.rooms)
+        .collect()
+}
+
+/// Every VM in ARM as (name, deallocated), from the fake's subscription list.
+async fn list_arm(sh: &Shared) -> Option<Vec<(String, bool)>> {
+    let mut url = format!(
+        "{}/subscriptions/{FAKE_SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&statusOnly=true",
+        sh.fake_base
+    );
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let req = sh.http.get(&url).bearer_auth(FAKE_TOKEN);
+        let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
+            return None;
+        };
+        for vm in body
+            .get("value")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = vm.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let deallocated = vm
+                .pointer("/properties/instanceView/statuses")
+                .and_then(Value::as_array)
+                .is_some_and(|s| {
+                    s.iter().any(|st| {
+                        st.get("code").and_then(Value::as_str) == Some("PowerState/deallocated")
+                    })
+                });
+            out.push((name.to_owned(), deallocated));
+        }
+        match body.get("nextLink").and_then(Value::as_str) {
+            // Loopback only: a next link elsewhere is not followed.
+            Some(next) if next.starts_with(&sh.fake_base) => url = next.to_owned(),
+            _ => return Some(out),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(secs)
+    }
+
+    fn report(secs: i64, rooms: u32, fate: Fate) -> Report {
+        Report {
+            sent: at(secs),
+            rooms,
+            fate,
+        }
+    }
+
+    #[test]
+    fn candidates_start_at_the_last_confirmed_report_before_the_window() {
+        let reports = [
+            report(1, 0, Fate::Recorded),
+            report(5, 3, Fate::Recorded),
+            report(12, 2, Fate::Unknown),
+            report(13, 0, Fate::Refused),
+            report(30, 0, Fate::Recorded),
+        ];
+        assert_eq!(rooms_candidates(&reports, at(10), at(20)), vec![3, 2]);
+        assert_eq!(rooms_candidates(&reports, at(3), at(20)), vec![0, 3, 2]);
+        assert!(rooms_candidates(&[], at(3), at(20)).is_empty());
+    }
+
+    #[test]
+    fn the_vm_name_comes_from_the_arm_path() {
+        assert_eq!(
+            vm_from_path(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-1/deallocate"
+            ),
+            Some("vm-1".into())
+        );
+        assert_eq!(
+            vm_from_path(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualmachines/vm-2"
+            ),
+            Some("vm-2".into())
+        );
+        assert_eq!(vm_from_path("/subscriptions/s"), None);
+    }
+
+    #[test]
+    fn pass_lines_are_read_flat_or_nested_and_others_ignored() {
+        let flat = r#"{"timestamp":"x","level":"DEBUG","message":"reconcile pass","pass_started_at":"1970-01-01T00:00:01Z","pass_finished_at":"1970-01-01T00:00:02.5Z"}"#;
+        let nested = r#"{"fields":{"message":"reconcile pass","pass_started_at":"1970-01-01T00:00:01Z","pass_finished_at":"1970-01-01T00:00:02Z"}}"#;
+        let bare = r#"{"message":"reconcile pass","summary":"nothing to do"}"#;
+        assert_eq!(
+            pass_line(flat),
+            Some(Some((at(1), at(2) + time::Duration::milliseconds(500))))
+        );
+        assert_eq!(pass_line(nested), Some(Some((at(1), at(2)))));
+        assert_eq!(pass_line(bare), Some(None));
+        assert_eq!(pass_line(r#"{"message":"VM is ready"}"#), None);
+        assert_eq!(pass_line("not json"), None);
+    }
+
+    #[test]
+    fn passes_overlap_only_when_each_starts_before_the_other_ends() {
+        let pass = |a, b| Pass {
+            instance: 0,
+            started: at(a),
+            finished: at(b),
+        };
+        assert!(overlap(&pass(1, 3), &pass(2, 4)));
+        assert!(overlap(&pass(1, 5), &pass(2, 3)));
+        assert!(!overlap(&pass(1, 2), &pass(2, 3)));
+        assert!(!overlap(&pass(3, 4), &pass(1, 2)));
+    }
+
+    #[test]
+    fn log_fields_are_found_flat_or_nested() {
+        let flat: Value = serde_json::json!({"message": "reconcile pass"});
+        let nested: Value = serde_json::json!({"fields": {"message": "reconcile pass"}});
+        assert!(field(&flat, "message").is_some());
+        assert!(field(&nested, "message").is_some());
+    }
+}
