@@ -152,7 +152,7 @@ impl Binary {
             .port();
         let child = Command::new(path)
             .env_clear()
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("VMPOOL_PORT", port.to_string())
             .env("VMPOOL_STORAGE", connection_string)
             .env("VMPOOL_TABLE", table)
             .env("VMPOOL_COMPUTE", "simulated")
