@@ -119,6 +119,7 @@ struct Inner {
     /// Each VM's states as changed (oldest first), kept for [`HISTORY`] so a lagging view
     /// ([`SimCloud::list_as_of`]) can be served; `None`: gone.
     history: HashMap<String, Vec<(OffsetDateTime, Option<SimVm>)>>,
+    logged_since_prune: usize,
 }
 
 /// How far back [`SimCloud::list_as_of`] can look.
@@ -136,6 +137,12 @@ impl Inner {
         if old > 1 {
             entries.drain(..old - 1);
         }
+        // VMs long gone are forgotten now and then, so that logging stays O(1) amortized.
+        self.logged_since_prune += 1;
+        if self.logged_since_prune < self.history.len().max(1024) {
+            return;
+        }
+        self.logged_since_prune = 0;
         let forgotten: Vec<String> = self
             .history
             .iter()
@@ -188,6 +195,7 @@ impl SimCloud {
                 rng: StdRng::seed_from_u64(seed),
                 calls: BTreeMap::new(),
                 history: HashMap::new(),
+                logged_since_prune: 0,
             }),
         }
     }
