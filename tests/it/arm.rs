@@ -33,21 +33,24 @@ pub struct Fake {
 }
 
 pub async fn spawn_fake(page_size: usize) -> Fake {
+    spawn_fake_with(FakeSettings {
+        token: TOKEN.into(),
+        subscription_id: SUB.into(),
+        page_size,
+        ..FakeSettings::default()
+    })
+    .await
+}
+
+/// A running fake with these settings.
+pub async fn spawn_fake_with(settings: FakeSettings) -> Fake {
     let clock = Arc::new(ManualClock::default());
     let cloud = Arc::new(SimCloud::new(
         clock.clone() as Arc<dyn Clock>,
         Latencies::default(),
         3,
     ));
-    let fake = Arc::new(ArmFake::new(
-        cloud,
-        FakeSettings {
-            token: TOKEN.into(),
-            subscription_id: SUB.into(),
-            page_size,
-            ..FakeSettings::default()
-        },
-    ));
+    let fake = Arc::new(ArmFake::new(cloud, settings));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -95,6 +98,7 @@ pub fn quick() -> ArmOptions {
         call_timeout: Duration::from_secs(5),
         server_error_retries: 2,
         backoff: Duration::from_millis(1),
+        quota_wait: Duration::from_millis(20),
     }
 }
 
@@ -1248,4 +1252,56 @@ async fn the_sweep_follows_skip_tokens() {
     let pages = f.fake.accepted(FakeOp::GraphQuery);
     assert_eq!(pages.len(), 2, "1,001 VMs in pages of 1,000");
     assert!(pages[1].body.as_ref().unwrap()["options"]["$skipToken"].is_string());
+}
+
+/// A sweep of many pages waits for Resource Graph's per-user quota between pages instead of
+/// failing: here the quota is one query per window, and the window resets (on the fake's
+/// clock) once the fake has answered 429.
+#[tokio::test]
+async fn a_long_sweep_waits_for_the_quota_between_pages() {
+    use futures::StreamExt;
+    let f = spawn_fake_with(FakeSettings {
+        token: TOKEN.into(),
+        subscription_id: SUB.into(),
+        graph_quota: 1,
+        ..FakeSettings::default()
+    })
+    .await;
+    let arm = adapter(&f, "p");
+    let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
+        .map(|n| {
+            let arm = &arm;
+            async move { arm.create(&id(&format!("p-{n:04}"))).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(created.iter().all(Result::is_ok));
+    f.clock.advance(Span::seconds(200));
+    f.fake.clear_requests();
+    let throttled = |fake: &ArmFake| {
+        fake.requests()
+            .iter()
+            .any(|r| r.op == Some(FakeOp::GraphQuery) && r.status == 429)
+    };
+    let sweep = arm.list_power();
+    let resets = async {
+        while !throttled(&f.fake) {
+            tokio::task::yield_now().await;
+        }
+        f.clock.advance(Span::seconds(5));
+    };
+    let (swept, ()) = tokio::join!(sweep, resets);
+    assert_eq!(swept.unwrap().len(), 1001, "both pages, after waiting");
+    let statuses: Vec<u16> = f
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::GraphQuery))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.first(), Some(&200));
+    assert_eq!(statuses.last(), Some(&200));
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2);
 }

@@ -63,6 +63,9 @@ pub const GRAPH_PAGE: u32 = 1000;
 /// The most pages one sweep reads (a pool is capped far below this many VMs).
 const GRAPH_MAX_PAGES: usize = 500;
 
+/// How many 429s in a row a sweep past its first page waits out before it gives up.
+const GRAPH_THROTTLED_IN_A_ROW: u32 = 3;
+
 /// `value` as a KQL string literal (single quotes; backslash and quote escaped).
 fn kql_string(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
@@ -97,6 +100,9 @@ pub struct ArmOptions {
     pub server_error_retries: u32,
     /// Backoff before the first retry; doubled for each further one.
     pub backoff: Duration,
+    /// Longest wait, between two pages of one sweep, for Resource Graph's per-user quota to
+    /// reset (its window is 5 s).
+    pub quota_wait: Duration,
 }
 
 impl Default for ArmOptions {
@@ -105,6 +111,7 @@ impl Default for ArmOptions {
             call_timeout: Duration::from_secs(20),
             server_error_retries: 2,
             backoff: Duration::from_millis(500),
+            quota_wait: Duration::from_secs(5),
         }
     }
 }
@@ -669,6 +676,17 @@ impl ArmCompute {
         api_version: &str,
         body: Option<&Value>,
     ) -> azure_core::Result<Value> {
+        Ok(self.send(method, path, api_version, body).await?.1)
+    }
+
+    /// [`Self::send_json`], with the answer's headers.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Option<&Value>,
+    ) -> azure_core::Result<(Headers, Value)> {
         let mut url = self.config.endpoint.clone();
         url.set_path(path);
         url.set_query(None);
@@ -688,33 +706,42 @@ impl ArmCompute {
             }
             None => req.set_body(azure_core::EMPTY_BODY),
         }
-        let body = self
+        let (_, headers, body) = self
             .pipeline
             .send(&Context::default(), &mut req)
             .await?
-            .into_body()
-            .collect()
-            .await?;
-        Ok(serde_json::from_slice(&body)?)
+            .deconstruct();
+        let body = body.collect().await?;
+        Ok((headers, serde_json::from_slice(&body)?))
     }
 
-    /// One page of the sweep's Resource Graph query.
-    async fn graph_page(&self, body: &Value) -> azure_core::Result<Value> {
-        let page = self
-            .send_json(
+    /// One page of the sweep's Resource Graph query, with how long to wait before the next
+    /// when the answer says the user's quota is spent (`x-ms-user-quota-remaining: 0`).
+    async fn graph_page(&self, body: &Value) -> azure_core::Result<(Value, Option<Duration>)> {
+        let (headers, page) = self
+            .send(
                 Method::Post,
                 "/providers/Microsoft.ResourceGraph/resources",
                 GRAPH_API_VERSION,
                 Some(body),
             )
             .await?;
+        let spent = headers
+            .get_optional_string(&HeaderName::from_static("x-ms-user-quota-remaining"))
+            .is_some_and(|v| v.trim() == "0");
+        let wait = spent.then(|| {
+            headers
+                .get_optional_string(&HeaderName::from_static("x-ms-user-quota-resets-after"))
+                .and_then(|v| quota_resets_after(&v))
+                .unwrap_or(Duration::from_secs(5))
+        });
         if !page.get("data").is_some_and(Value::is_array) {
             return Err(azure_core::Error::message(
                 ErrorKind::DataConversion,
                 "Resource Graph answered without a `data` array (objectArray)",
             ));
         }
-        Ok(page)
+        Ok((page, wait))
     }
 }
 
@@ -868,7 +895,9 @@ impl Compute for ArmCompute {
         let mut token: Option<String> = None;
         let mut seen: HashSet<String> = HashSet::new();
         let mut out = Vec::new();
-        for _ in 0..GRAPH_MAX_PAGES {
+        let mut throttled_in_a_row = 0;
+        let mut pages = 0;
+        while pages < GRAPH_MAX_PAGES {
             let mut options = json!({"resultFormat": "objectArray", "$top": GRAPH_PAGE});
             if let Some(token) = &token {
                 options["$skipToken"] = json!(token);
@@ -878,9 +907,24 @@ impl Compute for ArmCompute {
                 "query": query,
                 "options": options,
             });
-            let page = self
+            // A sweep of many pages spends the per-user quota (about 15 queries per 5 s):
+            // past the first page it waits for the quota instead of starting over next pass.
+            let (page, wait) = match self
                 .call("the Resource Graph query", || self.graph_page(&body))
-                .await?;
+                .await
+            {
+                Ok(answer) => answer,
+                Err(ComputeError::Throttled { retry_after })
+                    if pages > 0 && throttled_in_a_row < GRAPH_THROTTLED_IN_A_ROW =>
+                {
+                    throttled_in_a_row += 1;
+                    tokio::time::sleep(retry_after.min(self.options.quota_wait)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            throttled_in_a_row = 0;
+            pages += 1;
             for row in page
                 .get("data")
                 .and_then(Value::as_array)
@@ -900,6 +944,9 @@ impl Compute for ArmCompute {
                 .map(str::to_owned);
             if token.is_none() {
                 return Ok(out);
+            }
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait.min(self.options.quota_wait)).await;
             }
         }
         Err(ComputeError::Unavailable(format!(
