@@ -545,7 +545,7 @@ async fn a_claim_never_used_goes_back_to_the_buffer() {
     assert_eq!(row(&rig, &used).await.unwrap().state, VmState::Running);
 }
 
-/// A compute API whose power sweep ARM refuses (no read access at the subscription's scope).
+/// A compute API whose power sweep ARM refuses (Resource Graph denies the query).
 struct NoSweep(Arc<dyn vmpool::compute::Compute>);
 
 #[async_trait::async_trait]
@@ -577,7 +577,7 @@ impl vmpool::compute::Compute for NoSweep {
     async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
         Err(ComputeError::Rejected {
             code: "AuthorizationFailed".into(),
-            message: "no read access at the subscription's scope".into(),
+            message: "no read access to the pool's VMs".into(),
         })
     }
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
