@@ -462,6 +462,17 @@ mod tests {
 
     #[test]
     fn paths_parse_case_insensitively_and_nonsense_is_none() {
+        assert_eq!(
+            Target::parse(
+                &Method::POST,
+                "/providers/microsoft.resourcegraph/RESOURCES"
+            ),
+            Some(Target::Graph)
+        );
+        assert_eq!(
+            Target::parse(&Method::GET, "/providers/Microsoft.ResourceGraph/resources"),
+            None
+        );
         let t = Target::parse(
             &Method::POST,
             "/SUBSCRIPTIONS/s/resourcegroups/RG/providers/Microsoft.Compute/virtualMachines/vm1/Deallocate",
