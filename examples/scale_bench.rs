@@ -24,10 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_core::{RetryOptions, TransportOptions};
-use azure_data_tables::clients::TableServiceClientBuilder;
 use azure_data_tables::prelude::{IfMatchCondition, TableClient};
-use azure_storage::{CloudLocation, StorageCredentials};
 use futures::StreamExt;
 use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
@@ -42,8 +39,10 @@ use vmpool::store::{VmStore, Written};
 
 #[path = "../tests/it/support/azurite.rs"]
 mod azurite;
+#[path = "common/mod.rs"]
+mod common;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use common::{Res, Samples, raw_table, timed};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
 /// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
@@ -87,71 +86,10 @@ fn name(i: usize) -> String {
     format!("scale-{i:06}")
 }
 
-/// A client for the raw calls, tuned as TableStore tunes its own.
-fn raw_table(port: u16, table: &str) -> Res<TableClient> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()?;
-    Ok(TableServiceClientBuilder::with_location(
-        CloudLocation::Custom {
-            account: azurite::ACCOUNT.into(),
-            uri: format!("http://127.0.0.1:{port}/{}", azurite::ACCOUNT),
-        },
-        StorageCredentials::emulator(),
-    )
-    .retry(RetryOptions::none())
-    .transport(TransportOptions::new(Arc::new(http)))
-    .build()
-    .table_client(table))
-}
-
 /// The raw row for an update: what was read, minus the metadata the service added.
 fn raw_body(mut row: Map<String, Value>) -> Value {
     row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
     Value::Object(row)
-}
-
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn push(&mut self, d: Duration) {
-        self.0.push(d);
-    }
-    fn pct(&self, p: usize) -> Duration {
-        let mut v = self.0.clone();
-        v.sort();
-        v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    }
-    fn line(&self, label: &str, raw: Option<&Samples>) -> String {
-        let mut line = format!(
-            "  {label:<44} p50 {:>8.2} ms  p99 {:>8.2} ms",
-            ms(self.pct(50)),
-            ms(self.pct(99))
-        );
-        if let Some(raw) = raw {
-            line.push_str(&format!(
-                "  ratio p50 {:.2}",
-                self.pct(50).as_secs_f64() / raw.pct(50).as_secs_f64()
-            ));
-        }
-        line
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-async fn timed<T>(samples: &mut Samples, fut: impl std::future::Future<Output = T>) -> T {
-    let started = Instant::now();
-    let out = fut.await;
-    samples.push(started.elapsed());
-    out
 }
 
 /// Writes rows `from..to` through the store (rows and their index entries).
@@ -214,7 +152,7 @@ impl Binary {
             .port();
         let child = Command::new(path)
             .env_clear()
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("VMPOOL_PORT", port.to_string())
             .env("VMPOOL_STORAGE", connection_string)
             .env("VMPOOL_TABLE", table)
             .env("VMPOOL_COMPUTE", "simulated")
@@ -520,7 +458,7 @@ async fn listings(ctx: &Ctx<'_>, size: usize) -> Res<()> {
 async fn reconcile(az: &azurite::Azurite) -> Res<()> {
     let table = azurite::table_name("reconcile");
     let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
-    let raw = raw_table(az.port(), &table)?;
+    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
     println!("seeding {RECONCILED} Deallocating rows for the reconcile pass ...");
     let results = futures::stream::iter(0..RECONCILED)
         .map(|i| {
@@ -610,7 +548,7 @@ async fn main() -> Res<()> {
             .await?;
     let table = azurite::table_name("scale");
     let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
-    let raw = raw_table(az.port(), &table)?;
+    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
     let binary = Binary::start(&az.connection_string(), &table)?;
     let http = reqwest::Client::new();
     binary.ready(&http).await?;

@@ -18,12 +18,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use azure_core::{RetryOptions, TransportOptions};
-use azure_data_tables::clients::TableServiceClientBuilder;
 use azure_data_tables::prelude::{IfMatchCondition, TableClient};
-use azure_storage::{CloudLocation, StorageCredentials};
 use futures::StreamExt;
 use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
@@ -41,8 +38,10 @@ use vmpool::store::{Rows, VmStore, Written};
 
 #[path = "../tests/it/support/azurite.rs"]
 mod azurite;
+#[path = "common/mod.rs"]
+mod common;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use common::{Res, Samples, ms, raw_table, timed};
 
 const SEEDED: usize = 1000;
 const RUNNING: usize = 500;
@@ -89,27 +88,6 @@ async fn serve(store: Arc<dyn VmStore>, max_vms: &str) -> Res<Service> {
     Ok(Service { base, state })
 }
 
-/// A client for the raw calls, tuned as TableStore tunes its own (pooled connections, no
-/// SDK retries), so the comparison is of the work and not of the transport.
-fn raw_table(port: u16, table: &str) -> Res<TableClient> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()?;
-    Ok(TableServiceClientBuilder::with_location(
-        CloudLocation::Custom {
-            account: azurite::ACCOUNT.into(),
-            uri: format!("http://127.0.0.1:{port}/{}", azurite::ACCOUNT),
-        },
-        StorageCredentials::emulator(),
-    )
-    .retry(RetryOptions::none())
-    .transport(TransportOptions::new(Arc::new(http)))
-    .build()
-    .table_client(table))
-}
-
 async fn raw_query(table: &TableClient, filter: &'static str) -> Res<Vec<Map<String, Value>>> {
     let mut pages = table
         .query()
@@ -133,26 +111,6 @@ fn raw_body(mut row: Map<String, Value>) -> (Value, String) {
     (Value::Object(row), etag)
 }
 
-#[derive(Default)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn push(&mut self, d: Duration) {
-        self.0.push(d);
-    }
-    fn pct(&self, p: usize) -> Duration {
-        let mut v = self.0.clone();
-        v.sort();
-        v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn report(name: &str, raw_what: &str, raw: &Samples, http: &Samples, pool: &Samples) {
     println!("{name} (raw: {raw_what})");
     println!(
@@ -173,13 +131,6 @@ fn report(name: &str, raw_what: &str, raw: &Samples, http: &Samples, pool: &Samp
     }
 }
 
-async fn timed<T>(samples: &mut Samples, fut: impl std::future::Future<Output = T>) -> T {
-    let started = Instant::now();
-    let out = fut.await;
-    samples.push(started.elapsed());
-    out
-}
-
 /// Puts a VM back to `MarkedForDeallocation` (not measured).
 async fn remark(store: &dyn VmStore, id: &str) -> Res<()> {
     let id = VmId::parse(id)?;
@@ -195,7 +146,7 @@ async fn remark(store: &dyn VmStore, id: &str) -> Res<()> {
 async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
     let table = azurite::table_name("bench");
     let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
-    let raw = raw_table(az.port(), &table)?;
+    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(5))?;
     println!(
         "seeding {SEEDED} VMs ({RUNNING} Running, {MARKED} MarkedForDeallocation, the rest Deallocated) ..."
     );

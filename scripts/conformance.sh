@@ -9,7 +9,7 @@ port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 log=target/conformance-vmpool.log
 # VMPOOL_MAX_VMS is raised so that hundreds of generated CreateVM calls never fill the pool:
 # a full pool answers 503 CapacityExhausted by design, which the server-error check would count.
-FUNCTIONS_CUSTOMHANDLER_PORT=$port VMPOOL_BIND=127.0.0.1 VMPOOL_MAX_VMS=10000 \
+VMPOOL_PORT=$port VMPOOL_BIND=127.0.0.1 VMPOOL_MAX_VMS=10000 \
 VMPOOL_SIM_CREATE_SECS=1 VMPOOL_SIM_START_SECS=1 VMPOOL_SIM_DEALLOCATE_SECS=1 \
 VMPOOL_RECONCILE_SECS=1 RUST_LOG=warn \
   target/debug/vmpool >"$log" 2>&1 &
@@ -22,5 +22,5 @@ for _ in $(seq 100); do
 done
 .venv/bin/schemathesis run "$base/api/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance \
-  --max-examples 20 --seed 20260101 --generation-database none \
+  --phases coverage,fuzzing,stateful --max-examples 20 --seed 20260101 --generation-database none \
   --request-timeout 10 --no-color

@@ -20,7 +20,6 @@ use tracing::{info, warn};
 
 use crate::compute::{Compute, ComputeError, Listed, VmStatus};
 use crate::domain::{VmId, VmRecord, VmState};
-use crate::http::views::PoolStatusView;
 use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::store::{Etag, Record, Rows, StoreError, Versioned, VmStore, Written};
@@ -260,21 +259,17 @@ impl Metrics {
         }
     }
 
-    /// Sets the gauges from the pool's status at `now`.
-    pub fn set_pool(&self, view: &PoolStatusView) {
-        for state in VmState::ALL {
-            self.set(
-                "vmpool_vms",
-                &[("state", state.as_str())],
-                f64::from(view.counts.get(state)),
-            );
+    /// Sets the gauges from the pool's status now.
+    pub fn set_pool(&self, pool: &PoolGauges) {
+        for (state, n) in pool.vms {
+            self.set("vmpool_vms", &[("state", state.as_str())], f64::from(n));
         }
-        self.set("vmpool_max_vms", &[], f64::from(view.max_vms));
-        self.set("vmpool_buffer_target", &[], f64::from(view.buffer.target));
+        self.set("vmpool_max_vms", &[], f64::from(pool.max_vms));
+        self.set("vmpool_buffer_target", &[], f64::from(pool.buffer_target));
         self.set(
             "vmpool_breaker_open",
             &[],
-            if view.circuit_breaker.open { 1.0 } else { 0.0 },
+            if pool.breaker_open { 1.0 } else { 0.0 },
         );
     }
 
@@ -285,16 +280,29 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the gauges set from `view` (the pool's status
     /// now), or marked down when it could not be read.
-    pub fn render(&self, view: Option<&PoolStatusView>) -> String {
-        match view {
-            Some(view) => {
-                self.set_pool(view);
+    pub fn render(&self, pool: Option<&PoolGauges>) -> String {
+        match pool {
+            Some(pool) => {
+                self.set_pool(pool);
                 self.set("vmpool_pool_status_up", &[], 1.0);
             }
             None => self.set("vmpool_pool_status_up", &[], 0.0),
         }
         self.handle.render()
     }
+}
+
+/// The pool's state as the gauges show it, read at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// VMs in each state.
+    pub vms: [(VmState, u32); VmState::ALL.len()],
+    /// `VMPOOL_MAX_VMS`.
+    pub max_vms: u32,
+    /// The warm buffer's target.
+    pub buffer_target: u32,
+    /// Whether the circuit breaker is open.
+    pub breaker_open: bool,
 }
 
 /// The envelope code a pool error answers with.

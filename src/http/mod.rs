@@ -420,7 +420,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Err(e) = &view {
         tracing::warn!(error = %e, "metrics: the pool status could not be read");
     }
-    let text = state.metrics.render(view.as_ref().ok());
+    let gauges = view.as_ref().ok().map(|v| crate::metrics::PoolGauges {
+        vms: crate::domain::VmState::ALL.map(|s| (s, v.counts.get(s))),
+        max_vms: v.max_vms,
+        buffer_target: v.buffer.target,
+        breaker_open: v.circuit_breaker.open,
+    });
+    let text = state.metrics.render(gauges.as_ref());
     (
         [(
             header::CONTENT_TYPE,

@@ -40,7 +40,7 @@ async function startVmpool() {
   const child = spawn(process.env.VMPOOL_BIN || join(root, "target", "debug", "vmpool"), [], {
     env: {
       PATH: process.env.PATH,
-      FUNCTIONS_CUSTOMHANDLER_PORT: String(port),
+      VMPOOL_PORT: String(port),
       VMPOOL_BIND: "127.0.0.1",
       VMPOOL_API_KEY: KEY,
       VMPOOL_RECONCILE_SECS: "0",
@@ -74,7 +74,7 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
     assert.equal((await api(base, "POST", "/api/CreateVM")).status, 202);
   }
   await until("three Running VMs", async () => {
-    await fetch(`${base}/ReconcilePool`, { method: "POST", body: "{}" });
+    await fetch(`${base}/ReconcilePool?code=${KEY}`, { method: "POST", body: "{}" });
     const s = await api(base, "GET", "/api/GetPoolStatus");
     return s.json.counts.Running === 3;
   });

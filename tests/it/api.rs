@@ -7,8 +7,7 @@ use vmpool::compute::sim::SimCloud;
 use vmpool::domain::{Purpose, VmId, VmState};
 use vmpool::store::VmStore;
 
-use crate::store_contract::table_store;
-use crate::support::{TestApp, spawn_on, spawn_sim};
+use crate::support::{TestApp, spawn_on, spawn_sim, table_store};
 
 /// The walk-through of the README, over whichever store `app` uses; afterwards the table
 /// and the simulated cloud agree with what the API said.

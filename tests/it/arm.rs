@@ -3,108 +3,20 @@
 //! Time moves on a `ManualClock` shared by the fake and the pool, so nothing sleeps (only
 //! the slow-answer test waits, for a 200 ms client timeout).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::Duration as Span;
 use tokio::net::TcpListener;
-use vmpool::clock::{Clock, ManualClock};
-use vmpool::compute::arm::ArmConfig;
-use vmpool::compute::arm::{ArmCompute, ArmOptions};
-use vmpool::compute::sim::{Latencies, SimCloud};
+use vmpool::compute::arm::ArmCompute;
 use vmpool::compute::{Compute, ComputeError, Power, Provisioning};
-use vmpool::config::{ComputeConfig, Config};
 use vmpool::domain::VmId;
 use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
 
-use crate::support;
-
-pub const TOKEN: &str = "test-arm-token";
-const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
-
-/// A running fake on a loopback port.
-pub struct Fake {
-    pub fake: Arc<ArmFake>,
-    pub base: String,
-    pub clock: Arc<ManualClock>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-pub async fn spawn_fake(page_size: usize) -> Fake {
-    spawn_fake_with(FakeSettings {
-        token: TOKEN.into(),
-        subscription_id: SUB.into(),
-        page_size,
-        ..FakeSettings::default()
-    })
-    .await
-}
-
-/// A running fake with these settings.
-pub async fn spawn_fake_with(settings: FakeSettings) -> Fake {
-    let clock = Arc::new(ManualClock::default());
-    let cloud = Arc::new(SimCloud::new(
-        clock.clone() as Arc<dyn Clock>,
-        Latencies::default(),
-        3,
-    ));
-    let fake = Arc::new(ArmFake::new(cloud, settings));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(fake.clone().serve(listener, async {
-        let _ = stopped.await;
-    }));
-    Fake {
-        fake,
-        base,
-        clock,
-        _stop: stop,
-    }
-}
-
-fn env(base: &str, token: &str) -> HashMap<String, String> {
-    [
-        ("VMPOOL_COMPUTE", "arm"),
-        ("VMPOOL_STORAGE", "memory"),
-        ("VMPOOL_ARM_ENDPOINT", base),
-        ("VMPOOL_ARM_TOKEN", token),
-        ("AZURE_SUBSCRIPTION_ID", SUB),
-        ("VMPOOL_RESOURCE_GROUP", "games"),
-        ("VMPOOL_LOCATION", "westeurope"),
-        (
-            "VMPOOL_SUBNET_ID",
-            "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
-        ),
-        ("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest test"),
-        ("VMPOOL_RECONCILE_SECS", "0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
-pub fn arm_config(base: &str, token: &str) -> ArmConfig {
-    match Config::from_source(&env(base, token)).unwrap().compute {
-        ComputeConfig::Arm(arm) => *arm,
-        ComputeConfig::Simulated(_) => panic!("VMPOOL_COMPUTE=arm"),
-    }
-}
-
-pub fn quick() -> ArmOptions {
-    ArmOptions {
-        call_timeout: Duration::from_secs(5),
-        server_error_retries: 2,
-        backoff: Duration::from_millis(1),
-        quota_wait: Duration::from_millis(20),
-    }
-}
-
-fn adapter(fake: &Fake, pool: &str) -> ArmCompute {
-    ArmCompute::new(&arm_config(&fake.base, TOKEN), pool, quick()).unwrap()
-}
+use crate::support::arm::{
+    Fake, SUB, TOKEN, arm_client, arm_config, quick, spawn_fake, spawn_fake_with,
+};
+use crate::support::spawn_wired;
 
 fn id(s: &str) -> VmId {
     VmId::parse(s).unwrap()
@@ -113,7 +25,7 @@ fn id(s: &str) -> VmId {
 #[tokio::test]
 async fn every_operation_round_trips_through_the_fake() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "pool1");
+    let arm = arm_client(&f, "pool1");
     let vm = id("pool1-vm1");
 
     arm.create(&vm).await.unwrap();
@@ -242,8 +154,8 @@ async fn every_operation_round_trips_through_the_fake() {
 #[tokio::test]
 async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() {
     let f = spawn_fake(2).await;
-    let mine = adapter(&f, "mine");
-    let theirs = adapter(&f, "theirs");
+    let mine = arm_client(&f, "mine");
+    let theirs = arm_client(&f, "theirs");
     for n in 0..5 {
         mine.create(&id(&format!("mine-{n}"))).await.unwrap();
     }
@@ -278,7 +190,7 @@ async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() 
 #[tokio::test]
 async fn throttling_gives_retry_after() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     f.fake.fail_next(FakeOp::PutVm, 1, HttpFault::throttled(17));
     assert_eq!(
         arm.create(&id("p-1")).await,
@@ -300,7 +212,7 @@ async fn throttling_gives_retry_after() {
 #[tokio::test]
 async fn server_errors_are_retried_a_bounded_number_of_times() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     arm.create(&id("p-1")).await.unwrap();
     f.clock.advance(Span::seconds(150));
     arm.deallocate(&id("p-1")).await.unwrap();
@@ -327,7 +239,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
 #[tokio::test]
 async fn conflicts_quota_and_other_refusals_are_distinct() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     arm.create(&id("p-1")).await.unwrap();
 
     f.fake
@@ -360,7 +272,7 @@ async fn conflicts_quota_and_other_refusals_are_distinct() {
 #[tokio::test]
 async fn provisioning_that_ends_failed_is_reported_with_its_code() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     f.fake
         .provisioning_fails_next("AllocationFailed", "no capacity for this size");
     arm.create(&id("p-1")).await.unwrap();
@@ -403,7 +315,7 @@ async fn slow_answers_within_the_limit_succeed_and_beyond_it_are_unavailable() {
 #[tokio::test]
 async fn a_vm_deleted_behind_our_back_is_not_found() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     arm.create(&id("p-1")).await.unwrap();
     f.clock.advance(Span::seconds(150));
     f.fake.delete_behind_our_back("p-1");
@@ -787,7 +699,7 @@ async fn operation_urls_report_progress() {
 async fn the_public_ip_is_reached_by_the_ids_arm_returns() {
     let f = spawn_fake(50).await;
     let http = reqwest::Client::new();
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     arm.create(&id("hand-1")).await.unwrap();
     f.clock.advance(Span::seconds(150));
     let get = |url: String| {
@@ -846,7 +758,7 @@ async fn the_control_routes_script_faults_and_show_requests() {
     let res = get_list().await.unwrap();
     assert_eq!(res.status(), 200);
     // Hidden VMs and short pages.
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     for n in 0..4 {
         arm.create(&id(&format!("p-{n}"))).await.unwrap();
     }
@@ -919,12 +831,7 @@ async fn the_control_routes_script_faults_and_show_requests() {
 #[tokio::test]
 async fn vmpool_drives_the_fake_end_to_end() {
     let f = spawn_fake(50).await;
-    let config = Config::from_source(&env(&f.base, TOKEN)).unwrap();
-    let clock: Arc<dyn Clock> = f.clock.clone();
-    let (store, compute) = vmpool::startup::ports(&config, clock.clone())
-        .await
-        .unwrap();
-    let app = support::serve(vmpool::startup::state(&config, store, compute, clock)).await;
+    let (app, config) = spawn_wired(&f).await;
 
     let created = app.create_vm().await;
     assert_eq!(created.status, 202, "{:?}", created.json);
@@ -1010,12 +917,7 @@ async fn vmpool_drives_the_fake_end_to_end() {
 #[tokio::test]
 async fn a_quota_refusal_is_recorded_on_the_vm() {
     let f = spawn_fake(50).await;
-    let config = Config::from_source(&env(&f.base, TOKEN)).unwrap();
-    let clock: Arc<dyn Clock> = f.clock.clone();
-    let (store, compute) = vmpool::startup::ports(&config, clock.clone())
-        .await
-        .unwrap();
-    let app = support::serve(vmpool::startup::state(&config, store, compute, clock)).await;
+    let (app, _) = spawn_wired(&f).await;
 
     f.fake
         .fail_next(FakeOp::PutVm, 1, HttpFault::quota_exceeded());
@@ -1110,7 +1012,7 @@ async fn graph(f: &Fake, body: Value) -> reqwest::Response {
 #[tokio::test]
 async fn resource_graph_scopes_pages_lags_and_throttles() {
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     for n in 0..5 {
         arm.create(&id(&format!("p-{n}"))).await.unwrap();
     }
@@ -1234,7 +1136,7 @@ async fn resource_graph_scopes_pages_lags_and_throttles() {
 async fn the_sweep_follows_skip_tokens() {
     use futures::StreamExt;
     let f = spawn_fake(50).await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
         .map(|n| {
             let arm = &arm;
@@ -1260,14 +1162,17 @@ async fn the_sweep_follows_skip_tokens() {
 #[tokio::test]
 async fn a_long_sweep_waits_for_the_quota_between_pages() {
     use futures::StreamExt;
-    let f = spawn_fake_with(FakeSettings {
-        token: TOKEN.into(),
-        subscription_id: SUB.into(),
-        graph_quota: 1,
-        ..FakeSettings::default()
-    })
+    let f = spawn_fake_with(
+        FakeSettings {
+            token: TOKEN.into(),
+            subscription_id: SUB.into(),
+            graph_quota: 1,
+            ..FakeSettings::default()
+        },
+        3,
+    )
     .await;
-    let arm = adapter(&f, "p");
+    let arm = arm_client(&f, "p");
     let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
         .map(|n| {
             let arm = &arm;

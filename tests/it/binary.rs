@@ -7,14 +7,11 @@
 //! output is searched for each secret.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use vmpool::clock::{Clock, ManualClock};
-use vmpool::compute::sim::{Latencies, SimCloud};
-use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings};
+use vmpool_arm_fake::{FakeOp, FakeSettings};
 
+use crate::support::arm::{Fake, spawn_fake_with};
 use crate::support::azurite::{self, ACCOUNT, Azurite, KEY};
 
 const API_KEY: &str = "api-key-5b2e8d1f0c7a4e93";
@@ -48,34 +45,13 @@ fn sas_connection_string(azurite: &Azurite, token: &str) -> String {
     )
 }
 
-struct Fake {
-    fake: Arc<ArmFake>,
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
 async fn arm_fake() -> Fake {
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
-    let cloud = Arc::new(SimCloud::new(clock, Latencies::default(), 5));
-    let fake = Arc::new(ArmFake::new(
-        cloud,
-        FakeSettings {
-            token: ARM_TOKEN.into(),
-            subscription_id: SUBSCRIPTION.into(),
-            ..FakeSettings::default()
-        },
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(fake.clone().serve(listener, async {
-        let _ = stopped.await;
-    }));
-    Fake {
-        fake,
-        base,
-        _stop: stop,
-    }
+    let settings = FakeSettings {
+        token: ARM_TOKEN.into(),
+        subscription_id: SUBSCRIPTION.into(),
+        ..FakeSettings::default()
+    };
+    spawn_fake_with(settings, 5).await
 }
 
 /// The binary, started with exactly `vars` (nothing inherited), its output in `dir`.

@@ -6,41 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmpool::compute::Compute;
-use vmpool::compute::arm::ArmCompute;
 use vmpool::domain::{Purpose, VmState};
 use vmpool::store::memory::MemoryStore;
 use vmpool::store::{Rows, VmStore};
 use vmpool_arm_fake::{FakeOp, HttpFault};
 
-use crate::arm::{Fake, TOKEN, arm_config, quick, spawn_fake};
 use crate::idempotency::create_with_key;
-use crate::support::{TestApp, config, serve};
-
-/// vmpool over the in-memory table and the real ARM client against the ARM fake.
-struct ArmApp {
-    app: TestApp,
-    fake: Fake,
-    store: Arc<MemoryStore>,
-}
-
-async fn arm_app(vars: &[(&str, &str)]) -> ArmApp {
-    let fake = spawn_fake(50).await;
-    let compute: Arc<dyn Compute> =
-        Arc::new(ArmCompute::new(&arm_config(&fake.base, TOKEN), "vmpool", quick()).unwrap());
-    let store = Arc::new(MemoryStore::new());
-    let state = vmpool::startup::state(
-        &config(vars),
-        store.clone() as Arc<dyn VmStore>,
-        compute,
-        fake.clock.clone(),
-    );
-    ArmApp {
-        app: serve(state).await,
-        fake,
-        store,
-    }
-}
+use crate::support::spawn_arm;
 
 /// Waits (at most `within`) until `check` holds.
 async fn until<F: std::future::Future<Output = bool>>(
@@ -66,7 +38,7 @@ async fn rows(store: &MemoryStore) -> Vec<vmpool::domain::VmRecord> {
 
 #[tokio::test]
 async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_its_key() {
-    let a = arm_app(&[]).await;
+    let a = spawn_arm(&[]).await;
     a.fake
         .fake
         .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
@@ -107,7 +79,7 @@ async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_it
 
 #[tokio::test]
 async fn a_caller_who_gives_up_without_a_key_does_not_stop_the_create() {
-    let a = arm_app(&[]).await;
+    let a = spawn_arm(&[]).await;
     a.fake
         .fake
         .delay_next(FakeOp::PutVm, 1, Duration::from_secs(1));
@@ -142,7 +114,7 @@ async fn a_caller_who_gives_up_without_a_key_does_not_stop_the_create() {
 
 #[tokio::test]
 async fn two_throttles_with_retry_after_1_are_waited_out() {
-    let a = arm_app(&[]).await;
+    let a = spawn_arm(&[]).await;
     a.fake
         .fake
         .fail_next(FakeOp::PutVm, 2, HttpFault::throttled(1));
@@ -171,7 +143,7 @@ async fn two_throttles_with_retry_after_1_are_waited_out() {
 
 #[tokio::test]
 async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client() {
-    let a = arm_app(&[]).await;
+    let a = spawn_arm(&[]).await;
     a.fake.fake.fail_next(
         FakeOp::PutVm,
         2,
@@ -210,7 +182,7 @@ async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client
 #[tokio::test]
 async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer() {
     for (budget, retry_after) in [("0", 1), ("10", 30)] {
-        let a = arm_app(&[("VMPOOL_ARM_RETRY_BUDGET_SECS", budget)]).await;
+        let a = spawn_arm(&[("VMPOOL_ARM_RETRY_BUDGET_SECS", budget)]).await;
         a.fake
             .fake
             .fail_next(FakeOp::PutVm, 1, HttpFault::throttled(retry_after));
@@ -226,7 +198,7 @@ async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer(
 
 #[tokio::test]
 async fn the_capacity_gate_is_not_held_while_arm_is_slow() {
-    let a = Arc::new(arm_app(&[]).await);
+    let a = Arc::new(spawn_arm(&[]).await);
     a.fake
         .fake
         .delay_next(FakeOp::PutVm, 2, Duration::from_secs(3));
@@ -256,7 +228,7 @@ async fn the_capacity_gate_is_not_held_while_arm_is_slow() {
 
 #[tokio::test]
 async fn the_request_timeout_answers_503_and_the_create_goes_on() {
-    let a = arm_app(&[("VMPOOL_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let a = spawn_arm(&[("VMPOOL_REQUEST_TIMEOUT_SECS", "1")]).await;
     a.fake
         .fake
         .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
@@ -277,7 +249,7 @@ async fn the_request_timeout_answers_503_and_the_create_goes_on() {
 
 #[tokio::test]
 async fn requests_over_the_concurrency_limit_get_503_at_once() {
-    let a = Arc::new(arm_app(&[("VMPOOL_MAX_CONCURRENT_REQUESTS", "1")]).await);
+    let a = Arc::new(spawn_arm(&[("VMPOOL_MAX_CONCURRENT_REQUESTS", "1")]).await);
     a.fake
         .fake
         .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));

@@ -12,8 +12,7 @@ use vmpool::domain::{Purpose, VmState};
 use vmpool::idempotency::record::KIND;
 use vmpool::store::{Rows, VmStore, Written};
 
-use crate::store_contract::table_store;
-use crate::support::{Answer, TestApp, spawn_instance, spawn_on, spawn_sim};
+use crate::support::{Answer, TestApp, spawn_instance, spawn_on, spawn_sim, table_store};
 
 /// CreateVM with `Idempotency-Key: key`.
 pub async fn create_with_key(app: &TestApp, key: &str) -> Answer {

@@ -16,6 +16,7 @@ mod host;
 mod idempotency;
 mod identity_storage;
 mod infra;
+mod layout;
 mod observation;
 mod openapi;
 mod operations;

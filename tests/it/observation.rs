@@ -13,20 +13,10 @@ use serde_json::Value;
 use vmpool::clock::Clock;
 use vmpool::compute::{ComputeError, Listed, VmStatus};
 use vmpool::domain::{VmId, VmRecord, VmState};
-use vmpool::http::AppState;
 use vmpool::reconcile::Reconciler;
 use vmpool_arm_fake::{ArmFake, FakeOp, HttpFault};
 
-use crate::arm::Fake;
-use crate::reconcile::{Rig, arm_rig, arm_rig_on};
-
-fn fake(rig: &Rig) -> Arc<ArmFake> {
-    rig.keep
-        .iter()
-        .find_map(|k| k.downcast_ref::<Fake>())
-        .map(|f| f.fake.clone())
-        .unwrap()
-}
+use crate::support::{Rig, table_store_named};
 
 async fn row(rig: &Rig, id: &VmId) -> Option<VmRecord> {
     rig.rows().await.into_iter().find(|vm| vm.id == *id)
@@ -65,26 +55,14 @@ async fn running(rig: &Rig, n: usize) -> Vec<VmId> {
 }
 
 async fn pool_status(rig: &Rig) -> Value {
-    let app = crate::support::serve(AppState {
-        pool: rig.pool.clone(),
-        reconciler: rig.reconciler.clone(),
-        policy: rig.pool.policy().clone(),
-        clock: rig.pool.clock().clone(),
-        metrics: std::sync::Arc::new(vmpool::metrics::Metrics::new()),
-        api_key: None,
-        limits: vmpool::http::Limits {
-            request_timeout: std::time::Duration::from_secs(30),
-            max_concurrent_requests: 256,
-        },
-    })
-    .await;
+    let app = crate::support::serve(rig.state.clone()).await;
     app.status().await.json
 }
 
 #[tokio::test]
 async fn a_whole_lifecycle_with_a_lagging_resource_graph_sweep() {
-    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let f = rig.fake();
     assert!(f.settings().graph_lag_secs > 0);
     rig.pass().await;
     rig.advance(180);
@@ -118,8 +96,8 @@ async fn a_whole_lifecycle_with_a_lagging_resource_graph_sweep() {
 
 #[tokio::test]
 async fn one_vm_hidden_from_the_lists_for_two_minutes_stays_running() {
-    let rig = arm_rig(&[]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
     let ids = running(&rig, 3).await;
     f.hide(Some(ids[0].as_str()), 120);
     f.short_pages(2);
@@ -140,8 +118,8 @@ async fn one_vm_hidden_from_the_lists_for_two_minutes_stays_running() {
 
 #[tokio::test]
 async fn every_vm_hidden_for_two_minutes_brakes_then_everything_resumes() {
-    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "2")]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "2")]).await;
+    let f = rig.fake();
     let ids = running(&rig, 3).await;
     rig.advance(180);
     rig.pass().await;
@@ -182,8 +160,8 @@ async fn every_vm_hidden_for_two_minutes_brakes_then_everything_resumes() {
 
 #[tokio::test]
 async fn a_vm_really_deleted_leaves_the_available_list_after_a_404() {
-    let rig = arm_rig(&[]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
     let ids = running(&rig, 2).await;
     f.delete_behind_our_back(ids[0].as_str());
     f.clear_requests();
@@ -222,8 +200,8 @@ async fn a_vm_really_deleted_leaves_the_available_list_after_a_404() {
 
 #[tokio::test]
 async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_breaker_counts_it() {
-    let rig = arm_rig(&[("VMPOOL_BREAKER_FAILURES", "3")]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[("VMPOOL_BREAKER_FAILURES", "3")]).await;
+    let f = rig.fake();
     // The first PUT meets a 503 (the caller gets it; the row is kept for the buffer), then
     // every re-issue is refused for quota.
     f.fail_next(FakeOp::PutVm, 3, HttpFault::server_error());
@@ -259,8 +237,8 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
 
 #[tokio::test]
 async fn a_create_that_never_completes_fails_at_the_timeout_from_its_first_issue() {
-    let rig = arm_rig(&[("VMPOOL_CREATE_TIMEOUT_SECS", "150")]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[("VMPOOL_CREATE_TIMEOUT_SECS", "150")]).await;
+    let f = rig.fake();
     f.fail_next(FakeOp::PutVm, 3, HttpFault::server_error());
     assert!(rig.pool.create_vm().await.is_err());
     let id = rig.rows().await[0].id.clone();
@@ -280,7 +258,7 @@ async fn a_create_that_never_completes_fails_at_the_timeout_from_its_first_issue
 
 #[tokio::test]
 async fn an_adopted_vm_with_rooms_is_never_handed_out_as_empty() {
-    let rig = arm_rig(&[]).await;
+    let rig = Rig::arm(&[]).await;
     let ghost = VmId::parse("vmpool-ghost").unwrap();
     rig.compute.create(&ghost).await.unwrap();
     rig.advance(180);
@@ -316,8 +294,8 @@ async fn an_adopted_vm_with_rooms_is_never_handed_out_as_empty() {
 
 #[tokio::test]
 async fn the_public_ip_is_found_behind_names_nobody_can_guess() {
-    let rig = arm_rig(&[]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
     let created = rig.pool.create_vm().await.unwrap();
     let id = created.vm.id.clone();
     // The NIC cannot be read when the VM completes: it completes without an IP...
@@ -340,36 +318,30 @@ async fn the_public_ip_is_found_behind_names_nobody_can_guess() {
 
 #[tokio::test]
 async fn concurrent_passes_in_one_process_run_one_after_another() {
-    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "1")]).await;
     let passes = (0..20).map(|_| rig.reconciler.run_once());
     let summaries: Vec<_> = join_all(passes).await;
     let created: u32 = summaries.iter().map(|s| s.as_ref().unwrap().created).sum();
     assert_eq!(created, 1);
-    assert_eq!(fake(&rig).accepted(FakeOp::PutVm).len(), 1);
+    assert_eq!(rig.fake().accepted(FakeOp::PutVm).len(), 1);
 }
 
 /// `n` instances with reconcile loops on one Azurite table, one ARM (fake) and one clock.
 async fn instances_on_one_table_create_exactly_the_buffer_target(n: usize) {
-    use crate::support::azurite::{Azurite, table_name};
-    let store: Arc<dyn vmpool::store::VmStore> = Arc::new(
-        vmpool::store::table::TableStore::connect(
-            &Azurite::shared().connection_string(),
-            &table_name("lease"),
-        )
-        .await
-        .unwrap(),
-    );
+    let store: Arc<dyn vmpool::store::VmStore> = table_store_named("lease").await;
     let vars = [("VMPOOL_MIN_STANDBY", "2")];
-    let first = arm_rig_on(store.clone(), &vars).await;
+    let first = Rig::arm_on(store.clone(), &vars).await;
     let reconcilers: Vec<Reconciler> = (0..n)
         .map(|_| {
-            let pool = Arc::new(vmpool::pool::Pool::new(
+            // One more instance: its own pool and reconciler over the same table and ARM.
+            Rig::over(
+                first.config.clone(),
                 store.clone(),
                 first.compute.clone(),
+                first.cloud.clone(),
                 first.clock.clone(),
-                Arc::new(first.config.policy.clone()),
-            ));
-            Reconciler::new(pool)
+            )
+            .reconciler
         })
         .collect();
     let mut ran_by: HashSet<String> = HashSet::new();
@@ -385,7 +357,7 @@ async fn instances_on_one_table_create_exactly_the_buffer_target(n: usize) {
         ran_by.extend(ran.iter().map(|i| reconcilers[*i].holder().to_owned()));
         first.advance(10);
     }
-    let f = fake(&first);
+    let f = first.fake();
     assert_eq!(
         f.accepted(FakeOp::PutVm).len(),
         2,
@@ -409,7 +381,7 @@ async fn three_instances_on_one_table_create_exactly_the_buffer_target() {
 
 #[tokio::test]
 async fn another_instance_takes_over_once_the_lease_expires() {
-    let rig = arm_rig(&[("VMPOOL_MIN_STANDBY", "1")]).await;
+    let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "1")]).await;
     let other = Reconciler::new(rig.pool.clone());
     assert!(!rig.pass().await.skipped);
     assert!(other.run_once().await.unwrap().skipped);
@@ -421,8 +393,8 @@ async fn another_instance_takes_over_once_the_lease_expires() {
 
 #[tokio::test]
 async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
-    let rig = arm_rig(&[("VMPOOL_ADOPT_EVERY_SECS", "3600")]).await;
-    let f = fake(&rig);
+    let rig = Rig::arm(&[("VMPOOL_ADOPT_EVERY_SECS", "3600")]).await;
+    let f = rig.fake();
     running(&rig, 6).await;
     // Two in flight: one create, one deallocate.
     rig.pool.create_vm().await.unwrap();
@@ -446,16 +418,12 @@ async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
     assert_eq!(reads(FakeOp::GraphQuery), 0, "no sweep between sweeps");
 
     // The subscription also holds 3,000 VMs that are not the pool's.
-    let base = rig
-        .keep
-        .iter()
-        .find_map(|k| k.downcast_ref::<Fake>())
-        .map(|f| f.base.clone())
-        .unwrap();
-    let mut elsewhere = crate::arm::arm_config(&base, crate::arm::TOKEN);
+    let base = rig.fake_base();
+    let mut elsewhere = crate::support::arm::arm_config(&base, crate::support::arm::TOKEN);
     elsewhere.resource_group = "other-team".into();
     let theirs =
-        vmpool::compute::arm::ArmCompute::new(&elsewhere, "theirs", crate::arm::quick()).unwrap();
+        vmpool::compute::arm::ArmCompute::new(&elsewhere, "theirs", crate::support::arm::quick())
+            .unwrap();
     let made: Vec<Result<(), ComputeError>> = futures::stream::iter(0..3000)
         .map(|n| {
             let theirs = &theirs;
@@ -519,7 +487,7 @@ async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
 
 #[tokio::test]
 async fn a_claim_never_used_goes_back_to_the_buffer() {
-    let rig = arm_rig(&[
+    let rig = Rig::arm(&[
         ("VMPOOL_MIN_STANDBY", "1"),
         ("VMPOOL_CLAIM_TIMEOUT_SECS", "600"),
     ])

@@ -184,7 +184,7 @@ fn definition(name: &str) -> Value {
 
 #[tokio::test]
 async fn the_operations_functions_are_defined_and_routed_as_the_host_forwards_them() {
-    let sim = spawn_sim(&[("FUNCTIONS_WORKER_RUNTIME", "custom")]).await;
+    let sim = spawn_sim(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "7071")]).await;
     for (name, auth, route, ctype) in [
         ("OpenApi", "anonymous", "openapi.json", "application/json"),
         ("Metrics", "function", "Metrics", "text/plain"),

@@ -7,85 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use time::Duration;
 use tokio::sync::Notify;
-use vmpool::clock::{Clock, ManualClock};
-use vmpool::compute::sim::{Fault, Latencies, SimCloud, SimOp, SimulatedCompute};
+use vmpool::clock::Clock;
+use vmpool::compute::sim::Fault;
 use vmpool::compute::{Compute, ComputeError, Listed, Power, VmStatus};
-use vmpool::config::{ComputeConfig, Config};
-
-use crate::support::apps::config;
 use vmpool::domain::{VmId, VmRecord, VmState};
 use vmpool::pool::Pool;
-use vmpool::reconcile::{Reconciler, Summary};
-use vmpool::store::memory::MemoryStore;
-use vmpool::store::{Rows, VmStore};
+use vmpool::reconcile::Reconciler;
 
-/// A pool, its reconciler and the simulated cloud behind its compute API.
-pub struct Rig {
-    pub config: Config,
-    pub store: Arc<dyn VmStore>,
-    pub compute: Arc<dyn Compute>,
-    pub cloud: Arc<SimCloud>,
-    pub clock: Arc<ManualClock>,
-    pub pool: Arc<Pool>,
-    pub reconciler: Reconciler,
-    /// Deletes a VM as someone in the portal would.
-    pub remove_behind_our_back: Box<dyn Fn(&str) + Send + Sync>,
-    /// Makes the next ARM create fail transiently (however often the client retries).
-    pub fail_next_create: Box<dyn Fn() + Send + Sync>,
-    /// Whatever must live as long as the rig (a fake server, an Azurite process).
-    pub keep: Vec<Box<dyn std::any::Any + Send + Sync>>,
-}
+use crate::support::{Rig, config};
 
 impl Rig {
-    /// Over the in-memory store and the simulated compute.
-    pub fn sim(vars: &[(&str, &str)]) -> Rig {
-        let config = config(vars);
-        let clock = Arc::new(ManualClock::default());
-        let latencies = match &config.compute {
-            ComputeConfig::Simulated(l) => *l,
-            ComputeConfig::Arm(_) => Latencies::default(),
-        };
-        let cloud = Arc::new(SimCloud::new(clock.clone() as Arc<dyn Clock>, latencies, 3));
-        let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud.clone(), "test"));
-        Rig::over(config, Arc::new(MemoryStore::new()), compute, cloud, clock)
-    }
-
-    /// Over any store and compute that drive `cloud` on `clock`.
-    pub fn over(
-        config: Config,
-        store: Arc<dyn VmStore>,
-        compute: Arc<dyn Compute>,
-        cloud: Arc<SimCloud>,
-        clock: Arc<ManualClock>,
-    ) -> Rig {
-        let pool = Arc::new(Pool::new(
-            store.clone(),
-            compute.clone(),
-            clock.clone(),
-            Arc::new(config.policy.clone()),
-        ));
-        let (c1, c2) = (cloud.clone(), cloud.clone());
-        Rig {
-            reconciler: Reconciler::new(pool.clone()),
-            remove_behind_our_back: Box::new(move |name| c1.remove_behind_our_back(name)),
-            fail_next_create: Box::new(move || {
-                c2.inject(Fault::Refuse(
-                    SimOp::Create,
-                    ComputeError::Unavailable("503 from ARM".into()),
-                ));
-            }),
-            keep: Vec::new(),
-            config,
-            store,
-            compute,
-            cloud,
-            clock,
-            pool,
-        }
-    }
-
     /// The same pool over a compute API that never answers once `crash` is set: the caller's
     /// future is dropped right after the row write, as if the process died there.
     pub fn crashing(&self) -> (Arc<Pool>, Reconciler, Arc<Crashing>) {
@@ -102,35 +34,6 @@ impl Rig {
         ));
         let reconciler = Reconciler::new(pool.clone()).with_holder(self.reconciler.holder());
         (pool.clone(), reconciler, crashing)
-    }
-
-    pub async fn pass(&self) -> Summary {
-        self.reconciler.run_once().await.unwrap()
-    }
-
-    pub fn advance(&self, secs: i64) {
-        self.clock.advance(Duration::seconds(secs));
-    }
-
-    pub async fn rows(&self) -> Vec<VmRecord> {
-        let mut rows: Vec<VmRecord> = self
-            .store
-            .list(Rows::All)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.vm)
-            .collect();
-        rows.sort_by(|a, b| a.id.cmp(&b.id));
-        rows
-    }
-
-    pub async fn count(&self, state: VmState) -> usize {
-        self.rows()
-            .await
-            .iter()
-            .filter(|vm| vm.state == state)
-            .count()
     }
 }
 
@@ -573,8 +476,6 @@ pub async fn compute_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
 /// One test per scenario for a rig constructor, in a module named after the rig.
 macro_rules! every_scenario {
     ($rig:path) => {
-        use super::*;
-
         #[tokio::test]
         async fn buffer_fills_is_taken_and_refills() {
             super::buffer_fills_is_taken_and_refills($rig(&[("VMPOOL_MIN_STANDBY", "2")]).await)
@@ -639,59 +540,14 @@ async fn sim_rig(vars: &[(&str, &str)]) -> Rig {
     Rig::sim(vars)
 }
 
-/// In memory, the real ARM client against the ARM fake over HTTP.
-pub(crate) async fn arm_rig(vars: &[(&str, &str)]) -> Rig {
-    arm_rig_on(Arc::new(MemoryStore::new()), vars).await
-}
-
-pub(crate) async fn arm_rig_on(store: Arc<dyn VmStore>, vars: &[(&str, &str)]) -> Rig {
-    use vmpool::compute::arm::ArmCompute;
-    use vmpool_arm_fake::{FakeOp, HttpFault};
-
-    let fake = crate::arm::spawn_fake(50).await;
-    let compute: Arc<dyn Compute> = Arc::new(
-        ArmCompute::new(
-            &crate::arm::arm_config(&fake.base, crate::arm::TOKEN),
-            "vmpool",
-            crate::arm::quick(),
-        )
-        .unwrap(),
-    );
-    let mut rig = Rig::over(
-        config(vars),
-        store,
-        compute,
-        fake.fake.cloud().clone(),
-        fake.clock.clone(),
-    );
-    let (f1, f2) = (fake.fake.clone(), fake.fake.clone());
-    rig.remove_behind_our_back = Box::new(move |name| f1.delete_behind_our_back(name));
-    rig.fail_next_create =
-        Box::new(move || f2.fail_next(FakeOp::PutVm, 3, HttpFault::server_error()));
-    rig.keep.push(Box::new(fake));
-    rig
-}
-
-/// The production parts: Azurite, and the real ARM client against the ARM fake.
-async fn azure_rig(vars: &[(&str, &str)]) -> Rig {
-    use crate::support::azurite::{Azurite, table_name};
-    let store = vmpool::store::table::TableStore::connect(
-        &Azurite::shared().connection_string(),
-        &table_name("reconcile"),
-    )
-    .await
-    .unwrap();
-    arm_rig_on(Arc::new(store), vars).await
-}
-
 mod sim {
-    every_scenario!(sim_rig);
+    every_scenario!(super::sim_rig);
 }
 
 mod arm {
-    every_scenario!(arm_rig);
+    every_scenario!(crate::support::Rig::arm);
 }
 
 mod azure {
-    every_scenario!(azure_rig);
+    every_scenario!(crate::support::Rig::azure);
 }

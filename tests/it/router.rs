@@ -476,7 +476,6 @@ async fn arm_down_answers_unavailable_and_the_reconciler_finishes_the_create() {
             .unwrap()
             .contains("no cores left")
     );
-    let _ = Arc::clone(&parts.cloud);
 }
 
 #[tokio::test]

@@ -9,23 +9,12 @@ use futures::StreamExt;
 use time::macros::datetime;
 use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::memory::MemoryStore;
-use vmpool::store::table::TableStore;
 use vmpool::store::{
     Continuation, Etag, MAX_TEXT_CHARS, PageRequest, Rows, StoreError, Versioned, VmStore, Written,
     normalize,
 };
 
-use crate::support::azurite::{Azurite, table_name};
-
-/// A TableStore on the shared Azurite, over a table of its own.
-pub async fn table_store() -> Arc<TableStore> {
-    let azurite = Azurite::shared();
-    Arc::new(
-        TableStore::connect(&azurite.connection_string(), &table_name("contract"))
-            .await
-            .expect("connect to Azurite"),
-    )
-}
+use crate::support::table_store;
 
 fn id(raw: &str) -> VmId {
     VmId::parse(raw).unwrap()

@@ -1,21 +1,32 @@
-//! Test helpers: an app over real sockets with typed request helpers.
+//! Test helpers. Every app and rig the tests use is built here:
+//!
+//! - `apps`: vmpool served over real sockets, on the in-memory store with simulated ARM
+//!   (`sim_parts`, `spawn_sim`), on any store such as Azurite's tables with simulated ARM
+//!   (`spawn_on`, `spawn_instance`, `table_store`), and with the real ARM client against the
+//!   ARM fake (`spawn_arm`, `spawn_wired`);
+//! - `rig`: a pool and its reconciler without HTTP, over the same three sets of parts;
+//! - `arm`: the ARM fake over HTTP and the ARM client's settings for it;
+//! - `azurite`: the storage emulator as a child process;
+//! - `lossy`: a proxy that loses Azurite's answers on demand.
+//!
+//! This file holds the served app itself, with typed request helpers.
 
 pub mod apps;
+pub mod arm;
 pub mod azurite;
+pub mod lossy;
+pub mod rig;
 
-pub use apps::{config, sim_cloud, spawn_instance, spawn_on};
-
-use std::sync::Arc;
+pub use apps::{
+    SimApp, SimParts, config, sim_cloud, sim_parts, spawn_arm, spawn_instance, spawn_on, spawn_sim,
+    spawn_wired, table_store, table_store_named,
+};
+pub use lossy::LossyProxy;
+pub use rig::Rig;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
-use vmpool::clock::{Clock, ManualClock};
-use vmpool::compute::Compute;
-use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
-use vmpool::config::Config;
 use vmpool::http::AppState;
-use vmpool::store::VmStore;
-use vmpool::store::memory::MemoryStore;
 
 /// A running vmpool on a loopback port.
 pub struct TestApp {
@@ -124,62 +135,5 @@ pub async fn serve(state: AppState) -> TestApp {
         http: reqwest::Client::new(),
         state,
         stop: Some(stop),
-    }
-}
-
-/// The embedded default (memory store, simulated ARM) on a manual clock.
-pub struct SimApp {
-    pub app: TestApp,
-    pub clock: Arc<ManualClock>,
-    pub cloud: Arc<SimCloud>,
-    pub store: Arc<MemoryStore>,
-}
-
-/// The parts of the embedded default, not yet served.
-pub struct SimParts {
-    pub state: AppState,
-    pub clock: Arc<ManualClock>,
-    pub cloud: Arc<SimCloud>,
-    pub store: Arc<MemoryStore>,
-}
-
-/// vmpool's state over the in-memory store and simulated ARM on a manual clock,
-/// configured by `vars`.
-pub fn sim_parts(vars: &[(&str, &str)]) -> SimParts {
-    let map: std::collections::HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let config = Config::from_source(&map).unwrap();
-    let clock = Arc::new(ManualClock::default());
-    let latencies = match &config.compute {
-        vmpool::config::ComputeConfig::Simulated(l) => *l,
-        vmpool::config::ComputeConfig::Arm(_) => Latencies::default(),
-    };
-    let cloud = Arc::new(SimCloud::new(clock.clone() as Arc<dyn Clock>, latencies, 7));
-    let store = Arc::new(MemoryStore::new());
-    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud.clone(), "test"));
-    let state = vmpool::startup::state(
-        &config,
-        store.clone() as Arc<dyn VmStore>,
-        compute,
-        clock.clone(),
-    );
-    SimParts {
-        state,
-        clock,
-        cloud,
-        store,
-    }
-}
-
-/// vmpool over the in-memory store and simulated ARM, configured by `vars`, served.
-pub async fn spawn_sim(vars: &[(&str, &str)]) -> SimApp {
-    let parts = sim_parts(vars);
-    SimApp {
-        app: serve(parts.state).await,
-        clock: parts.clock,
-        cloud: parts.cloud,
-        store: parts.store,
     }
 }
