@@ -61,9 +61,6 @@ param maxVms int = 20
 @minValue(0)
 param minStandby int = 0
 
-@description('Grant the subscription-wide VM read role that the reconciler\'s listing needs (needs rights to create a custom role in the subscription). Set false if an administrator grants it.')
-param grantSubscriptionVmRead bool = true
-
 @description('Most Flex Consumption instances.')
 @minValue(1)
 @maxValue(1000)
@@ -347,16 +344,6 @@ resource insightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' 
     principalId: app.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
-  }
-}
-
-// The reconciler lists every VM's power state with one subscription-wide call
-// (statusOnly=true exists only there): read access to VMs at the subscription's scope.
-module vmReader 'subscription-vm-reader.bicep' = if (grantSubscriptionVmRead) {
-  name: 'vmpool-subscription-vm-reader'
-  scope: subscription()
-  params: {
-    principalId: app.identity.principalId
   }
 }
 

@@ -79,8 +79,7 @@ pub struct Listed {
     /// What the listing says of it. The resource-group listing carries no power state
     /// ([`Power::Unknown`]); a point read or [`Compute::list_power`] gives it.
     pub status: VmStatus,
-    /// Whether it carries this pool's [`POOL_TAG`] (only a listing that carries tags says so;
-    /// the `statusOnly` listing never does).
+    /// Whether it carries this pool's [`POOL_TAG`] (both listings carry tags).
     pub tagged: bool,
 }
 
@@ -152,8 +151,9 @@ pub trait Compute: Send + Sync + 'static {
     /// page per ARM page of VMs). A listing may lag or miss VMs: absence is not deletion.
     async fn list(&self) -> Result<Vec<Listed>, ComputeError>;
 
-    /// The power state of every VM in the pool's resource group, without tags (a costlier
-    /// sweep, run every few minutes for drift and adoption).
+    /// The power state of every VM in the pool's resource group, with its tags: a sweep run
+    /// every few minutes for drift and adoption. Over ARM it is a Resource Graph query,
+    /// which follows ARM with a lag of seconds: it never confirms the state of one VM.
     async fn list_power(&self) -> Result<Vec<Listed>, ComputeError>;
 
     /// The VM's public IP address, once it has one.

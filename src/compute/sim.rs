@@ -116,6 +116,43 @@ struct Inner {
     faults: Vec<Fault>,
     rng: StdRng,
     calls: BTreeMap<&'static str, u64>,
+    /// Each VM's states as changed (oldest first), kept for [`HISTORY`] so a lagging view
+    /// ([`SimCloud::list_as_of`]) can be served; `None`: gone.
+    history: HashMap<String, Vec<(OffsetDateTime, Option<SimVm>)>>,
+    logged_since_prune: usize,
+}
+
+/// How far back [`SimCloud::list_as_of`] can look.
+pub const HISTORY: Duration = Duration::minutes(10);
+
+impl Inner {
+    /// Records `name`'s state as changed at `now`, and forgets what is older than [`HISTORY`]
+    /// (but the newest record before it, which still holds then).
+    fn log(&mut self, name: &str, now: OffsetDateTime) {
+        let state = self.vms.get(name).cloned();
+        let entries = self.history.entry(name.to_owned()).or_default();
+        entries.push((now, state));
+        let horizon = now - HISTORY;
+        let old = entries.iter().filter(|(at, _)| *at <= horizon).count();
+        if old > 1 {
+            entries.drain(..old - 1);
+        }
+        // VMs long gone are forgotten now and then, so that logging stays O(1) amortized.
+        self.logged_since_prune += 1;
+        if self.logged_since_prune < self.history.len().max(1024) {
+            return;
+        }
+        self.logged_since_prune = 0;
+        let forgotten: Vec<String> = self
+            .history
+            .iter()
+            .filter(|(_, e)| matches!(e.as_slice(), [(at, None)] if *at <= horizon))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in forgotten {
+            self.history.remove(&n);
+        }
+    }
 }
 
 /// The simulated cloud: VMs, their public IPs and scripted faults, moved by a clock.
@@ -157,6 +194,8 @@ impl SimCloud {
                 faults: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
                 calls: BTreeMap::new(),
+                history: HashMap::new(),
+                logged_since_prune: 0,
             }),
         }
     }
@@ -183,13 +222,16 @@ impl SimCloud {
         {
             inner.free_ips.push(ip);
         }
+        inner.log(name, self.clock.now());
     }
 
     /// Forces a VM's power state at once (drift: someone stopped or started it in the portal).
     pub fn force_power(&self, name: &str, power: Power) {
-        if let Some(vm) = self.lock().vms.get_mut(name) {
+        let mut inner = self.lock();
+        if let Some(vm) = inner.vms.get_mut(name) {
             vm.pending = None;
             vm.power = power;
+            inner.log(name, self.clock.now());
         }
     }
 
@@ -268,6 +310,7 @@ impl SimCloud {
                 created_at: now,
             },
         );
+        inner.log(name, now);
         Ok(true)
     }
 
@@ -287,6 +330,7 @@ impl SimCloud {
         }
         vm.power = Power::Starting;
         vm.pending = Some((now + after, Provisioning::Succeeded, Power::Running));
+        inner.log(name, now);
         Ok(())
     }
 
@@ -307,6 +351,7 @@ impl SimCloud {
         vm.power = Power::Deallocating;
         let prov = vm.provisioning.clone();
         vm.pending = Some((now + after, prov, Power::Deallocated));
+        inner.log(name, now);
         Ok(())
     }
 
@@ -330,6 +375,7 @@ impl SimCloud {
         vm.power = Power::Stopping;
         let prov = vm.provisioning.clone();
         vm.pending = Some((now + after, prov, Power::Stopped));
+        inner.log(name, now);
         Ok(())
     }
 
@@ -343,6 +389,7 @@ impl SimCloud {
         };
         vm.provisioning = Provisioning::Deleting;
         vm.pending = Some((now + after, Provisioning::Deleting, Power::Unknown));
+        inner.log(name, now);
         Ok(())
     }
 
@@ -372,6 +419,26 @@ impl SimCloud {
         let mut inner = self.enter(SimOp::Read, "list")?;
         Self::reap(&mut inner);
         let mut all: Vec<SimVmView> = inner.vms.iter().map(|(n, vm)| view(n, vm)).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// Every VM as it was at `at` (at most [`HISTORY`] ago), sorted by name: the view of an
+    /// index that follows the cloud with a lag. A change made in the last moment is not in
+    /// it; a VM deleted since still is.
+    pub fn list_as_of(&self, at: OffsetDateTime) -> Result<Vec<SimVmView>, ComputeError> {
+        let inner = self.enter(SimOp::Read, "list")?;
+        let mut all: Vec<SimVmView> = inner
+            .history
+            .iter()
+            .filter_map(|(name, entries)| {
+                let (_, state) = entries.iter().rev().find(|(t, _)| *t <= at)?;
+                let mut vm = state.clone()?;
+                vm.settle(at);
+                let reaped = vm.provisioning == Provisioning::Deleting && !vm.busy();
+                (!reaped).then(|| view(name, &vm))
+            })
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -473,7 +540,7 @@ impl Compute for SimulatedCompute {
     }
 
     async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
-        // Like ARM's `statusOnly` listing: power state, no tags.
+        // Like Resource Graph's answer: power state and tags.
         Ok(self
             .cloud
             .list()?
@@ -483,7 +550,7 @@ impl Compute for SimulatedCompute {
                 Some(Listed {
                     resource_id: self.resource_id(&name),
                     status: vm.status,
-                    tagged: false,
+                    tagged: vm.tags.get(POOL_TAG) == Some(&self.pool),
                     name,
                 })
             })
@@ -536,6 +603,44 @@ mod tests {
         clock.advance(Duration::seconds(60));
         assert!(c.status(&id("a")).await.unwrap().unwrap().is_up());
         assert_eq!(c.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_view_shows_the_cloud_as_it_was() {
+        let (clock, c) = cloud();
+        let t0 = clock.now();
+        c.create(&id("a")).await.unwrap();
+        clock.advance(Duration::seconds(152));
+        c.deallocate(&id("a")).await.unwrap();
+        clock.advance(Duration::seconds(5));
+        c.cloud().force_power("a", Power::Stopped);
+        clock.advance(Duration::seconds(5));
+        c.cloud().remove_behind_our_back("a");
+        let at = |secs: i64| c.cloud().list_as_of(t0 + Duration::seconds(secs)).unwrap();
+        assert!(at(-1).is_empty(), "not yet created");
+        assert_eq!(at(149)[0].status.provisioning, Provisioning::Creating);
+        assert!(at(151)[0].status.is_up(), "the create settled on its own");
+        assert_eq!(at(156)[0].status.power, Power::Deallocating);
+        assert_eq!(
+            at(157)[0].status.power,
+            Power::Stopped,
+            "changed in the portal"
+        );
+        assert!(at(162).is_empty(), "deleted");
+        c.create(&id("b")).await.unwrap();
+        c.delete(&id("b")).await.unwrap();
+        clock.advance(Duration::seconds(30));
+        assert_eq!(
+            c.cloud()
+                .list_as_of(clock.now() - Duration::seconds(1))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            c.cloud().list_as_of(clock.now()).unwrap().is_empty(),
+            "reaped"
+        );
     }
 
     #[tokio::test]

@@ -256,7 +256,7 @@ impl Reconciler {
         }
         let sweep_every =
             time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
-        // A sweep ARM refuses (throttled, or no read access at the subscription's scope)
+        // A sweep Resource Graph refuses (throttled past its quota, or no read access)
         // only delays drift repair and adoption: the pass goes on, and the next one sweeps.
         let swept = if meta.last_sweep_at.is_none_or(|t| now - t >= sweep_every) {
             match pool.compute().list_power().await {

@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use vmpool::compute::arm::ArmCompute;
 use vmpool::compute::{Compute, ComputeError, Power, Provisioning};
 use vmpool::domain::VmId;
-use vmpool_arm_fake::{FakeOp, HttpFault, validate_vm_body};
+use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
 
-use crate::support::arm::{SUB, TOKEN, arm_client, arm_config, quick, spawn_fake};
+use crate::support::arm::{
+    Fake, SUB, TOKEN, arm_client, arm_config, quick, spawn_fake, spawn_fake_with,
+};
 use crate::support::spawn_wired;
 
 fn id(s: &str) -> VmId {
@@ -64,15 +66,33 @@ async fn every_operation_round_trips_through_the_fake() {
         list_req[0].path.contains("/resourceGroups/games/"),
         "{list_req:?}"
     );
-    // The subscription's statusOnly list: power states, no tags.
+    // The sweep: a Resource Graph query with power states and tags, as they were a few
+    // seconds ago.
     let power = arm.list_power().await.unwrap();
     assert_eq!(power.len(), 1);
+    assert_eq!(
+        power[0].status.provisioning,
+        Provisioning::Creating,
+        "Resource Graph lags"
+    );
+    f.clock.advance(Span::seconds(5));
+    let power = arm.list_power().await.unwrap();
     assert!(power[0].status.is_up());
-    assert!(!power[0].tagged);
-    assert!(
-        f.fake.accepted(FakeOp::ListVms)[1]
-            .query
-            .contains("statusOnly=true")
+    assert!(power[0].tagged);
+    let graph = f.fake.accepted(FakeOp::GraphQuery);
+    assert_eq!(graph.len(), 2);
+    assert_eq!(
+        graph[0].path,
+        "/providers/Microsoft.ResourceGraph/resources"
+    );
+    assert!(graph[0].query.contains("api-version=2022-10-01"));
+    let sent = graph[0].body.as_ref().unwrap();
+    assert_eq!(sent["subscriptions"], json!([SUB]));
+    assert_eq!(sent["options"]["$top"], 1000);
+    assert_eq!(
+        f.fake.accepted(FakeOp::ListVms).len(),
+        1,
+        "no subscription-wide list"
     );
     // The public IP is found by following IDs, not by guessing names.
     let ip = arm.public_ip(&vm).await.unwrap().unwrap();
@@ -942,6 +962,7 @@ async fn the_fake_answers_junk_with_arm_errors() {
         ),
         "/_fake/vms/x/y".to_owned(),
         "/%%%?%%%".to_owned(),
+        "/providers/Microsoft.ResourceGraph/resources?api-version=2022-10-01".to_owned(),
     ];
     for path in &paths {
         for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
@@ -969,4 +990,223 @@ async fn the_fake_answers_junk_with_arm_errors() {
             }
         }
     }
+}
+
+/// POSTs `body` to the fake's Resource Graph endpoint.
+async fn graph(f: &Fake, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!(
+            "{}/providers/Microsoft.ResourceGraph/resources?api-version=2022-10-01",
+            f.base
+        ))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Resource Graph as the fake serves it: scoped to the subscription and the resource group
+/// of the query, paged with `$top` and `$skipToken`, lagging, throttled per user, and
+/// refusing any query but the sweep's with its 400 envelope.
+#[tokio::test]
+async fn resource_graph_scopes_pages_lags_and_throttles() {
+    let f = spawn_fake(50).await;
+    let arm = arm_client(&f, "p");
+    for n in 0..5 {
+        arm.create(&id(&format!("p-{n}"))).await.unwrap();
+    }
+    let mut elsewhere = arm_config(&f.base, TOKEN);
+    elsewhere.resource_group = "elsewhere".into();
+    ArmCompute::new(&elsewhere, "p", quick())
+        .unwrap()
+        .create(&id("p-elsewhere"))
+        .await
+        .unwrap();
+    let query = vmpool::compute::arm::sweep_query("games");
+    let ask = |top: u32, token: Option<&str>, subs: Value| {
+        let mut options = json!({"resultFormat": "objectArray", "$top": top});
+        if let Some(token) = token {
+            options["$skipToken"] = json!(token);
+        }
+        json!({"subscriptions": subs, "query": query, "options": options})
+    };
+    // Created this instant: not in the index yet.
+    assert!(
+        arm.list_power().await.unwrap().is_empty(),
+        "Resource Graph lags"
+    );
+    f.clock.advance(Span::seconds(6));
+    let res = graph(&f, ask(2, None, json!([SUB]))).await;
+    assert_eq!(res.status(), 200);
+    let remaining: u32 = res.headers()["x-ms-user-quota-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 15);
+    assert!(res.headers().contains_key("x-ms-user-quota-resets-after"));
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(
+        (first["totalRecords"].as_u64(), first["count"].as_u64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(first["resultTruncated"], "false");
+    let mut names: Vec<String> = Vec::new();
+    let mut page = first;
+    loop {
+        for row in page["data"].as_array().unwrap() {
+            assert_eq!(row["powerState"], "PowerState/starting", "{row}");
+            assert_eq!(row["tags"]["vmpool"], "p");
+            names.push(row["name"].as_str().unwrap().to_owned());
+        }
+        let Some(token) = page["$skipToken"].as_str().map(str::to_owned) else {
+            break;
+        };
+        page = graph(&f, ask(2, Some(&token), json!([SUB])))
+            .await
+            .json()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        names,
+        ["p-0", "p-1", "p-2", "p-3", "p-4"],
+        "one resource group, in order"
+    );
+    // Another subscription holds nothing of ours; a token is good only for its query.
+    let other: Value = graph(
+        &f,
+        ask(1000, None, json!(["00000000-0000-0000-0000-0000000000bb"])),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(other["data"], json!([]));
+    let res = graph(&f, ask(2, Some("1.0000000000000000"), json!([SUB]))).await;
+    assert_eq!(res.status(), 400);
+    // Any other query, or a $top out of bounds, gets Resource Graph's 400 envelope.
+    for bad in [
+        json!({"subscriptions": [SUB], "query": "Resources | project id, properties"}),
+        json!({"subscriptions": [SUB], "query": query, "options": {"$top": 1001}}),
+        json!({"subscriptions": [SUB], "query": query, "options": {"resultFormat": "table"}}),
+        json!({"query": query}),
+    ] {
+        let res = graph(&f, bad.clone()).await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "BadRequest", "{bad}");
+        assert_eq!(body["error"]["details"][0]["code"], "InvalidQuery", "{bad}");
+    }
+    // A VM deleted behind our back is still in the index for a few seconds.
+    f.fake.delete_behind_our_back("p-0");
+    assert_eq!(arm.list_power().await.unwrap().len(), 5);
+    // Past the per-user quota: 429 with the quota headers only, read as Throttled.
+    let mut throttled = None;
+    for _ in 0..20 {
+        match arm.list_power().await {
+            Ok(_) => {}
+            Err(e) => {
+                throttled = Some(e);
+                break;
+            }
+        }
+    }
+    let Some(ComputeError::Throttled { retry_after }) = throttled else {
+        panic!("never throttled: {throttled:?}");
+    };
+    assert!((1..=5).contains(&retry_after.as_secs()), "{retry_after:?}");
+    f.clock.advance(Span::seconds(5));
+    let swept = arm.list_power().await.unwrap();
+    assert_eq!(swept.len(), 4, "the deletion reached the index");
+    // A scripted fault answers first.
+    f.fake
+        .fail_next(FakeOp::GraphQuery, 1, HttpFault::throttled(7));
+    assert_eq!(
+        arm.list_power().await,
+        Err(ComputeError::Throttled {
+            retry_after: Duration::from_secs(7)
+        })
+    );
+}
+
+/// More VMs than one page holds are read in pages of 1,000, following `$skipToken`.
+#[tokio::test]
+async fn the_sweep_follows_skip_tokens() {
+    use futures::StreamExt;
+    let f = spawn_fake(50).await;
+    let arm = arm_client(&f, "p");
+    let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
+        .map(|n| {
+            let arm = &arm;
+            async move { arm.create(&id(&format!("p-{n:04}"))).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(created.iter().all(Result::is_ok));
+    f.clock.advance(Span::seconds(200));
+    f.fake.clear_requests();
+    let swept = arm.list_power().await.unwrap();
+    assert_eq!(swept.len(), 1001);
+    assert!(swept.iter().all(|l| l.tagged && l.status.is_up()));
+    let pages = f.fake.accepted(FakeOp::GraphQuery);
+    assert_eq!(pages.len(), 2, "1,001 VMs in pages of 1,000");
+    assert!(pages[1].body.as_ref().unwrap()["options"]["$skipToken"].is_string());
+}
+
+/// A sweep of many pages waits for Resource Graph's per-user quota between pages instead of
+/// failing: here the quota is one query per window, and the window resets (on the fake's
+/// clock) once the fake has answered 429.
+#[tokio::test]
+async fn a_long_sweep_waits_for_the_quota_between_pages() {
+    use futures::StreamExt;
+    let f = spawn_fake_with(
+        FakeSettings {
+            token: TOKEN.into(),
+            subscription_id: SUB.into(),
+            graph_quota: 1,
+            ..FakeSettings::default()
+        },
+        3,
+    )
+    .await;
+    let arm = arm_client(&f, "p");
+    let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
+        .map(|n| {
+            let arm = &arm;
+            async move { arm.create(&id(&format!("p-{n:04}"))).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(created.iter().all(Result::is_ok));
+    f.clock.advance(Span::seconds(200));
+    f.fake.clear_requests();
+    let throttled = |fake: &ArmFake| {
+        fake.requests()
+            .iter()
+            .any(|r| r.op == Some(FakeOp::GraphQuery) && r.status == 429)
+    };
+    let sweep = arm.list_power();
+    let resets = async {
+        while !throttled(&f.fake) {
+            tokio::task::yield_now().await;
+        }
+        f.clock.advance(Span::seconds(5));
+    };
+    let (swept, ()) = tokio::join!(sweep, resets);
+    assert_eq!(swept.unwrap().len(), 1001, "both pages, after waiting");
+    let statuses: Vec<u16> = f
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::GraphQuery))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses.first(), Some(&200));
+    assert_eq!(statuses.last(), Some(&200));
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2);
 }

@@ -1,12 +1,13 @@
 //! The reconciler acts only on what it has confirmed, proved with the real ARM client against
-//! the ARM fake over HTTP on virtual time: tagless `statusOnly` lists, VMs hidden from the
-//! listings, listings that end early, a VM really deleted, quota refusals on re-issue, safe
+//! the ARM fake over HTTP on virtual time: a power sweep on a lagging Resource Graph, VMs
+//! hidden from the listings, listings that end early, a VM really deleted, quota refusals on re-issue, safe
 //! adoption, public IPs behind names nobody can guess, and the reconcile lease shared by
 //! several instances on one Azurite table.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use futures::future::join_all;
 use serde_json::Value;
 use vmpool::clock::Clock;
@@ -59,18 +60,19 @@ async fn pool_status(rig: &Rig) -> Value {
 }
 
 #[tokio::test]
-async fn a_whole_lifecycle_with_tagless_lists() {
+async fn a_whole_lifecycle_with_a_lagging_resource_graph_sweep() {
     let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "1")]).await;
     let f = rig.fake();
-    assert!(!f.settings().status_only_tags);
-    // The statusOnly list the fake serves carries no tags.
+    assert!(f.settings().graph_lag_secs > 0);
     rig.pass().await;
     rig.advance(180);
     let s = rig.pass().await;
     assert_eq!(s.completed, 1, "{}", s.line());
+    // The sweep is a Resource Graph query: tags and power states, a few seconds late.
     let listed = rig.compute.list_power().await.unwrap();
-    assert!(listed.iter().all(|l| !l.tagged));
-    // Buffer, claim, mark, drain, deallocate, start again: all on tagless lists.
+    assert!(listed.iter().all(|l| l.tagged && l.status.is_up()));
+    assert!(!f.accepted(FakeOp::GraphQuery).is_empty());
+    // Buffer, claim, mark, drain, deallocate, start again, with sweeps that lag.
     let taken = rig.pool.create_vm().await.unwrap();
     assert_eq!(taken.action, "standby");
     rig.pool.report_rooms(&taken.vm.id, 3).await.unwrap();
@@ -413,6 +415,74 @@ async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
     );
     assert!(reads(FakeOp::GetVm) <= 2, "{}", s.line());
     assert_eq!(u32::try_from(reads(FakeOp::GetVm)).unwrap(), s.point_reads);
+    assert_eq!(reads(FakeOp::GraphQuery), 0, "no sweep between sweeps");
+
+    // The subscription also holds 3,000 VMs that are not the pool's.
+    let base = rig.fake_base();
+    let mut elsewhere = crate::support::arm::arm_config(&base, crate::support::arm::TOKEN);
+    elsewhere.resource_group = "other-team".into();
+    let theirs =
+        vmpool::compute::arm::ArmCompute::new(&elsewhere, "theirs", crate::support::arm::quick())
+            .unwrap();
+    let made: Vec<Result<(), ComputeError>> = futures::stream::iter(0..3000)
+        .map(|n| {
+            let theirs = &theirs;
+            async move {
+                vmpool::compute::Compute::create(
+                    theirs,
+                    &VmId::parse(&format!("theirs-{n:04}")).unwrap(),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(made.iter().all(Result::is_ok));
+    // A sweep pass reads one Resource Graph page for the pool's 8 VMs, and no
+    // subscription-wide list.
+    let in_flight = rig
+        .rows()
+        .await
+        .iter()
+        .filter(|vm| matches!(vm.state, VmState::Creating | VmState::Deallocating))
+        .count();
+    f.clear_requests();
+    rig.advance(3600);
+    let s = rig.pass().await;
+    assert_eq!(
+        reads(FakeOp::GraphQuery),
+        1,
+        "one page per 1,000 pool VMs: {}",
+        s.line()
+    );
+    let graph = f.accepted(FakeOp::GraphQuery);
+    assert!(
+        graph[0].body.as_ref().unwrap()["query"]
+            .as_str()
+            .unwrap()
+            .contains("resourceGroup =~ 'games'"),
+        "scoped to the pool's resource group"
+    );
+    assert_eq!(reads(FakeOp::ListVms), 1, "{}", s.line());
+    assert!(
+        f.requests()
+            .iter()
+            .filter(|r| r.op == Some(FakeOp::ListVms))
+            .all(|r| r.path.contains("/resourceGroups/")),
+        "no subscription-wide list"
+    );
+    // Point reads only for the VMs in flight; the VMs that completed are also read once for
+    // their public IP (VM, NIC, address).
+    assert!(s.point_reads as usize <= in_flight, "{}", s.line());
+    assert_eq!(
+        reads(FakeOp::GetVm),
+        s.point_reads as usize + reads(FakeOp::GetNic),
+        "{}",
+        s.line()
+    );
+    assert_eq!(s.errors, 0, "{}", s.line());
+    assert_eq!(s.adopted, 0, "their VMs are not adopted: {}", s.line());
 }
 
 #[tokio::test]
@@ -443,7 +513,7 @@ async fn a_claim_never_used_goes_back_to_the_buffer() {
     assert_eq!(row(&rig, &used).await.unwrap().state, VmState::Running);
 }
 
-/// A compute API whose power sweep ARM refuses (no read access at the subscription's scope).
+/// A compute API whose power sweep ARM refuses (Resource Graph denies the query).
 struct NoSweep(Arc<dyn vmpool::compute::Compute>);
 
 #[async_trait::async_trait]
@@ -475,7 +545,7 @@ impl vmpool::compute::Compute for NoSweep {
     async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
         Err(ComputeError::Rejected {
             code: "AuthorizationFailed".into(),
-            message: "no read access at the subscription's scope".into(),
+            message: "no read access to the pool's VMs".into(),
         })
     }
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {

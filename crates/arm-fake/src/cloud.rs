@@ -74,6 +74,11 @@ pub(crate) struct FakeState {
     pub(crate) hidden: Vec<(Option<String>, OffsetDateTime)>,
     /// List responses still to end early.
     pub(crate) short_pages: u32,
+    /// Where each VM ever PUT lives (lowercase name -> resource group, location), kept after
+    /// it is gone so that a lagging Resource Graph answer can still show it.
+    pub(crate) placed: HashMap<String, (String, String)>,
+    /// The Resource Graph quota window: when it started and how many queries it spent.
+    pub(crate) graph_quota: Option<(OffsetDateTime, u32)>,
 }
 
 /// A name ARM might give: a prefix and random letters and digits nothing can derive.
@@ -344,6 +349,7 @@ impl ArmFake {
             Target::OperationStatus { id, .. } => self.operation_status(&id, query, base),
             Target::PublicIp { rg, name, .. } => self.public_ip(&rg, &name),
             Target::Nic { rg, name, .. } => self.nic(&rg, &name),
+            Target::Graph => self.graph_query(body),
         }
     }
 
@@ -409,6 +415,9 @@ impl ArmFake {
             .to_owned();
         let stored = {
             let mut state = self.lock();
+            state
+                .placed
+                .insert(name.to_ascii_lowercase(), (rg.to_owned(), location.clone()));
             let n = state.next_op;
             let entry = state
                 .vms

@@ -15,6 +15,11 @@
 //! - GET the NIC and the public IP a VM PUT's `networkInterfaceConfigurations` create, under
 //!   names of the fake's own (Azure does not document them): follow the VM's
 //!   `networkInterfaces[].id`, then the NIC's `ipConfigurations[].publicIPAddress.id`.
+//! - POST `/providers/Microsoft.ResourceGraph/resources`: Azure Resource Graph, for the one
+//!   query shape vmpool sends (a resource group's VMs with tags and power states), paged
+//!   with `$top` and `$skipToken`, answering from the cloud as it was
+//!   [`FakeSettings::graph_lag_secs`] ago, with Resource Graph's per-user quota headers and
+//!   429 (see `graph`).
 //! - `statusOnly=true` lists carry the instance view but no tags and no network profile
 //!   (the harsher reading of field reports; [`FakeSettings::status_only_tags`] restores
 //!   them), and `$expand=instanceView` on a resource group's list without `$filter` is a 400.
@@ -32,10 +37,12 @@
 //!
 //! The crate is split by job: `wire` parses ARM's paths and answers in its shapes,
 //! `cloud` keeps the fake cloud's state (VMs, NICs, operations, scripts) and serves each
-//! resource, [`validate`] checks VM PUT bodies, and `control` serves the `/_fake/` routes.
+//! resource, `graph` serves Resource Graph queries, [`validate`] checks VM PUT bodies, and
+//! `control` serves the `/_fake/` routes.
 
 mod cloud;
 mod control;
+mod graph;
 pub mod validate;
 mod wire;
 
@@ -72,6 +79,11 @@ pub const NETWORK_API_VERSIONS: &[&str] = &[
     "2023-09-01",
 ];
 
+/// `Microsoft.ResourceGraph` API versions the fake accepts (the stable ones).
+pub const GRAPH_API_VERSIONS: &[&str] = &["2024-04-01", "2022-10-01", "2021-03-01", "2019-04-01"];
+
+pub use graph::{GRAPH_DEFAULT_TOP, GRAPH_MAX_TOP};
+
 /// The largest request body read.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -98,6 +110,8 @@ pub enum FakeOp {
     GetPublicIp,
     /// GET a network interface.
     GetNic,
+    /// POST a Resource Graph query.
+    GraphQuery,
 }
 
 /// An error answer to script.
@@ -192,6 +206,13 @@ pub struct FakeSettings {
     /// say they do not (azure-sdk-for-go #18565), so by default they do not; this switch
     /// keeps the older, kinder behaviour for a test that needs it.
     pub status_only_tags: bool,
+    /// How far Resource Graph's answers lag behind the cloud, in seconds of the fake's clock
+    /// (Resource Graph follows ARM's changes with a delay; at most
+    /// [`vmpool::compute::sim::HISTORY`]).
+    pub graph_lag_secs: u64,
+    /// Resource Graph queries allowed per user in each 5-second window (Azure documents
+    /// about 15).
+    pub graph_quota: u32,
 }
 
 impl Default for FakeSettings {
@@ -203,6 +224,8 @@ impl Default for FakeSettings {
             page_size: 50,
             retry_after_secs: 10,
             status_only_tags: false,
+            graph_lag_secs: 5,
+            graph_quota: 15,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Settings (all optional): `VMPOOL_FAKE_PORT` (7080), `VMPOOL_FAKE_TOKEN`,
 //! `VMPOOL_FAKE_SUBSCRIPTION`, `VMPOOL_FAKE_LOCATION`, and latencies in seconds
 //! `VMPOOL_FAKE_CREATE_SECS` (20), `VMPOOL_FAKE_START_SECS` (10),
-//! `VMPOOL_FAKE_DEALLOCATE_SECS` (10), `VMPOOL_FAKE_DELETE_SECS` (5).
+//! `VMPOOL_FAKE_DEALLOCATE_SECS` (10), `VMPOOL_FAKE_DELETE_SECS` (5), and how far Resource
+//! Graph's answers lag, `VMPOOL_FAKE_GRAPH_LAG_SECS` (5).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ async fn run() -> Result<(), String> {
         token: var("VMPOOL_FAKE_TOKEN").unwrap_or(defaults.token),
         subscription_id: var("VMPOOL_FAKE_SUBSCRIPTION").unwrap_or(defaults.subscription_id),
         location: var("VMPOOL_FAKE_LOCATION").unwrap_or(defaults.location),
+        graph_lag_secs: secs("VMPOOL_FAKE_GRAPH_LAG_SECS", 5)?
+            .whole_seconds()
+            .unsigned_abs(),
         ..defaults
     };
     let latencies = Latencies {

@@ -14,7 +14,8 @@ use subtle::ConstantTimeEq;
 use vmpool::compute::ComputeError;
 
 use crate::{
-    ArmFake, COMPUTE_API_VERSIONS, FakeOp, HttpFault, MAX_BODY, NETWORK_API_VERSIONS, Recorded,
+    ArmFake, COMPUTE_API_VERSIONS, FakeOp, GRAPH_API_VERSIONS, HttpFault, MAX_BODY,
+    NETWORK_API_VERSIONS, Recorded,
 };
 
 /// An ARM answer under construction.
@@ -120,6 +121,8 @@ pub(crate) enum Target {
         rg: String,
         name: String,
     },
+    /// A Resource Graph query (tenant-level path; the subscriptions are in the body).
+    Graph,
 }
 
 impl Target {
@@ -133,6 +136,9 @@ impl Target {
         let l: Vec<&str> = lower.iter().map(String::as_str).collect();
         let s = |i: usize| segs.get(i).cloned().unwrap_or_default();
         match l.as_slice() {
+            ["providers", "microsoft.resourcegraph", "resources"] if method == Method::POST => {
+                Some(Target::Graph)
+            }
             [
                 "subscriptions",
                 _,
@@ -265,10 +271,11 @@ impl Target {
             Target::OperationStatus { .. } => FakeOp::OperationStatus,
             Target::PublicIp { .. } => FakeOp::GetPublicIp,
             Target::Nic { .. } => FakeOp::GetNic,
+            Target::Graph => FakeOp::GraphQuery,
         })
     }
 
-    fn subscription(&self) -> &str {
+    fn subscription(&self) -> Option<&str> {
         match self {
             Target::Vm { sub, .. }
             | Target::InstanceView { sub, .. }
@@ -276,7 +283,8 @@ impl Target {
             | Target::List { sub, .. }
             | Target::OperationStatus { sub, .. }
             | Target::PublicIp { sub, .. }
-            | Target::Nic { sub, .. } => sub,
+            | Target::Nic { sub, .. } => Some(sub),
+            Target::Graph => None,
         }
     }
 }
@@ -335,6 +343,7 @@ pub(crate) fn api_version_ok(
     };
     let known = match target {
         Target::PublicIp { .. } | Target::Nic { .. } => NETWORK_API_VERSIONS,
+        Target::Graph => GRAPH_API_VERSIONS,
         _ => COMPUTE_API_VERSIONS,
     };
     if known.contains(&version.as_str()) {
@@ -425,17 +434,13 @@ pub(crate) async fn answer(
     if let Err(res) = api_version_ok(&target, query) {
         return *res;
     }
-    if !target
-        .subscription()
-        .eq_ignore_ascii_case(&fake.settings.subscription_id)
+    if let Some(sub) = target.subscription()
+        && !sub.eq_ignore_ascii_case(&fake.settings.subscription_id)
     {
         return arm_error(
             StatusCode::NOT_FOUND,
             "SubscriptionNotFound",
-            &format!(
-                "The subscription '{}' could not be found.",
-                target.subscription()
-            ),
+            &format!("The subscription '{sub}' could not be found."),
         );
     }
     if let Some(f) = fault {
@@ -457,6 +462,17 @@ mod tests {
 
     #[test]
     fn paths_parse_case_insensitively_and_nonsense_is_none() {
+        assert_eq!(
+            Target::parse(
+                &Method::POST,
+                "/providers/microsoft.resourcegraph/RESOURCES"
+            ),
+            Some(Target::Graph)
+        );
+        assert_eq!(
+            Target::parse(&Method::GET, "/providers/Microsoft.ResourceGraph/resources"),
+            None
+        );
         let t = Target::parse(
             &Method::POST,
             "/SUBSCRIPTIONS/s/resourcegroups/RG/providers/Microsoft.Compute/virtualMachines/vm1/Deallocate",

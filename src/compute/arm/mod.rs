@@ -4,8 +4,8 @@
 //! nothing here polls a long-running operation (in 0.21 `create_or_update(..).await` re-PUTs
 //! and misreads `provisioningState`). The reconciler reads outcomes later: [`Compute::list`]
 //! is the resource group's paged listing (tags, provisioning state), [`Compute::list_power`]
-//! the subscription's `statusOnly` listing (power states, no tags), [`Compute::status`] a GET
-//! with `$expand=instanceView`.
+//! an Azure Resource Graph query scoped to the resource group (power states and tags, one
+//! page per 1,000 VMs), [`Compute::status`] a GET with `$expand=instanceView`.
 //!
 //! Errors: a pipeline policy ([`ArmErrorPolicy`]) turns every non-2xx answer into an
 //! [`ArmHttpError`] that keeps the status, ARM's `{"error":{"code","message"}}` and
@@ -18,6 +18,7 @@
 
 pub mod settings;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,47 @@ pub const NETWORK_API_VERSION: &str = "2024-05-01";
 /// (the only value the 2024-07-01 compute API accepts).
 pub const VM_NETWORK_API_VERSION: &str = "2020-11-01";
 
+/// The Resource Graph API version of the power sweep: the stable `Resources` operation,
+/// `POST /providers/Microsoft.ResourceGraph/resources` (azure-rest-api-specs,
+/// `specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2022-10-01/resourcegraph.json`).
+/// The `azure_mgmt_resourcegraph` 0.21 crate offers only preview versions of it, so the
+/// sweep is a plain POST through the adapter's own pipeline.
+pub const GRAPH_API_VERSION: &str = "2022-10-01";
+
+/// Rows per Resource Graph page: the largest `$top` the specification allows.
+pub const GRAPH_PAGE: u32 = 1000;
+
+/// The most pages one sweep reads (a pool is capped far below this many VMs).
+const GRAPH_MAX_PAGES: usize = 500;
+
+/// How many 429s in a row a sweep past its first page waits out before it gives up.
+const GRAPH_THROTTLED_IN_A_ROW: u32 = 3;
+
+/// `value` as a KQL string literal (single quotes; backslash and quote escaped).
+fn kql_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if matches!(c, '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The sweep's Resource Graph query: every VM of `resource_group`, with its tags,
+/// provisioning state and power state (`properties.extended.instanceView.powerState.code`,
+/// such as `PowerState/running`), ordered by ID so that pages are stable (the
+/// specification's "Next page query" example: the `id` column keeps paging sorted).
+pub fn sweep_query(resource_group: &str) -> String {
+    format!(
+        "Resources | where type =~ 'microsoft.compute/virtualmachines' | where resourceGroup =~ {} | project id, name, tags, provisioningState = tostring(properties.provisioningState), powerState = tostring(properties.extended.instanceView.powerState.code) | order by id asc",
+        kql_string(resource_group)
+    )
+}
+
 /// Tunables of the ARM client (the defaults suit Azure; tests shorten them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArmOptions {
@@ -58,6 +100,9 @@ pub struct ArmOptions {
     pub server_error_retries: u32,
     /// Backoff before the first retry; doubled for each further one.
     pub backoff: Duration,
+    /// Longest wait, between two pages of one sweep, for Resource Graph's per-user quota to
+    /// reset (its window is 5 s).
+    pub quota_wait: Duration,
 }
 
 impl Default for ArmOptions {
@@ -66,6 +111,7 @@ impl Default for ArmOptions {
             call_timeout: Duration::from_secs(20),
             server_error_retries: 2,
             backoff: Duration::from_millis(500),
+            quota_wait: Duration::from_secs(5),
         }
     }
 }
@@ -249,10 +295,34 @@ impl Policy for ArmErrorPolicy {
     }
 }
 
+/// `Retry-After`, else (Resource Graph) `x-ms-user-quota-resets-after` (`hh:mm:ss`) in whole
+/// seconds, rounded up.
 fn retry_after(headers: &Headers) -> Option<String> {
     headers
         .get_optional_string(&HeaderName::from_static("retry-after"))
         .filter(|v| !v.is_empty())
+        .or_else(|| {
+            let resets = headers
+                .get_optional_string(&HeaderName::from_static("x-ms-user-quota-resets-after"))?;
+            quota_resets_after(&resets).map(|d| d.as_secs().to_string())
+        })
+}
+
+/// Reads Resource Graph's `x-ms-user-quota-resets-after` (`hh:mm:ss`, maybe with a
+/// fraction of a second), rounded up to whole seconds.
+pub fn quota_resets_after(value: &str) -> Option<Duration> {
+    let mut parts = value.trim().split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let h: u64 = h.parse().ok()?;
+    let m: u64 = m.parse().ok()?;
+    let s: f64 = s.parse().ok()?;
+    if !(0.0..60.0).contains(&s) || m >= 60 {
+        return None;
+    }
+    Some(Duration::from_secs(h * 3600 + m * 60 + s.ceil() as u64))
 }
 
 /// A fixed bearer token, for ARM emulators (`VMPOOL_ARM_TOKEN`). Never printed.
@@ -593,27 +663,85 @@ impl ArmCompute {
                 format!("ARM gave a resource ID that is not a path: {id}"),
             ));
         }
+        self.send_json(Method::Get, id, NETWORK_API_VERSION, None)
+            .await
+    }
+
+    /// Sends an authenticated request to `path` at `api_version` through the adapter's
+    /// pipeline (so [`ArmErrorPolicy`] maps its errors) and reads the JSON answer.
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Option<&Value>,
+    ) -> azure_core::Result<Value> {
+        Ok(self.send(method, path, api_version, body).await?.1)
+    }
+
+    /// [`Self::send_json`], with the answer's headers.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Option<&Value>,
+    ) -> azure_core::Result<(Headers, Value)> {
         let mut url = self.config.endpoint.clone();
-        url.set_path(id);
+        url.set_path(path);
         url.set_query(None);
         url.query_pairs_mut()
-            .append_pair("api-version", NETWORK_API_VERSION);
-        let mut req = Request::new(url, Method::Get);
+            .append_pair("api-version", api_version);
+        let mut req = Request::new(url, method);
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         let token = self.credential.get_token(&scopes).await?;
         req.insert_header(
             azure_core::headers::AUTHORIZATION,
             format!("Bearer {}", token.token.secret()),
         );
-        req.set_body(azure_core::EMPTY_BODY);
-        let body = self
+        match body {
+            Some(body) => {
+                req.insert_header(azure_core::headers::CONTENT_TYPE, "application/json");
+                req.set_body(serde_json::to_vec(body)?);
+            }
+            None => req.set_body(azure_core::EMPTY_BODY),
+        }
+        let (_, headers, body) = self
             .pipeline
             .send(&Context::default(), &mut req)
             .await?
-            .into_body()
-            .collect()
+            .deconstruct();
+        let body = body.collect().await?;
+        Ok((headers, serde_json::from_slice(&body)?))
+    }
+
+    /// One page of the sweep's Resource Graph query, with how long to wait before the next
+    /// when the answer says the user's quota is spent (`x-ms-user-quota-remaining: 0`).
+    async fn graph_page(&self, body: &Value) -> azure_core::Result<(Value, Option<Duration>)> {
+        let (headers, page) = self
+            .send(
+                Method::Post,
+                "/providers/Microsoft.ResourceGraph/resources",
+                GRAPH_API_VERSION,
+                Some(body),
+            )
             .await?;
-        Ok(serde_json::from_slice(&body)?)
+        let spent = headers
+            .get_optional_string(&HeaderName::from_static("x-ms-user-quota-remaining"))
+            .is_some_and(|v| v.trim() == "0");
+        let wait = spent.then(|| {
+            headers
+                .get_optional_string(&HeaderName::from_static("x-ms-user-quota-resets-after"))
+                .and_then(|v| quota_resets_after(&v))
+                .unwrap_or(Duration::from_secs(5))
+        });
+        if !page.get("data").is_some_and(Value::is_array) {
+            return Err(azure_core::Error::message(
+                ErrorKind::DataConversion,
+                "Resource Graph answered without a `data` array (objectArray)",
+            ));
+        }
+        Ok((page, wait))
     }
 }
 
@@ -751,28 +879,79 @@ impl Compute for ArmCompute {
     }
 
     async fn list_power(&self) -> Result<Vec<Listed>, ComputeError> {
-        // `statusOnly=true` exists only on the subscription-wide list. Its results carry the
-        // instance view but, by field reports, no tags and no network profile
-        // (azure-sdk-for-go #18565), so nothing but the ID and the instance view is read.
+        // An Azure Resource Graph query scoped to the subscription and the resource group:
+        // one page per 1,000 of the group's VMs, however many VMs the subscription holds
+        // (the subscription's `statusOnly` list reads them all and carries no tags).
+        // Request and answer follow the stable `Resources` operation (see
+        // [`GRAPH_API_VERSION`]): `{"subscriptions", "query", "options": {"resultFormat",
+        // "$top", "$skipToken"}}` -> `{"totalRecords", "count", "data", "$skipToken"}`.
+        // Resource Graph follows ARM with a lag of seconds and pages may shift while it
+        // updates, so its answer is read only as a sweep: nothing destructive is concluded
+        // from it, and the reconciler confirms VMs in flight with point GETs. Throttling is
+        // per user (about 15 queries per 5 s), answered 429 with `x-ms-user-quota-resets-after`
+        // ("Guidance for throttled requests in Azure Resource Graph").
         let c = &self.config;
-        let vms = self
-            .call("the VM status list", || async {
-                let mut pages = self
-                    .vms()
-                    .list_all(&c.subscription_id)
-                    .status_only("true")
-                    .into_stream();
-                let mut all = Vec::new();
-                while let Some(page) = pages.next().await {
-                    all.extend(page?.value);
+        let query = sweep_query(&c.resource_group);
+        let mut token: Option<String> = None;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        let mut throttled_in_a_row = 0;
+        let mut pages = 0;
+        while pages < GRAPH_MAX_PAGES {
+            let mut options = json!({"resultFormat": "objectArray", "$top": GRAPH_PAGE});
+            if let Some(token) = &token {
+                options["$skipToken"] = json!(token);
+            }
+            let body = json!({
+                "subscriptions": [c.subscription_id],
+                "query": query,
+                "options": options,
+            });
+            // A sweep of many pages spends the per-user quota (about 15 queries per 5 s):
+            // past the first page it waits for the quota instead of starting over next pass.
+            let (page, wait) = match self
+                .call("the Resource Graph query", || self.graph_page(&body))
+                .await
+            {
+                Ok(answer) => answer,
+                Err(ComputeError::Throttled { retry_after })
+                    if pages > 0 && throttled_in_a_row < GRAPH_THROTTLED_IN_A_ROW =>
+                {
+                    throttled_in_a_row += 1;
+                    tokio::time::sleep(retry_after.min(self.options.quota_wait)).await;
+                    continue;
                 }
-                Ok(all)
-            })
-            .await?;
-        Ok(vms
-            .iter()
-            .filter_map(|vm| listed(vm, &c.resource_group))
-            .collect())
+                Err(e) => return Err(e),
+            };
+            throttled_in_a_row = 0;
+            pages += 1;
+            for row in page
+                .get("data")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(listed) = graph_row(row, &c.resource_group, &self.pool)
+                    && seen.insert(listed.resource_id.to_ascii_lowercase())
+                {
+                    out.push(listed);
+                }
+            }
+            token = page
+                .get("$skipToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait.min(self.options.quota_wait)).await;
+            }
+        }
+        Err(ComputeError::Unavailable(format!(
+            "Resource Graph kept paging past {GRAPH_MAX_PAGES} pages"
+        )))
     }
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
@@ -841,6 +1020,31 @@ impl Compute for ArmCompute {
         }
         Ok(None)
     }
+}
+
+/// One row of the sweep's Resource Graph answer, if it is a VM of `resource_group`.
+fn graph_row(row: &Value, resource_group: &str, pool: &str) -> Option<Listed> {
+    let id = row.get("id")?.as_str()?;
+    if !in_resource_group(Some(id), resource_group) {
+        return None;
+    }
+    let name = id.rsplit('/').next()?;
+    let text = |key: &str| {
+        row.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let power = text("powerState").map(|code| (code, None));
+    Some(Listed {
+        name: VmId::parse(name).ok()?,
+        resource_id: id.to_owned(),
+        status: status_from_codes(power, text("provisioningState")),
+        tagged: row
+            .get("tags")
+            .and_then(|t| t.get(POOL_TAG))
+            .and_then(Value::as_str)
+            == Some(pool),
+    })
 }
 
 /// A listed VM of `resource_group` (compared case-insensitively, as ARM does), by the name
@@ -1053,6 +1257,37 @@ mod tests {
         assert!(in_resource_group(Some(id), "games"));
         assert!(!in_resource_group(Some(id), "other"));
         assert!(!in_resource_group(None, "games"));
+    }
+
+    #[test]
+    fn resource_graph_rows_and_headers_read_as_azure_writes_them() {
+        assert_eq!(quota_resets_after("00:00:03"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            quota_resets_after("00:01:02.5"),
+            Some(Duration::from_secs(63))
+        );
+        assert_eq!(quota_resets_after("3"), None);
+        assert_eq!(quota_resets_after("00:99:00"), None);
+        let q = sweep_query("it's\\x");
+        assert!(q.contains(r"resourceGroup =~ 'it\'s\\x'"), "{q}");
+        let row = json!({
+            "id": "/subscriptions/s/resourceGroups/Games/providers/Microsoft.Compute/virtualMachines/vm-1",
+            "name": "vm-1",
+            "tags": {"vmpool": "pool1"},
+            "provisioningState": "Succeeded",
+            "powerState": "PowerState/deallocated"
+        });
+        let l = graph_row(&row, "games", "pool1").unwrap();
+        assert!(l.tagged && l.status.is_deallocated());
+        assert_eq!(l.status.provisioning, Provisioning::Succeeded);
+        assert!(!graph_row(&row, "games", "other").unwrap().tagged);
+        assert!(graph_row(&row, "elsewhere", "pool1").is_none());
+        let creating = json!({"id": row["id"], "tags": null, "provisioningState": "Creating", "powerState": ""});
+        let l = graph_row(&creating, "games", "pool1").unwrap();
+        assert_eq!(
+            (l.status.provisioning, l.status.power, l.tagged),
+            (Provisioning::Creating, Power::Unknown, false)
+        );
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ pub fn quick() -> ArmOptions {
         call_timeout: Duration::from_secs(5),
         server_error_retries: 2,
         backoff: Duration::from_millis(1),
+        quota_wait: Duration::from_millis(20),
     }
 }
 

@@ -109,6 +109,15 @@ impl Rig {
     }
 
     /// The ARM fake behind a rig built by [`Rig::arm`] or [`Rig::arm_on`].
+    /// The ARM fake's base URL (a rig built with [`Rig::arm`]).
+    pub fn fake_base(&self) -> String {
+        self.keep
+            .iter()
+            .find_map(|k| k.downcast_ref::<Fake>())
+            .map(|f| f.base.clone())
+            .unwrap()
+    }
+
     pub fn fake(&self) -> Arc<ArmFake> {
         self.keep
             .iter()
