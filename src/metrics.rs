@@ -22,7 +22,9 @@ use crate::compute::{Compute, ComputeError, Listed, VmStatus};
 use crate::domain::{VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
-use crate::store::{Etag, Record, Rows, StoreError, Versioned, VmStore, Written};
+use crate::store::{
+    Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+};
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -513,6 +515,34 @@ impl VmStore for MeteredStore {
     async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
         let r = self.inner.delete(id, etag).await;
         self.metrics.table_call("delete", written_outcome(&r));
+        r
+    }
+
+    async fn list_page(
+        &self,
+        which: Rows<'_>,
+        page: &PageRequest,
+    ) -> Result<Page<Versioned>, StoreError> {
+        let r = self.inner.list_page(which, page).await;
+        self.metrics.table_call("list_page", store_outcome(&r));
+        r
+    }
+
+    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
+        let r = self.inner.sample(states, limit).await;
+        self.metrics.table_call("sample", store_outcome(&r));
+        r
+    }
+
+    async fn count_states(&self) -> Result<StateCounts, StoreError> {
+        let r = self.inner.count_states().await;
+        self.metrics.table_call("count_states", store_outcome(&r));
+        r
+    }
+
+    async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
+        let r = self.inner.repair_index(rows).await;
+        self.metrics.table_call("repair_index", store_outcome(&r));
         r
     }
 

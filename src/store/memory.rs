@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::{
-    Etag, Record, Rows, StoreError, Versioned, VmStore, Written, check_record_key,
-    check_record_value, normalize,
+    Continuation, Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
+    VmStore, Written, check_record_key, check_record_value, normalize, zero_counts,
 };
-use crate::domain::{VmId, VmRecord};
+use crate::domain::{VmId, VmRecord, VmState};
 
 /// Rows kept in process. Cloning is not offered: share it behind an `Arc`.
 #[derive(Debug, Default)]
@@ -136,6 +136,46 @@ impl VmStore for MemoryStore {
             }
             _ => Ok(Written::LostRace),
         }
+    }
+
+    async fn list_page(
+        &self,
+        which: Rows<'_>,
+        page: &PageRequest,
+    ) -> Result<Page<Versioned>, StoreError> {
+        let mut rows = self.list(which).await?;
+        rows.sort_by(|a, b| a.vm.id.cmp(&b.vm.id));
+        let start = page.after.as_ref().map_or(0, |after| {
+            rows.partition_point(|r| r.vm.id.as_str() < after.partition_key.as_str())
+        });
+        let mut items: Vec<Versioned> = rows.into_iter().skip(start).collect();
+        let next = items.get(page.limit).map(|r| Continuation {
+            partition_key: r.vm.id.as_str().to_owned(),
+            row_key: Some(r.vm.id.as_str().to_owned()),
+        });
+        items.truncate(page.limit);
+        Ok(Page { items, next })
+    }
+
+    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
+        use rand::seq::SliceRandom;
+        let mut rows = self.list(Rows::InStates(states)).await?;
+        rows.shuffle(&mut rand::rng());
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    async fn count_states(&self) -> Result<StateCounts, StoreError> {
+        let mut counts = zero_counts();
+        for row in self.list(Rows::All).await? {
+            *counts.entry(row.vm.state).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Memory keeps no index: nothing to repair.
+    async fn repair_index(&self, _rows: &[Versioned]) -> Result<usize, StoreError> {
+        Ok(0)
     }
 
     async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError> {

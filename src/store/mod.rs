@@ -176,50 +176,22 @@ pub trait VmStore: Send + Sync + 'static {
         &self,
         which: Rows<'_>,
         page: &PageRequest,
-    ) -> Result<Page<Versioned>, StoreError> {
-        let mut rows = self.list(which).await?;
-        rows.sort_by(|a, b| a.vm.id.cmp(&b.vm.id));
-        let start = page.after.as_ref().map_or(0, |after| {
-            rows.partition_point(|r| r.vm.id.as_str() < after.partition_key.as_str())
-        });
-        let mut items: Vec<Versioned> = rows.into_iter().skip(start).collect();
-        let next = items.get(page.limit).map(|r| Continuation {
-            partition_key: r.vm.id.as_str().to_owned(),
-            row_key: Some(r.vm.id.as_str().to_owned()),
-        });
-        items.truncate(page.limit);
-        Ok(Page { items, next })
-    }
+    ) -> Result<Page<Versioned>, StoreError>;
 
     /// Up to `limit` rows in one of `states`, spread so that concurrent callers of several
     /// instances tend to be handed different ones (claims then rarely collide).
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        use rand::seq::SliceRandom;
-        let mut rows = self.list(Rows::InStates(states)).await?;
-        rows.shuffle(&mut rand::rng());
-        rows.truncate(limit);
-        Ok(rows)
-    }
+    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError>;
 
     /// How many VMs are in each state, over the whole table. Memory stays bounded: rows are
     /// counted as they arrive.
-    async fn count_states(&self) -> Result<StateCounts, StoreError> {
-        let mut counts = zero_counts();
-        for row in self.list(Rows::All).await? {
-            *counts.entry(row.vm.state).or_default() += 1;
-        }
-        Ok(counts)
-    }
+    async fn count_states(&self) -> Result<StateCounts, StoreError>;
 
     /// Brings any index the store keeps beside the rows back in line with them, given the
     /// rows as just listed (the reconciler calls this each pass with its own listing). Rows
     /// are the system of record; an index entry that disagrees is rewritten or removed after
     /// reading the row afresh. Returns how many entries were fixed. A store without an index
     /// has nothing to do.
-    async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
-        let _ = rows;
-        Ok(0)
-    }
+    async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError>;
 
     /// Adds a row; [`Written::LostRace`] if a row with that key exists. The row is kept as
     /// [`normalize`] makes it.

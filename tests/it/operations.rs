@@ -282,3 +282,45 @@ async fn with_storage_down_metrics_still_answer_and_say_so() {
     assert_eq!(sample(&m, "vmpool_pool_status_up"), 1.0);
     assert_eq!(sample(&m, r#"vmpool_vms{state="Creating"}"#), 1.0);
 }
+
+/// The listings reach the store's paged and counting calls through the metered store, never
+/// a listing of the whole table (which a decorator falling back to `list` would make).
+#[tokio::test]
+async fn listings_use_the_stores_pages_and_counts_through_the_metered_store() {
+    let sim = spawn_sim(&[]).await;
+    let app = &sim.app;
+    assert_eq!(app.create_vm().await.status, 202);
+    let calls = |m: &str, op: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("vmpool_table_calls_total{")
+                    && l.contains(&format!("operation=\"{op}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let (_, _, before) = text(app, "/api/Metrics").await;
+    assert_eq!(app.available().await.status, 200);
+    assert_eq!(
+        app.send("GET", "/api/GetPoolStatus?vms=false", None)
+            .await
+            .status,
+        200
+    );
+    let (_, _, after) = text(app, "/api/Metrics").await;
+    assert_eq!(
+        calls(&after, "list_page") - calls(&before, "list_page"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        calls(&after, "count_states") - calls(&before, "count_states"),
+        2.0,
+        "GetPoolStatus and the scrape count: {after}"
+    );
+    assert_eq!(
+        calls(&after, "list"),
+        calls(&before, "list"),
+        "no listing of the table: {after}"
+    );
+}
