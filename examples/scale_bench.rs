@@ -459,15 +459,40 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
     let table = azurite::table_name("reconcile");
     let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
     let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
-    println!("seeding {RECONCILED} Deallocating rows for the reconcile pass ...");
-    let results = futures::stream::iter(0..RECONCILED)
-        .map(|i| {
+    let vars: HashMap<String, String> = HashMap::new();
+    let config = Config::from_source(&vars)?;
+    let start = datetime!(2026-01-01 00:00 UTC);
+    let clock = Arc::new(ManualClock::new(start));
+    let clock_dyn: Arc<dyn Clock> = clock.clone();
+    let cloud = Arc::new(SimCloud::new(clock_dyn.clone(), Latencies::default(), 1));
+    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
+    // The pass to measure: 10,000 VMs that CreateVM handed out and that never reported nor
+    // were marked, so every one goes back to the buffer (a table write and an index entry
+    // each). ARM runs them all, so nothing else is due.
+    println!("seeding {RECONCILED} Running VMs handed out and never used ...");
+    let ids: Vec<VmId> = (0..RECONCILED)
+        .map(|i| VmId::parse(&format!("rec-{i:05}")))
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        compute.create(id).await?;
+    }
+    clock.advance(time::Duration::minutes(5));
+    let running_at = clock.now();
+    let results = futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
             let store = store.clone();
-            async move {
-                store
-                    .insert(&vm(&format!("rec-{i:05}"), VmState::Deallocating))
-                    .await
-            }
+            let mut vm = VmRecord::new_creating(
+                id.clone(),
+                compute.resource_id(&id),
+                Purpose::Matchmaker,
+                start,
+            );
+            vm.state = VmState::Running;
+            vm.operation = None;
+            vm.operation_since = None;
+            vm.state_changed_at = running_at;
+            vm.public_ip = Some("203.0.113.9".into());
+            async move { store.insert(&vm).await }
         })
         .buffer_unordered(SEED_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -475,14 +500,10 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
     for r in results {
         r?;
     }
-    let vars: HashMap<String, String> = HashMap::new();
-    let config = Config::from_source(&vars)?;
-    let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 00:05 UTC)));
-    let clock_dyn: Arc<dyn Clock> = clock.clone();
-    let cloud = Arc::new(SimCloud::new(clock_dyn.clone(), Latencies::default(), 1));
-    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
+    clock.advance(time::Duration::seconds(
+        i64::try_from(config.policy.claim_timeout.as_secs())? + 60,
+    ));
     let state = vmpool::startup::state(&config, store.clone(), compute, clock_dyn);
-    // ARM has none of these VMs: each deallocation counts as finished.
     let started = Instant::now();
     let summary = state.reconciler.run_once().await?;
     let pass = started.elapsed();
@@ -491,7 +512,7 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
         "  {:<44} {:>8.2} s  ({} rows changed, {} writes in flight at most)",
         "vmpool reconcile pass",
         pass.as_secs_f64(),
-        summary.deallocated,
+        summary.unclaimed,
         vmpool::store::WRITE_CONCURRENCY
     );
 
