@@ -115,6 +115,7 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
   assert.match(await page.locator(`tr[data-vm="${a}"]`).textContent(), /MarkedForDeallocation/);
   assert.equal(await page.textContent("#buffer-target"), String(status.buffer.target));
   assert.equal(await page.textContent("#breaker"), "closed");
+  assert.equal(await page.textContent("#observation"), "ARM listing trusted");
   assert.equal(await page.textContent("#max"), String(status.maxVms));
   assert.ok((await page.locator("#passes li").count()) >= 1, "the last pass is listed");
   assert.ok(
