@@ -15,7 +15,7 @@ use crate::procs::{AzuriteSpec, Layout, SharedProcs, Slot, VmpoolSpec, lock};
 use crate::state::{Answer, Shared, now_text};
 
 /// ARM operations the scripted faults aim at (names as the fake's control routes take them).
-const OPS: [&str; 7] = [
+const OPS: [&str; 8] = [
     "DeleteVm",
     "PutVm",
     "Start",
@@ -23,6 +23,7 @@ const OPS: [&str; 7] = [
     "ListVms",
     "GetVm",
     "OperationStatus",
+    "GraphQuery",
 ];
 
 /// What the faults task needs to restart processes.
