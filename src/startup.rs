@@ -116,7 +116,12 @@ pub fn state(
     let policy = Arc::new(config.policy.clone());
     let pool = Arc::new(Pool::new(store, compute, clock.clone(), policy.clone()));
     AppState {
-        reconciler: Reconciler::new(pool.clone()),
+        // A few reconcile periods: the loop's, or the Functions timer's (every 10 s).
+        reconciler: Reconciler::new(pool.clone()).with_lease_ttl(crate::reconcile::lease_ttl_for(
+            config
+                .reconcile_every
+                .unwrap_or(std::time::Duration::from_secs(10)),
+        )),
         pool,
         policy,
         clock,

@@ -150,9 +150,18 @@ pub enum ReconcileError {
 /// How many point reads run at once.
 const READS_AT_ONCE: usize = 8;
 
-/// How long the reconcile lease lasts unless renewed: six default reconcile periods of 10 s.
-/// It is renewed every pass, and during a long pass whenever a third of it is left.
+/// How long the reconcile lease lasts unless renewed, when nothing says otherwise (start-up
+/// sets a few reconcile periods: [`lease_ttl_for`]). It is taken at the start of every pass
+/// and renewed in the background while the pass runs, every third of it.
 pub const DEFAULT_LEASE_TTL: time::Duration = time::Duration::seconds(60);
+
+/// The lease for reconcile passes every `period`: three periods, at least 15 s (so a pass
+/// slowed by a storage or ARM hiccup keeps it) and at most [`DEFAULT_LEASE_TTL`]. After an
+/// instance dies holding it, another takes over within that.
+pub fn lease_ttl_for(period: std::time::Duration) -> time::Duration {
+    let three = time::Duration::try_from(period * 3).unwrap_or(DEFAULT_LEASE_TTL);
+    three.clamp(time::Duration::seconds(15), DEFAULT_LEASE_TTL)
+}
 
 /// Runs reconcile passes against a pool: one at a time in this process (a mutex), and one
 /// instance at a time across processes (the lease).
@@ -226,7 +235,13 @@ impl Reconciler {
             });
         };
         let mut summary = Summary::default();
-        let result = self.pass(lease, started, &mut summary).await;
+        let result = tokio::select! {
+            result = self.pass(started, &mut summary) => result,
+            () = self.keep(lease) => {
+                warn!("the reconcile lease was lost during the pass; the pass stops where it is and the next one finishes its work");
+                Ok(())
+            }
+        };
         let finished = pool.clock().now();
         let line = summary.line();
         if result.is_err() || summary.changed_anything() {
@@ -237,12 +252,26 @@ impl Reconciler {
         result.map(|()| summary)
     }
 
-    async fn pass(
-        &self,
-        mut lease: Lease,
-        now: OffsetDateTime,
-        summary: &mut Summary,
-    ) -> Result<(), ReconcileError> {
+    /// Renews `lease` every third of its length while a pass runs; returns only when the
+    /// lease is lost (another instance took it after it expired), so the pass must stop.
+    async fn keep(&self, mut lease: Lease) {
+        let store = self.pool.store().as_ref();
+        let every = std::time::Duration::try_from(self.lease_ttl / 3)
+            .unwrap_or(std::time::Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.pool.clock().now();
+            match renew_lease(store, &self.holder, &lease, now, self.lease_ttl).await {
+                Ok(Some(renewed)) => lease = renewed,
+                Ok(None) => return,
+                // Storage did not answer: try again; if the lease runs out meanwhile, another
+                // instance may take it, and the next renewal finds that out.
+                Err(e) => warn!(error = %e, "the reconcile lease could not be renewed yet"),
+            }
+        }
+    }
+
+    async fn pass(&self, now: OffsetDateTime, summary: &mut Summary) -> Result<(), ReconcileError> {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let policy = pool.policy();
@@ -312,21 +341,10 @@ impl Reconciler {
         let Plan { actions, meta } = plan(&rows, &observed, now, policy, &meta);
         summary.buffer_target = meta.buffer_target;
         // Actions touch different rows: they run a bounded number at a time, each with its own
-        // summary, sharing the pool's record (held only between awaits). The lease is renewed
-        // between batches when it nears its end.
+        // summary, sharing the pool's record (held only between awaits).
         let shared = std::sync::Mutex::new(meta);
         let mut actions = actions.into_iter().peekable();
         while actions.peek().is_some() {
-            let at = pool.clock().now();
-            if lease.expires_at - at < self.lease_ttl / 3 {
-                match renew_lease(store, &self.holder, &lease, at, self.lease_ttl).await? {
-                    Some(renewed) => lease = renewed,
-                    None => {
-                        warn!("the reconcile lease was lost during the pass; stopping it");
-                        break;
-                    }
-                }
-            }
             let batch: Vec<Action> = actions.by_ref().take(WRITE_CONCURRENCY).collect();
             let outcomes = run_bounded(
                 batch.into_iter().map(|action| {
@@ -616,6 +634,20 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_lasts_three_periods_within_bounds() {
+        use std::time::Duration as Std;
+        assert_eq!(
+            lease_ttl_for(Std::from_secs(10)),
+            time::Duration::seconds(30)
+        );
+        assert_eq!(
+            lease_ttl_for(Std::from_secs(2)),
+            time::Duration::seconds(15)
+        );
+        assert_eq!(lease_ttl_for(Std::from_secs(600)), DEFAULT_LEASE_TTL);
+    }
     use crate::domain::{Purpose, VmId, VmRecord};
     use crate::store::Etag;
 

@@ -81,7 +81,9 @@ fn settings() -> Result<Settings, String> {
         claim_timeout_secs: CLAIM_TIMEOUT_SECS,
         stable_bound: Duration::from_secs(45),
         orphan_settle: Duration::from_secs(20),
-        claim_slack_secs: 15,
+        // The reconcile lease a killed instance held (three periods, at least 15 s) runs out
+        // before another instance reconciles, plus passes and a storage restart on the way.
+        claim_slack_secs: 15 + 15,
     })
 }
 

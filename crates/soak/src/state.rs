@@ -30,7 +30,8 @@ pub struct Settings {
     /// Invariant 4: orphans are judged only this long after the faults stop.
     pub orphan_settle: Duration,
     /// Invariant 6: a matchmaker VM nobody holds may stay `Running` this long past the claim
-    /// timeout (reconcile passes and a storage restart on the way).
+    /// timeout (the lease of a killed reconciler running out, reconcile passes and a storage
+    /// restart on the way).
     pub claim_slack_secs: u64,
 }
 
