@@ -13,6 +13,7 @@ use vmpool_arm_fake::{FakeOp, HttpFault};
 
 use crate::idempotency::create_with_key;
 use crate::support::apps::ArmApp;
+use crate::support::arm::statuses;
 use crate::support::{Answer, spawn_arm};
 
 /// Waits (at most `within`) until `check` holds.
@@ -87,17 +88,6 @@ async fn until_one_put_accepted(a: &ArmApp) {
     .await;
 }
 
-/// The statuses the fake answered to VM creates, in order.
-fn put_statuses(a: &ArmApp) -> Vec<u16> {
-    a.fake
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.op == Some(FakeOp::PutVm))
-        .map(|r| r.status)
-        .collect()
-}
-
 /// Lets ARM finish its creates and runs a reconcile pass.
 async fn finish_creates(a: &ArmApp) {
     a.fake.clock.advance(time::Duration::minutes(3));
@@ -165,7 +155,7 @@ async fn two_throttles_with_retry_after_1_are_waited_out() {
         "{:?}",
         got.json
     );
-    let puts = put_statuses(&a);
+    let puts = statuses(&a.fake.fake, FakeOp::PutVm);
     assert_eq!(puts, [429, 429, 201]);
     let vm = last_row(&a.store).await;
     assert_eq!(
@@ -197,7 +187,7 @@ async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client
         started.elapsed() >= Duration::from_secs(2),
         "each Retry-After was honoured"
     );
-    let puts = put_statuses(&a);
+    let puts = statuses(&a.fake.fake, FakeOp::PutVm);
     assert_eq!(
         puts,
         [500, 500, 201],
