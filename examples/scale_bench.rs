@@ -33,7 +33,7 @@ use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::Compute;
 use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
 use vmpool::config::Config;
-use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
 use vmpool::store::table::TableStore;
 use vmpool::store::{VmStore, Written};
 
@@ -42,7 +42,7 @@ mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Res, Samples, raw_table, timed};
+use common::{Res, Samples, raw_body, raw_query, raw_table, raw_update, timed, vm};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
 /// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
@@ -51,22 +51,6 @@ const CLAIMABLE: usize = 100;
 const RECONCILED: usize = 10_000;
 /// Seeding and raw bulk writes in flight at once.
 const SEED_CONCURRENCY: usize = 64;
-
-fn vm(name: &str, state: VmState) -> VmRecord {
-    let mut vm = VmRecord::new_creating(
-        VmId::parse(name).expect("a valid name"),
-        format!(
-            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
-        ),
-        Purpose::Matchmaker,
-        datetime!(2026-01-01 00:00 UTC),
-    );
-    vm.state = state;
-    vm.operation = (state == VmState::Deallocating).then_some(Operation::Deallocate);
-    vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
-    vm.rooms = if state == VmState::Running { 3 } else { 0 };
-    vm
-}
 
 /// The state of the `i`th seeded VM: the claimable ones first, then four Running to one
 /// Deallocated.
@@ -86,10 +70,14 @@ fn name(i: usize) -> String {
     format!("scale-{i:06}")
 }
 
-/// The raw row for an update: what was read, minus the metadata the service added.
-fn raw_body(mut row: Map<String, Value>) -> Value {
-    row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
-    Value::Object(row)
+/// The `i`th seeded row: 3 rooms on a Running VM, none on the others.
+fn seeded_vm(i: usize) -> VmRecord {
+    let state = seeded_state(i);
+    vm(
+        &name(i),
+        state,
+        if state == VmState::Running { 3 } else { 0 },
+    )
 }
 
 /// Writes rows `from..to` through the store (rows and their index entries).
@@ -98,7 +86,7 @@ async fn seed(store: &Arc<TableStore>, from: usize, to: usize) -> Res<Duration> 
     let results = futures::stream::iter(from..to)
         .map(|i| {
             let store = store.clone();
-            async move { store.insert(&vm(&name(i), seeded_state(i))).await }
+            async move { store.insert(&seeded_vm(i)).await }
         })
         .buffer_unordered(SEED_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -248,7 +236,7 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         timed(floor, async {
             let entity = ctx.raw.partition_key_client(key).entity_client(key);
             let got = entity.get::<Map<String, Value>>().await?;
-            let mut body = raw_body(got.entity);
+            let (mut body, _) = raw_body(got.entity);
             body["VM_State"] = "Running".into();
             entity
                 .update(&body, IfMatchCondition::Etag(got.etag))?
@@ -263,7 +251,7 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
         let entity = ctx.raw.partition_key_client(key).entity_client(key);
         let got = entity.get::<Map<String, Value>>().await?;
-        let mut body = raw_body(got.entity);
+        let (mut body, _) = raw_body(got.entity);
         body["VM_State"] = "Running".into();
         timed(cached, async {
             entity
@@ -277,29 +265,10 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The scan claim, every fifth round (it is slow at size).
         if i % 5 == 0 {
             let key = timed(scan, async {
-                let mut pages = ctx
-                    .raw
-                    .query()
-                    .filter(filter)
-                    .into_stream::<Map<String, Value>>();
-                let mut rows = Vec::new();
-                while let Some(page) = pages.next().await {
-                    rows.extend(page?.entities);
-                }
+                let rows = raw_query(ctx.raw, Some(filter)).await?;
                 let row = rows.choose(&mut rand::rng()).ok_or("no row")?.clone();
-                let etag = row
-                    .get("odata.etag")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut body = raw_body(row);
-                body["VM_State"] = "Running".into();
-                let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
-                ctx.raw
-                    .partition_key_client(&key)
-                    .entity_client(&key)
-                    .update(&body, IfMatchCondition::Etag(etag.into()))?
-                    .await?;
+                let (key, _) =
+                    raw_update(ctx.raw, row, |body| body["VM_State"] = "Running".into()).await?;
                 Res::Ok(key)
             })
             .await?;
@@ -548,25 +517,13 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
 /// it there), `WRITE_CONCURRENCY` at a time; how long it all took.
 async fn raw_updates(raw: &TableClient, copies: Option<&TableClient>) -> Res<Duration> {
     let started = Instant::now();
-    let mut rows = Vec::new();
-    let mut pages = raw.query().into_stream::<Map<String, Value>>();
-    while let Some(page) = pages.next().await {
-        rows.extend(page?.entities);
-    }
+    let rows = raw_query(raw, None).await?;
     let results = futures::stream::iter(rows)
         .map(|row| async move {
-            let etag = row
-                .get("odata.etag")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let mut body = raw_body(row);
-            body["Rooms"] = (body["Rooms"].as_i64().unwrap_or_default() + 1).into();
-            let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
-            raw.partition_key_client(&key)
-                .entity_client(&key)
-                .update(&body, IfMatchCondition::Etag(etag.into()))?
-                .await?;
+            let (_, body) = raw_update(raw, row, |body| {
+                body["Rooms"] = (body["Rooms"].as_i64().unwrap_or_default() + 1).into();
+            })
+            .await?;
             if let Some(copies) = copies {
                 copies.insert::<_, Value>(&body)?.await?;
             }
