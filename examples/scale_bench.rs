@@ -42,7 +42,9 @@ mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Res, Samples, raw_body, raw_query, raw_table, raw_update, timed, vm};
+use common::{
+    Res, Samples, iterations, json, raw_body, raw_query, raw_table, raw_update, timed, vm,
+};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
 /// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
@@ -216,13 +218,8 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
             cached,
             scan,
         } = &mut c;
-        let answer: Value = timed(vmpool, async {
-            ctx.http
-                .post(format!("{}/api/CreateVM", ctx.binary.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let answer = timed(vmpool, async {
+            json(ctx.http.post(format!("{}/api/CreateVM", ctx.binary.base))).await
         })
         .await?;
         if answer["action"] != action {
@@ -318,10 +315,7 @@ async fn http_pages(ctx: &Ctx<'_>, route: &str, pages: usize) -> Res<(Samples, u
             Some(t) => format!("{}{route}?continuation={t}", ctx.binary.base),
             None => format!("{}{route}", ctx.binary.base),
         };
-        let answer: Value = timed(&mut samples, async {
-            ctx.http.get(url).send().await?.json::<Value>().await
-        })
-        .await?;
+        let answer = timed(&mut samples, async { json(ctx.http.get(url)).await }).await?;
         rows += answer["vms"].as_array().map_or(0, Vec::len);
         match answer["continuation"].as_str() {
             Some(t) => token = Some(t.to_owned()),
@@ -388,13 +382,12 @@ async fn listings(ctx: &Ctx<'_>, size: usize) -> Res<()> {
     let mut raw_counts = Samples::default();
     for _ in 0..5 {
         timed(&mut raw_counts, raw_count(ctx)).await?;
-        let answer: Value = timed(&mut counts, async {
-            ctx.http
-                .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let answer = timed(&mut counts, async {
+            json(
+                ctx.http
+                    .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base)),
+            )
+            .await
         })
         .await?;
         if answer.get("vms").is_some() {
@@ -540,10 +533,7 @@ async fn raw_updates(raw: &TableClient, copies: Option<&TableClient>) -> Res<Dur
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let iterations = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let iterations = iterations(200);
     let az =
         tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
             .await?;

@@ -40,7 +40,9 @@ mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Res, Samples, ms, raw_body, raw_query, raw_table, raw_update, timed, vm};
+use common::{
+    Res, Samples, iterations, json, ms, raw_body, raw_query, raw_table, raw_update, timed, vm,
+};
 
 const SEEDED: usize = 1000;
 const RUNNING: usize = 500;
@@ -167,10 +169,7 @@ async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
         .await?;
         remark(&*store, &id).await?;
 
-        let answer: Value = timed(&mut http_s, async {
-            post("/api/CreateVM").send().await?.json::<Value>().await
-        })
-        .await?;
+        let answer = timed(&mut http_s, async { json(post("/api/CreateVM")).await }).await?;
         if answer["action"] != "reclaimed" {
             return Err(format!("CreateVM did not reclaim: {answer}").into());
         }
@@ -243,12 +242,8 @@ async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
             (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
         }
         let rows = timed(&mut raw_s, raw_query(&raw, Some("VM_State eq 'Running'"))).await?;
-        let answer: Value = timed(&mut http_s, async {
-            http.get(format!("{}/api/GetAvailableVMs", service.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let answer = timed(&mut http_s, async {
+            json(http.get(format!("{}/api/GetAvailableVMs", service.base))).await
         })
         .await?;
         let vms = timed(&mut pool_s, pool.available()).await?;
@@ -338,10 +333,7 @@ async fn burst(az: &azurite::Azurite, instances: usize) -> Res<()> {
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let iterations = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let iterations = iterations(300);
     let az =
         tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
             .await?;

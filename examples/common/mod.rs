@@ -72,6 +72,19 @@ impl Samples {
     }
 }
 
+/// The samples per figure: `BENCH_ITERATIONS`, or `default`.
+pub fn iterations(default: usize) -> usize {
+    std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Sends `request` and reads its answer as JSON.
+pub async fn json(request: reqwest::RequestBuilder) -> reqwest::Result<Value> {
+    request.send().await?.json::<Value>().await
+}
+
 /// Milliseconds, for printing.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
