@@ -24,7 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use azure_core::Etag;
+use azure_data_tables::prelude::{EntityClient, IfMatchCondition, TableClient};
 use futures::StreamExt;
 use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
@@ -198,6 +199,15 @@ fn of_state(size: usize, state: VmState) -> Vec<String> {
         .collect()
 }
 
+/// Reads the row `key` raw: its client, its body marked claimed (Running), and its etag.
+async fn read_to_claim(raw: &TableClient, key: &str) -> Res<(EntityClient, Value, Etag)> {
+    let entity = raw.partition_key_client(key).entity_client(key);
+    let got = entity.get::<Map<String, Value>>().await?;
+    let (mut body, _) = raw_body(got.entity);
+    body["VM_State"] = "Running".into();
+    Ok((entity, body, got.etag))
+}
+
 /// CreateVM over HTTP, `iterations` times, each claim put back afterwards; with the raw
 /// floor (point read + conditional update) and the raw scan claim interleaved.
 async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) -> Res<Claims> {
@@ -231,13 +241,8 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The floor: read one known candidate, claim it conditionally.
         let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
         timed(floor, async {
-            let entity = ctx.raw.partition_key_client(key).entity_client(key);
-            let got = entity.get::<Map<String, Value>>().await?;
-            let (mut body, _) = raw_body(got.entity);
-            body["VM_State"] = "Running".into();
-            entity
-                .update(&body, IfMatchCondition::Etag(got.etag))?
-                .await?;
+            let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
+            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
             Res::Ok(())
         })
         .await?;
@@ -246,14 +251,9 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The candidate-cache design at its best: a copy already in memory, claimed with one
         // conditional update (the copy is read untimed just before).
         let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
-        let entity = ctx.raw.partition_key_client(key).entity_client(key);
-        let got = entity.get::<Map<String, Value>>().await?;
-        let (mut body, _) = raw_body(got.entity);
-        body["VM_State"] = "Running".into();
+        let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
         timed(cached, async {
-            entity
-                .update(&body, IfMatchCondition::Etag(got.etag))?
-                .await?;
+            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
             Res::Ok(())
         })
         .await?;
