@@ -24,7 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use azure_core::Etag;
+use azure_data_tables::prelude::{EntityClient, IfMatchCondition, TableClient};
 use futures::StreamExt;
 use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
@@ -33,7 +34,7 @@ use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::Compute;
 use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
 use vmpool::config::Config;
-use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
 use vmpool::store::table::TableStore;
 use vmpool::store::{VmStore, Written};
 
@@ -42,7 +43,9 @@ mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Res, Samples, raw_table, timed};
+use common::{
+    Res, Samples, iterations, json, raw_body, raw_query, raw_table, raw_update, timed, vm,
+};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
 /// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
@@ -51,22 +54,6 @@ const CLAIMABLE: usize = 100;
 const RECONCILED: usize = 10_000;
 /// Seeding and raw bulk writes in flight at once.
 const SEED_CONCURRENCY: usize = 64;
-
-fn vm(name: &str, state: VmState) -> VmRecord {
-    let mut vm = VmRecord::new_creating(
-        VmId::parse(name).expect("a valid name"),
-        format!(
-            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
-        ),
-        Purpose::Matchmaker,
-        datetime!(2026-01-01 00:00 UTC),
-    );
-    vm.state = state;
-    vm.operation = (state == VmState::Deallocating).then_some(Operation::Deallocate);
-    vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
-    vm.rooms = if state == VmState::Running { 3 } else { 0 };
-    vm
-}
 
 /// The state of the `i`th seeded VM: the claimable ones first, then four Running to one
 /// Deallocated.
@@ -86,10 +73,14 @@ fn name(i: usize) -> String {
     format!("scale-{i:06}")
 }
 
-/// The raw row for an update: what was read, minus the metadata the service added.
-fn raw_body(mut row: Map<String, Value>) -> Value {
-    row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
-    Value::Object(row)
+/// The `i`th seeded row: 3 rooms on a Running VM, none on the others.
+fn seeded_vm(i: usize) -> VmRecord {
+    let state = seeded_state(i);
+    vm(
+        &name(i),
+        state,
+        if state == VmState::Running { 3 } else { 0 },
+    )
 }
 
 /// Writes rows `from..to` through the store (rows and their index entries).
@@ -98,7 +89,7 @@ async fn seed(store: &Arc<TableStore>, from: usize, to: usize) -> Res<Duration> 
     let results = futures::stream::iter(from..to)
         .map(|i| {
             let store = store.clone();
-            async move { store.insert(&vm(&name(i), seeded_state(i))).await }
+            async move { store.insert(&seeded_vm(i)).await }
         })
         .buffer_unordered(SEED_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -208,6 +199,15 @@ fn of_state(size: usize, state: VmState) -> Vec<String> {
         .collect()
 }
 
+/// Reads the row `key` raw: its client, its body marked claimed (Running), and its etag.
+async fn read_to_claim(raw: &TableClient, key: &str) -> Res<(EntityClient, Value, Etag)> {
+    let entity = raw.partition_key_client(key).entity_client(key);
+    let got = entity.get::<Map<String, Value>>().await?;
+    let (mut body, _) = raw_body(got.entity);
+    body["VM_State"] = "Running".into();
+    Ok((entity, body, got.etag))
+}
+
 /// CreateVM over HTTP, `iterations` times, each claim put back afterwards; with the raw
 /// floor (point read + conditional update) and the raw scan claim interleaved.
 async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) -> Res<Claims> {
@@ -228,13 +228,8 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
             cached,
             scan,
         } = &mut c;
-        let answer: Value = timed(vmpool, async {
-            ctx.http
-                .post(format!("{}/api/CreateVM", ctx.binary.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let answer = timed(vmpool, async {
+            json(ctx.http.post(format!("{}/api/CreateVM", ctx.binary.base))).await
         })
         .await?;
         if answer["action"] != action {
@@ -246,13 +241,8 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The floor: read one known candidate, claim it conditionally.
         let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
         timed(floor, async {
-            let entity = ctx.raw.partition_key_client(key).entity_client(key);
-            let got = entity.get::<Map<String, Value>>().await?;
-            let mut body = raw_body(got.entity);
-            body["VM_State"] = "Running".into();
-            entity
-                .update(&body, IfMatchCondition::Etag(got.etag))?
-                .await?;
+            let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
+            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
             Res::Ok(())
         })
         .await?;
@@ -261,14 +251,9 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The candidate-cache design at its best: a copy already in memory, claimed with one
         // conditional update (the copy is read untimed just before).
         let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
-        let entity = ctx.raw.partition_key_client(key).entity_client(key);
-        let got = entity.get::<Map<String, Value>>().await?;
-        let mut body = raw_body(got.entity);
-        body["VM_State"] = "Running".into();
+        let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
         timed(cached, async {
-            entity
-                .update(&body, IfMatchCondition::Etag(got.etag))?
-                .await?;
+            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
             Res::Ok(())
         })
         .await?;
@@ -277,29 +262,10 @@ async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) ->
         // The scan claim, every fifth round (it is slow at size).
         if i % 5 == 0 {
             let key = timed(scan, async {
-                let mut pages = ctx
-                    .raw
-                    .query()
-                    .filter(filter)
-                    .into_stream::<Map<String, Value>>();
-                let mut rows = Vec::new();
-                while let Some(page) = pages.next().await {
-                    rows.extend(page?.entities);
-                }
+                let rows = raw_query(ctx.raw, Some(filter)).await?;
                 let row = rows.choose(&mut rand::rng()).ok_or("no row")?.clone();
-                let etag = row
-                    .get("odata.etag")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut body = raw_body(row);
-                body["VM_State"] = "Running".into();
-                let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
-                ctx.raw
-                    .partition_key_client(&key)
-                    .entity_client(&key)
-                    .update(&body, IfMatchCondition::Etag(etag.into()))?
-                    .await?;
+                let (key, _) =
+                    raw_update(ctx.raw, row, |body| body["VM_State"] = "Running".into()).await?;
                 Res::Ok(key)
             })
             .await?;
@@ -349,10 +315,7 @@ async fn http_pages(ctx: &Ctx<'_>, route: &str, pages: usize) -> Res<(Samples, u
             Some(t) => format!("{}{route}?continuation={t}", ctx.binary.base),
             None => format!("{}{route}", ctx.binary.base),
         };
-        let answer: Value = timed(&mut samples, async {
-            ctx.http.get(url).send().await?.json::<Value>().await
-        })
-        .await?;
+        let answer = timed(&mut samples, async { json(ctx.http.get(url)).await }).await?;
         rows += answer["vms"].as_array().map_or(0, Vec::len);
         match answer["continuation"].as_str() {
             Some(t) => token = Some(t.to_owned()),
@@ -419,13 +382,12 @@ async fn listings(ctx: &Ctx<'_>, size: usize) -> Res<()> {
     let mut raw_counts = Samples::default();
     for _ in 0..5 {
         timed(&mut raw_counts, raw_count(ctx)).await?;
-        let answer: Value = timed(&mut counts, async {
-            ctx.http
-                .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let answer = timed(&mut counts, async {
+            json(
+                ctx.http
+                    .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base)),
+            )
+            .await
         })
         .await?;
         if answer.get("vms").is_some() {
@@ -548,25 +510,13 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
 /// it there), `WRITE_CONCURRENCY` at a time; how long it all took.
 async fn raw_updates(raw: &TableClient, copies: Option<&TableClient>) -> Res<Duration> {
     let started = Instant::now();
-    let mut rows = Vec::new();
-    let mut pages = raw.query().into_stream::<Map<String, Value>>();
-    while let Some(page) = pages.next().await {
-        rows.extend(page?.entities);
-    }
+    let rows = raw_query(raw, None).await?;
     let results = futures::stream::iter(rows)
         .map(|row| async move {
-            let etag = row
-                .get("odata.etag")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let mut body = raw_body(row);
-            body["Rooms"] = (body["Rooms"].as_i64().unwrap_or_default() + 1).into();
-            let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
-            raw.partition_key_client(&key)
-                .entity_client(&key)
-                .update(&body, IfMatchCondition::Etag(etag.into()))?
-                .await?;
+            let (_, body) = raw_update(raw, row, |body| {
+                body["Rooms"] = (body["Rooms"].as_i64().unwrap_or_default() + 1).into();
+            })
+            .await?;
             if let Some(copies) = copies {
                 copies.insert::<_, Value>(&body)?.await?;
             }
@@ -583,10 +533,7 @@ async fn raw_updates(raw: &TableClient, copies: Option<&TableClient>) -> Res<Dur
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let iterations = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let iterations = iterations(200);
     let az =
         tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
             .await?;

@@ -20,17 +20,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use azure_data_tables::prelude::{IfMatchCondition, TableClient};
+use azure_data_tables::prelude::IfMatchCondition;
 use futures::StreamExt;
 use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
-use time::macros::datetime;
 use tokio::net::TcpListener;
 use vmpool::clock::{Clock, SystemClock};
 use vmpool::compute::Compute;
 use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
 use vmpool::config::Config;
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{VmId, VmState};
 use vmpool::http::AppState;
 use vmpool::pool::Pool;
 use vmpool::store::table::TableStore;
@@ -41,27 +40,13 @@ mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Res, Samples, ms, raw_table, timed};
+use common::{
+    Res, Samples, iterations, json, ms, raw_body, raw_query, raw_table, raw_update, timed, vm,
+};
 
 const SEEDED: usize = 1000;
 const RUNNING: usize = 500;
 const MARKED: usize = 100;
-
-fn vm(name: &str, state: VmState) -> VmRecord {
-    let mut vm = VmRecord::new_creating(
-        VmId::parse(name).expect("a valid name"),
-        format!(
-            "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
-        ),
-        Purpose::Matchmaker,
-        datetime!(2026-01-01 00:00 UTC),
-    );
-    vm.state = state;
-    vm.operation = None;
-    vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
-    vm.rooms = 3;
-    vm
-}
 
 /// A running vmpool over `store` on a loopback port.
 struct Service {
@@ -86,29 +71,6 @@ async fn serve(store: Arc<dyn VmStore>, max_vms: &str) -> Res<Service> {
         let _ = vmpool::startup::run(listener, served, None, std::future::pending()).await;
     });
     Ok(Service { base, state })
-}
-
-async fn raw_query(table: &TableClient, filter: &'static str) -> Res<Vec<Map<String, Value>>> {
-    let mut pages = table
-        .query()
-        .filter(filter)
-        .into_stream::<Map<String, Value>>();
-    let mut rows = Vec::new();
-    while let Some(page) = pages.next().await {
-        rows.extend(page?.entities);
-    }
-    Ok(rows)
-}
-
-/// The raw row for an update: what was read, minus the metadata the service added.
-fn raw_body(mut row: Map<String, Value>) -> (Value, String) {
-    let etag = row
-        .get("odata.etag")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    row.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && !k.starts_with("Timestamp@"));
-    (Value::Object(row), etag)
 }
 
 fn report(name: &str, raw_what: &str, raw: &Samples, http: &Samples, pool: &Samples) {
@@ -165,7 +127,7 @@ async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
     let seeded = futures::stream::iter(names.iter())
         .map(|(name, state)| {
             let store = store.clone();
-            async move { store.insert(&vm(name, *state)).await }
+            async move { store.insert(&vm(name, *state, 3)).await }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
@@ -195,27 +157,19 @@ async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
             (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
         }
         let id = timed(&mut raw_s, async {
-            let rows = raw_query(&raw, claim_filter).await?;
+            let rows = raw_query(&raw, Some(claim_filter)).await?;
             let row = rows
                 .choose(&mut rand::rng())
                 .ok_or("no reclaimable row")?
                 .clone();
-            let (mut body, etag) = raw_body(row);
-            body["VM_State"] = "Running".into();
-            let key = body["RowKey"].as_str().unwrap_or_default().to_owned();
-            raw.partition_key_client(&key)
-                .entity_client(&key)
-                .update(&body, IfMatchCondition::Etag(etag.into()))?
-                .await?;
+            let (key, _) =
+                raw_update(&raw, row, |body| body["VM_State"] = "Running".into()).await?;
             Res::Ok(key)
         })
         .await?;
         remark(&*store, &id).await?;
 
-        let answer: Value = timed(&mut http_s, async {
-            post("/api/CreateVM").send().await?.json::<Value>().await
-        })
-        .await?;
+        let answer = timed(&mut http_s, async { json(post("/api/CreateVM")).await }).await?;
         if answer["action"] != "reclaimed" {
             return Err(format!("CreateVM did not reclaim: {answer}").into());
         }
@@ -287,13 +241,9 @@ async fn latency(az: &azurite::Azurite, iterations: usize) -> Res<()> {
         if i == warmup {
             (raw_s, http_s, pool_s) = (Samples::default(), Samples::default(), Samples::default());
         }
-        let rows = timed(&mut raw_s, raw_query(&raw, "VM_State eq 'Running'")).await?;
-        let answer: Value = timed(&mut http_s, async {
-            http.get(format!("{}/api/GetAvailableVMs", service.base))
-                .send()
-                .await?
-                .json::<Value>()
-                .await
+        let rows = timed(&mut raw_s, raw_query(&raw, Some("VM_State eq 'Running'"))).await?;
+        let answer = timed(&mut http_s, async {
+            json(http.get(format!("{}/api/GetAvailableVMs", service.base))).await
         })
         .await?;
         let vms = timed(&mut pool_s, pool.available()).await?;
@@ -333,6 +283,7 @@ async fn burst(az: &azurite::Azurite, instances: usize) -> Res<()> {
             .insert(&vm(
                 &format!("burst-{i:02}"),
                 VmState::MarkedForDeallocation,
+                3,
             ))
             .await?;
     }
@@ -382,10 +333,7 @@ async fn burst(az: &azurite::Azurite, instances: usize) -> Res<()> {
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let iterations = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let iterations = iterations(300);
     let az =
         tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
             .await?;

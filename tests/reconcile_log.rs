@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -19,19 +19,10 @@ use vmpool::pool::Pool;
 use vmpool::reconcile::Reconciler;
 use vmpool::store::memory::MemoryStore;
 
-/// A writer for the JSON log that keeps every line in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+#[path = "it/support/log.rs"]
+mod log;
 
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use log::Captured;
 
 #[tokio::test]
 async fn each_pass_that_ran_logs_its_start_and_end_and_a_skipped_one_says_so() {
@@ -65,7 +56,7 @@ async fn each_pass_that_ran_logs_its_start_and_end_and_a_skipped_one_says_so() {
     assert!(!one.run_once().await.unwrap().skipped);
     assert!(other.run_once().await.unwrap().skipped);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

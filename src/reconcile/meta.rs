@@ -144,12 +144,42 @@ struct LeaseValue {
     expires_at: OffsetDateTime,
 }
 
+impl LeaseValue {
+    /// `holder`'s lease until `now + ttl`, and the text it is stored as.
+    fn until(
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<(LeaseValue, String), StoreError> {
+        let value = LeaseValue {
+            holder: holder.to_owned(),
+            expires_at: now + ttl,
+        };
+        let text = serde_json::to_string(&value)
+            .map_err(|e| StoreError::Rejected(format!("lease: {e}")))?;
+        Ok((value, text))
+    }
+}
+
 /// The reconcile lease as this instance holds it.
 #[derive(Debug, Clone)]
 pub struct Lease {
     etag: Etag,
     /// When it runs out unless renewed.
     pub expires_at: OffsetDateTime,
+}
+
+impl Lease {
+    /// The lease held once `value` was `written`: `None` if the write lost a race.
+    fn written(written: Written, value: &LeaseValue) -> Option<Lease> {
+        match written {
+            Written::Done(etag) => Some(Lease {
+                etag,
+                expires_at: value.expires_at,
+            }),
+            Written::LostRace => None,
+        }
+    }
 }
 
 /// Takes or renews the lease for `holder` until `now + ttl`: it is free (absent, expired) or
@@ -160,12 +190,7 @@ pub async fn acquire_lease(
     now: OffsetDateTime,
     ttl: Duration,
 ) -> Result<Option<Lease>, StoreError> {
-    let value = LeaseValue {
-        holder: holder.to_owned(),
-        expires_at: now + ttl,
-    };
-    let text =
-        serde_json::to_string(&value).map_err(|e| StoreError::Rejected(format!("lease: {e}")))?;
+    let (value, text) = LeaseValue::until(holder, now, ttl)?;
     let written = match store.get_record(LEASE.0, LEASE.1).await? {
         None => store.insert_record(LEASE.0, LEASE.1, &text).await?,
         Some(record) => {
@@ -181,13 +206,7 @@ pub async fn acquire_lease(
                 .await?
         }
     };
-    Ok(match written {
-        Written::Done(etag) => Some(Lease {
-            etag,
-            expires_at: value.expires_at,
-        }),
-        Written::LostRace => None,
-    })
+    Ok(Lease::written(written, &value))
 }
 
 /// Renews a held lease, conditionally on its ETag: `None` if it was lost meanwhile.
@@ -198,24 +217,11 @@ pub async fn renew_lease(
     now: OffsetDateTime,
     ttl: Duration,
 ) -> Result<Option<Lease>, StoreError> {
-    let value = LeaseValue {
-        holder: holder.to_owned(),
-        expires_at: now + ttl,
-    };
-    let text =
-        serde_json::to_string(&value).map_err(|e| StoreError::Rejected(format!("lease: {e}")))?;
-    Ok(
-        match store
-            .update_record(LEASE.0, LEASE.1, &text, &lease.etag)
-            .await?
-        {
-            Written::Done(etag) => Some(Lease {
-                etag,
-                expires_at: value.expires_at,
-            }),
-            Written::LostRace => None,
-        },
-    )
+    let (value, text) = LeaseValue::until(holder, now, ttl)?;
+    let written = store
+        .update_record(LEASE.0, LEASE.1, &text, &lease.etag)
+        .await?;
+    Ok(Lease::written(written, &value))
 }
 
 #[cfg(test)]

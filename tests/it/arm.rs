@@ -14,12 +14,34 @@ use vmpool::domain::VmId;
 use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body};
 
 use crate::support::arm::{
-    Fake, SUB, TOKEN, arm_client, arm_config, quick, spawn_fake, spawn_fake_with,
+    Fake, SUB, TOKEN, arm_client, arm_config, fake_settings, quick, spawn_fake, spawn_fake_with,
+    statuses,
 };
 use crate::support::spawn_wired;
 
 fn id(s: &str) -> VmId {
     VmId::parse(s).unwrap()
+}
+
+/// Creates `name` for `pool` in the resource group "elsewhere", beside the pool's own.
+async fn create_elsewhere(f: &Fake, pool: &str, name: &str) {
+    let mut elsewhere = arm_config(&f.base, TOKEN);
+    elsewhere.resource_group = "elsewhere".into();
+    ArmCompute::new(&elsewhere, pool, quick())
+        .unwrap()
+        .create(&id(name))
+        .await
+        .unwrap();
+}
+
+/// Creates `count` VMs (`p-0000`, `p-0001`, ...) 16 at a time; each create's result.
+async fn create_numbered(arm: &ArmCompute, count: u32) -> Vec<Result<(), ComputeError>> {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|n| async move { arm.create(&id(&format!("p-{n:04}"))).await })
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 #[tokio::test]
@@ -160,13 +182,7 @@ async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() 
         mine.create(&id(&format!("mine-{n}"))).await.unwrap();
     }
     theirs.create(&id("theirs-0")).await.unwrap();
-    let mut other_rg = arm_config(&f.base, TOKEN);
-    other_rg.resource_group = "elsewhere".into();
-    ArmCompute::new(&other_rg, "mine", quick())
-        .unwrap()
-        .create(&id("mine-elsewhere"))
-        .await
-        .unwrap();
+    create_elsewhere(&f, "mine", "mine-elsewhere").await;
     f.fake.clear_requests();
 
     let mut names: Vec<String> = mine
@@ -1016,13 +1032,7 @@ async fn resource_graph_scopes_pages_lags_and_throttles() {
     for n in 0..5 {
         arm.create(&id(&format!("p-{n}"))).await.unwrap();
     }
-    let mut elsewhere = arm_config(&f.base, TOKEN);
-    elsewhere.resource_group = "elsewhere".into();
-    ArmCompute::new(&elsewhere, "p", quick())
-        .unwrap()
-        .create(&id("p-elsewhere"))
-        .await
-        .unwrap();
+    create_elsewhere(&f, "p", "p-elsewhere").await;
     let query = vmpool::compute::arm::sweep_query("games");
     let ask = |top: u32, token: Option<&str>, subs: Value| {
         let mut options = json!({"resultFormat": "objectArray", "$top": top});
@@ -1134,17 +1144,9 @@ async fn resource_graph_scopes_pages_lags_and_throttles() {
 /// More VMs than one page holds are read in pages of 1,000, following `$skipToken`.
 #[tokio::test]
 async fn the_sweep_follows_skip_tokens() {
-    use futures::StreamExt;
     let f = spawn_fake(50).await;
     let arm = arm_client(&f, "p");
-    let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
-        .map(|n| {
-            let arm = &arm;
-            async move { arm.create(&id(&format!("p-{n:04}"))).await }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let created = create_numbered(&arm, 1001).await;
     assert!(created.iter().all(Result::is_ok));
     f.clock.advance(Span::seconds(200));
     f.fake.clear_requests();
@@ -1161,26 +1163,16 @@ async fn the_sweep_follows_skip_tokens() {
 /// clock) once the fake has answered 429.
 #[tokio::test]
 async fn a_long_sweep_waits_for_the_quota_between_pages() {
-    use futures::StreamExt;
     let f = spawn_fake_with(
         FakeSettings {
-            token: TOKEN.into(),
-            subscription_id: SUB.into(),
             graph_quota: 1,
-            ..FakeSettings::default()
+            ..fake_settings(50)
         },
         3,
     )
     .await;
     let arm = arm_client(&f, "p");
-    let created: Vec<Result<(), ComputeError>> = futures::stream::iter(0..1001)
-        .map(|n| {
-            let arm = &arm;
-            async move { arm.create(&id(&format!("p-{n:04}"))).await }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let created = create_numbered(&arm, 1001).await;
     assert!(created.iter().all(Result::is_ok));
     f.clock.advance(Span::seconds(200));
     f.fake.clear_requests();
@@ -1198,13 +1190,7 @@ async fn a_long_sweep_waits_for_the_quota_between_pages() {
     };
     let (swept, ()) = tokio::join!(sweep, resets);
     assert_eq!(swept.unwrap().len(), 1001, "both pages, after waiting");
-    let statuses: Vec<u16> = f
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.op == Some(FakeOp::GraphQuery))
-        .map(|r| r.status)
-        .collect();
+    let statuses = statuses(&f.fake, FakeOp::GraphQuery);
     assert_eq!(statuses.first(), Some(&200));
     assert_eq!(statuses.last(), Some(&200));
     assert!(statuses.contains(&429), "{statuses:?}");

@@ -12,7 +12,9 @@ use vmpool::store::{Rows, VmStore};
 use vmpool_arm_fake::{FakeOp, HttpFault};
 
 use crate::idempotency::create_with_key;
-use crate::support::spawn_arm;
+use crate::support::apps::ArmApp;
+use crate::support::arm::statuses;
+use crate::support::{Answer, spawn_arm};
 
 /// Waits (at most `within`) until `check` holds.
 async fn until<F: std::future::Future<Output = bool>>(
@@ -36,22 +38,66 @@ async fn rows(store: &MemoryStore) -> Vec<vmpool::domain::VmRecord> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_its_key() {
-    let a = spawn_arm(&[]).await;
-    a.fake
-        .fake
-        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
+/// The last of the store's rows.
+async fn last_row(store: &MemoryStore) -> vmpool::domain::VmRecord {
+    rows(store).await.pop().unwrap()
+}
+
+/// vmpool against a fresh fake (configured by `vars`) whose next `puts` VM creates are each
+/// answered `delay` late.
+async fn spawn_with_slow_puts(vars: &[(&str, &str)], puts: u32, delay: Duration) -> ArmApp {
+    let a = spawn_arm(vars).await;
+    a.fake.fake.delay_next(FakeOp::PutVm, puts, delay);
+    a
+}
+
+/// A CreateVM (with `key` as its Idempotency-Key, if any) whose caller gives up after
+/// `patience`; the error the caller saw.
+async fn give_up_on_create(a: &ArmApp, key: Option<&str>, patience: Duration) -> reqwest::Error {
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
+        .timeout(patience)
         .build()
         .unwrap();
-    let gave_up = impatient
-        .post(format!("{}/api/CreateVM", a.app.base))
-        .header("Idempotency-Key", "slow-1")
-        .send()
-        .await
-        .unwrap_err();
+    let request = impatient.post(format!("{}/api/CreateVM", a.app.base));
+    let request = match key {
+        Some(key) => request.header("Idempotency-Key", key),
+        None => request,
+    };
+    request.send().await.unwrap_err()
+}
+
+/// A CreateVM spawned in the background.
+fn spawn_create(a: &Arc<ArmApp>) -> tokio::task::JoinHandle<Answer> {
+    let a = a.clone();
+    tokio::spawn(async move { a.app.create_vm().await })
+}
+
+/// Waits (at most 2 s) until the store holds `count` rows.
+async fn until_rows(a: &ArmApp, count: usize) {
+    until(Duration::from_secs(2), || async {
+        rows(&a.store).await.len() == count
+    })
+    .await;
+}
+
+/// Waits (at most 10 s) until the fake has accepted one VM create.
+async fn until_one_put_accepted(a: &ArmApp) {
+    until(Duration::from_secs(10), || async {
+        a.fake.fake.accepted(FakeOp::PutVm).len() == 1
+    })
+    .await;
+}
+
+/// Lets ARM finish its creates and runs a reconcile pass.
+async fn finish_creates(a: &ArmApp) {
+    a.fake.clock.advance(time::Duration::minutes(3));
+    a.app.reconcile().await;
+}
+
+#[tokio::test]
+async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_its_key() {
+    let a = spawn_with_slow_puts(&[], 1, Duration::from_secs(2)).await;
+    let gave_up = give_up_on_create(&a, Some("slow-1"), Duration::from_millis(300)).await;
     assert!(gave_up.is_timeout(), "{gave_up}");
 
     // The retry waits for the first attempt, which went on without its caller.
@@ -72,39 +118,23 @@ async fn a_caller_who_gives_up_during_a_slow_create_gets_the_vm_on_retry_with_it
     );
 
     // It completes for the matchmaker, who now has its vmId.
-    a.fake.clock.advance(time::Duration::minutes(3));
-    a.app.reconcile().await;
+    finish_creates(&a).await;
     assert_eq!(rows(&a.store).await[0].state, VmState::Running);
 }
 
 #[tokio::test]
 async fn a_caller_who_gives_up_without_a_key_does_not_stop_the_create() {
-    let a = spawn_arm(&[]).await;
-    a.fake
-        .fake
-        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(1));
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(format!("{}/api/CreateVM", a.app.base))
-        .send()
-        .await
-        .unwrap_err();
+    let a = spawn_with_slow_puts(&[], 1, Duration::from_secs(1)).await;
+    let gave_up = give_up_on_create(&a, None, Duration::from_millis(200)).await;
     assert!(gave_up.is_timeout(), "{gave_up}");
-    until(Duration::from_secs(10), || async {
-        a.fake.fake.accepted(FakeOp::PutVm).len() == 1
-    })
-    .await;
-    let vm = rows(&a.store).await.pop().unwrap();
+    until_one_put_accepted(&a).await;
+    let vm = last_row(&a.store).await;
     assert_eq!(
         (vm.state, vm.purpose),
         (VmState::Creating, Purpose::Matchmaker)
     );
-    a.fake.clock.advance(time::Duration::minutes(3));
-    a.app.reconcile().await;
-    let vm = rows(&a.store).await.pop().unwrap();
+    finish_creates(&a).await;
+    let vm = last_row(&a.store).await;
     assert_eq!(
         vm.state,
         VmState::Running,
@@ -125,16 +155,9 @@ async fn two_throttles_with_retry_after_1_are_waited_out() {
         "{:?}",
         got.json
     );
-    let puts: Vec<u16> = a
-        .fake
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.op == Some(FakeOp::PutVm))
-        .map(|r| r.status)
-        .collect();
+    let puts = statuses(&a.fake.fake, FakeOp::PutVm);
     assert_eq!(puts, [429, 429, 201]);
-    let vm = rows(&a.store).await.pop().unwrap();
+    let vm = last_row(&a.store).await;
     assert_eq!(
         (vm.state, vm.purpose),
         (VmState::Creating, Purpose::Matchmaker)
@@ -164,14 +187,7 @@ async fn server_errors_with_a_short_retry_after_are_waited_out_by_the_arm_client
         started.elapsed() >= Duration::from_secs(2),
         "each Retry-After was honoured"
     );
-    let puts: Vec<u16> = a
-        .fake
-        .fake
-        .requests()
-        .iter()
-        .filter(|r| r.op == Some(FakeOp::PutVm))
-        .map(|r| r.status)
-        .collect();
+    let puts = statuses(&a.fake.fake, FakeOp::PutVm);
     assert_eq!(
         puts,
         [500, 500, 201],
@@ -190,7 +206,7 @@ async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer(
         assert_eq!(got.status, 503, "{:?}", got.json);
         assert_eq!(got.json["error"]["code"], "Unavailable");
         assert_eq!(got.headers["retry-after"], retry_after.to_string().as_str());
-        let vm = rows(&a.store).await.pop().unwrap();
+        let vm = last_row(&a.store).await;
         assert_eq!((vm.state, vm.purpose), (VmState::Creating, Purpose::Buffer));
         assert_eq!(a.fake.fake.requests().len(), 1, "no retry past the budget");
     }
@@ -198,27 +214,12 @@ async fn a_throttle_past_the_budget_answers_503_and_hands_the_row_to_the_buffer(
 
 #[tokio::test]
 async fn the_capacity_gate_is_not_held_while_arm_is_slow() {
-    let a = Arc::new(spawn_arm(&[]).await);
-    a.fake
-        .fake
-        .delay_next(FakeOp::PutVm, 2, Duration::from_secs(3));
-    let first = tokio::spawn({
-        let a = a.clone();
-        async move { a.app.create_vm().await }
-    });
-    until(Duration::from_secs(2), || async {
-        rows(&a.store).await.len() == 1
-    })
-    .await;
-    let second = tokio::spawn({
-        let a = a.clone();
-        async move { a.app.create_vm().await }
-    });
+    let a = Arc::new(spawn_with_slow_puts(&[], 2, Duration::from_secs(3)).await);
+    let first = spawn_create(&a);
+    until_rows(&a, 1).await;
+    let second = spawn_create(&a);
     // Both intents are written while the first ARM call is still waiting.
-    until(Duration::from_secs(2), || async {
-        rows(&a.store).await.len() == 2
-    })
-    .await;
+    until_rows(&a, 2).await;
     assert!(!first.is_finished() && !second.is_finished());
     for done in [first.await.unwrap(), second.await.unwrap()] {
         assert_eq!(done.status, 202, "{:?}", done.json);
@@ -228,19 +229,18 @@ async fn the_capacity_gate_is_not_held_while_arm_is_slow() {
 
 #[tokio::test]
 async fn the_request_timeout_answers_503_and_the_create_goes_on() {
-    let a = spawn_arm(&[("VMPOOL_REQUEST_TIMEOUT_SECS", "1")]).await;
-    a.fake
-        .fake
-        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
+    let a = spawn_with_slow_puts(
+        &[("VMPOOL_REQUEST_TIMEOUT_SECS", "1")],
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
     let got = a.app.create_vm().await;
     assert_eq!(got.status, 503, "{:?}", got.json);
     assert_eq!(got.json["error"]["code"], "Unavailable");
     assert!(got.headers.contains_key("retry-after"));
-    until(Duration::from_secs(10), || async {
-        a.fake.fake.accepted(FakeOp::PutVm).len() == 1
-    })
-    .await;
-    let vm = rows(&a.store).await.pop().unwrap();
+    until_one_put_accepted(&a).await;
+    let vm = last_row(&a.store).await;
     assert_eq!(
         (vm.state, vm.purpose),
         (VmState::Creating, Purpose::Matchmaker)
@@ -249,18 +249,16 @@ async fn the_request_timeout_answers_503_and_the_create_goes_on() {
 
 #[tokio::test]
 async fn requests_over_the_concurrency_limit_get_503_at_once() {
-    let a = Arc::new(spawn_arm(&[("VMPOOL_MAX_CONCURRENT_REQUESTS", "1")]).await);
-    a.fake
-        .fake
-        .delay_next(FakeOp::PutVm, 1, Duration::from_secs(2));
-    let slow = tokio::spawn({
-        let a = a.clone();
-        async move { a.app.create_vm().await }
-    });
-    until(Duration::from_secs(2), || async {
-        rows(&a.store).await.len() == 1
-    })
-    .await;
+    let a = Arc::new(
+        spawn_with_slow_puts(
+            &[("VMPOOL_MAX_CONCURRENT_REQUESTS", "1")],
+            1,
+            Duration::from_secs(2),
+        )
+        .await,
+    );
+    let slow = spawn_create(&a);
+    until_rows(&a, 1).await;
     let refused = a.app.available().await;
     assert_eq!(refused.status, 503, "{:?}", refused.json);
     assert_eq!(refused.json["error"]["code"], "Unavailable");

@@ -174,14 +174,7 @@ async fn a_vm_really_deleted_leaves_the_available_list_after_a_404() {
     );
     rig.advance(31);
     rig.pass().await;
-    let available: Vec<VmId> = rig
-        .pool
-        .available()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|vm| vm.id)
-        .collect();
+    let available = rig.available_ids().await;
     assert_eq!(available, [ids[1].clone()]);
     let gets: Vec<u16> = f
         .requests()

@@ -10,6 +10,7 @@ use vmpool::metrics::{MeteredStore, Metrics};
 use vmpool::store::memory::MemoryStore;
 use vmpool::store::{Etag, VmStore, Written};
 
+use crate::support::log::Captured;
 use crate::support::spawn_sim;
 
 async fn text(app: &crate::support::TestApp, path: &str) -> (u16, String, String) {
@@ -204,20 +205,6 @@ async fn the_operations_functions_are_defined_and_routed_as_the_host_forwards_th
     }
 }
 
-/// A log sink shared with the test.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn each_reconcile_pass_writes_one_json_log_line_with_its_figures() {
     let captured = Captured::default();
@@ -235,7 +222,7 @@ async fn each_reconcile_pass_writes_one_json_log_line_with_its_figures() {
     let summary = parts.state.reconcile_pass().await.unwrap();
     assert_eq!(summary.completed, 1);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let passes: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())

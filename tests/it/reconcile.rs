@@ -302,14 +302,7 @@ pub async fn drained_vms_are_deallocated_after_the_drain_timeout(rig: Rig) {
     rig.pool.create_vm().await.unwrap();
     rig.advance(180);
     rig.pass().await;
-    let ids: Vec<VmId> = rig
-        .pool
-        .available()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|vm| vm.id)
-        .collect();
+    let ids = rig.available_ids().await;
     rig.pool.report_rooms(&ids[0], 0).await.unwrap();
     rig.pool.report_rooms(&ids[1], 4).await.unwrap();
     rig.pool.mark_for_deallocation(&ids[0]).await.unwrap();

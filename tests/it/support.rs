@@ -7,6 +7,7 @@
 //! - `rig`: a pool and its reconciler without HTTP, over the same three sets of parts;
 //! - `arm`: the ARM fake over HTTP and the ARM client's settings for it;
 //! - `azurite`: the storage emulator as a child process;
+//! - `log`: a sink that keeps what the log subscriber writes;
 //! - `lossy`: a proxy that loses Azurite's answers on demand.
 //!
 //! This file holds the served app itself, with typed request helpers.
@@ -14,6 +15,7 @@
 pub mod apps;
 pub mod arm;
 pub mod azurite;
+pub mod log;
 pub mod lossy;
 pub mod rig;
 

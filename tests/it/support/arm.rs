@@ -10,7 +10,7 @@ use vmpool::compute::Compute;
 use vmpool::compute::arm::{ArmCompute, ArmConfig, ArmOptions};
 use vmpool::compute::sim::{Latencies, SimCloud};
 use vmpool::config::{ComputeConfig, Config};
-use vmpool_arm_fake::{ArmFake, FakeSettings};
+use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings};
 
 /// The bearer token the fake accepts.
 pub const TOKEN: &str = "test-arm-token";
@@ -25,15 +25,19 @@ pub struct Fake {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// The fake with [`TOKEN`] and [`SUB`], listing `page_size` VMs a page, on a fresh clock.
-pub async fn spawn_fake(page_size: usize) -> Fake {
-    let settings = FakeSettings {
+/// The fake's settings with [`TOKEN`] and [`SUB`], listing `page_size` VMs a page.
+pub fn fake_settings(page_size: usize) -> FakeSettings {
+    FakeSettings {
         token: TOKEN.into(),
         subscription_id: SUB.into(),
         page_size,
         ..FakeSettings::default()
-    };
-    spawn_fake_with(settings, 3).await
+    }
+}
+
+/// The fake with [`TOKEN`] and [`SUB`], listing `page_size` VMs a page, on a fresh clock.
+pub async fn spawn_fake(page_size: usize) -> Fake {
+    spawn_fake_with(fake_settings(page_size), 3).await
 }
 
 /// The fake with `settings`, its cloud's jitter fixed by `seed`, on a fresh clock.
@@ -57,6 +61,15 @@ pub async fn spawn_fake_with(settings: FakeSettings, seed: u64) -> Fake {
         clock,
         _stop: stop,
     }
+}
+
+/// The statuses `fake` answered to the requests `op` that it recorded, in order.
+pub fn statuses(fake: &ArmFake, op: FakeOp) -> Vec<u16> {
+    fake.requests()
+        .iter()
+        .filter(|r| r.op == Some(op))
+        .map(|r| r.status)
+        .collect()
 }
 
 /// The settings of vmpool with `VMPOOL_COMPUTE=arm` (memory store) pointed at `base`.

@@ -9,7 +9,7 @@ use vmpool::clock::ManualClock;
 use vmpool::compute::sim::{Fault, SimCloud, SimOp};
 use vmpool::compute::{Compute, ComputeError};
 use vmpool::config::Config;
-use vmpool::domain::{VmRecord, VmState};
+use vmpool::domain::{VmId, VmRecord, VmState};
 use vmpool::http::AppState;
 use vmpool::pool::Pool;
 use vmpool::reconcile::{Reconciler, Summary};
@@ -145,6 +145,17 @@ impl Rig {
             .collect();
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
+    }
+
+    /// The ids of the VMs the pool lists as available, in its order.
+    pub async fn available_ids(&self) -> Vec<VmId> {
+        self.pool
+            .available()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|vm| vm.id)
+            .collect()
     }
 
     pub async fn count(&self, state: VmState) -> usize {
