@@ -577,6 +577,16 @@ impl VmStore for MeteredStore {
         r
     }
 
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError> {
+        let r = self.inner.list_records(kind, page).await;
+        self.metrics.table_call("list_records", store_outcome(&r));
+        r
+    }
+
     async fn delete_record(
         &self,
         kind: &str,
