@@ -410,7 +410,9 @@ pub(crate) fn check_keys(kind: &str, key: &str) -> Result<(), StoreError> {
 /// with every entity).
 pub(crate) const RECORD_SELECT: &str = "RowKey,Value";
 
-/// `PartitionKey eq '<kind>'`, the kind quoted as OData quotes a string (a `'` doubled).
+/// `PartitionKey eq '<kind>'`, the kind quoted as OData quotes a string (a `'` doubled), as
+/// "Querying tables and entities" (Constructing filter strings) in the Table service REST
+/// reference says and as the .NET Tables SDK's `TableOdataFilter` does.
 pub(crate) fn kind_filter(kind: &str) -> String {
     format!("{} eq '{}'", PARTITION_KEY.name, kind.replace('\'', "''"))
 }
