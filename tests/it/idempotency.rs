@@ -275,6 +275,15 @@ async fn keys_past_their_time_leave_the_table(store: Arc<dyn VmStore>) {
     let again = create_with_key(&app.app, "young").await;
     assert_eq!(again.json["vm"]["vmId"], young.json["vm"]["vmId"]);
     assert_eq!(again.json["action"], young.json["action"]);
+    // The listing and the deletes went through the metered store.
+    let counters = app.app.state.metrics.render_counters();
+    for series in [
+        r#"vmpool_table_calls_total{operation="list_records",outcome="ok"}"#,
+        r#"vmpool_table_calls_total{operation="delete_record",outcome="ok"}"#,
+        r#"vmpool_reconcile_actions_total{kind="keys_expired"} 2"#,
+    ] {
+        assert!(counters.contains(series), "{series} in {counters}");
+    }
 }
 
 #[tokio::test]
