@@ -46,8 +46,9 @@ pub struct Removed {
 }
 
 /// Reads up to [`PAGES_PER_PASS`] pages of key records from `cursor` and deletes those
-/// past their time at `now`, conditionally on the ETag read. Fails only if a page cannot be
-/// read (the cursor then stays where it was).
+/// past their time at `now`, conditionally on the ETag read. Fails only if the first page
+/// cannot be read; a later page that cannot be read ends the call with what was done (one
+/// more error). Either way the cursor stays at the page not read.
 pub async fn remove_expired(
     store: &dyn VmStore,
     now: OffsetDateTime,
@@ -55,12 +56,21 @@ pub async fn remove_expired(
     cursor: &Cursor,
 ) -> Result<Removed, StoreError> {
     let mut done = Removed::default();
-    for _ in 0..PAGES_PER_PASS {
+    for read in 0..PAGES_PER_PASS {
         let request = PageRequest {
             limit: PAGE,
             after: cursor.get(),
         };
-        let page = store.list_records(KIND, &request).await?;
+        let page = match store.list_records(KIND, &request).await {
+            Ok(page) => page,
+            // What earlier pages removed is still reported; the next call resumes here.
+            Err(e) if read > 0 => {
+                warn!(error = %e, "could not read more idempotency keys; the next pass resumes here");
+                done.errors += 1;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let expired = page
             .items
             .into_iter()
