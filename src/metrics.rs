@@ -321,7 +321,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     }
 }
 
-fn summary_fields(s: &Summary) -> [(&'static str, u32); 13] {
+fn summary_fields(s: &Summary) -> [(&'static str, u32); 14] {
     [
         ("completed", s.completed),
         ("deallocated", s.deallocated),
@@ -334,6 +334,7 @@ fn summary_fields(s: &Summary) -> [(&'static str, u32); 13] {
         ("deleted", s.deleted),
         ("forgotten", s.forgotten),
         ("adopted", s.adopted),
+        ("keys_expired", s.keys_expired),
         ("lost_races", s.lost_races),
         ("errors", s.errors),
     ]
@@ -365,6 +366,7 @@ pub async fn reconcile_pass(
             deleted = s.deleted,
             forgotten = s.forgotten,
             adopted = s.adopted,
+            keys_expired = s.keys_expired,
             buffer_target = s.buffer_target,
             lost_races = s.lost_races,
             errors = s.errors,
@@ -574,6 +576,16 @@ impl VmStore for MeteredStore {
         let r = self.inner.update_record(kind, key, value, etag).await;
         self.metrics
             .table_call("update_record", written_outcome(&r));
+        r
+    }
+
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError> {
+        let r = self.inner.list_records(kind, page).await;
+        self.metrics.table_call("list_records", store_outcome(&r));
         r
     }
 

@@ -249,6 +249,16 @@ impl Pool {
         self.policy.arm_retry_budget + DEADLINE_MARGIN
     }
 
+    /// The rules an `Idempotency-Key`'s record follows: its TTL, when a `pending` one is
+    /// taken over, and how long a request waits for another's answer.
+    pub fn key_rules(&self) -> keys::Rules {
+        keys::Rules {
+            ttl: self.policy.idempotency_ttl,
+            take_over_after: self.create_deadline() + KEY_TAKE_OVER_MARGIN,
+            wait: KEY_WAIT,
+        }
+    }
+
     /// CreateVM as the API runs it: the work runs on its own task, so a caller who hangs up
     /// or times out does not cut it short, and it ends at [`Pool::create_deadline`]. With a
     /// `key`, see [`Pool::create_vm_with_key`].
@@ -289,11 +299,7 @@ impl Pool {
         let Some(key) = key else {
             return self.create_vm().await;
         };
-        let rules = keys::Rules {
-            ttl: self.policy.idempotency_ttl,
-            take_over_after: self.create_deadline() + KEY_TAKE_OVER_MARGIN,
-            wait: KEY_WAIT,
-        };
+        let rules = self.key_rules();
         for _ in 0..TRIES_PER_VM {
             match keys::begin(&*self.store, &*self.clock, key, rules).await? {
                 Begun::Answered {

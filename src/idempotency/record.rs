@@ -45,6 +45,22 @@ impl Entry {
     fn json(&self) -> Result<String, StoreError> {
         serde_json::to_string(self).map_err(|e| StoreError::Rejected(format!("key record: {e}")))
     }
+
+    /// Whether the record no longer binds its key at `now`: an answer past its TTL, or a
+    /// holder past the take-over age (it died).
+    fn expired(&self, now: OffsetDateTime, rules: Rules) -> bool {
+        match self {
+            Entry::Done { at, .. } => now >= *at + rules.ttl,
+            Entry::Pending { since } => now >= *since + rules.take_over_after,
+        }
+    }
+}
+
+/// Whether the key record `value` is past its time at `now` under `rules` (what [`begin`]
+/// would take over for that reason), so removing it changes no answer. A record that cannot
+/// be read is not judged expired: it is left alone.
+pub fn is_expired(value: &str, now: OffsetDateTime, rules: Rules) -> bool {
+    serde_json::from_str::<Entry>(value).is_ok_and(|entry| entry.expired(now, rules))
 }
 
 /// The rules a key's record follows.
@@ -135,7 +151,8 @@ pub async fn begin(
             continue;
         };
         let live = match serde_json::from_str::<Entry>(&record.value) {
-            Ok(Entry::Done { vm_id, action, at }) if now < at + rules.ttl => {
+            Ok(entry) if entry.expired(now, rules) => false,
+            Ok(Entry::Done { vm_id, action, .. }) => {
                 if let Some(action) = ACTIONS.into_iter().find(|a| *a == action) {
                     return Ok(Begun::Answered {
                         vm_id,
@@ -145,8 +162,7 @@ pub async fn begin(
                 }
                 false
             }
-            Ok(Entry::Pending { since }) => now < since + rules.take_over_after,
-            Ok(Entry::Done { .. }) => false,
+            Ok(Entry::Pending { .. }) => true,
             Err(e) => {
                 warn!(key = %key, error = %e, "unreadable idempotency record; taking it over");
                 false

@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
+use crate::idempotency::expiry;
 use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
@@ -60,6 +61,8 @@ pub struct Summary {
     pub unclaimed: u32,
     /// Public IPs found after their VM completed.
     pub ips_found: u32,
+    /// `Idempotency-Key` records removed past their time.
+    pub keys_expired: u32,
     /// Point reads (GETs) of single VMs.
     pub point_reads: u32,
     /// Known VMs missing from the listing while the brake held (nothing was done to them).
@@ -98,6 +101,7 @@ impl Summary {
         self.adopted += other.adopted;
         self.unclaimed += other.unclaimed;
         self.ips_found += other.ips_found;
+        self.keys_expired += other.keys_expired;
         self.point_reads += other.point_reads;
         self.vanished += other.vanished;
         self.lost_races += other.lost_races;
@@ -110,7 +114,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -124,6 +128,7 @@ impl Summary {
             self.adopted,
             self.unclaimed,
             self.ips_found,
+            self.keys_expired,
             self.point_reads,
             self.vanished,
             self.buffer_target,
@@ -171,6 +176,7 @@ pub struct Reconciler {
     holder: String,
     lease_ttl: time::Duration,
     serial: Arc<tokio::sync::Mutex<()>>,
+    keys: Arc<expiry::Cursor>,
 }
 
 fn lower(id: &str) -> String {
@@ -195,6 +201,7 @@ impl Reconciler {
             holder,
             lease_ttl: DEFAULT_LEASE_TTL,
             serial: Arc::new(tokio::sync::Mutex::new(())),
+            keys: Arc::default(),
         }
     }
 
@@ -366,6 +373,7 @@ impl Reconciler {
                 }
             }
         }
+        self.expire_keys(summary).await;
         let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
         meta.last_reconcile_at = Some(pool.clock().now());
         if swept.is_some() {
@@ -378,6 +386,25 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+
+    /// Removes a bounded number of `Idempotency-Key` records past their time (see
+    /// [`expiry`]); a failure only delays it to the next pass.
+    async fn expire_keys(&self, summary: &mut Summary) {
+        let pool = &self.pool;
+        let now = pool.clock().now();
+        match expiry::remove_expired(pool.store().as_ref(), now, pool.key_rules(), &self.keys).await
+        {
+            Ok(done) => {
+                summary.keys_expired += done.removed;
+                summary.lost_races += done.lost_races;
+                summary.errors += done.errors;
+            }
+            Err(e) => {
+                summary.errors += 1;
+                warn!(error = %e, "the idempotency keys could not be read; expired ones are removed on a later pass");
+            }
+        }
     }
 
     async fn write(

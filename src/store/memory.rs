@@ -236,6 +236,34 @@ impl VmStore for MemoryStore {
         }
     }
 
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError> {
+        self.check_up()?;
+        check_record_key("kind", kind)?;
+        let mut items: Vec<(String, Record)> = self
+            .records()
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|((_, key), record)| (key.clone(), record.clone()))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        // As Table Storage does, the continuation names the first key not yet returned.
+        let start = page.after.as_ref().map_or(0, |after| {
+            let from = after.row_key.as_deref().unwrap_or_default();
+            items.partition_point(|(key, _)| key.as_str() < from)
+        });
+        let mut items: Vec<(String, Record)> = items.into_iter().skip(start).collect();
+        let next = items.get(page.limit).map(|(key, _)| Continuation {
+            partition_key: kind.to_owned(),
+            row_key: Some(key.clone()),
+        });
+        items.truncate(page.limit);
+        Ok(Page { items, next })
+    }
+
     async fn delete_record(
         &self,
         kind: &str,

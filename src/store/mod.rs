@@ -226,6 +226,15 @@ pub trait VmStore: Send + Sync + 'static {
         etag: &Etag,
     ) -> Result<Written, StoreError>;
 
+    /// One page of the records of `kind`, in key order, each with its key, resuming where
+    /// `page.after` says (a token from an earlier page of the same kind). Memory stays
+    /// bounded by the page size, however many records there are.
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError>;
+
     /// Removes a record if it is still at `etag` ([`Written::LostRace`] if it is not, or is
     /// gone).
     async fn delete_record(

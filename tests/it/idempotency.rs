@@ -1,6 +1,8 @@
 //! CreateVM's `Idempotency-Key` over real HTTP: one VM per key under concurrency (one
 //! instance in memory, two instances over Azurite), the same answer within the TTL, a new
-//! VM after it, a retry after a failure, a key whose holder died, and keys the rules refuse.
+//! VM after it, a retry after a failure, a key whose holder died, and keys the rules refuse;
+//! and the reconciler removing keys past their time (in memory and over Azurite), but never
+//! one used again while it worked.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,11 +10,15 @@ use std::sync::Arc;
 use time::Duration;
 use vmpool::compute::ComputeError;
 use vmpool::compute::sim::{Fault, SimOp};
-use vmpool::domain::{Purpose, VmState};
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
 use vmpool::idempotency::record::KIND;
-use vmpool::store::{Rows, VmStore, Written};
+use vmpool::store::{
+    Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+};
 
-use crate::support::{Answer, TestApp, spawn_instance, spawn_on, spawn_sim, table_store};
+use crate::support::{
+    Answer, TestApp, config, sim_cloud, spawn_instance, spawn_on, spawn_sim, table_store,
+};
 
 /// CreateVM with `Idempotency-Key: key`.
 pub async fn create_with_key(app: &TestApp, key: &str) -> Answer {
@@ -223,4 +229,211 @@ async fn keys_outside_the_rules_get_400_and_change_nothing() {
             .len(),
         0
     );
+}
+
+/// The summary of one reconcile pass on `app`.
+async fn pass(app: &TestApp) -> serde_json::Value {
+    let answer = app.reconcile().await;
+    assert_eq!(answer.json["ReturnValue"]["ok"], true, "{:?}", answer.json);
+    answer.json["ReturnValue"]["summary"].clone()
+}
+
+async fn key_exists(store: &dyn VmStore, key: &str) -> bool {
+    store.get_record(KIND, key).await.unwrap().is_some()
+}
+
+/// Keys answered an hour ago (the TTL) and a pending key whose holder died are removed by a
+/// pass; a key answered 31 minutes ago stays and still answers with its VM.
+async fn keys_past_their_time_leave_the_table(store: Arc<dyn VmStore>) {
+    let app = spawn_on(store.clone(), &[("VMPOOL_IDEMPOTENCY_TTL_SECS", "3600")]).await;
+    let old = create_with_key(&app.app, "old").await;
+    assert_eq!(old.status, 202, "{:?}", old.json);
+    app.clock.advance(Duration::minutes(30));
+    let young = create_with_key(&app.app, "young").await;
+    assert_eq!(young.status, 202, "{:?}", young.json);
+    let since = vmpool::clock::Clock::now(&*app.clock)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let pending = serde_json::json!({"status": "pending", "since": since}).to_string();
+    assert!(matches!(
+        store.insert_record(KIND, "died", &pending).await.unwrap(),
+        Written::Done(_)
+    ));
+    // Not yet: the first key has 30 minutes left.
+    assert_eq!(pass(&app.app).await["keysExpired"], 0);
+    assert!(key_exists(&*store, "old").await);
+
+    app.clock.advance(Duration::minutes(31));
+    let summary = pass(&app.app).await;
+    assert_eq!(summary["keysExpired"], 2, "{summary}");
+    assert!(!key_exists(&*store, "old").await, "past its TTL");
+    assert!(
+        !key_exists(&*store, "died").await,
+        "its holder is past the deadline"
+    );
+    assert!(key_exists(&*store, "young").await, "still within its TTL");
+    let again = create_with_key(&app.app, "young").await;
+    assert_eq!(again.json["vm"]["vmId"], young.json["vm"]["vmId"]);
+    assert_eq!(again.json["action"], young.json["action"]);
+    // The listing and the deletes went through the metered store.
+    let counters = app.app.state.metrics.render_counters();
+    for series in [
+        r#"vmpool_table_calls_total{operation="list_records",outcome="ok"}"#,
+        r#"vmpool_table_calls_total{operation="delete_record",outcome="ok"}"#,
+        r#"vmpool_reconcile_actions_total{kind="keys_expired"} 2"#,
+    ] {
+        assert!(counters.contains(series), "{series} in {counters}");
+    }
+}
+
+#[tokio::test]
+async fn keys_past_their_time_leave_the_table_in_memory() {
+    keys_past_their_time_leave_the_table(Arc::new(vmpool::store::memory::MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn keys_past_their_time_leave_the_table_over_azurite() {
+    keys_past_their_time_leave_the_table(table_store().await).await;
+}
+
+/// A store that, the first time the key records are listed once armed, lets a request with
+/// `key` use it (CreateVM's own first step, taking over the expired key) before the lister
+/// acts on what it read.
+struct UsedWhileListed {
+    inner: Arc<dyn VmStore>,
+    clock: Arc<vmpool::clock::ManualClock>,
+    key: &'static str,
+    rules: std::sync::OnceLock<vmpool::idempotency::record::Rules>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl VmStore for UsedWhileListed {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, id: &VmId) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
+        self.inner.list(which).await
+    }
+    async fn list_page(
+        &self,
+        which: Rows<'_>,
+        page: &PageRequest,
+    ) -> Result<Page<Versioned>, StoreError> {
+        self.inner.list_page(which, page).await
+    }
+    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
+        self.inner.sample(states, limit).await
+    }
+    async fn count_states(&self) -> Result<StateCounts, StoreError> {
+        self.inner.count_states().await
+    }
+    async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
+        self.inner.repair_index(rows).await
+    }
+    async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
+        self.inner.insert(vm).await
+    }
+    async fn update(&self, vm: &VmRecord, etag: &Etag) -> Result<Written, StoreError> {
+        self.inner.update(vm, etag).await
+    }
+    async fn delete(&self, id: &VmId, etag: &Etag) -> Result<Written, StoreError> {
+        self.inner.delete(id, etag).await
+    }
+    async fn get_record(&self, kind: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get_record(kind, key).await
+    }
+    async fn insert_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Written, StoreError> {
+        self.inner.insert_record(kind, key, value).await
+    }
+    async fn update_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        self.inner.update_record(kind, key, value, etag).await
+    }
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError> {
+        let read = self.inner.list_records(kind, page).await?;
+        if kind == KIND && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let key = vmpool::idempotency::IdempotencyKey::parse(self.key).unwrap();
+            let rules = *self.rules.get().unwrap();
+            let begun = vmpool::idempotency::record::begin(&*self.inner, &*self.clock, &key, rules)
+                .await
+                .unwrap();
+            assert!(
+                matches!(begun, vmpool::idempotency::record::Begun::Holder(_)),
+                "the request takes the expired key over: {begun:?}"
+            );
+        }
+        Ok(read)
+    }
+    async fn delete_record(
+        &self,
+        kind: &str,
+        key: &str,
+        etag: &Etag,
+    ) -> Result<Written, StoreError> {
+        self.inner.delete_record(kind, key, etag).await
+    }
+}
+
+/// Two expired keys are read by a pass; one is used again (rewritten) before the pass
+/// deletes: that one stays, as the request now holding it wrote it, and only the other goes.
+async fn a_key_used_again_during_the_pass_stays(inner: Arc<dyn VmStore>) {
+    let vars = [("VMPOOL_IDEMPOTENCY_TTL_SECS", "3600")];
+    let clock = Arc::new(vmpool::clock::ManualClock::default());
+    let store = Arc::new(UsedWhileListed {
+        inner: inner.clone(),
+        clock: clock.clone(),
+        key: "busy",
+        rules: std::sync::OnceLock::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let app = spawn_instance(store.clone(), &vars, clock.clone(), cloud).await;
+    store.rules.set(app.app.state.pool.key_rules()).unwrap();
+    for key in ["busy", "idle"] {
+        assert_eq!(create_with_key(&app.app, key).await.status, 202);
+    }
+    clock.advance(Duration::hours(2));
+    let before = inner.get_record(KIND, "busy").await.unwrap().unwrap();
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let summary = pass(&app.app).await;
+    assert!(
+        !store.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the request ran"
+    );
+    assert_eq!(summary["keysExpired"], 1, "{summary}");
+    assert!(summary["lostRaces"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(!key_exists(&*inner, "idle").await);
+    let after = inner.get_record(KIND, "busy").await.unwrap().expect("kept");
+    assert_ne!(after.etag, before.etag);
+    assert!(after.value.contains("pending"), "{}", after.value);
+}
+
+#[tokio::test]
+async fn a_key_used_again_during_the_pass_stays_in_memory() {
+    a_key_used_again_during_the_pass_stays(Arc::new(vmpool::store::memory::MemoryStore::new()))
+        .await;
+}
+
+#[tokio::test]
+async fn a_key_used_again_during_the_pass_stays_over_azurite() {
+    a_key_used_again_during_the_pass_stays(table_store().await).await;
 }

@@ -448,6 +448,120 @@ pub async fn records_are_written_conditionally(store: Arc<dyn VmStore>) {
     );
 }
 
+/// Every page of the records of `kind` at `limit` records, following the tokens as text.
+async fn walk_records(
+    store: &dyn VmStore,
+    kind: &str,
+    limit: usize,
+) -> Vec<Vec<(String, vmpool::store::Record)>> {
+    let mut pages = Vec::new();
+    let mut after: Option<Continuation> = None;
+    loop {
+        let page = store
+            .list_records(kind, &PageRequest { limit, after })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit, "a page holds at most its limit");
+        pages.push(page.items);
+        match page.next {
+            Some(next) => after = Some(Continuation::parse(&next.token()).unwrap()),
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "the listing ends");
+    }
+}
+
+pub async fn records_of_one_kind_list_in_pages_with_usable_etags(store: Arc<dyn VmStore>) {
+    assert_eq!(
+        walk_records(&*store, "idempotency", 5).await,
+        vec![Vec::new()],
+        "no records: one empty page"
+    );
+    let keys: Vec<String> = (0..23)
+        .map(|i| match i % 4 {
+            0 => format!("ticket:{i:02}"),
+            1 => format!("Match-{i:02}.a_b"),
+            2 => format!("{i:02}"),
+            _ => format!("z{i:02}"),
+        })
+        .collect();
+    for key in &keys {
+        done(
+            store
+                .insert_record("idempotency", key, &format!("{{\"key\":\"{key}\"}}"))
+                .await
+                .unwrap(),
+        );
+    }
+    // Other kinds, one a prefix of the kind and one with a quote, are other partitions.
+    for kind in ["lease", "idempotencyx", "idem", "o'kind"] {
+        done(
+            store
+                .insert_record(kind, "ticket:00", "other")
+                .await
+                .unwrap(),
+        );
+    }
+    let pages = walk_records(&*store, "idempotency", 5).await;
+    assert!(pages.len() >= 5, "23 records at 5 a page: {}", pages.len());
+    let listed: Vec<(String, vmpool::store::Record)> = pages.into_iter().flatten().collect();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(
+        listed.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        expected,
+        "every key once, in key order, and no other kind's"
+    );
+    for (key, record) in &listed {
+        assert_eq!(record.value, format!("{{\"key\":\"{key}\"}}"));
+        let got = store.get_record("idempotency", key).await.unwrap().unwrap();
+        assert_eq!(&got, record, "the listed ETag is the record's");
+    }
+    assert_eq!(
+        walk_records(&*store, "o'kind", 10).await.concat().len(),
+        1,
+        "a kind with a quote is quoted, not injected"
+    );
+
+    // The listed ETags are what conditional writes need.
+    let (first, listed_first) = &listed[0];
+    done(
+        store
+            .delete_record("idempotency", first, &listed_first.etag)
+            .await
+            .unwrap(),
+    );
+    let (second, listed_second) = &listed[1];
+    done(
+        store
+            .update_record("idempotency", second, "rewritten", &listed_second.etag)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store
+            .delete_record("idempotency", second, &listed_second.etag)
+            .await
+            .unwrap(),
+        Written::LostRace,
+        "a record rewritten since the listing is not deleted with its old ETag"
+    );
+    let after: Vec<String> = walk_records(&*store, "idempotency", 1000)
+        .await
+        .concat()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(after.len(), 22);
+    assert!(!after.contains(first) && after.contains(second));
+    assert!(matches!(
+        store
+            .list_records("bad/kind", &PageRequest::default())
+            .await,
+        Err(StoreError::Rejected(_))
+    ));
+}
+
 /// Every page of `which` at `limit` rows, following the tokens as a caller would.
 async fn walk_pages(store: &dyn VmStore, which: Rows<'_>, limit: usize) -> Vec<Vec<Versioned>> {
     let mut pages = Vec::new();
@@ -642,6 +756,7 @@ contract!(
     extreme_values_are_kept_or_cut_the_same_way,
     the_pool_record_is_kept_apart,
     records_are_written_conditionally,
+    records_of_one_kind_list_in_pages_with_usable_etags,
     pages_hold_every_row_once_in_vm_id_order,
     counts_cover_every_state,
     state_listings_follow_every_write,

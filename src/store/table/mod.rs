@@ -38,7 +38,10 @@ use connection::parse_connection_string;
 pub use connection::{check_table_name, meta_table_name};
 use faults::{Fault, Sent, classify, is_ambiguous, is_missing_row, lost_race};
 pub use index::{INDEXED, index_table_name};
-use row::{RECORD_VALUE, RowFields, check_keys, opt_text, parse_row, record_entity, to_entity};
+use row::{
+    RECORD_VALUE, RecordFields, RowFields, check_keys, opt_text, parse_row, record_entity,
+    to_entity,
+};
 
 use super::{
     Continuation, Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
@@ -438,6 +441,16 @@ impl VmStore for TableStore {
         .await
     }
 
+    async fn list_records(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, StoreError> {
+        super::check_record_key("kind", kind)?;
+        self.recreating("list records", || self.records_once(kind, page))
+            .await
+    }
+
     async fn delete_record(
         &self,
         kind: &str,
@@ -606,6 +619,64 @@ impl TableStore {
             }
         }
         Ok(Page { items: rows, next })
+    }
+
+    /// One page of the records of `kind`: a query on the kind's partition, reading only the
+    /// key and the value, asked again (like [`TableStore::page_once`]) while the service
+    /// answers with fewer entities than asked for and a continuation.
+    async fn records_once(
+        &self,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<(String, Record)>, Fault> {
+        let mut items = Vec::new();
+        let mut next = page.after.clone();
+        loop {
+            let want = page.limit - items.len();
+            let mut query = self
+                .meta
+                .query()
+                .filter(row::kind_filter(kind))
+                .select(row::RECORD_SELECT)
+                .top(u32::try_from(want).unwrap_or(u32::MAX));
+            if let Some(after) = next.take() {
+                query = query.initial_partition_key(after.partition_key);
+                if let Some(row_key) = after.row_key {
+                    query = query.initial_row_key(row_key);
+                }
+            }
+            let mut pages = query.into_stream::<RecordFields>();
+            let answer = match tokio::time::timeout(self.timeout, pages.next()).await {
+                Err(_) => return Err(self.no_answer("list records")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(classify("list records", &e)),
+                Ok(Some(Ok(answer))) => answer,
+            };
+            for entity in &answer.entities {
+                match (&entity.value, &entity.etag) {
+                    (Value::String(value), Some(etag)) => items.push((
+                        entity.key.clone(),
+                        Record {
+                            value: value.clone(),
+                            etag: Etag(etag.clone()),
+                        },
+                    )),
+                    _ => {
+                        warn!(table = self.meta.table_name(), kind, key = %entity.key, "record without a text value or an ETag skipped");
+                    }
+                }
+            }
+            next = answer
+                .continuation()
+                .map(|(partition_key, row_key)| Continuation {
+                    partition_key,
+                    row_key,
+                });
+            if next.is_none() || items.len() >= page.limit {
+                break;
+            }
+        }
+        Ok(Page { items, next })
     }
 
     /// Counts rows by state, reading only the state of each, page by page.

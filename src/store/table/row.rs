@@ -406,6 +406,32 @@ pub(crate) fn check_keys(kind: &str, key: &str) -> Result<(), StoreError> {
     check_record_key("key", key)
 }
 
+/// `$select` for a listing of records: the key, the value, nothing else (the ETag comes
+/// with every entity).
+pub(crate) const RECORD_SELECT: &str = "RowKey,Value";
+
+/// `PartitionKey eq '<kind>'`, the kind quoted as OData quotes a string (a `'` doubled), as
+/// "Querying tables and entities" (Constructing filter strings) in the Table service REST
+/// reference says and as the .NET Tables SDK's `TableOdataFilter` does.
+pub(crate) fn kind_filter(kind: &str) -> String {
+    format!("{} eq '{}'", PARTITION_KEY.name, kind.replace('\'', "''"))
+}
+
+/// A record as a listing returns it: its key, its value and its ETag. The value is read as
+/// any JSON, so one entity written by something else does not fail the whole page.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct RecordFields {
+    /// The record's key.
+    #[serde(rename = "RowKey")]
+    pub(crate) key: String,
+    /// The record's value (a string, unless something else wrote it).
+    #[serde(rename = "Value", default)]
+    pub(crate) value: Value,
+    /// The record's version.
+    #[serde(rename = "odata.etag", default)]
+    pub(crate) etag: Option<String>,
+}
+
 /// A record as a meta-table entity: its kind is the partition, its key the row.
 pub(crate) fn record_entity(kind: &str, key: &str, value: &str) -> Result<Value, StoreError> {
     check_keys(kind, key)?;
