@@ -454,21 +454,10 @@ async fn walk_records(
     kind: &str,
     limit: usize,
 ) -> Vec<Vec<(String, vmpool::store::Record)>> {
-    let mut pages = Vec::new();
-    let mut after: Option<Continuation> = None;
-    loop {
-        let page = store
-            .list_records(kind, &PageRequest { limit, after })
-            .await
-            .unwrap();
-        assert!(page.items.len() <= limit, "a page holds at most its limit");
-        pages.push(page.items);
-        match page.next {
-            Some(next) => after = Some(Continuation::parse(&next.token()).unwrap()),
-            None => return pages,
-        }
-        assert!(pages.len() < 100, "the listing ends");
-    }
+    walk(limit, |page| async move {
+        store.list_records(kind, &page).await.unwrap()
+    })
+    .await
 }
 
 pub async fn records_of_one_kind_list_in_pages_with_usable_etags(store: Arc<dyn VmStore>) {
@@ -564,17 +553,26 @@ pub async fn records_of_one_kind_list_in_pages_with_usable_etags(store: Arc<dyn 
 
 /// Every page of `which` at `limit` rows, following the tokens as a caller would.
 async fn walk_pages(store: &dyn VmStore, which: Rows<'_>, limit: usize) -> Vec<Vec<Versioned>> {
+    walk(limit, |page| async move {
+        store.list_page(which, &page).await.unwrap()
+    })
+    .await
+}
+
+/// Every page `fetch` answers at `limit` items, from the first, following the tokens as text
+/// (as they travel over HTTP).
+async fn walk<T, F, Fut>(limit: usize, mut fetch: F) -> Vec<Vec<T>>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = vmpool::store::Page<T>>,
+{
     let mut pages = Vec::new();
     let mut after: Option<Continuation> = None;
     loop {
-        let page = store
-            .list_page(which, &PageRequest { limit, after })
-            .await
-            .unwrap();
+        let page = fetch(PageRequest { limit, after }).await;
         assert!(page.items.len() <= limit, "a page holds at most its limit");
         pages.push(page.items);
         match page.next {
-            // The token travels as text, as it does over HTTP.
             Some(next) => after = Some(Continuation::parse(&next.token()).unwrap()),
             None => return pages,
         }
