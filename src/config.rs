@@ -3,6 +3,7 @@
 //! missing or invalid value is a [`ConfigError`] whose one line names the variable; secrets
 //! are wrapped in [`Secret`] so they never reach a log.
 
+pub mod pools;
 pub mod settings;
 
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use crate::compute::arm::settings::ArmConfig;
 use crate::compute::sim::Latencies;
 use crate::secret::Secret;
 use crate::store::identity::IdentityStorage;
+pub use pools::{DEFAULT_POOL, PoolSpec, Pools};
 use settings as s;
 
 /// A setting that stops start-up: the message names the variable.
@@ -103,15 +105,33 @@ pub struct PoolPolicy {
     /// A VM handed out that gets no report nor mark this long after it is `Running` goes
     /// back to `Standby`.
     pub claim_timeout: Duration,
+    /// The pools (`VMPOOL_POOLS`, else the pool `default` of the settings above);
+    /// `min_standby`, `max_vms` and `game_ports` above are what pools fall back to, and
+    /// `max_vms` also caps all pools together.
+    pub pools: Pools,
 }
 
 impl PoolPolicy {
     /// The policy `src` describes; unset settings take their defaults.
     pub fn from_source(src: &dyn Source) -> Result<PoolPolicy, ConfigError> {
-        let policy = PoolPolicy {
+        let fallbacks = pools::Fallbacks {
+            location: s::LOCATION.given(src)?,
+            vm_size: s::VM_SIZE.read(src)?,
+            image: s::IMAGE.read(src)?,
+            build: s::BUILD.given(src)?,
+            subnet_id: s::SUBNET_ID.given(src)?,
             min_standby: s::MIN_STANDBY.read(src)?,
             max_vms: s::MAX_VMS.read(src)?,
             game_ports: s::GAME_PORTS.read(src)?,
+        };
+        let pools = match s::POOLS.given(src)? {
+            Some(raw) => pools::parse(&raw, &fallbacks).map_err(|why| invalid(s::POOLS.name, why))?,
+            None => Pools::single(&fallbacks),
+        };
+        let policy = PoolPolicy {
+            min_standby: fallbacks.min_standby,
+            max_vms: fallbacks.max_vms,
+            game_ports: fallbacks.game_ports,
             vm_prefix: s::VM_PREFIX.read(src)?,
             demand_window: s::DEMAND_WINDOW_SECS.read(src)?,
             buffer_cooldown: s::BUFFER_COOLDOWN_SECS.read(src)?,
@@ -127,6 +147,7 @@ impl PoolPolicy {
             adopt_every: s::ADOPT_EVERY_SECS.read(src)?,
             vanish_brake_percent: s::VANISH_BRAKE_PERCENT.read(src)?,
             claim_timeout: s::CLAIM_TIMEOUT_SECS.read(src)?,
+            pools,
         };
         if policy.min_standby > policy.max_vms {
             return Err(invalid(
@@ -140,6 +161,26 @@ impl PoolPolicy {
             ));
         }
         Ok(policy)
+    }
+}
+
+impl PoolPolicy {
+    /// This policy with one pool, `default`, of its own `min_standby`, `max_vms` and
+    /// `game_ports` and the default image (for tools and tests that set those fields).
+    pub fn single_pool(self) -> PoolPolicy {
+        let default = Self::default();
+        let spec = &default.pools.all()[0];
+        let pools = Pools::single(&pools::Fallbacks {
+            location: spec.location.clone(),
+            vm_size: spec.vm_size.clone(),
+            image: spec.image.clone(),
+            build: Some(spec.build.clone()),
+            subnet_id: spec.subnet_id.clone(),
+            min_standby: self.min_standby,
+            max_vms: self.max_vms,
+            game_ports: self.game_ports.clone(),
+        });
+        PoolPolicy { pools, ..self }
     }
 }
 

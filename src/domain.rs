@@ -228,6 +228,12 @@ pub struct VmRecord {
     pub attempts: u32,
     /// The last ARM error, kept for `Failed` VMs and as history.
     pub last_error: Option<String>,
+    /// The pool the VM belongs to (rows written before pools existed belong to `default`).
+    pub pool: String,
+    /// The build the VM runs: the build label of the image it was created from. `None` until
+    /// known (rows written before builds were kept, until ARM's image for the VM is read);
+    /// a VM of unknown build is never handed out.
+    pub build: Option<String>,
 }
 
 impl VmRecord {
@@ -253,7 +259,23 @@ impl VmRecord {
             claimed_at: (purpose == Purpose::Matchmaker).then_some(now),
             attempts: 1,
             last_error: None,
+            pool: crate::config::DEFAULT_POOL.to_owned(),
+            build: None,
         }
+    }
+
+    /// The same record placed in `pool`, running `build`.
+    pub fn placed(self, pool: &str, build: &str) -> Self {
+        VmRecord {
+            pool: pool.to_owned(),
+            build: Some(build.to_owned()),
+            ..self
+        }
+    }
+
+    /// Whether the VM is of `pool` and known to run `build`.
+    pub fn is_of(&self, pool: &str, build: &str) -> bool {
+        self.pool == pool && self.build.as_deref() == Some(build)
     }
 
     fn moved(&self, state: VmState, operation: Option<Operation>, now: OffsetDateTime) -> Self {

@@ -18,12 +18,13 @@ use metrics_exporter_prometheus::{
 };
 use tracing::{info, warn};
 
-use crate::compute::{Compute, ComputeError, Listed, VmStatus};
+use crate::compute::{Compute, ComputeError, Image, Listed, VmStatus};
+use crate::config::PoolSpec;
 use crate::domain::{VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::store::{
-    Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+    Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
 };
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -312,7 +313,10 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     match e {
         PoolError::NotFound(_) => "NotFound",
         PoolError::Conflict(_) => "Conflict",
-        PoolError::CapacityExhausted { .. } => "CapacityExhausted",
+        PoolError::CapacityExhausted { .. }
+        | PoolError::PoolFull { .. }
+        | PoolError::BuildExhausted { .. } => "CapacityExhausted",
+        PoolError::UnknownPool { .. } => "InvalidInput",
         PoolError::Store(_)
         | PoolError::Compute(_)
         | PoolError::Contention
@@ -423,8 +427,8 @@ impl Compute for MeteredCompute {
         self.inner.resource_id(name)
     }
 
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
-        self.timed("create", self.inner.create(name)).await
+    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+        self.timed("create", self.inner.create(name, pool)).await
     }
 
     async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
@@ -453,6 +457,10 @@ impl Compute for MeteredCompute {
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
         self.timed("public_ip", self.inner.public_ip(name)).await
+    }
+
+    async fn image(&self, name: &VmId) -> Result<Option<Image>, ComputeError> {
+        self.timed("image", self.inner.image(name)).await
     }
 }
 
@@ -539,6 +547,12 @@ impl VmStore for MeteredStore {
     async fn count_states(&self) -> Result<StateCounts, StoreError> {
         let r = self.inner.count_states().await;
         self.metrics.table_call("count_states", store_outcome(&r));
+        r
+    }
+
+    async fn count_groups(&self) -> Result<GroupCounts, StoreError> {
+        let r = self.inner.count_groups().await;
+        self.metrics.table_call("count_groups", store_outcome(&r));
         r
     }
 

@@ -12,14 +12,14 @@ use tracing::{Instrument, info, instrument, warn};
 
 use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
-use crate::config::PoolPolicy;
+use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{
     self, ClaimKind, GiveBack, Marked, Operation, Purpose, Refused, Report, VmId, VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
 use crate::store::{
-    Etag, Page, PageRequest, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+    Etag, GroupCounts, Page, PageRequest, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
 };
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.
@@ -63,6 +63,35 @@ pub enum PoolError {
         /// The configured maximum.
         max: u32,
     },
+    /// The named pool is at its own `maxVms`.
+    #[error("pool {pool} is at its maximum of {max} VMs that are not Deallocated")]
+    PoolFull {
+        /// The pool.
+        pool: String,
+        /// Its maximum.
+        max: u32,
+    },
+    /// A build other than the pool's current one was asked for and no idle VM of it is left
+    /// (VMs are never created or started for a build that is not current).
+    #[error(
+        "no idle VM of build {build} is left in pool {pool}, and only its current build {current} gets new VMs"
+    )]
+    BuildExhausted {
+        /// The pool.
+        pool: String,
+        /// The build asked for.
+        build: String,
+        /// The pool's current build.
+        current: String,
+    },
+    /// The caller named a pool that is not configured.
+    #[error("unknown pool {asked:?}; the pools are: {known}")]
+    UnknownPool {
+        /// The name asked for.
+        asked: String,
+        /// The configured pools, comma-separated.
+        known: String,
+    },
     /// Table storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +119,48 @@ impl From<KeyError> for PoolError {
             KeyError::InFlight => PoolError::KeyInFlight,
             KeyError::Store(e) => PoolError::Store(e),
         }
+    }
+}
+
+/// What CreateVM is asked for: a VM of this pool running this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The pool.
+    pub pool: PoolSpec,
+    /// The build; the pool's current build unless the caller named another.
+    pub build: String,
+}
+
+impl Wanted {
+    /// Whether the build asked for is the pool's current one (only then may a VM be
+    /// created, started or claimed while it is still being created).
+    pub fn is_current(&self) -> bool {
+        self.build == self.pool.build
+    }
+
+    /// Whether `vm` may be handed to this caller: same pool, same known build.
+    pub fn accepts(&self, vm: &VmRecord) -> bool {
+        vm.is_of(&self.pool.name, &self.build)
+    }
+}
+
+/// Which VMs a listing shows: those of a pool, of a build, or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this pool's VMs.
+    pub pool: Option<String>,
+    /// Only VMs of this build.
+    pub build: Option<String>,
+}
+
+impl Filter {
+    /// Whether `vm` is shown.
+    pub fn shows(&self, vm: &VmRecord) -> bool {
+        self.pool.as_ref().is_none_or(|p| *p == vm.pool)
+            && self
+                .build
+                .as_ref()
+                .is_none_or(|b| vm.build.as_ref() == Some(b))
     }
 }
 
@@ -130,17 +201,48 @@ pub struct Pool {
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
-    /// The VMs counting against the maximum at this instance's last count: when it showed
+    /// The VMs counting against the maximums at this instance's last count: when it showed
     /// room, the next claim skips counting before it writes (the count after the write,
     /// which every claim makes, keeps the maximum).
-    last_active: Mutex<Option<usize>>,
+    last_active: Mutex<Option<Active>>,
+}
+
+/// VMs counting against the maximums: of all pools, and of one pool.
+#[derive(Debug, Clone, Default)]
+struct Active {
+    /// Of every pool together.
+    all: usize,
+    /// The pool counted.
+    of: String,
+    /// Of that pool.
+    pool: usize,
+}
+
+impl Active {
+    /// Why `extra` more VMs of `spec` would not fit, if they would not.
+    fn over(&self, policy: &PoolPolicy, spec: &PoolSpec, extra: usize) -> Option<PoolError> {
+        if self.all + extra > policy.max_vms as usize {
+            return Some(PoolError::CapacityExhausted {
+                max: policy.max_vms,
+            });
+        }
+        if self.pool + extra > spec.max_vms as usize {
+            return Some(PoolError::PoolFull {
+                pool: spec.name.clone(),
+                max: spec.max_vms,
+            });
+        }
+        None
+    }
 }
 
 /// One page of GetPoolStatus: counts over the whole pool and a page of VMs if asked for.
 #[derive(Debug, Clone)]
 pub struct StatusPage {
-    /// VMs in each state, over the whole pool.
+    /// VMs in each state, over every pool.
     pub counts: StateCounts,
+    /// VMs in each state, per pool and build.
+    pub groups: GroupCounts,
     /// A page of VMs in vmId order, unless only counts were asked for.
     pub vms: Option<Page<VmRecord>>,
 }
@@ -190,6 +292,29 @@ impl Pool {
     /// The policy.
     pub fn policy(&self) -> &Arc<PoolPolicy> {
         &self.policy
+    }
+
+    /// What a CreateVM naming `pool` and `build` asks for: with no pool, `default` (or the
+    /// only pool); with no build, the pool's current build.
+    pub fn wanted(&self, pool: Option<&str>, build: Option<&str>) -> Result<Wanted, PoolError> {
+        let pools = &self.policy.pools;
+        let spec = match pool {
+            Some(name) => pools.get(name),
+            None => pools.implied(),
+        }
+        .ok_or_else(|| PoolError::UnknownPool {
+            asked: pool.unwrap_or("(none)").to_owned(),
+            known: pools.names(),
+        })?;
+        Ok(Wanted {
+            build: build.map_or_else(|| spec.build.clone(), str::to_owned),
+            pool: spec.clone(),
+        })
+    }
+
+    /// The spec of the pool `vm` belongs to, if it is still configured.
+    pub fn spec_of(&self, vm: &VmRecord) -> Option<&PoolSpec> {
+        self.policy.pools.get(&vm.pool)
     }
 
     /// Reserves a row version for this caller; false if another caller of this instance has
@@ -265,11 +390,14 @@ impl Pool {
     pub async fn create_vm_detached(
         self: &Arc<Self>,
         key: Option<IdempotencyKey>,
+        wanted: Wanted,
     ) -> Result<Created, PoolError> {
         let pool = Arc::clone(self);
         let deadline = self.create_deadline();
         let work = async move {
-            match tokio::time::timeout(deadline, pool.create_vm_with_key(key.as_ref())).await {
+            match tokio::time::timeout(deadline, pool.create_vm_with_key(key.as_ref(), &wanted))
+                .await
+            {
                 Ok(done) => done,
                 Err(_) => {
                     warn!(
@@ -295,9 +423,10 @@ impl Pool {
     pub async fn create_vm_with_key(
         &self,
         key: Option<&IdempotencyKey>,
+        wanted: &Wanted,
     ) -> Result<Created, PoolError> {
         let Some(key) = key else {
-            return self.create_vm().await;
+            return self.create_vm_for(wanted).await;
         };
         let rules = self.key_rules();
         for _ in 0..TRIES_PER_VM {
@@ -318,7 +447,7 @@ impl Pool {
                     }
                 },
                 Begun::Holder(held) => {
-                    let outcome = self.create_vm().await;
+                    let outcome = self.create_vm_for(wanted).await;
                     match &outcome {
                         Ok(created) => {
                             keys::finish(
@@ -339,16 +468,28 @@ impl Pool {
         Err(PoolError::Contention)
     }
 
-    /// CreateVM: hands the matchmaker a VM, trying the kinds of [`ClaimKind::ORDER`] in turn
-    /// and creating a new VM when none is left. It runs in the caller's task; the API calls
-    /// [`Pool::create_vm_detached`].
-    #[instrument(skip_all)]
+    /// CreateVM for the implied pool (`default`, or the only one) and its current build.
     pub async fn create_vm(&self) -> Result<Created, PoolError> {
+        let wanted = self.wanted(None, None)?;
+        self.create_vm_for(&wanted).await
+    }
+
+    /// CreateVM: hands the matchmaker a VM of the pool and build `wanted` names, trying the
+    /// kinds of [`ClaimKind::ORDER`] in turn and creating a new VM when none is left. A
+    /// build other than the pool's current one is served only from VMs still alive in it
+    /// (reclaim, standby). It runs in the caller's task; the API calls
+    /// [`Pool::create_vm_detached`].
+    #[instrument(skip_all, fields(pool = %wanted.pool.name, build = %wanted.build))]
+    pub async fn create_vm_for(&self, wanted: &Wanted) -> Result<Created, PoolError> {
         let rows = self.store.list(Rows::InStates(&WITHOUT_CAPACITY)).await?;
-        for kind in ClaimKind::ORDER.into_iter().filter(|k| !k.needs_capacity()) {
+        let kinds = ClaimKind::ORDER
+            .into_iter()
+            .filter(|k| !k.needs_capacity())
+            .filter(|k| wanted.is_current() || *k != ClaimKind::ClaimCreating);
+        for kind in kinds {
             let candidates: Vec<Versioned> = rows
                 .iter()
-                .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
+                .filter(|r| ClaimKind::of(&r.vm) == Some(kind) && wanted.accepts(&r.vm))
                 .cloned()
                 .collect();
             if let Some(won) = self.claim_one(candidates, kind).await? {
@@ -359,25 +500,48 @@ impl Pool {
                 });
             }
         }
-        self.create_with_capacity().await
+        if !wanted.is_current() {
+            return Err(PoolError::BuildExhausted {
+                pool: wanted.pool.name.clone(),
+                build: wanted.build.clone(),
+                current: wanted.pool.build.clone(),
+            });
+        }
+        self.create_with_capacity(&wanted.pool).await
+    }
+
+    /// Deallocated VMs of `spec`'s current build to start: a sample, not all of them (any
+    /// one will do, and the index answers a sample without reading the whole table); when
+    /// a full sample holds none of this pool and build, every deallocated VM is read.
+    async fn start_candidates(&self, spec: &PoolSpec) -> Result<Vec<Versioned>, PoolError> {
+        let ours = |r: &Versioned| r.vm.is_of(&spec.name, &spec.build);
+        let sample = self
+            .store
+            .sample(&[VmState::Deallocated], START_CANDIDATES)
+            .await?;
+        let full = sample.len() >= START_CANDIDATES;
+        let mut mine: Vec<Versioned> = sample.into_iter().filter(ours).collect();
+        if mine.is_empty() && full {
+            mine = self
+                .store
+                .list(Rows::InStates(&[VmState::Deallocated]))
+                .await?
+                .into_iter()
+                .filter(ours)
+                .collect();
+            mine.truncate(START_CANDIDATES);
+        }
+        Ok(mine)
     }
 
     /// The capacity-consuming half of CreateVM: the kinds of [`ClaimKind::ORDER`] that need
-    /// capacity (a start of a deallocated VM), else a new VM. The intent is written under
-    /// the capacity gate; ARM is called after it is released.
-    async fn create_with_capacity(&self) -> Result<Created, PoolError> {
+    /// capacity (a start of a deallocated VM of the pool's current build), else a new VM.
+    /// The intent is written under the capacity gate; ARM is called after it is released.
+    async fn create_with_capacity(&self, spec: &PoolSpec) -> Result<Created, PoolError> {
         let (won, action) = {
             let _gate = self.capacity_gate.lock().await;
-            let max = self.policy.max_vms;
-            if !self.room_for_one().await? {
-                return Err(PoolError::CapacityExhausted { max });
-            }
-            // A sample of the candidates, not all of them: any one will do, and the index
-            // answers a sample without reading the whole table.
-            let sample = self
-                .store
-                .sample(&[VmState::Deallocated], START_CANDIDATES)
-                .await?;
+            self.room_for_one(spec).await?;
+            let sample = self.start_candidates(spec).await?;
             let mut won = None;
             for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
                 let candidates: Vec<Versioned> = sample
@@ -392,9 +556,9 @@ impl Pool {
             }
             let (won, action) = match won {
                 Some(won) => won,
-                None => (self.insert_new(Purpose::Matchmaker).await?, "created"),
+                None => (self.insert_new(Purpose::Matchmaker, spec).await?, "created"),
             };
-            self.confirm_capacity(&won).await?;
+            self.confirm_capacity(&won, spec).await?;
             (won, action)
         };
         let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
@@ -408,8 +572,19 @@ impl Pool {
         if vm.operation == Some(Operation::Start) {
             self.compute.start(&vm.id).await
         } else {
-            self.compute.create(&vm.id).await
+            self.create_in_arm(vm).await
         }
+    }
+
+    /// The ARM create of `vm`'s row, in its pool's region, size and image.
+    pub async fn create_in_arm(&self, vm: &VmRecord) -> Result<(), ComputeError> {
+        let Some(spec) = self.spec_of(vm) else {
+            return Err(ComputeError::Rejected {
+                code: "UnknownPool".into(),
+                message: format!("pool {:?} is no longer configured", vm.pool),
+            });
+        };
+        self.compute.create(&vm.id, spec).await
     }
 
     /// Runs an ARM call, waiting out a throttle (`429` with a `Retry-After` of at most 5 s)
@@ -444,13 +619,11 @@ impl Pool {
     pub async fn add_to_buffer(
         &self,
         deallocated: Option<&Versioned>,
+        spec: &PoolSpec,
     ) -> Result<Created, PoolError> {
         let won = {
             let _gate = self.capacity_gate.lock().await;
-            let max = self.policy.max_vms;
-            if !self.room_for_one().await? {
-                return Err(PoolError::CapacityExhausted { max });
-            }
+            self.room_for_one(spec).await?;
             let won = match deallocated {
                 Some(row) => {
                     let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
@@ -459,9 +632,9 @@ impl Pool {
                         Written::LostRace => return Err(PoolError::Contention),
                     }
                 }
-                None => self.insert_new(Purpose::Buffer).await?,
+                None => self.insert_new(Purpose::Buffer, spec).await?,
             };
-            self.confirm_capacity(&won).await?;
+            self.confirm_capacity(&won, spec).await?;
             won
         };
         let action = if deallocated.is_some() {
@@ -475,7 +648,11 @@ impl Pool {
     }
 
     /// Inserts a row for a new VM under a fresh name.
-    pub(crate) async fn insert_new(&self, purpose: Purpose) -> Result<Versioned, PoolError> {
+    pub(crate) async fn insert_new(
+        &self,
+        purpose: Purpose,
+        spec: &PoolSpec,
+    ) -> Result<Versioned, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let id = new_vm_name(&self.policy.vm_prefix);
             let vm = VmRecord::new_creating(
@@ -483,7 +660,8 @@ impl Pool {
                 self.compute.resource_id(&id),
                 purpose,
                 self.clock.now(),
-            );
+            )
+            .placed(&spec.name, &spec.build);
             if let Written::Done(etag) = self.store.insert(&vm).await? {
                 return Ok(Versioned { vm, etag });
             }
@@ -493,13 +671,16 @@ impl Pool {
 
     /// Another instance may have consumed capacity at the same moment. Every claimer writes
     /// before it counts, so the last of any two to count sees both; one that finds the pool
-    /// over its maximum takes its own claim back. Concurrent claims never over-fill the pool;
-    /// at worst both give way and the callers retry.
-    async fn confirm_capacity(&self, won: &Versioned) -> Result<(), PoolError> {
-        let max = self.policy.max_vms;
-        if self.count_active().await? <= max as usize {
+    /// (or all pools together) over its maximum takes its own claim back. Concurrent claims
+    /// never over-fill the pool; at worst both give way and the callers retry.
+    async fn confirm_capacity(&self, won: &Versioned, spec: &PoolSpec) -> Result<(), PoolError> {
+        let over = match self.count_active(spec).await {
+            Ok(active) => active.over(&self.policy, spec, 0),
+            Err(e) => Some(e),
+        };
+        let Some(over) = over else {
             return Ok(());
-        }
+        };
         warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
         let undone = match domain::give_back(&won.vm) {
             GiveBack::Remove => self.store.delete(&won.vm.id, &won.etag).await,
@@ -509,30 +690,50 @@ impl Pool {
             // The row stays Creating with no ARM call; the reconciler gives it back.
             warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
         }
-        Err(PoolError::CapacityExhausted { max })
+        Err(over)
     }
 
-    /// Whether one more VM fits under the maximum, as far as this instance knows before it
-    /// writes: its last count if that showed room (no table scan), else a fresh count.
-    async fn room_for_one(&self) -> Result<bool, PoolError> {
-        let max = self.policy.max_vms as usize;
-        let hint = *self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-        if hint.is_some_and(|n| n < max) {
-            return Ok(true);
+    /// Whether one more VM of `spec` fits under its pool's maximum and the maximum of all
+    /// pools together, as far as this instance knows before it writes: its last count if
+    /// that showed room (no table scan), else a fresh count.
+    async fn room_for_one(&self, spec: &PoolSpec) -> Result<(), PoolError> {
+        let hint = self
+            .last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // A count of another pool says nothing of this one.
+        if let Some(active) = hint
+            && active.of == spec.name
+            && active.over(&self.policy, spec, 1).is_none()
+        {
+            return Ok(());
         }
-        Ok(self.count_active().await? < max)
+        match self.count_active(spec).await?.over(&self.policy, spec, 1) {
+            None => Ok(()),
+            Some(full) => Err(full),
+        }
     }
 
-    /// Counts the VMs against the maximum (one pass over the states of the table).
-    async fn count_active(&self) -> Result<usize, PoolError> {
-        let counts = self.store.count_states().await?;
-        let n = counts
-            .iter()
-            .filter(|(state, _)| state.counts_against_max())
-            .map(|(_, n)| n)
-            .sum();
-        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
-        Ok(n)
+    /// Counts the VMs against the maximums (one pass over the states and pools of the
+    /// table), `spec`'s pool apart.
+    async fn count_active(&self, spec: &PoolSpec) -> Result<Active, PoolError> {
+        let groups = self.store.count_groups().await?;
+        let mut active = Active::default();
+        for (group, counts) in &groups {
+            let n: usize = counts
+                .iter()
+                .filter(|(state, _)| state.counts_against_max())
+                .map(|(_, n)| n)
+                .sum();
+            active.all += n;
+            if group.pool == spec.name {
+                active.pool += n;
+            }
+        }
+        active.of = spec.name.clone();
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(active.clone());
+        Ok(active)
     }
 
     /// After the intent is written: handles the ARM answer to a create or start.
@@ -640,12 +841,27 @@ impl Pool {
 
     /// GetAvailableVMs, one page: `Running` VMs in vmId order.
     pub async fn available_page(&self, page: &PageRequest) -> Result<Page<VmRecord>, PoolError> {
+        self.available_page_of(page, &Filter::default()).await
+    }
+
+    /// GetAvailableVMs, one page: `Running` VMs of the pool and build `filter` names, in
+    /// vmId order. Filtered, a page may hold fewer VMs than asked for and not be the last.
+    pub async fn available_page_of(
+        &self,
+        page: &PageRequest,
+        filter: &Filter,
+    ) -> Result<Page<VmRecord>, PoolError> {
         let rows = self
             .store
             .list_page(Rows::InStates(&[VmState::Running]), page)
             .await?;
         Ok(Page {
-            items: rows.items.into_iter().map(|r| r.vm).collect(),
+            items: rows
+                .items
+                .into_iter()
+                .map(|r| r.vm)
+                .filter(|vm| filter.shows(vm))
+                .collect(),
             next: rows.next,
         })
     }
@@ -667,8 +883,12 @@ impl Pool {
                 next: rows.next,
             }))
         };
-        let (counts, vms) = tokio::try_join!(self.store.count_states(), vms)?;
-        Ok(StatusPage { counts, vms })
+        let (groups, vms) = tokio::try_join!(self.store.count_groups(), vms)?;
+        Ok(StatusPage {
+            counts: crate::store::total(&groups),
+            groups,
+            vms,
+        })
     }
 
     async fn get_row(&self, id: &VmId) -> Result<Versioned, PoolError> {

@@ -7,14 +7,33 @@
 pub mod arm;
 pub mod sim;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::PoolSpec;
 use crate::domain::VmId;
+pub use arm::Image;
 
 /// The tag that marks a VM as a member of a pool; its value is the pool's name (the table).
 pub const POOL_TAG: &str = "vmpool";
+
+/// The tag that names the VM's pool within the deployment (`VMPOOL_POOLS`), so adoption
+/// puts a VM back in its pool.
+pub const POOL_NAME_TAG: &str = "vmpool-pool";
+
+/// The tag that names the build the VM was created with.
+pub const BUILD_TAG: &str = "vmpool-build";
+
+/// The tags a VM is created with: the table's membership tag, its pool and its build.
+pub fn tags_for(table: &str, spec: &PoolSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (POOL_TAG.to_owned(), table.to_owned()),
+        (POOL_NAME_TAG.to_owned(), spec.name.clone()),
+        (BUILD_TAG.to_owned(), spec.build.clone()),
+    ])
+}
 
 /// ARM's provisioning state of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +100,10 @@ pub struct Listed {
     pub status: VmStatus,
     /// Whether it carries this pool's [`POOL_TAG`] (both listings carry tags).
     pub tagged: bool,
+    /// Its [`POOL_NAME_TAG`], if it has one.
+    pub pool: Option<String>,
+    /// Its [`BUILD_TAG`], if it has one.
+    pub build: Option<String>,
 }
 
 /// Why ARM did not do what was asked.
@@ -132,8 +155,9 @@ pub trait Compute: Send + Sync + 'static {
     /// The full ARM resource ID of the VM called `name`.
     fn resource_id(&self, name: &VmId) -> String;
 
-    /// Creates the VM (with its NIC and public IP); idempotent for the same name.
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError>;
+    /// Creates the VM (with its NIC and public IP) in `pool`'s region, size, image and
+    /// subnet, tagged with its pool and build; idempotent for the same name.
+    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError>;
 
     /// Starts a deallocated VM.
     async fn start(&self, name: &VmId) -> Result<(), ComputeError>;
@@ -158,4 +182,8 @@ pub trait Compute: Send + Sync + 'static {
 
     /// The VM's public IP address, once it has one.
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError>;
+
+    /// The image ARM reports the VM was created from (`storageProfile.imageReference`, a
+    /// point read); `None` if ARM does not know the VM or reports no image.
+    async fn image(&self, name: &VmId) -> Result<Option<Image>, ComputeError>;
 }

@@ -10,9 +10,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use time::{Duration, OffsetDateTime};
 
-use super::POOL_TAG;
-use super::{Compute, ComputeError, Listed, Power, Provisioning, VmStatus};
+use super::{BUILD_TAG, POOL_NAME_TAG, POOL_TAG, tags_for};
+use super::{Compute, Image, ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::clock::Clock;
+use crate::config::PoolSpec;
 use crate::domain::VmId;
 
 /// How long simulated operations take.
@@ -462,6 +463,8 @@ fn view(name: &str, vm: &SimVm) -> SimVmView {
 pub struct SimulatedCompute {
     cloud: Arc<SimCloud>,
     pool: String,
+    /// The image each VM was created from, as ARM's `storageProfile.imageReference` keeps it.
+    images: Arc<Mutex<HashMap<String, Image>>>,
 }
 
 impl SimulatedCompute {
@@ -470,6 +473,7 @@ impl SimulatedCompute {
         SimulatedCompute {
             cloud,
             pool: pool.into(),
+            images: Arc::default(),
         }
     }
 
@@ -497,9 +501,17 @@ impl Compute for SimulatedCompute {
         )
     }
 
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
-        let tags = BTreeMap::from([(POOL_TAG.to_owned(), self.pool.clone())]);
-        self.cloud.create(name.as_str(), tags).map(|_| ())
+    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+        let created = self
+            .cloud
+            .create(name.as_str(), tags_for(&self.pool, pool))?;
+        if created {
+            self.images
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.as_str().to_owned(), pool.image.clone());
+        }
+        Ok(())
     }
 
     async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
@@ -533,6 +545,8 @@ impl Compute for SimulatedCompute {
                         power: Power::Unknown,
                     },
                     tagged: vm.tags.get(POOL_TAG) == Some(&self.pool),
+                    pool: vm.tags.get(POOL_NAME_TAG).cloned(),
+                    build: vm.tags.get(BUILD_TAG).cloned(),
                     name,
                 })
             })
@@ -551,6 +565,8 @@ impl Compute for SimulatedCompute {
                     resource_id: self.resource_id(&name),
                     status: vm.status,
                     tagged: vm.tags.get(POOL_TAG) == Some(&self.pool),
+                    pool: vm.tags.get(POOL_NAME_TAG).cloned(),
+                    build: vm.tags.get(BUILD_TAG).cloned(),
                     name,
                 })
             })
@@ -559,6 +575,14 @@ impl Compute for SimulatedCompute {
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
         Ok(self.cloud.get(name.as_str())?.and_then(|vm| vm.public_ip))
+    }
+
+    async fn image(&self, name: &VmId) -> Result<Option<Image>, ComputeError> {
+        if self.cloud.get(name.as_str())?.is_none() {
+            return Ok(None);
+        }
+        let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(images.get(name.as_str()).cloned())
     }
 }
 
@@ -573,6 +597,10 @@ mod tests {
         (clock, SimulatedCompute::new(cloud, "test"))
     }
 
+    fn spec() -> PoolSpec {
+        crate::config::PoolPolicy::default().pools.all()[0].clone()
+    }
+
     fn id(s: &str) -> VmId {
         VmId::parse(s).unwrap()
     }
@@ -580,7 +608,7 @@ mod tests {
     #[tokio::test]
     async fn a_vm_is_created_started_and_deallocated_on_the_clock() {
         let (clock, c) = cloud();
-        c.create(&id("a")).await.unwrap();
+        c.create(&id("a"), &spec()).await.unwrap();
         let s = c.status(&id("a")).await.unwrap().unwrap();
         assert_eq!(s.provisioning, Provisioning::Creating);
         clock.advance(Duration::seconds(149));
@@ -609,7 +637,7 @@ mod tests {
     async fn a_lagging_view_shows_the_cloud_as_it_was() {
         let (clock, c) = cloud();
         let t0 = clock.now();
-        c.create(&id("a")).await.unwrap();
+        c.create(&id("a"), &spec()).await.unwrap();
         clock.advance(Duration::seconds(152));
         c.deallocate(&id("a")).await.unwrap();
         clock.advance(Duration::seconds(5));
@@ -627,7 +655,7 @@ mod tests {
             "changed in the portal"
         );
         assert!(at(162).is_empty(), "deleted");
-        c.create(&id("b")).await.unwrap();
+        c.create(&id("b"), &spec()).await.unwrap();
         c.delete(&id("b")).await.unwrap();
         clock.advance(Duration::seconds(30));
         assert_eq!(
@@ -651,10 +679,10 @@ mod tests {
             SimOp::Create,
             ComputeError::Unavailable("boom".into()),
         ));
-        assert!(c.create(&id("a")).await.is_err());
+        assert!(c.create(&id("a"), &spec()).await.is_err());
         c.cloud()
             .inject(Fault::ProvisioningFails("AllocationFailed".into()));
-        c.create(&id("a")).await.unwrap();
+        c.create(&id("a"), &spec()).await.unwrap();
         clock.advance(Duration::seconds(200));
         let s = c.status(&id("a")).await.unwrap().unwrap();
         assert_eq!(

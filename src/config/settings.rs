@@ -148,7 +148,8 @@ fn vm_prefix(raw: &str) -> Result<String, String> {
     }
 }
 
-fn ports(raw: &str) -> Result<Vec<u16>, String> {
+/// A comma-separated list of ports.
+pub fn parse_ports(raw: &str) -> Result<Vec<u16>, String> {
     raw.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -555,7 +556,7 @@ pub const GAME_PORTS: Setting<Vec<u16>> = Setting {
     name: "VMPOOL_GAME_PORTS",
     doc: "ports the game server listens on, returned with each VM (`7777,7778`)",
     default: Fallback::Value(""),
-    parse: ports,
+    parse: parse_ports,
 };
 
 /// See [`PoolPolicy::vm_prefix`](super::PoolPolicy::vm_prefix).
@@ -564,6 +565,22 @@ pub const VM_PREFIX: Setting<String> = Setting {
     doc: "prefix of generated VM names (`<prefix>-<10 random chars>`)",
     default: Fallback::Value("vmpool"),
     parse: vm_prefix,
+};
+
+/// See [`PoolSpec::build`](super::pools::PoolSpec::build).
+pub const BUILD: Setting<String> = Setting {
+    name: "VMPOOL_BUILD",
+    doc: "build label of the `default` pool's image (what CreateVM's `build` names) when `VMPOOL_POOLS` is unset",
+    default: Fallback::Unset("the version `VMPOOL_IMAGE` names (a gallery image version's last segment, or a marketplace image's version)"),
+    parse: super::pools::build,
+};
+
+/// The pools ([`super::pools`]).
+pub const POOLS: Setting<String> = Setting {
+    name: "VMPOOL_POOLS",
+    doc: "JSON object mapping pool names to `{location, image, build, vmSize, subnetId, minStandby, maxVms, gamePorts}`; the first three are required, the others fall back to the single-pool settings (see [Pools and builds](#pools-and-builds))",
+    default: Fallback::Unset("unset: the single-pool settings define the pool `default`"),
+    parse: |raw| Ok(raw.to_owned()),
 };
 
 /// Every setting, in the README's order.
@@ -617,4 +634,6 @@ pub const ALL: &[About] = &[
     CLAIM_TIMEOUT_SECS.about(),
     GAME_PORTS.about(),
     VM_PREFIX.about(),
+    BUILD.about(),
+    POOLS.about(),
 ];

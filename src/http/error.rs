@@ -155,6 +155,19 @@ impl From<PoolError> for ApiError {
         match e {
             PoolError::NotFound(id) => ApiError::NotFound(format!("no VM with vmId {id}")),
             PoolError::Conflict(refused) => ApiError::Conflict(refused.to_string()),
+            PoolError::UnknownPool { .. } => ApiError::InvalidInput(e.to_string()),
+            PoolError::PoolFull { ref pool, max } => ApiError::CapacityExhausted {
+                message: format!(
+                    "pool {pool} has reached its maximum of {max} VMs that are not Deallocated; retry later or mark unused VMs for deallocation"
+                ),
+                retry_after: 30,
+            },
+            PoolError::BuildExhausted { .. } => ApiError::CapacityExhausted {
+                message: format!(
+                    "{e}; ask for the current build (or no build), or retry when a VM of this build is marked for deallocation"
+                ),
+                retry_after: 30,
+            },
             PoolError::CapacityExhausted { max } => ApiError::CapacityExhausted {
                 message: format!(
                     "the pool has reached its maximum of {max} VMs that are not Deallocated; retry later or mark unused VMs for deallocation"

@@ -13,7 +13,9 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::input;
+use crate::config::pools;
 use crate::domain::VmId;
+use crate::pool::Filter;
 use crate::idempotency::IdempotencyKey;
 use crate::store::PageRequest;
 
@@ -44,15 +46,42 @@ impl<S: Send + Sync> FromRequest<S> for Input {
     }
 }
 
-/// A body that is empty or a JSON object (CreateVM takes no input).
-#[derive(Debug, Clone, Copy)]
-pub struct NoInput;
+/// CreateVM's optional `pool` and `build`, from a body that is empty or a JSON object, or
+/// the query string (other fields are ignored).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The pool asked for.
+    pub pool: Option<String>,
+    /// The build asked for.
+    pub build: Option<String>,
+}
 
-impl<S: Send + Sync> FromRequest<S> for NoInput {
+impl<S: Send + Sync> FromRequest<S> for Placement {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Input::from_request(req, state).await.map(|_| NoInput)
+        let Input { body, query } = Input::from_request(req, state).await?;
+        Ok(Placement {
+            pool: input::optional_text(&body, &query, "pool", pools::pool_name)?,
+            build: input::optional_text(&body, &query, "build", pools::build)?,
+        })
+    }
+}
+
+/// GetAvailableVMs' optional `?pool=` and `?build=`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter(pub Filter);
+
+impl<S: Send + Sync> FromRequestParts<S> for ListFilter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = input::query_pairs(parts.uri.query());
+        let empty = Map::new();
+        Ok(ListFilter(Filter {
+            pool: input::optional_text(&empty, &query, "pool", pools::pool_name)?,
+            build: input::optional_text(&empty, &query, "build", pools::build)?,
+        }))
     }
 }
 

@@ -127,6 +127,26 @@ pub fn rooms(body: &Map<String, Value>, query: &[(String, String)]) -> Result<u3
         .ok_or_else(|| bad(format!("got {n}")))
 }
 
+/// An optional text field (`pool`, `build`) from the body or the query string, checked by
+/// `rule` (which says what is expected).
+pub fn optional_text(
+    body: &Map<String, Value>,
+    query: &[(String, String)],
+    name: &str,
+    rule: fn(&str) -> Result<String, String>,
+) -> Result<Option<String>, ApiError> {
+    match field(body, query, name)? {
+        None => Ok(None),
+        Some(Value::String(s)) => rule(&s)
+            .map(Some)
+            .map_err(|why| ApiError::InvalidInput(format!("{name}: {why}"))),
+        Some(other) => Err(ApiError::InvalidInput(format!(
+            "{name} must be a string, not {}",
+            kind(&other)
+        ))),
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -215,5 +235,33 @@ mod tests {
         }
         let long = format!(r#"{{"vmId":"{}","rooms":1}}"#, "x".repeat(65));
         assert!(parse(&long, None).is_err());
+    }
+
+    #[test]
+    fn pool_and_build_come_from_the_body_or_the_query_and_are_checked() {
+        use crate::config::pools::{build, pool_name};
+        let b = object(br#"{"pool":"eu","build":"1.5.0"}"#).unwrap();
+        assert_eq!(
+            optional_text(&b, &[], "pool", pool_name).unwrap().as_deref(),
+            Some("eu")
+        );
+        let q = query_pairs(Some("build=1.4.0"));
+        assert_eq!(
+            optional_text(&Map::new(), &q, "build", build).unwrap().as_deref(),
+            Some("1.4.0")
+        );
+        assert_eq!(optional_text(&Map::new(), &[], "pool", pool_name).unwrap(), None);
+        for (body, query, name) in [
+            (r#"{"pool":"e u"}"#, None, "pool"),
+            (r#"{"pool":5}"#, None, "pool"),
+            (r#"{"pool":"eu"}"#, Some("pool=us"), "pool"),
+            (r#"{"build":"1 5"}"#, None, "build"),
+            ("", Some("build=a'b"), "build"),
+        ] {
+            let b = object(body.as_bytes()).unwrap();
+            let rule = if name == "pool" { pool_name } else { build };
+            let err = optional_text(&b, &query_pairs(query), name, rule).unwrap_err();
+            assert!(err.to_string().contains(name), "{body}: {err}");
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
 pub use error::{ApiError, ErrorEnvelope};
 use extract::{
-    IdempotencyHeader, NoInput, Paging, RoomsReport, TimerInvocation, VmTarget, WithVms,
+    IdempotencyHeader, ListFilter, Paging, Placement, RoomsReport, TimerInvocation, VmTarget, WithVms,
 };
 pub use limits::Limits;
 use views::{PassResult, PoolStatusView, Probe, TimerAnswer, VmList, VmOutcome, VmView};
@@ -252,25 +252,30 @@ fn outcome(state: &AppState, changed: Changed) -> Json<VmOutcome> {
     description = "Hands out a VM: a MarkedForDeallocation VM (reclaimed), a Standby VM, a Creating buffer VM, a Deallocated VM started again, or a new VM.",
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key within VMPOOL_IDEMPOTENCY_TTL_SECS get the same VM and action, from any instance", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$"),
+        ("pool" = Option<String>, Query, description = "The pool, if not in the body; default: `default`, or the only pool", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$"),
+        ("build" = Option<String>, Query, description = "The build, if not in the body; default: the pool's current build", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._+-]+$"),
     ),
-    request_body(content = Option<views::EmptyObject>, description = "Empty, or any JSON object"),
+    request_body(content = Option<views::PlacementInput>, description = "Empty, or a JSON object with optional `pool` and `build`"),
     responses(
         (status = 200, description = "A Running VM, usable now", body = VmOutcome),
         (status = 202, description = "A VM that is Creating; poll GetAvailableVMs", body = VmOutcome),
-        (status = 400, description = "The body is not empty nor a JSON object, or the Idempotency-Key is malformed", body = ErrorEnvelope),
+        (status = 400, description = "The body is not empty nor a JSON object, the Idempotency-Key is malformed, or the pool is unknown (the message names the pools)", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
-        (status = 503, description = "CapacityExhausted (the pool is at VMPOOL_MAX_VMS) or Unavailable (storage or ARM, a request with the same Idempotency-Key still in progress, or the request limits)", body = ErrorEnvelope,
+        (status = 503, description = "CapacityExhausted (the pool is at its maxVms, all pools are at VMPOOL_MAX_VMS, or no idle VM of a build other than the current one is left) or Unavailable (storage or ARM, a request with the same Idempotency-Key still in progress, or the request limits)", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn create_vm(
     State(state): State<AppState>,
     IdempotencyHeader(key): IdempotencyHeader,
-    _: NoInput,
+    placement: Placement,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let created = state.pool.create_vm_detached(key).await;
+    let wanted = state
+        .pool
+        .wanted(placement.pool.as_deref(), placement.build.as_deref())?;
+    let created = state.pool.create_vm_detached(key, wanted).await;
     state.metrics.create_vm(&created, started.elapsed());
     let created = created?;
     let status = if created.vm.state == crate::domain::VmState::Running {
@@ -341,9 +346,11 @@ async fn mark(
     params(
         ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
         ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
+        ("pool" = Option<String>, Query, description = "Only this pool's VMs", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$"),
+        ("build" = Option<String>, Query, description = "Only VMs of this build", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._+-]+$"),
     ),
     responses(
-        (status = 200, description = "Running VMs, sorted by vmId; `continuation` when more follow", body = VmList),
+        (status = 200, description = "Running VMs, sorted by vmId; `continuation` when more follow (a page may hold fewer VMs than asked for when filtered)", body = VmList),
         (status = 400, description = "limit or continuation invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
@@ -353,8 +360,9 @@ async fn mark(
 async fn available(
     State(state): State<AppState>,
     Paging(page): Paging,
+    ListFilter(filter): ListFilter,
 ) -> Result<Json<VmList>, ApiError> {
-    let vms = state.pool.available_page(&page).await?;
+    let vms = state.pool.available_page_of(&page, &filter).await?;
     Ok(Json(VmList {
         vms: vms
             .items

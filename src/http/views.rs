@@ -1,14 +1,17 @@
 //! The JSON the API answers with, one type per shape; the OpenAPI document is generated from
 //! these same types.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::config::PoolPolicy;
+use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{VmRecord, VmState};
 use crate::pool::StatusPage;
-use crate::reconcile::{PoolMeta, Summary};
+use crate::reconcile::{BufferState, PoolMeta, Summary};
+use crate::store::GroupCounts;
 
 /// What a vmId looks like: Azure's VM naming rules (1-64 ASCII letters, digits, `-`, `_`
 /// and `.`, not ending with `.`).
@@ -62,16 +65,28 @@ pub struct VmView {
     /// The last ARM error, when one is recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The pool it belongs to.
+    #[schema(example = "default")]
+    pub pool: String,
+    /// The build it runs; null while not known yet (such a VM is never handed out).
+    #[schema(example = "1.5.0")]
+    pub build: Option<String>,
 }
 
 impl VmView {
-    /// The view of `vm` with the pool's game ports.
+    /// The view of `vm` with its pool's game ports.
     pub fn new(vm: &VmRecord, policy: &PoolPolicy) -> Self {
+        let ports = policy
+            .pools
+            .get(&vm.pool)
+            .map_or_else(|| policy.game_ports.clone(), |p| p.game_ports.clone());
         VmView {
+            pool: vm.pool.clone(),
+            build: vm.build.clone(),
             vm_id: vm.id.to_string(),
             state: vm.state,
             public_ip: vm.public_ip.clone(),
-            ports: policy.game_ports.clone(),
+            ports,
             rooms: vm.rooms,
             resource_id: vm.resource_id.clone(),
             state_changed_at: vm.state_changed_at,
@@ -166,7 +181,7 @@ impl StateCounts {
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BufferView {
-    /// `VMPOOL_MIN_STANDBY`.
+    /// The floor: a pool's `minStandby` (`VMPOOL_MIN_STANDBY` unless `VMPOOL_POOLS` says).
     pub min_standby: u32,
     /// The target the reconciler works towards (never below `minStandby`).
     pub target: u32,
@@ -197,11 +212,59 @@ pub struct ObservationView {
     pub missing: u32,
 }
 
+/// One pool: its settings, counts by build, buffer, breaker and rollout.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    /// Its name.
+    #[schema(example = "default")]
+    pub name: String,
+    /// Its current build: what CreateVM hands out unless a caller names another.
+    #[schema(example = "1.5.0")]
+    pub build: String,
+    /// The image new VMs boot from.
+    pub image: String,
+    /// Its region (null for the simulated cloud's `default` pool without one).
+    pub location: Option<String>,
+    /// Its VM size.
+    pub vm_size: String,
+    /// Its most VMs not `Deallocated` at once.
+    pub max_vms: u32,
+    /// Its VMs by state.
+    pub counts: StateCounts,
+    /// Its VMs by build (`unknown`: not read from ARM yet), then by state.
+    pub builds: BTreeMap<String, StateCounts>,
+    /// Its warm buffer (of the current build).
+    pub buffer: BufferView,
+    /// Its circuit breaker.
+    pub circuit_breaker: BreakerView,
+    /// VMs of other builds still alive: the rollout is done when there are none.
+    pub rollout: RolloutView,
+}
+
+/// How far a pool's rollout to its current build has come.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    /// No VM of another (or an unknown) build is left, `Failed` ones apart.
+    pub done: bool,
+    /// VMs of the current build, `Failed` ones apart.
+    pub current: u32,
+    /// VMs of other builds in use (`Running`, `MarkedForDeallocation`): they keep their
+    /// games and are deleted once drained.
+    pub old_in_use: u32,
+    /// VMs of other builds idle (`Standby`, `Deallocated`) or on their way out: deleted at
+    /// a bounded rate once the new build's buffer is filled.
+    pub old_idle: u32,
+    /// VMs whose build is not known yet.
+    pub unknown: u32,
+}
+
 /// Every VM and the pool's own record.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatusView {
-    /// VMs by state (every state, zeros included).
+    /// VMs by state over every pool (every state, zeros included).
     pub counts: StateCounts,
     /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,12 +272,14 @@ pub struct PoolStatusView {
     /// Pass as `?continuation=` for the next page of VMs; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub continuation: Option<String>,
-    /// `VMPOOL_MAX_VMS`.
+    /// `VMPOOL_MAX_VMS`: most VMs not `Deallocated` over every pool together.
     pub max_vms: u32,
-    /// The warm buffer.
+    /// The warm buffer over every pool (floors and targets added up).
     pub buffer: BufferView,
-    /// The circuit breaker.
+    /// The circuit breaker: open when any pool's is (the first open one is shown).
     pub circuit_breaker: BreakerView,
+    /// Each pool, in name order.
+    pub pools: Vec<PoolView>,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
     /// When the last reconcile pass finished (RFC 3339).
@@ -230,6 +295,88 @@ fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
     })
 }
 
+fn breaker_view(state: &BufferState, now: OffsetDateTime) -> BreakerView {
+    let open = state.breaker_open_at(now);
+    BreakerView {
+        open,
+        open_until: if open {
+            rfc3339(state.breaker_open_until)
+        } else {
+            None
+        },
+        reason: if open {
+            state.breaker_reason.clone()
+        } else {
+            None
+        },
+        consecutive_create_failures: state.consecutive_create_failures,
+    }
+}
+
+/// The build name GetPoolStatus shows for VMs whose build is not known yet.
+pub const UNKNOWN_BUILD: &str = "unknown";
+
+impl PoolView {
+    /// The view of pool `spec` from the table's counts and its buffer state.
+    pub fn new(
+        spec: &PoolSpec,
+        groups: &GroupCounts,
+        state: &BufferState,
+        now: OffsetDateTime,
+    ) -> Self {
+        let mut builds: BTreeMap<String, StateCounts> = BTreeMap::new();
+        let mut counts = StateCounts::default();
+        let mut rollout = RolloutView {
+            done: true,
+            current: 0,
+            old_in_use: 0,
+            old_idle: 0,
+            unknown: 0,
+        };
+        for (group, by_state) in groups.iter().filter(|(g, _)| g.pool == spec.name) {
+            let name = group.build.clone().unwrap_or_else(|| UNKNOWN_BUILD.into());
+            let these = StateCounts::from_store(by_state);
+            let slot = builds.entry(name).or_default();
+            for state in VmState::ALL {
+                *slot.slot(state) += these.get(state);
+                *counts.slot(state) += these.get(state);
+            }
+            let alive = VmState::ALL
+                .into_iter()
+                .filter(|s| *s != VmState::Failed)
+                .map(|s| these.get(s))
+                .sum::<u32>();
+            match group.build.as_deref() {
+                Some(b) if b == spec.build => rollout.current += alive,
+                None => rollout.unknown += alive,
+                Some(_) => {
+                    let in_use = these.get(VmState::Running)
+                        + these.get(VmState::MarkedForDeallocation);
+                    rollout.old_in_use += in_use;
+                    rollout.old_idle += alive - in_use;
+                }
+            }
+        }
+        rollout.done = rollout.old_in_use + rollout.old_idle + rollout.unknown == 0;
+        PoolView {
+            name: spec.name.clone(),
+            build: spec.build.clone(),
+            image: spec.image.text(),
+            location: spec.location.clone(),
+            vm_size: spec.vm_size.clone(),
+            max_vms: spec.max_vms,
+            counts,
+            builds,
+            buffer: BufferView {
+                min_standby: spec.min_standby,
+                target: state.effective_buffer_target(spec),
+            },
+            circuit_breaker: breaker_view(state, now),
+            rollout,
+        }
+    }
+}
+
 impl PoolStatusView {
     /// The view of one page of the pool's status and the reconciler's record `meta` at `now`.
     pub fn new(
@@ -238,7 +385,26 @@ impl PoolStatusView {
         policy: &PoolPolicy,
         now: OffsetDateTime,
     ) -> Self {
-        let open = meta.breaker_open_at(now);
+        let pools: Vec<PoolView> = policy
+            .pools
+            .all()
+            .iter()
+            .map(|spec| PoolView::new(spec, &status.groups, &meta.pool(&spec.name), now))
+            .collect();
+        let circuit_breaker = pools
+            .iter()
+            .map(|p| p.circuit_breaker.clone())
+            .find(|b| b.open)
+            .unwrap_or_else(|| BreakerView {
+                open: false,
+                open_until: None,
+                reason: None,
+                consecutive_create_failures: pools
+                    .iter()
+                    .map(|p| p.circuit_breaker.consecutive_create_failures)
+                    .max()
+                    .unwrap_or(0),
+            });
         PoolStatusView {
             counts: StateCounts::from_store(&status.counts),
             vms: status.vms.as_ref().map(|page| {
@@ -254,26 +420,14 @@ impl PoolStatusView {
                 .map(|next| next.token()),
             max_vms: policy.max_vms,
             buffer: BufferView {
-                min_standby: policy.min_standby,
-                target: meta.effective_buffer_target(policy),
+                min_standby: pools.iter().map(|p| p.buffer.min_standby).sum(),
+                target: pools.iter().map(|p| p.buffer.target).sum(),
             },
+            circuit_breaker,
+            pools,
             observation: ObservationView {
                 suspect: meta.observation_suspect(),
                 missing: meta.vanished,
-            },
-            circuit_breaker: BreakerView {
-                open,
-                open_until: if open {
-                    rfc3339(meta.breaker_open_until)
-                } else {
-                    None
-                },
-                reason: if open {
-                    meta.breaker_reason.clone()
-                } else {
-                    None
-                },
-                consecutive_create_failures: meta.consecutive_create_failures,
             },
             last_reconcile_at: rfc3339(meta.last_reconcile_at),
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
@@ -292,9 +446,23 @@ pub struct Probe {
     pub service: String,
 }
 
-/// A body that is empty or any JSON object (CreateVM takes no input).
+/// CreateVM's input: empty, or a JSON object with an optional `pool` and `build` (each may
+/// instead come from the query string; other fields are ignored).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-pub struct EmptyObject {}
+pub struct PlacementInput {
+    /// The pool; default: `default`, or the only pool.
+    #[schema(example = "eu", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$")]
+    pub pool: Option<String>,
+    /// The build; default: the pool's current build. Another build is served only from its
+    /// VMs still alive.
+    #[schema(
+        example = "1.5.0",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._+-]+$"
+    )]
+    pub build: Option<String>,
+}
 
 /// The input of ReportGameRoomsNumber; each field may instead come from the query string
 /// (if both give one, they must agree).

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use tracing::warn;
 
-use crate::config::PoolPolicy;
+use std::collections::BTreeMap;
+
+use crate::config::{PoolPolicy, PoolSpec};
 use crate::store::{Etag, StoreError, VmStore, Written, truncate};
 
 /// The kind and key of the pool's record.
@@ -14,7 +16,7 @@ const META: (&str, &str) = ("pool", "meta");
 /// The kind and key of the reconcile lease.
 const LEASE: (&str, &str) = ("lease", "reconcile");
 
-/// What the reconciler remembers about the pool as a whole (not about one VM): kept beside
+/// What the reconciler remembers about the pools as a whole (not about one VM): kept beside
 /// the VM rows so every instance can report it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,6 +27,22 @@ pub struct PoolMeta {
     /// One line on what the last pass did.
     #[serde(default)]
     pub last_reconcile_summary: String,
+    /// When the last sweep (power states of every VM, adoption) ran.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_sweep_at: Option<OffsetDateTime>,
+    /// Known VMs missing from the last pass's listing while the brake held (0: the view
+    /// was trusted).
+    #[serde(default)]
+    pub vanished: u32,
+    /// Each pool's buffer and breaker, by pool name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, BufferState>,
+}
+
+/// One pool's warm buffer and circuit breaker, as the reconciler keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BufferState {
     /// The warm-buffer target the last pass worked towards.
     #[serde(default)]
     pub buffer_target: u32,
@@ -40,13 +58,6 @@ pub struct PoolMeta {
     /// Why the breaker opened.
     #[serde(default)]
     pub breaker_reason: Option<String>,
-    /// When the last sweep (power states of every VM, adoption) ran.
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub last_sweep_at: Option<OffsetDateTime>,
-    /// Known VMs missing from the last pass's listing while the brake held (0: the view
-    /// was trusted).
-    #[serde(default)]
-    pub vanished: u32,
 }
 
 fn to_time(d: std::time::Duration) -> Duration {
@@ -54,22 +65,32 @@ fn to_time(d: std::time::Duration) -> Duration {
 }
 
 impl PoolMeta {
+    /// The buffer and breaker of `pool` (all clear for a pool not seen yet).
+    pub fn pool(&self, pool: &str) -> BufferState {
+        self.pools.get(pool).cloned().unwrap_or_default()
+    }
+
+    /// The buffer and breaker of `pool`, to change.
+    pub fn pool_mut(&mut self, pool: &str) -> &mut BufferState {
+        self.pools.entry(pool.to_owned()).or_default()
+    }
+
+    /// Whether the last pass held the brake on mass disappearance.
+    pub fn observation_suspect(&self) -> bool {
+        self.vanished > 0
+    }
+}
+
+impl BufferState {
     /// Whether the circuit breaker stops creates at `now`.
     pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
         self.breaker_open_until.is_some_and(|until| until > now)
     }
 
     /// The buffer target in force: what the last pass worked towards, never under the
-    /// configured floor nor over the maximum.
-    pub fn effective_buffer_target(&self, policy: &PoolPolicy) -> u32 {
-        self.buffer_target
-            .max(policy.min_standby)
-            .min(policy.max_vms)
-    }
-
-    /// Whether the last pass held the brake on mass disappearance.
-    pub fn observation_suspect(&self) -> bool {
-        self.vanished > 0
+    /// pool's floor nor over its maximum.
+    pub fn effective_buffer_target(&self, spec: &PoolSpec) -> u32 {
+        self.buffer_target.max(spec.min_standby).min(spec.max_vms)
     }
 
     /// After its cool-down an open breaker half-opens: creates resume, and one more failure
@@ -276,10 +297,8 @@ mod tests {
         let store = MemoryStore::new();
         let (meta, etag) = load_meta(&store).await.unwrap();
         assert_eq!((meta.clone(), etag.clone()), (PoolMeta::default(), None));
-        let next = PoolMeta {
-            buffer_target: 3,
-            ..meta
-        };
+        let mut next = meta;
+        next.pool_mut("eu").buffer_target = 3;
         let Written::Done(first) = save_meta(&store, &next, None).await.unwrap() else {
             panic!("first write")
         };
@@ -296,7 +315,11 @@ mod tests {
             save_meta(&store, &next, Some(&first)).await.unwrap(),
             Written::LostRace
         );
-        assert_eq!(load_meta(&store).await.unwrap().0.buffer_target, 3);
+        let loaded = load_meta(&store).await.unwrap().0;
+        assert_eq!(
+            (loaded.pool("eu").buffer_target, loaded.pool("us").buffer_target),
+            (3, 0)
+        );
     }
 
     #[test]
@@ -305,7 +328,7 @@ mod tests {
             breaker_failures: 3,
             ..PoolPolicy::default()
         };
-        let mut meta = PoolMeta::default();
+        let mut meta = BufferState::default();
         for _ in 0..2 {
             meta.create_failed("QuotaExceeded", t0(), &policy);
         }
@@ -331,17 +354,17 @@ mod tests {
 
     #[test]
     fn the_effective_target_stays_between_the_floor_and_the_maximum() {
-        let policy = PoolPolicy {
+        let spec = PoolSpec {
             min_standby: 2,
             max_vms: 5,
-            ..PoolPolicy::default()
+            ..PoolPolicy::default().pools.all()[0].clone()
         };
         let at = |t| {
-            PoolMeta {
+            BufferState {
                 buffer_target: t,
-                ..PoolMeta::default()
+                ..BufferState::default()
             }
-            .effective_buffer_target(&policy)
+            .effective_buffer_target(&spec)
         };
         assert_eq!((at(0), at(3), at(9)), (2, 3, 5));
     }

@@ -8,7 +8,7 @@
 mod meta;
 mod plan;
 
-pub use meta::{Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
+pub use meta::{BufferState, Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
 pub use plan::{
     Action, BRAKE_MIN_VMS, GRACE, MAX_ATTEMPTS, MAX_POINT_READS_PER_PASS, Observed, Plan, Seen,
     demand_target, plan, reads_needed, settle, vanished,
@@ -346,7 +346,7 @@ impl Reconciler {
         drop(answers);
 
         let Plan { actions, meta } = plan(&rows, &observed, now, policy, &meta);
-        summary.buffer_target = meta.buffer_target;
+        summary.buffer_target = meta.pools.values().map(|b| b.buffer_target).sum();
         // Actions touch different rows: they run a bounded number at a time, each with its own
         // summary, sharing the pool's record (held only between awaits).
         let shared = std::sync::Mutex::new(meta);
@@ -448,7 +448,7 @@ impl Reconciler {
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
                     if row.vm.operation == Some(Operation::Create) {
-                        record().create_succeeded();
+                        record().pool_mut(&row.vm.pool).create_succeeded();
                     }
                     summary.completed += 1;
                 }
@@ -466,20 +466,29 @@ impl Reconciler {
                 if self.write(&row, &next, summary).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        record().create_failed(&error, now, policy);
+                        record()
+                            .pool_mut(&row.vm.pool)
+                            .create_failed(&error, now, policy);
                     }
                     summary.failed += 1;
                 }
             }
             Action::Reissue(row) => {
-                let next = domain::reissue(&row.vm, now);
+                let mut next = domain::reissue(&row.vm, now);
+                // A create that never reached ARM goes out with the pool's current image:
+                // the row says so before it is sent.
+                if next.operation == Some(Operation::Create)
+                    && let Some(spec) = pool.spec_of(&row.vm)
+                {
+                    next.build = Some(spec.build.clone());
+                }
                 let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
                     summary.lost_races += 1;
                     return Ok(());
                 };
                 let id = &row.vm.id;
                 let answer = match (row.vm.state, row.vm.operation) {
-                    (VmState::Creating, Some(Operation::Create)) => compute.create(id).await,
+                    (VmState::Creating, Some(Operation::Create)) => pool.create_in_arm(&next).await,
                     (VmState::Creating, _) => compute.start(id).await,
                     (VmState::Deallocating, _) => match compute.deallocate(id).await {
                         Err(ComputeError::NotFound) => Ok(()),
@@ -489,7 +498,9 @@ impl Reconciler {
                 };
                 if let Err(e) = answer {
                     if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                        record().create_failed(&e.to_string(), now, policy);
+                        record()
+                            .pool_mut(&row.vm.pool)
+                            .create_failed(&e.to_string(), now, policy);
                     }
                     // Kept on the row, so the failure after the last attempt says why.
                     let noted = domain::VmRecord {
@@ -505,17 +516,25 @@ impl Reconciler {
                 summary.reissued += 1;
             }
             Action::StartForBuffer(row) => {
-                pool.add_to_buffer(Some(&row)).await?;
+                let Some(spec) = pool.spec_of(&row.vm) else {
+                    return Ok(());
+                };
+                pool.add_to_buffer(Some(&row), spec).await?;
                 summary.started += 1;
             }
-            Action::CreateForBuffer => {
-                if record().breaker_open_at(now) {
+            Action::CreateForBuffer(name) => {
+                let Some(spec) = policy.pools.get(&name) else {
+                    return Ok(());
+                };
+                if record().pool(&name).breaker_open_at(now) {
                     return Ok(());
                 }
-                match pool.add_to_buffer(None).await {
+                match pool.add_to_buffer(None, spec).await {
                     Ok(_) => summary.created += 1,
                     Err(PoolError::Compute(e)) if !e.is_transient() => {
-                        record().create_failed(&e.to_string(), now, policy);
+                        record()
+                            .pool_mut(&name)
+                            .create_failed(&e.to_string(), now, policy);
                         return Err(PoolError::Compute(e).into());
                     }
                     Err(e) => return Err(e.into()),
@@ -711,6 +730,8 @@ mod tests {
                 power,
             },
             tagged,
+            pool: None,
+            build: None,
         }
     }
 

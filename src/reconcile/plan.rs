@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 
 use time::{Duration, OffsetDateTime};
 
-use super::meta::PoolMeta;
+use super::meta::{BufferState, PoolMeta};
 use crate::compute::{Power, Provisioning, VmStatus};
-use crate::config::PoolPolicy;
+use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{Operation, Purpose, VmId, VmState};
 use crate::store::Versioned;
 
@@ -89,8 +89,8 @@ pub enum Action {
     Reissue(Versioned),
     /// `Deallocated` -> `Creating` for the buffer, then ARM start.
     StartForBuffer(Versioned),
-    /// A new row `Creating` for the buffer, then ARM create.
-    CreateForBuffer,
+    /// A new row `Creating` for the named pool's buffer, then ARM create.
+    CreateForBuffer(String),
     /// `Standby` or drained `MarkedForDeallocation` -> `Deallocating`, then ARM deallocate.
     Deallocate(Versioned, &'static str),
     /// A row ARM contradicts is set to the state ARM shows (drift repair).
@@ -210,7 +210,9 @@ pub fn plan(
 ) -> Plan {
     let mut meta = meta.clone();
     meta.vanished = observed.vanished;
-    meta.half_open_if_cooled(now, policy);
+    for spec in policy.pools.all() {
+        meta.pool_mut(&spec.name).half_open_if_cooled(now, policy);
+    }
     let mut actions = Vec::new();
     // Rows an action already takes care of this pass, and those of them it takes out of
     // the buffer.
@@ -233,38 +235,58 @@ pub fn plan(
     }
     actions.extend(adoptions(rows, observed));
     let unclaimed = unused_claims(rows, &handled, now, policy);
-    let returning = unclaimed.len();
-    for r in rows {
-        if unclaimed
-            .iter()
-            .any(|a| matches!(a, Action::Unclaim(u) if u.vm.id == r.vm.id))
-        {
-            handled.insert(&r.vm.id);
-        }
+    let unclaimed_rows: Vec<&Versioned> = rows
+        .iter()
+        .filter(|r| {
+            unclaimed
+                .iter()
+                .any(|a| matches!(a, Action::Unclaim(u) if u.vm.id == r.vm.id))
+        })
+        .collect();
+    for r in &unclaimed_rows {
+        handled.insert(&r.vm.id);
     }
     actions.extend(unclaimed);
 
-    let (target, cooled) = buffer_target(rows, now, policy, &mut meta);
-    let buffer = rows
-        .iter()
-        .filter(|r| !leaving.contains(&r.vm.id))
-        .filter(|r| {
-            r.vm.state == VmState::Standby
-                || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
-        })
-        .count()
-        + returning;
-    actions.extend(fill_buffer(
-        rows,
-        observed,
-        &mut handled,
-        buffer,
-        target,
-        meta.breaker_open_at(now),
-        policy,
-    ));
-    if cooled {
-        actions.extend(surplus(rows, observed, &mut handled, buffer, target));
+    // The buffer, pool by pool: each pool's own target, breaker and maximum, and all pools
+    // together under VMPOOL_MAX_VMS and the per-pass cap on creates and starts.
+    let mut headroom = (policy.max_vms as usize).saturating_sub(active_in(rows, None));
+    let mut starts_left = policy.max_creates_per_pass as usize;
+    for spec in policy.pools.all() {
+        let state = meta.pool_mut(&spec.name);
+        let (target, cooled) = buffer_target(rows, spec, now, policy, state);
+        let returning_here = unclaimed_rows
+            .iter()
+            .filter(|r| is_current(r, spec))
+            .count();
+        let buffer = rows
+            .iter()
+            .filter(|r| !leaving.contains(&r.vm.id) && is_current(r, spec))
+            .filter(|r| {
+                r.vm.state == VmState::Standby
+                    || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
+            })
+            .count()
+            + returning_here;
+        let room = (spec.max_vms as usize)
+            .saturating_sub(active_in(rows, Some(spec)))
+            .min(headroom);
+        let filled = fill_buffer(
+            rows,
+            spec,
+            observed,
+            &mut handled,
+            buffer,
+            target,
+            state.breaker_open_at(now),
+            room.min(starts_left),
+        );
+        headroom = headroom.saturating_sub(filled.len());
+        starts_left = starts_left.saturating_sub(filled.len());
+        actions.extend(filled);
+        if cooled {
+            actions.extend(surplus(rows, spec, observed, &mut handled, buffer, target));
+        }
     }
     actions.extend(drained(rows, &handled, now, policy));
     actions.extend(find_ips(rows, observed, &handled));
@@ -314,49 +336,58 @@ pub fn unused_claims(
 /// Returns the target and whether demand has cooled down (surplus may go).
 pub fn buffer_target(
     rows: &[Versioned],
+    spec: &PoolSpec,
     now: OffsetDateTime,
     policy: &PoolPolicy,
-    meta: &mut PoolMeta,
+    state: &mut BufferState,
 ) -> (usize, bool) {
-    let wanted = demand_target(rows, now, policy).max(policy.min_standby);
-    let cooled = meta
+    let wanted = demand_target(rows, spec, now, policy).max(spec.min_standby);
+    let cooled = state
         .target_raised_at
         .is_none_or(|at| now - at >= to_time(policy.buffer_cooldown));
-    if wanted >= meta.buffer_target {
-        if wanted > policy.min_standby {
-            meta.target_raised_at = Some(now);
+    if wanted >= state.buffer_target {
+        if wanted > spec.min_standby {
+            state.target_raised_at = Some(now);
         }
-        meta.buffer_target = wanted;
+        state.buffer_target = wanted;
     } else if cooled {
-        meta.buffer_target = wanted;
+        state.buffer_target = wanted;
     }
-    (meta.effective_buffer_target(policy) as usize, cooled)
+    (state.effective_buffer_target(spec) as usize, cooled)
 }
 
-/// Fills the buffer up to `target`: starts of deallocated VMs first (faster and cheaper),
-/// then creates (none while the breaker is open), within the pool's maximum and the
-/// per-pass cap.
+/// Whether `row` is of `spec`'s pool and its current build.
+fn is_current(row: &Versioned, spec: &PoolSpec) -> bool {
+    row.vm.is_of(&spec.name, &spec.build)
+}
+
+/// VMs that count against a maximum: of `spec`'s pool, or of every pool.
+fn active_in(rows: &[Versioned], spec: Option<&PoolSpec>) -> usize {
+    rows.iter()
+        .filter(|r| r.vm.state.counts_against_max())
+        .filter(|r| spec.is_none_or(|s| r.vm.pool == s.name))
+        .count()
+}
+
+/// Fills `spec`'s buffer up to `target`: starts of deallocated VMs of its current build
+/// first (faster and cheaper), then creates (none while the breaker is open), at most
+/// `room` (what the pool's maximum, all pools' maximum and the per-pass cap leave).
+#[expect(clippy::too_many_arguments, reason = "one pool's inputs to one phase")]
 pub fn fill_buffer<'a>(
     rows: &'a [Versioned],
+    spec: &PoolSpec,
     observed: &Observed,
     handled: &mut HashSet<&'a VmId>,
     buffer: usize,
     target: usize,
     breaker_open: bool,
-    policy: &PoolPolicy,
+    room: usize,
 ) -> Vec<Action> {
-    let active = rows
-        .iter()
-        .filter(|r| r.vm.state.counts_against_max())
-        .count();
-    let headroom = (policy.max_vms as usize).saturating_sub(active);
-    let missing = target
-        .saturating_sub(buffer)
-        .min(headroom)
-        .min(policy.max_creates_per_pass as usize);
+    let missing = target.saturating_sub(buffer).min(room);
     let mut deallocated: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
+        .filter(|r| is_current(r, spec))
         .filter(|r| {
             observed.arm.get(&r.vm.id).is_some_and(|s| {
                 s.provisioning == Provisioning::Succeeded
@@ -374,7 +405,7 @@ pub fn fill_buffer<'a>(
     }
     if !breaker_open {
         actions.extend(std::iter::repeat_n(
-            Action::CreateForBuffer,
+            Action::CreateForBuffer(spec.name.clone()),
             missing - starts,
         ));
     }
@@ -386,6 +417,7 @@ pub fn fill_buffer<'a>(
 /// from the listing is left alone.
 pub fn surplus<'a>(
     rows: &'a [Versioned],
+    spec: &PoolSpec,
     observed: &Observed,
     handled: &mut HashSet<&'a VmId>,
     buffer: usize,
@@ -394,6 +426,7 @@ pub fn surplus<'a>(
     let mut standby: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
+        .filter(|r| is_current(r, spec))
         .filter(|r| r.vm.may_be_emptied())
         .filter(|r| matches!(observed.seen(&r.vm.id), Seen::Present(_)))
         .collect();
@@ -466,10 +499,16 @@ pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
 /// The buffer target from demand: claims over the demand window, scaled to the time a VM
 /// takes to become ready (Little's law: VMs in flight = arrival rate x time in flight),
 /// rounded down, so demand that expects less than one claim per ready time costs nothing.
-pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolicy) -> u32 {
+pub fn demand_target(
+    rows: &[Versioned],
+    spec: &PoolSpec,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+) -> u32 {
     let window = to_time(policy.demand_window);
     let claims = rows
         .iter()
+        .filter(|r| r.vm.pool == spec.name)
         .filter(|r| r.vm.claimed_at.is_some_and(|t| now - t <= window))
         .count() as f64;
     let ready = policy.ready_estimate.as_secs_f64();
@@ -480,7 +519,7 @@ pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolic
         clippy::cast_sign_loss,
         reason = "bounded below"
     )]
-    let target = per_ready_time.floor().min(f64::from(policy.max_vms)) as u32;
+    let target = per_ready_time.floor().min(f64::from(spec.max_vms)) as u32;
     target
 }
 
@@ -639,8 +678,9 @@ mod tests {
         vm.operation = op;
         vm.claimed_at = None;
         vm.public_ip = Some("203.0.113.1".into());
+        let build = PoolPolicy::default().pools.all()[0].build.clone();
         Versioned {
-            vm,
+            vm: vm.placed(crate::config::DEFAULT_POOL, &build),
             etag: Etag("e".into()),
         }
     }
@@ -676,7 +716,7 @@ mod tests {
             Action::Fail(r, _) => format!("fail {}", r.vm.id),
             Action::Reissue(r) => format!("reissue {}", r.vm.id),
             Action::StartForBuffer(r) => format!("start {}", r.vm.id),
-            Action::CreateForBuffer => "create".into(),
+            Action::CreateForBuffer(_) => "create".into(),
             Action::Deallocate(r, why) => format!("deallocate {} ({why})", r.vm.id),
             Action::Correct(r, to) => format!("correct {} to {to}", r.vm.id),
             Action::Delete(r) => format!("delete {}", r.vm.id),
@@ -1090,7 +1130,8 @@ mod tests {
             max_vms: 10,
             max_creates_per_pass: 3,
             ..PoolPolicy::default()
-        };
+        }
+        .single_pool();
         let d1 = row("d1", VmState::Deallocated, None);
         let mut d2 = row("d2", VmState::Deallocated, None);
         d2.vm.state_changed_at = t0() - Duration::hours(1);
@@ -1131,6 +1172,7 @@ mod tests {
                     min_standby: 2,
                     ..policy.clone()
                 }
+                .single_pool()
             ),
             ["complete done", "fail bad", "create"]
         );
@@ -1153,7 +1195,8 @@ mod tests {
             ready_estimate: std::time::Duration::from_secs(180),
             buffer_cooldown: std::time::Duration::from_secs(900),
             ..PoolPolicy::default()
-        };
+        }
+        .single_pool();
         // 10 claims in the last 5 minutes: 2 per minute x 3 minutes to ready = 6.
         let claimed: Vec<Versioned> = (0..10)
             .map(|i| {
@@ -1166,7 +1209,7 @@ mod tests {
             .collect();
         let arm: Vec<_> = claimed.iter().map(|r| (r, up())).collect();
         let (actions, meta) = run_meta(&claimed, &arm, 60, &policy, &PoolMeta::default());
-        assert_eq!(meta.buffer_target, 6);
+        assert_eq!(meta.pool("default").buffer_target, 6);
         assert_eq!(actions.iter().filter(|a| *a == "create").count(), 6);
 
         // Demand gone (claims out of the window) but within the cool-down: target kept.
@@ -1177,12 +1220,12 @@ mod tests {
         rows.extend(standby.iter().cloned());
         let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
         let (actions, meta2) = run_meta(&rows, &arm, 600, &policy, &meta);
-        assert_eq!(meta2.buffer_target, 6);
+        assert_eq!(meta2.pool("default").buffer_target, 6);
         assert!(actions.is_empty(), "{actions:?}");
 
         // After the cool-down: back to the floor, surplus standby deallocated.
         let (actions, meta3) = run_meta(&rows, &arm, 60 + 900, &policy, &meta2);
-        assert_eq!(meta3.buffer_target, 1);
+        assert_eq!(meta3.pool("default").buffer_target, 1);
         assert_eq!(
             actions
                 .iter()
@@ -1218,12 +1261,14 @@ mod tests {
             min_standby: 2,
             breaker_failures: 3,
             ..PoolPolicy::default()
-        };
-        let open = PoolMeta {
+        }
+        .single_pool();
+        let mut open = PoolMeta::default();
+        *open.pool_mut("default") = BufferState {
             consecutive_create_failures: 3,
             breaker_open_until: Some(t0() + Duration::seconds(600)),
             breaker_reason: Some("QuotaExceeded".into()),
-            ..PoolMeta::default()
+            ..BufferState::default()
         };
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
@@ -1231,7 +1276,7 @@ mod tests {
         // After the cool-down: half open, creates resume.
         let (actions, half) = run_meta(&[], &[], 601, &policy, &open);
         assert_eq!(actions, ["create", "create"]);
-        assert_eq!(half.breaker_open_until, None);
-        assert_eq!(half.consecutive_create_failures, 2);
+        assert_eq!(half.pool("default").breaker_open_until, None);
+        assert_eq!(half.pool("default").consecutive_create_failures, 2);
     }
 }

@@ -157,6 +157,48 @@ fn opt(t: Option<OffsetDateTime>) -> Result<Option<OffsetDateTime>, StoreError> 
     t.map(tick).transpose()
 }
 
+/// A pool and a build (`None`: not known yet), as VMs are grouped for counting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Group {
+    /// The pool.
+    pub pool: String,
+    /// The build.
+    pub build: Option<String>,
+}
+
+impl Group {
+    /// The group of `vm`.
+    pub fn of(vm: &VmRecord) -> Group {
+        Group {
+            pool: vm.pool.clone(),
+            build: vm.build.clone(),
+        }
+    }
+}
+
+/// VMs in each state, per pool and build (only groups with VMs appear).
+pub type GroupCounts = std::collections::BTreeMap<Group, StateCounts>;
+
+/// Adds one VM of `group` in `state` to `counts`.
+pub fn count_into(counts: &mut GroupCounts, group: Group, state: VmState) {
+    *counts
+        .entry(group)
+        .or_insert_with(zero_counts)
+        .entry(state)
+        .or_default() += 1;
+}
+
+/// The counts of every group added up.
+pub fn total(groups: &GroupCounts) -> StateCounts {
+    let mut all = zero_counts();
+    for counts in groups.values() {
+        for (state, n) in counts {
+            *all.entry(*state).or_default() += n;
+        }
+    }
+    all
+}
+
 /// The VM table.
 #[async_trait]
 pub trait VmStore: Send + Sync + 'static {
@@ -185,6 +227,16 @@ pub trait VmStore: Send + Sync + 'static {
     /// How many VMs are in each state, over the whole table. Memory stays bounded: rows are
     /// counted as they arrive.
     async fn count_states(&self) -> Result<StateCounts, StoreError>;
+
+    /// How many VMs are in each state, per pool and build, over the whole table. Memory
+    /// stays bounded by the number of groups.
+    async fn count_groups(&self) -> Result<GroupCounts, StoreError> {
+        let mut counts = GroupCounts::new();
+        for row in self.list(Rows::All).await? {
+            count_into(&mut counts, Group::of(&row.vm), row.vm.state);
+        }
+        Ok(counts)
+    }
 
     /// Brings any index the store keeps beside the rows back in line with them, given the
     /// rows as just listed (the reconciler calls this each pass with its own listing). Rows

@@ -36,7 +36,11 @@ use compute_api::models::VirtualMachine;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Compute, ComputeError, Listed, Power, Provisioning, VmStatus};
+use super::{
+    BUILD_TAG, Compute, ComputeError, Listed, POOL_NAME_TAG, Power, Provisioning, VmStatus,
+    tags_for,
+};
+use crate::config::PoolSpec;
 use crate::domain::VmId;
 use crate::secret::Secret;
 pub use settings::{ArmConfig, Image};
@@ -380,11 +384,34 @@ impl VmResourceNames {
     }
 }
 
+/// The pool the single-pool settings of `config` describe (its region, size and image).
+pub fn single_pool(config: &ArmConfig) -> PoolSpec {
+    PoolSpec {
+        name: crate::config::DEFAULT_POOL.to_owned(),
+        location: Some(config.location.clone()),
+        vm_size: config.vm_size.clone(),
+        build: crate::config::pools::build_of_image(&config.image),
+        image: config.image.clone(),
+        subnet_id: Some(config.subnet_id.clone()),
+        min_standby: 0,
+        max_vms: 1,
+        game_ports: Vec::new(),
+    }
+}
+
+/// The VM PUT body for the single pool of `config` ([`vm_body_for`] of [`single_pool`]).
+pub fn vm_body(config: &ArmConfig, name: &VmId, table: &str) -> Value {
+    vm_body_for(config, name, table, &single_pool(config))
+}
+
 /// The VM PUT body: the VM, its NIC and a Standard static public IP, all deleted with the
-/// VM, tagged as a member of `pool`.
-pub fn vm_body(config: &ArmConfig, name: &VmId, pool: &str) -> Value {
+/// VM, in `spec`'s region, size, image and subnet (the settings' own where the pool has
+/// none), tagged as a member of the table's pool `table`, of the pool `spec` and its build.
+pub fn vm_body_for(config: &ArmConfig, name: &VmId, table: &str, spec: &PoolSpec) -> Value {
     let names = VmResourceNames::of(name);
-    let image = match &config.image {
+    let location = spec.location.as_deref().unwrap_or(&config.location);
+    let subnet_id = spec.subnet_id.as_deref().unwrap_or(&config.subnet_id);
+    let image = match &spec.image {
         Image::Marketplace {
             publisher,
             offer,
@@ -394,10 +421,10 @@ pub fn vm_body(config: &ArmConfig, name: &VmId, pool: &str) -> Value {
         Image::Id(id) => json!({ "id": id }),
     };
     json!({
-        "location": config.location,
-        "tags": { POOL_TAG: pool },
+        "location": location,
+        "tags": tags_for(table, spec),
         "properties": {
-            "hardwareProfile": { "vmSize": config.vm_size },
+            "hardwareProfile": { "vmSize": spec.vm_size },
             "storageProfile": {
                 "imageReference": image,
                 "osDisk": {
@@ -432,7 +459,7 @@ pub fn vm_body(config: &ArmConfig, name: &VmId, pool: &str) -> Value {
                             "name": names.ip_config,
                             "properties": {
                                 "primary": true,
-                                "subnet": { "id": config.subnet_id },
+                                "subnet": { "id": subnet_id },
                                 "publicIPAddressConfiguration": {
                                     "name": names.public_ip,
                                     "sku": { "name": "Standard", "tier": "Regional" },
@@ -450,10 +477,50 @@ pub fn vm_body(config: &ArmConfig, name: &VmId, pool: &str) -> Value {
     })
 }
 
-/// [`vm_body`] as the SDK's model (what `create_or_update` sends).
-pub fn vm_model(config: &ArmConfig, name: &VmId, pool: &str) -> Result<VirtualMachine, String> {
-    serde_json::from_value(vm_body(config, name, pool))
+/// [`vm_body`] as the SDK's model.
+pub fn vm_model(config: &ArmConfig, name: &VmId, table: &str) -> Result<VirtualMachine, String> {
+    vm_model_for(config, name, table, &single_pool(config))
+}
+
+/// [`vm_body_for`] as the SDK's model (what `create_or_update` sends).
+pub fn vm_model_for(
+    config: &ArmConfig,
+    name: &VmId,
+    table: &str,
+    spec: &PoolSpec,
+) -> Result<VirtualMachine, String> {
+    serde_json::from_value(vm_body_for(config, name, table, spec))
         .map_err(|e| format!("the VM body does not fit the compute API model: {e}"))
+}
+
+/// The image a VM's model names (`storageProfile.imageReference`): its resource ID, else
+/// its marketplace reference as written in the PUT (`version`, not `exactVersion`: the two
+/// differ only when the PUT asked for `latest`).
+pub fn image_of(vm: &VirtualMachine) -> Option<Image> {
+    let reference = vm
+        .properties
+        .as_ref()?
+        .storage_profile
+        .as_ref()?
+        .image_reference
+        .as_ref()?;
+    if let Some(id) = reference.sub_resource.id.as_deref().filter(|s| !s.is_empty()) {
+        return Some(Image::Id(id.to_owned()));
+    }
+    match (
+        &reference.publisher,
+        &reference.offer,
+        &reference.sku,
+        &reference.version,
+    ) {
+        (Some(publisher), Some(offer), Some(sku), Some(version)) => Some(Image::Marketplace {
+            publisher: publisher.clone(),
+            offer: offer.clone(),
+            sku: sku.clone(),
+            version: version.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// Reads provisioning and power state from instance-view status codes
@@ -765,12 +832,13 @@ impl Compute for ArmCompute {
         )
     }
 
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
-        let model =
-            vm_model(&self.config, name, &self.pool).map_err(|message| ComputeError::Rejected {
+    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+        let model = vm_model_for(&self.config, name, &self.pool, pool).map_err(|message| {
+            ComputeError::Rejected {
                 code: "InvalidConfiguration".into(),
                 message,
-            })?;
+            }
+        })?;
         let c = &self.config;
         self.call("the VM PUT", || {
             self.vms()
@@ -866,13 +934,17 @@ impl Compute for ArmCompute {
             .iter()
             .filter_map(|vm| {
                 let mut listed = listed(vm, &c.resource_group)?;
-                listed.tagged = vm
-                    .resource
-                    .tags
-                    .as_ref()
-                    .and_then(|t| t.get(POOL_TAG))
-                    .and_then(Value::as_str)
-                    == Some(self.pool.as_str());
+                let tag = |name: &str| {
+                    vm.resource
+                        .tags
+                        .as_ref()
+                        .and_then(|t| t.get(name))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                listed.tagged = tag(POOL_TAG).as_deref() == Some(self.pool.as_str());
+                listed.pool = tag(POOL_NAME_TAG);
+                listed.build = tag(BUILD_TAG);
                 Some(listed)
             })
             .collect())
@@ -952,6 +1024,25 @@ impl Compute for ArmCompute {
         Err(ComputeError::Unavailable(format!(
             "Resource Graph kept paging past {GRAPH_MAX_PAGES} pages"
         )))
+    }
+
+    async fn image(&self, name: &VmId) -> Result<Option<Image>, ComputeError> {
+        let c = &self.config;
+        match self
+            .call("the VM GET", || async {
+                self.vms()
+                    .get(&c.resource_group, name.as_str(), &c.subscription_id)
+                    .send()
+                    .await?
+                    .into_body()
+                    .await
+            })
+            .await
+        {
+            Ok(vm) => Ok(image_of(&vm)),
+            Err(ComputeError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
@@ -1035,15 +1126,18 @@ fn graph_row(row: &Value, resource_group: &str, pool: &str) -> Option<Listed> {
             .filter(|s| !s.is_empty())
     };
     let power = text("powerState").map(|code| (code, None));
+    let tag = |name: &str| {
+        row.get("tags")
+            .and_then(|t| t.get(name))
+            .and_then(Value::as_str)
+    };
     Some(Listed {
         name: VmId::parse(name).ok()?,
         resource_id: id.to_owned(),
         status: status_from_codes(power, text("provisioningState")),
-        tagged: row
-            .get("tags")
-            .and_then(|t| t.get(POOL_TAG))
-            .and_then(Value::as_str)
-            == Some(pool),
+        tagged: tag(POOL_TAG) == Some(pool),
+        pool: tag(POOL_NAME_TAG).map(str::to_owned),
+        build: tag(BUILD_TAG).map(str::to_owned),
     })
 }
 
@@ -1060,6 +1154,8 @@ fn listed(vm: &VirtualMachine, resource_group: &str) -> Option<Listed> {
         resource_id: id.to_owned(),
         status: status_of(vm),
         tagged: false,
+        pool: None,
+        build: None,
     })
 }
 

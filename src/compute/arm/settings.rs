@@ -23,6 +23,19 @@ pub enum Image {
 }
 
 impl Image {
+    /// The image as the settings write it: `publisher:offer:sku:version` or the resource ID.
+    pub fn text(&self) -> String {
+        match self {
+            Image::Marketplace {
+                publisher,
+                offer,
+                sku,
+                version,
+            } => format!("{publisher}:{offer}:{sku}:{version}"),
+            Image::Id(id) => id.clone(),
+        }
+    }
+
     /// Parses `publisher:offer:sku:version` or a resource ID.
     pub fn parse(raw: &str) -> Option<Image> {
         if raw.starts_with('/') {
@@ -163,10 +176,25 @@ pub fn ssh_public_key(raw: &str) -> Result<String, String> {
 }
 
 /// `publisher:offer:sku:version` or an image resource ID.
+/// An image resource ID names a managed image or a gallery image (version) of
+/// `Microsoft.Compute` (`.../providers/Microsoft.Compute/images/NAME` or
+/// `.../providers/Microsoft.Compute/galleries/G/images/I[/versions/V]`).
 pub fn image(raw: &str) -> Result<Image, String> {
-    Image::parse(raw.trim()).ok_or_else(|| {
+    let image = Image::parse(raw.trim()).ok_or_else(|| {
         format!("{raw:?} is neither publisher:offer:sku:version nor an image resource ID")
-    })
+    })?;
+    if let Image::Id(id) = &image {
+        let lower = id.to_ascii_lowercase();
+        if !(lower.starts_with("/subscriptions/")
+            && lower.contains("/providers/microsoft.compute/")
+            && lower.contains("/images/"))
+        {
+            return Err(format!(
+                "{raw:?} is not an image resource ID (/subscriptions/.../providers/Microsoft.Compute/images/NAME or .../galleries/G/images/I/versions/V)"
+            ));
+        }
+    }
+    Ok(image)
 }
 
 /// A VM size such as `Standard_B2s`.

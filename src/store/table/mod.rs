@@ -44,8 +44,8 @@ use row::{
 };
 
 use super::{
-    Continuation, Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
-    VmStore, Written, normalize, zero_counts,
+    Continuation, Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError,
+    Versioned, VmStore, Written, count_into, normalize, zero_counts,
 };
 use crate::domain::{VmId, VmRecord, VmState};
 use azure_core::Continuable;
@@ -292,6 +292,10 @@ impl VmStore for TableStore {
 
     async fn count_states(&self) -> Result<StateCounts, StoreError> {
         self.recreating("count", || self.count_once()).await
+    }
+
+    async fn count_groups(&self) -> Result<GroupCounts, StoreError> {
+        self.recreating("count", || self.count_groups_once()).await
     }
 
     async fn repair_index(&self, rows: &[Versioned]) -> Result<usize, StoreError> {
@@ -677,6 +681,35 @@ impl TableStore {
             }
         }
         Ok(Page { items, next })
+    }
+
+    /// Counts rows by state, pool and build, reading only those of each, page by page.
+    async fn count_groups_once(&self) -> Result<GroupCounts, Fault> {
+        let mut pages = self
+            .vms
+            .query()
+            .select(format!(
+                "{},{},{}",
+                row::STATE.name,
+                row::POOL.name,
+                row::BUILD.name
+            ))
+            .into_stream::<RowFields>();
+        let mut counts = GroupCounts::new();
+        loop {
+            let page = match tokio::time::timeout(self.timeout, pages.next()).await {
+                Err(_) => return Err(self.no_answer("count")),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(classify("count", &e)),
+                Ok(Some(Ok(page))) => page,
+            };
+            for entity in &page.entities {
+                if let Some((state, group)) = row::group_of(entity) {
+                    count_into(&mut counts, group, state);
+                }
+            }
+        }
+        Ok(counts)
     }
 
     /// Counts rows by state, reading only the state of each, page by page.

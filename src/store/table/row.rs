@@ -126,8 +126,16 @@ pub(crate) const LAST_ERROR: Property = prop("LastError", Edm::String, false, |v
     text_or_absent(vm.last_error.as_deref())
 });
 
+/// The pool the VM belongs to; rows written before pools existed have none and belong to
+/// `default`.
+pub(crate) const POOL: Property = prop("Pool", Edm::String, false, |vm| Cell::Text(&vm.pool));
+/// The build the VM runs; absent while unknown.
+pub(crate) const BUILD: Property = prop("Build", Edm::String, false, |vm| {
+    text_or_absent(vm.build.as_deref())
+});
+
 /// Every property of a VM row, in the order the schema lists them.
-pub(crate) const PROPERTIES: [&Property; 15] = [
+pub(crate) const PROPERTIES: [&Property; 17] = [
     &PARTITION_KEY,
     &ROW_KEY,
     &STATE,
@@ -143,6 +151,8 @@ pub(crate) const PROPERTIES: [&Property; 15] = [
     &CLAIMED_AT,
     &ATTEMPTS,
     &LAST_ERROR,
+    &POOL,
+    &BUILD,
 ];
 
 /// The annotation that carries a row's ETag in a query answer.
@@ -298,6 +308,20 @@ pub(crate) fn state_of(m: &impl Props) -> Option<VmState> {
     STATE.opt_text(m).ok().flatten().and_then(VmState::parse)
 }
 
+/// The state and the pool and build of a row, if it has a known state (rows written before
+/// pools belong to `default`, with an unknown build).
+pub(crate) fn group_of(m: &impl Props) -> Option<(VmState, crate::store::Group)> {
+    let state = state_of(m)?;
+    let pool = POOL
+        .opt_text(m)
+        .ok()
+        .flatten()
+        .unwrap_or(crate::config::DEFAULT_POOL)
+        .to_owned();
+    let build = BUILD.opt_text(m).ok().flatten().map(str::to_owned);
+    Some((state, crate::store::Group { pool, build }))
+}
+
 /// Reads a row as a VM; the error says which property is missing or wrong.
 pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
     let row_key = ROW_KEY.text(m)?;
@@ -332,6 +356,11 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
         claimed_at: CLAIMED_AT.opt_time(m)?,
         attempts: ATTEMPTS.int(m)?,
         last_error: LAST_ERROR.opt_text(m)?.map(str::to_owned),
+        pool: POOL
+            .opt_text(m)?
+            .unwrap_or(crate::config::DEFAULT_POOL)
+            .to_owned(),
+        build: BUILD.opt_text(m)?.map(str::to_owned),
     })
 }
 
@@ -468,7 +497,20 @@ mod tests {
         vm.operation = Some(Operation::Create);
         vm.last_report_at = Some(t);
         vm.claimed_at = Some(t);
+        vm.pool = "eu".into();
+        vm.build = Some("1.5.0".into());
         vm
+    }
+
+    #[test]
+    fn rows_written_before_pools_belong_to_default_with_an_unknown_build() {
+        let mut m = to_entity(&full()).unwrap();
+        m.remove(POOL.name);
+        m.remove(BUILD.name);
+        let vm = parse_row(&m).unwrap();
+        assert_eq!((vm.pool.as_str(), vm.build), ("default", None));
+        let written = to_entity(&full()).unwrap();
+        assert_eq!((&written["Pool"], &written["Build"]), (&Value::from("eu"), &Value::from("1.5.0")));
     }
 
     #[test]
