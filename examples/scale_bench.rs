@@ -435,8 +435,9 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
     let ids: Vec<VmId> = (0..RECONCILED)
         .map(|i| VmId::parse(&format!("rec-{i:05}")))
         .collect::<Result<_, _>>()?;
+    let spec = config.policy.pools.all()[0].clone();
     for id in &ids {
-        compute.create(id).await?;
+        compute.create(id, &spec).await?;
     }
     clock.advance(time::Duration::minutes(5));
     let running_at = clock.now();
@@ -454,6 +455,7 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
             vm.operation_since = None;
             vm.state_changed_at = running_at;
             vm.public_ip = Some("203.0.113.9".into());
+            let vm = vm.placed(&spec.name, &spec.build);
             async move { store.insert(&vm).await }
         })
         .buffer_unordered(SEED_CONCURRENCY)

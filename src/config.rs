@@ -125,7 +125,9 @@ impl PoolPolicy {
             game_ports: s::GAME_PORTS.read(src)?,
         };
         let pools = match s::POOLS.given(src)? {
-            Some(raw) => pools::parse(&raw, &fallbacks).map_err(|why| invalid(s::POOLS.name, why))?,
+            Some(raw) => {
+                pools::parse(&raw, &fallbacks).map_err(|why| invalid(s::POOLS.name, why))?
+            }
             None => Pools::single(&fallbacks),
         };
         let policy = PoolPolicy {

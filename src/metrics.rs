@@ -24,7 +24,8 @@ use crate::domain::{VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::store::{
-    Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+    Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
+    VmStore, Written,
 };
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

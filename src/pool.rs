@@ -19,7 +19,8 @@ use crate::domain::{
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
 use crate::store::{
-    Etag, GroupCounts, Page, PageRequest, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
+    Etag, GroupCounts, Page, PageRequest, Rows, StateCounts, StoreError, Versioned, VmStore,
+    Written,
 };
 
 /// How many candidates of one kind CreateVM tries before it falls through to the next kind.

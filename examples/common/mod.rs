@@ -32,7 +32,10 @@ pub fn vm(name: &str, state: VmState, rooms: u32) -> VmRecord {
     vm.operation = (state == VmState::Deallocating).then_some(Operation::Deallocate);
     vm.public_ip = (state != VmState::Deallocated).then(|| "203.0.113.9".to_owned());
     vm.rooms = rooms;
-    vm
+    vm.placed(
+        vmpool::config::DEFAULT_POOL,
+        &vmpool::config::PoolPolicy::default().pools.all()[0].build,
+    )
 }
 
 /// Latencies of one measured call.

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use time::{Duration, OffsetDateTime};
 
 use super::{BUILD_TAG, POOL_NAME_TAG, POOL_TAG, tags_for};
-use super::{Compute, Image, ComputeError, Listed, Power, Provisioning, VmStatus};
+use super::{Compute, ComputeError, Image, Listed, Power, Provisioning, VmStatus};
 use crate::clock::Clock;
 use crate::config::PoolSpec;
 use crate::domain::VmId;

@@ -179,12 +179,14 @@ pub fn build_of_image(image: &Image) -> String {
 
 /// A pool name: 1-32 letters, digits or `-`.
 pub fn pool_name(raw: &str) -> Result<String, String> {
-    let ok = (1..=32).contains(&raw.len())
-        && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let ok =
+        (1..=32).contains(&raw.len()) && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if ok {
         Ok(raw.to_owned())
     } else {
-        Err(format!("{raw:?} is not a pool name (1-32 letters, digits or '-')"))
+        Err(format!(
+            "{raw:?} is not a pool name (1-32 letters, digits or '-')"
+        ))
     }
 }
 
@@ -243,9 +245,8 @@ pub fn parse(raw: &str, fallbacks: &Fallbacks) -> Result<Pools, String> {
         if !seen.insert(name.clone()) {
             return Err(format!("pool {name:?} is defined twice"));
         }
-        let spec = one(&name, &value, fallbacks).map_err(|(field, why)| {
-            format!("pool {name:?}: {field}: {why}")
-        })?;
+        let spec = one(&name, &value, fallbacks)
+            .map_err(|(field, why)| format!("pool {name:?}: {field}: {why}"))?;
         specs.push(spec);
     }
     Ok(Pools::from_specs(specs))
@@ -388,7 +389,10 @@ mod tests {
         assert_eq!(eu.game_ports, [7777, 7778]);
         assert_eq!(eu.subnet_id.as_deref(), Some(SUBNET), "falls back");
         let us = pools.get("us").unwrap();
-        assert_eq!((us.vm_size.as_str(), us.min_standby, us.max_vms), ("Standard_B2s", 1, 20));
+        assert_eq!(
+            (us.vm_size.as_str(), us.min_standby, us.max_vms),
+            ("Standard_B2s", 1, 20)
+        );
         assert_eq!(us.game_ports, [9000]);
         assert_eq!(us.build, "1.4.0");
         // Two pools, neither called default: CreateVM must name one.
@@ -422,28 +426,95 @@ mod tests {
             ("[]".into(), "JSON object"),
             ("{}".into(), "defines no pool"),
             ("{\"eu\": {".into(), "JSON object"),
-            (format!(r#"{{"eu": {{{ok}, "size": "x"}}}}"#), r#"pool "eu": definition: unknown field "size""#),
-            (format!(r#"{{"eu": {{{ok}}}, "eu": {{{ok}}}}}"#), r#"pool "eu" is defined twice"#),
-            (format!(r#"{{"e u": {{{ok}}}}}"#), r#"pool "e u": "e u" is not a pool name"#),
-            (format!(r#"{{"": {{{ok}}}}}"#), r#"pool "": "" is not a pool name"#),
-            (format!(r#"{{"{}": {{{ok}}}}}"#, "a".repeat(33)), "is not a pool name"),
-            (format!(r#"{{"eu": {{{ok}, "minStandby": 5, "maxVms": 4}}}}"#), r#"pool "eu": minStandby: 5 is more than maxVms (4)"#),
-            (r#"{"eu": {"location": "westeurope", "image": "ubuntu", "build": "1"}}"#.into(), r#"pool "eu": image:"#),
-            (r#"{"eu": {"location": "westeurope", "image": "/not/an/image", "build": "1"}}"#.into(), r#"pool "eu": image:"#),
-            (r#"{"eu": {"location": "westeurope", "build": "1"}}"#.into(), r#"pool "eu": image: is required"#),
-            (r#"{"eu": {"image": "a:b:c:1", "build": "1"}}"#.into(), r#"pool "eu": location: is required"#),
-            (r#"{"eu": {"location": "westeurope", "image": "a:b:c:1"}}"#.into(), r#"pool "eu": build: is required"#),
-            (r#"{"eu": {"location": "west europe", "image": "a:b:c:1", "build": "1"}}"#.into(), r#"pool "eu": location:"#),
-            (format!(r#"{{"eu": {{{ok}, "build": "1 2"}}}}"#), r#"pool "eu": build:"#),
-            (format!(r#"{{"eu": {{{ok}, "maxVms": -1}}}}"#), r#"pool "eu": maxVms:"#),
-            (format!(r#"{{"eu": {{{ok}, "maxVms": 0}}}}"#), r#"pool "eu": maxVms:"#),
-            (format!(r#"{{"eu": {{{ok}, "minStandby": "2"}}}}"#), r#"pool "eu": minStandby:"#),
-            (format!(r#"{{"eu": {{{ok}, "gamePorts": "7777,x"}}}}"#), r#"pool "eu": gamePorts:"#),
-            (format!(r#"{{"eu": {{{ok}, "gamePorts": [0]}}}}"#), r#"pool "eu": gamePorts:"#),
-            (format!(r#"{{"eu": {{{ok}, "vmSize": "Standard B2s"}}}}"#), r#"pool "eu": vmSize:"#),
-            (format!(r#"{{"eu": {{{ok}, "subnetId": "subnet-1"}}}}"#), r#"pool "eu": subnetId:"#),
-            (format!(r#"{{"eu": {{{ok}, "vmPrefix": "x"}}}}"#), r#"pool "eu": vmPrefix:"#),
-            (r#"{"eu": "westeurope"}"#.into(), r#"pool "eu": definition: must be a JSON object"#),
+            (
+                format!(r#"{{"eu": {{{ok}, "size": "x"}}}}"#),
+                r#"pool "eu": definition: unknown field "size""#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}}}, "eu": {{{ok}}}}}"#),
+                r#"pool "eu" is defined twice"#,
+            ),
+            (
+                format!(r#"{{"e u": {{{ok}}}}}"#),
+                r#"pool "e u": "e u" is not a pool name"#,
+            ),
+            (
+                format!(r#"{{"": {{{ok}}}}}"#),
+                r#"pool "": "" is not a pool name"#,
+            ),
+            (
+                format!(r#"{{"{}": {{{ok}}}}}"#, "a".repeat(33)),
+                "is not a pool name",
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "minStandby": 5, "maxVms": 4}}}}"#),
+                r#"pool "eu": minStandby: 5 is more than maxVms (4)"#,
+            ),
+            (
+                r#"{"eu": {"location": "westeurope", "image": "ubuntu", "build": "1"}}"#.into(),
+                r#"pool "eu": image:"#,
+            ),
+            (
+                r#"{"eu": {"location": "westeurope", "image": "/not/an/image", "build": "1"}}"#
+                    .into(),
+                r#"pool "eu": image:"#,
+            ),
+            (
+                r#"{"eu": {"location": "westeurope", "build": "1"}}"#.into(),
+                r#"pool "eu": image: is required"#,
+            ),
+            (
+                r#"{"eu": {"image": "a:b:c:1", "build": "1"}}"#.into(),
+                r#"pool "eu": location: is required"#,
+            ),
+            (
+                r#"{"eu": {"location": "westeurope", "image": "a:b:c:1"}}"#.into(),
+                r#"pool "eu": build: is required"#,
+            ),
+            (
+                r#"{"eu": {"location": "west europe", "image": "a:b:c:1", "build": "1"}}"#.into(),
+                r#"pool "eu": location:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "build": "1 2"}}}}"#),
+                r#"pool "eu": build:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "maxVms": -1}}}}"#),
+                r#"pool "eu": maxVms:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "maxVms": 0}}}}"#),
+                r#"pool "eu": maxVms:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "minStandby": "2"}}}}"#),
+                r#"pool "eu": minStandby:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "gamePorts": "7777,x"}}}}"#),
+                r#"pool "eu": gamePorts:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "gamePorts": [0]}}}}"#),
+                r#"pool "eu": gamePorts:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "vmSize": "Standard B2s"}}}}"#),
+                r#"pool "eu": vmSize:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "subnetId": "subnet-1"}}}}"#),
+                r#"pool "eu": subnetId:"#,
+            ),
+            (
+                format!(r#"{{"eu": {{{ok}, "vmPrefix": "x"}}}}"#),
+                r#"pool "eu": vmPrefix:"#,
+            ),
+            (
+                r#"{"eu": "westeurope"}"#.into(),
+                r#"pool "eu": definition: must be a JSON object"#,
+            ),
         ];
         for (raw, expected) in cases {
             let err = parse(&raw, &fb()).unwrap_err();
@@ -464,10 +535,16 @@ mod tests {
         .unwrap();
         let gallery_upper = Image::Id(GALLERY.to_uppercase());
         assert_eq!(pools.build_of("eu", &gallery_upper), "1.5.0-eu");
-        assert_eq!(pools.build_of("default", &Image::parse("A:B:C:7").unwrap()), "seven");
+        assert_eq!(
+            pools.build_of("default", &Image::parse("A:B:C:7").unwrap()),
+            "seven"
+        );
         // An image no pool uses any more: the version it names.
         let old = Image::Id(GALLERY.replace("1.5.0", "1.4.2"));
         assert_eq!(pools.build_of("eu", &old), "1.4.2");
-        assert_eq!(pools.build_of("eu", &Image::parse("a:b:c:latest").unwrap()), "latest");
+        assert_eq!(
+            pools.build_of("eu", &Image::parse("a:b:c:latest").unwrap()),
+            "latest"
+        );
     }
 }

@@ -571,7 +571,9 @@ pub const VM_PREFIX: Setting<String> = Setting {
 pub const BUILD: Setting<String> = Setting {
     name: "VMPOOL_BUILD",
     doc: "build label of the `default` pool's image (what CreateVM's `build` names) when `VMPOOL_POOLS` is unset",
-    default: Fallback::Unset("the version `VMPOOL_IMAGE` names (a gallery image version's last segment, or a marketplace image's version)"),
+    default: Fallback::Unset(
+        "the version `VMPOOL_IMAGE` names (a gallery image version's last segment, or a marketplace image's version)",
+    ),
     parse: super::pools::build,
 };
 

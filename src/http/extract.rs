@@ -15,8 +15,8 @@ use super::error::ApiError;
 use super::input;
 use crate::config::pools;
 use crate::domain::VmId;
-use crate::pool::Filter;
 use crate::idempotency::IdempotencyKey;
+use crate::pool::Filter;
 use crate::store::PageRequest;
 
 /// A request's JSON object body (empty counts as `{}`) and its query-string pairs.

@@ -242,15 +242,22 @@ mod tests {
         use crate::config::pools::{build, pool_name};
         let b = object(br#"{"pool":"eu","build":"1.5.0"}"#).unwrap();
         assert_eq!(
-            optional_text(&b, &[], "pool", pool_name).unwrap().as_deref(),
+            optional_text(&b, &[], "pool", pool_name)
+                .unwrap()
+                .as_deref(),
             Some("eu")
         );
         let q = query_pairs(Some("build=1.4.0"));
         assert_eq!(
-            optional_text(&Map::new(), &q, "build", build).unwrap().as_deref(),
+            optional_text(&Map::new(), &q, "build", build)
+                .unwrap()
+                .as_deref(),
             Some("1.4.0")
         );
-        assert_eq!(optional_text(&Map::new(), &[], "pool", pool_name).unwrap(), None);
+        assert_eq!(
+            optional_text(&Map::new(), &[], "pool", pool_name).unwrap(),
+            None
+        );
         for (body, query, name) in [
             (r#"{"pool":"e u"}"#, None, "pool"),
             (r#"{"pool":5}"#, None, "pool"),

@@ -31,7 +31,8 @@ use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
 pub use error::{ApiError, ErrorEnvelope};
 use extract::{
-    IdempotencyHeader, ListFilter, Paging, Placement, RoomsReport, TimerInvocation, VmTarget, WithVms,
+    IdempotencyHeader, ListFilter, Paging, Placement, RoomsReport, TimerInvocation, VmTarget,
+    WithVms,
 };
 pub use limits::Limits;
 use views::{PassResult, PoolStatusView, Probe, TimerAnswer, VmList, VmOutcome, VmView};

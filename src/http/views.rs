@@ -350,8 +350,8 @@ impl PoolView {
                 Some(b) if b == spec.build => rollout.current += alive,
                 None => rollout.unknown += alive,
                 Some(_) => {
-                    let in_use = these.get(VmState::Running)
-                        + these.get(VmState::MarkedForDeallocation);
+                    let in_use =
+                        these.get(VmState::Running) + these.get(VmState::MarkedForDeallocation);
                     rollout.old_in_use += in_use;
                     rollout.old_idle += alive - in_use;
                 }
@@ -451,7 +451,12 @@ pub struct Probe {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct PlacementInput {
     /// The pool; default: `default`, or the only pool.
-    #[schema(example = "eu", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$")]
+    #[schema(
+        example = "eu",
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9-]+$"
+    )]
     pub pool: Option<String>,
     /// The build; default: the pool's current build. Another build is served only from its
     /// VMs still alive.

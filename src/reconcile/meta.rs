@@ -317,7 +317,10 @@ mod tests {
         );
         let loaded = load_meta(&store).await.unwrap().0;
         assert_eq!(
-            (loaded.pool("eu").buffer_target, loaded.pool("us").buffer_target),
+            (
+                loaded.pool("eu").buffer_target,
+                loaded.pool("us").buffer_target
+            ),
             (3, 0)
         );
     }

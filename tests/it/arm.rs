@@ -15,7 +15,7 @@ use vmpool_arm_fake::{ArmFake, FakeOp, FakeSettings, HttpFault, validate_vm_body
 
 use crate::support::arm::{
     Fake, SUB, TOKEN, arm_client, arm_config, fake_settings, quick, spawn_fake, spawn_fake_with,
-    statuses,
+    spec, statuses,
 };
 use crate::support::spawn_wired;
 
@@ -29,7 +29,7 @@ async fn create_elsewhere(f: &Fake, pool: &str, name: &str) {
     elsewhere.resource_group = "elsewhere".into();
     ArmCompute::new(&elsewhere, pool, quick())
         .unwrap()
-        .create(&id(name))
+        .create(&id(name), &spec())
         .await
         .unwrap();
 }
@@ -38,7 +38,7 @@ async fn create_elsewhere(f: &Fake, pool: &str, name: &str) {
 async fn create_numbered(arm: &ArmCompute, count: u32) -> Vec<Result<(), ComputeError>> {
     use futures::StreamExt;
     futures::stream::iter(0..count)
-        .map(|n| async move { arm.create(&id(&format!("p-{n:04}"))).await })
+        .map(|n| async move { arm.create(&id(&format!("p-{n:04}")), &spec()).await })
         .buffer_unordered(16)
         .collect()
         .await
@@ -50,7 +50,7 @@ async fn every_operation_round_trips_through_the_fake() {
     let arm = arm_client(&f, "pool1");
     let vm = id("pool1-vm1");
 
-    arm.create(&vm).await.unwrap();
+    arm.create(&vm, &spec()).await.unwrap();
     let puts = f.fake.accepted(FakeOp::PutVm);
     assert_eq!(puts.len(), 1);
     assert_eq!(puts[0].status, 201);
@@ -62,7 +62,7 @@ async fn every_operation_round_trips_through_the_fake() {
     let s = arm.status(&vm).await.unwrap().unwrap();
     assert_eq!(s.provisioning, Provisioning::Creating);
     assert!(!s.is_up());
-    arm.create(&vm).await.unwrap();
+    arm.create(&vm, &spec()).await.unwrap();
     assert_eq!(
         f.fake.accepted(FakeOp::PutVm)[1].status,
         200,
@@ -179,9 +179,11 @@ async fn the_list_pages_and_keeps_to_its_own_resource_group_and_tags_its_pool() 
     let mine = arm_client(&f, "mine");
     let theirs = arm_client(&f, "theirs");
     for n in 0..5 {
-        mine.create(&id(&format!("mine-{n}"))).await.unwrap();
+        mine.create(&id(&format!("mine-{n}")), &spec())
+            .await
+            .unwrap();
     }
-    theirs.create(&id("theirs-0")).await.unwrap();
+    theirs.create(&id("theirs-0"), &spec()).await.unwrap();
     create_elsewhere(&f, "mine", "mine-elsewhere").await;
     f.fake.clear_requests();
 
@@ -209,7 +211,7 @@ async fn throttling_gives_retry_after() {
     let arm = arm_client(&f, "p");
     f.fake.fail_next(FakeOp::PutVm, 1, HttpFault::throttled(17));
     assert_eq!(
-        arm.create(&id("p-1")).await,
+        arm.create(&id("p-1"), &spec()).await,
         Err(ComputeError::Throttled {
             retry_after: Duration::from_secs(17)
         })
@@ -229,7 +231,7 @@ async fn throttling_gives_retry_after() {
 async fn server_errors_are_retried_a_bounded_number_of_times() {
     let f = spawn_fake(50).await;
     let arm = arm_client(&f, "p");
-    arm.create(&id("p-1")).await.unwrap();
+    arm.create(&id("p-1"), &spec()).await.unwrap();
     f.clock.advance(Span::seconds(150));
     arm.deallocate(&id("p-1")).await.unwrap();
     f.clock.advance(Span::seconds(60));
@@ -256,7 +258,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
 async fn conflicts_quota_and_other_refusals_are_distinct() {
     let f = spawn_fake(50).await;
     let arm = arm_client(&f, "p");
-    arm.create(&id("p-1")).await.unwrap();
+    arm.create(&id("p-1"), &spec()).await.unwrap();
 
     f.fake
         .fail_next(FakeOp::Deallocate, 1, HttpFault::conflict());
@@ -269,7 +271,7 @@ async fn conflicts_quota_and_other_refusals_are_distinct() {
 
     f.fake
         .fail_next(FakeOp::PutVm, 1, HttpFault::quota_exceeded());
-    let err = arm.create(&id("p-2")).await.unwrap_err();
+    let err = arm.create(&id("p-2"), &spec()).await.unwrap_err();
     assert!(
         matches!(&err, ComputeError::Rejected { code, message } if code == "OperationNotAllowed" && message.contains("quota")),
         "{err:?}"
@@ -280,7 +282,7 @@ async fn conflicts_quota_and_other_refusals_are_distinct() {
     wrong.resource_group = "games".into();
     let intruder = ArmCompute::new(&wrong, "p", quick()).unwrap();
     assert!(matches!(
-        intruder.create(&id("p-3")).await,
+        intruder.create(&id("p-3"), &spec()).await,
         Err(ComputeError::Rejected { code, .. }) if code == "InvalidAuthenticationToken"
     ));
 }
@@ -291,7 +293,7 @@ async fn provisioning_that_ends_failed_is_reported_with_its_code() {
     let arm = arm_client(&f, "p");
     f.fake
         .provisioning_fails_next("AllocationFailed", "no capacity for this size");
-    arm.create(&id("p-1")).await.unwrap();
+    arm.create(&id("p-1"), &spec()).await.unwrap();
     f.clock.advance(Span::seconds(150));
     let s = arm.status(&id("p-1")).await.unwrap().unwrap();
     assert_eq!(
@@ -312,7 +314,7 @@ async fn slow_answers_within_the_limit_succeed_and_beyond_it_are_unavailable() {
     let mut options = quick();
     options.call_timeout = Duration::from_millis(200);
     let arm = ArmCompute::new(&arm_config(&f.base, TOKEN), "p", options).unwrap();
-    arm.create(&id("p-1")).await.unwrap();
+    arm.create(&id("p-1"), &spec()).await.unwrap();
 
     f.fake
         .delay_next(FakeOp::GetVm, 1, Duration::from_millis(20));
@@ -332,7 +334,7 @@ async fn slow_answers_within_the_limit_succeed_and_beyond_it_are_unavailable() {
 async fn a_vm_deleted_behind_our_back_is_not_found() {
     let f = spawn_fake(50).await;
     let arm = arm_client(&f, "p");
-    arm.create(&id("p-1")).await.unwrap();
+    arm.create(&id("p-1"), &spec()).await.unwrap();
     f.clock.advance(Span::seconds(150));
     f.fake.delete_behind_our_back("p-1");
     assert_eq!(arm.status(&id("p-1")).await, Ok(None));
@@ -353,7 +355,7 @@ async fn an_unreachable_endpoint_is_unavailable() {
     drop(listener);
     let arm = ArmCompute::new(&arm_config(&base, TOKEN), "p", quick()).unwrap();
     assert!(matches!(
-        arm.create(&id("p-1")).await,
+        arm.create(&id("p-1"), &spec()).await,
         Err(ComputeError::Unavailable(_))
     ));
 }
@@ -716,7 +718,7 @@ async fn the_public_ip_is_reached_by_the_ids_arm_returns() {
     let f = spawn_fake(50).await;
     let http = reqwest::Client::new();
     let arm = arm_client(&f, "p");
-    arm.create(&id("hand-1")).await.unwrap();
+    arm.create(&id("hand-1"), &spec()).await.unwrap();
     f.clock.advance(Span::seconds(150));
     let get = |url: String| {
         let req = http.get(url).bearer_auth(TOKEN);
@@ -776,7 +778,7 @@ async fn the_control_routes_script_faults_and_show_requests() {
     // Hidden VMs and short pages.
     let arm = arm_client(&f, "p");
     for n in 0..4 {
-        arm.create(&id(&format!("p-{n}"))).await.unwrap();
+        arm.create(&id(&format!("p-{n}")), &spec()).await.unwrap();
     }
     assert_eq!(
         post("hide", json!({"vm": "p-1", "secs": 120}))
@@ -1030,7 +1032,7 @@ async fn resource_graph_scopes_pages_lags_and_throttles() {
     let f = spawn_fake(50).await;
     let arm = arm_client(&f, "p");
     for n in 0..5 {
-        arm.create(&id(&format!("p-{n}"))).await.unwrap();
+        arm.create(&id(&format!("p-{n}")), &spec()).await.unwrap();
     }
     create_elsewhere(&f, "p", "p-elsewhere").await;
     let query = vmpool::compute::arm::sweep_query("games");

@@ -214,7 +214,7 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
     assert_eq!(failed.state, VmState::Failed);
     assert_eq!(failed.attempts, vmpool::reconcile::MAX_ATTEMPTS);
     assert_eq!(refusals, 2, "two re-issues, both refused");
-    let meta = rig.reconciler.record().await.unwrap();
+    let meta = rig.reconciler.record().await.unwrap().pool("default");
     assert_eq!(meta.consecutive_create_failures, 3, "{meta:?}");
     assert!(meta.breaker_open_at(rig.clock.now()));
     assert!(
@@ -253,7 +253,10 @@ async fn a_create_that_never_completes_fails_at_the_timeout_from_its_first_issue
 async fn an_adopted_vm_with_rooms_is_never_handed_out_as_empty() {
     let rig = Rig::arm(&[]).await;
     let ghost = VmId::parse("vmpool-ghost").unwrap();
-    rig.compute.create(&ghost).await.unwrap();
+    rig.compute
+        .create(&ghost, &crate::support::arm::spec())
+        .await
+        .unwrap();
     rig.advance(180);
     // The first pass sweeps (it has never swept) and adopts it.
     let s = rig.pass().await;
@@ -424,6 +427,7 @@ async fn a_pass_reads_the_listing_pages_and_only_the_vms_in_flight() {
                 vmpool::compute::Compute::create(
                     theirs,
                     &VmId::parse(&format!("theirs-{n:04}")).unwrap(),
+                    &crate::support::arm::spec(),
                 )
                 .await
             }
@@ -517,8 +521,12 @@ impl vmpool::compute::Compute for NoSweep {
     fn resource_id(&self, name: &VmId) -> String {
         self.0.resource_id(name)
     }
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
-        self.0.create(name).await
+    async fn create(
+        &self,
+        name: &VmId,
+        pool: &vmpool::config::PoolSpec,
+    ) -> Result<(), ComputeError> {
+        self.0.create(name, pool).await
     }
     async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
         self.0.start(name).await
@@ -543,6 +551,9 @@ impl vmpool::compute::Compute for NoSweep {
     }
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
         self.0.public_ip(name).await
+    }
+    async fn image(&self, name: &VmId) -> Result<Option<vmpool::compute::Image>, ComputeError> {
+        self.0.image(name).await
     }
 }
 

@@ -301,7 +301,7 @@ async fn listings_use_the_stores_pages_and_counts_through_the_metered_store() {
         "{after}"
     );
     assert_eq!(
-        calls(&after, "count_states") - calls(&before, "count_states"),
+        calls(&after, "count_groups") - calls(&before, "count_groups"),
         2.0,
         "GetPoolStatus and the scrape count: {after}"
     );

@@ -72,9 +72,13 @@ impl Compute for Crashing {
     fn resource_id(&self, name: &VmId) -> String {
         self.inner.resource_id(name)
     }
-    async fn create(&self, name: &VmId) -> Result<(), ComputeError> {
+    async fn create(
+        &self,
+        name: &VmId,
+        pool: &vmpool::config::PoolSpec,
+    ) -> Result<(), ComputeError> {
         self.gate().await;
-        self.inner.create(name).await
+        self.inner.create(name, pool).await
     }
     async fn start(&self, name: &VmId) -> Result<(), ComputeError> {
         self.gate().await;
@@ -99,6 +103,9 @@ impl Compute for Crashing {
     }
     async fn public_ip(&self, name: &VmId) -> Result<Option<String>, ComputeError> {
         self.inner.public_ip(name).await
+    }
+    async fn image(&self, name: &VmId) -> Result<Option<vmpool::compute::Image>, ComputeError> {
+        self.inner.image(name).await
     }
 }
 
@@ -228,7 +235,7 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.pass().await; // 2 failed (2 in a row), 2 replacements created
     rig.advance(180);
     rig.pass().await; // 2 more failed (4 in a row): the breaker opens
-    let meta = rig.reconciler.record().await.unwrap();
+    let meta = rig.reconciler.record().await.unwrap().pool("default");
     let until = meta.breaker_open_until.expect("breaker open");
     assert!(until > rig.clock.now());
     assert!(meta.breaker_reason.unwrap().contains("QuotaExceeded"));
@@ -247,7 +254,7 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.pass().await;
     rig.advance(180);
     rig.pass().await;
-    let meta = rig.reconciler.record().await.unwrap();
+    let meta = rig.reconciler.record().await.unwrap().pool("default");
     assert_eq!(meta.breaker_open_until, None, "{meta:?}");
     assert!(rig.count(VmState::Standby).await >= 1);
 }
@@ -283,7 +290,10 @@ pub async fn drift_is_repaired(rig: Rig) {
     );
     // A pool VM with no row is adopted on the next sweep.
     rig.compute
-        .create(&VmId::parse("ghost-1").unwrap())
+        .create(
+            &VmId::parse("ghost-1").unwrap(),
+            &rig.pool.policy().pools.all()[0],
+        )
         .await
         .unwrap();
     rig.advance(301);

@@ -74,6 +74,10 @@ async fn seed(parts: &SimParts, name: &str, state: VmState, rooms: u32) -> VmId 
     vm.state = state;
     vm.rooms = rooms;
     vm.operation = None;
+    let vm = vm.placed(
+        "default",
+        &vmpool::config::PoolPolicy::default().pools.all()[0].build,
+    );
     parts.store.insert(&vm).await.unwrap();
     id
 }
@@ -542,10 +546,17 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
         &vmpool::reconcile::PoolMeta {
             last_reconcile_at: Some(now),
             last_reconcile_summary: "reconciled: 1 completed".into(),
-            buffer_target: 6,
-            consecutive_create_failures: 3,
-            breaker_open_until: Some(now + Duration::minutes(10)),
-            breaker_reason: Some("3 creates failed in a row; last: QuotaExceeded".into()),
+            pools: [(
+                "default".to_owned(),
+                vmpool::reconcile::BufferState {
+                    buffer_target: 6,
+                    consecutive_create_failures: 3,
+                    breaker_open_until: Some(now + Duration::minutes(10)),
+                    breaker_reason: Some("3 creates failed in a row; last: QuotaExceeded".into()),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             ..Default::default()
         },
         None,

@@ -68,6 +68,10 @@ async fn seed(sim: &SimApp, state: VmState, purpose: Purpose) {
         sim.clock.advance(time::Duration::minutes(5));
         sim.cloud.force_power(NAME, Power::Deallocated);
     }
+    let vm = vm.placed(
+        "default",
+        &vmpool::config::PoolPolicy::default().pools.all()[0].build,
+    );
     sim.store.insert(&vm).await.unwrap();
 }
 

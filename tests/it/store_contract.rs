@@ -39,6 +39,8 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
         attempts: 2,
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
+        pool: "eu-west".into(),
+        build: Some("1.5.0+rc.1".into()),
     }
 }
 
@@ -334,19 +336,20 @@ pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
         load_meta(store.as_ref()).await.unwrap(),
         (PoolMeta::default(), None)
     );
-    let meta = PoolMeta {
+    let mut meta = PoolMeta {
         last_reconcile_at: Some(datetime!(2026-01-01 00:00:00.123456789 UTC)),
         last_reconcile_summary: "reconciled: 1 completed".into(),
-        buffer_target: 2,
-        target_raised_at: Some(datetime!(2026-01-01 00:00 UTC)),
         ..PoolMeta::default()
     };
+    let buffer = meta.pool_mut("default");
+    buffer.buffer_target = 2;
+    buffer.target_raised_at = Some(datetime!(2026-01-01 00:00 UTC));
     save_meta(store.as_ref(), &meta, None).await.unwrap();
     let (got, etag) = load_meta(store.as_ref()).await.unwrap();
     assert_eq!(got, meta);
     let mut next = got.clone();
-    next.breaker_reason = Some("QuotaExceeded".into());
-    next.buffer_target = 0;
+    next.pool_mut("default").breaker_reason = Some("QuotaExceeded".into());
+    next.pool_mut("default").buffer_target = 0;
     save_meta(store.as_ref(), &next, etag.as_ref())
         .await
         .unwrap();

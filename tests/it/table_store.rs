@@ -31,7 +31,10 @@ fn marked(name: &str) -> VmRecord {
     vm.operation = None;
     vm.public_ip = Some("203.0.113.200".into());
     vm.rooms = 2;
-    vm
+    vm.placed(
+        "default",
+        &vmpool::config::PoolPolicy::default().pools.all()[0].build,
+    )
 }
 
 /// How a burst of CreateVM calls went.

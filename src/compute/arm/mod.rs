@@ -504,7 +504,12 @@ pub fn image_of(vm: &VirtualMachine) -> Option<Image> {
         .as_ref()?
         .image_reference
         .as_ref()?;
-    if let Some(id) = reference.sub_resource.id.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(id) = reference
+        .sub_resource
+        .id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         return Some(Image::Id(id.to_owned()));
     }
     match (

@@ -510,7 +510,10 @@ mod tests {
         let vm = parse_row(&m).unwrap();
         assert_eq!((vm.pool.as_str(), vm.build), ("default", None));
         let written = to_entity(&full()).unwrap();
-        assert_eq!((&written["Pool"], &written["Build"]), (&Value::from("eu"), &Value::from("1.5.0")));
+        assert_eq!(
+            (&written["Pool"], &written["Build"]),
+            (&Value::from("eu"), &Value::from("1.5.0"))
+        );
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub fn arm_config(base: &str, token: &str) -> ArmConfig {
     }
 }
 
+/// The pool the single-pool ARM settings of [`arm_config`] describe.
+pub fn spec() -> vmpool::config::PoolSpec {
+    vmpool::compute::arm::single_pool(&arm_config("http://127.0.0.1:1", TOKEN))
+}
+
 /// Short timeouts and backoff, so faults play out quickly.
 pub fn quick() -> ArmOptions {
     ArmOptions {
