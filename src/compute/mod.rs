@@ -106,6 +106,25 @@ pub struct Listed {
     pub build: Option<String>,
 }
 
+/// The pool and build a VM's tags name ([`POOL_NAME_TAG`], [`BUILD_TAG`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tags {
+    /// The pool, if tagged.
+    pub pool: Option<String>,
+    /// The build, if tagged.
+    pub build: Option<String>,
+}
+
+impl Listed {
+    /// The pool and build its tags name.
+    pub fn tags(&self) -> Tags {
+        Tags {
+            pool: self.pool.clone(),
+            build: self.build.clone(),
+        }
+    }
+}
+
 /// Why ARM did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ComputeError {

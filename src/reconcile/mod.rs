@@ -61,6 +61,8 @@ pub struct Summary {
     pub unclaimed: u32,
     /// Public IPs found after their VM completed.
     pub ips_found: u32,
+    /// Builds of VMs learnt from the image ARM reports.
+    pub builds_read: u32,
     /// `Idempotency-Key` records removed past their time.
     pub keys_expired: u32,
     /// Point reads (GETs) of single VMs.
@@ -101,6 +103,7 @@ impl Summary {
         self.adopted += other.adopted;
         self.unclaimed += other.unclaimed;
         self.ips_found += other.ips_found;
+        self.builds_read += other.builds_read;
         self.keys_expired += other.keys_expired;
         self.point_reads += other.point_reads;
         self.vanished += other.vanished;
@@ -114,7 +117,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -128,6 +131,7 @@ impl Summary {
             self.adopted,
             self.unclaimed,
             self.ips_found,
+            self.builds_read,
             self.keys_expired,
             self.point_reads,
             self.vanished,
@@ -579,7 +583,7 @@ impl Reconciler {
                     summary.lost_races += 1;
                 }
             }
-            Action::Adopt(id, resource_id, status) => {
+            Action::Adopt(id, resource_id, status, tags) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
                     (Provisioning::Failed(e), _) => {
                         (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
@@ -588,7 +592,16 @@ impl Reconciler {
                     (Provisioning::Succeeded, Power::Running) => (AdoptedAs::Running, None),
                     _ => (AdoptedAs::InFlight, None),
                 };
-                let vm = domain::adopt(id.clone(), resource_id, seen, error, now);
+                let mut vm = domain::adopt(id.clone(), resource_id, seen, error, now);
+                // Its tags put it back in its pool, with its build (a VM tagged with a
+                // build label that is not a valid one counts as unknown, read from ARM).
+                vm.pool = tags
+                    .pool
+                    .filter(|p| crate::config::pools::pool_name(p).is_ok())
+                    .unwrap_or_else(|| crate::config::DEFAULT_POOL.to_owned());
+                vm.build = tags
+                    .build
+                    .filter(|b| crate::config::pools::build(b).is_ok());
                 if let Written::Done(_) = pool.store().insert(&vm).await? {
                     warn!(vm.id = %id, state = %vm.state, "untracked pool VM adopted; its rooms are unknown until it reports");
                     summary.adopted += 1;
@@ -600,6 +613,19 @@ impl Reconciler {
                 {
                     info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
                     summary.unclaimed += 1;
+                }
+            }
+            Action::ReadBuild(row) => {
+                if let Some(image) = compute.image(&row.vm.id).await? {
+                    let build = policy.pools.build_of(&row.vm.pool, &image);
+                    let next = domain::VmRecord {
+                        build: Some(build),
+                        ..row.vm.clone()
+                    };
+                    if self.write(&row, &next, summary).await? {
+                        info!(vm.id = %row.vm.id, build = ?next.build, image = %image.text(), "build read from the image ARM reports");
+                        summary.builds_read += 1;
+                    }
                 }
             }
             Action::FindIp(row) => {
@@ -656,6 +682,8 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
                 let known = status.power != Power::Unknown
                     || matches!(status.provisioning, Provisioning::Failed(_));
                 if known {
+                    // The resource group's listing carries tags (the sweep's may too).
+                    observed.tags.insert(l.name.clone(), l.tags());
                     observed
                         .untracked
                         .push((l.name.clone(), l.resource_id.clone(), status));

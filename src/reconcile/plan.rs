@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use time::{Duration, OffsetDateTime};
 
 use super::meta::{BufferState, PoolMeta};
-use crate::compute::{Power, Provisioning, VmStatus};
+use crate::compute::{Power, Provisioning, Tags, VmStatus};
 use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{Operation, Purpose, VmId, VmState};
 use crate::store::Versioned;
@@ -35,6 +35,9 @@ pub const MAX_POINT_READS_PER_PASS: usize = 100;
 /// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
 pub const MAX_IP_LOOKUPS_PER_PASS: usize = 5;
 
+/// Most VMs of unknown build whose image is read per pass (one GET each).
+pub const MAX_BUILD_READS_PER_PASS: usize = 20;
+
 /// The brake never holds for fewer vanished VMs than this.
 pub const BRAKE_MIN_VMS: usize = 3;
 
@@ -50,6 +53,8 @@ pub struct Observed {
     pub untracked: Vec<(VmId, String, VmStatus)>,
     /// Known VMs missing from the listing while the brake held (0: it did not hold).
     pub vanished: u32,
+    /// The pool and build tags of the untracked VMs.
+    pub tags: HashMap<VmId, Tags>,
 }
 
 /// What ARM shows of one row's VM.
@@ -99,8 +104,12 @@ pub enum Action {
     Delete(Versioned),
     /// A `Failed` VM that a GET found gone: the row is removed.
     Forget(Versioned),
-    /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status).
-    Adopt(VmId, String, VmStatus),
+    /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status,
+    /// and the pool and build its tags name).
+    Adopt(VmId, String, VmStatus, Tags),
+    /// Read the image ARM reports for a VM whose build is not known (a row written before
+    /// builds were kept, or a VM adopted without a build tag), to learn its build.
+    ReadBuild(Versioned),
     /// A `Running` VM handed out and never used goes back to `Standby`.
     Unclaim(Versioned),
     /// Look for the public IP of an up VM that has none recorded.
@@ -290,6 +299,7 @@ pub fn plan(
     }
     actions.extend(drained(rows, &handled, now, policy));
     actions.extend(find_ips(rows, observed, &handled));
+    actions.extend(find_builds(rows, observed, &handled));
     Plan {
         actions: cap_writes(actions),
         meta,
@@ -308,7 +318,10 @@ pub fn adoptions(rows: &[Versioned], observed: &Observed) -> Vec<Action> {
     untracked.sort_by(|a, b| a.0.cmp(&b.0));
     untracked
         .into_iter()
-        .map(|(id, rid, s)| Action::Adopt(id.clone(), rid.clone(), s.clone()))
+        .map(|(id, rid, s)| {
+            let tags = observed.tags.get(id).cloned().unwrap_or_default();
+            Action::Adopt(id.clone(), rid.clone(), s.clone(), tags)
+        })
         .collect()
 }
 
@@ -480,6 +493,25 @@ pub fn find_ips(rows: &[Versioned], observed: &Observed, handled: &HashSet<&VmId
         })
         .take(MAX_IP_LOOKUPS_PER_PASS)
         .map(|r| Action::FindIp(r.clone()))
+        .collect()
+}
+
+/// VMs whose build is not known (rows written before builds were kept), present in ARM:
+/// their image is read, a bounded number per pass. Until then they are never handed out.
+pub fn find_builds(
+    rows: &[Versioned],
+    observed: &Observed,
+    handled: &HashSet<&VmId>,
+) -> Vec<Action> {
+    rows.iter()
+        .filter(|r| {
+            r.vm.build.is_none()
+                && r.vm.state != VmState::Failed
+                && !handled.contains(&r.vm.id)
+                && matches!(observed.seen(&r.vm.id), Seen::Present(_))
+        })
+        .take(MAX_BUILD_READS_PER_PASS)
+        .map(|r| Action::ReadBuild(r.clone()))
         .collect()
 }
 
@@ -724,6 +756,7 @@ mod tests {
             Action::Adopt(id, ..) => format!("adopt {id}"),
             Action::Unclaim(r) => format!("unclaim {}", r.vm.id),
             Action::FindIp(r) => format!("findIp {}", r.vm.id),
+            Action::ReadBuild(r) => format!("readBuild {}", r.vm.id),
         }
     }
 

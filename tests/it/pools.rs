@@ -1,0 +1,295 @@
+//! Several pools and builds: each pool's VMs reach ARM in its own region, size and image;
+//! CreateVM hands out only the pool and build asked for, on every path; rows written before
+//! pools existed learn their build from the image ARM reports; adoption puts a VM back in
+//! its pool.
+
+use serde_json::Value;
+use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::pool::PoolError;
+use vmpool_arm_fake::{FakeOp, validate_vm_body};
+
+use crate::support::{Rig, serve};
+
+const GALLERY: &str = "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/images/providers/Microsoft.Compute/galleries/games/images/server/versions/1.5.0";
+
+/// Two pools: `eu` in West Europe on a D-series size from a gallery image, `us` in East US
+/// on an F-series size from a marketplace image.
+fn two_pools() -> String {
+    format!(
+        r#"{{"eu": {{"location": "westeurope", "vmSize": "Standard_D2s_v5", "image": "{GALLERY}",
+                    "build": "1.5.0", "minStandby": 1, "maxVms": 5, "gamePorts": "7777"}},
+            "us": {{"location": "eastus", "vmSize": "Standard_F4s_v2",
+                    "image": "Canonical:ubuntu-24_04-lts:server:24.04.202612010", "build": "2.0",
+                    "minStandby": 1, "maxVms": 2, "gamePorts": [9000, 9001]}}}}"#
+    )
+}
+
+fn vm(name: &str, state: VmState, pool: &str, build: Option<&str>) -> VmRecord {
+    let mut vm = VmRecord::new_creating(
+        VmId::parse(name).unwrap(),
+        format!("/x/{name}"),
+        Purpose::Buffer,
+        time::macros::datetime!(2026-01-01 00:00 UTC),
+    );
+    vm.state = state;
+    vm.operation = None;
+    vm.public_ip = Some("203.0.113.5".into());
+    vm.pool = pool.into();
+    vm.build = build.map(str::to_owned);
+    vm
+}
+
+#[tokio::test]
+async fn two_pools_reach_arm_in_their_own_region_size_image_and_tags() {
+    let pools = two_pools();
+    let rig = Rig::arm(&[("VMPOOL_POOLS", &pools), ("VMPOOL_MAX_VMS", "10")]).await;
+    let s = rig.pass().await;
+    assert_eq!(s.created, 2, "one buffer VM per pool: {}", s.line());
+    let puts = rig.fake().accepted(FakeOp::PutVm);
+    assert_eq!(puts.len(), 2);
+    let rows = rig.rows().await;
+    for put in &puts {
+        let body = put.body.as_ref().unwrap();
+        let name = put.path.rsplit('/').next().unwrap();
+        assert_eq!(validate_vm_body(body, name), Ok(()));
+        let row = rows.iter().find(|r| r.id.as_str() == name).unwrap();
+        let image = &body["properties"]["storageProfile"]["imageReference"];
+        let size = &body["properties"]["hardwareProfile"]["vmSize"];
+        match row.pool.as_str() {
+            "eu" => {
+                assert_eq!(body["location"], "westeurope");
+                assert_eq!(size, "Standard_D2s_v5");
+                assert_eq!(image["id"], GALLERY);
+                assert_eq!(row.build.as_deref(), Some("1.5.0"));
+            }
+            "us" => {
+                assert_eq!(body["location"], "eastus");
+                assert_eq!(size, "Standard_F4s_v2");
+                assert_eq!(image["version"], "24.04.202612010");
+                assert!(image.get("id").is_none());
+                assert_eq!(row.build.as_deref(), Some("2.0"));
+            }
+            other => panic!("unexpected pool {other}"),
+        }
+        assert_eq!(body["tags"]["vmpool-pool"], row.pool.as_str());
+        assert_eq!(
+            body["tags"]["vmpool-build"],
+            row.build.as_deref().unwrap_or_default()
+        );
+        assert_eq!(body["tags"]["vmpool"], "vmpool");
+    }
+
+    // Each caller gets a VM of the pool it named, with that pool's ports.
+    let app = serve(rig.state.clone()).await;
+    let eu = app
+        .send("POST", "/api/CreateVM", Some(r#"{"pool": "eu"}"#))
+        .await;
+    assert_eq!(eu.status, 202, "{:?}", eu.json);
+    assert_eq!(eu.json["action"], "claimedCreating");
+    assert_eq!(
+        (&eu.json["vm"]["pool"], &eu.json["vm"]["build"]),
+        (&Value::from("eu"), &Value::from("1.5.0"))
+    );
+    assert_eq!(eu.json["vm"]["ports"], serde_json::json!([7777]));
+    let us = app.send("POST", "/api/CreateVM?pool=us", None).await;
+    assert_eq!(us.json["vm"]["pool"], "us", "{:?}", us.json);
+    assert_eq!(us.json["vm"]["ports"], serde_json::json!([9000, 9001]));
+
+    // Per-pool counts and the pools' settings in GetPoolStatus.
+    let status = app.status().await.json;
+    let pools = status["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2);
+    assert_eq!(pools[0]["name"], "eu");
+    assert_eq!(pools[0]["location"], "westeurope");
+    assert_eq!(pools[0]["builds"]["1.5.0"]["Creating"], 1);
+    assert_eq!(pools[1]["vmSize"], "Standard_F4s_v2");
+    assert_eq!(pools[1]["maxVms"], 2);
+    assert_eq!(pools[1]["rollout"]["done"], true);
+}
+
+#[tokio::test]
+async fn createvm_hands_out_only_the_pool_and_build_asked_for_on_every_path() {
+    let pools = two_pools();
+    let rig = Rig::sim(&[("VMPOOL_POOLS", &pools), ("VMPOOL_MAX_VMS", "8")]);
+    for vm in [
+        vm("eu-old-standby", VmState::Standby, "eu", Some("1.4.0")),
+        vm(
+            "eu-old-marked",
+            VmState::MarkedForDeallocation,
+            "eu",
+            Some("1.4.0"),
+        ),
+        vm("eu-unknown", VmState::Standby, "eu", None),
+        vm("eu-old-off", VmState::Deallocated, "eu", Some("1.4.0")),
+        vm("us-standby", VmState::Standby, "us", Some("2.0")),
+    ] {
+        rig.store.insert(&vm).await.unwrap();
+    }
+    let want = |pool: Option<&str>, build: Option<&str>| rig.pool.wanted(pool, build);
+
+    // eu's current build: nothing idle of it (old builds, an unknown one and another pool's
+    // VM are never taken), so a new VM is created, in eu, of 1.5.0.
+    let got = rig
+        .pool
+        .create_vm_for(&want(Some("eu"), None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got.action, "created");
+    assert_eq!(
+        (got.vm.pool.as_str(), got.vm.build.as_deref()),
+        ("eu", Some("1.5.0"))
+    );
+
+    // The old build, named: served from its live VMs only (reclaim first, then standby).
+    let old = want(Some("eu"), Some("1.4.0")).unwrap();
+    let first = rig.pool.create_vm_for(&old).await.unwrap();
+    assert_eq!(
+        (first.vm.id.as_str(), first.action),
+        ("eu-old-marked", "reclaimed")
+    );
+    let second = rig.pool.create_vm_for(&old).await.unwrap();
+    assert_eq!(
+        (second.vm.id.as_str(), second.action),
+        ("eu-old-standby", "standby")
+    );
+    // None left alive: never a start of the deallocated one, never a create.
+    let calls_before = rig.cloud.calls();
+    let err = rig.pool.create_vm_for(&old).await.unwrap_err();
+    assert!(matches!(err, PoolError::BuildExhausted { .. }), "{err}");
+    assert_eq!(
+        rig.cloud.calls(),
+        calls_before,
+        "no ARM call for an old build"
+    );
+    assert_eq!(
+        rig.store
+            .get(&VmId::parse("eu-old-off").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .vm
+            .state,
+        VmState::Deallocated
+    );
+
+    // us: its standby VM.
+    let us = rig
+        .pool
+        .create_vm_for(&want(Some("us"), None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((us.vm.id.as_str(), us.action), ("us-standby", "standby"));
+    // us is at its maxVms of 2 once one more is made.
+    rig.pool
+        .create_vm_for(&want(Some("us"), None).unwrap())
+        .await
+        .unwrap();
+    let full = rig
+        .pool
+        .create_vm_for(&want(Some("us"), None).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(full, PoolError::PoolFull { max: 2, .. }), "{full}");
+
+    // Over HTTP: an unknown pool is 400 naming the pools; no pool with two pools and no
+    // `default` is too; an exhausted old build is 503 CapacityExhausted.
+    let app = serve(rig.state.clone()).await;
+    let unknown = app
+        .send("POST", "/api/CreateVM", Some(r#"{"pool": "asia"}"#))
+        .await;
+    assert_eq!(unknown.status, 400);
+    assert_eq!(unknown.json["error"]["code"], "InvalidInput");
+    let message = unknown.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("asia") && message.contains("eu, us"),
+        "{message}"
+    );
+    let unnamed = app.create_vm().await;
+    assert_eq!(unnamed.status, 400, "{:?}", unnamed.json);
+    let bad = app.send("POST", "/api/CreateVM?build=1%202", None).await;
+    assert_eq!(bad.status, 400);
+    let exhausted = app
+        .send("POST", "/api/CreateVM?pool=eu&build=1.4.0", None)
+        .await;
+    assert_eq!(exhausted.status, 503);
+    assert_eq!(exhausted.json["error"]["code"], "CapacityExhausted");
+    assert!(exhausted.headers.contains_key("retry-after"));
+
+    // GetAvailableVMs filters by pool and build.
+    let ids = |a: &crate::support::Answer| -> Vec<String> {
+        a.json["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["vmId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let running_eu_old = app
+        .send("GET", "/api/GetAvailableVMs?pool=eu&build=1.4.0", None)
+        .await;
+    assert_eq!(
+        ids(&running_eu_old),
+        ["eu-old-marked", "eu-old-standby"],
+        "{:?}",
+        running_eu_old.json
+    );
+    let running_us = app.send("GET", "/api/GetAvailableVMs?pool=us", None).await;
+    assert_eq!(ids(&running_us), ["us-standby"]);
+    let everyone = app.available().await;
+    assert_eq!(ids(&everyone).len(), 3);
+    assert!(
+        everyone.json["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["pool"].is_string() && v.get("build").is_some())
+    );
+}
+
+#[tokio::test]
+async fn rows_written_before_pools_learn_their_build_from_arm_before_they_are_handed_out() {
+    let rig = Rig::arm(&[]).await;
+    let spec = rig.pool.policy().pools.all()[0].clone();
+    let old = VmId::parse("vmpool-before").unwrap();
+    rig.compute.create(&old, &spec).await.unwrap();
+    rig.advance(180);
+    // The row as a version without pools wrote it: pool `default`, no build.
+    let row = vm("vmpool-before", VmState::Standby, "default", None);
+    let row = VmRecord {
+        resource_id: rig.compute.resource_id(&old),
+        ..row
+    };
+    rig.store.insert(&row).await.unwrap();
+    // Not handed out while its build is unknown: a new VM is created instead.
+    let first = rig.pool.create_vm().await.unwrap();
+    assert_ne!(first.vm.id, old);
+    assert_eq!(first.action, "created");
+    // A pass reads the image ARM reports for it: the default pool's image, so its build.
+    rig.advance(1);
+    let s = rig.pass().await;
+    assert_eq!(s.builds_read, 1, "{}", s.line());
+    let learnt = rig.store.get(&old).await.unwrap().unwrap().vm;
+    assert_eq!(learnt.build.as_deref(), Some(spec.build.as_str()));
+    assert_eq!(learnt.pool, "default");
+    let second = rig.pool.create_vm().await.unwrap();
+    assert_eq!((second.vm.id, second.action), (old, "standby"));
+}
+
+#[tokio::test]
+async fn adoption_puts_a_vm_back_in_its_pool_with_its_build() {
+    let pools = two_pools();
+    let rig = Rig::arm(&[("VMPOOL_POOLS", &pools)]).await;
+    let us = rig.pool.policy().pools.get("us").unwrap().clone();
+    let ghost = VmId::parse("vmpool-ghost").unwrap();
+    rig.compute.create(&ghost, &us).await.unwrap();
+    rig.advance(180);
+    let s = rig.pass().await;
+    assert_eq!(s.adopted, 1, "{}", s.line());
+    let adopted = rig.store.get(&ghost).await.unwrap().unwrap().vm;
+    assert_eq!(
+        (adopted.pool.as_str(), adopted.build.as_deref()),
+        ("us", Some("2.0"))
+    );
+    let put = rig.fake().accepted(FakeOp::PutVm);
+    assert_eq!(put[0].body.as_ref().unwrap()["location"], "eastus");
+}
