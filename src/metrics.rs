@@ -39,6 +39,8 @@ const BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The pools and builds a scrape has shown: one that is gone reads 0 afterwards.
+    shown: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,8 +72,27 @@ impl Metrics {
                 PrometheusBuilder::build_recorder,
             );
         let handle = recorder.handle();
-        let m = Metrics { recorder, handle };
-        let describe: [(&'static str, Option<Unit>, &'static str); 13] = [
+        let m = Metrics {
+            recorder,
+            handle,
+            shown: std::sync::Mutex::default(),
+        };
+        let describe: [(&'static str, Option<Unit>, &'static str); 16] = [
+            (
+                "vmpool_pool_vms",
+                None,
+                "VMs by pool, build (`unknown` until read from ARM) and state, read from the table at scrape time",
+            ),
+            (
+                "vmpool_pool_buffer_target",
+                None,
+                "Each pool's warm-buffer target (of its current build)",
+            ),
+            (
+                "vmpool_pool_breaker_open",
+                None,
+                "1 while a pool's circuit breaker stops its buffer creates",
+            ),
             (
                 "vmpool_vms",
                 None,
@@ -275,6 +296,47 @@ impl Metrics {
             &[],
             if pool.breaker_open { 1.0 } else { 0.0 },
         );
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        let now: std::collections::BTreeSet<(String, String)> = pool
+            .pools
+            .iter()
+            .flat_map(|p| p.builds.iter().map(|(b, _)| (p.name.clone(), b.clone())))
+            .collect();
+        for (name, build) in shown.difference(&now) {
+            for state in VmState::ALL {
+                self.set(
+                    "vmpool_pool_vms",
+                    &[("pool", name), ("build", build), ("state", state.as_str())],
+                    0.0,
+                );
+            }
+        }
+        for p in &pool.pools {
+            for (build, counts) in &p.builds {
+                for (state, n) in counts {
+                    self.set(
+                        "vmpool_pool_vms",
+                        &[
+                            ("pool", &p.name),
+                            ("build", build),
+                            ("state", state.as_str()),
+                        ],
+                        f64::from(*n),
+                    );
+                }
+            }
+            self.set(
+                "vmpool_pool_buffer_target",
+                &[("pool", &p.name), ("build", &p.build)],
+                f64::from(p.buffer_target),
+            );
+            self.set(
+                "vmpool_pool_breaker_open",
+                &[("pool", &p.name)],
+                if p.breaker_open { 1.0 } else { 0.0 },
+            );
+        }
+        *shown = now;
     }
 
     /// The Prometheus text exposition of what is recorded, without reading the pool.
@@ -296,9 +358,26 @@ impl Metrics {
     }
 }
 
+/// One pool as the gauges show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnePoolGauges {
+    /// The pool.
+    pub name: String,
+    /// Its current build.
+    pub build: String,
+    /// Its VMs by build, then by state.
+    pub builds: Vec<(String, Vec<(VmState, u32)>)>,
+    /// Its buffer target.
+    pub buffer_target: u32,
+    /// Whether its breaker is open.
+    pub breaker_open: bool,
+}
+
 /// The pool's state as the gauges show it, read at scrape time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGauges {
+    /// Each pool.
+    pub pools: Vec<OnePoolGauges>,
     /// VMs in each state.
     pub vms: [(VmState, u32); VmState::ALL.len()],
     /// `VMPOOL_MAX_VMS`.

@@ -444,6 +444,29 @@ async fn metrics(State(state): State<AppState>) -> Response {
         max_vms: v.max_vms,
         buffer_target: v.buffer.target,
         breaker_open: v.circuit_breaker.open,
+        pools: v
+            .pools
+            .iter()
+            .map(|p| crate::metrics::OnePoolGauges {
+                name: p.name.clone(),
+                build: p.build.clone(),
+                builds: p
+                    .builds
+                    .iter()
+                    .map(|(b, c)| {
+                        (
+                            b.clone(),
+                            crate::domain::VmState::ALL
+                                .into_iter()
+                                .map(|s| (s, c.get(s)))
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+                buffer_target: p.buffer.target,
+                breaker_open: p.circuit_breaker.open,
+            })
+            .collect(),
     });
     let text = state.metrics.render(gauges.as_ref());
     (

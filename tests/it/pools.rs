@@ -105,6 +105,26 @@ async fn two_pools_reach_arm_in_their_own_region_size_image_and_tags() {
     assert_eq!(pools[1]["vmSize"], "Standard_F4s_v2");
     assert_eq!(pools[1]["maxVms"], 2);
     assert_eq!(pools[1]["rollout"]["done"], true);
+
+    // The metrics carry pool and build labels.
+    let metrics = app
+        .http
+        .get(format!("{}/api/Metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    for line in [
+        r#"vmpool_pool_vms{pool="eu",build="1.5.0",state="Creating"} 1"#,
+        r#"vmpool_pool_vms{pool="us",build="2.0",state="Creating"} 1"#,
+        r#"vmpool_pool_buffer_target{pool="eu",build="1.5.0"} 1"#,
+        r#"vmpool_pool_breaker_open{pool="us"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]
