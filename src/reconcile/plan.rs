@@ -35,6 +35,9 @@ pub const MAX_POINT_READS_PER_PASS: usize = 100;
 /// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
 pub const MAX_IP_LOOKUPS_PER_PASS: usize = 5;
 
+/// Most idle VMs of a pool's previous builds deallocated per pass after a rollout.
+pub const MAX_OLD_BUILD_PER_PASS: usize = 5;
+
 /// Most VMs of unknown build whose image is read per pass (one GET each).
 pub const MAX_BUILD_READS_PER_PASS: usize = 20;
 
@@ -296,6 +299,14 @@ pub fn plan(
         if cooled {
             actions.extend(surplus(rows, spec, observed, &mut handled, buffer, target));
         }
+        let ready = rows
+            .iter()
+            .filter(|r| r.vm.state == VmState::Standby && is_current(r, spec))
+            .filter(|r| !leaving.contains(&r.vm.id) && !handled.contains(&r.vm.id))
+            .count();
+        if ready >= target {
+            actions.extend(old_standby(rows, spec, observed, &mut handled));
+        }
     }
     actions.extend(drained(rows, &handled, now, policy));
     actions.extend(find_ips(rows, observed, &handled));
@@ -451,6 +462,36 @@ pub fn surplus<'a>(
         .map(|row| {
             handled.insert(&row.vm.id);
             Action::Deallocate(row.clone(), "surplus standby")
+        })
+        .collect()
+}
+
+/// After a rollout, once the pool's buffer of its current build is ready: idle `Standby` VMs
+/// of another build (known, not unknown) are deallocated, at most
+/// [`MAX_OLD_BUILD_PER_PASS`] a pass, oldest first. They are never handed out to a caller
+/// that did not name their build, so running them only costs money; deallocated, they stay
+/// available for a rollback. One that reports rooms is in use and left alone, as is one
+/// missing from the listing.
+pub fn old_standby<'a>(
+    rows: &'a [Versioned],
+    spec: &PoolSpec,
+    observed: &Observed,
+    handled: &mut HashSet<&'a VmId>,
+) -> Vec<Action> {
+    let mut old: Vec<&Versioned> = rows
+        .iter()
+        .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
+        .filter(|r| r.vm.pool == spec.name)
+        .filter(|r| r.vm.build.as_ref().is_some_and(|b| *b != spec.build))
+        .filter(|r| r.vm.may_be_emptied())
+        .filter(|r| matches!(observed.seen(&r.vm.id), Seen::Present(_)))
+        .collect();
+    old.sort_by_key(|r| r.vm.state_changed_at);
+    old.into_iter()
+        .take(MAX_OLD_BUILD_PER_PASS)
+        .map(|row| {
+            handled.insert(&row.vm.id);
+            Action::Deallocate(row.clone(), "old build")
         })
         .collect()
 }
@@ -1266,6 +1307,78 @@ mod tests {
                 .count(),
             5,
             "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn after_a_rollout_old_standby_goes_only_once_the_new_buffer_is_ready() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let old = |name: &str| {
+            let mut r = buffer_row(name, VmState::Standby);
+            r.vm.build = Some("0.9".into());
+            r
+        };
+        let mut in_use = old("o-used");
+        in_use.vm.rooms = 2;
+        let mut unknown = old("o-unknown");
+        unknown.vm.build = None;
+        let olds: Vec<Versioned> = (0..7).map(|i| old(&format!("o{i}"))).collect();
+        let mut rows = olds.clone();
+        rows.extend([in_use.clone(), unknown.clone()]);
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        // The new build's buffer is not ready: it is filled first, nothing old goes.
+        let acts = run(&rows, &arm, 60, &policy);
+        assert_eq!(
+            acts.iter().filter(|a| *a == "create").count(),
+            2,
+            "{acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| a.starts_with("deallocate")),
+            "{acts:?}"
+        );
+        // Two of the current build ready: old idle standby goes, five a pass, oldest first;
+        // one in use and one of unknown build stay.
+        rows.extend([
+            buffer_row("n0", VmState::Standby),
+            buffer_row("n1", VmState::Standby),
+        ]);
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        let acts = run(&rows, &arm, 60, &policy);
+        let gone: Vec<&String> = acts.iter().filter(|a| a.ends_with("(old build)")).collect();
+        assert_eq!(gone.len(), MAX_OLD_BUILD_PER_PASS, "{acts:?}");
+        assert_eq!(
+            gone,
+            [
+                "deallocate o0 (old build)",
+                "deallocate o1 (old build)",
+                "deallocate o2 (old build)",
+                "deallocate o3 (old build)",
+                "deallocate o4 (old build)"
+            ],
+            "the in-use one, the one of unknown build and the new ones stay"
+        );
+        // A rollback: the old build is current again (only its surplus over the target goes,
+        // as surplus), and the newer build's idle VMs are the old ones now.
+        let mut back = policy.clone();
+        back.pools = crate::config::Pools::from_specs(vec![crate::config::PoolSpec {
+            build: "0.9".into(),
+            ..policy.pools.all()[0].clone()
+        }]);
+        let acts = run(&rows, &arm, 60, &back);
+        let old_now: Vec<&String> = acts.iter().filter(|a| a.ends_with("(old build)")).collect();
+        assert_eq!(
+            old_now,
+            ["deallocate n0 (old build)", "deallocate n1 (old build)"],
+            "{acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| a.contains("o-used")),
+            "in use: {acts:?}"
         );
     }
 
