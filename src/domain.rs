@@ -436,7 +436,7 @@ pub enum Marked {
     /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
     /// meant for the warm buffer (it completes into `Standby`, where it is reclaimable, or
     /// deallocated as surplus).
-    Now(VmRecord),
+    Now(Box<VmRecord>),
     /// Nothing to do: the VM is already marked, already unowned (`Standby`, `Creating` for the
     /// buffer) or already on its way out (`Deallocating`, `Deallocated`).
     Already,
@@ -447,16 +447,16 @@ pub enum Marked {
 /// VM is refused (the matchmaker should hear that it failed).
 pub fn mark_for_deallocation(vm: &VmRecord, now: OffsetDateTime) -> Result<Marked, Refused> {
     match (vm.state, vm.purpose) {
-        (VmState::Running, _) => Ok(Marked::Now(vm.moved(
+        (VmState::Running, _) => Ok(Marked::Now(Box::new(vm.moved(
             VmState::MarkedForDeallocation,
             None,
             now,
-        ))),
+        )))),
         // The create or start goes on (its clock keeps running); only who it is for changes.
-        (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
+        (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(Box::new(VmRecord {
             purpose: Purpose::Buffer,
             ..vm.clone()
-        })),
+        }))),
         (
             VmState::MarkedForDeallocation
             | VmState::Creating
@@ -700,7 +700,7 @@ pub enum GiveBack {
     /// The row was written for a new VM that ARM never heard of: remove it.
     Remove,
     /// A started VM goes back to `Deallocated`, for the buffer, as it was before the claim.
-    Restore(VmRecord),
+    Restore(Box<VmRecord>),
 }
 
 /// Takes back a capacity-consuming claim (a start or a create) whose ARM call was not made.
@@ -708,13 +708,13 @@ pub fn give_back(won: &VmRecord) -> GiveBack {
     if won.operation == Some(Operation::Create) {
         GiveBack::Remove
     } else {
-        GiveBack::Restore(VmRecord {
+        GiveBack::Restore(Box::new(VmRecord {
             state: VmState::Deallocated,
             operation: None,
             operation_since: None,
             purpose: Purpose::Buffer,
             ..won.clone()
-        })
+        }))
     }
 }
 

@@ -809,7 +809,7 @@ impl Pool {
                 Marked::Now(next) => {
                     if let Written::Done(_) = self.store.update(&next, &row.etag).await? {
                         return Ok(Changed {
-                            vm: next,
+                            vm: *next,
                             action: "marked",
                         });
                     }
