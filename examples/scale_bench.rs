@@ -437,7 +437,7 @@ async fn reconcile(az: &azurite::Azurite) -> Res<()> {
         .collect::<Result<_, _>>()?;
     let spec = config.policy.pools.all()[0].clone();
     for id in &ids {
-        compute.create(id, &spec).await?;
+        compute.create(id, &spec.vm()).await?;
     }
     clock.advance(time::Duration::minutes(5));
     let running_at = clock.now();

@@ -61,6 +61,11 @@ param maxVms int = 20
 @minValue(0)
 param minStandby int = 0
 
+// A VM's NIC must be in a virtual network of the VM's region: a pool in another region than
+// `location` names a subnet of its own region in `subnetId`.
+@description('Pools (VMPOOL_POOLS): pool name -> {location, image, build, and optionally vmSize, subnetId, minStandby, maxVms, gamePorts}. Empty: one pool, default, from vmImage, vmSize, minStandby and maxVms.')
+param pools object = {}
+
 // Flex Consumption accepts a maximumInstanceCount from 40 (the lowest maximum its stack data
 // allows: Azure/azure-powershell, FunctionsStackFlexData) to 1000 (the per-app scale-out
 // limit in Microsoft's Azure Functions service limits); ARM refuses anything outside.
@@ -288,6 +293,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'VMPOOL_MIN_STANDBY'
           value: string(minStandby)
+        }
+        {
+          name: 'VMPOOL_POOLS'
+          value: empty(pools) ? '' : string(pools)
         }
         {
           name: 'VMPOOL_LOG_FORMAT'

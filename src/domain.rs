@@ -7,6 +7,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// The pool that the single-pool settings define, and that rows written before pools existed
+/// belong to.
+pub const DEFAULT_POOL: &str = "default";
+
 /// A VM name, which is also the table key. Azure VM naming rules: 1-64 ASCII letters, digits,
 /// `-`, `_` and `.`, not ending in `.`. So it never holds `/`, `'` or anything a table
 /// filter or a URL path would need escaped.
@@ -259,7 +263,7 @@ impl VmRecord {
             claimed_at: (purpose == Purpose::Matchmaker).then_some(now),
             attempts: 1,
             last_error: None,
-            pool: crate::config::DEFAULT_POOL.to_owned(),
+            pool: DEFAULT_POOL.to_owned(),
             build: None,
         }
     }

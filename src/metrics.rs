@@ -18,8 +18,7 @@ use metrics_exporter_prometheus::{
 };
 use tracing::{info, warn};
 
-use crate::compute::{Compute, ComputeError, Image, Listed, VmStatus};
-use crate::config::PoolSpec;
+use crate::compute::{Compute, ComputeError, Image, Listed, VmSpec, VmStatus};
 use crate::domain::{VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
@@ -507,7 +506,7 @@ impl Compute for MeteredCompute {
         self.inner.resource_id(name)
     }
 
-    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+    async fn create(&self, name: &VmId, pool: &VmSpec) -> Result<(), ComputeError> {
         self.timed("create", self.inner.create(name, pool)).await
     }
 

@@ -585,7 +585,7 @@ impl Pool {
                 message: format!("pool {:?} is no longer configured", vm.pool),
             });
         };
-        self.compute.create(&vm.id, spec).await
+        self.compute.create(&vm.id, &spec.vm()).await
     }
 
     /// Runs an ARM call, waiting out a throttle (`429` with a `Retry-After` of at most 5 s)

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::PoolSpec;
 use crate::domain::VmId;
 pub use arm::Image;
 
@@ -26,11 +25,29 @@ pub const POOL_NAME_TAG: &str = "vmpool-pool";
 /// The tag that names the build the VM was created with.
 pub const BUILD_TAG: &str = "vmpool-build";
 
+/// What a new VM is: the pool it belongs to and the build it runs, and where and from what
+/// it is made (a pool's settings make one: `PoolSpec::vm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The pool.
+    pub pool: String,
+    /// The build its image carries.
+    pub build: String,
+    /// Its region; `None`: the compute API's own.
+    pub location: Option<String>,
+    /// Its size.
+    pub vm_size: String,
+    /// Its image.
+    pub image: Image,
+    /// Its NIC's subnet; `None`: the compute API's own.
+    pub subnet_id: Option<String>,
+}
+
 /// The tags a VM is created with: the table's membership tag, its pool and its build.
-pub fn tags_for(table: &str, spec: &PoolSpec) -> BTreeMap<String, String> {
+pub fn tags_for(table: &str, spec: &VmSpec) -> BTreeMap<String, String> {
     BTreeMap::from([
         (POOL_TAG.to_owned(), table.to_owned()),
-        (POOL_NAME_TAG.to_owned(), spec.name.clone()),
+        (POOL_NAME_TAG.to_owned(), spec.pool.clone()),
         (BUILD_TAG.to_owned(), spec.build.clone()),
     ])
 }
@@ -176,7 +193,7 @@ pub trait Compute: Send + Sync + 'static {
 
     /// Creates the VM (with its NIC and public IP) in `pool`'s region, size, image and
     /// subnet, tagged with its pool and build; idempotent for the same name.
-    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError>;
+    async fn create(&self, name: &VmId, pool: &VmSpec) -> Result<(), ComputeError>;
 
     /// Starts a deallocated VM.
     async fn start(&self, name: &VmId) -> Result<(), ComputeError>;

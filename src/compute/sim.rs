@@ -11,9 +11,8 @@ use rand::{Rng, SeedableRng};
 use time::{Duration, OffsetDateTime};
 
 use super::{BUILD_TAG, POOL_NAME_TAG, POOL_TAG, tags_for};
-use super::{Compute, ComputeError, Image, Listed, Power, Provisioning, VmStatus};
+use super::{Compute, ComputeError, Image, Listed, Power, Provisioning, VmSpec, VmStatus};
 use crate::clock::Clock;
-use crate::config::PoolSpec;
 use crate::domain::VmId;
 
 /// How long simulated operations take.
@@ -501,7 +500,7 @@ impl Compute for SimulatedCompute {
         )
     }
 
-    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+    async fn create(&self, name: &VmId, pool: &VmSpec) -> Result<(), ComputeError> {
         let created = self
             .cloud
             .create(name.as_str(), tags_for(&self.pool, pool))?;
@@ -597,8 +596,8 @@ mod tests {
         (clock, SimulatedCompute::new(cloud, "test"))
     }
 
-    fn spec() -> PoolSpec {
-        crate::config::PoolPolicy::default().pools.all()[0].clone()
+    fn spec() -> VmSpec {
+        crate::config::PoolPolicy::default().pools.all()[0].vm()
     }
 
     fn id(s: &str) -> VmId {

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::compute::arm::settings::{self as arm_rules, Image};
 
-/// The pool that the single-pool settings define, and that CreateVM uses when it names none.
-pub const DEFAULT_POOL: &str = "default";
+use crate::compute::VmSpec;
+pub use crate::domain::DEFAULT_POOL;
 
 /// The fields a pool definition may have.
 pub const FIELDS: [&str; 9] = [
@@ -50,6 +50,20 @@ pub struct PoolSpec {
     pub max_vms: u32,
     /// Ports its game server listens on.
     pub game_ports: Vec<u16>,
+}
+
+impl PoolSpec {
+    /// What a new VM of this pool is: its pool, build, region, size, image and subnet.
+    pub fn vm(&self) -> VmSpec {
+        VmSpec {
+            pool: self.name.clone(),
+            build: self.build.clone(),
+            location: self.location.clone(),
+            vm_size: self.vm_size.clone(),
+            image: self.image.clone(),
+            subnet_id: self.subnet_id.clone(),
+        }
+    }
 }
 
 /// What the pools fall back to: the single-pool settings.
@@ -170,11 +184,7 @@ pub fn same_image(a: &Image, b: &Image) -> bool {
 /// The build label an image names by itself: a marketplace image's version, a gallery image
 /// version's last segment, else the image resource's name.
 pub fn build_of_image(image: &Image) -> String {
-    let label = match image {
-        Image::Marketplace { version, .. } => version.as_str(),
-        Image::Id(id) => id.trim_end_matches('/').rsplit('/').next().unwrap_or(id),
-    };
-    build(label).unwrap_or_else(|_| "unlabelled".to_owned())
+    image.label()
 }
 
 /// A pool name: 1-32 letters, digits or `-`.

@@ -39,6 +39,12 @@ fn the_template_sets_every_setting_arm_compute_requires() {
         );
     }
     assert_eq!(settings["VMPOOL_COMPUTE"], "'arm'");
+    // The pools are a parameter; empty, the setting is empty, which vmpool reads as unset.
+    assert_eq!(
+        settings["VMPOOL_POOLS"],
+        "empty(pools) ? '' : string(pools)"
+    );
+    assert!(read("infra/main.bicep").contains("param pools object = {}"));
     assert_eq!(settings["VMPOOL_LOG_FORMAT"], "'json'");
     // Storage: the host's identity-based AzureWebJobsStorage, which vmpool uses too.
     assert_eq!(settings["AzureWebJobsStorage__accountName"], "storage.name");

@@ -524,7 +524,7 @@ impl vmpool::compute::Compute for NoSweep {
     async fn create(
         &self,
         name: &VmId,
-        pool: &vmpool::config::PoolSpec,
+        pool: &vmpool::compute::VmSpec,
     ) -> Result<(), ComputeError> {
         self.0.create(name, pool).await
     }

@@ -271,7 +271,7 @@ async fn rows_written_before_pools_learn_their_build_from_arm_before_they_are_ha
     let rig = Rig::arm(&[]).await;
     let spec = rig.pool.policy().pools.all()[0].clone();
     let old = VmId::parse("vmpool-before").unwrap();
-    rig.compute.create(&old, &spec).await.unwrap();
+    rig.compute.create(&old, &spec.vm()).await.unwrap();
     rig.advance(180);
     // The row as a version without pools wrote it: pool `default`, no build.
     let row = vm("vmpool-before", VmState::Standby, "default", None);
@@ -301,7 +301,7 @@ async fn adoption_puts_a_vm_back_in_its_pool_with_its_build() {
     let rig = Rig::arm(&[("VMPOOL_POOLS", &pools)]).await;
     let us = rig.pool.policy().pools.get("us").unwrap().clone();
     let ghost = VmId::parse("vmpool-ghost").unwrap();
-    rig.compute.create(&ghost, &us).await.unwrap();
+    rig.compute.create(&ghost, &us.vm()).await.unwrap();
     rig.advance(180);
     let s = rig.pass().await;
     assert_eq!(s.adopted, 1, "{}", s.line());

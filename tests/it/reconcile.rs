@@ -75,7 +75,7 @@ impl Compute for Crashing {
     async fn create(
         &self,
         name: &VmId,
-        pool: &vmpool::config::PoolSpec,
+        pool: &vmpool::compute::VmSpec,
     ) -> Result<(), ComputeError> {
         self.gate().await;
         self.inner.create(name, pool).await
@@ -292,7 +292,7 @@ pub async fn drift_is_repaired(rig: Rig) {
     rig.compute
         .create(
             &VmId::parse("ghost-1").unwrap(),
-            &rig.pool.policy().pools.all()[0],
+            &rig.pool.policy().pools.all()[0].vm(),
         )
         .await
         .unwrap();

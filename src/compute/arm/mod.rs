@@ -37,10 +37,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{
-    BUILD_TAG, Compute, ComputeError, Listed, POOL_NAME_TAG, Power, Provisioning, VmStatus,
+    BUILD_TAG, Compute, ComputeError, Listed, POOL_NAME_TAG, Power, Provisioning, VmSpec, VmStatus,
     tags_for,
 };
-use crate::config::PoolSpec;
 use crate::domain::VmId;
 use crate::secret::Secret;
 pub use settings::{ArmConfig, Image};
@@ -385,17 +384,14 @@ impl VmResourceNames {
 }
 
 /// The pool the single-pool settings of `config` describe (its region, size and image).
-pub fn single_pool(config: &ArmConfig) -> PoolSpec {
-    PoolSpec {
-        name: crate::config::DEFAULT_POOL.to_owned(),
+pub fn single_pool(config: &ArmConfig) -> VmSpec {
+    VmSpec {
+        pool: crate::domain::DEFAULT_POOL.to_owned(),
         location: Some(config.location.clone()),
         vm_size: config.vm_size.clone(),
-        build: crate::config::pools::build_of_image(&config.image),
+        build: config.image.label(),
         image: config.image.clone(),
         subnet_id: Some(config.subnet_id.clone()),
-        min_standby: 0,
-        max_vms: 1,
-        game_ports: Vec::new(),
     }
 }
 
@@ -407,7 +403,7 @@ pub fn vm_body(config: &ArmConfig, name: &VmId, table: &str) -> Value {
 /// The VM PUT body: the VM, its NIC and a Standard static public IP, all deleted with the
 /// VM, in `spec`'s region, size, image and subnet (the settings' own where the pool has
 /// none), tagged as a member of the table's pool `table`, of the pool `spec` and its build.
-pub fn vm_body_for(config: &ArmConfig, name: &VmId, table: &str, spec: &PoolSpec) -> Value {
+pub fn vm_body_for(config: &ArmConfig, name: &VmId, table: &str, spec: &VmSpec) -> Value {
     let names = VmResourceNames::of(name);
     let location = spec.location.as_deref().unwrap_or(&config.location);
     let subnet_id = spec.subnet_id.as_deref().unwrap_or(&config.subnet_id);
@@ -487,7 +483,7 @@ pub fn vm_model_for(
     config: &ArmConfig,
     name: &VmId,
     table: &str,
-    spec: &PoolSpec,
+    spec: &VmSpec,
 ) -> Result<VirtualMachine, String> {
     serde_json::from_value(vm_body_for(config, name, table, spec))
         .map_err(|e| format!("the VM body does not fit the compute API model: {e}"))
@@ -837,7 +833,7 @@ impl Compute for ArmCompute {
         )
     }
 
-    async fn create(&self, name: &VmId, pool: &PoolSpec) -> Result<(), ComputeError> {
+    async fn create(&self, name: &VmId, pool: &VmSpec) -> Result<(), ComputeError> {
         let model = vm_model_for(&self.config, name, &self.pool, pool).map_err(|message| {
             ComputeError::Rejected {
                 code: "InvalidConfiguration".into(),

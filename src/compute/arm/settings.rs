@@ -36,6 +36,25 @@ impl Image {
         }
     }
 
+    /// The build label the image names by itself: a marketplace image's version, a gallery
+    /// image version's last segment, else the image resource's name (`unlabelled` if that is
+    /// not a valid label: 1-64 letters, digits, `.`, `-`, `_` or `+`).
+    pub fn label(&self) -> String {
+        let label = match self {
+            Image::Marketplace { version, .. } => version.as_str(),
+            Image::Id(id) => id.trim_end_matches('/').rsplit('/').next().unwrap_or(id),
+        };
+        let ok = (1..=64).contains(&label.len())
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+        if ok {
+            label.to_owned()
+        } else {
+            "unlabelled".to_owned()
+        }
+    }
+
     /// Parses `publisher:offer:sku:version` or a resource ID.
     pub fn parse(raw: &str) -> Option<Image> {
         if raw.starts_with('/') {

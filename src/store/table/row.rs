@@ -316,7 +316,7 @@ pub(crate) fn group_of(m: &impl Props) -> Option<(VmState, crate::store::Group)>
         .opt_text(m)
         .ok()
         .flatten()
-        .unwrap_or(crate::config::DEFAULT_POOL)
+        .unwrap_or(crate::domain::DEFAULT_POOL)
         .to_owned();
     let build = BUILD.opt_text(m).ok().flatten().map(str::to_owned);
     Some((state, crate::store::Group { pool, build }))
@@ -358,7 +358,7 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
         last_error: LAST_ERROR.opt_text(m)?.map(str::to_owned),
         pool: POOL
             .opt_text(m)?
-            .unwrap_or(crate::config::DEFAULT_POOL)
+            .unwrap_or(crate::domain::DEFAULT_POOL)
             .to_owned(),
         build: BUILD.opt_text(m)?.map(str::to_owned),
     })

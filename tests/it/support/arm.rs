@@ -103,7 +103,7 @@ pub fn arm_config(base: &str, token: &str) -> ArmConfig {
 }
 
 /// The pool the single-pool ARM settings of [`arm_config`] describe.
-pub fn spec() -> vmpool::config::PoolSpec {
+pub fn spec() -> vmpool::compute::VmSpec {
     vmpool::compute::arm::single_pool(&arm_config("http://127.0.0.1:1", TOKEN))
 }
 
