@@ -178,7 +178,7 @@ impl Metrics {
             Ok(created) => {
                 self.count(
                     "vmpool_createvm_total",
-                    &[("action", created.action), ("code", "OK")],
+                    &[("action", created.action.as_str()), ("code", "OK")],
                     1,
                 );
                 self.observe(
