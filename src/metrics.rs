@@ -147,6 +147,11 @@ impl Metrics {
             None,
             "What reconcile passes did, summed by kind (the fields of the pass summary)".into(),
         );
+        m.recorder.describe_counter(
+            "vmpool_requests_total".into(),
+            None,
+            "Answers of this instance by operation (CreateVM, GetVM...) and HTTP status".into(),
+        );
         m.recorder.describe_gauge(
             "vmpool_reconcile_last_success_timestamp_seconds".into(),
             None,
@@ -170,6 +175,15 @@ impl Metrics {
     fn set(&self, name: &'static str, pairs: &[(&'static str, &str)], v: f64) {
         let key = Key::from_parts(name, labels(pairs));
         self.recorder.register_gauge(&key, &META).set(v);
+    }
+
+    /// Counts one answer of the API's `operation` with `status`.
+    pub fn request(&self, operation: &'static str, status: u16) {
+        self.count(
+            "vmpool_requests_total",
+            &[("operation", operation), ("status", &status.to_string())],
+            1,
+        );
     }
 
     /// Counts one CreateVM answer and its latency.

@@ -92,6 +92,9 @@ pub enum Access {
 /// One route of the router.
 #[derive(Debug)]
 pub struct Route {
+    /// The operation's name: the Functions' name, the OpenAPI `operationId` and the
+    /// `operation` label of `vmpool_requests_total`.
+    pub name: &'static str,
     /// The path.
     pub path: &'static str,
     /// The one method it answers.
@@ -104,60 +107,103 @@ pub struct Route {
 /// Every route the router serves; the OpenAPI document covers exactly these.
 pub fn routes() -> Vec<Route> {
     use Access::{Anonymous, FunctionKey};
-    let route = |path, method, access, handler| Route {
+    let route = |name, path, method, access, handler| Route {
+        name,
         path,
         method,
         access,
         handler,
     };
     vec![
-        route("/", Method::GET, Anonymous, get(probe)),
+        route("Probe", "/", Method::GET, Anonymous, get(probe)),
         route(
+            "ReconcilePool",
             "/ReconcilePool",
             Method::POST,
             FunctionKey,
             post(reconcile_timer),
         ),
         route(
+            "OpenApi",
             "/api/openapi.json",
             Method::GET,
             Anonymous,
             get(openapi::serve),
         ),
-        route("/api/CreateVM", Method::POST, FunctionKey, post(create_vm)),
         route(
+            "CreateVM",
+            "/api/CreateVM",
+            Method::POST,
+            FunctionKey,
+            post(create_vm),
+        ),
+        route(
+            "ReportGameRoomsNumber",
             "/api/ReportGameRoomsNumber",
             Method::POST,
             FunctionKey,
             post(report_rooms),
         ),
         route(
+            "MarkVMForDeallocation",
             "/api/MarkVMForDeallocation",
             Method::POST,
             FunctionKey,
             post(mark),
         ),
+        route("GetVM", "/api/GetVM", Method::GET, FunctionKey, get(get_vm)),
         route(
+            "GetAvailableVMs",
             "/api/GetAvailableVMs",
             Method::GET,
             FunctionKey,
             get(available),
         ),
-        route("/api/GetVM", Method::GET, FunctionKey, get(get_vm)),
         route(
+            "GetPoolStatus",
             "/api/GetPoolStatus",
             Method::GET,
             FunctionKey,
             get(pool_status),
         ),
-        route("/api/Metrics", Method::GET, FunctionKey, get(metrics)),
         route(
+            "Metrics",
+            "/api/Metrics",
+            Method::GET,
+            FunctionKey,
+            get(metrics),
+        ),
+        route(
+            "Dashboard",
             "/api/Dashboard",
             Method::GET,
             FunctionKey,
             get(dashboard::serve),
         ),
     ]
+}
+
+/// A route without its handler.
+#[derive(Debug)]
+struct RouteInfo {
+    name: &'static str,
+    path: &'static str,
+    method: Method,
+}
+
+/// [`routes`] without their handlers, built once: what the layers look up per request.
+fn route_table() -> &'static [RouteInfo] {
+    static TABLE: std::sync::OnceLock<Vec<RouteInfo>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        routes()
+            .into_iter()
+            .map(|r| RouteInfo {
+                name: r.name,
+                path: r.path,
+                method: r.method,
+            })
+            .collect()
+    })
 }
 
 /// The router, with every route, the JSON error mapping and a span per request.
@@ -178,6 +224,10 @@ pub fn app(state: AppState) -> Router {
             auth::require_key,
         ))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_requests,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
@@ -207,8 +257,8 @@ async fn json_errors(req: Request, next: middleware::Next) -> Response {
     let err = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
             // A GET route answers HEAD too, as the `Allow` header says.
-            let allowed: Vec<&str> = routes()
-                .into_iter()
+            let allowed: Vec<&str> = route_table()
+                .iter()
                 .filter(|r| r.path == path)
                 .flat_map(|r| match r.method {
                     Method::GET => vec!["GET", "HEAD"],
@@ -234,6 +284,25 @@ async fn json_errors(req: Request, next: middleware::Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.extend(new.headers().clone());
     Response::from_parts(parts, new.into_body())
+}
+
+/// Counts every answer of a known route by operation and status (`vmpool_requests_total`),
+/// the router's own answers (401, 405, 503 from the limits) included.
+async fn count_requests(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let operation = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .and_then(|matched| route_table().iter().find(|r| r.path == matched.as_str()))
+        .map(|r| r.name);
+    let res = next.run(req).await;
+    if let Some(operation) = operation {
+        metrics.request(operation, res.status().as_u16());
+    }
+    res
 }
 
 async fn not_found() -> ApiError {

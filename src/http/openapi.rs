@@ -17,10 +17,11 @@ use super::views;
     info(
         title = "vmpool",
         description = "Keeps a pool of Azure VMs for dedicated game servers. Routes under /api/ take a function key in the x-functions-key header or the code query parameter (the Functions host checks it; standalone, VMPOOL_API_KEY does).",
-        license(name = "MIT")
+        license(name = "MIT", identifier = "MIT")
     ),
     servers(
-        (url = "http://localhost:7071", description = "vmpool standalone (`cargo run`). Under Azure Functions, use the Function App's https://<defaultHostName> instead."),
+        (url = "https://{functionApp}.azurewebsites.net", description = "The Function App (its defaultHostName; the template's output apiBaseUrl less /api). Standalone (`cargo run`), vmpool serves the same paths at http://localhost:7071.",
+            variables(("functionApp" = (default = "mygame-vmpool", description = "The Function App's name")))),
     ),
     paths(
         super::probe,

@@ -233,6 +233,10 @@ fn operation_ids_are_unique_and_are_the_function_names() {
     functions.insert("Probe".into());
     let unique: BTreeSet<String> = unique.into_iter().map(str::to_owned).collect();
     assert_eq!(unique, functions);
+    for route in routes() {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        assert_eq!(op["operationId"], route.name, "{}", route.path);
+    }
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     for id in &unique {
         if id != "Probe" {
