@@ -128,7 +128,7 @@ impl Modify for RouterAnswers {
             if route.path.starts_with("/api/") {
                 responses.entry("503".into()).or_insert_with(|| {
                     error(
-                        "Unavailable: storage cannot be reached, or the request limits (a time-out, too many requests in progress)",
+                        "Unavailable: the service cannot answer now (past the request limits: a time-out, too many requests in progress); retry after Retry-After",
                         Some(("Retry-After", "Seconds to wait", Type::Integer)),
                     )
                     .into()
