@@ -206,6 +206,21 @@ fn route_table() -> &'static [RouteInfo] {
     })
 }
 
+/// The methods `path` accepts, as a 405 names them: a GET route answers HEAD too, as the
+/// router's `Allow` header says.
+fn allowed_methods(path: &str) -> String {
+    let allowed: Vec<&str> = route_table()
+        .iter()
+        .filter(|r| r.path == path)
+        .flat_map(|r| match r.method {
+            Method::GET => vec!["GET", "HEAD"],
+            Method::POST => vec!["POST"],
+            _ => vec![],
+        })
+        .collect();
+    allowed.join(" and ")
+}
+
 /// The router, with every route, the JSON error mapping and a span per request.
 pub fn app(state: AppState) -> Router {
     let (mut host, mut api) = (Router::new(), Router::new());
@@ -256,17 +271,7 @@ async fn json_errors(req: Request, next: middleware::Next) -> Response {
     }
     let err = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            // A GET route answers HEAD too, as the `Allow` header says.
-            let allowed: Vec<&str> = route_table()
-                .iter()
-                .filter(|r| r.path == path)
-                .flat_map(|r| match r.method {
-                    Method::GET => vec!["GET", "HEAD"],
-                    Method::POST => vec!["POST"],
-                    _ => vec![],
-                })
-                .collect();
-            ApiError::MethodNotAllowed(format!("{path} accepts only {}", allowed.join(" and ")))
+            ApiError::MethodNotAllowed(format!("{path} accepts only {}", allowed_methods(&path)))
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),

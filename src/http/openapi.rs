@@ -105,9 +105,10 @@ impl Modify for RouterAnswers {
                 error(
                     &format!(
                         "MethodNotAllowed: {} accepts only {}",
-                        route.path, route.method
+                        route.path,
+                        super::allowed_methods(route.path)
                     ),
-                    Some(("Allow", "The method this route accepts", Type::String)),
+                    Some(("Allow", "The methods this route accepts", Type::String)),
                 )
                 .into()
             });
