@@ -180,6 +180,30 @@ async function availableVms(limit: number): Promise<{ vms: Vm[]; pages: number }
   return { vms, pages };
 }
 
+/// What the types refuse: each line below is marked as expected to fail, and tsc fails on a
+/// marked line that compiles, so this checks that the document is as strict as the service.
+/// Never called.
+export function refusedByTheTypes(): void {
+  // @ts-expect-error rooms is required
+  void vmpool.POST("/api/ReportGameRoomsNumber", { body: { vmId: "vmpool-a" } });
+  // @ts-expect-error rooms is never null
+  void vmpool.POST("/api/ReportGameRoomsNumber", { body: { vmId: "vmpool-a", rooms: null } });
+  // @ts-expect-error vmId is required
+  void vmpool.POST("/api/MarkVMForDeallocation", { body: {} });
+  // @ts-expect-error the Idempotency-Key is a string, never null
+  void vmpool.POST("/api/CreateVM", { params: { header: { "Idempotency-Key": null } } });
+  // @ts-expect-error GetVM wants a vmId
+  void vmpool.GET("/api/GetVM", { params: { query: {} } });
+  // @ts-expect-error a misspelled action
+  const misspelled: CreateAction = "reclaim";
+  // @ts-expect-error MarkVMForDeallocation never answers a CreateVM action
+  const wrongOperation: MarkAction = "created";
+  // @ts-expect-error no such operation
+  void vmpool.GET("/api/GetVMs", {});
+  void misspelled;
+  void wrongOperation;
+}
+
 async function main(): Promise<void> {
   const run = crypto.randomUUID();
 
