@@ -43,7 +43,7 @@ doc = json.loads((out / "openapi.json").read_text())
 ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
 modules = {p.stem for p in (out / "vmpool_client" / "api").glob("*/*.py") if p.stem != "__init__"}
 log = (out / "python-client.log").read_text()
-dropped = re.findall(r".*will not be generated.*", log)
+dropped = re.findall(r".*(?:will not be generated|Warning\(s\) encountered).*", log)
 if dropped or len(modules) != len(ids):
     sys.exit(f"the Python client lost operations: {len(modules)} modules for {len(ids)} operations {ids}; {dropped}")
 print(f"Python client: {len(modules)} operations of {len(ids)}: {sorted(modules)}")
