@@ -64,9 +64,10 @@ impl Modify for FunctionKeys {
 }
 
 /// What the router's own layers answer on every route, whatever the handler: 405 for another
-/// method (every route), 401 without the key (keyed routes), 503 from the request limits
-/// (every `/api/` route); and who may call each route (`security: []` on anonymous ones). Read
-/// from [`super::routes`], so a new route gets them too.
+/// method (every route), 401 without the key (keyed routes), 503 while vmpool starts and from
+/// the request limits (every route but the probe); and who may call each route
+/// (`security: []` on anonymous ones). Read from [`super::routes`], so a new route gets them
+/// too.
 struct RouterAnswers;
 
 impl Modify for RouterAnswers {
@@ -126,10 +127,12 @@ impl Modify for RouterAnswers {
                     }
                 }
             }
-            if route.path.starts_with("/api/") {
+            // Every route but the probe: while vmpool starts (storage does not answer yet),
+            // and on /api/ routes past the request limits.
+            if route.path != "/" {
                 responses.entry("503".into()).or_insert_with(|| {
                     error(
-                        "Unavailable: the service cannot answer now (past the request limits: a time-out, too many requests in progress); retry after Retry-After",
+                        "Unavailable: vmpool is starting (storage does not answer yet), or the request is past the limits (a time-out, too many requests in progress); retry after Retry-After",
                         Some(("Retry-After", "Seconds to wait", Type::Integer)),
                     )
                     .into()

@@ -410,7 +410,9 @@ fn every_route_lists_what_the_router_itself_answers() {
             "{} 405 without Allow",
             route.path
         );
-        if route.path.starts_with("/api/") {
+        // Every route but the probe answers 503 while vmpool starts, /api/ routes also past
+        // the request limits.
+        if route.path != "/" {
             assert!(responses.get("503").is_some(), "{} without 503", route.path);
         }
         if route.access == Access::Anonymous {
