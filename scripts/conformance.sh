@@ -20,7 +20,7 @@ for _ in $(seq 100); do
   .venv/bin/python -c "import urllib.request as u; u.urlopen('$base/', timeout=1)" 2>/dev/null && break
   sleep 0.1
 done
-.venv/bin/schemathesis run "$base/api/openapi.json" \
+.venv/bin/schemathesis run "$base/api/openapi.json" --url "$base" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance \
   --phases coverage,fuzzing,stateful --max-examples 20 --seed 20260101 --generation-database none \
   --request-timeout 10 --no-color

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test on a fresh machine: installs what the tests need (Azurite and playwright-core,
-# pinned by package-lock.json, into node_modules/; schemathesis and checkov, pinned by
-# requirements-test.txt, into .venv/; Debian's chromium when it is missing; the musl target and
-# Debian's musl-tools through scripts/package.sh), then runs them all.
+# Runs every test on a fresh machine: installs what the tests need (Azurite, playwright-core,
+# Redocly's CLI, openapi-typescript, openapi-fetch and TypeScript, pinned by package-lock.json,
+# into node_modules/; schemathesis, checkov, openapi-spec-validator and openapi-python-client,
+# pinned by requirements-test.txt, into .venv/; Debian's chromium when it is missing; the musl
+# target and Debian's musl-tools through scripts/package.sh), then runs them all.
 # Tests that need Azurite start and stop it themselves on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,11 @@ cargo build --locked --workspace --bins
 
 # The API against its OpenAPI document, on the running service.
 ./scripts/conformance.sh
+
+# The document as client generators read it: Redocly's recommended rules, the OpenAPI
+# validator, a generated Python client, and the typed TypeScript matchmaker example run
+# through a match's whole life against the service.
+./scripts/clients.sh
 
 # The dashboard in headless Chromium.
 if [ ! -x /usr/bin/chromium ]; then

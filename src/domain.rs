@@ -374,19 +374,109 @@ impl ClaimKind {
         }
     }
 
-    /// The action word CreateVM answers with.
-    pub fn action(self) -> &'static str {
+    /// The action CreateVM answers with.
+    pub fn action(self) -> CreateAction {
         match self {
-            ClaimKind::Reclaim => "reclaimed",
-            ClaimKind::Standby => "standby",
-            ClaimKind::ClaimCreating => "claimedCreating",
-            ClaimKind::Start => "started",
+            ClaimKind::Reclaim => CreateAction::Reclaimed,
+            ClaimKind::Standby => CreateAction::Standby,
+            ClaimKind::ClaimCreating => CreateAction::ClaimedCreating,
+            ClaimKind::Start => CreateAction::Started,
         }
     }
 
     /// Whether taking this VM adds one to the count of VMs that are not `Deallocated`.
     pub fn needs_capacity(self) -> bool {
         self == ClaimKind::Start
+    }
+}
+
+/// What CreateVM did: the `action` of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CreateAction {
+    /// A `MarkedForDeallocation` VM went back to `Running` (its rooms kept): 200.
+    Reclaimed,
+    /// A `Standby` VM was handed out: 200, `Running`.
+    Standby,
+    /// A `Creating` VM of the warm buffer is now the caller's: 202.
+    ClaimedCreating,
+    /// A `Deallocated` VM is being started: 202, `Creating`.
+    Started,
+    /// A new VM is being created: 202, `Creating`.
+    Created,
+}
+
+impl CreateAction {
+    /// Every action, in the order CreateVM tries them.
+    pub const ALL: [CreateAction; 5] = [
+        CreateAction::Reclaimed,
+        CreateAction::Standby,
+        CreateAction::ClaimedCreating,
+        CreateAction::Started,
+        CreateAction::Created,
+    ];
+
+    /// The word the answer holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateAction::Reclaimed => "reclaimed",
+            CreateAction::Standby => "standby",
+            CreateAction::ClaimedCreating => "claimedCreating",
+            CreateAction::Started => "started",
+            CreateAction::Created => "created",
+        }
+    }
+
+    /// The action a word names, if any.
+    pub fn parse(word: &str) -> Option<CreateAction> {
+        CreateAction::ALL.into_iter().find(|a| a.as_str() == word)
+    }
+}
+
+impl fmt::Display for CreateAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What ReportGameRoomsNumber did: the `action` of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportAction {
+    /// The room count was recorded.
+    Recorded,
+    /// 0 rooms on a `MarkedForDeallocation` VM: it is `Deallocating` (also the answer to a
+    /// repeated 0 on a `Deallocating` VM).
+    Deallocating,
+}
+
+impl ReportAction {
+    /// The word the answer holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportAction::Recorded => "recorded",
+            ReportAction::Deallocating => "deallocating",
+        }
+    }
+}
+
+/// What MarkVMForDeallocation did: the `action` of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MarkAction {
+    /// The VM is now marked (a `Creating` VM now completes into the warm buffer).
+    Marked,
+    /// Nobody holds the VM: no change.
+    AlreadyMarked,
+}
+
+impl MarkAction {
+    /// The word the answer holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkAction::Marked => "marked",
+            MarkAction::AlreadyMarked => "alreadyMarked",
+        }
     }
 }
 

@@ -169,6 +169,11 @@ impl Metrics {
             None,
             "What reconcile passes did, summed by kind (the fields of the pass summary)".into(),
         );
+        m.recorder.describe_counter(
+            "vmpool_requests_total".into(),
+            None,
+            "Answers of this instance by operation (CreateVM, GetVM...) and HTTP status".into(),
+        );
         m.recorder.describe_gauge(
             "vmpool_reconcile_last_success_timestamp_seconds".into(),
             None,
@@ -194,13 +199,22 @@ impl Metrics {
         self.recorder.register_gauge(&key, &META).set(v);
     }
 
+    /// Counts one answer of the API's `operation` with `status`.
+    pub fn request(&self, operation: &'static str, status: u16) {
+        self.count(
+            "vmpool_requests_total",
+            &[("operation", operation), ("status", &status.to_string())],
+            1,
+        );
+    }
+
     /// Counts one CreateVM answer and its latency.
     pub fn create_vm(&self, result: &Result<Created, PoolError>, elapsed: Duration) {
         match result {
             Ok(created) => {
                 self.count(
                     "vmpool_createvm_total",
-                    &[("action", created.action), ("code", "OK")],
+                    &[("action", created.action.as_str()), ("code", "OK")],
                     1,
                 );
                 self.observe(

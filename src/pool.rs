@@ -14,7 +14,8 @@ use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{
-    self, ClaimKind, GiveBack, Marked, Operation, Purpose, Refused, Report, VmId, VmRecord, VmState,
+    self, ClaimKind, CreateAction, GiveBack, MarkAction, Marked, Operation, Purpose, Refused,
+    Report, ReportAction, VmId, VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
@@ -170,17 +171,18 @@ impl Filter {
 pub struct Created {
     /// The VM handed out.
     pub vm: VmRecord,
-    /// `reclaimed`, `standby`, `claimedCreating`, `started` or `created`.
-    pub action: &'static str,
+    /// How it was found.
+    pub action: CreateAction,
 }
 
-/// What ReportGameRoomsNumber or MarkVMForDeallocation did.
+/// What ReportGameRoomsNumber ([`ReportAction`]) or MarkVMForDeallocation ([`MarkAction`])
+/// did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Changed {
+pub struct Changed<A> {
     /// The VM after the operation.
     pub vm: VmRecord,
-    /// What happened: `recorded`, `deallocating`, `marked` or `alreadyMarked`.
-    pub action: &'static str,
+    /// What happened.
+    pub action: A,
 }
 
 /// Every VM (the reconciler's own record is read through the reconciler).
@@ -438,7 +440,7 @@ impl Pool {
                     etag,
                 } => match self.store.get(&vm_id).await? {
                     Some(row) => {
-                        info!(vm.id = %vm_id, action, "CreateVM answered again for its key");
+                        info!(vm.id = %vm_id, %action, "CreateVM answered again for its key");
                         return Ok(Created { vm: row.vm, action });
                     }
                     None => {
@@ -494,7 +496,7 @@ impl Pool {
                 .cloned()
                 .collect();
             if let Some(won) = self.claim_one(candidates, kind).await? {
-                info!(vm.id = %won.vm.id, action = kind.action(), "CreateVM");
+                info!(vm.id = %won.vm.id, action = %kind.action(), "CreateVM");
                 return Ok(Created {
                     vm: won.vm,
                     action: kind.action(),
@@ -557,14 +559,17 @@ impl Pool {
             }
             let (won, action) = match won {
                 Some(won) => won,
-                None => (self.insert_new(Purpose::Matchmaker, spec).await?, "created"),
+                None => (
+                    self.insert_new(Purpose::Matchmaker, spec).await?,
+                    CreateAction::Created,
+                ),
             };
             self.confirm_capacity(&won, spec).await?;
             (won, action)
         };
         let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
         self.act(&won, answer).await?;
-        info!(vm.id = %won.vm.id, action, "CreateVM");
+        info!(vm.id = %won.vm.id, %action, "CreateVM");
         Ok(Created { vm: won.vm, action })
     }
 
@@ -639,9 +644,9 @@ impl Pool {
             won
         };
         let action = if deallocated.is_some() {
-            "started"
+            CreateAction::Started
         } else {
-            "created"
+            CreateAction::Created
         };
         let answer = self.issue(&won.vm).await;
         self.act(&won, answer).await?;
@@ -762,23 +767,27 @@ impl Pool {
     /// ReportGameRoomsNumber: records the room count; zero rooms on a VM marked for
     /// deallocation deallocates it (without waiting for ARM).
     #[instrument(skip_all, fields(vm.id = %id, rooms))]
-    pub async fn report_rooms(&self, id: &VmId, rooms: u32) -> Result<Changed, PoolError> {
+    pub async fn report_rooms(
+        &self,
+        id: &VmId,
+        rooms: u32,
+    ) -> Result<Changed<ReportAction>, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let row = self.get_row(id).await?;
             let (next, action) = match domain::report_rooms(&row.vm, rooms, self.clock.now())? {
                 Report::AlreadyDeallocating => {
                     return Ok(Changed {
                         vm: row.vm,
-                        action: "deallocating",
+                        action: ReportAction::Deallocating,
                     });
                 }
-                Report::Recorded(next) => (next, "recorded"),
-                Report::Deallocate(next) => (next, "deallocating"),
+                Report::Recorded(next) => (next, ReportAction::Recorded),
+                Report::Deallocate(next) => (next, ReportAction::Deallocating),
             };
             if let Written::LostRace = self.store.update(&next, &row.etag).await? {
                 continue;
             }
-            if action == "deallocating" {
+            if action == ReportAction::Deallocating {
                 match self.compute.deallocate(id).await {
                     Ok(()) | Err(ComputeError::NotFound) => {}
                     Err(e) => {
@@ -796,21 +805,21 @@ impl Pool {
 
     /// MarkVMForDeallocation: the matchmaker no longer needs the VM.
     #[instrument(skip_all, fields(vm.id = %id))]
-    pub async fn mark_for_deallocation(&self, id: &VmId) -> Result<Changed, PoolError> {
+    pub async fn mark_for_deallocation(&self, id: &VmId) -> Result<Changed<MarkAction>, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let row = self.get_row(id).await?;
             match domain::mark_for_deallocation(&row.vm, self.clock.now())? {
                 Marked::Already => {
                     return Ok(Changed {
                         vm: row.vm,
-                        action: "alreadyMarked",
+                        action: MarkAction::AlreadyMarked,
                     });
                 }
                 Marked::Now(next) => {
                     if let Written::Done(_) = self.store.update(&next, &row.etag).await? {
                         return Ok(Changed {
                             vm: *next,
-                            action: "marked",
+                            action: MarkAction::Marked,
                         });
                     }
                 }
@@ -890,6 +899,11 @@ impl Pool {
             groups,
             vms,
         })
+    }
+
+    /// GetVM: one VM, as the table has it now.
+    pub async fn get_vm(&self, id: &VmId) -> Result<VmRecord, PoolError> {
+        Ok(self.get_row(id).await?.vm)
     }
 
     async fn get_row(&self, id: &VmId) -> Result<Versioned, PoolError> {

@@ -8,7 +8,7 @@ use axum::response::Html;
 pub const PAGE: &str = include_str!("dashboard.html");
 
 /// The dashboard page.
-#[utoipa::path(get, path = "/api/Dashboard", tag = "operations",
+#[utoipa::path(get, path = "/api/Dashboard", tag = "operations", operation_id = "Dashboard",
     responses(
         (status = 200, description = "The dashboard (HTML)", body = String, content_type = "text/html"),
         (status = 401, description = "No valid function key", body = super::ErrorEnvelope),

@@ -157,6 +157,19 @@ impl<S: Send + Sync> FromRequest<S> for VmTarget {
     }
 }
 
+/// `?vmId=`, required and valid (GetVM).
+#[derive(Debug, Clone)]
+pub struct QueryVmId(pub VmId);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryVmId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = input::query_pairs(parts.uri.query());
+        input::query_vm_id(&query).map(QueryVmId)
+    }
+}
+
 /// `vmId` and `rooms` from the body or the query string.
 #[derive(Debug, Clone)]
 pub struct RoomsReport {

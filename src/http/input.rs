@@ -86,6 +86,18 @@ pub fn vm_id(body: &Map<String, Value>, query: &[(String, String)]) -> Result<Vm
     }
 }
 
+/// `vmId` from the query string only, required and valid (once).
+pub fn query_vm_id(query: &[(String, String)]) -> Result<VmId, ApiError> {
+    match field(&Map::new(), query, "vmId")? {
+        Some(Value::String(s)) => {
+            VmId::parse(&s).map_err(|e| ApiError::InvalidInput(e.to_string()))
+        }
+        _ => Err(ApiError::InvalidInput(
+            "vmId is required in the query string: ?vmId=...".into(),
+        )),
+    }
+}
+
 /// `rooms`, required: a whole number from 0 to [`MAX_ROOMS`].
 pub fn rooms(body: &Map<String, Value>, query: &[(String, String)]) -> Result<u32, ApiError> {
     let bad = |what: String| {

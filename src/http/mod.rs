@@ -27,16 +27,19 @@ use tracing::{error, info};
 use crate::clock::Clock;
 use crate::config::PoolPolicy;
 use crate::metrics::Metrics;
-use crate::pool::{Changed, Pool};
+use crate::pool::Pool;
 use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
 pub use error::{ApiError, ErrorEnvelope};
 use extract::{
-    IdempotencyHeader, ListFilter, Paging, Placement, RoomsReport, TimerInvocation, VmTarget,
-    WithVms,
+    IdempotencyHeader, ListFilter, Paging, Placement, QueryVmId, RoomsReport, TimerInvocation,
+    VmTarget, WithVms,
 };
 pub use limits::Limits;
-use views::{PassResult, PoolStatusView, Probe, TimerAnswer, VmList, VmOutcome, VmView};
+use views::{
+    CreateVmAnswer, MarkAnswer, PassResult, PoolStatusView, Probe, ReportAnswer, TimerAnswer,
+    VmAnswer, VmList, VmView,
+};
 
 /// The most a request body may hold.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -93,6 +96,9 @@ pub enum Access {
 /// One route of the router.
 #[derive(Debug)]
 pub struct Route {
+    /// The operation's name: the Functions' name, the OpenAPI `operationId` and the
+    /// `operation` label of `vmpool_requests_total`.
+    pub name: &'static str,
     /// The path.
     pub path: &'static str,
     /// The one method it answers.
@@ -105,59 +111,118 @@ pub struct Route {
 /// Every route the router serves; the OpenAPI document covers exactly these.
 pub fn routes() -> Vec<Route> {
     use Access::{Anonymous, FunctionKey};
-    let route = |path, method, access, handler| Route {
+    let route = |name, path, method, access, handler| Route {
+        name,
         path,
         method,
         access,
         handler,
     };
     vec![
-        route("/", Method::GET, Anonymous, get(probe)),
+        route("Probe", "/", Method::GET, Anonymous, get(probe)),
         route(
+            "ReconcilePool",
             "/ReconcilePool",
             Method::POST,
             FunctionKey,
             post(reconcile_timer),
         ),
         route(
+            "OpenApi",
             "/api/openapi.json",
             Method::GET,
             Anonymous,
             get(openapi::serve),
         ),
-        route("/api/CreateVM", Method::POST, FunctionKey, post(create_vm)),
         route(
+            "CreateVM",
+            "/api/CreateVM",
+            Method::POST,
+            FunctionKey,
+            post(create_vm),
+        ),
+        route(
+            "ReportGameRoomsNumber",
             "/api/ReportGameRoomsNumber",
             Method::POST,
             FunctionKey,
             post(report_rooms),
         ),
         route(
+            "MarkVMForDeallocation",
             "/api/MarkVMForDeallocation",
             Method::POST,
             FunctionKey,
             post(mark),
         ),
+        route("GetVM", "/api/GetVM", Method::GET, FunctionKey, get(get_vm)),
         route(
+            "GetAvailableVMs",
             "/api/GetAvailableVMs",
             Method::GET,
             FunctionKey,
             get(available),
         ),
         route(
+            "GetPoolStatus",
             "/api/GetPoolStatus",
             Method::GET,
             FunctionKey,
             get(pool_status),
         ),
-        route("/api/Metrics", Method::GET, FunctionKey, get(metrics)),
         route(
+            "Metrics",
+            "/api/Metrics",
+            Method::GET,
+            FunctionKey,
+            get(metrics),
+        ),
+        route(
+            "Dashboard",
             "/api/Dashboard",
             Method::GET,
             FunctionKey,
             get(dashboard::serve),
         ),
     ]
+}
+
+/// A route without its handler.
+#[derive(Debug)]
+struct RouteInfo {
+    name: &'static str,
+    path: &'static str,
+    method: Method,
+}
+
+/// [`routes`] without their handlers, built once: what the layers look up per request.
+fn route_table() -> &'static [RouteInfo] {
+    static TABLE: std::sync::OnceLock<Vec<RouteInfo>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        routes()
+            .into_iter()
+            .map(|r| RouteInfo {
+                name: r.name,
+                path: r.path,
+                method: r.method,
+            })
+            .collect()
+    })
+}
+
+/// The methods `path` accepts, as a 405 names them: a GET route answers HEAD too, as the
+/// router's `Allow` header says.
+fn allowed_methods(path: &str) -> String {
+    let allowed: Vec<&str> = route_table()
+        .iter()
+        .filter(|r| r.path == path)
+        .flat_map(|r| match r.method {
+            Method::GET => vec!["GET", "HEAD"],
+            Method::POST => vec!["POST"],
+            _ => vec![],
+        })
+        .collect();
+    allowed.join(" and ")
 }
 
 /// The router, with every route, the JSON error mapping and a span per request.
@@ -181,7 +246,11 @@ pub fn app(state: AppState) -> Router {
             auth::ApiKey::new(state.api_key.as_ref()),
             auth::require_key,
         ))
-        .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_requests,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
@@ -194,8 +263,12 @@ pub fn app(state: AppState) -> Router {
     routing::case_insensitive(router)
 }
 
-/// The router's own answers (405, 413...) come without a body: give them the envelope.
-async fn json_errors(res: Response) -> Response {
+/// The router's own answers (405, 413...) come without a body: give them the envelope. A 405
+/// names the methods the route accepts (the router adds its `Allow` header only outside this
+/// layer, so they come from [`routes`]).
+async fn json_errors(req: Request, next: middleware::Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
     let status = res.status();
     let is_json = res
         .headers()
@@ -206,13 +279,7 @@ async fn json_errors(res: Response) -> Response {
     }
     let err = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = res
-                .headers()
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            ApiError::MethodNotAllowed(format!("this route accepts {allow}"))
+            ApiError::MethodNotAllowed(format!("{path} accepts only {}", allowed_methods(&path)))
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
@@ -232,15 +299,34 @@ async fn json_errors(res: Response) -> Response {
     Response::from_parts(parts, new.into_body())
 }
 
+/// Counts every answer of a known route by operation and status (`vmpool_requests_total`),
+/// the router's own answers (401, 405, 503 from the limits) included.
+async fn count_requests(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let operation = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .and_then(|matched| route_table().iter().find(|r| r.path == matched.as_str()))
+        .map(|r| r.name);
+    let res = next.run(req).await;
+    if let Some(operation) = operation {
+        metrics.request(operation, res.status().as_u16());
+    }
+    res
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetAvailableVMs, /api/GetPoolStatus, /api/Metrics, /api/Dashboard and /api/openapi.json".into(),
+        "no such route; the routes are /api/CreateVM, /api/ReportGameRoomsNumber, /api/MarkVMForDeallocation, /api/GetVM, /api/GetAvailableVMs, /api/GetPoolStatus, /api/Metrics, /api/Dashboard and /api/openapi.json".into(),
     )
 }
 
 /// The host's probe: answered as soon as vmpool listens, so the host starts routing to it;
 /// `status` says whether the other routes serve yet.
-#[utoipa::path(get, path = "/", tag = "host",
+#[utoipa::path(get, path = "/", tag = "host", operation_id = "Probe",
     responses((status = 200, description = "The service is up: `ok`, or `starting` (every other route answers 503 until storage answers) with the reason", body = Probe)))]
 async fn probe(State(state): State<AppState>) -> Json<Probe> {
     let starting = state.readiness.starting_now();
@@ -251,25 +337,18 @@ async fn probe(State(state): State<AppState>) -> Json<Probe> {
     })
 }
 
-fn outcome(state: &AppState, changed: Changed) -> Json<VmOutcome> {
-    Json(VmOutcome {
-        vm: VmView::new(&changed.vm, &state.policy),
-        action: changed.action.to_owned(),
-    })
-}
-
 /// CreateVM: capacity for the matchmaker.
-#[utoipa::path(post, path = "/api/CreateVM", tag = "pool",
+#[utoipa::path(post, path = "/api/CreateVM", tag = "pool", operation_id = "CreateVM",
     description = "Hands out a VM: a MarkedForDeallocation VM (reclaimed), a Standby VM, a Creating buffer VM, a Deallocated VM started again, or a new VM.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key within VMPOOL_IDEMPOTENCY_TTL_SECS get the same VM and action, from any instance", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "One key per match or ticket: retries with the same key within VMPOOL_IDEMPOTENCY_TTL_SECS get the same VM and action, from any instance", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.:-]+$"),
         ("pool" = Option<String>, Query, description = "The pool, if not in the body; default: `default`, or the only pool", min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9-]+$"),
         ("build" = Option<String>, Query, description = "The build, if not in the body; default: the pool's current build", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._+-]+$"),
     ),
     request_body(content = Option<views::PlacementInput>, description = "Empty, or a JSON object with optional `pool` and `build`"),
     responses(
-        (status = 200, description = "A Running VM, usable now", body = VmOutcome),
-        (status = 202, description = "A VM that is Creating; poll GetAvailableVMs", body = VmOutcome),
+        (status = 200, description = "A Running VM, usable now (`reclaimed` or `standby`)", body = CreateVmAnswer),
+        (status = 202, description = "A VM that is Creating (`claimedCreating`, `started` or `created`): it is yours; poll GetVM until it is Running", body = CreateVmAnswer),
         (status = 400, description = "The body is not empty nor a JSON object, the Idempotency-Key is malformed, or the pool is unknown (the message names the pools)", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 413, description = "The body is over 64 KiB", body = ErrorEnvelope),
@@ -294,23 +373,23 @@ async fn create_vm(
     } else {
         StatusCode::ACCEPTED
     };
-    let body = VmOutcome {
+    let body = CreateVmAnswer {
         vm: VmView::new(&created.vm, &state.policy),
-        action: created.action.to_owned(),
+        action: created.action,
     };
     Ok((status, Json(body)).into_response())
 }
 
 /// ReportGameRoomsNumber: a VM's open rooms.
-#[utoipa::path(post, path = "/api/ReportGameRoomsNumber", tag = "pool",
-    description = "Records a VM's open rooms. On a MarkedForDeallocation VM, 0 rooms starts its deallocation.",
+#[utoipa::path(post, path = "/api/ReportGameRoomsNumber", tag = "pool", operation_id = "ReportGameRoomsNumber",
+    description = "Records a VM's open rooms. On a MarkedForDeallocation VM, 0 rooms starts its deallocation. `vmId` and `rooms` are both required: in the JSON body, or in the query string (`?vmId=...&rooms=N`, with no body); if both give one, they must agree.",
     params(
         ("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"),
         ("rooms" = Option<u32>, Query, description = "Open rooms, 0 to 100000, if not in the body", minimum = 0, maximum = 100_000),
     ),
-    request_body(content = Option<views::RoomsInput>, description = "vmId and rooms, unless both come from the query string"),
+    request_body(content = Option<views::RoomsInput>, description = "vmId and rooms; no body when both come from the query string"),
     responses(
-        (status = 200, description = "`recorded` or `deallocating`", body = VmOutcome),
+        (status = 200, description = "`recorded` or `deallocating`", body = ReportAnswer),
         (status = 400, description = "vmId or rooms missing or invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
@@ -323,18 +402,21 @@ async fn create_vm(
 async fn report_rooms(
     State(state): State<AppState>,
     report: RoomsReport,
-) -> Result<Json<VmOutcome>, ApiError> {
+) -> Result<Json<ReportAnswer>, ApiError> {
     let changed = state.pool.report_rooms(&report.vm_id, report.rooms).await?;
-    Ok(outcome(&state, changed))
+    Ok(Json(ReportAnswer {
+        vm: VmView::new(&changed.vm, &state.policy),
+        action: changed.action,
+    }))
 }
 
 /// MarkVMForDeallocation: the matchmaker no longer needs a VM.
-#[utoipa::path(post, path = "/api/MarkVMForDeallocation", tag = "pool",
-    description = "Marks a VM the matchmaker no longer needs; it is deallocated once its rooms close, unless CreateVM reclaims it first.",
+#[utoipa::path(post, path = "/api/MarkVMForDeallocation", tag = "pool", operation_id = "MarkVMForDeallocation",
+    description = "Marks a VM the matchmaker no longer needs; it is deallocated once its rooms close, unless CreateVM reclaims it first. `vmId` is required: in the JSON body, or in the query string (`?vmId=...`, with no body); if both give it, they must agree.",
     params(("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$")),
-    request_body(content = Option<views::VmIdInput>, description = "vmId, unless it comes from the query string"),
+    request_body(content = Option<views::VmIdInput>, description = "vmId; no body when it comes from the query string"),
     responses(
-        (status = 200, description = "`marked` or `alreadyMarked`", body = VmOutcome),
+        (status = 200, description = "`marked` or `alreadyMarked`", body = MarkAnswer),
         (status = 400, description = "vmId missing or invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
@@ -347,13 +429,39 @@ async fn report_rooms(
 async fn mark(
     State(state): State<AppState>,
     target: VmTarget,
-) -> Result<Json<VmOutcome>, ApiError> {
+) -> Result<Json<MarkAnswer>, ApiError> {
     let changed = state.pool.mark_for_deallocation(&target.vm_id).await?;
-    Ok(outcome(&state, changed))
+    Ok(Json(MarkAnswer {
+        vm: VmView::new(&changed.vm, &state.policy),
+        action: changed.action,
+    }))
+}
+
+/// GetVM: one VM, so a matchmaker can follow the VM CreateVM gave it.
+#[utoipa::path(get, path = "/api/GetVM", tag = "pool", operation_id = "GetVM",
+    description = "One VM as it is now, whatever its state: poll it after a 202 from CreateVM until the VM is Running (its publicIp is then known).",
+    params(("vmId" = String, Query, description = "The VM", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$")),
+    responses(
+        (status = 200, description = "The VM", body = VmAnswer),
+        (status = 400, description = "vmId missing or invalid", body = ErrorEnvelope),
+        (status = 401, description = "No valid function key", body = ErrorEnvelope),
+        (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
+        (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("functionKey" = []), ("functionKeyQuery" = [])))]
+async fn get_vm(
+    State(state): State<AppState>,
+    QueryVmId(id): QueryVmId,
+) -> Result<Json<VmAnswer>, ApiError> {
+    let vm = state.pool.get_vm(&id).await?;
+    Ok(Json(VmAnswer {
+        vm: VmView::new(&vm, &state.policy),
+    }))
 }
 
 /// GetAvailableVMs: the Running VMs, a page at a time.
-#[utoipa::path(get, path = "/api/GetAvailableVMs", tag = "pool",
+#[utoipa::path(get, path = "/api/GetAvailableVMs", tag = "pool", operation_id = "GetAvailableVMs",
     params(
         ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
         ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
@@ -385,7 +493,7 @@ async fn available(
 }
 
 /// GetPoolStatus: counts, the VMs a page at a time, and the reconciler's record.
-#[utoipa::path(get, path = "/api/GetPoolStatus", tag = "pool",
+#[utoipa::path(get, path = "/api/GetPoolStatus", tag = "pool", operation_id = "GetPoolStatus",
     params(
         ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
         ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
@@ -427,7 +535,7 @@ async fn pool_status_view(
 }
 
 /// Metrics: the Prometheus text exposition.
-#[utoipa::path(get, path = "/api/Metrics", tag = "operations",
+#[utoipa::path(get, path = "/api/Metrics", tag = "operations", operation_id = "Metrics",
     description = "Prometheus text exposition: VMs by state, buffer target, breaker, CreateVM outcomes and latency, ARM and table calls, reconcile passes.",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
@@ -480,7 +588,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// ReconcilePool: the Functions timer.
-#[utoipa::path(post, path = "/ReconcilePool", tag = "host",
+#[utoipa::path(post, path = "/ReconcilePool", tag = "host", operation_id = "ReconcilePool",
     description = "The Functions timer invocation. Always 200 once admitted: a failed pass has `ok: false` and the error in Logs. Standalone with VMPOOL_API_KEY set, it wants the key like every route but the probe and this document.",
     request_body(content = Option<views::TimerInput>, description = "The timer invocation; any JSON object will do"),
     responses(

@@ -17,7 +17,11 @@ use super::views;
     info(
         title = "vmpool",
         description = "Keeps a pool of Azure VMs for dedicated game servers. Routes under /api/ take a function key in the x-functions-key header or the code query parameter (the Functions host checks it; standalone, VMPOOL_API_KEY does).",
-        license(name = "MIT")
+        license(name = "MIT", identifier = "MIT")
+    ),
+    servers(
+        (url = "https://{functionApp}.azurewebsites.net", description = "The Function App (its defaultHostName; the template's output apiBaseUrl less /api). Standalone (`cargo run`), vmpool serves the same paths at http://localhost:7071.",
+            variables(("functionApp" = (default = "mygame-vmpool", description = "The Function App's name")))),
     ),
     paths(
         super::probe,
@@ -26,13 +30,14 @@ use super::views;
         super::create_vm,
         super::report_rooms,
         super::mark,
+        super::get_vm,
         super::available,
         super::pool_status,
         super::metrics,
         super::dashboard::serve,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorCode, views::StateName)),
-    modifiers(&FunctionKeys),
+    modifiers(&FunctionKeys, &RouterAnswers),
     tags(
         (name = "pool", description = "The matchmaker's operations"),
         (name = "operations", description = "The API description, metrics and the dashboard"),
@@ -55,6 +60,85 @@ impl Modify for FunctionKeys {
             "functionKeyQuery",
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("code"))),
         );
+    }
+}
+
+/// What the router's own layers answer on every route, whatever the handler: 405 for another
+/// method (every route), 401 without the key (keyed routes), 503 while vmpool starts and from
+/// the request limits (every route but the probe); and who may call each route
+/// (`security: []` on anonymous ones). Read from [`super::routes`], so a new route gets them
+/// too.
+struct RouterAnswers;
+
+impl Modify for RouterAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Object, Type};
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{Content, HeaderBuilder, Ref, ResponseBuilder};
+        let error = |description: &str, header: Option<(&str, &str, Type)>| {
+            let mut b = ResponseBuilder::new().description(description).content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorEnvelope"))),
+            );
+            if let Some((name, about, kind)) = header {
+                b = b.header(
+                    name,
+                    HeaderBuilder::new()
+                        .schema(Object::with_type(kind))
+                        .description(Some(about))
+                        .build(),
+                );
+            }
+            b.build()
+        };
+        for route in super::routes() {
+            let Some(item) = openapi.paths.paths.get_mut(route.path) else {
+                continue;
+            };
+            let op = match route.method {
+                axum::http::Method::GET => item.get.as_mut(),
+                axum::http::Method::POST => item.post.as_mut(),
+                _ => None,
+            };
+            let Some(op) = op else { continue };
+            let responses = &mut op.responses.responses;
+            responses.entry("405".into()).or_insert_with(|| {
+                error(
+                    &format!(
+                        "MethodNotAllowed: {} accepts only {}",
+                        route.path,
+                        super::allowed_methods(route.path)
+                    ),
+                    Some(("Allow", "The methods this route accepts", Type::String)),
+                )
+                .into()
+            });
+            match route.access {
+                super::Access::Anonymous => op.security = Some(Vec::new()),
+                super::Access::FunctionKey => {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| error("No valid function key", None).into());
+                    if op.security.as_ref().is_none_or(Vec::is_empty) {
+                        op.security = Some(vec![
+                            SecurityRequirement::new::<_, _, &str>("functionKey", []),
+                            SecurityRequirement::new::<_, _, &str>("functionKeyQuery", []),
+                        ]);
+                    }
+                }
+            }
+            // Every route but the probe: while vmpool starts (storage does not answer yet),
+            // and on /api/ routes past the request limits.
+            if route.path != "/" {
+                responses.entry("503".into()).or_insert_with(|| {
+                    error(
+                        "Unavailable: vmpool is starting (storage does not answer yet), or the request is past the limits (a time-out, too many requests in progress); retry after Retry-After",
+                        Some(("Retry-After", "Seconds to wait", Type::Integer)),
+                    )
+                    .into()
+                });
+            }
+        }
     }
 }
 
@@ -105,8 +189,8 @@ fn optional_bodies_are_not_null(doc: &mut Value) {
 }
 
 /// The OpenAPI document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
-    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", operation_id = "OpenApi",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = views::OpenApiDocument)))]
 pub async fn serve() -> Json<&'static Value> {
     Json(document())
 }

@@ -16,6 +16,7 @@ pub const PATHS: &[&str] = &[
     "/api/CreateVM",
     "/api/ReportGameRoomsNumber",
     "/api/MarkVMForDeallocation",
+    "/api/GetVM",
     "/api/GetAvailableVMs",
     "/api/GetPoolStatus",
     "/api/openapi.json",

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::config::{PoolPolicy, PoolSpec};
-use crate::domain::{VmRecord, VmState};
+use crate::domain::{CreateAction, MarkAction, ReportAction, VmRecord, VmState};
 use crate::pool::StatusPage;
 use crate::reconcile::{BufferState, PoolMeta, Summary};
 use crate::store::GroupCounts;
@@ -47,8 +47,8 @@ pub struct VmView {
     /// Its state.
     #[schema(value_type = StateName)]
     pub state: VmState,
-    /// Its public IP, once known.
-    #[schema(example = "203.0.113.1")]
+    /// Its public IP; `null` until known.
+    #[schema(example = "203.0.113.1", required = true)]
     pub public_ip: Option<String>,
     /// The ports the game server listens on (`VMPOOL_GAME_PORTS`).
     pub ports: Vec<u16>,
@@ -62,8 +62,9 @@ pub struct VmView {
     /// When the VM's row was first written (its age counts from here).
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    /// The last ARM error, when one is recorded.
+    /// The last ARM error; absent when none is recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub last_error: Option<String>,
     /// The pool it belongs to.
     #[schema(example = "default")]
@@ -96,16 +97,38 @@ impl VmView {
     }
 }
 
-/// What an operation did to one VM.
+/// What CreateVM did: the VM handed out, and how it was found.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VmOutcome {
-    /// The VM after the operation.
+pub struct CreateVmAnswer {
+    /// The VM, `Running` (200) or `Creating` (202).
     pub vm: VmView,
-    /// What happened. CreateVM: `reclaimed`, `standby`, `claimedCreating`, `started` or
-    /// `created`; ReportGameRoomsNumber: `recorded` or `deallocating`;
-    /// MarkVMForDeallocation: `marked` or `alreadyMarked`.
-    #[schema(example = "created")]
-    pub action: String,
+    /// How it was found.
+    pub action: CreateAction,
+}
+
+/// What ReportGameRoomsNumber did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReportAnswer {
+    /// The VM after the report.
+    pub vm: VmView,
+    /// What happened.
+    pub action: ReportAction,
+}
+
+/// What MarkVMForDeallocation did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MarkAnswer {
+    /// The VM after the mark.
+    pub vm: VmView,
+    /// What happened.
+    pub action: MarkAction,
+}
+
+/// One VM.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VmAnswer {
+    /// The VM as it is now.
+    pub vm: VmView,
 }
 
 /// The VMs the matchmaker may use.
@@ -115,6 +138,7 @@ pub struct VmList {
     pub vms: Vec<VmView>,
     /// Pass as `?continuation=` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub continuation: Option<String>,
 }
 
@@ -193,9 +217,12 @@ pub struct BufferView {
 pub struct BreakerView {
     /// Whether the buffer is creating no VMs now.
     pub open: bool,
-    /// Until when, while open (RFC 3339).
-    pub open_until: Option<String>,
-    /// Why it opened, while open.
+    /// Until when, while open; `null` while closed.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub open_until: Option<OffsetDateTime>,
+    /// Why it opened, while open; `null` while closed.
+    #[schema(required = true)]
     pub reason: Option<String>,
     /// Creates that failed in a row since the last success.
     pub consecutive_create_failures: u32,
@@ -268,9 +295,11 @@ pub struct PoolStatusView {
     pub counts: StateCounts,
     /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<VmView>, required = false)]
     pub vms: Option<Vec<VmView>>,
     /// Pass as `?continuation=` for the next page of VMs; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub continuation: Option<String>,
     /// `VMPOOL_MAX_VMS`: most VMs not `Deallocated` over every pool together.
     pub max_vms: u32,
@@ -282,28 +311,19 @@ pub struct PoolStatusView {
     pub pools: Vec<PoolView>,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
-    /// When the last reconcile pass finished (RFC 3339).
-    pub last_reconcile_at: Option<String>,
+    /// When the last reconcile pass finished; `null` before the first.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub last_reconcile_at: Option<OffsetDateTime>,
     /// One line on what the last pass did.
     pub last_reconcile_summary: String,
-}
-
-fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
-    t.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
 }
 
 fn breaker_view(state: &BufferState, now: OffsetDateTime) -> BreakerView {
     let open = state.breaker_open_at(now);
     BreakerView {
         open,
-        open_until: if open {
-            rfc3339(state.breaker_open_until)
-        } else {
-            None
-        },
+        open_until: if open { state.breaker_open_until } else { None },
         reason: if open {
             state.breaker_reason.clone()
         } else {
@@ -429,7 +449,7 @@ impl PoolStatusView {
                 suspect: meta.observation_suspect(),
                 missing: meta.vanished,
             },
-            last_reconcile_at: rfc3339(meta.last_reconcile_at),
+            last_reconcile_at: meta.last_reconcile_at,
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
         }
     }
@@ -445,8 +465,9 @@ pub struct Probe {
     /// Always `vmpool`.
     #[schema(example = "vmpool")]
     pub service: String,
-    /// While `starting`: what the last attempt to reach storage met.
+    /// While `starting`: what the last attempt to reach storage met; absent once `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub reason: Option<String>,
 }
 
@@ -473,8 +494,32 @@ pub struct PlacementInput {
     pub build: Option<String>,
 }
 
-/// The input of ReportGameRoomsNumber; each field may instead come from the query string
-/// (if both give one, they must agree).
+/// The OpenAPI document itself (a JSON object).
+#[derive(Debug, Clone, Copy)]
+pub struct OpenApiDocument;
+
+impl utoipa::PartialSchema for OpenApiDocument {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        free_object("An OpenAPI 3.1 document.")
+    }
+}
+
+impl ToSchema for OpenApiDocument {}
+
+/// A JSON object with any properties (`additionalProperties: true`), so that client
+/// generators type it as an open map rather than as an object that holds nothing.
+fn free_object(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .into()
+}
+
+/// The input of ReportGameRoomsNumber: both fields are required, each either here or in the
+/// query string (`?vmId=&rooms=`); if both give one, they must agree. Send no body when both
+/// come from the query string.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomsInput {
@@ -485,13 +530,14 @@ pub struct RoomsInput {
         max_length = 64,
         pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"
     )]
-    pub vm_id: Option<String>,
+    pub vm_id: String,
     /// Its open rooms: a JSON number (not a string), whole, 0 to 100000; `3.0` counts as 3.
     #[schema(minimum = 0, maximum = 100_000, example = 3)]
-    pub rooms: Option<u32>,
+    pub rooms: u32,
 }
 
-/// The input of MarkVMForDeallocation; `vmId` may instead come from the query string.
+/// The input of MarkVMForDeallocation: `vmId` is required, here or in the query string
+/// (`?vmId=`); send no body when it comes from the query string.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VmIdInput {
@@ -502,7 +548,7 @@ pub struct VmIdInput {
         max_length = 64,
         pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"
     )]
-    pub vm_id: Option<String>,
+    pub vm_id: String,
 }
 
 /// The Functions timer's invocation (read leniently: any JSON object will do).
@@ -510,10 +556,10 @@ pub struct VmIdInput {
 #[serde(rename_all = "PascalCase")]
 pub struct TimerInput {
     /// `{"<binding>": {"IsPastDue": bool, ...}}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = HashMap<String, Value>, required = false)]
     pub data: Option<serde_json::Value>,
     /// The host's metadata.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = HashMap<String, Value>, required = false)]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -532,8 +578,21 @@ pub struct TimerAnswer {
 }
 
 /// `{}`.
-#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct EmptyOutputs {}
+
+impl utoipa::PartialSchema for EmptyOutputs {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("Always `{}`: the timer has no output bindings."))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl ToSchema for EmptyOutputs {}
 
 /// One reconcile pass's result.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -542,9 +601,10 @@ pub struct PassResult {
     pub ok: bool,
     /// What it did, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Summary, required = false)]
     pub summary: Option<Summary>,
     /// Why it could not run.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub error: Option<String>,
 }

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::IdempotencyKey;
 use crate::clock::Clock;
-use crate::domain::VmId;
+use crate::domain::{CreateAction, VmId};
 use crate::store::{Etag, StoreError, VmStore, Written};
 
 /// The record kind of idempotency keys.
@@ -85,7 +85,7 @@ pub enum Begun {
         /// The VM it handed out.
         vm_id: VmId,
         /// The action it answered with.
-        action: &'static str,
+        action: CreateAction,
         /// The record's version, to [`forget`] it if the VM is gone.
         etag: Etag,
     },
@@ -110,15 +110,6 @@ pub enum KeyError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-/// The action words CreateVM answers with (a record keeps the word as text).
-const ACTIONS: [&str; 5] = [
-    "reclaimed",
-    "standby",
-    "claimedCreating",
-    "started",
-    "created",
-];
 
 /// Takes `key` for this request, or finds what an earlier request with it answered. While
 /// another live request holds it, waits up to `rules.wait` for its answer; a record whose
@@ -153,7 +144,8 @@ pub async fn begin(
         let live = match serde_json::from_str::<Entry>(&record.value) {
             Ok(entry) if entry.expired(now, rules) => false,
             Ok(Entry::Done { vm_id, action, .. }) => {
-                if let Some(action) = ACTIONS.into_iter().find(|a| *a == action) {
+                // A record keeps the action as its word.
+                if let Some(action) = CreateAction::parse(&action) {
                     return Ok(Begun::Answered {
                         vm_id,
                         action,
@@ -195,12 +187,12 @@ pub async fn finish(
     store: &dyn VmStore,
     held: Held,
     vm_id: &VmId,
-    action: &str,
+    action: CreateAction,
     at: OffsetDateTime,
 ) {
     let done = Entry::Done {
         vm_id: vm_id.clone(),
-        action: action.to_owned(),
+        action: action.as_str().to_owned(),
         at,
     };
     let written = match done.json() {
@@ -276,11 +268,18 @@ mod tests {
             begin(&store, &clock, &key, rules()).await,
             Err(KeyError::InFlight)
         ));
-        finish(&store, held, &vm("vm-1"), "created", clock.now()).await;
+        finish(
+            &store,
+            held,
+            &vm("vm-1"),
+            CreateAction::Created,
+            clock.now(),
+        )
+        .await;
         clock.advance(time::Duration::minutes(59));
         match begin(&store, &clock, &key, rules()).await.unwrap() {
             Begun::Answered { vm_id, action, .. } => {
-                assert_eq!((vm_id, action), (vm("vm-1"), "created"))
+                assert_eq!((vm_id, action), (vm("vm-1"), CreateAction::Created))
             }
             other => panic!("{other:?}"),
         }
@@ -339,10 +338,17 @@ mod tests {
                 begin(&*store, &*clock, &key, waits).await
             })
         };
-        finish(&*store, held, &vm("vm-2"), "standby", clock.now()).await;
+        finish(
+            &*store,
+            held,
+            &vm("vm-2"),
+            CreateAction::Standby,
+            clock.now(),
+        )
+        .await;
         match waiting.await.unwrap().unwrap() {
             Begun::Answered { vm_id, action, .. } => {
-                assert_eq!((vm_id, action), (vm("vm-2"), "standby"))
+                assert_eq!((vm_id, action), (vm("vm-2"), CreateAction::Standby))
             }
             other => panic!("{other:?}"),
         }

@@ -30,7 +30,7 @@ use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
 /// What one pass did, for the timer's `ReturnValue` and the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     /// Another instance holds the reconcile lease: this pass did nothing.

@@ -21,8 +21,11 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "/api/MarkVMForDeallocation",
         Some(r#"{"vmId":"vmpool-none"}"#),
     ),
+    ("GET", "/api/GetVM?vmId=vmpool-none", None),
     ("GET", "/api/GetAvailableVMs", None),
     ("GET", "/api/GetPoolStatus", None),
+    ("GET", "/api/Metrics", None),
+    ("GET", "/api/Dashboard", None),
     ("POST", "/ReconcilePool", Some(TIMER)),
 ];
 

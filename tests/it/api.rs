@@ -24,6 +24,15 @@ async fn walk_through(app: &TestApp, clock: &ManualClock, store: &dyn VmStore, c
 
     clock.advance(Duration::minutes(3));
     assert_eq!(app.reconcile().await.status, 200);
+    let one = app
+        .send("GET", &format!("/api/GetVM?vmId={id}"), None)
+        .await;
+    assert_eq!(
+        (one.status, &one.json["vm"]["state"]),
+        (200, &serde_json::json!("Running")),
+        "{:?}",
+        one.json
+    );
     let available = app.available().await;
     assert_eq!(available.json["vms"][0]["vmId"], id.as_str());
     assert_eq!(available.json["vms"][0]["state"], "Running");

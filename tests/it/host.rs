@@ -63,6 +63,7 @@ fn every_function_of_the_design_is_defined_with_valid_bindings() {
             "Dashboard",
             "GetAvailableVMs",
             "GetPoolStatus",
+            "GetVM",
             "MarkVMForDeallocation",
             "Metrics",
             "OpenApi",

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use serde_json::Value;
 use vmpool::clock::Clock;
 use vmpool::compute::{ComputeError, Listed, VmStatus};
-use vmpool::domain::{VmId, VmRecord, VmState};
+use vmpool::domain::{CreateAction, VmId, VmRecord, VmState};
 use vmpool::reconcile::Reconciler;
 use vmpool_arm_fake::{ArmFake, FakeOp, HttpFault};
 
@@ -74,7 +74,7 @@ async fn a_whole_lifecycle_with_a_lagging_resource_graph_sweep() {
     assert!(!f.accepted(FakeOp::GraphQuery).is_empty());
     // Buffer, claim, mark, drain, deallocate, start again, with sweeps that lag.
     let taken = rig.pool.create_vm().await.unwrap();
-    assert_eq!(taken.action, "standby");
+    assert_eq!(taken.action, CreateAction::Standby);
     rig.pool.report_rooms(&taken.vm.id, 3).await.unwrap();
     rig.pool.mark_for_deallocation(&taken.vm.id).await.unwrap();
     rig.pool.report_rooms(&taken.vm.id, 0).await.unwrap();
@@ -88,7 +88,7 @@ async fn a_whole_lifecycle_with_a_lagging_resource_graph_sweep() {
     );
     assert_eq!(rig.count(VmState::Standby).await, 1, "the buffer refilled");
     let again = rig.pool.create_vm().await.unwrap();
-    assert_eq!(again.action, "standby");
+    assert_eq!(again.action, CreateAction::Standby);
     rig.advance(60);
     rig.pass().await;
     assert_eq!(rig.count(VmState::Failed).await, 0);
@@ -151,7 +151,7 @@ async fn every_vm_hidden_for_two_minutes_brakes_then_everything_resumes() {
     let status = pool_status(&rig).await;
     assert_eq!(status["observation"]["suspect"], false);
     let taken = rig.pool.create_vm().await.unwrap();
-    assert_eq!(taken.action, "standby");
+    assert_eq!(taken.action, CreateAction::Standby);
     rig.pass().await;
     rig.advance(180);
     rig.pass().await;
@@ -284,7 +284,7 @@ async fn an_adopted_vm_with_rooms_is_never_handed_out_as_empty() {
     );
     let again = rig.pool.create_vm().await.unwrap();
     if again.vm.id == ghost {
-        assert_eq!((again.action, again.vm.rooms), ("reclaimed", 5));
+        assert_eq!((again.action, again.vm.rooms), (CreateAction::Reclaimed, 5));
     }
 }
 
@@ -498,7 +498,7 @@ async fn a_claim_never_used_goes_back_to_the_buffer() {
     rig.advance(180);
     rig.pass().await;
     let unused = rig.pool.create_vm().await.unwrap();
-    assert_eq!(unused.action, "standby");
+    assert_eq!(unused.action, CreateAction::Standby);
     let unused = unused.vm.id;
     rig.advance(599);
     rig.pass().await;

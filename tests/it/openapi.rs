@@ -48,7 +48,9 @@ fn keyed_routes_declare_the_function_key_and_every_error_uses_the_envelope() {
     let doc = document();
     for route in routes() {
         let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
-        let secured = op.get("security").is_some();
+        let secured = op["security"]
+            .as_array()
+            .is_some_and(|requirements| !requirements.is_empty());
         assert_eq!(
             secured,
             route.access == Access::FunctionKey,
@@ -179,5 +181,242 @@ async fn the_router_serves_every_route_of_the_list() {
             route.method,
             route.path
         );
+    }
+}
+
+/// The `action` values the document allows in `path`'s answer with `status`.
+pub fn documented_actions(path: &str, status: &str) -> Vec<Value> {
+    let doc = document();
+    let answer = doc["paths"][path]["post"]["responses"][status]["content"]["application/json"]
+        ["schema"]["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} {status} has no JSON answer"));
+    let answer = &doc["components"]["schemas"][answer.trim_start_matches("#/components/schemas/")];
+    let action = answer["properties"]["action"]["$ref"].as_str().unwrap();
+    doc["components"]["schemas"][action.trim_start_matches("#/components/schemas/")]["enum"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Every operation of the document: (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .iter()
+                .map(move |(method, op)| (path.clone(), method.clone(), op))
+        })
+        .collect()
+}
+
+#[test]
+fn operation_ids_are_unique_and_are_the_function_names() {
+    let doc = document();
+    let ids: Vec<&str> = operations(doc)
+        .iter()
+        .map(|(_, _, op)| op["operationId"].as_str().unwrap())
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicated operation IDs: {ids:?}");
+    // Each is the name of its function (the folder under function-definitions/, and the
+    // operation's name in the README); the host's probe is the one route with no function.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut functions: BTreeSet<String> = std::fs::read_dir(root.join("function-definitions"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    functions.insert("Probe".into());
+    let unique: BTreeSet<String> = unique.into_iter().map(str::to_owned).collect();
+    assert_eq!(unique, functions);
+    for route in routes() {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        assert_eq!(op["operationId"], route.name, "{}", route.path);
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for id in &unique {
+        if id != "Probe" {
+            assert!(
+                readme.contains(&format!("| `{id}` |")),
+                "the README's API table has no operation `{id}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn each_operation_lists_exactly_its_own_actions() {
+    let want = |words: &[&str]| words.iter().map(|w| Value::from(*w)).collect::<Vec<_>>();
+    let created: Vec<&str> = vmpool::domain::CreateAction::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
+    for status in ["200", "202"] {
+        assert_eq!(documented_actions("/api/CreateVM", status), want(&created));
+    }
+    assert_eq!(
+        documented_actions("/api/ReportGameRoomsNumber", "200"),
+        want(&["recorded", "deallocating"])
+    );
+    assert_eq!(
+        documented_actions("/api/MarkVMForDeallocation", "200"),
+        want(&["marked", "alreadyMarked"])
+    );
+}
+
+/// Every schema object in `v`, with where it is.
+fn schemas<'a>(v: &'a Value, at: String, out: &mut Vec<(String, &'a Value)>) {
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("type") || map.contains_key("properties") {
+                out.push((at.clone(), v));
+            }
+            for (k, child) in map {
+                schemas(child, format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                schemas(child, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn nullable(schema: &Value) -> bool {
+    schema["type"]
+        .as_array()
+        .is_some_and(|types| types.contains(&Value::from("null")))
+        || schema["oneOf"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["type"] == "null"))
+}
+
+#[test]
+fn null_only_where_a_field_is_always_sent_and_every_object_says_what_it_holds() {
+    let doc = document();
+    let mut all = Vec::new();
+    schemas(&doc["components"], "#/components".into(), &mut all);
+    schemas(&doc["paths"], "#/paths".into(), &mut all);
+    let mut checked = 0;
+    for (at, schema) in all {
+        let Some(props) = schema["properties"].as_object() else {
+            if schema["type"] == "object" {
+                assert!(
+                    schema.get("additionalProperties").is_some(),
+                    "{at}: an object with neither properties nor additionalProperties"
+                );
+            }
+            continue;
+        };
+        let required: Vec<&Value> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().collect())
+            .unwrap_or_default();
+        for (name, prop) in props {
+            checked += 1;
+            if nullable(prop) {
+                assert!(
+                    required.contains(&&Value::from(name.as_str())),
+                    "{at}.{name}: nullable, so it must be required (sent as null), not optional"
+                );
+            }
+        }
+    }
+    assert!(checked > 40, "{checked}");
+    // The parameters: a header or query parameter is never null (absent is how it is left out).
+    for (path, method, op) in operations(doc) {
+        for param in op["parameters"].as_array().into_iter().flatten() {
+            assert!(
+                !nullable(&param["schema"]),
+                "{method} {path}: parameter {} is nullable",
+                param["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_timestamp_is_a_date_time() {
+    let doc = document();
+    let mut all = Vec::new();
+    schemas(&doc["components"], "#/components".into(), &mut all);
+    let mut seen = 0;
+    for (at, schema) in all {
+        for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            if name.ends_with("At") || name.ends_with("Until") {
+                seen += 1;
+                assert_eq!(prop["format"], "date-time", "{at}.{name}");
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen}");
+}
+
+#[test]
+fn inputs_require_what_the_service_requires() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["RoomsInput"]["required"],
+        serde_json::json!(["vmId", "rooms"])
+    );
+    assert_eq!(
+        schemas["VmIdInput"]["required"],
+        serde_json::json!(["vmId"])
+    );
+    // The body is optional only because the query string may carry the fields instead; the
+    // description says so.
+    for path in ["/api/ReportGameRoomsNumber", "/api/MarkVMForDeallocation"] {
+        let op = &doc["paths"][path]["post"];
+        assert_ne!(op["requestBody"]["required"], true, "{path}");
+        assert!(
+            op["description"].as_str().unwrap().contains("query string"),
+            "{path}"
+        );
+    }
+    let get_vm = &doc["paths"]["/api/GetVM"]["get"]["parameters"][0];
+    assert_eq!(
+        (&get_vm["name"], &get_vm["required"]),
+        (&Value::from("vmId"), &Value::from(true))
+    );
+    let key = &doc["paths"]["/api/CreateVM"]["post"]["parameters"][0];
+    assert_eq!(key["name"], "Idempotency-Key");
+    assert_eq!(key["required"], false);
+    assert_eq!(
+        key["schema"]["type"], "string",
+        "a plain string, never null"
+    );
+}
+
+#[test]
+fn every_route_lists_what_the_router_itself_answers() {
+    let doc = document();
+    assert!(
+        doc["servers"].as_array().is_some_and(|s| !s.is_empty()),
+        "a servers entry"
+    );
+    for route in routes() {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        let responses = &op["responses"];
+        assert!(responses.get("405").is_some(), "{} without 405", route.path);
+        assert!(
+            responses["405"]["headers"].get("Allow").is_some(),
+            "{} 405 without Allow",
+            route.path
+        );
+        // Every route but the probe answers 503 while vmpool starts, /api/ routes also past
+        // the request limits.
+        if route.path != "/" {
+            assert!(responses.get("503").is_some(), "{} without 503", route.path);
+        }
+        if route.access == Access::Anonymous {
+            assert_eq!(op["security"], serde_json::json!([]), "{}", route.path);
+        }
     }
 }

@@ -56,6 +56,19 @@ async fn metrics_count_createvm_arm_table_and_reconcile_and_read_gauges_at_scrap
         )
         .await;
     assert_eq!(pass.json["ReturnValue"]["ok"], true);
+    let vm_id = pass_vm(app).await;
+    for _ in 0..3 {
+        let got = app
+            .send("GET", &format!("/api/GetVM?vmId={vm_id}&code=k"), None)
+            .await;
+        assert_eq!(got.status, 200);
+    }
+    let nobody = app.send("GET", "/api/GetVM?vmId=nobody&code=k", None).await;
+    assert_eq!(nobody.status, 404);
+    assert_eq!(
+        app.send("POST", "/api/getvm?code=k", None).await.status,
+        405
+    );
 
     assert_eq!(
         text(app, "/api/Metrics").await.0,
@@ -126,6 +139,48 @@ async fn metrics_count_createvm_arm_table_and_reconcile_and_read_gauges_at_scrap
         2.0
     );
     assert!(m.contains("# HELP vmpool_arm_calls_total ARM calls by operation and outcome"));
+    // Every answer by operation and status, the router's own (401, 405) included.
+    for (series, want) in [
+        (
+            r#"vmpool_requests_total{operation="GetVM",status="200"}"#,
+            3.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="GetVM",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="GetVM",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="CreateVM",status="202"}"#,
+            2.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="CreateVM",status="503"}"#,
+            1.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="Metrics",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"vmpool_requests_total{operation="ReconcilePool",status="200"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&m, series), want, "{series}");
+    }
+}
+
+/// The vmId of a Running VM of the pool.
+async fn pass_vm(app: &crate::support::TestApp) -> String {
+    let available = app.send("GET", "/api/GetAvailableVMs?code=k", None).await;
+    available.json["vms"][0]["vmId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]

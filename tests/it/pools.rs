@@ -4,7 +4,7 @@
 //! its pool.
 
 use serde_json::Value;
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{CreateAction, Purpose, VmId, VmRecord, VmState};
 use vmpool::pool::PoolError;
 use vmpool_arm_fake::{FakeOp, validate_vm_body};
 
@@ -154,7 +154,7 @@ async fn createvm_hands_out_only_the_pool_and_build_asked_for_on_every_path() {
         .create_vm_for(&want(Some("eu"), None).unwrap())
         .await
         .unwrap();
-    assert_eq!(got.action, "created");
+    assert_eq!(got.action, CreateAction::Created);
     assert_eq!(
         (got.vm.pool.as_str(), got.vm.build.as_deref()),
         ("eu", Some("1.5.0"))
@@ -165,12 +165,12 @@ async fn createvm_hands_out_only_the_pool_and_build_asked_for_on_every_path() {
     let first = rig.pool.create_vm_for(&old).await.unwrap();
     assert_eq!(
         (first.vm.id.as_str(), first.action),
-        ("eu-old-marked", "reclaimed")
+        ("eu-old-marked", CreateAction::Reclaimed)
     );
     let second = rig.pool.create_vm_for(&old).await.unwrap();
     assert_eq!(
         (second.vm.id.as_str(), second.action),
-        ("eu-old-standby", "standby")
+        ("eu-old-standby", CreateAction::Standby)
     );
     // None left alive: never a start of the deallocated one, never a create.
     let calls_before = rig.cloud.calls();
@@ -198,7 +198,10 @@ async fn createvm_hands_out_only_the_pool_and_build_asked_for_on_every_path() {
         .create_vm_for(&want(Some("us"), None).unwrap())
         .await
         .unwrap();
-    assert_eq!((us.vm.id.as_str(), us.action), ("us-standby", "standby"));
+    assert_eq!(
+        (us.vm.id.as_str(), us.action),
+        ("us-standby", CreateAction::Standby)
+    );
     // us is at its maxVms of 2 once one more is made.
     rig.pool
         .create_vm_for(&want(Some("us"), None).unwrap())
@@ -283,7 +286,7 @@ async fn rows_written_before_pools_learn_their_build_from_arm_before_they_are_ha
     // Not handed out while its build is unknown: a new VM is created instead.
     let first = rig.pool.create_vm().await.unwrap();
     assert_ne!(first.vm.id, old);
-    assert_eq!(first.action, "created");
+    assert_eq!(first.action, CreateAction::Created);
     // A pass reads the image ARM reports for it: the default pool's image, so its build.
     rig.advance(1);
     let s = rig.pass().await;
@@ -292,7 +295,7 @@ async fn rows_written_before_pools_learn_their_build_from_arm_before_they_are_ha
     assert_eq!(learnt.build.as_deref(), Some(spec.build.as_str()));
     assert_eq!(learnt.pool, "default");
     let second = rig.pool.create_vm().await.unwrap();
-    assert_eq!((second.vm.id, second.action), (old, "standby"));
+    assert_eq!((second.vm.id, second.action), (old, CreateAction::Standby));
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use vmpool::clock::Clock;
 use vmpool::compute::sim::Fault;
 use vmpool::compute::{Compute, ComputeError, Listed, Power, VmStatus};
-use vmpool::domain::{VmId, VmRecord, VmState};
+use vmpool::domain::{CreateAction, VmId, VmRecord, VmState};
 use vmpool::pool::Pool;
 use vmpool::reconcile::Reconciler;
 
@@ -120,7 +120,7 @@ pub async fn buffer_fills_is_taken_and_refills(rig: Rig) {
 
     // A CreateVM while they boot claims one of them.
     let claimed = rig.pool.create_vm().await.unwrap();
-    assert_eq!(claimed.action, "claimedCreating");
+    assert_eq!(claimed.action, CreateAction::ClaimedCreating);
     rig.advance(180);
     let s = rig.pass().await;
     assert_eq!(s.completed, 2, "{}", s.line());
@@ -138,7 +138,7 @@ pub async fn buffer_fills_is_taken_and_refills(rig: Rig) {
     let taken = rig.pool.create_vm().await.unwrap();
     assert_eq!(
         (taken.action, taken.vm.state),
-        ("standby", VmState::Running)
+        (CreateAction::Standby, VmState::Running)
     );
     rig.advance(180);
     rig.pass().await;
@@ -366,7 +366,10 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
         "a re-issued create finishes into the buffer: its caller never heard of it"
     );
     let id = row.id;
-    assert_eq!(rig.pool.create_vm().await.unwrap().action, "standby");
+    assert_eq!(
+        rig.pool.create_vm().await.unwrap().action,
+        CreateAction::Standby
+    );
 
     // 2. ReportGameRoomsNumber 0 on a marked VM: Deallocating, ARM deallocate never sent.
     rig.pool.mark_for_deallocation(&id).await.unwrap();
@@ -386,7 +389,10 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     rig.advance(60);
     rig.pass().await;
     assert_eq!(rig.rows().await[0].state, VmState::Standby);
-    assert_eq!(rig.pool.create_vm().await.unwrap().action, "standby");
+    assert_eq!(
+        rig.pool.create_vm().await.unwrap().action,
+        CreateAction::Standby
+    );
 
     // 4. The reconciler's buffer create: row written, ARM create never sent.
     let buffered =

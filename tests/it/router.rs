@@ -144,6 +144,12 @@ async fn probe_and_every_route_answer() {
     assert!(pool.json["lastReconcileAt"].is_string());
 
     let id = created.json["vm"]["vmId"].as_str().unwrap();
+    let one = call(&parts, "GET", &format!("/api/GetVM?vmId={id}"), "").await;
+    assert_eq!(one.status, 200, "{:?}", one.json);
+    assert_eq!(one.json.as_object().unwrap().len(), 1, "{:?}", one.json);
+    assert_eq!(one.json["vm"]["vmId"], id);
+    assert_eq!(one.json["vm"]["state"], "Running");
+    assert!(one.json["vm"]["publicIp"].is_string(), "{:?}", one.json);
     let q = call(
         &parts,
         "POST",
@@ -240,6 +246,23 @@ async fn bad_input_gets_400_and_changes_nothing() {
     )
     .await;
     assert_error(&q, 400, "InvalidInput");
+    for uri in [
+        "/api/GetVM",
+        "/api/GetVM?vmId=",
+        "/api/GetVM?vmId=vm%2Fa",
+        "/api/GetVM?vmId=vm-a&vmId=vm-b",
+    ] {
+        let got = call(&parts, "GET", uri, "").await;
+        assert_error(&got, 400, "InvalidInput");
+        assert!(
+            got.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("vmId"),
+            "{uri}: {:?}",
+            got.json
+        );
+    }
     assert_eq!(
         table(&parts).await,
         before,
@@ -281,12 +304,30 @@ async fn unknown_vms_routes_and_methods() {
         404,
         "NotFound",
     );
+    let nobody = call(&parts, "GET", "/api/GetVM?vmId=nobody", "").await;
+    assert_error(&nobody, 404, "NotFound");
+    assert_eq!(nobody.json["error"]["message"], "no VM with vmId nobody");
     let wrong = call(&parts, "GET", "/api/CreateVM", "").await;
     assert_error(&wrong, 405, "MethodNotAllowed");
     assert!(wrong.headers["allow"].to_str().unwrap().contains("POST"));
+    assert_eq!(
+        wrong.json["error"]["message"],
+        "/api/CreateVM accepts only POST"
+    );
     let wrong = call(&parts, "POST", "/api/GetAvailableVMs", "").await;
     assert_error(&wrong, 405, "MethodNotAllowed");
     assert!(wrong.headers["allow"].to_str().unwrap().contains("GET"));
+    assert_eq!(
+        wrong.json["error"]["message"],
+        "/api/GetAvailableVMs accepts only GET and HEAD"
+    );
+    // Respelled, the message names the route as the router knows it.
+    let wrong = call(&parts, "DELETE", "/api/getvm", "").await;
+    assert_error(&wrong, 405, "MethodNotAllowed");
+    assert_eq!(
+        wrong.json["error"]["message"],
+        "/api/GetVM accepts only GET and HEAD"
+    );
     let big = format!(r#"{{"vmId":"a","pad":"{}"}}"#, "x".repeat(100_000));
     assert_error(
         &call(&parts, "POST", "/api/MarkVMForDeallocation", &big).await,
@@ -396,6 +437,7 @@ async fn storage_down_answers_unavailable_with_retry_after_and_changes_nothing()
         ("POST", "/api/MarkVMForDeallocation", r#"{"vmId":"vm-a"}"#),
         ("GET", "/api/GetAvailableVMs", ""),
         ("GET", "/api/GetPoolStatus", ""),
+        ("GET", "/api/GetVM?vmId=vm-a", ""),
     ] {
         let got = call(&parts, method, uri, body).await;
         assert_error(&got, 503, "Unavailable");

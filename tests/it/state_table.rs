@@ -87,6 +87,18 @@ async fn cell(state: VmState, purpose: Purpose, op: Op, want: Want) {
     };
     let after = sim.store.get(&id).await.unwrap().unwrap();
     let context = format!("{state} {purpose:?} {op:?}: {}", got.json);
+    if (200..300).contains(&got.status) {
+        let path = match op {
+            Op::Create => "/api/CreateVM",
+            Op::Report(_) => "/api/ReportGameRoomsNumber",
+            Op::Mark => "/api/MarkVMForDeallocation",
+        };
+        let listed = crate::openapi::documented_actions(path, &got.status.to_string());
+        assert!(
+            listed.contains(&got.json["action"]),
+            "{context}: the document lists only {listed:?} for {path}"
+        );
+    }
     match want {
         Want::Claimed(status, action, next, rooms) => {
             assert_eq!(got.status, status, "{context}");
