@@ -70,7 +70,7 @@ pub struct VmView {
     #[schema(example = "default")]
     pub pool: String,
     /// The build it runs; null while not known yet (such a VM is never handed out).
-    #[schema(example = "1.5.0")]
+    #[schema(example = "1.5.0", required = true)]
     pub build: Option<String>,
 }
 
@@ -252,6 +252,7 @@ pub struct PoolView {
     /// The image new VMs boot from.
     pub image: String,
     /// Its region (null for the simulated cloud's `default` pool without one).
+    #[schema(required = true)]
     pub location: Option<String>,
     /// Its VM size.
     pub vm_size: String,
@@ -477,6 +478,8 @@ pub struct Probe {
 pub struct PlacementInput {
     /// The pool; default: `default`, or the only pool.
     #[schema(
+        value_type = String,
+        required = false,
         example = "eu",
         min_length = 1,
         max_length = 32,
@@ -486,6 +489,8 @@ pub struct PlacementInput {
     /// The build; default: the pool's current build. Another build is served only from its
     /// VMs still alive.
     #[schema(
+        value_type = String,
+        required = false,
         example = "1.5.0",
         min_length = 1,
         max_length = 64,
