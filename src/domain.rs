@@ -348,6 +348,16 @@ impl ClaimKind {
         }
     }
 
+    /// The state a candidate of this kind is in.
+    pub fn state(self) -> VmState {
+        match self {
+            ClaimKind::Reclaim => VmState::MarkedForDeallocation,
+            ClaimKind::Standby => VmState::Standby,
+            ClaimKind::ClaimCreating => VmState::Creating,
+            ClaimKind::Start => VmState::Deallocated,
+        }
+    }
+
     /// The action word CreateVM answers with.
     pub fn action(self) -> &'static str {
         match self {

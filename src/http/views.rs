@@ -201,8 +201,15 @@ pub struct ObservationView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatusView {
-    /// VMs by state (every state, zeros included).
+    /// VMs by state (every state, zeros included), as counted at `countedAt`.
     pub counts: StateCounts,
+    /// When the counts were taken (RFC 3339): the start of the last reconcile pass's listing,
+    /// or now for a fresh count.
+    pub counted_at: Option<String>,
+    /// `record`: the counts the last reconcile pass wrote in the pool's record; `fresh`:
+    /// every row counted for this answer (`?counts=fresh`, or no pass has counted yet).
+    #[schema(example = "record")]
+    pub counts_from: String,
     /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vms: Option<Vec<VmView>>,
@@ -217,8 +224,16 @@ pub struct PoolStatusView {
     pub circuit_breaker: BreakerView,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// When the last reconcile pass began (RFC 3339), whichever instance ran it.
+    pub last_reconcile_started_at: Option<String>,
     /// When the last reconcile pass finished (RFC 3339).
     pub last_reconcile_at: Option<String>,
+    /// Whether the last pass ran to its end (`null` before any pass recorded its result).
+    pub last_reconcile_ok: Option<bool>,
+    /// Why the last pass failed, when it did.
+    pub last_reconcile_error: Option<String>,
+    /// When the last pass that ran to its end finished (RFC 3339).
+    pub last_success_at: Option<String>,
     /// One line on what the last pass did.
     pub last_reconcile_summary: String,
 }
@@ -241,6 +256,8 @@ impl PoolStatusView {
         let open = meta.breaker_open_at(now);
         PoolStatusView {
             counts: StateCounts::from_store(&status.counts),
+            counted_at: rfc3339(Some(status.counted_at)),
+            counts_from: status.counts_from.as_str().to_owned(),
             vms: status.vms.as_ref().map(|page| {
                 page.items
                     .iter()
@@ -275,7 +292,11 @@ impl PoolStatusView {
                 },
                 consecutive_create_failures: meta.consecutive_create_failures,
             },
+            last_reconcile_started_at: rfc3339(meta.last_reconcile_started_at),
             last_reconcile_at: rfc3339(meta.last_reconcile_at),
+            last_reconcile_ok: meta.last_reconcile_ok,
+            last_reconcile_error: meta.last_reconcile_error.clone(),
+            last_success_at: rfc3339(meta.last_success_at),
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
         }
     }

@@ -18,20 +18,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
+use crate::capacity;
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::idempotency::expiry;
 use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
-/// What one pass did, for the timer's `ReturnValue` and the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What one pass did, for the timer's `ReturnValue`, the log and the pool's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Summary {
     /// Another instance holds the reconcile lease: this pass did nothing.
     pub skipped: bool,
@@ -250,6 +251,9 @@ impl Reconciler {
             }
         };
         let finished = pool.clock().now();
+        if let Err(e) = &result {
+            self.record_failure(started, finished, e).await;
+        }
         let line = summary.line();
         if result.is_err() || summary.changed_anything() {
             info!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
@@ -257,6 +261,35 @@ impl Reconciler {
             debug!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
         }
         result.map(|()| summary)
+    }
+
+    /// A pass that could not run to its end is recorded in the pool's record too, so every
+    /// instance shows it (best effort: the storage that failed the pass may fail this too).
+    async fn record_failure(
+        &self,
+        started: OffsetDateTime,
+        finished: OffsetDateTime,
+        error: &ReconcileError,
+    ) {
+        let store = self.pool.store().as_ref();
+        let saved = async {
+            let (mut meta, etag) = load_meta(store).await?;
+            meta.last_reconcile_started_at = Some(started);
+            meta.last_reconcile_at = Some(finished);
+            meta.last_reconcile_ok = Some(false);
+            meta.last_reconcile_error = Some(error.to_string());
+            meta.last_reconcile_summary = format!("reconcile pass failed: {error}");
+            save_meta(store, &meta, etag.as_ref()).await
+        };
+        match saved.await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                warn!("the pool's record changed while the failed pass was being recorded");
+            }
+            Err(e) => {
+                warn!(error = %e, "the failed pass could not be recorded in the pool's record")
+            }
+        }
     }
 
     /// Renews `lease` every third of its length while a pass runs; returns only when the
@@ -374,12 +407,37 @@ impl Reconciler {
             }
         }
         self.expire_keys(summary).await;
+        // The capacity ledger is counted from this pass's listing (see `capacity`).
+        match capacity::recount(store, &rows, now).await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                debug!(
+                    "a claim took a place while the ledger was counted; the next pass counts again"
+                );
+            }
+            Err(e) => {
+                summary.errors += 1;
+                warn!(error = %e, "the capacity ledger could not be counted; the next pass counts again");
+            }
+        }
         let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-        meta.last_reconcile_at = Some(pool.clock().now());
+        let finished = pool.clock().now();
+        meta.last_reconcile_started_at = Some(now);
+        meta.last_reconcile_at = Some(finished);
+        meta.last_reconcile_ok = Some(true);
+        meta.last_reconcile_error = None;
+        meta.last_success_at = Some(finished);
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
         }
+        let mut counts = crate::store::zero_counts();
+        for row in &rows {
+            *counts.entry(row.vm.state).or_default() += 1;
+        }
+        meta.counts = Some(counts);
+        meta.counted_at = Some(now);
         meta.last_reconcile_summary = summary.line();
+        meta.last_summary = Some(summary.clone());
         if let Written::LostRace = save_meta(store, &meta, meta_etag.as_ref()).await? {
             warn!(
                 "the pool's record was changed by another writer during the pass; this pass's record is dropped"
