@@ -715,26 +715,23 @@ pub async fn samples_hold_only_candidates_of_the_kind_from_after_the_key_and_wra
         vm.purpose = purpose;
         insert(&*store, &vm).await;
     }
-    let some = store
-        .sample(ClaimKind::Start, "smp-d04", 10)
-        .await
-        .unwrap();
+    let some = store.sample(ClaimKind::Start, "smp-d04", 10).await.unwrap();
     let names: Vec<&str> = some.iter().map(|r| r.vm.id.as_str()).collect();
     let want: Vec<String> = (5..15).map(|i| format!("smp-d{i:02}")).collect();
-    assert_eq!(names, want, "in key order from the first key after the start");
+    assert_eq!(
+        names, want,
+        "in key order from the first key after the start"
+    );
     let mut next = some[0].vm.clone();
     next.state = VmState::Creating;
     done(store.update(&next, &some[0].etag).await.unwrap());
-    let wrapped = store
-        .sample(ClaimKind::Start, "smp-d25", 10)
-        .await
-        .unwrap();
+    let wrapped = store.sample(ClaimKind::Start, "smp-d25", 10).await.unwrap();
     let names: Vec<&str> = wrapped.iter().map(|r| r.vm.id.as_str()).collect();
     assert_eq!(
         names,
         [
-            "smp-d26", "smp-d27", "smp-d28", "smp-d29", "smp-d00", "smp-d01", "smp-d02",
-            "smp-d03", "smp-d04", "smp-d06"
+            "smp-d26", "smp-d27", "smp-d28", "smp-d29", "smp-d00", "smp-d01", "smp-d02", "smp-d03",
+            "smp-d04", "smp-d06"
         ],
         "wraps round to the start, without the one no longer Deallocated"
     );
