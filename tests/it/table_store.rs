@@ -243,6 +243,10 @@ async fn starts_spread_over_every_deallocated_vm_not_the_first_names() {
     // shape would always hand out the first names in key order.
     let rank = |id: &str| names.iter().position(|n| n == id).unwrap();
     let beyond = started.iter().filter(|id| rank(id) >= 60).count();
+    println!(
+        "ranks of the started VMs: {:?}",
+        started.iter().map(|id| rank(id)).collect::<Vec<_>>()
+    );
     assert!(
         beyond >= 10,
         "{beyond} of 40 starts beyond the 60 first names: {:?}",
