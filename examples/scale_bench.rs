@@ -272,12 +272,12 @@ async fn put_back(pool: &Pool, path: &str, answer: &Value) -> Res<()> {
         "claimedCreating" => set_state(store, name, VmState::Creating, Purpose::Buffer).await?,
         "started" => {
             set_state(store, name, VmState::Deallocated, Purpose::Matchmaker).await?;
-            vmpool::capacity::release(store, &id).await;
+            vmpool::capacity::release_vm(store, &id).await;
         }
         _ => {
             let row = store.get(&id).await?.ok_or("new row missing")?;
             store.delete(&id, &row.etag).await?;
-            vmpool::capacity::release(store, &id).await;
+            vmpool::capacity::release_vm(store, &id).await;
         }
     }
     Ok(())

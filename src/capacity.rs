@@ -53,7 +53,10 @@ const TRIES: usize = 32;
 /// One place taken by a claim since the last count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    /// The VM the place is for.
+    /// The claim that holds the place ([`new_claim`]): two claims that try the same VM hold
+    /// a place each.
+    pub claim: String,
+    /// The VM the place is for now.
     pub vm: String,
     /// Its pool.
     pub pool: String,
@@ -83,13 +86,22 @@ impl Ledger {
         self.counted.values().map(|n| u64::from(*n)).sum::<u64>() + self.reservations.len() as u64
     }
 
-    fn holds(&self, id: &VmId) -> bool {
-        self.reservations.iter().any(|r| r.vm == id.as_str())
+    fn holds(&self, claim: &str) -> bool {
+        self.reservations.iter().any(|r| r.claim == claim)
     }
 
-    fn drop_reservation(&mut self, id: &VmId) {
-        self.reservations.retain(|r| r.vm != id.as_str());
+    fn drop_claim(&mut self, claim: &str) {
+        self.reservations.retain(|r| r.claim != claim);
     }
+}
+
+/// A fresh claim token: one per CreateVM (or buffer fill) that may take a place.
+pub fn new_claim() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect()
 }
 
 /// What a claim's request for a place got.
@@ -167,22 +179,21 @@ async fn back_off(attempt: usize) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-/// Takes a place for `id` at `now` if the pool has one under `max`; with `replacing`, moves
-/// that VM's place to `id` instead (a claim that lost its first candidate), which needs no
-/// new room.
+/// Takes a place for `claim`, for the VM `id`, at `now`, if the pool has one under `max`.
+/// A claim that holds a place already (it lost its first candidate) moves it to `id`, which
+/// needs no new room; one whose place a count has folded in (its VM was seen counting)
+/// takes a new one.
 pub async fn reserve(
     store: &dyn VmStore,
+    claim: &str,
     id: &VmId,
-    replacing: Option<&VmId>,
     now: OffsetDateTime,
     max: u32,
 ) -> Result<Reserved, StoreError> {
     for attempt in 0..TRIES {
         let (mut ledger, etag) = current(store, now).await?;
-        let moved = replacing.is_some_and(|old| ledger.holds(old));
-        if let Some(old) = replacing {
-            ledger.drop_reservation(old);
-        }
+        let moved = ledger.holds(claim);
+        ledger.drop_claim(claim);
         if !moved {
             if ledger.used() >= u64::from(max) {
                 return Ok(Reserved::Full);
@@ -191,8 +202,8 @@ pub async fn reserve(
                 return Ok(Reserved::Busy);
             }
         }
-        ledger.drop_reservation(id);
         ledger.reservations.push(Reservation {
+            claim: claim.to_owned(),
             vm: id.as_str().to_owned(),
             pool: DEFAULT_POOL.to_owned(),
             at: now,
@@ -207,14 +218,24 @@ pub async fn reserve(
     ))
 }
 
-/// Gives back the place taken for `id` (its claim wrote nothing). If the record cannot be
-/// written, the place stays taken until a pass drops it ([`RESERVATION_TTL`]): the pool
-/// holds one VM fewer meanwhile, never one more.
-pub async fn release(store: &dyn VmStore, id: &VmId) {
+/// Gives back the place `claim` holds (it wrote no row). If the record cannot be written,
+/// the place stays taken until a pass drops it ([`RESERVATION_TTL`]): the pool holds one VM
+/// fewer meanwhile, never one more.
+pub async fn release(store: &dyn VmStore, claim: &str) {
+    release_where(store, |r| r.claim == claim).await;
+}
+
+/// Gives back every place held for the VM `id`, for a tool that put a claimed VM back as it
+/// was (the benchmark does).
+pub async fn release_vm(store: &dyn VmStore, id: &VmId) {
+    release_where(store, |r| r.vm == id.as_str()).await;
+}
+
+async fn release_where(store: &dyn VmStore, which: impl Fn(&Reservation) -> bool) {
     for attempt in 0..TRIES {
         let outcome = match load(store).await {
-            Ok(Some((mut ledger, etag))) if ledger.holds(id) => {
-                ledger.drop_reservation(id);
+            Ok(Some((mut ledger, etag))) if ledger.reservations.iter().any(&which) => {
+                ledger.reservations.retain(|r| !which(r));
                 save(store, &ledger, Some(&etag)).await
             }
             Ok(_) => return,
@@ -224,7 +245,7 @@ pub async fn release(store: &dyn VmStore, id: &VmId) {
             Ok(Written::Done(_)) => return,
             Ok(Written::LostRace) => back_off(attempt).await,
             Err(e) => {
-                warn!(vm.id = %id, error = %e, "a place in the capacity ledger could not be given back; the next passes drop it");
+                warn!(error = %e, "a place in the capacity ledger could not be given back; the next passes drop it");
                 return;
             }
         }
@@ -295,26 +316,24 @@ mod tests {
         insert(&store, &row("a", VmState::Running)).await;
         insert(&store, &row("b", VmState::Deallocated)).await;
         assert_eq!(
-            reserve(&store, &id("n1"), None, t0(), 3).await.unwrap(),
+            reserve(&store, "c1", &id("n1"), t0(), 3).await.unwrap(),
             Reserved::Done
         );
         assert_eq!(
-            reserve(&store, &id("n2"), None, t0(), 3).await.unwrap(),
+            reserve(&store, "c2", &id("n2"), t0(), 3).await.unwrap(),
             Reserved::Done
         );
         assert_eq!(
-            reserve(&store, &id("n3"), None, t0(), 3).await.unwrap(),
+            reserve(&store, "c3", &id("n3"), t0(), 3).await.unwrap(),
             Reserved::Full,
             "one running and two places taken"
         );
         // Moving a place needs no room.
         assert_eq!(
-            reserve(&store, &id("n3"), Some(&id("n2")), t0(), 3)
-                .await
-                .unwrap(),
+            reserve(&store, "c2", &id("n3"), t0(), 3).await.unwrap(),
             Reserved::Done
         );
-        release(&store, &id("n1")).await;
+        release(&store, "c1").await;
         let (ledger, _) = load(&store).await.unwrap().unwrap();
         assert_eq!(ledger.used(), 2);
         assert_eq!(ledger.reservations.len(), 1);
@@ -322,11 +341,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_claims_that_try_one_vm_hold_a_place_each() {
+        let store = MemoryStore::new();
+        // Both claims picked the same deallocated VM; one wins its row, the other moves on.
+        for claim in ["a", "b"] {
+            assert_eq!(
+                reserve(&store, claim, &id("x"), t0(), 2).await.unwrap(),
+                Reserved::Done
+            );
+        }
+        assert_eq!(
+            reserve(&store, "b", &id("y"), t0(), 2).await.unwrap(),
+            Reserved::Done,
+            "the loser moves its own place"
+        );
+        assert_eq!(
+            reserve(&store, "c", &id("z"), t0(), 2).await.unwrap(),
+            Reserved::Full,
+            "x and y hold the two places"
+        );
+        let (ledger, _) = load(&store).await.unwrap().unwrap();
+        let vms: Vec<&str> = ledger.reservations.iter().map(|r| r.vm.as_str()).collect();
+        assert_eq!(vms, ["x", "y"]);
+    }
+
+    #[tokio::test]
     async fn a_count_keeps_the_places_its_listing_did_not_see() {
         let store = MemoryStore::new();
         insert(&store, &row("a", VmState::Running)).await;
         for name in ["seen", "unseen", "old"] {
-            reserve(&store, &id(name), None, t0(), 10).await.unwrap();
+            reserve(&store, name, &id(name), t0(), 10).await.unwrap();
         }
         // The row of `seen` landed before the listing; `unseen`'s has not yet; `old`'s
         // claim gave up without giving its place back, long ago.
@@ -336,6 +380,7 @@ mod tests {
         let mut ledger = load(&store).await.unwrap().unwrap().0;
         ledger.reservations.retain(|r| r.vm != "old");
         ledger.reservations.push(Reservation {
+            claim: "old".into(),
             vm: "old".into(),
             pool: DEFAULT_POOL.into(),
             at: later - RESERVATION_TTL - time::Duration::seconds(1),
@@ -357,9 +402,11 @@ mod tests {
     #[tokio::test]
     async fn a_count_loses_to_a_place_taken_after_it_read_the_record() {
         let store = MemoryStore::new();
-        reserve(&store, &id("first"), None, t0(), 10).await.unwrap();
+        reserve(&store, "first", &id("first"), t0(), 10)
+            .await
+            .unwrap();
         let (_, etag) = load(&store).await.unwrap().unwrap();
-        reserve(&store, &id("second"), None, t0(), 10)
+        reserve(&store, "second", &id("second"), t0(), 10)
             .await
             .unwrap();
         // A count that read the record before `second` took its place names a stale version.

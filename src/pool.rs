@@ -385,7 +385,7 @@ impl Pool {
     /// capacity (a start of a deallocated VM), else a new VM. Each takes its place in the
     /// capacity ledger before its row is written; ARM is called after.
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
-        let mut held: Option<VmId> = None;
+        let claim = capacity::new_claim();
         let mut won = None;
         for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
             let mut candidates = self.sample(kind).await?;
@@ -400,14 +400,13 @@ impl Pool {
                 }
                 tries += 1;
                 let next = domain::claim(&row.vm, kind, self.clock.now())?;
-                let at = self.take_place(&row.vm.id, held.as_ref()).await;
+                let at = self.take_place(&claim, &row.vm.id).await;
                 let taken = at.and_then(|at| self.place_still_held(at));
                 if let Err(e) = taken {
                     self.release(&row);
-                    self.give_place_back(held.as_ref()).await;
+                    self.give_place_back(&claim).await;
                     return Err(e);
                 }
-                held = Some(row.vm.id.clone());
                 match self.store.update(&next, &row.etag).await {
                     Ok(Written::Done(etag)) => {
                         won = Some((Versioned { vm: next, etag }, kind.action()));
@@ -416,7 +415,7 @@ impl Pool {
                     Ok(Written::LostRace) => continue,
                     Err(e) => {
                         self.release(&row);
-                        self.give_place_back(held.as_ref()).await;
+                        self.give_place_back(&claim).await;
                         return Err(e.into());
                     }
                 }
@@ -427,10 +426,10 @@ impl Pool {
         }
         let (won, action) = match won {
             Some(won) => won,
-            None => match self.insert_new(Purpose::Matchmaker, held.as_ref()).await {
-                Ok(row) => (row, "created"),
-                Err(e) => return Err(e),
-            },
+            None => (
+                self.insert_new(Purpose::Matchmaker, &claim).await?,
+                "created",
+            ),
         };
         let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
         self.act(&won, answer).await?;
@@ -438,17 +437,14 @@ impl Pool {
         Ok(Created { vm: won.vm, action })
     }
 
-    /// Takes a place in the capacity ledger for `id` (moving the one held for `replacing`,
-    /// if any); the time it was taken, which the row write must follow closely.
-    async fn take_place(
-        &self,
-        id: &VmId,
-        replacing: Option<&VmId>,
-    ) -> Result<OffsetDateTime, PoolError> {
+    /// Takes a place in the capacity ledger for `claim`, for the VM `id` (moving the place
+    /// the claim holds, if any); the time it was taken, which the row write must follow
+    /// closely.
+    async fn take_place(&self, claim: &str, id: &VmId) -> Result<OffsetDateTime, PoolError> {
         let _gate = self.capacity_gate.lock().await;
         let now = self.clock.now();
         let max = self.policy.max_vms;
-        match capacity::reserve(&*self.store, id, replacing, now, max).await? {
+        match capacity::reserve(&*self.store, claim, id, now, max).await? {
             Reserved::Done => Ok(now),
             Reserved::Full => Err(PoolError::CapacityExhausted { max }),
             Reserved::Busy => Err(PoolError::Contention),
@@ -468,12 +464,10 @@ impl Pool {
         }
     }
 
-    /// Gives back the place held for `id`, if any (its claim wrote no row).
-    async fn give_place_back(&self, id: Option<&VmId>) {
-        if let Some(id) = id {
-            let _gate = self.capacity_gate.lock().await;
-            capacity::release(&*self.store, id).await;
-        }
+    /// Gives back the place `claim` holds, if any (it wrote no row).
+    async fn give_place_back(&self, claim: &str) {
+        let _gate = self.capacity_gate.lock().await;
+        capacity::release(&*self.store, claim).await;
     }
 
     /// Sends the ARM call a capacity claim's row asks for: a start or a create.
@@ -521,24 +515,28 @@ impl Pool {
         let won = match deallocated {
             Some(row) => {
                 let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
-                let at = self.take_place(&row.vm.id, None).await?;
+                let claim = capacity::new_claim();
+                let at = self.take_place(&claim, &row.vm.id).await?;
                 if let Err(e) = self.place_still_held(at) {
-                    self.give_place_back(Some(&row.vm.id)).await;
+                    self.give_place_back(&claim).await;
                     return Err(e);
                 }
                 match self.store.update(&next, &row.etag).await {
                     Ok(Written::Done(etag)) => Versioned { vm: next, etag },
                     Ok(Written::LostRace) => {
-                        self.give_place_back(Some(&row.vm.id)).await;
+                        self.give_place_back(&claim).await;
                         return Err(PoolError::Contention);
                     }
                     Err(e) => {
-                        self.give_place_back(Some(&row.vm.id)).await;
+                        self.give_place_back(&claim).await;
                         return Err(e.into());
                     }
                 }
             }
-            None => self.insert_new(Purpose::Buffer, None).await?,
+            None => {
+                self.insert_new(Purpose::Buffer, &capacity::new_claim())
+                    .await?
+            }
         };
         let action = if deallocated.is_some() {
             "started"
@@ -551,27 +549,23 @@ impl Pool {
     }
 
     /// Inserts a row for a new VM under a fresh name, after taking its place in the capacity
-    /// ledger (moving the place held for `replacing`, if any); gives the place back if no row
+    /// ledger for `claim` (moving the place it holds, if any); gives the place back if no row
     /// was written.
     pub(crate) async fn insert_new(
         &self,
         purpose: Purpose,
-        replacing: Option<&VmId>,
+        claim: &str,
     ) -> Result<Versioned, PoolError> {
-        let mut held = replacing.cloned();
         for _ in 0..TRIES_PER_VM {
             let id = new_vm_name(&self.policy.vm_prefix);
             let taken = self
-                .take_place(&id, held.as_ref())
+                .take_place(claim, &id)
                 .await
                 .and_then(|at| self.place_still_held(at));
             if let Err(e) = taken {
-                // A failed move leaves the old place where it was.
-                self.give_place_back(held.as_ref()).await;
-                self.give_place_back(Some(&id)).await;
+                self.give_place_back(claim).await;
                 return Err(e);
             }
-            held = Some(id.clone());
             let vm = VmRecord::new_creating(
                 id.clone(),
                 self.compute.resource_id(&id),
@@ -582,12 +576,12 @@ impl Pool {
                 Ok(Written::Done(etag)) => return Ok(Versioned { vm, etag }),
                 Ok(Written::LostRace) => continue,
                 Err(e) => {
-                    self.give_place_back(held.as_ref()).await;
+                    self.give_place_back(claim).await;
                     return Err(e.into());
                 }
             }
         }
-        self.give_place_back(held.as_ref()).await;
+        self.give_place_back(claim).await;
         Err(PoolError::Contention)
     }
 

@@ -343,6 +343,29 @@ async fn a_burst_over_two_instances_never_exceeds_the_maximum_while_the_ledger_i
 }
 
 #[tokio::test]
+async fn a_burst_of_starts_over_two_instances_takes_exactly_the_places_left() {
+    let store = table_store().await;
+    let other = Arc::new(
+        TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+            .await
+            .unwrap(),
+    );
+    let vars = [("VMPOOL_MAX_VMS", "20")];
+    let clock = Arc::new(ManualClock::default());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let a = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
+    let b = spawn_instance(other.clone(), &vars, clock.clone(), cloud).await;
+    // More Deallocated VMs than places: concurrent claims often pick the same VM, and the
+    // loser moves on to another with the place it took.
+    seed_deallocated(&a, 40).await;
+
+    let burst = Burst::run(&[&a.app, &b.app], 64).await;
+    let handed = burst.handed_out();
+    burst.check(&*store, &BTreeSet::new(), 20).await;
+    assert_eq!(handed.len(), 20, "exactly the places: {handed:?}");
+}
+
+#[tokio::test]
 async fn status_counts_come_from_the_pools_record_and_fresh_on_request() {
     let store = table_store().await;
     let sim = spawn_on(store.clone(), &[]).await;
