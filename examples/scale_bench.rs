@@ -334,6 +334,32 @@ async fn paths(
     Ok(figures)
 }
 
+/// The floor any claim needs, raw: a point read of a `Running` row and a conditional update
+/// of it, `samples` times.
+async fn floor(
+    raw: &azure_data_tables::prelude::TableClient,
+    seeded: &Seeded,
+    samples: usize,
+) -> Res<Samples> {
+    use rand::seq::IndexedRandom;
+    let running = seeded.of(VmState::Running);
+    let mut floor = Samples::default();
+    for _ in 0..samples {
+        let key = running.choose(&mut rand::rng()).ok_or("no Running VM")?;
+        timed(&mut floor, async {
+            let entity = raw.partition_key_client(key).entity_client(key);
+            let got = entity.get::<Map<String, Value>>().await?;
+            let (body, etag) = raw_body(got.entity);
+            entity
+                .update(&body, IfMatchCondition::Etag(etag.into()))?
+                .await?;
+            Res::Ok(())
+        })
+        .await?;
+    }
+    Ok(floor)
+}
+
 /// GetPoolStatus `?vms=false`, from the record (`samples` times) and fresh (a few times).
 async fn status(pool: &Pool, samples: usize) -> Res<(Samples, Samples)> {
     let mut recorded = Samples::default();
@@ -538,6 +564,7 @@ async fn main() -> Res<()> {
             .await?;
     let table = azurite::table_name("scale");
     let pool = Pool::start(&az, &table, 100_000).await?;
+    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
     println!(
         "Azurite on port {}; two vmpool instances at {} and {}; {iterations} CreateVM samples per figure",
         az.port(),
@@ -548,6 +575,7 @@ async fn main() -> Res<()> {
     let mut grown = 0;
     let mut table_rows: Vec<(usize, BTreeMap<&'static str, Samples>, Samples, Samples)> =
         Vec::new();
+    let mut floors: Vec<Samples> = Vec::new();
     for size in sizes.iter().copied() {
         let took = pool.seed(&mut seeded, grown, size).await?;
         grown = size;
@@ -557,9 +585,15 @@ async fn main() -> Res<()> {
             took.as_secs_f64()
         );
         let figures = paths(&pool, &seeded, iterations).await?;
+        let raw_floor = floor(&raw, &seeded, iterations).await?;
+        println!(
+            "{}",
+            raw_floor.line("raw: 1 point read + 1 cond. update", None)
+        );
         for path in PATHS {
             println!("{}", figures[path].line(&format!("CreateVM {path}"), None));
         }
+        floors.push(raw_floor);
         let (recorded, fresh) = status(&pool, 50).await?;
         println!(
             "{}",
@@ -596,6 +630,14 @@ async fn main() -> Res<()> {
         }
         println!("{line}");
     }
+    let mut line = "| raw: 1 point read + 1 conditional update |".to_owned();
+    for f in &floors {
+        line.push_str(&format!(" {} |", cell(f)));
+    }
+    for f in floors.iter().skip(1) {
+        line.push_str(&format!(" {:.2} |", ratio(f, &floors[0])));
+    }
+    println!("{line}");
     for (label, pick) in [
         ("GetPoolStatus ?vms=false", 0),
         ("GetPoolStatus ?vms=false&counts=fresh", 1),
