@@ -325,10 +325,11 @@ async fn a_burst_over_two_instances_never_exceeds_the_maximum_while_the_ledger_i
         "16 reclaimed and 14 places, none lost: {handed:?}"
     );
     let started = handed.iter().filter(|(a, _)| a == "started").count();
-    assert_eq!(
-        started,
-        deallocated.len(),
-        "every Deallocated VM started first"
+    // A claim that loses its races for Deallocated VMs creates one instead.
+    assert!(
+        started <= deallocated.len(),
+        "{started} started of {}",
+        deallocated.len()
     );
     println!("{counts} counts of the ledger landed during the burst");
 
