@@ -348,6 +348,16 @@ impl ClaimKind {
         }
     }
 
+    /// The state a candidate of this kind is in.
+    pub fn state(self) -> VmState {
+        match self {
+            ClaimKind::Reclaim => VmState::MarkedForDeallocation,
+            ClaimKind::Standby => VmState::Standby,
+            ClaimKind::ClaimCreating => VmState::Creating,
+            ClaimKind::Start => VmState::Deallocated,
+        }
+    }
+
     /// The action CreateVM answers with.
     pub fn action(self) -> CreateAction {
         match self {
@@ -762,30 +772,6 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     next
 }
 
-/// How a claim that would over-fill the pool is taken back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GiveBack {
-    /// The row was written for a new VM that ARM never heard of: remove it.
-    Remove,
-    /// A started VM goes back to `Deallocated`, for the buffer, as it was before the claim.
-    Restore(VmRecord),
-}
-
-/// Takes back a capacity-consuming claim (a start or a create) whose ARM call was not made.
-pub fn give_back(won: &VmRecord) -> GiveBack {
-    if won.operation == Some(Operation::Create) {
-        GiveBack::Remove
-    } else {
-        GiveBack::Restore(VmRecord {
-            state: VmState::Deallocated,
-            operation: None,
-            operation_since: None,
-            purpose: Purpose::Buffer,
-            ..won.clone()
-        })
-    }
-}
-
 /// An ARM create or start issued after its row was written did not go through. A call that
 /// may work later keeps its intent but is handed to the warm buffer (the reconciler re-issues
 /// it, and the caller, who was told it failed, is not left with a VM it never heard of); a
@@ -1080,27 +1066,6 @@ mod tests {
             }
         }
         assert!(report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 1, now).is_err());
-    }
-
-    #[test]
-    fn a_claim_given_back_is_removed_or_restored() {
-        assert_eq!(
-            give_back(&vm(VmState::Creating, Purpose::Matchmaker)),
-            GiveBack::Remove
-        );
-        let started = claim(
-            &vm(VmState::Deallocated, Purpose::Buffer),
-            ClaimKind::Start,
-            t0(),
-        )
-        .unwrap();
-        let GiveBack::Restore(back) = give_back(&started) else {
-            panic!("a start is restored")
-        };
-        assert_eq!(
-            (back.state, back.operation, back.purpose),
-            (VmState::Deallocated, None, Purpose::Buffer)
-        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`domain`]: VM names, the seven states, the VM record and every transition; no I/O.
 //! - [`reconcile`]: the reconciler; `plan` decides purely, `Reconciler` applies.
 //! - [`pool`]: the matchmaker's operations over the two ports (write intent, then act).
+//! - [`capacity`]: the ledger that keeps `VMPOOL_MAX_VMS` without counting the table.
 //! - [`store`]: the VM table port, in memory and in Azure Table Storage.
 //! - [`compute`]: the ARM port, simulated and real.
 //! - [`http`]: the routes, JSON shapes and the error envelope.
@@ -14,6 +15,7 @@
 //! - [`startup`]: wiring a configuration into a running service.
 //! - [`clock`]: time as a parameter.
 
+pub mod capacity;
 pub mod clock;
 pub mod compute;
 pub mod config;

@@ -16,12 +16,13 @@ use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::compute::{Compute, ComputeError, Listed, VmStatus};
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
-use crate::reconcile::{ReconcileError, Reconciler, Summary};
+use crate::reconcile::{PoolMeta, ReconcileError, Reconciler, Summary};
 use crate::store::{
     Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
 };
@@ -73,7 +74,7 @@ impl Metrics {
             (
                 "vmpool_vms",
                 None,
-                "VMs by state, read from the table at scrape time",
+                "VMs by state, as the pool's record counted them (see vmpool_pool_counted_at_timestamp_seconds)",
             ),
             ("vmpool_max_vms", None, "VMPOOL_MAX_VMS"),
             (
@@ -157,6 +158,47 @@ impl Metrics {
             None,
             "Unix time of the last pass that ran, by this instance".into(),
         );
+        let pool_wide: [(&'static str, &'static str); 9] = [
+            (
+                "vmpool_pool_counted_at_timestamp_seconds",
+                "When the counts of vmpool_vms were taken (the last pass's listing, or now for a fresh count)",
+            ),
+            (
+                "vmpool_pool_last_pass_start_timestamp_seconds",
+                "When the pool's last reconcile pass began, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_end_timestamp_seconds",
+                "When the pool's last reconcile pass ended, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_ok",
+                "1 if the pool's last reconcile pass ran to its end, 0 if it failed (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_success_timestamp_seconds",
+                "When the pool's last reconcile pass that ran to its end finished, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_actions",
+                "What the pool's last successful reconcile pass did, by kind (the pool's record)",
+            ),
+            (
+                "vmpool_pool_breaker_consecutive_failures",
+                "Creates that failed in a row since the last success (the pool's record)",
+            ),
+            (
+                "vmpool_pool_observation_suspect",
+                "1 while the brake holds: many known VMs vanished from ARM's listing at once (the pool's record)",
+            ),
+            (
+                "vmpool_pool_vanished_vms",
+                "Known VMs missing from the last listing while the brake held (the pool's record)",
+            ),
+        ];
+        for (name, help) in pool_wide {
+            m.recorder.describe_gauge(name.into(), None, help.into());
+        }
         m
     }
 
@@ -280,6 +322,55 @@ impl Metrics {
         for (state, n) in pool.vms {
             self.set("vmpool_vms", &[("state", state.as_str())], f64::from(n));
         }
+        let record = &pool.record;
+        let stamp = |name: &'static str, t: Option<OffsetDateTime>| {
+            if let Some(t) = t {
+                self.set(name, &[], unix_seconds(t));
+            }
+        };
+        stamp(
+            "vmpool_pool_counted_at_timestamp_seconds",
+            record.counted_at,
+        );
+        stamp(
+            "vmpool_pool_last_pass_start_timestamp_seconds",
+            record.last_reconcile_started_at,
+        );
+        stamp(
+            "vmpool_pool_last_pass_end_timestamp_seconds",
+            record.last_reconcile_at,
+        );
+        stamp(
+            "vmpool_pool_last_success_timestamp_seconds",
+            record.last_success_at,
+        );
+        if let Some(ok) = record.last_reconcile_ok {
+            self.set("vmpool_pool_last_pass_ok", &[], if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(summary) = &record.last_summary {
+            for (kind, n) in summary_fields(summary) {
+                self.set(
+                    "vmpool_pool_last_pass_actions",
+                    &[("kind", kind)],
+                    f64::from(n),
+                );
+            }
+        }
+        self.set(
+            "vmpool_pool_breaker_consecutive_failures",
+            &[],
+            f64::from(record.consecutive_create_failures),
+        );
+        self.set(
+            "vmpool_pool_observation_suspect",
+            &[],
+            if record.observation_suspect() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        self.set("vmpool_pool_vanished_vms", &[], f64::from(record.vanished));
         self.set("vmpool_max_vms", &[], f64::from(pool.max_vms));
         self.set("vmpool_buffer_target", &[], f64::from(pool.buffer_target));
         self.set(
@@ -308,8 +399,12 @@ impl Metrics {
     }
 }
 
+fn unix_seconds(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
 /// The pool's state as the gauges show it, read at scrape time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGauges {
     /// VMs in each state.
     pub vms: [(VmState, u32); VmState::ALL.len()],
@@ -319,6 +414,9 @@ pub struct PoolGauges {
     pub buffer_target: u32,
     /// Whether the circuit breaker is open.
     pub breaker_open: bool,
+    /// The pool's record: the last pass (of whichever instance ran it), the breaker, the
+    /// brake.
+    pub record: PoolMeta,
 }
 
 /// The envelope code a pool error answers with.
@@ -544,8 +642,13 @@ impl VmStore for MeteredStore {
         r
     }
 
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        let r = self.inner.sample(states, limit).await;
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let r = self.inner.sample(kind, after, limit).await;
         self.metrics.table_call("sample", store_outcome(&r));
         r
     }

@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
+use time::OffsetDateTime;
 use tracing::{Instrument, info, instrument, warn};
 
+use crate::capacity::{self, Reserved};
 use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::PoolPolicy;
 use crate::domain::{
-    self, ClaimKind, CreateAction, GiveBack, MarkAction, Marked, Operation, Purpose, Refused,
-    Report, ReportAction, VmId, VmRecord, VmState,
+    self, ClaimKind, CreateAction, MarkAction, Marked, Operation, Purpose, Refused, Report,
+    ReportAction, VmId, VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
@@ -39,14 +41,8 @@ const KEY_WAIT: Duration = Duration::from_secs(15);
 /// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
 /// clocks differ a little never take over a request that is still running.
 const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
-/// How many deallocated VMs the start path reads as candidates (not all of them).
-const START_CANDIDATES: usize = 16;
-/// The states CreateVM takes VMs from without consuming capacity.
-const WITHOUT_CAPACITY: [VmState; 3] = [
-    VmState::MarkedForDeallocation,
-    VmState::Standby,
-    VmState::Creating,
-];
+/// How many candidates of one kind CreateVM reads (a bounded sample, however many there are).
+pub const SAMPLE_SIZE: usize = 16;
 
 /// Why an operation did not happen. Nothing was changed by an operation that failed, except
 /// where a variant says so (and then the reconciler finishes the job).
@@ -126,16 +122,12 @@ pub struct Pool {
     compute: Arc<dyn Compute>,
     clock: Arc<dyn Clock>,
     policy: Arc<PoolPolicy>,
-    /// Serialises this instance's capacity-consuming claims (start, create), so callers of
-    /// one instance never over-fill the pool or cancel each other out.
+    /// Serialises this instance's writes of the capacity ledger, so its callers do not
+    /// make each other lose races for it.
     capacity_gate: tokio::sync::Mutex<()>,
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
-    /// The VMs counting against the maximum at this instance's last count: when it showed
-    /// room, the next claim skips counting before it writes (the count after the write,
-    /// which every claim makes, keeps the maximum).
-    last_active: Mutex<Option<usize>>,
 }
 
 /// One page of GetPoolStatus: counts over the whole pool and a page of VMs if asked for.
@@ -143,8 +135,31 @@ pub struct Pool {
 pub struct StatusPage {
     /// VMs in each state, over the whole pool.
     pub counts: StateCounts,
+    /// When the rows were counted.
+    pub counted_at: OffsetDateTime,
+    /// Where the counts come from.
+    pub counts_from: CountsFrom,
     /// A page of VMs in vmId order, unless only counts were asked for.
     pub vms: Option<Page<VmRecord>>,
+}
+
+/// Where GetPoolStatus's counts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountsFrom {
+    /// The pool's record, as the last reconcile pass counted its listing.
+    Record,
+    /// A count of every row, made for this answer.
+    Fresh,
+}
+
+impl CountsFrom {
+    /// `record` or `fresh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountsFrom::Record => "record",
+            CountsFrom::Fresh => "fresh",
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -170,7 +185,6 @@ impl Pool {
             policy,
             capacity_gate: tokio::sync::Mutex::new(()),
             taken: Mutex::new(HashMap::new()),
-            last_active: Mutex::new(None),
         }
     }
 
@@ -342,17 +356,13 @@ impl Pool {
     }
 
     /// CreateVM: hands the matchmaker a VM, trying the kinds of [`ClaimKind::ORDER`] in turn
-    /// and creating a new VM when none is left. It runs in the caller's task; the API calls
-    /// [`Pool::create_vm_detached`].
+    /// and creating a new VM when none is left. Each kind is read as a bounded random sample
+    /// ([`Pool::sample`]), so a claim costs the same however many VMs there are. It runs in
+    /// the caller's task; the API calls [`Pool::create_vm_detached`].
     #[instrument(skip_all)]
     pub async fn create_vm(&self) -> Result<Created, PoolError> {
-        let rows = self.store.list(Rows::InStates(&WITHOUT_CAPACITY)).await?;
         for kind in ClaimKind::ORDER.into_iter().filter(|k| !k.needs_capacity()) {
-            let candidates: Vec<Versioned> = rows
-                .iter()
-                .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
-                .cloned()
-                .collect();
+            let candidates = self.sample(kind).await?;
             if let Some(won) = self.claim_one(candidates, kind).await? {
                 info!(vm.id = %won.vm.id, action = %kind.action(), "CreateVM");
                 return Ok(Created {
@@ -364,48 +374,102 @@ impl Pool {
         self.create_with_capacity().await
     }
 
+    /// Up to [`SAMPLE_SIZE`] candidates of `kind`, from a random point of the key space: after
+    /// a name drawn as new VM names are (the prefix, a dash, random letters and digits), so
+    /// claimers spread over every candidate (names of another prefix are reached when the
+    /// sample wraps round).
+    async fn sample(&self, kind: ClaimKind) -> Result<Vec<Versioned>, PoolError> {
+        let after = new_vm_name(&self.policy.vm_prefix);
+        Ok(self.store.sample(kind, after.as_str(), SAMPLE_SIZE).await?)
+    }
+
     /// The capacity-consuming half of CreateVM: the kinds of [`ClaimKind::ORDER`] that need
-    /// capacity (a start of a deallocated VM), else a new VM. The intent is written under
-    /// the capacity gate; ARM is called after it is released.
+    /// capacity (a start of a deallocated VM), else a new VM. Each takes its place in the
+    /// capacity ledger before its row is written; ARM is called after.
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
-        let (won, action) = {
-            let _gate = self.capacity_gate.lock().await;
-            let max = self.policy.max_vms;
-            if !self.room_for_one().await? {
-                return Err(PoolError::CapacityExhausted { max });
-            }
-            // A sample of the candidates, not all of them: any one will do, and the index
-            // answers a sample without reading the whole table.
-            let sample = self
-                .store
-                .sample(&[VmState::Deallocated], START_CANDIDATES)
-                .await?;
-            let mut won = None;
-            for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
-                let candidates: Vec<Versioned> = sample
-                    .iter()
-                    .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
-                    .cloned()
-                    .collect();
-                if let Some(claimed) = self.claim_one(candidates, kind).await? {
-                    won = Some((claimed, kind.action()));
+        let claim = capacity::new_claim();
+        let mut won = None;
+        for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
+            let mut candidates = self.sample(kind).await?;
+            candidates.shuffle(&mut rand::rng());
+            let mut tries = 0;
+            for row in candidates {
+                if tries == TRIES_PER_KIND {
                     break;
                 }
+                if !self.reserve(&row) {
+                    continue;
+                }
+                tries += 1;
+                let next = domain::claim(&row.vm, kind, self.clock.now())?;
+                let at = self.take_place(&claim, &row.vm.id).await;
+                let taken = at.and_then(|at| self.place_still_held(at));
+                if let Err(e) = taken {
+                    self.release(&row);
+                    self.give_place_back(&claim).await;
+                    return Err(e);
+                }
+                match self.store.update(&next, &row.etag).await {
+                    Ok(Written::Done(etag)) => {
+                        won = Some((Versioned { vm: next, etag }, kind.action()));
+                        break;
+                    }
+                    Ok(Written::LostRace) => continue,
+                    Err(e) => {
+                        self.release(&row);
+                        self.give_place_back(&claim).await;
+                        return Err(e.into());
+                    }
+                }
             }
-            let (won, action) = match won {
-                Some(won) => won,
-                None => (
-                    self.insert_new(Purpose::Matchmaker).await?,
-                    CreateAction::Created,
-                ),
-            };
-            self.confirm_capacity(&won).await?;
-            (won, action)
+            if won.is_some() {
+                break;
+            }
+        }
+        let (won, action) = match won {
+            Some(won) => won,
+            None => (
+                self.insert_new(Purpose::Matchmaker, &claim).await?,
+                CreateAction::Created,
+            ),
         };
         let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
         self.act(&won, answer).await?;
         info!(vm.id = %won.vm.id, %action, "CreateVM");
         Ok(Created { vm: won.vm, action })
+    }
+
+    /// Takes a place in the capacity ledger for `claim`, for the VM `id` (moving the place
+    /// the claim holds, if any); the time it was taken, which the row write must follow
+    /// closely.
+    async fn take_place(&self, claim: &str, id: &VmId) -> Result<OffsetDateTime, PoolError> {
+        let _gate = self.capacity_gate.lock().await;
+        let now = self.clock.now();
+        let max = self.policy.max_vms;
+        match capacity::reserve(&*self.store, claim, id, now, max).await? {
+            Reserved::Done => Ok(now),
+            Reserved::Full => Err(PoolError::CapacityExhausted { max }),
+            Reserved::Busy => Err(PoolError::Contention),
+        }
+    }
+
+    /// A place counts unseen for [`capacity::RESERVATION_TTL`]: the row is written within half
+    /// of it, or not at all.
+    fn place_still_held(&self, at: OffsetDateTime) -> Result<(), PoolError> {
+        let held_for = self.clock.now() - at;
+        if held_for < capacity::RESERVATION_TTL / 2 {
+            Ok(())
+        } else {
+            Err(PoolError::Interrupted(
+                "its place in the capacity ledger was taken too long ago".into(),
+            ))
+        }
+    }
+
+    /// Gives back the place `claim` holds, if any (it wrote no row).
+    async fn give_place_back(&self, claim: &str) {
+        let _gate = self.capacity_gate.lock().await;
+        capacity::release(&*self.store, claim).await;
     }
 
     /// Sends the ARM call a capacity claim's row asks for: a start or a create.
@@ -444,30 +508,37 @@ impl Pool {
     }
 
     /// The reconciler adds a VM to the warm buffer: starts `deallocated` if given, else
-    /// creates one. The same capacity rules as CreateVM apply, and ARM is called after the
-    /// capacity gate is released.
+    /// creates one. The same capacity rules as CreateVM apply: a place in the capacity
+    /// ledger first, then the row, then ARM.
     pub async fn add_to_buffer(
         &self,
         deallocated: Option<&Versioned>,
     ) -> Result<Created, PoolError> {
-        let won = {
-            let _gate = self.capacity_gate.lock().await;
-            let max = self.policy.max_vms;
-            if !self.room_for_one().await? {
-                return Err(PoolError::CapacityExhausted { max });
-            }
-            let won = match deallocated {
-                Some(row) => {
-                    let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
-                    match self.store.update(&next, &row.etag).await? {
-                        Written::Done(etag) => Versioned { vm: next, etag },
-                        Written::LostRace => return Err(PoolError::Contention),
+        let won = match deallocated {
+            Some(row) => {
+                let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
+                let claim = capacity::new_claim();
+                let at = self.take_place(&claim, &row.vm.id).await?;
+                if let Err(e) = self.place_still_held(at) {
+                    self.give_place_back(&claim).await;
+                    return Err(e);
+                }
+                match self.store.update(&next, &row.etag).await {
+                    Ok(Written::Done(etag)) => Versioned { vm: next, etag },
+                    Ok(Written::LostRace) => {
+                        self.give_place_back(&claim).await;
+                        return Err(PoolError::Contention);
+                    }
+                    Err(e) => {
+                        self.give_place_back(&claim).await;
+                        return Err(e.into());
                     }
                 }
-                None => self.insert_new(Purpose::Buffer).await?,
-            };
-            self.confirm_capacity(&won).await?;
-            won
+            }
+            None => {
+                self.insert_new(Purpose::Buffer, &capacity::new_claim())
+                    .await?
+            }
         };
         let action = if deallocated.is_some() {
             CreateAction::Started
@@ -479,65 +550,41 @@ impl Pool {
         Ok(Created { vm: won.vm, action })
     }
 
-    /// Inserts a row for a new VM under a fresh name.
-    pub(crate) async fn insert_new(&self, purpose: Purpose) -> Result<Versioned, PoolError> {
+    /// Inserts a row for a new VM under a fresh name, after taking its place in the capacity
+    /// ledger for `claim` (moving the place it holds, if any); gives the place back if no row
+    /// was written.
+    pub(crate) async fn insert_new(
+        &self,
+        purpose: Purpose,
+        claim: &str,
+    ) -> Result<Versioned, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let id = new_vm_name(&self.policy.vm_prefix);
+            let taken = self
+                .take_place(claim, &id)
+                .await
+                .and_then(|at| self.place_still_held(at));
+            if let Err(e) = taken {
+                self.give_place_back(claim).await;
+                return Err(e);
+            }
             let vm = VmRecord::new_creating(
                 id.clone(),
                 self.compute.resource_id(&id),
                 purpose,
                 self.clock.now(),
             );
-            if let Written::Done(etag) = self.store.insert(&vm).await? {
-                return Ok(Versioned { vm, etag });
+            match self.store.insert(&vm).await {
+                Ok(Written::Done(etag)) => return Ok(Versioned { vm, etag }),
+                Ok(Written::LostRace) => continue,
+                Err(e) => {
+                    self.give_place_back(claim).await;
+                    return Err(e.into());
+                }
             }
         }
+        self.give_place_back(claim).await;
         Err(PoolError::Contention)
-    }
-
-    /// Another instance may have consumed capacity at the same moment. Every claimer writes
-    /// before it counts, so the last of any two to count sees both; one that finds the pool
-    /// over its maximum takes its own claim back. Concurrent claims never over-fill the pool;
-    /// at worst both give way and the callers retry.
-    async fn confirm_capacity(&self, won: &Versioned) -> Result<(), PoolError> {
-        let max = self.policy.max_vms;
-        if self.count_active().await? <= max as usize {
-            return Ok(());
-        }
-        warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
-        let undone = match domain::give_back(&won.vm) {
-            GiveBack::Remove => self.store.delete(&won.vm.id, &won.etag).await,
-            GiveBack::Restore(back) => self.store.update(&back, &won.etag).await,
-        };
-        if let Err(e) = undone {
-            // The row stays Creating with no ARM call; the reconciler gives it back.
-            warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
-        }
-        Err(PoolError::CapacityExhausted { max })
-    }
-
-    /// Whether one more VM fits under the maximum, as far as this instance knows before it
-    /// writes: its last count if that showed room (no table scan), else a fresh count.
-    async fn room_for_one(&self) -> Result<bool, PoolError> {
-        let max = self.policy.max_vms as usize;
-        let hint = *self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-        if hint.is_some_and(|n| n < max) {
-            return Ok(true);
-        }
-        Ok(self.count_active().await? < max)
-    }
-
-    /// Counts the VMs against the maximum (one pass over the states of the table).
-    async fn count_active(&self) -> Result<usize, PoolError> {
-        let counts = self.store.count_states().await?;
-        let n = counts
-            .iter()
-            .filter(|(state, _)| state.counts_against_max())
-            .map(|(_, n)| n)
-            .sum();
-        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
-        Ok(n)
     }
 
     /// After the intent is written: handles the ARM answer to a create or start.
@@ -660,11 +707,13 @@ impl Pool {
     }
 
     /// GetPoolStatus, one page: counts over the whole pool and a page of VMs in vmId order
-    /// (when `with_vms`).
+    /// (when `with_vms`). The counts are `recorded` (what the last reconcile pass counted,
+    /// and when) when given; else every row is counted now.
     pub async fn status_page(
         &self,
         page: &PageRequest,
         with_vms: bool,
+        recorded: Option<(StateCounts, OffsetDateTime)>,
     ) -> Result<StatusPage, PoolError> {
         let vms = async {
             if !with_vms {
@@ -676,8 +725,23 @@ impl Pool {
                 next: rows.next,
             }))
         };
-        let (counts, vms) = tokio::try_join!(self.store.count_states(), vms)?;
-        Ok(StatusPage { counts, vms })
+        let counts = async {
+            match recorded {
+                Some((counts, at)) => Ok((counts, at, CountsFrom::Record)),
+                None => {
+                    let at = self.clock.now();
+                    let counts = self.store.count_states().await?;
+                    Ok::<_, StoreError>((counts, at, CountsFrom::Fresh))
+                }
+            }
+        };
+        let ((counts, counted_at, counts_from), vms) = tokio::try_join!(counts, vms)?;
+        Ok(StatusPage {
+            counts,
+            counted_at,
+            counts_from,
+            vms,
+        })
     }
 
     /// GetVM: one VM, as the table has it now.
@@ -693,13 +757,6 @@ impl Pool {
     }
 }
 
-/// How many rows count against `VMPOOL_MAX_VMS`.
-pub fn active(rows: &[Versioned]) -> usize {
-    rows.iter()
-        .filter(|r| r.vm.state.counts_against_max())
-        .count()
-}
-
 /// A fresh VM name: the prefix, a dash and 10 random lowercase letters and digits.
 pub fn new_vm_name(prefix: &str) -> VmId {
     use rand::Rng;
@@ -711,4 +768,130 @@ pub fn new_vm_name(prefix: &str) -> VmId {
     // The prefix is validated at start-up (at most 40 safe characters), so this always parses.
     VmId::parse(&format!("{prefix}-{suffix}"))
         .unwrap_or_else(|_| VmId::parse(&format!("vmpool-{suffix}")).expect("a fixed safe name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::compute::sim::{Latencies, SimCloud, SimulatedCompute};
+    use crate::metrics::{MeteredStore, Metrics};
+    use crate::store::memory::MemoryStore;
+
+    /// A pool over an in-memory table of `n` VMs of each state CreateVM claims from (and as
+    /// many `Running`), every table call counted.
+    async fn pool_over(n: usize, max_vms: u32) -> (Pool, Arc<Metrics>) {
+        let memory: Arc<dyn VmStore> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let cloud = Arc::new(SimCloud::new(clock.clone(), Latencies::default(), 1));
+        let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "test"));
+        let mut deallocated = Vec::new();
+        for i in 0..n {
+            for (state, purpose) in [
+                (VmState::MarkedForDeallocation, Purpose::Matchmaker),
+                (VmState::Standby, Purpose::Buffer),
+                (VmState::Creating, Purpose::Buffer),
+                (VmState::Creating, Purpose::Matchmaker),
+                (VmState::Deallocated, Purpose::Matchmaker),
+                (VmState::Running, Purpose::Matchmaker),
+            ] {
+                let name = format!("vmpool-{}{}{i:04}", state.as_str(), purpose.as_str());
+                let id = VmId::parse(&name.to_ascii_lowercase()).unwrap();
+                let mut vm = VmRecord::new_creating(id, format!("/r/{name}"), purpose, clock.now());
+                vm.state = state;
+                if state == VmState::Deallocated {
+                    compute.create(&vm.id).await.unwrap();
+                    deallocated.push(vm.id.clone());
+                }
+                assert!(matches!(
+                    memory.insert(&vm).await.unwrap(),
+                    Written::Done(_)
+                ));
+            }
+        }
+        clock.advance(time::Duration::minutes(10));
+        for id in &deallocated {
+            compute.deallocate(id).await.unwrap();
+        }
+        clock.advance(time::Duration::minutes(10));
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn VmStore> = Arc::new(MeteredStore::new(memory, metrics.clone()));
+        let policy = Arc::new(PoolPolicy {
+            max_vms,
+            ..PoolPolicy::default()
+        });
+        (Pool::new(store, compute, clock, policy), metrics)
+    }
+
+    /// The table calls of `operation` counted so far.
+    fn calls(metrics: &Metrics, operation: &str) -> usize {
+        let text = metrics.render_counters();
+        let series = format!("vmpool_table_calls_total{{operation=\"{operation}\"");
+        text.lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize
+    }
+
+    #[tokio::test]
+    async fn every_createvm_path_reads_a_bounded_sample_and_never_lists_nor_counts() {
+        let (pool, metrics) = pool_over(100, 10_000).await;
+        // The ledger's first use counts the table once in its life; after that no claim does.
+        pool.add_to_buffer(None).await.unwrap();
+        let counted = calls(&metrics, "count_states");
+        let mut actions = Vec::new();
+        for _ in 0..410 {
+            let before = calls(&metrics, "sample");
+            actions.push(pool.create_vm().await.unwrap().action);
+            let samples = calls(&metrics, "sample") - before;
+            assert!(
+                samples <= ClaimKind::ORDER.len(),
+                "{samples} samples for one CreateVM"
+            );
+        }
+        for action in CreateAction::ALL {
+            assert!(actions.contains(&action), "{action:?} in {actions:?}");
+        }
+        assert_eq!(calls(&metrics, "list"), 0, "no CreateVM listed a state");
+        assert_eq!(calls(&metrics, "list_page"), 0);
+        assert_eq!(
+            calls(&metrics, "count_states"),
+            counted,
+            "no CreateVM counted the table"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claimer_takes_its_place_in_the_ledger_before_it_writes_and_stops_at_the_maximum() {
+        // Every VM but the 100 Deallocated counts against the maximum already (500); 3
+        // places are left.
+        let (pool, _) = pool_over(100, 503).await;
+        for _ in 0..300 {
+            pool.create_vm().await.unwrap();
+        }
+        let mut started = 0;
+        loop {
+            match pool.create_vm().await {
+                Ok(created) => {
+                    assert_eq!(created.action, CreateAction::Started);
+                    started += 1;
+                }
+                Err(PoolError::CapacityExhausted { max }) => {
+                    assert_eq!(max, 503);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(started, 3);
+        let (ledger, _) = capacity::load(&**pool.store()).await.unwrap().unwrap();
+        assert_eq!(ledger.used(), 503);
+        let counts = pool.store().count_states().await.unwrap();
+        let active: usize = counts
+            .iter()
+            .filter(|(s, _)| s.counts_against_max())
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(active, 503);
+    }
 }

@@ -103,6 +103,25 @@ impl<S: Send + Sync> FromRequestParts<S> for WithVms {
     }
 }
 
+/// GetPoolStatus's `?counts=`: `record` (the default) reads the counts the last reconcile
+/// pass wrote in the pool's record; `fresh` counts every row now.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshCounts(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for FreshCounts {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match param(&input::query_pairs(parts.uri.query()), "counts") {
+            None | Some("record") => Ok(FreshCounts(false)),
+            Some("fresh") => Ok(FreshCounts(true)),
+            Some(other) => Err(ApiError::InvalidInput(format!(
+                "counts must be record or fresh; got {other:?}"
+            ))),
+        }
+    }
+}
+
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
     query
         .iter()

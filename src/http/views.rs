@@ -228,8 +228,16 @@ pub struct ObservationView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatusView {
-    /// VMs by state (every state, zeros included).
+    /// VMs by state (every state, zeros included), as counted at `countedAt`.
     pub counts: StateCounts,
+    /// When the counts were taken: the start of the last reconcile pass's listing, or now for
+    /// a fresh count.
+    #[serde(with = "time::serde::rfc3339")]
+    pub counted_at: OffsetDateTime,
+    /// `record`: the counts the last reconcile pass wrote in the pool's record; `fresh`:
+    /// every row counted for this answer (`?counts=fresh`, or no pass has counted yet).
+    #[schema(example = "record")]
+    pub counts_from: String,
     /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<VmView>, required = false)]
@@ -246,10 +254,24 @@ pub struct PoolStatusView {
     pub circuit_breaker: BreakerView,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// When the last reconcile pass began, whichever instance ran it; `null` before the first.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub last_reconcile_started_at: Option<OffsetDateTime>,
     /// When the last reconcile pass finished; `null` before the first.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(required = true)]
     pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Whether the last pass ran to its end (`null` before any pass recorded its result).
+    #[schema(required = true)]
+    pub last_reconcile_ok: Option<bool>,
+    /// Why the last pass failed, when it did; `null` otherwise.
+    #[schema(required = true)]
+    pub last_reconcile_error: Option<String>,
+    /// When the last pass that ran to its end finished; `null` before the first.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub last_success_at: Option<OffsetDateTime>,
     /// One line on what the last pass did.
     pub last_reconcile_summary: String,
 }
@@ -265,6 +287,8 @@ impl PoolStatusView {
         let open = meta.breaker_open_at(now);
         PoolStatusView {
             counts: StateCounts::from_store(&status.counts),
+            counted_at: status.counted_at,
+            counts_from: status.counts_from.as_str().to_owned(),
             vms: status.vms.as_ref().map(|page| {
                 page.items
                     .iter()
@@ -295,7 +319,11 @@ impl PoolStatusView {
                 },
                 consecutive_create_failures: meta.consecutive_create_failures,
             },
+            last_reconcile_started_at: meta.last_reconcile_started_at,
             last_reconcile_at: meta.last_reconcile_at,
+            last_reconcile_ok: meta.last_reconcile_ok,
+            last_reconcile_error: meta.last_reconcile_error.clone(),
+            last_success_at: meta.last_success_at,
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
         }
     }

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use tracing::warn;
 
+use super::Summary;
 use crate::config::PoolPolicy;
-use crate::store::{Etag, StoreError, VmStore, Written, truncate};
+use crate::store::{Etag, StateCounts, StoreError, VmStore, Written, truncate};
 
 /// The kind and key of the pool's record.
 const META: (&str, &str) = ("pool", "meta");
@@ -19,12 +20,33 @@ const LEASE: (&str, &str) = ("lease", "reconcile");
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolMeta {
+    /// When the last reconcile pass began.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_reconcile_started_at: Option<OffsetDateTime>,
     /// When the last reconcile pass finished.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Whether the last pass ran to its end (`None`: no pass recorded its result yet).
+    #[serde(default)]
+    pub last_reconcile_ok: Option<bool>,
+    /// Why the last pass could not run, when it failed.
+    #[serde(default)]
+    pub last_reconcile_error: Option<String>,
+    /// When the last pass that ran to its end finished.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_success_at: Option<OffsetDateTime>,
     /// One line on what the last pass did.
     #[serde(default)]
     pub last_reconcile_summary: String,
+    /// What the last pass that ran to its end did, figure by figure.
+    #[serde(default)]
+    pub last_summary: Option<Summary>,
+    /// VMs in each state in the last pass's listing.
+    #[serde(default)]
+    pub counts: Option<StateCounts>,
+    /// When that listing began.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub counted_at: Option<OffsetDateTime>,
     /// The warm-buffer target the last pass worked towards.
     #[serde(default)]
     pub buffer_target: u32,
@@ -128,6 +150,7 @@ pub async fn save_meta(
 ) -> Result<Written, StoreError> {
     let mut meta = meta.clone();
     meta.last_reconcile_summary = truncate(&meta.last_reconcile_summary);
+    meta.last_reconcile_error = meta.last_reconcile_error.as_deref().map(truncate);
     let value = serde_json::to_string(&meta)
         .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
     match etag {

@@ -18,20 +18,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
+use crate::capacity;
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::idempotency::expiry;
 use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
-/// What one pass did, for the timer's `ReturnValue` and the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// What one pass did, for the timer's `ReturnValue`, the log and the pool's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Summary {
     /// Another instance holds the reconcile lease: this pass did nothing.
     pub skipped: bool,
@@ -250,6 +251,9 @@ impl Reconciler {
             }
         };
         let finished = pool.clock().now();
+        if let Err(e) = &result {
+            self.record_failure(started, finished, e).await;
+        }
         let line = summary.line();
         if result.is_err() || summary.changed_anything() {
             info!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
@@ -257,6 +261,35 @@ impl Reconciler {
             debug!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
         }
         result.map(|()| summary)
+    }
+
+    /// A pass that could not run to its end is recorded in the pool's record too, so every
+    /// instance shows it (best effort: the storage that failed the pass may fail this too).
+    async fn record_failure(
+        &self,
+        started: OffsetDateTime,
+        finished: OffsetDateTime,
+        error: &ReconcileError,
+    ) {
+        let store = self.pool.store().as_ref();
+        let saved = async {
+            let (mut meta, etag) = load_meta(store).await?;
+            meta.last_reconcile_started_at = Some(started);
+            meta.last_reconcile_at = Some(finished);
+            meta.last_reconcile_ok = Some(false);
+            meta.last_reconcile_error = Some(error.to_string());
+            meta.last_reconcile_summary = format!("reconcile pass failed: {error}");
+            save_meta(store, &meta, etag.as_ref()).await
+        };
+        match saved.await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                warn!("the pool's record changed while the failed pass was being recorded");
+            }
+            Err(e) => {
+                warn!(error = %e, "the failed pass could not be recorded in the pool's record")
+            }
+        }
     }
 
     /// Renews `lease` every third of its length while a pass runs; returns only when the
@@ -345,8 +378,16 @@ impl Reconciler {
         }
         drop(answers);
 
-        let Plan { actions, meta } = plan(&rows, &observed, now, policy, &meta);
+        let Plan { actions, mut meta } = plan(&rows, &observed, now, policy, &meta);
         summary.buffer_target = meta.buffer_target;
+        // The pool's counts: this listing, kept up to date with the pass's own changes below
+        // (changes other instances make meanwhile are counted by the next pass).
+        let mut counts = crate::store::zero_counts();
+        for row in &rows {
+            *counts.entry(row.vm.state).or_default() += 1;
+        }
+        meta.counts = Some(counts);
+        meta.counted_at = Some(now);
         // Actions touch different rows: they run a bounded number at a time, each with its own
         // summary, sharing the pool's record (held only between awaits).
         let shared = std::sync::Mutex::new(meta);
@@ -374,12 +415,31 @@ impl Reconciler {
             }
         }
         self.expire_keys(summary).await;
+        // The capacity ledger is counted from this pass's listing (see `capacity`).
+        match capacity::recount(store, &rows, now).await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                debug!(
+                    "a claim took a place while the ledger was counted; the next pass counts again"
+                );
+            }
+            Err(e) => {
+                summary.errors += 1;
+                warn!(error = %e, "the capacity ledger could not be counted; the next pass counts again");
+            }
+        }
         let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-        meta.last_reconcile_at = Some(pool.clock().now());
+        let finished = pool.clock().now();
+        meta.last_reconcile_started_at = Some(now);
+        meta.last_reconcile_at = Some(finished);
+        meta.last_reconcile_ok = Some(true);
+        meta.last_reconcile_error = None;
+        meta.last_success_at = Some(finished);
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
         }
         meta.last_reconcile_summary = summary.line();
+        meta.last_summary = Some(summary.clone());
         if let Written::LostRace = save_meta(store, &meta, meta_etag.as_ref()).await? {
             warn!(
                 "the pool's record was changed by another writer during the pass; this pass's record is dropped"
@@ -412,9 +472,13 @@ impl Reconciler {
         row: &Versioned,
         next: &domain::VmRecord,
         summary: &mut Summary,
+        meta: &std::sync::Mutex<PoolMeta>,
     ) -> Result<bool, ReconcileError> {
         match self.pool.store().update(next, &row.etag).await? {
-            Written::Done(_) => Ok(true),
+            Written::Done(_) => {
+                moved(meta, Some(row.vm.state), Some(next.state));
+                Ok(true)
+            }
             Written::LostRace => {
                 summary.lost_races += 1;
                 Ok(false)
@@ -444,7 +508,7 @@ impl Reconciler {
                     }
                 };
                 if let Ok(next) = domain::complete_creating(&row.vm, ip, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
                     if row.vm.operation == Some(Operation::Create) {
@@ -455,7 +519,7 @@ impl Reconciler {
             }
             Action::FinishDeallocate(row) => {
                 if let Ok(next) = domain::complete_deallocating(&row.vm, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, "VM is deallocated");
                     summary.deallocated += 1;
@@ -463,7 +527,7 @@ impl Reconciler {
             }
             Action::Fail(row, error) => {
                 let next = domain::fail(&row.vm, &error, now);
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
                         record().create_failed(&error, now, policy);
@@ -505,7 +569,8 @@ impl Reconciler {
                 summary.reissued += 1;
             }
             Action::StartForBuffer(row) => {
-                pool.add_to_buffer(Some(&row)).await?;
+                let started = pool.add_to_buffer(Some(&row)).await?;
+                moved(meta, Some(row.vm.state), Some(started.vm.state));
                 summary.started += 1;
             }
             Action::CreateForBuffer => {
@@ -513,7 +578,10 @@ impl Reconciler {
                     return Ok(());
                 }
                 match pool.add_to_buffer(None).await {
-                    Ok(_) => summary.created += 1,
+                    Ok(created) => {
+                        moved(meta, None, Some(created.vm.state));
+                        summary.created += 1;
+                    }
                     Err(PoolError::Compute(e)) if !e.is_transient() => {
                         record().create_failed(&e.to_string(), now, policy);
                         return Err(PoolError::Compute(e).into());
@@ -525,7 +593,7 @@ impl Reconciler {
                 let Ok(next) = domain::begin_deallocate(&row.vm, now) else {
                     return Ok(());
                 };
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     info!(vm.id = %row.vm.id, why, "deallocating");
                     summary.deallocating += 1;
                     match compute.deallocate(&row.vm.id).await {
@@ -536,14 +604,14 @@ impl Reconciler {
             }
             Action::Correct(row, to) => {
                 let next = domain::correct(&row.vm, to, now);
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, "row corrected to what ARM shows");
                     summary.corrected += 1;
                 }
             }
             Action::Delete(row) => {
                 let next = domain::begin_delete(&row.vm, now);
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     match compute.delete(&row.vm.id).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
                         Err(e) => return Err(e.into()),
@@ -554,6 +622,7 @@ impl Reconciler {
             }
             Action::Forget(row) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
+                    moved(meta, Some(row.vm.state), None);
                     info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table (a GET answered 404)");
                     summary.forgotten += 1;
                 } else {
@@ -571,13 +640,14 @@ impl Reconciler {
                 };
                 let vm = domain::adopt(id.clone(), resource_id, seen, error, now);
                 if let Written::Done(_) = pool.store().insert(&vm).await? {
+                    moved(meta, None, Some(vm.state));
                     warn!(vm.id = %id, state = %vm.state, "untracked pool VM adopted; its rooms are unknown until it reports");
                     summary.adopted += 1;
                 }
             }
             Action::Unclaim(row) => {
                 if let Ok(next) = domain::unclaimed(&row.vm, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
                     summary.unclaimed += 1;
@@ -586,7 +656,7 @@ impl Reconciler {
             Action::FindIp(row) => {
                 if let Some(ip) = compute.public_ip(&row.vm.id).await?
                     && self
-                        .write(&row, &domain::found_public_ip(&row.vm, ip), summary)
+                        .write(&row, &domain::found_public_ip(&row.vm, ip), summary, meta)
                         .await?
                 {
                     summary.ips_found += 1;
@@ -594,6 +664,20 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps the pass's counts in the pool's record up to date with a row it changed (`None`:
+/// no row before, or none after).
+fn moved(meta: &std::sync::Mutex<PoolMeta>, from: Option<VmState>, to: Option<VmState>) {
+    let mut meta = meta.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(counts) = meta.counts.as_mut() {
+        if let Some(n) = from.and_then(|s| counts.get_mut(&s)) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *counts.entry(to).or_default() += 1;
+        }
     }
 }
 
