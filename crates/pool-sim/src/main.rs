@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use vmpool_sim::fleet::Buffer;
 use vmpool_sim::measure::{DEFAULT_DISK_RATIO, SAMPLE_EVERY};
-use vmpool_sim::sweep::{self, Goal, ORACLE_RATIO_GOAL, Point, Policy, Size, front, goal};
+use vmpool_sim::sweep::{self, Goal, Measure, ORACLE_RATIO_GOAL, Point, Policy, Size, front, goal};
 use vmpool_sim::traces::{self, Trace};
 use vmpool_sim::{Outcome, plot};
 
@@ -80,7 +80,7 @@ fn fmt_row(p: &Point) -> String {
 
 const HEADER: &str = "| policy | parameter | p95 wait (s) | mean wait (s) | served at once | VM-hours | deallocated hours | cost (VM-hours) | peak VMs |\n|---|---|---|---|---|---|---|---|---|";
 
-fn goal_line(trace: &str, g: &Goal) -> String {
+fn goal_line(trace: &str, measure: Measure, g: &Goal) -> String {
     let ratio = g
         .oracle_ratio()
         .map_or("never at the oracle's wait".to_owned(), |r| {
@@ -99,7 +99,8 @@ fn goal_line(trace: &str, g: &Goal) -> String {
         format!("beaten by {}", who.join(", "))
     };
     format!(
-        "{trace}: vmpool is {fronts}; {ratio}: goal {}",
+        "{trace}, in {}: vmpool is {fronts}; {ratio}: goal {}",
+        measure.label(),
         if g.met() { "met" } else { "missed" }
     )
 }
@@ -146,7 +147,7 @@ fn representatives<'a>(
             let pick = mine
                 .iter()
                 .filter(|(_, p)| p.p95_wait_s <= 60.0)
-                .min_by(|a, b| a.1.cost_hours.total_cmp(&b.1.cost_hours))
+                .min_by(|a, b| a.1.vm_hours.total_cmp(&b.1.vm_hours))
                 .or_else(|| {
                     mine.iter()
                         .min_by(|a, b| a.1.p95_wait_s.total_cmp(&b.1.p95_wait_s))
@@ -180,7 +181,14 @@ fn table(points: &[Point]) -> String {
     }
     let mut out = String::from(HEADER);
     for name in names {
-        for p in front(points, name) {
+        let mut shown: Vec<&Point> = front(points, name, Measure::VmHours);
+        for p in front(points, name, Measure::Cost) {
+            if !shown.contains(&p) {
+                shown.push(p);
+            }
+        }
+        shown.sort_by(|a, b| a.p95_wait_s.total_cmp(&b.p95_wait_s));
+        for p in shown {
             out.push('\n');
             out.push_str(&fmt_row(p));
         }
@@ -199,7 +207,10 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
     let mut all_points = serde_json::Map::new();
     for (trace, seed) in traces {
         let (runs, points) = sweep_trace(&trace, seed, size, args.disk_ratio).await;
-        let g = goal(&points);
+        let goals: Vec<String> = [Measure::VmHours, Measure::Cost]
+            .into_iter()
+            .map(|m| goal_line(&trace.name, m, &goal(&points, m)))
+            .collect();
         let png = args.out.join(format!("{}.png", trace.name));
         plot::fronts(
             &png,
@@ -213,7 +224,7 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
             trace.name,
             trace.name,
             table(&points),
-            goal_line(&trace.name, &g)
+            goals.join("\n\n")
         );
         println!("{section}");
         report.push_str(&section);
@@ -237,7 +248,7 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
                     p.name(),
                     p.parameter(),
                     o.p95_wait,
-                    o.cost_hours(args.disk_ratio)
+                    o.vm_hours
                 ));
             }
             println!("{which}\n");

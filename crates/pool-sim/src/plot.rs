@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::measure::Sample;
-use crate::sweep::{Point, front};
+use crate::sweep::{Measure, Point, front};
 
 /// The colour each policy is drawn in.
 fn colour(policy: &str) -> RGBColor {
@@ -36,7 +36,8 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// Draws every policy's points (small) and front (a line) of `points`, the oracle as a
-/// cross, p95 wait against cost, to `path`. Waits beyond `max_wait` seconds are left out.
+/// cross, p95 wait against VM-hours, to `path`; vmpool's front counting its disks too is
+/// dashed. Waits beyond `max_wait` seconds are left out.
 pub fn fronts(path: &Path, title: &str, points: &[Point], max_wait: f64) -> Result<(), String> {
     font()?;
     let shown: Vec<&Point> = points.iter().filter(|p| p.p95_wait_s <= max_wait).collect();
@@ -64,7 +65,7 @@ pub fn fronts(path: &Path, title: &str, points: &[Point], max_wait: f64) -> Resu
     chart
         .configure_mesh()
         .x_desc("p95 wait (s)")
-        .y_desc("cost (VM-hours)")
+        .y_desc("VM-hours")
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(err)?;
@@ -79,7 +80,7 @@ pub fn fronts(path: &Path, title: &str, points: &[Point], max_wait: f64) -> Resu
         let mine: Vec<(f64, f64)> = shown
             .iter()
             .filter(|p| p.policy == name)
-            .map(|p| (p.p95_wait_s, p.cost_hours))
+            .map(|p| (p.p95_wait_s, p.vm_hours))
             .collect();
         if name == "oracle" {
             chart
@@ -95,11 +96,28 @@ pub fn fronts(path: &Path, title: &str, points: &[Point], max_wait: f64) -> Resu
                     .map(|&xy| Circle::new(xy, 3, c.mix(0.5).filled())),
             )
             .map_err(err)?;
-        let line: Vec<(f64, f64)> = front(points, name)
-            .into_iter()
-            .filter(|p| p.p95_wait_s <= max_wait)
-            .map(|p| (p.p95_wait_s, p.cost_hours))
-            .collect();
+        let line = |measure: Measure| -> Vec<(f64, f64)> {
+            front(points, name, measure)
+                .into_iter()
+                .filter(|p| p.p95_wait_s <= max_wait)
+                .map(|p| (p.p95_wait_s, measure.of(p)))
+                .collect()
+        };
+        if name == "vmpool" {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    line(Measure::Cost),
+                    8,
+                    5,
+                    c.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label("vmpool with its disks (at the disk ratio)")
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2))
+                });
+        }
+        let line = line(Measure::VmHours);
         chart
             .draw_series(LineSeries::new(line, c.stroke_width(3)))
             .map_err(err)?

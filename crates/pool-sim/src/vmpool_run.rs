@@ -73,6 +73,10 @@ pub async fn run_vmpool(trace: &Trace, policy: PoolPolicy, seed: u64) -> Outcome
     let mut sessions: BTreeMap<i64, Vec<VmId>> = BTreeMap::new();
     let mut meter = Meter::default();
     let mut in_use = 0usize;
+    // The cloud's billing, read again whenever an ARM call may have changed it (a reconcile
+    // pass, a CreateVM). A deallocate that completes between two reads is counted as billed
+    // until the next read, at most one poll: a bias against vmpool of a few seconds per VM.
+    let mut bill = (0usize, 0usize);
 
     let at = |t: i64| start + Duration::seconds(t);
     for t in 0..=end {
@@ -94,12 +98,14 @@ pub async fn run_vmpool(trace: &Trace, policy: PoolPolicy, seed: u64) -> Outcome
         }
         // New requests ask at once; refused ones ask again every poll.
         let asking = retry.len();
+        let mut called = false;
         for _ in 0..asking {
             let Some(r) = retry.pop_front() else { break };
             if r.at != t && t % POLL != 0 {
                 retry.push_back(r);
                 continue;
             }
+            called = true;
             match pool.create_vm().await {
                 Ok(created) if created.vm.state == VmState::Running => {
                     // The game server reports its room, as real ones do.
@@ -132,7 +138,10 @@ pub async fn run_vmpool(trace: &Trace, policy: PoolPolicy, seed: u64) -> Outcome
             }
             booting = still;
         }
-        let (billed, deallocated) = billing(&cloud);
+        if called || t % POLL == 0 {
+            bill = billing(&cloud);
+        }
+        let (billed, deallocated) = bill;
         let ready = if t % SAMPLE_EVERY == 0 {
             ready_vms(&store).await
         } else {
