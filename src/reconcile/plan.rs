@@ -493,9 +493,9 @@ pub const DEMAND_SLOTS: usize = 5;
 /// takes to become ready (Little's law: VMs in flight = arrival rate x time in flight),
 /// rounded down, so demand that expects less than one claim per ready time costs nothing.
 /// A burst does not count as a rate: the window is cut into [`DEMAND_SLOTS`] slots and the
-/// busiest slot counts for no more than the next busiest, so claims bunched in a few
-/// seconds (which CreateVM serves by creating on demand) raise the target only once demand
-/// shows in a second slot.
+/// busiest slot counts for at most twice the next busiest plus one, so claims bunched in a
+/// few seconds (which CreateVM serves by creating on demand) raise the target only once
+/// demand shows in a second slot, while the noise of steady demand passes unchanged.
 pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolicy) -> u32 {
     let window = to_time(policy.demand_window);
     let slot = window.as_seconds_f64().max(1.0) / DEMAND_SLOTS as f64;
@@ -516,7 +516,8 @@ pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolic
         slots[at] += 1;
     }
     slots.sort_unstable();
-    slots[DEMAND_SLOTS - 1] = slots[DEMAND_SLOTS - 2];
+    let next_busiest = slots[DEMAND_SLOTS - 2];
+    slots[DEMAND_SLOTS - 1] = slots[DEMAND_SLOTS - 1].min(2 * next_busiest + 1);
     let claims = slots.iter().sum::<u64>() as f64;
     let ready = policy.ready_estimate.as_secs_f64();
     let per_ready_time = claims * ready / window.as_seconds_f64().max(1.0);
@@ -1257,13 +1258,20 @@ mod tests {
             .map(|i| claimed(&format!("b{i}"), 10 + i % 3))
             .collect();
         assert_eq!(demand_target(&burst, t0(), &policy), 0);
-        // One claim a minute for five minutes, and the burst on top: the minute's rate.
+        // One claim a minute for five minutes: 3. The burst on top counts as 3 claims.
         let steady: Vec<Versioned> = (0..5)
             .map(|i| claimed(&format!("s{i}"), 30 + 60 * i))
             .collect();
         assert_eq!(demand_target(&steady, t0(), &policy), 3);
         let both: Vec<Versioned> = steady.iter().chain(&burst).cloned().collect();
-        assert_eq!(demand_target(&both, t0(), &policy), 3);
+        assert_eq!(demand_target(&both, t0(), &policy), 4);
+        // Poisson-like noise (2 claims in one slot, 1 in the next) is not cut.
+        let noisy: Vec<Versioned> = [10, 20, 70, 130, 190, 250]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| claimed(&format!("n{i}"), *s))
+            .collect();
+        assert_eq!(demand_target(&noisy, t0(), &policy), 3);
         // Demand that shows in two slots counts in full.
         let twice: Vec<Versioned> = (0..20)
             .map(|i| claimed(&format!("t{i}"), if i < 10 { 10 } else { 70 }))
