@@ -219,10 +219,10 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
             900.0,
         )?;
         let section = format!(
-            "### {}\n\n![{}](economics/{}.png)\n\n{}\n\n{}\n",
+            "#### {}\n\n![{}]({})\n\n{}\n\n{}\n",
             trace.name,
             trace.name,
-            trace.name,
+            png.display(),
             table(&points),
             goals.join("\n\n")
         );
@@ -235,13 +235,17 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
                 .iter()
                 .map(|(p, o)| (p.name(), o.timeline.as_slice()))
                 .collect();
+            let timeline_png = args.out.join("launch-timeline.png");
             plot::timeline(
-                &args.out.join("launch-timeline.png"),
+                &timeline_png,
                 "launch day: demand, billed and ready VMs per policy",
                 &demand(&trace),
                 &series,
             )?;
-            let mut which = String::from("Launch-day timeline runs:");
+            let mut which = format!(
+                "![launch day: demand, billed and ready VMs per policy]({})\n\nOne launch day over time, each policy at its cheapest setting with a p95 wait of a minute or less (else its lowest wait):",
+                timeline_png.display()
+            );
             for (p, o) in &reps {
                 which.push_str(&format!(
                     " {} {} (p95 {} s, {:.1} VM-hours);",
