@@ -214,7 +214,10 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
         let png = args.out.join(format!("{}.png", trace.name));
         plot::fronts(
             &png,
-            &format!("{}: p95 wait against cost, each policy's front", trace.name),
+            &format!(
+                "{}: p95 wait against VM-hours, each policy's front",
+                trace.name
+            ),
             &points,
             900.0,
         )?;
