@@ -245,6 +245,7 @@ pub fn plan(
     actions.extend(unclaimed);
 
     let (target, cooled) = buffer_target(rows, now, policy, &mut meta);
+    let draining = drained(rows, &handled, now, policy);
     let buffer = rows
         .iter()
         .filter(|r| !leaving.contains(&r.vm.id))
@@ -253,7 +254,8 @@ pub fn plan(
                 || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
         })
         .count()
-        + returning;
+        + returning
+        + reclaimable(rows, &handled, &draining);
     actions.extend(fill_buffer(
         rows,
         observed,
@@ -266,7 +268,7 @@ pub fn plan(
     if cooled {
         actions.extend(surplus(rows, observed, &mut handled, buffer, target));
     }
-    actions.extend(drained(rows, &handled, now, policy));
+    actions.extend(draining);
     actions.extend(find_ips(rows, observed, &handled));
     Plan {
         actions: cap_writes(actions),
@@ -409,6 +411,27 @@ pub fn surplus<'a>(
         .collect()
 }
 
+/// Drained VMs that reported empty and stay up this pass: CreateVM reclaims them before any
+/// `Standby` VM and they serve at once, so they count towards the buffer while they last
+/// (until the drain timeout deallocates them).
+pub fn reclaimable(rows: &[Versioned], handled: &HashSet<&VmId>, draining: &[Action]) -> usize {
+    let leaving: HashSet<&VmId> = draining
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deallocate(r, _) => Some(&r.vm.id),
+            _ => None,
+        })
+        .collect();
+    rows.iter()
+        .filter(|r| {
+            r.vm.state == VmState::MarkedForDeallocation
+                && r.vm.reported_empty()
+                && !handled.contains(&r.vm.id)
+                && !leaving.contains(&r.vm.id)
+        })
+        .count()
+}
+
 /// The drain safety net: a `MarkedForDeallocation` VM whose last report (since it was handed
 /// out) said 0 rooms, and that has not reported for the drain timeout, is deallocated. One
 /// whose rooms are unknown is never touched.
@@ -463,15 +486,39 @@ pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
     actions
 }
 
+/// The demand window is cut into this many slots to tell sustained demand from a burst.
+pub const DEMAND_SLOTS: usize = 5;
+
 /// The buffer target from demand: claims over the demand window, scaled to the time a VM
 /// takes to become ready (Little's law: VMs in flight = arrival rate x time in flight),
 /// rounded down, so demand that expects less than one claim per ready time costs nothing.
+/// A burst does not count as a rate: the window is cut into [`DEMAND_SLOTS`] slots and the
+/// busiest slot counts for at most twice the next busiest plus one, so claims bunched in a
+/// few seconds (which CreateVM serves by creating on demand) raise the target only once
+/// demand shows in a second slot, while the noise of steady demand passes unchanged.
 pub fn demand_target(rows: &[Versioned], now: OffsetDateTime, policy: &PoolPolicy) -> u32 {
     let window = to_time(policy.demand_window);
-    let claims = rows
-        .iter()
-        .filter(|r| r.vm.claimed_at.is_some_and(|t| now - t <= window))
-        .count() as f64;
+    let slot = window.as_seconds_f64().max(1.0) / DEMAND_SLOTS as f64;
+    let mut slots = [0u64; DEMAND_SLOTS];
+    for claimed in rows.iter().filter_map(|r| r.vm.claimed_at) {
+        // A claim stamped ahead of this clock (another instance's) is in the newest slot.
+        let age = (now - claimed).max(Duration::ZERO);
+        if age > window {
+            continue;
+        }
+        // Saturating float-to-int cast of a small, non-negative number.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "bounded below"
+        )]
+        let at = ((age.as_seconds_f64() / slot) as usize).min(DEMAND_SLOTS - 1);
+        slots[at] += 1;
+    }
+    slots.sort_unstable();
+    let next_busiest = slots[DEMAND_SLOTS - 2];
+    slots[DEMAND_SLOTS - 1] = slots[DEMAND_SLOTS - 1].min(2 * next_busiest + 1);
+    let claims = slots.iter().sum::<u64>() as f64;
     let ready = policy.ready_estimate.as_secs_f64();
     let per_ready_time = claims * ready / window.as_seconds_f64().max(1.0);
     // Saturating float-to-int cast of a small, non-negative number.
@@ -1154,11 +1201,11 @@ mod tests {
             buffer_cooldown: std::time::Duration::from_secs(900),
             ..PoolPolicy::default()
         };
-        // 10 claims in the last 5 minutes: 2 per minute x 3 minutes to ready = 6.
+        // 10 claims over the last 5 minutes: 2 per minute x 3 minutes to ready = 6.
         let claimed: Vec<Versioned> = (0..10)
             .map(|i| {
                 let mut r = row(&format!("r{i}"), VmState::Running, None);
-                r.vm.claimed_at = Some(t0());
+                r.vm.claimed_at = Some(t0() - Duration::seconds(25 * i));
                 r.vm.rooms = 2;
                 r.vm.last_report_at = Some(t0());
                 r
@@ -1191,6 +1238,81 @@ mod tests {
             5,
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn a_burst_of_claims_does_not_count_as_a_rate() {
+        let policy = PoolPolicy {
+            max_vms: 100_000,
+            demand_window: std::time::Duration::from_secs(300),
+            ready_estimate: std::time::Duration::from_secs(180),
+            ..PoolPolicy::default()
+        };
+        let claimed = |name: &str, secs_ago: i64| {
+            let mut r = row(name, VmState::Running, None);
+            r.vm.claimed_at = Some(t0() - Duration::seconds(secs_ago));
+            r
+        };
+        // 60 claims within 3 seconds: no sustained rate.
+        let burst: Vec<Versioned> = (0..60)
+            .map(|i| claimed(&format!("b{i}"), 10 + i % 3))
+            .collect();
+        assert_eq!(demand_target(&burst, t0(), &policy), 0);
+        // One claim a minute for five minutes: 3. The burst on top counts as 3 claims.
+        let steady: Vec<Versioned> = (0..5)
+            .map(|i| claimed(&format!("s{i}"), 30 + 60 * i))
+            .collect();
+        assert_eq!(demand_target(&steady, t0(), &policy), 3);
+        let both: Vec<Versioned> = steady.iter().chain(&burst).cloned().collect();
+        assert_eq!(demand_target(&both, t0(), &policy), 4);
+        // Poisson-like noise (2 claims in one slot, 1 in the next) is not cut.
+        let noisy: Vec<Versioned> = [10, 20, 70, 130, 190, 250]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| claimed(&format!("n{i}"), *s))
+            .collect();
+        assert_eq!(demand_target(&noisy, t0(), &policy), 3);
+        // Demand that shows in two slots counts in full.
+        let twice: Vec<Versioned> = (0..20)
+            .map(|i| claimed(&format!("t{i}"), if i < 10 { 10 } else { 70 }))
+            .collect();
+        assert_eq!(demand_target(&twice, t0(), &policy), 12);
+        // A claim stamped ahead of this clock counts as the newest.
+        let ahead: Vec<Versioned> = (0..10)
+            .map(|i| claimed(&format!("a{i}"), if i < 5 { -5 } else { 70 }))
+            .collect();
+        assert_eq!(demand_target(&ahead, t0(), &policy), 6);
+    }
+
+    #[test]
+    fn drained_vms_that_reported_empty_count_towards_the_buffer() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            ..PoolPolicy::default()
+        };
+        let drained_row = |name: &str, reported_secs: i64| {
+            let mut r = row(name, VmState::MarkedForDeallocation, None);
+            r.vm.rooms = 0;
+            r.vm.last_report_at = Some(t0() + Duration::seconds(reported_secs));
+            r
+        };
+        // Two drained VMs a CreateVM would reclaim: the buffer is full.
+        let rows = [drained_row("m0", 0), drained_row("m1", 0)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert!(run(&rows, &arm, 60, &policy).is_empty());
+        // One past the drain timeout leaves this pass: it does not count.
+        let rows = [drained_row("m0", 0), drained_row("m1", 800)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert_eq!(
+            run(&rows, &arm, 900, &policy),
+            ["create", "deallocate m0 (drain timeout)"]
+        );
+        // A drained VM whose rooms are unknown does not count.
+        let mut unknown = drained_row("u", 0);
+        unknown.vm.last_report_at = None;
+        let rows = [unknown.clone(), drained_row("m1", 0)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert_eq!(run(&rows, &arm, 60, &policy), ["create"]);
     }
 
     #[test]
