@@ -228,6 +228,58 @@ pub struct VmRecord {
     pub attempts: u32,
     /// The last ARM error, kept for `Failed` VMs and as history.
     pub last_error: Option<String>,
+    /// The ordering field of the last rooms report applied (the game server's report time
+    /// or sequence number), if it carried one: an older report changes nothing. Cleared when
+    /// the VM is started or created again (its game server starts afresh).
+    pub report_order: Option<ReportOrder>,
+    /// Why vmpool stopped calling ARM for this VM (its operation ran out of attempts): an
+    /// operator must look at it. Cleared when ARM shows the operation done.
+    pub attention: Option<String>,
+}
+
+/// Where a rooms report stands among the reports of its VM: the game server's report time, or
+/// a sequence number it increases with each report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOrder {
+    /// The game server's report time (RFC 3339 on the wire).
+    At(OffsetDateTime),
+    /// A per-VM sequence number.
+    Seq(u64),
+}
+
+impl ReportOrder {
+    /// Whether this report is older than `last`, the last applied one. Orders of different
+    /// kinds cannot be compared: the newer kind wins, so a game server may switch kinds.
+    pub fn is_older_than(&self, last: &ReportOrder) -> bool {
+        match (self, last) {
+            (ReportOrder::At(a), ReportOrder::At(b)) => a < b,
+            (ReportOrder::Seq(a), ReportOrder::Seq(b)) => a < b,
+            _ => false,
+        }
+    }
+
+    /// The text the table keeps: `seq:<n>` or `at:<RFC 3339>`.
+    pub fn to_text(&self) -> String {
+        match self {
+            ReportOrder::Seq(n) => format!("seq:{n}"),
+            ReportOrder::At(t) => format!(
+                "at:{}",
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Reads [`ReportOrder::to_text`]'s text.
+    pub fn parse_text(raw: &str) -> Option<Self> {
+        if let Some(n) = raw.strip_prefix("seq:") {
+            return n.parse().ok().map(ReportOrder::Seq);
+        }
+        let at = raw.strip_prefix("at:")?;
+        OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(ReportOrder::At)
+    }
 }
 
 impl VmRecord {
@@ -253,6 +305,8 @@ impl VmRecord {
             claimed_at: (purpose == Purpose::Matchmaker).then_some(now),
             attempts: 1,
             last_error: None,
+            report_order: None,
+            attention: None,
         }
     }
 
@@ -263,6 +317,7 @@ impl VmRecord {
             state_changed_at: now,
             operation_since: operation.map(|_| now),
             attempts: if operation.is_some() { 1 } else { 0 },
+            attention: None,
             ..self.clone()
         }
     }
@@ -376,8 +431,9 @@ pub fn claim(vm: &VmRecord, kind: ClaimKind, now: OffsetDateTime) -> Result<VmRe
         ClaimKind::ClaimCreating => vm.clone(),
         ClaimKind::Start => {
             let mut started = vm.moved(VmState::Creating, Some(Operation::Start), now);
-            // A VM that boots again starts empty.
+            // A VM that boots again starts empty, with a game server that reports afresh.
             started.rooms = 0;
+            started.report_order = None;
             started.last_error = None;
             started
         }
@@ -404,6 +460,7 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
     let mut next = vm.moved(VmState::Creating, Some(Operation::Start), now);
     next.purpose = Purpose::Buffer;
     next.rooms = 0;
+    next.report_order = None;
     next.last_error = None;
     Ok(next)
 }
@@ -457,6 +514,9 @@ pub enum Report {
     Deallocate(VmRecord),
     /// Zero rooms on a VM already `Deallocating`: a repeated report, nothing changes.
     AlreadyDeallocating,
+    /// The report is older than the last one applied (by its report time or sequence
+    /// number): it arrived late or was sent again, and changes nothing.
+    Stale,
 }
 
 /// ReportGameRoomsNumber: records `rooms` on a VM that hosts rooms or is about to.
@@ -464,6 +524,27 @@ pub enum Report {
 /// `Running` (someone uses it, so it is never handed out as empty); zero rooms on a
 /// `MarkedForDeallocation` VM start its deallocation.
 pub fn report_rooms(vm: &VmRecord, rooms: u32, now: OffsetDateTime) -> Result<Report, Refused> {
+    report_rooms_ordered(vm, rooms, None, now)
+}
+
+/// [`report_rooms`] with the report's ordering field: a report older than the last one
+/// applied to this VM is [`Report::Stale`] and changes nothing; an applied one keeps its
+/// order. Without an order, every report applies (in the order it arrives).
+pub fn report_rooms_ordered(
+    vm: &VmRecord,
+    rooms: u32,
+    order: Option<ReportOrder>,
+    now: OffsetDateTime,
+) -> Result<Report, Refused> {
+    if let (Some(order), Some(last)) = (order, vm.report_order)
+        && order.is_older_than(&last)
+    {
+        return Ok(Report::Stale);
+    }
+    let vm = &VmRecord {
+        report_order: order.or(vm.report_order),
+        ..vm.clone()
+    };
     let recorded = |vm: VmRecord| {
         Report::Recorded(VmRecord {
             rooms,

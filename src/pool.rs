@@ -14,7 +14,8 @@ use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::PoolPolicy;
 use crate::domain::{
-    self, ClaimKind, GiveBack, Marked, Operation, Purpose, Refused, Report, VmId, VmRecord, VmState,
+    self, ClaimKind, GiveBack, Marked, Operation, Purpose, Refused, Report, ReportOrder, VmId,
+    VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
@@ -107,7 +108,7 @@ pub struct Created {
 pub struct Changed {
     /// The VM after the operation.
     pub vm: VmRecord,
-    /// What happened: `recorded`, `deallocating`, `marked` or `alreadyMarked`.
+    /// What happened: `recorded`, `deallocating`, `stale`, `marked` or `alreadyMarked`.
     pub action: &'static str,
 }
 
@@ -559,15 +560,35 @@ impl Pool {
 
     /// ReportGameRoomsNumber: records the room count; zero rooms on a VM marked for
     /// deallocation deallocates it (without waiting for ARM).
-    #[instrument(skip_all, fields(vm.id = %id, rooms))]
     pub async fn report_rooms(&self, id: &VmId, rooms: u32) -> Result<Changed, PoolError> {
+        self.report_rooms_ordered(id, rooms, None).await
+    }
+
+    /// ReportGameRoomsNumber with the report's ordering field (its report time or sequence
+    /// number): a report older than the last one applied to the VM answers `stale` and
+    /// changes nothing.
+    #[instrument(skip_all, fields(vm.id = %id, rooms))]
+    pub async fn report_rooms_ordered(
+        &self,
+        id: &VmId,
+        rooms: u32,
+        order: Option<ReportOrder>,
+    ) -> Result<Changed, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let row = self.get_row(id).await?;
-            let (next, action) = match domain::report_rooms(&row.vm, rooms, self.clock.now())? {
+            let report = domain::report_rooms_ordered(&row.vm, rooms, order, self.clock.now())?;
+            let (next, action) = match report {
                 Report::AlreadyDeallocating => {
                     return Ok(Changed {
                         vm: row.vm,
                         action: "deallocating",
+                    });
+                }
+                Report::Stale => {
+                    info!(order = ?order, last = ?row.vm.report_order, "stale rooms report ignored");
+                    return Ok(Changed {
+                        vm: row.vm,
+                        action: "stale",
                     });
                 }
                 Report::Recorded(next) => (next, "recorded"),

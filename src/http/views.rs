@@ -87,7 +87,7 @@ pub struct VmOutcome {
     /// The VM after the operation.
     pub vm: VmView,
     /// What happened. CreateVM: `reclaimed`, `standby`, `claimedCreating`, `started` or
-    /// `created`; ReportGameRoomsNumber: `recorded` or `deallocating`;
+    /// `created`; ReportGameRoomsNumber: `recorded`, `deallocating` or `stale`;
     /// MarkVMForDeallocation: `marked` or `alreadyMarked`.
     #[schema(example = "created")]
     pub action: String,
@@ -312,6 +312,16 @@ pub struct RoomsInput {
     /// Its open rooms: a JSON number (not a string), whole, 0 to 100000; `3.0` counts as 3.
     #[schema(minimum = 0, maximum = 100_000, example = 3)]
     pub rooms: Option<u32>,
+    /// Optional: when the game server made this report (RFC 3339). A report older than the
+    /// last one applied to the VM answers `stale` and changes nothing. Give this or
+    /// `sequence`, not both.
+    #[schema(format = DateTime, example = "2026-01-01T12:00:00.250Z")]
+    pub reported_at: Option<String>,
+    /// Optional: a number the game server raises with each report of this VM (0 to 2^53). A
+    /// report with a lower number than the last one applied answers `stale` and changes
+    /// nothing. It starts afresh when the VM is started or created again.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_992_u64, example = 42)]
+    pub sequence: Option<u64>,
 }
 
 /// The input of MarkVMForDeallocation; `vmId` may instead come from the query string.

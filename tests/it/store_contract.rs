@@ -39,6 +39,8 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
         attempts: 2,
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
+        report_order: Some(vmpool::domain::ReportOrder::Seq(u64::MAX)),
+        attention: Some("the delete did not take after 3 attempts".into()),
     }
 }
 
