@@ -753,6 +753,27 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     next
 }
 
+/// ARM refused to start the VM, or the start failed without the VM coming up (quota, SKU,
+/// allocation): it is as it was, `Deallocated`, with the refusal recorded; it can be started
+/// again later. Only a VM whose own provisioning never succeeded becomes `Failed`.
+pub fn start_refused(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
+    let mut next = vm.moved(VmState::Deallocated, None, now);
+    next.purpose = Purpose::Buffer;
+    next.rooms = 0;
+    next.last_error = Some(format!("start refused: {error}"));
+    next
+}
+
+/// The reconciler stops calling ARM for a VM whose operation ran out of attempts: the row
+/// stays as it is, marked for an operator with the reason.
+pub fn needs_attention(vm: &VmRecord, why: &str) -> VmRecord {
+    VmRecord {
+        attention: Some(why.to_owned()),
+        last_error: Some(why.to_owned()),
+        ..vm.clone()
+    }
+}
+
 /// How a claim that would over-fill the pool is taken back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GiveBack {
@@ -793,20 +814,16 @@ pub fn call_failed(vm: &VmRecord, transient: bool, error: &str, now: OffsetDateT
 }
 
 /// The VM's operation is issued once more (after a crash, a lost ARM request or a timeout).
-/// Its first issue time stays, so its timeout and attempts still count from there. A create
-/// or start issued again finishes into the buffer: whoever asked for it got an error or
-/// gave up, and would never hear of it.
+/// Its first issue time stays, so its timeout and attempts still count from there. Whom the
+/// VM is for does not change: a row claimed for a caller stays the caller's (a CreateVM
+/// whose ARM call failed already handed its row to the buffer).
 pub fn reissue(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
-    let mut next = VmRecord {
+    VmRecord {
         attempts: vm.attempts.saturating_add(1),
         operation_since: Some(vm.issued_at()),
         state_changed_at: now,
         ..vm.clone()
-    };
-    if matches!(vm.operation, Some(Operation::Create | Operation::Start)) {
-        next.purpose = Purpose::Buffer;
     }
-    next
 }
 
 #[cfg(test)]
@@ -1186,10 +1203,10 @@ mod tests {
         claimed.operation = Some(Operation::Start);
         let later = t0() + time::Duration::seconds(90);
         let r = reissue(&claimed, later);
-        // The first issue time stays; a re-issued start finishes into the buffer.
+        // The first issue time stays; whom the VM is for does not change.
         assert_eq!(
             (r.attempts, r.operation_since, r.state_changed_at, r.purpose),
-            (2, Some(t0()), later, Purpose::Buffer)
+            (2, Some(t0()), later, Purpose::Matchmaker)
         );
         let again = reissue(&r, later + time::Duration::seconds(90));
         assert_eq!((again.attempts, again.issued_at()), (3, t0()));

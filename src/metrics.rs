@@ -312,7 +312,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     match e {
         PoolError::NotFound(_) => "NotFound",
         PoolError::Conflict(_) => "Conflict",
-        PoolError::CapacityExhausted { .. } => "CapacityExhausted",
+        PoolError::CapacityExhausted { .. } | PoolError::Refused { .. } => "CapacityExhausted",
         PoolError::Store(_)
         | PoolError::Compute(_)
         | PoolError::Contention

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
+use crate::breaker::{self, Breaker};
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
 use crate::idempotency::expiry;
@@ -57,6 +58,11 @@ pub struct Summary {
     pub forgotten: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
+    /// Starts ARM refused or that failed (quota, SKU, allocation): their VMs stay
+    /// `Deallocated`.
+    pub start_refusals: u32,
+    /// VMs whose operation ran out of attempts, marked as needing attention this pass.
+    pub needs_attention: u32,
     /// Unused claims returned to the buffer.
     pub unclaimed: u32,
     /// Public IPs found after their VM completed.
@@ -99,6 +105,8 @@ impl Summary {
         self.deleted += other.deleted;
         self.forgotten += other.forgotten;
         self.adopted += other.adopted;
+        self.start_refusals += other.start_refusals;
+        self.needs_attention += other.needs_attention;
         self.unclaimed += other.unclaimed;
         self.ips_found += other.ips_found;
         self.keys_expired += other.keys_expired;
@@ -114,7 +122,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -127,6 +135,8 @@ impl Summary {
             self.forgotten,
             self.adopted,
             self.unclaimed,
+            self.start_refusals,
+            self.needs_attention,
             self.ips_found,
             self.keys_expired,
             self.point_reads,
@@ -431,7 +441,6 @@ impl Reconciler {
         let record = || meta.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &self.pool;
         let compute = pool.compute();
-        let policy = pool.policy();
         let now = pool.clock().now();
         match action {
             Action::Complete(row) => {
@@ -447,8 +456,13 @@ impl Reconciler {
                     && self.write(&row, &next, summary).await?
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
-                    if row.vm.operation == Some(Operation::Create) {
-                        record().create_succeeded();
+                    // A VM came up: the breaker on refusals closes.
+                    let known = record().breaker();
+                    if let Err(e) = pool.count_success(&known).await {
+                        warn!(error = %e, "could not close the breaker; the next VM up closes it");
+                    } else {
+                        let mut m = record();
+                        *m = m.clone().with_breaker(&Breaker::default());
                     }
                     summary.completed += 1;
                 }
@@ -466,7 +480,7 @@ impl Reconciler {
                 if self.write(&row, &next, summary).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        record().create_failed(&error, now, policy);
+                        pool.count_refusal(breaker::Refused::Create, &error).await;
                     }
                     summary.failed += 1;
                 }
@@ -488,8 +502,24 @@ impl Reconciler {
                     _ => Ok(()),
                 };
                 if let Err(e) = answer {
-                    if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                        record().create_failed(&e.to_string(), now, policy);
+                    let refused = !e.is_transient() && e != ComputeError::NotFound;
+                    match (row.vm.state, row.vm.operation) {
+                        (VmState::Creating, Some(Operation::Start)) if refused => {
+                            // ARM answered the start itself: the VM is as it was.
+                            let back = domain::start_refused(&next, &e.to_string(), now);
+                            if let Written::Done(_) = pool.store().update(&back, &etag).await? {
+                                warn!(vm.id = %id, error = %e, "start refused again; the VM stays Deallocated");
+                                summary.start_refusals += 1;
+                            }
+                            pool.count_refusal(breaker::Refused::Start, &e.to_string())
+                                .await;
+                            return Ok(());
+                        }
+                        (VmState::Creating, Some(Operation::Create)) if !e.is_transient() => {
+                            pool.count_refusal(breaker::Refused::Create, &e.to_string())
+                                .await;
+                        }
+                        _ => {}
                     }
                     // Kept on the row, so the failure after the last attempt says why.
                     let noted = domain::VmRecord {
@@ -504,21 +534,31 @@ impl Reconciler {
                 info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
                 summary.reissued += 1;
             }
-            Action::StartForBuffer(row) => {
-                pool.add_to_buffer(Some(&row)).await?;
-                summary.started += 1;
-            }
-            Action::CreateForBuffer => {
-                if record().breaker_open_at(now) {
-                    return Ok(());
+            Action::StartForBuffer(row) => match pool.add_to_buffer(Some(&row)).await {
+                Ok(_) => summary.started += 1,
+                // The breaker or the hold on starts stopped it: nothing was sent.
+                Err(PoolError::Refused { asked: false, .. }) => {}
+                Err(PoolError::Refused { .. }) => summary.start_refusals += 1,
+                Err(e) => return Err(e.into()),
+            },
+            Action::CreateForBuffer => match pool.add_to_buffer(None).await {
+                Ok(_) => summary.created += 1,
+                Err(PoolError::Refused { asked: false, .. }) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Action::StartRefused(row, error) => {
+                let next = domain::start_refused(&row.vm, &error, now);
+                if self.write(&row, &next, summary).await? {
+                    warn!(vm.id = %row.vm.id, %error, "the start failed; the VM stays Deallocated");
+                    pool.count_refusal(breaker::Refused::Start, &error).await;
+                    summary.start_refusals += 1;
                 }
-                match pool.add_to_buffer(None).await {
-                    Ok(_) => summary.created += 1,
-                    Err(PoolError::Compute(e)) if !e.is_transient() => {
-                        record().create_failed(&e.to_string(), now, policy);
-                        return Err(PoolError::Compute(e).into());
-                    }
-                    Err(e) => return Err(e.into()),
+            }
+            Action::Attention(row, why) => {
+                let next = domain::needs_attention(&row.vm, &why);
+                if self.write(&row, &next, summary).await? {
+                    error!(vm.id = %row.vm.id, state = %row.vm.state, %why, "VM needs attention: vmpool stops calling ARM for it");
+                    summary.needs_attention += 1;
                 }
             }
             Action::Deallocate(row, why) => {
@@ -562,10 +602,12 @@ impl Reconciler {
             }
             Action::Adopt(id, resource_id, status) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
+                    // A deallocated VM whose last start failed (AllocationFailed) shows
+                    // provisioning Failed: it is a healthy VM to start later, not a dead one.
+                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Failed(e), _) => {
                         (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
                     }
-                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Succeeded, Power::Running) => (AdoptedAs::Running, None),
                     _ => (AdoptedAs::InFlight, None),
                 };

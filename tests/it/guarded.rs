@@ -111,3 +111,148 @@ async fn a_late_zero_report_after_a_mark_changes_nothing() {
         assert_eq!(a.json["error"]["code"], "InvalidInput");
     }
 }
+
+/// A VM handed out, used, drained and deallocated.
+async fn deallocated(rig: &Rig) -> VmId {
+    let id = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.advance(180);
+    rig.pass().await;
+    rig.pool.report_rooms(&id, 1).await.unwrap();
+    rig.pool.mark_for_deallocation(&id).await.unwrap();
+    rig.pool.report_rooms(&id, 0).await.unwrap();
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(row(rig, &id).await.unwrap().state, VmState::Deallocated);
+    id
+}
+
+/// Starts and creates the fake was asked for.
+fn writes(fake: &ArmFake) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| matches!(r.op, Some(FakeOp::Start | FakeOp::PutVm)))
+        .count()
+}
+
+#[tokio::test]
+async fn a_start_refused_for_quota_leaves_the_vm_deallocated_and_counts_toward_the_breaker() {
+    let rig = Rig::arm(&[("VMPOOL_BREAKER_FAILURES", "3")]).await;
+    let f = rig.fake();
+    let app = crate::support::serve(rig.state.clone()).await;
+    let id = deallocated(&rig).await;
+    f.quota_window(300);
+
+    // CreateVM starts the deallocated VM; Azure refuses for quota.
+    let a = app.create_vm().await;
+    assert_eq!(a.status, 503, "{:?}", a.json);
+    assert_eq!(a.json["error"]["code"], "CapacityExhausted");
+    let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait >= 30, "backs off: {wait}");
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OperationNotAllowed"),
+        "{:?}",
+        a.json
+    );
+    let kept = row(&rig, &id).await.unwrap();
+    assert_eq!(kept.state, VmState::Deallocated, "{kept:?}");
+    assert!(kept.last_error.unwrap().contains("OperationNotAllowed"));
+    assert_eq!(touched(&f, FakeOp::Start, &id), 1);
+
+    // Starts are held back: the next CreateVM creates instead, and that is refused too.
+    let b = app.create_vm().await;
+    assert_eq!(b.json["error"]["code"], "CapacityExhausted", "{:?}", b.json);
+    assert_eq!(
+        touched(&f, FakeOp::Start, &id),
+        1,
+        "no start during the backoff"
+    );
+    let c = app.create_vm().await;
+    assert_eq!(c.status, 503);
+    // Three refusals in a row, of a start and of creates: the breaker is open, and CreateVM
+    // answers at once without calling ARM.
+    let status = app.status().await.json;
+    assert_eq!(status["circuitBreaker"]["open"], true, "{status}");
+    assert_eq!(status["circuitBreaker"]["consecutiveCreateFailures"], 3);
+    let before = writes(&f);
+    let d = app.create_vm().await;
+    assert_eq!(
+        (d.status, &d.json["error"]["code"]),
+        (503, &json!("CapacityExhausted"))
+    );
+    assert!(d.headers.contains_key("retry-after"));
+    assert_eq!(
+        writes(&f),
+        before,
+        "nothing sent to ARM while the breaker is open"
+    );
+
+    // The reconciler never fails or deletes the refused VM, however long the quota lasts.
+    for _ in 0..12 {
+        rig.advance(10);
+        let s = rig.pass().await;
+        assert_eq!(s.failed, 0, "{}", s.line());
+        assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Deallocated);
+    }
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &id), 0);
+
+    // Quota back and the breaker cooled down: the same VM is started again.
+    rig.advance(600);
+    rig.pass().await;
+    let e = app.create_vm().await;
+    assert_eq!(
+        (e.status, &e.json["action"]),
+        (202, &json!("started")),
+        "{:?}",
+        e.json
+    );
+    assert_eq!(e.json["vm"]["vmId"], id.as_str());
+    rig.advance(70);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Running);
+    let status = app.status().await.json;
+    assert_eq!(
+        status["circuitBreaker"]["consecutiveCreateFailures"], 0,
+        "a VM came up"
+    );
+}
+
+#[tokio::test]
+async fn a_start_that_fails_in_its_operation_leaves_the_vm_deallocated() {
+    let rig = Rig::arm(&[("VMPOOL_MIN_STANDBY", "0")]).await;
+    let f = rig.fake();
+    let app = crate::support::serve(rig.state.clone()).await;
+    let id = deallocated(&rig).await;
+    f.start_fails_next(
+        "AllocationFailed",
+        "Allocation failed. We do not have sufficient capacity for the requested VM size in this region.",
+    );
+    // ARM accepts the start; its operation then fails and the VM stays deallocated.
+    let a = app.create_vm().await;
+    assert_eq!((a.status, &a.json["action"]), (202, &json!("started")));
+    rig.advance(70);
+    let s = rig.pass().await;
+    assert_eq!((s.failed, s.start_refusals), (0, 1), "{}", s.line());
+    let back = row(&rig, &id).await.unwrap();
+    assert_eq!(back.state, VmState::Deallocated, "{back:?}");
+    assert!(back.last_error.unwrap().contains("AllocationFailed"));
+    let status = app.status().await.json;
+    assert_eq!(status["circuitBreaker"]["consecutiveCreateFailures"], 1);
+    // Never deleted; a sweep that shows it `Failed` and deallocated changes nothing.
+    for _ in 0..6 {
+        rig.advance(100);
+        let s = rig.pass().await;
+        assert_eq!(s.failed, 0, "{}", s.line());
+    }
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Deallocated);
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &id), 0);
+    // It can be started again.
+    let b = app.create_vm().await;
+    assert_eq!(b.json["action"], "started", "{:?}", b.json);
+    assert_eq!(b.json["vm"]["vmId"], id.as_str());
+    rig.advance(70);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Running);
+}

@@ -347,7 +347,7 @@ pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
     let (got, etag) = load_meta(store.as_ref()).await.unwrap();
     assert_eq!(got, meta);
     let mut next = got.clone();
-    next.breaker_reason = Some("QuotaExceeded".into());
+    next.target_raised_at = None;
     next.buffer_target = 0;
     save_meta(store.as_ref(), &next, etag.as_ref())
         .await

@@ -493,6 +493,8 @@ mod tests {
         vm.operation = Some(Operation::Create);
         vm.last_report_at = Some(t);
         vm.claimed_at = Some(t);
+        vm.report_order = Some(ReportOrder::At(t));
+        vm.attention = Some("the delete did not take after 3 attempts".into());
         vm
     }
 
