@@ -430,6 +430,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         max_vms: v.max_vms,
         buffer_target: v.buffer.target,
         breaker_open: v.circuit_breaker.open,
+        needs_attention: v.needs_attention,
+        claims_timed_out: v.claims_timed_out,
     });
     let text = state.metrics.render(gauges.as_ref());
     (

@@ -62,6 +62,10 @@ pub struct VmView {
     /// The last ARM error, when one is recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why vmpool stopped calling ARM for this VM (its operation ran out of attempts), when
+    /// it did: an operator must look at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs_attention: Option<String>,
 }
 
 impl VmView {
@@ -77,6 +81,7 @@ impl VmView {
             state_changed_at: vm.state_changed_at,
             created_at: vm.created_at,
             last_error: vm.last_error.clone(),
+            needs_attention: vm.attention.clone(),
         }
     }
 }
@@ -217,6 +222,13 @@ pub struct PoolStatusView {
     pub circuit_breaker: BreakerView,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// VMs whose operation ran out of attempts, as of the last reconcile pass: vmpool
+    /// stops calling ARM for them and an operator must look at them (each VM shows
+    /// `needsAttention`).
+    pub needs_attention: u32,
+    /// Handed-out VMs that got no report nor mark within `VMPOOL_CLAIM_TIMEOUT_SECS` and
+    /// went back to `Standby`, counted over the pool's life.
+    pub claims_timed_out: u64,
     /// When the last reconcile pass finished (RFC 3339).
     pub last_reconcile_at: Option<String>,
     /// One line on what the last pass did.
@@ -275,6 +287,8 @@ impl PoolStatusView {
                 },
                 consecutive_create_failures: meta.consecutive_create_failures,
             },
+            needs_attention: meta.needs_attention,
+            claims_timed_out: meta.claims_timed_out,
             last_reconcile_at: rfc3339(meta.last_reconcile_at),
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
         }

@@ -54,6 +54,13 @@ pub struct PoolMeta {
     /// was trusted).
     #[serde(default)]
     pub vanished: u32,
+    /// VMs marked as needing attention (their operation ran out of attempts) as of the last
+    /// pass.
+    #[serde(default)]
+    pub needs_attention: u32,
+    /// Unused claims returned to `Standby` by the claim timeout, over the pool's life.
+    #[serde(default)]
+    pub claims_timed_out: u64,
 }
 
 impl PoolMeta {

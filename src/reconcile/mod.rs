@@ -386,6 +386,11 @@ impl Reconciler {
         self.expire_keys(summary).await;
         let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
         meta.last_reconcile_at = Some(pool.clock().now());
+        meta.claims_timed_out = meta
+            .claims_timed_out
+            .saturating_add(u64::from(summary.unclaimed));
+        let marked = rows.iter().filter(|r| r.vm.attention.is_some()).count();
+        meta.needs_attention = u32::try_from(marked).unwrap_or(u32::MAX) + summary.needs_attention;
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
         }
@@ -442,6 +447,7 @@ impl Reconciler {
         let pool = &self.pool;
         let compute = pool.compute();
         let now = pool.clock().now();
+        let policy = pool.policy();
         match action {
             Action::Complete(row) => {
                 // A missing IP does not hold the VM back: it is looked for on later passes.
@@ -621,7 +627,11 @@ impl Reconciler {
                 if let Ok(next) = domain::unclaimed(&row.vm, now)
                     && self.write(&row, &next, summary).await?
                 {
-                    info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
+                    warn!(
+                        vm.id = %row.vm.id,
+                        claim_timeout_secs = policy.claim_timeout.as_secs(),
+                        "claim timed out: handed out by CreateVM but no rooms report nor mark came within the claim timeout; back to Standby, where it may be handed out again"
+                    );
                     summary.unclaimed += 1;
                 }
             }

@@ -256,3 +256,175 @@ async fn a_start_that_fails_in_its_operation_leaves_the_vm_deallocated() {
     rig.pass().await;
     assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Running);
 }
+
+#[tokio::test]
+async fn a_vm_claimed_for_a_caller_is_not_reissued_while_its_create_vm_may_run() {
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    let id = deallocated(&rig).await;
+    // CreateVM's start is slow to be answered: its row says Creating for the caller, and
+    // ARM still shows the VM deallocated.
+    f.delay_next(FakeOp::Start, 1, std::time::Duration::from_millis(1500));
+    let pool = rig.pool.clone();
+    let caller = tokio::spawn(async move { pool.create_vm_detached(None).await });
+    let mut claimed = None;
+    for _ in 0..500 {
+        let now = row(&rig, &id).await.unwrap();
+        if now.state == VmState::Creating {
+            claimed = Some(now);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let claimed = claimed.expect("CreateVM claimed the deallocated VM");
+    assert_eq!(claimed.purpose, vmpool::domain::Purpose::Matchmaker);
+    // Past the re-issue grace but within CreateVM's deadline: nothing re-issues the start,
+    // and the row stays the caller's.
+    rig.advance(61);
+    let s = rig.pass().await;
+    assert_eq!(s.reissued, 0, "{}", s.line());
+    let got = caller.await.unwrap().unwrap();
+    assert_eq!((got.action, got.vm.id.clone()), ("started", id.clone()));
+    assert_eq!(
+        row(&rig, &id).await.unwrap().purpose,
+        vmpool::domain::Purpose::Matchmaker
+    );
+    assert_eq!(touched(&f, FakeOp::Start, &id), 1, "only CreateVM's start");
+    // The VM comes up for its caller, and no other caller gets it.
+    rig.advance(70);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Running);
+    let other = rig.pool.create_vm().await.unwrap();
+    assert_ne!(other.vm.id, id, "handed out once");
+}
+
+#[tokio::test]
+async fn a_delete_that_never_takes_stops_after_its_attempts_and_asks_for_attention() {
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    let app = crate::support::serve(rig.state.clone()).await;
+    f.provisioning_fails_next("OSProvisioningTimedOut", "OS Provisioning did not finish.");
+    let id = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Failed);
+    // Every DELETE of it fails.
+    f.fail_next(
+        FakeOp::DeleteVm,
+        1000,
+        vmpool_arm_fake::HttpFault::server_error(),
+    );
+    let mut marked = false;
+    for _ in 0..10 {
+        rig.advance(601);
+        let s = rig.pass().await;
+        if s.needs_attention == 1 {
+            marked = true;
+            break;
+        }
+    }
+    assert!(marked, "marked as needing attention");
+    let vm = row(&rig, &id).await.unwrap();
+    assert_eq!(vm.attempts, vmpool::reconcile::MAX_ATTEMPTS, "{vm:?}");
+    assert!(
+        vm.attention.as_deref().unwrap().contains("delete"),
+        "{vm:?}"
+    );
+    // From then on vmpool sends ARM nothing for it, however long.
+    let deletes = touched(&f, FakeOp::DeleteVm, &id);
+    for _ in 0..6 {
+        rig.advance(3600);
+        rig.pass().await;
+    }
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &id), deletes);
+    // GetPoolStatus and the metrics show it.
+    let status = app.status().await.json;
+    assert_eq!(status["needsAttention"], 1, "{status}");
+    let shown = status["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vmId"] == id.as_str())
+        .unwrap();
+    assert!(
+        shown["needsAttention"]
+            .as_str()
+            .unwrap()
+            .contains("did not take after 3 attempts"),
+        "{shown}"
+    );
+    let text = app
+        .http
+        .get(format!("{}/api/Metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines().any(|l| l == "vmpool_vms_needing_attention 1"),
+        "{text}"
+    );
+    // Once someone deletes it by hand, a GET's 404 lets the row go.
+    f.delete_behind_our_back(id.as_str());
+    rig.advance(61);
+    rig.pass().await;
+    assert!(row(&rig, &id).await.is_none());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unused_claim_is_counted_and_logged_with_its_vm_id() {
+    let captured = crate::support::log::Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let rig = Rig::arm(&[
+        ("VMPOOL_MIN_STANDBY", "1"),
+        ("VMPOOL_CLAIM_TIMEOUT_SECS", "600"),
+    ])
+    .await;
+    let app = crate::support::serve(rig.state.clone()).await;
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    let handed = rig.pool.create_vm().await.unwrap();
+    assert_eq!(handed.action, "standby");
+    // The game server never reports: after the claim timeout the VM is back in the buffer.
+    rig.advance(600);
+    let s = rig.pass().await;
+    assert_eq!(s.unclaimed, 1, "{}", s.line());
+    let status = app.status().await.json;
+    assert_eq!(status["claimsTimedOut"], 1, "{status}");
+    let text = app
+        .http
+        .get(format!("{}/api/Metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines().any(|l| l == "vmpool_claims_timed_out_total 1"),
+        "{text}"
+    );
+    let logged: Vec<Value> = captured
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("claim timed out"))
+        })
+        .collect();
+    assert_eq!(logged.len(), 1, "{}", captured.text());
+    assert_eq!(logged[0]["vm.id"], handed.vm.id.as_str());
+    assert_eq!(logged[0]["level"], "WARN");
+}
