@@ -162,6 +162,9 @@ pub enum ReconcileError {
     Pool(#[from] PoolError),
 }
 
+/// The margin by which a pass stops before its lease would run out: this part of the lease.
+pub const LEASE_MARGIN_PART: u32 = 5;
+
 /// How many point reads run at once.
 const READS_AT_ONCE: usize = 8;
 
@@ -244,6 +247,8 @@ impl Reconciler {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let started = pool.clock().now();
+        // The lease runs from before it was asked for, on this process's own clock.
+        let asked = pool.clock().monotonic();
         let Some(lease) = acquire_lease(store, &self.holder, started, self.lease_ttl).await? else {
             debug!("reconcile pass skipped: another instance holds the reconcile lease");
             return Ok(Summary {
@@ -254,8 +259,8 @@ impl Reconciler {
         let mut summary = Summary::default();
         let result = tokio::select! {
             result = self.pass(started, &mut summary) => result,
-            () = self.keep(lease) => {
-                warn!("the reconcile lease was lost during the pass; the pass stops where it is and the next one finishes its work");
+            () = self.keep(lease, asked) => {
+                warn!("the reconcile lease was lost or could not be renewed in time; the pass stops where it is and the next one finishes its work");
                 Ok(())
             }
         };
@@ -269,21 +274,55 @@ impl Reconciler {
         result.map(|()| summary)
     }
 
-    /// Renews `lease` every third of its length while a pass runs; returns only when the
-    /// lease is lost (another instance took it after it expired), so the pass must stop.
-    async fn keep(&self, mut lease: Lease) {
+    /// Renews `lease` every third of its length while a pass runs; returns when the pass
+    /// must stop: the lease was lost (another instance took it after it expired), or it could
+    /// not be renewed (storage refused or did not answer, however long) and is about to run
+    /// out. That is judged on this process's own monotonic clock, from before each renewal
+    /// was sent, with a margin of a fifth of the lease ([`LEASE_MARGIN_PART`]), so the pass
+    /// stops before any other instance may take the lease.
+    async fn keep(&self, mut lease: Lease, asked: std::time::Duration) {
         let store = self.pool.store().as_ref();
-        let every = std::time::Duration::try_from(self.lease_ttl / 3)
-            .unwrap_or(std::time::Duration::from_secs(1));
+        let clock = self.pool.clock();
+        let ttl = std::time::Duration::try_from(self.lease_ttl)
+            .unwrap_or(std::time::Duration::from_secs(15));
+        let every = ttl / 3;
+        let margin = ttl / LEASE_MARGIN_PART;
+        let mut valid_until = asked + ttl;
+        let mut next_renewal = asked + every;
         loop {
-            tokio::time::sleep(every).await;
-            let now = self.pool.clock().now();
-            match renew_lease(store, &self.holder, &lease, now, self.lease_ttl).await {
-                Ok(Some(renewed)) => lease = renewed,
-                Ok(None) => return,
-                // Storage did not answer: try again; if the lease runs out meanwhile, another
-                // instance may take it, and the next renewal finds that out.
-                Err(e) => warn!(error = %e, "the reconcile lease could not be renewed yet"),
+            let stop_at = valid_until.saturating_sub(margin);
+            let now = clock.monotonic();
+            if now >= stop_at {
+                error!(
+                    lease_secs = ttl.as_secs(),
+                    "the reconcile lease could not be renewed and is about to run out; the pass stops"
+                );
+                return;
+            }
+            if now < next_renewal {
+                clock.sleep(next_renewal.min(stop_at) - now).await;
+                continue;
+            }
+            let sent = clock.monotonic();
+            let renewal = renew_lease(store, &self.holder, &lease, clock.now(), self.lease_ttl);
+            // A renewal that hangs is given up when the lease must be treated as gone.
+            let answer = tokio::select! {
+                answer = renewal => Some(answer),
+                () = clock.sleep(stop_at.saturating_sub(sent)) => None,
+            };
+            match answer {
+                Some(Ok(Some(renewed))) => {
+                    lease = renewed;
+                    valid_until = sent + ttl;
+                    next_renewal = sent + every;
+                }
+                Some(Ok(None)) => return,
+                Some(Err(e)) => {
+                    warn!(error = %e, "the reconcile lease could not be renewed yet; trying again");
+                    next_renewal =
+                        clock.monotonic() + (every / 5).max(std::time::Duration::from_millis(200));
+                }
+                None => {}
             }
         }
     }

@@ -428,3 +428,106 @@ async fn an_unused_claim_is_counted_and_logged_with_its_vm_id() {
     assert_eq!(logged[0]["vm.id"], handed.vm.id.as_str());
     assert_eq!(logged[0]["level"], "WARN");
 }
+
+/// A compute API whose power sweep never answers, so a pass waits there until it is stopped.
+struct StuckSweep {
+    inner: std::sync::Arc<dyn vmpool::compute::Compute>,
+    entered: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl vmpool::compute::Compute for StuckSweep {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn resource_id(&self, name: &VmId) -> String {
+        self.inner.resource_id(name)
+    }
+    async fn create(&self, name: &VmId) -> Result<(), vmpool::compute::ComputeError> {
+        self.inner.create(name).await
+    }
+    async fn start(&self, name: &VmId) -> Result<(), vmpool::compute::ComputeError> {
+        self.inner.start(name).await
+    }
+    async fn deallocate(&self, name: &VmId) -> Result<(), vmpool::compute::ComputeError> {
+        self.inner.deallocate(name).await
+    }
+    async fn delete(&self, name: &VmId) -> Result<(), vmpool::compute::ComputeError> {
+        self.inner.delete(name).await
+    }
+    async fn status(
+        &self,
+        name: &VmId,
+    ) -> Result<Option<vmpool::compute::VmStatus>, vmpool::compute::ComputeError> {
+        self.inner.status(name).await
+    }
+    async fn list(&self) -> Result<Vec<vmpool::compute::Listed>, vmpool::compute::ComputeError> {
+        self.inner.list().await
+    }
+    async fn list_power(
+        &self,
+    ) -> Result<Vec<vmpool::compute::Listed>, vmpool::compute::ComputeError> {
+        self.entered.notify_one();
+        std::future::pending().await
+    }
+    async fn public_ip(
+        &self,
+        name: &VmId,
+    ) -> Result<Option<String>, vmpool::compute::ComputeError> {
+        self.inner.public_ip(name).await
+    }
+}
+
+#[tokio::test]
+async fn a_pass_whose_lease_cannot_be_renewed_stops_before_the_lease_runs_out() {
+    use std::time::Duration as Std;
+    use vmpool::store::table::{TableOptions, TableStore};
+
+    // Azurite behind a proxy that can stop answering (a storage timeout, not a lost race).
+    let azurite = crate::support::azurite::Azurite::shared();
+    let proxy = crate::support::LossyProxy::start(azurite.port()).await;
+    let store = std::sync::Arc::new(
+        TableStore::connect_with(
+            &proxy.connection_string(),
+            &crate::support::azurite::table_name("lease"),
+            TableOptions {
+                timeout: Std::from_millis(500),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let sim = Rig::sim(&[]);
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let rig = Rig::over(
+        sim.config.clone(),
+        store,
+        std::sync::Arc::new(StuckSweep {
+            inner: sim.compute.clone(),
+            entered: entered.clone(),
+        }),
+        sim.cloud.clone(),
+        sim.clock.clone(),
+    );
+    let reconciler = rig
+        .reconciler
+        .clone()
+        .with_lease_ttl(time::Duration::seconds(30));
+    let mut pass = tokio::spawn(async move { reconciler.run_once().await });
+    // The pass holds the lease and waits on ARM; then storage stops answering.
+    entered.notified().await;
+    proxy.set_silent(true);
+    // Renewals are tried every 10 s of the holder's clock and fail...
+    rig.advance(10);
+    let early = tokio::time::timeout(Std::from_millis(700), &mut pass).await;
+    assert!(early.is_err(), "a failed renewal alone stops nothing");
+    rig.advance(13);
+    let later = tokio::time::timeout(Std::from_millis(700), &mut pass).await;
+    assert!(later.is_err(), "the lease still holds for a while");
+    // ...and with 30 s of lease and a margin of 6 s, the pass stops at 24 s, before another
+    // instance could take the lease at 30 s.
+    rig.advance(1);
+    let stopped = tokio::time::timeout(Std::from_secs(10), &mut pass).await;
+    assert!(stopped.is_ok(), "the pass stopped before its lease ran out");
+    proxy.set_silent(false);
+}
