@@ -467,6 +467,10 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
 
 /// What MarkVMForDeallocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a transition's result, moved once into a write; boxing would only add an allocation"
+)]
 pub enum Marked {
     /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
     /// meant for the warm buffer (it completes into `Standby`, where it is reclaimable, or
@@ -776,6 +780,10 @@ pub fn needs_attention(vm: &VmRecord, why: &str) -> VmRecord {
 
 /// How a claim that would over-fill the pool is taken back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a transition's result, moved once into a write; boxing would only add an allocation"
+)]
 pub enum GiveBack {
     /// The row was written for a new VM that ARM never heard of: remove it.
     Remove,

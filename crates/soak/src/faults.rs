@@ -63,7 +63,11 @@ pub async fn run(
         if quota_at.is_some_and(|at| now >= at) {
             quota_at = None;
             let answer = post_fake(&sh, "/_fake/quota", json!({"secs": QUOTA_WINDOW_SECS})).await;
-            count(&sh, "40 s quota window (creates and starts refused)", &answer);
+            count(
+                &sh,
+                "40 s quota window (creates and starts refused)",
+                &answer,
+            );
         } else if now >= next_kill {
             kill_and_restart(&sh, &rs, &mut rng).await?;
             next_kill += Duration::from_secs(50);
