@@ -616,17 +616,23 @@ pub fn found_public_ip(vm: &VmRecord, public_ip: String) -> VmRecord {
 }
 
 /// A VM handed to the matchmaker that got neither a rooms report nor a mark within the claim
-/// timeout after it was `Running` was never used: it goes back to the buffer as `Standby`.
+/// timeout after it was `Running` was never used: it goes back to the buffer as `Standby`, or,
+/// reclaimed from `MarkedForDeallocation` with an earlier game's rooms, back to draining.
 pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
     let reported = vm
         .last_report_at
         .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
-    if vm.state != VmState::Running || vm.claimed_at.is_none() || reported || vm.rooms > 0 {
+    if vm.state != VmState::Running || vm.claimed_at.is_none() || reported {
         return Err(refuse(
             vm,
             "returning an unused claim",
             "Running, handed out by CreateVM and never reported on",
         ));
+    }
+    if vm.rooms > 0 {
+        // Reclaimed from `MarkedForDeallocation` with the earlier game's rooms: that claim is
+        // undone, and the VM drains again as it did (its rooms are never taken as empty).
+        return Ok(vm.moved(VmState::MarkedForDeallocation, None, now));
     }
     let mut next = vm.moved(VmState::Standby, None, now);
     next.purpose = Purpose::Buffer;
@@ -1232,6 +1238,15 @@ mod tests {
         let mut reported = handed.clone();
         reported.last_report_at = Some(t0());
         assert!(unclaimed(&reported, t0()).is_err());
+        // Reclaimed with an earlier game's rooms and never reported on since: it drains again.
+        let mut reclaimed = handed.clone();
+        reclaimed.rooms = 2;
+        reclaimed.last_report_at = Some(t0() - time::Duration::seconds(5));
+        let back = unclaimed(&reclaimed, t0()).unwrap();
+        assert_eq!(
+            (back.state, back.rooms),
+            (VmState::MarkedForDeallocation, 2)
+        );
         let mut adopted = handed.clone();
         adopted.claimed_at = None;
         assert!(

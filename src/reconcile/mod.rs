@@ -566,9 +566,16 @@ impl Reconciler {
                         }
                         _ => {}
                     }
-                    // Kept on the row, so the failure after the last attempt says why.
+                    // Kept on the row, so the failure after the last attempt says why. A call
+                    // ARM turned away (throttled, unavailable, busy) was not an attempt: it is
+                    // not counted, and the time bound from the first issue still holds.
                     let noted = domain::VmRecord {
                         last_error: Some(crate::store::truncate(&e.to_string())),
+                        attempts: if e.is_transient() {
+                            row.vm.attempts
+                        } else {
+                            next.attempts
+                        },
                         ..next
                     };
                     if let Err(store) = pool.store().update(&noted, &etag).await {
@@ -628,14 +635,30 @@ impl Reconciler {
             }
             Action::Delete(row) => {
                 let next = domain::begin_delete(&row.vm, now);
-                if self.write(&row, &next, summary).await? {
-                    match compute.delete(&row.vm.id).await {
-                        Ok(()) | Err(ComputeError::NotFound) => {}
-                        Err(e) => return Err(e.into()),
+                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                    summary.lost_races += 1;
+                    return Ok(());
+                };
+                match compute.delete(&row.vm.id).await {
+                    Ok(()) | Err(ComputeError::NotFound) => {}
+                    Err(e) => {
+                        // A delete ARM turned away (throttled, unavailable, busy) was not an
+                        // attempt; the time bound from the first delete still holds.
+                        if e.is_transient() && next.attempts > 1 {
+                            let uncounted = domain::VmRecord {
+                                attempts: next.attempts - 1,
+                                last_error: Some(crate::store::truncate(&e.to_string())),
+                                ..next
+                            };
+                            if let Err(store) = pool.store().update(&uncounted, &etag).await {
+                                warn!(vm.id = %row.vm.id, error = %store, "could not record the ARM failure");
+                            }
+                        }
+                        return Err(e.into());
                     }
-                    info!(vm.id = %row.vm.id, "failed VM deleted");
-                    summary.deleted += 1;
                 }
+                info!(vm.id = %row.vm.id, "failed VM deleted");
+                summary.deleted += 1;
             }
             Action::Forget(row) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
@@ -668,8 +691,9 @@ impl Reconciler {
                 {
                     warn!(
                         vm.id = %row.vm.id,
+                        to = %next.state,
                         claim_timeout_secs = policy.claim_timeout.as_secs(),
-                        "claim timed out: handed out by CreateVM but no rooms report nor mark came within the claim timeout; back to Standby, where it may be handed out again"
+                        "claim timed out: handed out by CreateVM but no rooms report nor mark came within the claim timeout; it may be handed out again"
                     );
                     summary.unclaimed += 1;
                 }

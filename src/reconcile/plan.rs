@@ -25,8 +25,13 @@ pub const GRACE: Duration = Duration::seconds(60);
 /// to stay well inside ARM's write budget (200 burst, 10/s per subscription).
 pub const MAX_OTHER_WRITES_PER_PASS: usize = 50;
 
-/// An operation issued this many times without effect fails the VM.
+/// An operation issued this many times without effect fails the VM (a create) or marks it as
+/// needing attention. A call ARM turned away (throttled, unavailable) is not counted.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// However its calls were answered, an operation is given up (the VM needs attention) this
+/// many of its timeouts after it was first issued.
+pub const MAX_TIMEOUTS: i32 = 10;
 
 /// Most point reads (GETs) of single VMs per pass: VMs in flight first, then VMs missing
 /// from the listing.
@@ -612,12 +617,18 @@ pub fn settle(
             // Out of attempts: never Failed (the VM provisioned once, and Failed VMs are
             // deleted); an operator must look at it.
             Seen::Present(_)
-                if vm.attempts >= MAX_ATTEMPTS
-                    && issued_for(row, now) >= to_time(policy.deallocate_timeout) =>
+                if (vm.attempts >= MAX_ATTEMPTS
+                    && issued_for(row, now) >= to_time(policy.deallocate_timeout))
+                    || issued_for(row, now)
+                        >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS =>
             {
                 Some(Action::Attention(
                     row.clone(),
-                    format!("still not deallocated after {} attempts", vm.attempts),
+                    format!(
+                        "still not deallocated after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
                 ))
             }
             Seen::Present(s)
@@ -684,11 +695,18 @@ pub fn settle(
             }
             // Deletes are bounded too, counted from the first.
             Seen::Present(_)
-                if vm.operation == Some(Operation::Delete) && vm.attempts >= MAX_ATTEMPTS =>
+                if vm.operation == Some(Operation::Delete)
+                    && (vm.attempts >= MAX_ATTEMPTS
+                        || issued_for(row, now)
+                            >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS) =>
             {
                 Some(Action::Attention(
                     row.clone(),
-                    format!("the delete did not take after {} attempts", vm.attempts),
+                    format!(
+                        "the delete did not take after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
                 ))
             }
             Seen::Present(_) => Some(Action::Delete(row.clone())),
