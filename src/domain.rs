@@ -337,6 +337,14 @@ impl VmRecord {
                 .is_some_and(|at| self.claimed_at.is_none_or(|c| at >= c))
     }
 
+    /// Whether this `Deallocated` VM was claimed for a caller whose start then failed, less
+    /// than `claim_timeout` ago: that caller may still hold its vmId, so nobody else starts it.
+    pub fn held_for_caller(&self, now: OffsetDateTime, claim_timeout: time::Duration) -> bool {
+        self.state == VmState::Deallocated
+            && self.purpose == Purpose::Matchmaker
+            && self.claimed_at.is_some_and(|c| now - c < claim_timeout)
+    }
+
     /// Whether the pool itself may deallocate or delete this VM without destroying a game:
     /// a `Standby` VM that reports no rooms, or any other VM known to be empty.
     pub fn may_be_emptied(&self) -> bool {
@@ -644,9 +652,8 @@ pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused
 pub fn correct(vm: &VmRecord, to: VmState, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(to, None, now);
     next.rooms = 0;
-    if to == VmState::Standby {
-        next.purpose = Purpose::Buffer;
-    }
+    // A VM corrected to Standby or Deallocated is nobody's.
+    next.purpose = Purpose::Buffer;
     next.last_error = Some(format!(
         "ARM showed the VM {to} while the row said {}",
         vm.state
@@ -750,6 +757,8 @@ pub fn complete_deallocating(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRec
     }
     let mut next = vm.moved(VmState::Deallocated, None, now);
     next.rooms = 0;
+    // A deallocated VM is nobody's.
+    next.purpose = Purpose::Buffer;
     Ok(next)
 }
 
@@ -765,10 +774,11 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
 
 /// ARM refused to start the VM, or the start failed without the VM coming up (quota, SKU,
 /// allocation): it is as it was, `Deallocated`, with the refusal recorded; it can be started
-/// again later. Only a VM whose own provisioning never succeeded becomes `Failed`.
+/// again later. Only a VM whose own provisioning never succeeded becomes `Failed`. Whom it was
+/// started for stays: a caller that was told it is coming may still wait for it, so it is
+/// not started for anyone else until that claim has timed out ([`VmRecord::held_for_caller`]).
 pub fn start_refused(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(VmState::Deallocated, None, now);
-    next.purpose = Purpose::Buffer;
     next.rooms = 0;
     next.last_error = Some(format!("start refused: {error}"));
     next

@@ -393,9 +393,15 @@ impl Pool {
             let sample = if starts_held {
                 Vec::new()
             } else {
-                self.store
+                let now = self.clock.now();
+                let hold = time::Duration::try_from(self.policy.claim_timeout)
+                    .unwrap_or(time::Duration::MAX);
+                let mut sample = self
+                    .store
                     .sample(&[VmState::Deallocated], START_CANDIDATES)
-                    .await?
+                    .await?;
+                sample.retain(|r| !r.vm.held_for_caller(now, hold));
+                sample
             };
             let mut won = None;
             for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
@@ -644,7 +650,11 @@ impl Pool {
             domain::call_failed(&won.vm, true, &e.to_string(), now)
         } else if start && e != ComputeError::NotFound {
             warn!(vm.id = %won.vm.id, error = %e, "ARM refused the start; the VM stays Deallocated");
-            domain::start_refused(&won.vm, &e.to_string(), now)
+            // The caller hears of it (503), so the VM is nobody's.
+            VmRecord {
+                purpose: Purpose::Buffer,
+                ..domain::start_refused(&won.vm, &e.to_string(), now)
+            }
         } else {
             warn!(vm.id = %won.vm.id, error = %e, "ARM refused; the VM is Failed");
             domain::call_failed(&won.vm, false, &e.to_string(), now)

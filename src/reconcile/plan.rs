@@ -274,6 +274,7 @@ pub fn plan(
         target,
         (meta.breaker_open_at(now), meta.starts_held_at(now)),
         policy,
+        now,
     ));
     if cooled {
         actions.extend(surplus(rows, observed, &mut handled, buffer, target));
@@ -358,6 +359,7 @@ pub fn fill_buffer<'a>(
     target: usize,
     held: (bool, bool),
     policy: &PoolPolicy,
+    now: OffsetDateTime,
 ) -> Vec<Action> {
     let (breaker_open, starts_held) = held;
     let active = rows
@@ -369,9 +371,13 @@ pub fn fill_buffer<'a>(
         .saturating_sub(buffer)
         .min(headroom)
         .min(policy.max_creates_per_pass as usize);
+    let hold = to_time(policy.claim_timeout);
     let mut deallocated: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
+        // A start that failed after its caller was told it is coming: kept for that caller
+        // until the claim times out.
+        .filter(|r| !r.vm.held_for_caller(now, hold))
         .filter(|r| {
             // A start that failed for allocation leaves the VM's provisioning `Failed`; it
             // can be started again.

@@ -240,6 +240,14 @@ async fn a_start_that_fails_in_its_operation_leaves_the_vm_deallocated() {
     assert!(back.last_error.unwrap().contains("AllocationFailed"));
     let status = app.status().await.json;
     assert_eq!(status["circuitBreaker"]["consecutiveCreateFailures"], 1);
+    // Its caller was told it is coming: past the hold on starts, nobody else gets it until
+    // that claim has timed out.
+    rig.advance(31);
+    let other = app.create_vm().await;
+    assert_eq!(other.status, 202, "{:?}", other.json);
+    assert_ne!(other.json["vm"]["vmId"], id.as_str(), "{:?}", other.json);
+    let other = other.json["vm"]["vmId"].as_str().unwrap().to_owned();
+    report(&app, json!({"vmId": other, "rooms": 1})).await;
     // Never deleted; a sweep that shows it `Failed` and deallocated changes nothing.
     for _ in 0..6 {
         rig.advance(100);
@@ -248,8 +256,14 @@ async fn a_start_that_fails_in_its_operation_leaves_the_vm_deallocated() {
     }
     assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Deallocated);
     assert_eq!(touched(&f, FakeOp::DeleteVm, &id), 0);
-    // It can be started again.
-    let b = app.create_vm().await;
+    // It can be started again (once the warm buffer the demand raised is handed out).
+    let mut b = app.create_vm().await;
+    for _ in 0..5 {
+        if b.json["action"] != "standby" {
+            break;
+        }
+        b = app.create_vm().await;
+    }
     assert_eq!(b.json["action"], "started", "{:?}", b.json);
     assert_eq!(b.json["vm"]["vmId"], id.as_str());
     rig.advance(70);
