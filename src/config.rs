@@ -116,6 +116,14 @@ impl PoolPolicy {
         self.arm_retry_budget + CREATE_DEADLINE_MARGIN
     }
 
+    /// How long a VM whose start failed after CreateVM told its caller it is coming stays
+    /// that caller's (deallocated), counted from the claim: CreateVM's deadline and the claim
+    /// timeout. A mark from the caller lets it go earlier.
+    pub fn failed_start_hold(&self) -> time::Duration {
+        time::Duration::try_from(self.create_deadline() + self.claim_timeout)
+            .unwrap_or(time::Duration::MAX)
+    }
+
     /// The policy `src` describes; unset settings take their defaults.
     pub fn from_source(src: &dyn Source) -> Result<PoolPolicy, ConfigError> {
         let policy = PoolPolicy {

@@ -338,11 +338,12 @@ impl VmRecord {
     }
 
     /// Whether this `Deallocated` VM was claimed for a caller whose start then failed, less
-    /// than `claim_timeout` ago: that caller may still hold its vmId, so nobody else starts it.
-    pub fn held_for_caller(&self, now: OffsetDateTime, claim_timeout: time::Duration) -> bool {
+    /// than `hold` ago: that caller may still hold its vmId and wait for it, so nobody else
+    /// starts it (until the caller marks it for deallocation, which lets it go).
+    pub fn held_for_caller(&self, now: OffsetDateTime, hold: time::Duration) -> bool {
         self.state == VmState::Deallocated
             && self.purpose == Purpose::Matchmaker
-            && self.claimed_at.is_some_and(|c| now - c < claim_timeout)
+            && self.claimed_at.is_some_and(|c| now - c < hold)
     }
 
     /// Whether the pool itself may deallocate or delete this VM without destroying a game:
@@ -501,6 +502,11 @@ pub fn mark_for_deallocation(vm: &VmRecord, now: OffsetDateTime) -> Result<Marke
         ))),
         // The create or start goes on (its clock keeps running); only who it is for changes.
         (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
+            purpose: Purpose::Buffer,
+            ..vm.clone()
+        })),
+        // A start that failed after the caller was told the VM is coming: the caller lets go.
+        (VmState::Deallocated, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
             purpose: Purpose::Buffer,
             ..vm.clone()
         })),
@@ -1040,6 +1046,16 @@ mod tests {
                     (VmState::Failed, _) => {
                         let err = got.unwrap_err();
                         assert!(err.to_string().contains("Failed"), "{err}");
+                    }
+                    (VmState::Deallocated, Purpose::Matchmaker) => {
+                        let Ok(Marked::Now(v)) = got else {
+                            panic!("{got:?}")
+                        };
+                        assert_eq!(
+                            (v.state, v.purpose),
+                            (VmState::Deallocated, Purpose::Buffer),
+                            "a caller lets go of a VM whose start failed"
+                        );
                     }
                     _ => assert_eq!(got, Ok(Marked::Already), "{state} {purpose:?}"),
                 }

@@ -394,8 +394,7 @@ impl Pool {
                 Vec::new()
             } else {
                 let now = self.clock.now();
-                let hold = time::Duration::try_from(self.policy.claim_timeout)
-                    .unwrap_or(time::Duration::MAX);
+                let hold = self.policy.failed_start_hold();
                 let mut sample = self
                     .store
                     .sample(&[VmState::Deallocated], START_CANDIDATES)

@@ -371,7 +371,7 @@ pub fn fill_buffer<'a>(
         .saturating_sub(buffer)
         .min(headroom)
         .min(policy.max_creates_per_pass as usize);
-    let hold = to_time(policy.claim_timeout);
+    let hold = policy.failed_start_hold();
     let mut deallocated: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
