@@ -630,13 +630,18 @@ pub fn found_public_ip(vm: &VmRecord, public_ip: String) -> VmRecord {
 }
 
 /// A VM handed to the matchmaker that got neither a rooms report nor a mark within the claim
-/// timeout after it was `Running` was never used: it goes back to the buffer as `Standby`, or,
-/// reclaimed from `MarkedForDeallocation` with an earlier game's rooms, back to draining.
+/// timeout after it was `Running` (or whose last report said 0 rooms and was that long ago)
+/// is not used: it goes back to the buffer as `Standby`, or, reclaimed from
+/// `MarkedForDeallocation` with an earlier game's rooms and no report since, back to
+/// draining. One whose last report since it was handed out said rooms > 0 is in use.
 pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
-    let reported = vm
-        .last_report_at
-        .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
-    if vm.state != VmState::Running || vm.claimed_at.is_none() || reported {
+    // In use: a report of rooms since it was handed out. A last report of 0 rooms keeps it
+    // only while reports keep coming (the reconciler judges the silence).
+    let in_use = vm.rooms > 0
+        && vm
+            .last_report_at
+            .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
+    if vm.state != VmState::Running || vm.claimed_at.is_none() || in_use {
         return Err(refuse(
             vm,
             "returning an unused claim",
@@ -1263,7 +1268,11 @@ mod tests {
         );
         let mut reported = handed.clone();
         reported.last_report_at = Some(t0());
+        reported.rooms = 1;
         assert!(unclaimed(&reported, t0()).is_err());
+        // A last report of 0 rooms: idle; the reconciler returns it once reports stop.
+        reported.rooms = 0;
+        assert!(unclaimed(&reported, t0()).is_ok());
         // Reclaimed with an earlier game's rooms and never reported on since: it drains again.
         let mut reclaimed = handed.clone();
         reclaimed.rooms = 2;

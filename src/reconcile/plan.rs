@@ -315,8 +315,12 @@ pub fn unused_claims(
     rows.iter()
         .filter(|r| !handled.contains(&r.vm.id))
         .filter(|r| {
+            // Silent since it was handed out, or since its last report said 0 rooms.
+            let quiet_since =
+                r.vm.last_report_at
+                    .map_or(r.vm.state_changed_at, |t| t.max(r.vm.state_changed_at));
             r.vm.state == VmState::Running
-                && age(r, now) >= timeout
+                && now - quiet_since >= timeout
                 && crate::domain::unclaimed(&r.vm, now).is_ok()
         })
         .map(|r| Action::Unclaim(r.clone()))
