@@ -257,6 +257,14 @@ pub fn plan(
     actions.extend(unclaimed);
 
     let (target, cooled) = buffer_target(rows, now, policy, &mut meta);
+    // A start that failed after its caller was told the VM is coming: kept for that caller
+    // (no one else starts it) until the caller lets go or the hold runs out.
+    let hold = policy.failed_start_hold();
+    for r in rows {
+        if r.vm.held_for_caller(now, hold) {
+            handled.insert(&r.vm.id);
+        }
+    }
     let buffer = rows
         .iter()
         .filter(|r| !leaving.contains(&r.vm.id))
@@ -274,7 +282,6 @@ pub fn plan(
         target,
         (meta.breaker_open_at(now), meta.starts_held_at(now)),
         policy,
-        now,
     ));
     if cooled {
         actions.extend(surplus(rows, observed, &mut handled, buffer, target));
@@ -363,7 +370,6 @@ pub fn fill_buffer<'a>(
     target: usize,
     held: (bool, bool),
     policy: &PoolPolicy,
-    now: OffsetDateTime,
 ) -> Vec<Action> {
     let (breaker_open, starts_held) = held;
     let active = rows
@@ -375,13 +381,9 @@ pub fn fill_buffer<'a>(
         .saturating_sub(buffer)
         .min(headroom)
         .min(policy.max_creates_per_pass as usize);
-    let hold = policy.failed_start_hold();
     let mut deallocated: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
-        // A start that failed after its caller was told it is coming: kept for that caller
-        // until the claim times out.
-        .filter(|r| !r.vm.held_for_caller(now, hold))
         .filter(|r| {
             // A start that failed for allocation leaves the VM's provisioning `Failed`; it
             // can be started again.
