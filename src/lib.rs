@@ -9,12 +9,14 @@
 //! - [`compute`]: the ARM port, simulated and real.
 //! - [`http`]: the routes, JSON shapes and the error envelope.
 //! - [`idempotency`]: CreateVM's `Idempotency-Key`, kept in the table.
+//! - [`breaker`]: the circuit breaker on ARM refusals, shared by CreateVM and the reconciler.
 //! - [`metrics`]: Prometheus counters, and the decorators that count ARM and table calls.
 //! - [`config`]: settings from environment variables.
 //! - [`secret`]: a value whose `Debug` hides it.
 //! - [`startup`]: wiring a configuration into a running service.
 //! - [`clock`]: time as a parameter.
 
+pub mod breaker;
 pub mod capacity;
 pub mod clock;
 pub mod compute;

@@ -70,7 +70,17 @@ impl Metrics {
             );
         let handle = recorder.handle();
         let m = Metrics { recorder, handle };
-        let describe: [(&'static str, Option<Unit>, &'static str); 13] = [
+        let describe: [(&'static str, Option<Unit>, &'static str); 15] = [
+            (
+                "vmpool_vms_needing_attention",
+                None,
+                "VMs whose ARM operation ran out of attempts: vmpool stopped calling ARM for them (as of the last reconcile pass)",
+            ),
+            (
+                "vmpool_claims_timed_out_total",
+                None,
+                "Handed-out VMs that got no rooms report nor mark within VMPOOL_CLAIM_TIMEOUT_SECS and went back to Standby (from the pool's record)",
+            ),
             (
                 "vmpool_vms",
                 None,
@@ -378,6 +388,16 @@ impl Metrics {
             &[],
             if pool.breaker_open { 1.0 } else { 0.0 },
         );
+        self.set(
+            "vmpool_vms_needing_attention",
+            &[],
+            f64::from(pool.needs_attention),
+        );
+        // Kept in the pool's record, so every instance shows the pool's count (the pass
+        // may run on another instance than the one scraped).
+        self.recorder
+            .register_counter(&Key::from_name("vmpool_claims_timed_out_total"), &META)
+            .absolute(pool.claims_timed_out);
     }
 
     /// The Prometheus text exposition of what is recorded, without reading the pool.
@@ -417,6 +437,10 @@ pub struct PoolGauges {
     /// The pool's record: the last pass (of whichever instance ran it), the breaker, the
     /// brake.
     pub record: PoolMeta,
+    /// VMs needing attention, as of the last reconcile pass.
+    pub needs_attention: u32,
+    /// Unused claims returned to `Standby`, over the pool's life.
+    pub claims_timed_out: u64,
 }
 
 /// The envelope code a pool error answers with.
@@ -424,7 +448,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     match e {
         PoolError::NotFound(_) => "NotFound",
         PoolError::Conflict(_) => "Conflict",
-        PoolError::CapacityExhausted { .. } => "CapacityExhausted",
+        PoolError::CapacityExhausted { .. } | PoolError::Refused { .. } => "CapacityExhausted",
         PoolError::Store(_)
         | PoolError::Compute(_)
         | PoolError::Contention
@@ -433,7 +457,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     }
 }
 
-fn summary_fields(s: &Summary) -> [(&'static str, u32); 14] {
+fn summary_fields(s: &Summary) -> [(&'static str, u32); 17] {
     [
         ("completed", s.completed),
         ("deallocated", s.deallocated),
@@ -446,6 +470,9 @@ fn summary_fields(s: &Summary) -> [(&'static str, u32); 14] {
         ("deleted", s.deleted),
         ("forgotten", s.forgotten),
         ("adopted", s.adopted),
+        ("unclaimed", s.unclaimed),
+        ("start_refusals", s.start_refusals),
+        ("needs_attention", s.needs_attention),
         ("keys_expired", s.keys_expired),
         ("lost_races", s.lost_races),
         ("errors", s.errors),
@@ -478,6 +505,9 @@ pub async fn reconcile_pass(
             deleted = s.deleted,
             forgotten = s.forgotten,
             adopted = s.adopted,
+            unclaimed = s.unclaimed,
+            start_refusals = s.start_refusals,
+            needs_attention = s.needs_attention,
             keys_expired = s.keys_expired,
             buffer_target = s.buffer_target,
             lost_races = s.lost_races,

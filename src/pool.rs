@@ -11,13 +11,14 @@ use rand::seq::SliceRandom;
 use time::OffsetDateTime;
 use tracing::{Instrument, info, instrument, warn};
 
+use crate::breaker::{self, Breaker};
 use crate::capacity::{self, Reserved};
 use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::PoolPolicy;
 use crate::domain::{
     self, ClaimKind, CreateAction, MarkAction, Marked, Operation, Purpose, Refused, Report,
-    ReportAction, VmId, VmRecord, VmState,
+    ReportAction, ReportOrder, VmId, VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
@@ -33,9 +34,6 @@ const TRIES_PER_VM: usize = 8;
 const STALE_MEMORY: Duration = Duration::from_secs(120);
 /// The longest `Retry-After` CreateVM waits out itself, within `VMPOOL_ARM_RETRY_BUDGET_SECS`.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// CreateVM's deadline beyond the ARM retry budget: table calls (5 s each at most) and the ARM
-/// adapter's own time limits (20 s a call, 5xx retried twice).
-const DEADLINE_MARGIN: Duration = Duration::from_secs(90);
 /// How long a CreateVM waits for another request with its `Idempotency-Key` to answer.
 const KEY_WAIT: Duration = Duration::from_secs(15);
 /// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
@@ -43,6 +41,8 @@ const KEY_WAIT: Duration = Duration::from_secs(15);
 const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
 /// How many candidates of one kind CreateVM reads (a bounded sample, however many there are).
 pub const SAMPLE_SIZE: usize = 16;
+/// The least `Retry-After` after ARM refused a start or create.
+const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// Why an operation did not happen. Nothing was changed by an operation that failed, except
 /// where a variant says so (and then the reconciler finishes the job).
@@ -59,6 +59,18 @@ pub enum PoolError {
     CapacityExhausted {
         /// The configured maximum.
         max: u32,
+    },
+    /// ARM refused a start or create for capacity (quota, SKU, allocation), or the circuit
+    /// breaker on such refusals is open and nothing was sent. A refused start left its VM
+    /// `Deallocated`.
+    #[error("{reason}")]
+    Refused {
+        /// What was refused, or why nothing was tried.
+        reason: String,
+        /// When a start or create may be tried again.
+        retry_after: Duration,
+        /// Whether ARM was asked (false: the breaker stopped the call).
+        asked: bool,
     },
     /// Table storage failed.
     #[error(transparent)]
@@ -262,7 +274,7 @@ impl Pool {
     /// CreateVM's own deadline: past it the work stops and what was written is left to the
     /// reconciler; a `pending` `Idempotency-Key` is taken over 30 s after it.
     pub fn create_deadline(&self) -> Duration {
-        self.policy.arm_retry_budget + DEADLINE_MARGIN
+        self.policy.create_deadline()
     }
 
     /// The rules an `Idempotency-Key`'s record follows: its TTL, when a `pending` one is
@@ -387,10 +399,19 @@ impl Pool {
     /// capacity (a start of a deallocated VM), else a new VM. Each takes its place in the
     /// capacity ledger before its row is written; ARM is called after.
     async fn create_with_capacity(&self) -> Result<Created, PoolError> {
+        let breaker = self.open_breaker(false).await?;
+        // While starts are held back after a refusal, none is tried.
+        let starts_held = breaker.starts_held_at(self.clock.now());
+        let hold = self.policy.failed_start_hold();
         let claim = capacity::new_claim();
         let mut won = None;
         for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
+            if starts_held && matches!(kind, ClaimKind::Start) {
+                continue;
+            }
+            let now = self.clock.now();
             let mut candidates = self.sample(kind).await?;
+            candidates.retain(|r| !r.vm.held_for_caller(now, hold));
             candidates.shuffle(&mut rand::rng());
             let mut tries = 0;
             for row in candidates {
@@ -514,6 +535,7 @@ impl Pool {
         &self,
         deallocated: Option<&Versioned>,
     ) -> Result<Created, PoolError> {
+        self.open_breaker(deallocated.is_some()).await?;
         let won = match deallocated {
             Some(row) => {
                 let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
@@ -587,7 +609,79 @@ impl Pool {
         Err(PoolError::Contention)
     }
 
-    /// After the intent is written: handles the ARM answer to a create or start.
+    /// The circuit breaker, if starts and creates (`start`: starts) may go to ARM now;
+    /// else [`PoolError::Refused`] with when to try again, and nothing is sent.
+    async fn open_breaker(&self, start: bool) -> Result<Breaker, PoolError> {
+        let (breaker, _) = breaker::load(self.store.as_ref()).await?;
+        let now = self.clock.now();
+        let held = if start {
+            breaker.starts_held_at(now)
+        } else {
+            breaker.open_at(now)
+        };
+        if !held {
+            return Ok(breaker);
+        }
+        let reason = match (&breaker.reason, breaker.open_at(now)) {
+            (Some(reason), true) => format!(
+                "ARM keeps refusing starts and creates ({reason}); none is tried until the breaker closes"
+            ),
+            _ => "ARM refused a start lately; starts wait for the backoff".into(),
+        };
+        Err(PoolError::Refused {
+            reason,
+            retry_after: breaker.wait(start, now).max(Duration::from_secs(1)),
+            asked: false,
+        })
+    }
+
+    /// A start or create refused by ARM counts toward the circuit breaker (a failure to
+    /// record it is logged: the refusal itself stands). Returns when to try again.
+    pub async fn count_refusal(&self, what: breaker::Refused, error: &str) -> Duration {
+        let now = self.clock.now();
+        let policy = &self.policy;
+        match breaker::update(self.store.as_ref(), |b| {
+            b.refused(what, error, now, policy);
+        })
+        .await
+        {
+            Ok(b) => b.wait(true, now).max(REFUSED_RETRY_AFTER),
+            Err(e) => {
+                warn!(error = %e, "could not count the refusal toward the breaker");
+                REFUSED_RETRY_AFTER
+            }
+        }
+    }
+
+    /// A VM came up: the circuit breaker closes (nothing is written if it was closed).
+    pub async fn count_success(&self, known: &Breaker) -> Result<(), PoolError> {
+        if !known.is_clear() {
+            breaker::update(self.store.as_ref(), Breaker::succeeded).await?;
+        }
+        Ok(())
+    }
+
+    /// A start or create refused by ARM counts toward the breaker; see [`Pool::act`].
+    pub async fn refused(&self, what: breaker::Refused, error: &ComputeError) -> PoolError {
+        let retry_after = self.count_refusal(what, &error.to_string()).await;
+        PoolError::Refused {
+            reason: format!(
+                "Azure refused the {}: {error}",
+                match what {
+                    breaker::Refused::Start => "start",
+                    breaker::Refused::Create => "create",
+                }
+            ),
+            retry_after,
+            asked: true,
+        }
+    }
+
+    /// After the intent is written: handles the ARM answer to a create or start. A call
+    /// that may work later hands the row to the buffer; a refused start leaves the VM
+    /// `Deallocated` as it was (an answer to an operation on it is the confirmation); a
+    /// refused create fails the row (its VM never provisioned). Refusals count toward the
+    /// breaker.
     async fn act(
         &self,
         won: &Versioned,
@@ -596,34 +690,77 @@ impl Pool {
         let Err(e) = answer else {
             return Ok(());
         };
+        let now = self.clock.now();
         let transient = e.is_transient();
-        if transient {
+        let start = won.vm.operation == Some(Operation::Start);
+        let next = if transient {
             warn!(vm.id = %won.vm.id, error = %e, "ARM call failed; the reconciler finishes it into the buffer");
+            domain::call_failed(&won.vm, true, &e.to_string(), now)
+        } else if start && e != ComputeError::NotFound {
+            warn!(vm.id = %won.vm.id, error = %e, "ARM refused the start; the VM stays Deallocated");
+            // The caller hears of it (503), so the VM is nobody's.
+            VmRecord {
+                purpose: Purpose::Buffer,
+                ..domain::start_refused(&won.vm, &e.to_string(), now)
+            }
         } else {
             warn!(vm.id = %won.vm.id, error = %e, "ARM refused; the VM is Failed");
-        }
-        let next = domain::call_failed(&won.vm, transient, &e.to_string(), self.clock.now());
+            domain::call_failed(&won.vm, false, &e.to_string(), now)
+        };
         if let Err(store) = self.store.update(&next, &won.etag).await {
             warn!(vm.id = %won.vm.id, error = %store, "could not record the ARM failure");
         }
-        Err(e.into())
+        if transient || e == ComputeError::NotFound {
+            return Err(e.into());
+        }
+        let what = if start {
+            breaker::Refused::Start
+        } else {
+            breaker::Refused::Create
+        };
+        let refused = self.refused(what, &e).await;
+        if start || e.is_refusal() {
+            Err(refused)
+        } else {
+            Err(e.into())
+        }
     }
 
     /// ReportGameRoomsNumber: records the room count; zero rooms on a VM marked for
     /// deallocation deallocates it (without waiting for ARM).
-    #[instrument(skip_all, fields(vm.id = %id, rooms))]
     pub async fn report_rooms(
         &self,
         id: &VmId,
         rooms: u32,
     ) -> Result<Changed<ReportAction>, PoolError> {
+        self.report_rooms_ordered(id, rooms, None).await
+    }
+
+    /// ReportGameRoomsNumber with the report's ordering field (its report time or sequence
+    /// number): a report older than the last one applied to the VM answers `stale` and
+    /// changes nothing.
+    #[instrument(skip_all, fields(vm.id = %id, rooms))]
+    pub async fn report_rooms_ordered(
+        &self,
+        id: &VmId,
+        rooms: u32,
+        order: Option<ReportOrder>,
+    ) -> Result<Changed<ReportAction>, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let row = self.get_row(id).await?;
-            let (next, action) = match domain::report_rooms(&row.vm, rooms, self.clock.now())? {
+            let report = domain::report_rooms_ordered(&row.vm, rooms, order, self.clock.now())?;
+            let (next, action) = match report {
                 Report::AlreadyDeallocating => {
                     return Ok(Changed {
                         vm: row.vm,
                         action: ReportAction::Deallocating,
+                    });
+                }
+                Report::Stale => {
+                    info!(order = ?order, last = ?row.vm.report_order, "stale rooms report ignored");
+                    return Ok(Changed {
+                        vm: row.vm,
+                        action: ReportAction::Stale,
                     });
                 }
                 Report::Recorded(next) => (next, ReportAction::Recorded),

@@ -167,6 +167,8 @@ pub struct RoomsReport {
     pub vm_id: VmId,
     /// Its open rooms, 0 to [`input::MAX_ROOMS`].
     pub rooms: u32,
+    /// The report's ordering field (`reportedAt` or `sequence`), if given.
+    pub order: Option<crate::domain::ReportOrder>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for RoomsReport {
@@ -177,6 +179,7 @@ impl<S: Send + Sync> FromRequest<S> for RoomsReport {
         Ok(RoomsReport {
             vm_id: input::vm_id(&body, &query)?,
             rooms: input::rooms(&body, &query)?,
+            order: input::report_order(&body, &query)?,
         })
     }
 }

@@ -381,11 +381,13 @@ async fn create_vm(
     params(
         ("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"),
         ("rooms" = Option<u32>, Query, description = "Open rooms, 0 to 100000, if not in the body", minimum = 0, maximum = 100_000),
+        ("reportedAt" = Option<String>, Query, description = "Optional, if not in the body: the game server's report time (RFC 3339); an older report than the last applied one answers `stale`", format = DateTime),
+        ("sequence" = Option<u64>, Query, description = "Optional, if not in the body, instead of reportedAt: the report's sequence number for this VM; a lower one than the last applied answers `stale`", minimum = 0, maximum = 9_007_199_254_740_992_u64),
     ),
     request_body(content = Option<views::RoomsInput>, description = "vmId and rooms; no body when both come from the query string"),
     responses(
-        (status = 200, description = "`recorded` or `deallocating`", body = ReportAnswer),
-        (status = 400, description = "vmId or rooms missing or invalid", body = ErrorEnvelope),
+        (status = 200, description = "`recorded`, `deallocating`, or `stale` (older than the last applied report; nothing changed)", body = ReportAnswer),
+        (status = 400, description = "vmId or rooms missing or invalid, or reportedAt or sequence invalid or both given", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
         (status = 409, description = "The VM's state does not take room reports", body = ErrorEnvelope),
@@ -398,7 +400,10 @@ async fn report_rooms(
     State(state): State<AppState>,
     report: RoomsReport,
 ) -> Result<Json<ReportAnswer>, ApiError> {
-    let changed = state.pool.report_rooms(&report.vm_id, report.rooms).await?;
+    let changed = state
+        .pool
+        .report_rooms_ordered(&report.vm_id, report.rooms, report.order)
+        .await?;
     Ok(Json(ReportAnswer {
         vm: VmView::new(&changed.vm, &state.policy),
         action: changed.action,
@@ -552,6 +557,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         buffer_target: v.buffer.target,
         breaker_open: v.circuit_breaker.open,
         record,
+        needs_attention: v.needs_attention,
+        claims_timed_out: v.claims_timed_out,
     });
     let text = state.metrics.render(gauges.as_ref());
     (

@@ -63,6 +63,11 @@ pub struct VmView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
     pub last_error: Option<String>,
+    /// Why vmpool stopped calling ARM for this VM (its operation ran out of attempts), when
+    /// it did: an operator must look at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub needs_attention: Option<String>,
 }
 
 impl VmView {
@@ -78,6 +83,7 @@ impl VmView {
             state_changed_at: vm.state_changed_at,
             created_at: vm.created_at,
             last_error: vm.last_error.clone(),
+            needs_attention: vm.attention.clone(),
         }
     }
 }
@@ -254,6 +260,13 @@ pub struct PoolStatusView {
     pub circuit_breaker: BreakerView,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// VMs whose operation ran out of attempts, as of the last reconcile pass: vmpool
+    /// stops calling ARM for them and an operator must look at them (each VM shows
+    /// `needsAttention`).
+    pub needs_attention: u32,
+    /// Handed-out VMs that got no report nor mark within `VMPOOL_CLAIM_TIMEOUT_SECS` and
+    /// went back to `Standby`, counted over the pool's life.
+    pub claims_timed_out: u64,
     /// When the last reconcile pass began, whichever instance ran it; `null` before the first.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(required = true)]
@@ -319,6 +332,8 @@ impl PoolStatusView {
                 },
                 consecutive_create_failures: meta.consecutive_create_failures,
             },
+            needs_attention: meta.needs_attention,
+            claims_timed_out: meta.claims_timed_out,
             last_reconcile_started_at: meta.last_reconcile_started_at,
             last_reconcile_at: meta.last_reconcile_at,
             last_reconcile_ok: meta.last_reconcile_ok,
@@ -397,6 +412,18 @@ pub struct RoomsInput {
     /// Its open rooms: a JSON number (not a string), whole, 0 to 100000; `3.0` counts as 3.
     #[schema(minimum = 0, maximum = 100_000, example = 3)]
     pub rooms: u32,
+    /// Optional: when the game server made this report. A report older than the last one
+    /// applied to the VM answers `stale` and changes nothing. Give this or `sequence`, not
+    /// both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime, required = false, example = "2026-01-01T12:00:00.250Z")]
+    pub reported_at: Option<String>,
+    /// Optional: a number the game server raises with each report of this VM (0 to 2^53). A
+    /// report with a lower number than the last one applied answers `stale` and changes
+    /// nothing. It starts afresh when the VM is started or created again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, required = false, minimum = 0, maximum = 9_007_199_254_740_992_u64, example = 42)]
+    pub sequence: Option<u64>,
 }
 
 /// The input of MarkVMForDeallocation: `vmId` is required, here or in the query string

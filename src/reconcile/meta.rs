@@ -7,6 +7,7 @@ use time::{Duration, OffsetDateTime};
 use tracing::warn;
 
 use super::Summary;
+use crate::breaker::{self, Breaker};
 use crate::config::PoolPolicy;
 use crate::store::{Etag, StateCounts, StoreError, VmStore, Written, truncate};
 
@@ -53,15 +54,21 @@ pub struct PoolMeta {
     /// When the buffer target was last raised by demand (the cool-down counts from here).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub target_raised_at: Option<OffsetDateTime>,
-    /// Creates that failed in a row since the last success.
-    #[serde(default)]
+    /// Starts and creates refused in a row since a VM last came up (from the breaker's own
+    /// record, [`crate::breaker`], which CreateVM changes too; not saved with this record).
+    #[serde(skip)]
     pub consecutive_create_failures: u32,
-    /// While set and in the future, the buffer creates no VMs.
-    #[serde(with = "time::serde::rfc3339::option", default)]
+    /// While set and in the future, no start or create is sent to ARM (from the breaker's
+    /// record).
+    #[serde(skip)]
     pub breaker_open_until: Option<OffsetDateTime>,
-    /// Why the breaker opened.
-    #[serde(default)]
+    /// Why the breaker opened (from the breaker's record).
+    #[serde(skip)]
     pub breaker_reason: Option<String>,
+    /// While set and in the future, no start is sent to ARM: one was refused lately (from
+    /// the breaker's record).
+    #[serde(skip)]
+    pub starts_held_until: Option<OffsetDateTime>,
     /// When the last sweep (power states of every VM, adoption) ran.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_sweep_at: Option<OffsetDateTime>,
@@ -69,16 +76,45 @@ pub struct PoolMeta {
     /// was trusted).
     #[serde(default)]
     pub vanished: u32,
-}
-
-fn to_time(d: std::time::Duration) -> Duration {
-    Duration::try_from(d).unwrap_or(Duration::MAX)
+    /// VMs marked as needing attention (their operation ran out of attempts) as of the last
+    /// pass.
+    #[serde(default)]
+    pub needs_attention: u32,
+    /// Unused claims returned to `Standby` by the claim timeout, over the pool's life.
+    #[serde(default)]
+    pub claims_timed_out: u64,
 }
 
 impl PoolMeta {
     /// Whether the circuit breaker stops creates at `now`.
     pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
         self.breaker_open_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether starts are held back at `now` (the breaker is open, or a start was refused
+    /// lately).
+    pub fn starts_held_at(&self, now: OffsetDateTime) -> bool {
+        self.breaker_open_at(now) || self.starts_held_until.is_some_and(|until| until > now)
+    }
+
+    /// The breaker's state as this record holds it.
+    pub fn breaker(&self) -> Breaker {
+        Breaker {
+            consecutive_failures: self.consecutive_create_failures,
+            open_until: self.breaker_open_until,
+            reason: self.breaker_reason.clone(),
+            start_refusals: u32::from(self.starts_held_until.is_some()),
+            starts_held_until: self.starts_held_until,
+        }
+    }
+
+    /// Takes the breaker's state from its own record.
+    pub fn with_breaker(mut self, breaker: &Breaker) -> Self {
+        self.consecutive_create_failures = breaker.consecutive_failures;
+        self.breaker_open_until = breaker.open_until;
+        self.breaker_reason = breaker.reason.clone();
+        self.starts_held_until = breaker.starts_held_until;
+        self
     }
 
     /// The buffer target in force: what the last pass worked towards, never under the
@@ -93,50 +129,26 @@ impl PoolMeta {
     pub fn observation_suspect(&self) -> bool {
         self.vanished > 0
     }
-
-    /// After its cool-down an open breaker half-opens: creates resume, and one more failure
-    /// opens it again.
-    pub fn half_open_if_cooled(&mut self, now: OffsetDateTime, policy: &PoolPolicy) {
-        if self.breaker_open_until.is_some() && !self.breaker_open_at(now) {
-            self.breaker_open_until = None;
-            self.consecutive_create_failures = policy.breaker_failures.saturating_sub(1);
-        }
-    }
-
-    /// A create succeeded: the breaker closes.
-    pub fn create_succeeded(&mut self) {
-        self.consecutive_create_failures = 0;
-        self.breaker_open_until = None;
-        self.breaker_reason = None;
-    }
-
-    /// A create failed (a failure recorded on its row, or ARM refusing it again): counts
-    /// toward the breaker, which opens at the configured number in a row.
-    pub fn create_failed(&mut self, error: &str, now: OffsetDateTime, policy: &PoolPolicy) {
-        self.consecutive_create_failures = self.consecutive_create_failures.saturating_add(1);
-        if !self.breaker_open_at(now) && self.consecutive_create_failures >= policy.breaker_failures
-        {
-            self.breaker_open_until = Some(now + to_time(policy.breaker_cooldown));
-            self.breaker_reason = Some(truncate(&format!(
-                "{} creates failed in a row; last: {error}",
-                self.consecutive_create_failures
-            )));
-        }
-    }
 }
 
-/// The pool's record and the version a conditional write must name (`None`: not written
-/// yet). A record that cannot be read (written by an older version) counts as absent, with
-/// a warning, and is replaced on the next save.
+/// The pool's record, with the breaker's state from the breaker's own record, and the
+/// version a conditional write must name (`None`: not written yet). A record that cannot be
+/// read (written by an older version) counts as absent, with a warning, and is replaced on
+/// the next save.
 pub async fn load_meta(store: &dyn VmStore) -> Result<(PoolMeta, Option<Etag>), StoreError> {
-    let Some(record) = store.get_record(META.0, META.1).await? else {
-        return Ok((PoolMeta::default(), None));
+    let (record, (breaker, _)) =
+        tokio::try_join!(store.get_record(META.0, META.1), breaker::load(store))?;
+    let Some(record) = record else {
+        return Ok((PoolMeta::default().with_breaker(&breaker), None));
     };
-    match serde_json::from_str(&record.value) {
-        Ok(meta) => Ok((meta, Some(record.etag))),
+    match serde_json::from_str::<PoolMeta>(&record.value) {
+        Ok(meta) => Ok((meta.with_breaker(&breaker), Some(record.etag))),
         Err(e) => {
             warn!(error = %e, "the pool's record is unreadable; starting afresh");
-            Ok((PoolMeta::default(), Some(record.etag)))
+            Ok((
+                PoolMeta::default().with_breaker(&breaker),
+                Some(record.etag),
+            ))
         }
     }
 }
@@ -320,36 +332,6 @@ mod tests {
             Written::LostRace
         );
         assert_eq!(load_meta(&store).await.unwrap().0.buffer_target, 3);
-    }
-
-    #[test]
-    fn the_breaker_opens_after_failures_in_a_row_and_half_opens_after_cool_down() {
-        let policy = PoolPolicy {
-            breaker_failures: 3,
-            ..PoolPolicy::default()
-        };
-        let mut meta = PoolMeta::default();
-        for _ in 0..2 {
-            meta.create_failed("QuotaExceeded", t0(), &policy);
-        }
-        assert!(!meta.breaker_open_at(t0()));
-        meta.create_failed("QuotaExceeded", t0(), &policy);
-        assert!(meta.breaker_open_at(t0()));
-        assert!(
-            meta.breaker_reason
-                .as_deref()
-                .unwrap()
-                .contains("QuotaExceeded")
-        );
-        let later = t0() + Duration::seconds(601);
-        assert!(!meta.breaker_open_at(later));
-        meta.half_open_if_cooled(later, &policy);
-        assert_eq!(meta.breaker_open_until, None);
-        meta.create_failed("QuotaExceeded", later, &policy);
-        assert!(meta.breaker_open_at(later), "one more failure reopens it");
-        meta.create_succeeded();
-        assert!(!meta.breaker_open_at(later));
-        assert_eq!(meta.consecutive_create_failures, 0);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
+use crate::breaker::{self, Breaker};
 use crate::capacity;
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmState};
@@ -58,6 +59,11 @@ pub struct Summary {
     pub forgotten: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
+    /// Starts ARM refused or that failed (quota, SKU, allocation): their VMs stay
+    /// `Deallocated`.
+    pub start_refusals: u32,
+    /// VMs whose operation ran out of attempts, marked as needing attention this pass.
+    pub needs_attention: u32,
     /// Unused claims returned to the buffer.
     pub unclaimed: u32,
     /// Public IPs found after their VM completed.
@@ -100,6 +106,8 @@ impl Summary {
         self.deleted += other.deleted;
         self.forgotten += other.forgotten;
         self.adopted += other.adopted;
+        self.start_refusals += other.start_refusals;
+        self.needs_attention += other.needs_attention;
         self.unclaimed += other.unclaimed;
         self.ips_found += other.ips_found;
         self.keys_expired += other.keys_expired;
@@ -115,7 +123,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -128,6 +136,8 @@ impl Summary {
             self.forgotten,
             self.adopted,
             self.unclaimed,
+            self.start_refusals,
+            self.needs_attention,
             self.ips_found,
             self.keys_expired,
             self.point_reads,
@@ -152,6 +162,9 @@ pub enum ReconcileError {
     #[error(transparent)]
     Pool(#[from] PoolError),
 }
+
+/// The margin by which a pass stops before its lease would run out: this part of the lease.
+pub const LEASE_MARGIN_PART: u32 = 5;
 
 /// How many point reads run at once.
 const READS_AT_ONCE: usize = 8;
@@ -235,6 +248,8 @@ impl Reconciler {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let started = pool.clock().now();
+        // The lease runs from before it was asked for, on this process's own clock.
+        let asked = pool.clock().monotonic();
         let Some(lease) = acquire_lease(store, &self.holder, started, self.lease_ttl).await? else {
             debug!("reconcile pass skipped: another instance holds the reconcile lease");
             return Ok(Summary {
@@ -245,8 +260,8 @@ impl Reconciler {
         let mut summary = Summary::default();
         let result = tokio::select! {
             result = self.pass(started, &mut summary) => result,
-            () = self.keep(lease) => {
-                warn!("the reconcile lease was lost during the pass; the pass stops where it is and the next one finishes its work");
+            () = self.keep(lease, asked) => {
+                warn!("the reconcile lease was lost or could not be renewed in time; the pass stops where it is and the next one finishes its work");
                 Ok(())
             }
         };
@@ -292,21 +307,55 @@ impl Reconciler {
         }
     }
 
-    /// Renews `lease` every third of its length while a pass runs; returns only when the
-    /// lease is lost (another instance took it after it expired), so the pass must stop.
-    async fn keep(&self, mut lease: Lease) {
+    /// Renews `lease` every third of its length while a pass runs; returns when the pass
+    /// must stop: the lease was lost (another instance took it after it expired), or it could
+    /// not be renewed (storage refused or did not answer, however long) and is about to run
+    /// out. That is judged on this process's own monotonic clock, from before each renewal
+    /// was sent, with a margin of a fifth of the lease ([`LEASE_MARGIN_PART`]), so the pass
+    /// stops before any other instance may take the lease.
+    async fn keep(&self, mut lease: Lease, asked: std::time::Duration) {
         let store = self.pool.store().as_ref();
-        let every = std::time::Duration::try_from(self.lease_ttl / 3)
-            .unwrap_or(std::time::Duration::from_secs(1));
+        let clock = self.pool.clock();
+        let ttl = std::time::Duration::try_from(self.lease_ttl)
+            .unwrap_or(std::time::Duration::from_secs(15));
+        let every = ttl / 3;
+        let margin = ttl / LEASE_MARGIN_PART;
+        let mut valid_until = asked + ttl;
+        let mut next_renewal = asked + every;
         loop {
-            tokio::time::sleep(every).await;
-            let now = self.pool.clock().now();
-            match renew_lease(store, &self.holder, &lease, now, self.lease_ttl).await {
-                Ok(Some(renewed)) => lease = renewed,
-                Ok(None) => return,
-                // Storage did not answer: try again; if the lease runs out meanwhile, another
-                // instance may take it, and the next renewal finds that out.
-                Err(e) => warn!(error = %e, "the reconcile lease could not be renewed yet"),
+            let stop_at = valid_until.saturating_sub(margin);
+            let now = clock.monotonic();
+            if now >= stop_at {
+                error!(
+                    lease_secs = ttl.as_secs(),
+                    "the reconcile lease could not be renewed and is about to run out; the pass stops"
+                );
+                return;
+            }
+            if now < next_renewal {
+                clock.sleep(next_renewal.min(stop_at) - now).await;
+                continue;
+            }
+            let sent = clock.monotonic();
+            let renewal = renew_lease(store, &self.holder, &lease, clock.now(), self.lease_ttl);
+            // A renewal that hangs is given up when the lease must be treated as gone.
+            let answer = tokio::select! {
+                answer = renewal => Some(answer),
+                () = clock.sleep(stop_at.saturating_sub(sent)) => None,
+            };
+            match answer {
+                Some(Ok(Some(renewed))) => {
+                    lease = renewed;
+                    valid_until = sent + ttl;
+                    next_renewal = sent + every;
+                }
+                Some(Ok(None)) => return,
+                Some(Err(e)) => {
+                    warn!(error = %e, "the reconcile lease could not be renewed yet; trying again");
+                    next_renewal =
+                        clock.monotonic() + (every / 5).max(std::time::Duration::from_millis(200));
+                }
+                None => {}
             }
         }
     }
@@ -435,6 +484,11 @@ impl Reconciler {
         meta.last_reconcile_ok = Some(true);
         meta.last_reconcile_error = None;
         meta.last_success_at = Some(finished);
+        meta.claims_timed_out = meta
+            .claims_timed_out
+            .saturating_add(u64::from(summary.unclaimed));
+        let marked = rows.iter().filter(|r| r.vm.attention.is_some()).count();
+        meta.needs_attention = u32::try_from(marked).unwrap_or(u32::MAX) + summary.needs_attention;
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
         }
@@ -495,8 +549,8 @@ impl Reconciler {
         let record = || meta.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &self.pool;
         let compute = pool.compute();
-        let policy = pool.policy();
         let now = pool.clock().now();
+        let policy = pool.policy();
         match action {
             Action::Complete(row) => {
                 // A missing IP does not hold the VM back: it is looked for on later passes.
@@ -511,8 +565,13 @@ impl Reconciler {
                     && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
-                    if row.vm.operation == Some(Operation::Create) {
-                        record().create_succeeded();
+                    // A VM came up: the breaker on refusals closes.
+                    let known = record().breaker();
+                    if let Err(e) = pool.count_success(&known).await {
+                        warn!(error = %e, "could not close the breaker; the next VM up closes it");
+                    } else {
+                        let mut m = record();
+                        *m = m.clone().with_breaker(&Breaker::default());
                     }
                     summary.completed += 1;
                 }
@@ -530,7 +589,7 @@ impl Reconciler {
                 if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        record().create_failed(&error, now, policy);
+                        pool.count_refusal(breaker::Refused::Create, &error).await;
                     }
                     summary.failed += 1;
                 }
@@ -552,12 +611,35 @@ impl Reconciler {
                     _ => Ok(()),
                 };
                 if let Err(e) = answer {
-                    if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                        record().create_failed(&e.to_string(), now, policy);
+                    let refused = !e.is_transient() && e != ComputeError::NotFound;
+                    match (row.vm.state, row.vm.operation) {
+                        (VmState::Creating, Some(Operation::Start)) if refused => {
+                            // ARM answered the start itself: the VM is as it was.
+                            let back = domain::start_refused(&next, &e.to_string(), now);
+                            if let Written::Done(_) = pool.store().update(&back, &etag).await? {
+                                warn!(vm.id = %id, error = %e, "start refused again; the VM stays Deallocated");
+                                summary.start_refusals += 1;
+                            }
+                            pool.count_refusal(breaker::Refused::Start, &e.to_string())
+                                .await;
+                            return Ok(());
+                        }
+                        (VmState::Creating, Some(Operation::Create)) if !e.is_transient() => {
+                            pool.count_refusal(breaker::Refused::Create, &e.to_string())
+                                .await;
+                        }
+                        _ => {}
                     }
-                    // Kept on the row, so the failure after the last attempt says why.
+                    // Kept on the row, so the failure after the last attempt says why. A call
+                    // ARM turned away (throttled, unavailable, busy) was not an attempt: it is
+                    // not counted, and the time bound from the first issue still holds.
                     let noted = domain::VmRecord {
                         last_error: Some(crate::store::truncate(&e.to_string())),
+                        attempts: if e.is_transient() {
+                            row.vm.attempts
+                        } else {
+                            next.attempts
+                        },
                         ..next
                     };
                     if let Err(store) = pool.store().update(&noted, &etag).await {
@@ -568,25 +650,37 @@ impl Reconciler {
                 info!(vm.id = %id, attempt = next.attempts, "ARM operation issued again");
                 summary.reissued += 1;
             }
-            Action::StartForBuffer(row) => {
-                let started = pool.add_to_buffer(Some(&row)).await?;
-                moved(meta, Some(row.vm.state), Some(started.vm.state));
-                summary.started += 1;
-            }
-            Action::CreateForBuffer => {
-                if record().breaker_open_at(now) {
-                    return Ok(());
+            Action::StartForBuffer(row) => match pool.add_to_buffer(Some(&row)).await {
+                Ok(started) => {
+                    moved(meta, Some(row.vm.state), Some(started.vm.state));
+                    summary.started += 1;
                 }
-                match pool.add_to_buffer(None).await {
-                    Ok(created) => {
-                        moved(meta, None, Some(created.vm.state));
-                        summary.created += 1;
-                    }
-                    Err(PoolError::Compute(e)) if !e.is_transient() => {
-                        record().create_failed(&e.to_string(), now, policy);
-                        return Err(PoolError::Compute(e).into());
-                    }
-                    Err(e) => return Err(e.into()),
+                // The breaker or the hold on starts stopped it: nothing was sent.
+                Err(PoolError::Refused { asked: false, .. }) => {}
+                Err(PoolError::Refused { .. }) => summary.start_refusals += 1,
+                Err(e) => return Err(e.into()),
+            },
+            Action::CreateForBuffer => match pool.add_to_buffer(None).await {
+                Ok(created) => {
+                    moved(meta, None, Some(created.vm.state));
+                    summary.created += 1;
+                }
+                Err(PoolError::Refused { asked: false, .. }) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Action::StartRefused(row, error) => {
+                let next = domain::start_refused(&row.vm, &error, now);
+                if self.write(&row, &next, summary, meta).await? {
+                    warn!(vm.id = %row.vm.id, %error, "the start failed; the VM stays Deallocated");
+                    pool.count_refusal(breaker::Refused::Start, &error).await;
+                    summary.start_refusals += 1;
+                }
+            }
+            Action::Attention(row, why) => {
+                let next = domain::needs_attention(&row.vm, &why);
+                if self.write(&row, &next, summary, meta).await? {
+                    error!(vm.id = %row.vm.id, state = %row.vm.state, %why, "VM needs attention: vmpool stops calling ARM for it");
+                    summary.needs_attention += 1;
                 }
             }
             Action::Deallocate(row, why) => {
@@ -611,14 +705,31 @@ impl Reconciler {
             }
             Action::Delete(row) => {
                 let next = domain::begin_delete(&row.vm, now);
-                if self.write(&row, &next, summary, meta).await? {
-                    match compute.delete(&row.vm.id).await {
-                        Ok(()) | Err(ComputeError::NotFound) => {}
-                        Err(e) => return Err(e.into()),
+                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                    summary.lost_races += 1;
+                    return Ok(());
+                };
+                moved(meta, Some(row.vm.state), Some(next.state));
+                match compute.delete(&row.vm.id).await {
+                    Ok(()) | Err(ComputeError::NotFound) => {}
+                    Err(e) => {
+                        // A delete ARM turned away (throttled, unavailable, busy) was not an
+                        // attempt; the time bound from the first delete still holds.
+                        if e.is_transient() && next.attempts > 1 {
+                            let uncounted = domain::VmRecord {
+                                attempts: next.attempts - 1,
+                                last_error: Some(crate::store::truncate(&e.to_string())),
+                                ..next
+                            };
+                            if let Err(store) = pool.store().update(&uncounted, &etag).await {
+                                warn!(vm.id = %row.vm.id, error = %store, "could not record the ARM failure");
+                            }
+                        }
+                        return Err(e.into());
                     }
-                    info!(vm.id = %row.vm.id, "failed VM deleted");
-                    summary.deleted += 1;
                 }
+                info!(vm.id = %row.vm.id, "failed VM deleted");
+                summary.deleted += 1;
             }
             Action::Forget(row) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
@@ -631,10 +742,12 @@ impl Reconciler {
             }
             Action::Adopt(id, resource_id, status) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
+                    // A deallocated VM whose last start failed (AllocationFailed) shows
+                    // provisioning Failed: it is a healthy VM to start later, not a dead one.
+                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Failed(e), _) => {
                         (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
                     }
-                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Succeeded, Power::Running) => (AdoptedAs::Running, None),
                     _ => (AdoptedAs::InFlight, None),
                 };
@@ -649,7 +762,12 @@ impl Reconciler {
                 if let Ok(next) = domain::unclaimed(&row.vm, now)
                     && self.write(&row, &next, summary, meta).await?
                 {
-                    info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
+                    warn!(
+                        vm.id = %row.vm.id,
+                        to = %next.state,
+                        claim_timeout_secs = policy.claim_timeout.as_secs(),
+                        "claim timed out: handed out by CreateVM but no rooms report nor mark came within the claim timeout; it may be handed out again"
+                    );
                     summary.unclaimed += 1;
                 }
             }

@@ -25,8 +25,13 @@ pub const GRACE: Duration = Duration::seconds(60);
 /// to stay well inside ARM's write budget (200 burst, 10/s per subscription).
 pub const MAX_OTHER_WRITES_PER_PASS: usize = 50;
 
-/// An operation issued this many times without effect fails the VM.
+/// An operation issued this many times without effect fails the VM (a create) or marks it as
+/// needing attention. A call ARM turned away (throttled, unavailable) is not counted.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// However its calls were answered, an operation is given up (the VM needs attention) this
+/// many of its timeouts after it was first issued.
+pub const MAX_TIMEOUTS: i32 = 10;
 
 /// Most point reads (GETs) of single VMs per pass: VMs in flight first, then VMs missing
 /// from the listing.
@@ -99,6 +104,13 @@ pub enum Action {
     Delete(Versioned),
     /// A `Failed` VM that a GET found gone: the row is removed.
     Forget(Versioned),
+    /// A start that ARM accepted and then failed (its async operation ended `AllocationFailed`
+    /// and the VM is deallocated), or that never took: the row goes back to `Deallocated`
+    /// with the error, and the refusal counts toward the breaker.
+    StartRefused(Versioned, String),
+    /// The row's operation ran out of attempts: the row is marked as needing attention and
+    /// vmpool stops calling ARM for it.
+    Attention(Versioned, String),
     /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status).
     Adopt(VmId, String, VmStatus),
     /// A `Running` VM handed out and never used goes back to `Standby`.
@@ -210,7 +222,6 @@ pub fn plan(
 ) -> Plan {
     let mut meta = meta.clone();
     meta.vanished = observed.vanished;
-    meta.half_open_if_cooled(now, policy);
     let mut actions = Vec::new();
     // Rows an action already takes care of this pass, and those of them it takes out of
     // the buffer.
@@ -223,6 +234,7 @@ pub fn plan(
             if matches!(
                 action,
                 Action::Fail(..)
+                    | Action::StartRefused(..)
                     | Action::Deallocate(..)
                     | Action::Correct(_, VmState::Deallocated)
             ) {
@@ -245,6 +257,14 @@ pub fn plan(
     actions.extend(unclaimed);
 
     let (target, cooled) = buffer_target(rows, now, policy, &mut meta);
+    // A start that failed after its caller was told the VM is coming: kept for that caller
+    // (no one else starts it) until the caller lets go or the hold runs out.
+    let hold = policy.failed_start_hold();
+    for r in rows {
+        if r.vm.held_for_caller(now, hold) {
+            handled.insert(&r.vm.id);
+        }
+    }
     let draining = drained(rows, &handled, now, policy);
     let buffer = rows
         .iter()
@@ -262,7 +282,7 @@ pub fn plan(
         &mut handled,
         buffer,
         target,
-        meta.breaker_open_at(now),
+        (meta.breaker_open_at(now), meta.starts_held_at(now)),
         policy,
     ));
     if cooled {
@@ -304,8 +324,12 @@ pub fn unused_claims(
     rows.iter()
         .filter(|r| !handled.contains(&r.vm.id))
         .filter(|r| {
+            // Silent since it was handed out, or since its last report said 0 rooms.
+            let quiet_since =
+                r.vm.last_report_at
+                    .map_or(r.vm.state_changed_at, |t| t.max(r.vm.state_changed_at));
             r.vm.state == VmState::Running
-                && age(r, now) >= timeout
+                && now - quiet_since >= timeout
                 && crate::domain::unclaimed(&r.vm, now).is_ok()
         })
         .map(|r| Action::Unclaim(r.clone()))
@@ -336,17 +360,20 @@ pub fn buffer_target(
 }
 
 /// Fills the buffer up to `target`: starts of deallocated VMs first (faster and cheaper),
-/// then creates (none while the breaker is open), within the pool's maximum and the
-/// per-pass cap.
+/// then creates, within the pool's maximum and the per-pass cap. `held` is (creates stopped,
+/// starts stopped): no creates while the breaker is open, and no starts while it is open or
+/// a start was refused lately (the VMs that would have been started are waited for, not
+/// replaced by creates).
 pub fn fill_buffer<'a>(
     rows: &'a [Versioned],
     observed: &Observed,
     handled: &mut HashSet<&'a VmId>,
     buffer: usize,
     target: usize,
-    breaker_open: bool,
+    held: (bool, bool),
     policy: &PoolPolicy,
 ) -> Vec<Action> {
+    let (breaker_open, starts_held) = held;
     let active = rows
         .iter()
         .filter(|r| r.vm.state.counts_against_max())
@@ -360,9 +387,13 @@ pub fn fill_buffer<'a>(
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
         .filter(|r| {
+            // A start that failed for allocation leaves the VM's provisioning `Failed`; it
+            // can be started again.
             observed.arm.get(&r.vm.id).is_some_and(|s| {
-                s.provisioning == Provisioning::Succeeded
-                    && matches!(s.power, Power::Deallocated | Power::Unknown)
+                matches!(
+                    s.provisioning,
+                    Provisioning::Succeeded | Provisioning::Failed(_)
+                ) && matches!(s.power, Power::Deallocated | Power::Unknown)
             })
         })
         .collect();
@@ -370,7 +401,11 @@ pub fn fill_buffer<'a>(
     deallocated.sort_by_key(|r| r.vm.state_changed_at);
     let starts = missing.min(deallocated.len());
     let mut actions = Vec::new();
-    for row in deallocated.into_iter().take(starts) {
+    for row in deallocated
+        .into_iter()
+        .take(starts)
+        .filter(|_| !starts_held)
+    {
         handled.insert(&row.vm.id);
         actions.push(Action::StartForBuffer(row.clone()));
     }
@@ -547,45 +582,90 @@ pub fn settle(
         .map_or("operation", |o| o.as_str())
         .to_lowercase();
     let out_of_attempts = vm.attempts >= MAX_ATTEMPTS && settled;
+    if vm.attention.is_some() {
+        // vmpool no longer calls ARM for it; only what ARM shows moves it on.
+        return match (vm.state, seen) {
+            (VmState::Creating, Seen::Present(s)) if s.is_up() => {
+                Some(Action::Complete(row.clone()))
+            }
+            (VmState::Deallocating, Seen::Gone) => Some(Action::FinishDeallocate(row.clone())),
+            (VmState::Deallocating, Seen::Present(s)) if s.is_deallocated() => {
+                Some(Action::FinishDeallocate(row.clone()))
+            }
+            (VmState::Failed, Seen::Gone) => Some(Action::Forget(row.clone())),
+            _ => None,
+        };
+    }
+    // A row claimed for a caller is re-issued only once that caller's CreateVM has ended:
+    // until then it may still be sending the very call a re-issue would repeat.
+    let caller_done = vm.purpose == Purpose::Buffer
+        || now - vm.claimed_at.unwrap_or(vm.state_changed_at) >= to_time(policy.create_deadline());
+    let may_reissue = settled && caller_done && vm.attempts < MAX_ATTEMPTS;
+    let starting = vm.operation == Some(Operation::Start);
+    let attempts_text = |vm: &crate::domain::VmRecord| match &vm.last_error {
+        Some(last) => format!(
+            "the {what} did not take after {} attempts; last: {last}",
+            vm.attempts
+        ),
+        None => format!("the {what} did not take after {} attempts", vm.attempts),
+    };
     match vm.state {
         VmState::Creating => match seen {
             Seen::Present(s) if s.is_up() => Some(Action::Complete(row.clone())),
+            // A start that failed (AllocationFailed in its operation) leaves the VM
+            // deallocated and its provisioning Failed: the VM is as it was.
+            Seen::Present(VmStatus {
+                provisioning: Provisioning::Failed(error),
+                power: Power::Deallocated,
+            }) if starting => Some(Action::StartRefused(row.clone(), error.clone())),
             Seen::Present(VmStatus {
                 provisioning: Provisioning::Failed(error),
                 ..
-            }) => Some(Action::Fail(
+            }) if !starting => Some(Action::Fail(
                 row.clone(),
                 format!("provisioning failed: {error}"),
             )),
-            _ if issued_for(row, now) >= to_time(policy.create_timeout) => Some(Action::Fail(
-                row.clone(),
-                format!(
-                    "not running {}s after the {what} was first issued ({} attempts)",
-                    policy.create_timeout.as_secs(),
-                    vm.attempts
-                ),
-            )),
-            _ if out_of_attempts => Some(Action::Fail(
-                row.clone(),
-                match &vm.last_error {
-                    Some(last) => format!(
-                        "the {what} did not take after {} attempts; last: {last}",
+            // A start that did not take: a VM that provisioned once never becomes Failed.
+            // Deallocated, it is as it was; otherwise an operator must look at it.
+            _ if starting
+                && (issued_for(row, now) >= to_time(policy.create_timeout) || out_of_attempts) =>
+            {
+                match seen {
+                    Seen::Present(s) if s.power == Power::Deallocated => {
+                        Some(Action::StartRefused(row.clone(), attempts_text(vm)))
+                    }
+                    Seen::Present(_) => Some(Action::Attention(
+                        row.clone(),
+                        format!(
+                            "{}; the VM is neither running nor deallocated",
+                            attempts_text(vm)
+                        ),
+                    )),
+                    _ => None,
+                }
+            }
+            _ if issued_for(row, now) >= to_time(policy.create_timeout) && !starting => {
+                Some(Action::Fail(
+                    row.clone(),
+                    format!(
+                        "not running {}s after the {what} was first issued ({} attempts)",
+                        policy.create_timeout.as_secs(),
                         vm.attempts
                     ),
-                    None => format!("the {what} did not take after {} attempts", vm.attempts),
-                },
-            )),
+                ))
+            }
+            _ if out_of_attempts && !starting => Some(Action::Fail(row.clone(), attempts_text(vm))),
             // The create never reached ARM (a crash or a fault between row and call).
-            Seen::Gone if vm.operation == Some(Operation::Create) && settled => {
-                Some(Action::Reissue(row.clone()))
+            Seen::Gone if vm.operation == Some(Operation::Create) => {
+                may_reissue.then(|| Action::Reissue(row.clone()))
             }
             Seen::Gone if settled => Some(Action::Fail(
                 row.clone(),
                 "the VM was deleted outside vmpool (a GET answered 404)".into(),
             )),
             // The start never reached ARM.
-            Seen::Present(s) if s.power == Power::Deallocated && settled => {
-                Some(Action::Reissue(row.clone()))
+            Seen::Present(s) if s.power == Power::Deallocated => {
+                may_reissue.then(|| Action::Reissue(row.clone()))
             }
             _ => None,
         },
@@ -593,22 +673,34 @@ pub fn settle(
             // Gone counts as deallocated: nothing is billed.
             Seen::Gone => Some(Action::FinishDeallocate(row.clone())),
             Seen::Present(s) if s.is_deallocated() => Some(Action::FinishDeallocate(row.clone())),
+            // Out of attempts: never Failed (the VM provisioned once, and Failed VMs are
+            // deleted); an operator must look at it.
             Seen::Present(_)
-                if vm.attempts >= MAX_ATTEMPTS
-                    && issued_for(row, now) >= to_time(policy.deallocate_timeout) =>
+                if (vm.attempts >= MAX_ATTEMPTS
+                    && issued_for(row, now) >= to_time(policy.deallocate_timeout))
+                    || issued_for(row, now)
+                        >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS =>
             {
-                Some(Action::Fail(
+                Some(Action::Attention(
                     row.clone(),
-                    format!("still not deallocated after {} attempts", vm.attempts),
+                    format!(
+                        "still not deallocated after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
                 ))
             }
             Seen::Present(s)
                 if matches!(s.power, Power::Running | Power::Stopped | Power::Starting)
-                    && settled =>
+                    && settled
+                    && vm.attempts < MAX_ATTEMPTS =>
             {
                 Some(Action::Reissue(row.clone()))
             }
-            Seen::Present(_) if age(row, now) >= to_time(policy.deallocate_timeout) => {
+            Seen::Present(_)
+                if age(row, now) >= to_time(policy.deallocate_timeout)
+                    && vm.attempts < MAX_ATTEMPTS =>
+            {
                 Some(Action::Reissue(row.clone()))
             }
             _ => None,
@@ -659,6 +751,22 @@ pub fn settle(
                     && age(row, now) < to_time(policy.deallocate_timeout) =>
             {
                 None
+            }
+            // Deletes are bounded too, counted from the first.
+            Seen::Present(_)
+                if vm.operation == Some(Operation::Delete)
+                    && (vm.attempts >= MAX_ATTEMPTS
+                        || issued_for(row, now)
+                            >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS) =>
+            {
+                Some(Action::Attention(
+                    row.clone(),
+                    format!(
+                        "the delete did not take after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
+                ))
             }
             Seen::Present(_) => Some(Action::Delete(row.clone())),
         },
@@ -728,6 +836,8 @@ mod tests {
             Action::Correct(r, to) => format!("correct {} to {to}", r.vm.id),
             Action::Delete(r) => format!("delete {}", r.vm.id),
             Action::Forget(r) => format!("forget {}", r.vm.id),
+            Action::StartRefused(r, _) => format!("startRefused {}", r.vm.id),
+            Action::Attention(r, _) => format!("attention {}", r.vm.id),
             Action::Adopt(id, ..) => format!("adopt {id}"),
             Action::Unclaim(r) => format!("unclaim {}", r.vm.id),
             Action::FindIp(r) => format!("findIp {}", r.vm.id),
@@ -783,6 +893,8 @@ mod tests {
         let creating = (VmState::Creating, Some(Operation::Create));
         let starting = (VmState::Creating, Some(Operation::Start));
         let deallocating = (VmState::Deallocating, Some(Operation::Deallocate));
+        // A row claimed for a caller is re-issued only after the caller's CreateVM ended.
+        let after_caller = i64::try_from(policy.create_deadline().as_secs()).unwrap();
         type Case = (
             (VmState, Option<Operation>),
             Option<VmStatus>,
@@ -800,11 +912,31 @@ mod tests {
             ),
             // The process died between the row write and the ARM call.
             (creating, None, 30, ""),
-            (creating, None, 61, "reissue a"),
+            (creating, None, 61, ""),
+            (creating, None, after_caller, "reissue a"),
             (creating, Some(status(P::Creating, Starting)), 901, "fail a"),
             (starting, Some(off()), 10, ""),
-            (starting, Some(off()), 61, "reissue a"),
+            (starting, Some(off()), 61, ""),
+            (starting, Some(off()), after_caller, "reissue a"),
             (starting, None, 61, "fail a"),
+            // A start whose operation failed for allocation leaves the VM as it was.
+            (
+                starting,
+                Some(status(
+                    P::Failed("AllocationFailed: no capacity".into()),
+                    Deallocated,
+                )),
+                30,
+                "startRefused a",
+            ),
+            // A start that never takes: back to Deallocated, never Failed.
+            (starting, Some(off()), 901, "startRefused a"),
+            (
+                starting,
+                Some(status(P::Succeeded, Starting)),
+                901,
+                "attention a",
+            ),
             (starting, Some(up()), 61, "complete a"),
             (
                 deallocating,
@@ -836,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deallocate_that_never_takes_fails_after_its_attempts() {
+    fn a_deallocate_that_never_takes_needs_attention_after_its_attempts() {
         let mut r = row("a", VmState::Deallocating, Some(Operation::Deallocate));
         r.vm.attempts = MAX_ATTEMPTS;
         assert_eq!(
@@ -846,8 +978,49 @@ mod tests {
                 601,
                 &PoolPolicy::default()
             ),
-            ["fail a"]
+            ["attention a"]
         );
+        // Marked, it is left alone: no more re-issues, whatever ARM shows.
+        r.vm.attention = Some("still not deallocated after 3 attempts".into());
+        for secs in [61, 601, 6001] {
+            assert!(
+                run(
+                    std::slice::from_ref(&r),
+                    &[(&r, up())],
+                    secs,
+                    &PoolPolicy::default()
+                )
+                .is_empty()
+            );
+        }
+        assert_eq!(
+            run(
+                std::slice::from_ref(&r),
+                &[(&r, off())],
+                61,
+                &PoolPolicy::default()
+            ),
+            ["finishDeallocate a"],
+            "what ARM shows still moves it on"
+        );
+    }
+
+    #[test]
+    fn deletes_are_bounded_too() {
+        let p = PoolPolicy::default();
+        let mut r = row("f", VmState::Failed, Some(Operation::Delete));
+        r.vm.attempts = MAX_ATTEMPTS - 1;
+        assert_eq!(
+            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            ["delete f"]
+        );
+        r.vm.attempts = MAX_ATTEMPTS;
+        assert_eq!(
+            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            ["attention f"]
+        );
+        r.vm.attention = Some("the delete did not take after 3 attempts".into());
+        assert!(run(std::slice::from_ref(&r), &[(&r, up())], 6001, &p).is_empty());
     }
 
     #[test]
@@ -1335,7 +1508,7 @@ mod tests {
     }
 
     #[test]
-    fn no_creates_while_the_breaker_is_open_and_starts_still_fill_the_buffer() {
+    fn no_starts_or_creates_while_the_breaker_is_open_nor_starts_while_they_are_held() {
         let policy = PoolPolicy {
             min_standby: 2,
             breaker_failures: 3,
@@ -1349,11 +1522,18 @@ mod tests {
         };
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
-        assert_eq!(actions, ["start d"]);
-        // After the cool-down: half open, creates resume.
-        let (actions, half) = run_meta(&[], &[], 601, &policy, &open);
+        assert!(actions.is_empty(), "{actions:?}");
+        // Starts held after a refused start: the deallocated VM is waited for, not replaced.
+        let held = PoolMeta {
+            starts_held_until: Some(t0() + Duration::seconds(30)),
+            ..PoolMeta::default()
+        };
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 10, &policy, &held);
+        assert_eq!(actions, ["create"]);
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 30, &policy, &held);
+        assert_eq!(actions, ["start d", "create"]);
+        // After the cool-down creates resume (one more refusal opens it again at once).
+        let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
         assert_eq!(actions, ["create", "create"]);
-        assert_eq!(half.breaker_open_until, None);
-        assert_eq!(half.consecutive_create_failures, 2);
     }
 }

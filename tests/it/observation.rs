@@ -220,7 +220,7 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
     assert!(
         meta.breaker_reason
             .unwrap()
-            .contains("3 creates failed in a row")
+            .contains("3 starts or creates refused in a row")
     );
     assert!(
         failed.last_error.unwrap().contains("OperationNotAllowed"),

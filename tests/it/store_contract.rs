@@ -39,6 +39,8 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
         attempts: 2,
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
+        report_order: Some(vmpool::domain::ReportOrder::Seq(u64::MAX)),
+        attention: Some("the delete did not take after 3 attempts".into()),
     }
 }
 
@@ -345,7 +347,7 @@ pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
     let (got, etag) = load_meta(store.as_ref()).await.unwrap();
     assert_eq!(got, meta);
     let mut next = got.clone();
-    next.breaker_reason = Some("QuotaExceeded".into());
+    next.target_raised_at = None;
     next.buffer_target = 0;
     save_meta(store.as_ref(), &next, etag.as_ref())
         .await
