@@ -1,609 +1,669 @@
-//! Benchmark of vmpool at scale on Table Storage: prints figures, asserts nothing.
+//! Benchmark of vmpool at scale on Table Storage: prints figures, asserts nothing but that the
+//! answers are what each figure claims to measure.
 //!
 //! ```text
 //! npm ci --no-audit --no-fund
-//! cargo build --release --bin vmpool --example scale_bench
-//! target/release/examples/scale_bench
+//! cargo run --release --example scale_bench
 //! ```
 //!
-//! Starts Azurite (from `node_modules`) on a free port and the release `vmpool` binary (found
-//! beside this example, or at `VMPOOL_BIN`) over one table, then grows the table to 1,000,
-//! 10,000 and 50,000 VMs. At each size it measures CreateVM over HTTP on the reclaim path
-//! and on the standby path, next to the raw calls any claim needs at least (one point read
-//! and one conditional update) and the raw calls a claim by scanning would need (one
-//! filtered query over the VM table and one conditional update). At 50,000 it measures pages
-//! of GetAvailableVMs and GetPoolStatus (and counts only), next to the raw page and count
-//! queries, and reads the binary's peak RSS (`VmHWM` in `/proc/<pid>/status`). Last, it
-//! times one reconcile pass that changes 10,000 rows, next to the same 10,000 conditional
-//! updates made raw at the same concurrency.
+//! Starts Azurite (from `node_modules`) on a free port and two vmpool instances in this
+//! process, each with its own connection to one table and served over loopback HTTP, over one
+//! simulated cloud and one manual clock. It grows the table to 1,000, 10,000 and 50,000 VMs
+//! with the same mix at every size: per hundred, one `MarkedForDeallocation`, one `Standby`,
+//! one `Creating` for the buffer, ten `Deallocated` and 87 `Running`, all named as vmpool
+//! names VMs. The pool's record and the capacity ledger are written as a reconcile pass
+//! writes them (a pass itself would deallocate the surplus buffer and change the mix).
 //!
-//! `BENCH_ITERATIONS` (default 200) sets the samples per CreateVM figure.
+//! At each size it measures CreateVM on each of its paths (`reclaimed`, `standby`,
+//! `claimedCreating`, `started`, `created`): each path's candidates of the kinds before it are
+//! moved to `Running` first, and each claim is put back after it (not timed). Then
+//! GetPoolStatus `?vms=false` (counts from the pool's record) and, for comparison,
+//! `?vms=false&counts=fresh` (every row counted). Last, on a table of its own (the 1,000-VM mix
+//! with room for 40 more), a burst of 100 concurrent CreateVM over the two instances: it checks
+//! that no VM is handed out twice and the maximum holds, and compares its claims per second
+//! with raw Azurite making the same conditional writes.
+//!
+//! `BENCH_ITERATIONS` (default 200) sets the samples per CreateVM figure; `BENCH_SIZES`
+//! (default `1000,10000,50000`) the sizes.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_core::Etag;
-use azure_data_tables::prelude::{EntityClient, IfMatchCondition, TableClient};
+use azure_data_tables::prelude::IfMatchCondition;
 use futures::StreamExt;
-use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
-use time::macros::datetime;
+use tokio::net::TcpListener;
 use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::Compute;
 use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
 use vmpool::config::Config;
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::table::TableStore;
-use vmpool::store::{VmStore, Written};
+use vmpool::store::{Rows, VmStore, Written};
 
 #[path = "../tests/it/support/azurite.rs"]
 mod azurite;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{
-    Res, Samples, iterations, json, raw_body, raw_query, raw_table, raw_update, timed, vm,
-};
+use common::{Res, Samples, iterations, json, ms, raw_body, raw_table, timed, vm};
 
-const SIZES: [usize; 3] = [1_000, 10_000, 50_000];
-/// Rows of each claimable kind (MarkedForDeallocation, Standby) at every size.
-const CLAIMABLE: usize = 100;
-/// Rows the reconcile pass changes.
-const RECONCILED: usize = 10_000;
-/// Seeding and raw bulk writes in flight at once.
+/// Writes in flight at once while seeding and moving rows (not measured).
 const SEED_CONCURRENCY: usize = 64;
+/// The CreateVM paths, in the order CreateVM tries them.
+const PATHS: [&str; 5] = [
+    "reclaimed",
+    "standby",
+    "claimedCreating",
+    "started",
+    "created",
+];
+/// Concurrent callers of the burst.
+const BURST: usize = 100;
+/// Places left under the maximum for the burst.
+const BURST_ROOM: usize = 40;
 
-/// The state of the `i`th seeded VM: the claimable ones first, then four Running to one
-/// Deallocated.
-fn seeded_state(i: usize) -> VmState {
-    if i < CLAIMABLE {
-        VmState::MarkedForDeallocation
-    } else if i < 2 * CLAIMABLE {
-        VmState::Standby
-    } else if i % 5 == 0 {
-        VmState::Deallocated
-    } else {
-        VmState::Running
+/// The state and purpose of the `i`th seeded VM: per hundred, 1 `MarkedForDeallocation`, 1
+/// `Standby`, 1 `Creating` for the buffer, 10 `Deallocated`, 87 `Running`.
+fn mix(i: usize) -> (VmState, Purpose) {
+    match i % 100 {
+        0 => (VmState::MarkedForDeallocation, Purpose::Matchmaker),
+        1 => (VmState::Standby, Purpose::Buffer),
+        2 => (VmState::Creating, Purpose::Buffer),
+        3..=12 => (VmState::Deallocated, Purpose::Matchmaker),
+        _ => (VmState::Running, Purpose::Matchmaker),
     }
 }
 
-fn name(i: usize) -> String {
-    format!("scale-{i:06}")
+/// One seeded VM's row.
+fn seeded_vm(name: &str, state: VmState, purpose: Purpose) -> VmRecord {
+    let mut vm = vm(name, state, if state == VmState::Running { 3 } else { 0 });
+    vm.purpose = purpose;
+    if state == VmState::Creating {
+        vm.operation = Some(Operation::Create);
+        vm.operation_since = Some(vm.state_changed_at);
+    }
+    vm
 }
 
-/// The `i`th seeded row: 3 rooms on a Running VM, none on the others.
-fn seeded_vm(i: usize) -> VmRecord {
-    let state = seeded_state(i);
-    vm(
-        &name(i),
-        state,
-        if state == VmState::Running { 3 } else { 0 },
-    )
+/// The seeded VMs: (name, state, purpose), by what they were seeded as.
+#[derive(Default)]
+struct Seeded {
+    vms: Vec<(String, VmState, Purpose)>,
 }
 
-/// Writes rows `from..to` through the store (rows and their index entries).
-async fn seed(store: &Arc<TableStore>, from: usize, to: usize) -> Res<Duration> {
-    let started = Instant::now();
-    let results = futures::stream::iter(from..to)
-        .map(|i| {
-            let store = store.clone();
-            async move { store.insert(&seeded_vm(i)).await }
-        })
-        .buffer_unordered(SEED_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    for r in results {
-        if let Written::LostRace = r? {
-            return Err("a seeded name existed already".into());
+impl Seeded {
+    fn of(&self, state: VmState) -> Vec<String> {
+        self.vms
+            .iter()
+            .filter(|(_, s, _)| *s == state)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Two vmpool instances over one table, one simulated cloud and one clock.
+struct Pool {
+    store: Arc<TableStore>,
+    compute: Arc<dyn Compute>,
+    clock: Arc<ManualClock>,
+    bases: [String; 2],
+    http: reqwest::Client,
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Pool {
+    async fn start(az: &azurite::Azurite, table: &str, max_vms: usize) -> Res<Pool> {
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-01-01 00:00 UTC),
+        ));
+        let clock_dyn: Arc<dyn Clock> = clock.clone();
+        let cloud = Arc::new(SimCloud::new(clock_dyn.clone(), Latencies::default(), 1));
+        let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
+        let vars: std::collections::HashMap<String, String> =
+            [("VMPOOL_MAX_VMS".to_owned(), max_vms.to_string())].into();
+        let config = Config::from_source(&vars)?;
+        let store = Arc::new(TableStore::connect(&az.connection_string(), table).await?);
+        let mut bases = Vec::new();
+        let mut stops = Vec::new();
+        for instance in 0..2 {
+            let own: Arc<dyn VmStore> = if instance == 0 {
+                store.clone()
+            } else {
+                Arc::new(TableStore::connect(&az.connection_string(), table).await?)
+            };
+            let state = vmpool::startup::state(&config, own, compute.clone(), clock_dyn.clone());
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            bases.push(format!("http://{}", listener.local_addr()?));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let _ = vmpool::startup::run(listener, state, None, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+            stops.push(stop);
         }
+        Ok(Pool {
+            store,
+            compute,
+            clock,
+            bases: [bases[0].clone(), bases[1].clone()],
+            http: reqwest::Client::new(),
+            _stops: stops,
+        })
     }
-    Ok(started.elapsed())
+
+    /// Seeds VMs `from..to` of the mix (rows and index entries; the deallocated ones also in
+    /// the cloud, deallocated there).
+    async fn seed(&self, seeded: &mut Seeded, from: usize, to: usize) -> Res<Duration> {
+        let started = Instant::now();
+        let new: Vec<(String, VmState, Purpose)> = (from..to)
+            .map(|i| {
+                let (state, purpose) = mix(i);
+                (
+                    vmpool::pool::new_vm_name("vmpool").to_string(),
+                    state,
+                    purpose,
+                )
+            })
+            .collect();
+        let spec = vmpool::config::PoolPolicy::default().pools.all()[0].vm();
+        for (name, state, _) in &new {
+            if *state == VmState::Deallocated {
+                self.compute.create(&VmId::parse(name)?, &spec).await?;
+            }
+        }
+        let results = futures::stream::iter(new.iter().cloned())
+            .map(|(name, state, purpose)| {
+                let store = self.store.clone();
+                async move { store.insert(&seeded_vm(&name, state, purpose)).await }
+            })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for r in results {
+            if let Written::LostRace = r? {
+                return Err("a seeded name existed already".into());
+            }
+        }
+        self.clock.advance(time::Duration::minutes(10));
+        for (name, state, _) in &new {
+            if *state == VmState::Deallocated {
+                self.compute.deallocate(&VmId::parse(name)?).await?;
+            }
+        }
+        self.clock.advance(time::Duration::minutes(10));
+        seeded.vms.extend(new);
+        Ok(started.elapsed())
+    }
+
+    /// Writes the pool's record and the capacity ledger as a reconcile pass would, from a
+    /// listing of the table.
+    async fn record(&self) -> Res<()> {
+        let now = self.clock.now();
+        let rows = self.store.list(Rows::All).await?;
+        vmpool::capacity::recount(&*self.store, &rows, now).await?;
+        let (mut meta, etag) = vmpool::reconcile::load_meta(&*self.store).await?;
+        let mut counts = vmpool::store::zero_counts();
+        for row in &rows {
+            *counts.entry(row.vm.state).or_default() += 1;
+        }
+        meta.counts = Some(counts);
+        meta.counted_at = Some(now);
+        meta.last_reconcile_started_at = Some(now);
+        meta.last_reconcile_at = Some(now);
+        meta.last_reconcile_ok = Some(true);
+        vmpool::reconcile::save_meta(&*self.store, &meta, etag.as_ref()).await?;
+        Ok(())
+    }
+
+    async fn create_vm(&self, instance: usize) -> Res<Value> {
+        Ok(json(
+            self.http
+                .post(format!("{}/api/CreateVM", self.bases[instance % 2])),
+        )
+        .await?)
+    }
 }
 
-/// Sets the row of `id` to `state` through the store (not measured).
-async fn set_state(store: &dyn VmStore, id: &str, state: VmState) -> Res<()> {
-    let id = VmId::parse(id)?;
+/// Sets the row of `name` to `state` for `purpose` (not measured).
+async fn set_state(store: &dyn VmStore, name: &str, state: VmState, purpose: Purpose) -> Res<()> {
+    let id = VmId::parse(name)?;
     let row = store.get(&id).await?.ok_or("row vanished")?;
-    let mut next = row.vm.clone();
-    next.state = state;
-    next.rooms = 0;
+    let next = seeded_vm(name, state, purpose);
     if let Written::LostRace = store.update(&next, &row.etag).await? {
         return Err("lost a race while resetting".into());
     }
     Ok(())
 }
 
-/// The release vmpool binary, serving one table on a loopback port.
-struct Binary {
-    child: Child,
-    base: String,
-}
-
-impl Binary {
-    fn start(connection_string: &str, table: &str) -> Res<Binary> {
-        let path = match std::env::var("VMPOOL_BIN") {
-            Ok(path) => std::path::PathBuf::from(path),
-            Err(_) => std::env::current_exe()?
-                .parent()
-                .and_then(|examples| examples.parent())
-                .ok_or("no directory above the example")?
-                .join("vmpool"),
-        };
-        if !path.exists() {
-            return Err(format!(
-                "{} is missing: run `cargo build --release --bin vmpool` first",
-                path.display()
-            )
-            .into());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(path)
-            .env_clear()
-            .env("VMPOOL_PORT", port.to_string())
-            .env("VMPOOL_STORAGE", connection_string)
-            .env("VMPOOL_TABLE", table)
-            .env("VMPOOL_COMPUTE", "simulated")
-            .env("VMPOOL_RECONCILE_SECS", "0")
-            .env("VMPOOL_MAX_VMS", "100000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Binary {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        })
-    }
-
-    async fn ready(&self, http: &reqwest::Client) -> Res<()> {
-        for _ in 0..300 {
-            if http.get(format!("{}/", self.base)).send().await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err("the vmpool binary did not answer within 30 s".into())
-    }
-
-    /// `VmHWM` (peak resident set) and `VmRSS` of the process, in MB.
-    fn memory(&self) -> Res<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> Res<f64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .ok_or("no such field")?;
-            let kb: f64 = line.split_whitespace().nth(1).ok_or("no value")?.parse()?;
-            Ok(kb / 1024.0)
-        };
-        Ok((field("VmHWM:")?, field("VmRSS:")?))
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The rows of `state` among the first `size` seeded.
-fn of_state(size: usize, state: VmState) -> Vec<String> {
-    (0..size)
-        .filter(|i| seeded_state(*i) == state)
-        .map(name)
-        .collect()
-}
-
-/// Reads the row `key` raw: its client, its body marked claimed (Running), and its etag.
-async fn read_to_claim(raw: &TableClient, key: &str) -> Res<(EntityClient, Value, Etag)> {
-    let entity = raw.partition_key_client(key).entity_client(key);
-    let got = entity.get::<Map<String, Value>>().await?;
-    let (mut body, _) = raw_body(got.entity);
-    body["VM_State"] = "Running".into();
-    Ok((entity, body, got.etag))
-}
-
-/// CreateVM over HTTP, `iterations` times, each claim put back afterwards; with the raw
-/// floor (point read + conditional update) and the raw scan claim interleaved.
-async fn claims(ctx: &Ctx<'_>, size: usize, kind: VmState, iterations: usize) -> Res<Claims> {
-    let (action, filter) = match kind {
-        VmState::MarkedForDeallocation => ("reclaimed", "VM_State eq 'MarkedForDeallocation'"),
-        _ => ("standby", "VM_State eq 'Standby'"),
-    };
-    let candidates = of_state(size, kind);
-    let mut c = Claims::default();
-    let warmup = iterations / 10;
-    for i in 0..warmup + iterations {
-        if i == warmup {
-            c = Claims::default();
-        }
-        let Claims {
-            vmpool,
-            floor,
-            cached,
-            scan,
-        } = &mut c;
-        let answer = timed(vmpool, async {
-            json(ctx.http.post(format!("{}/api/CreateVM", ctx.binary.base))).await
-        })
-        .await?;
-        if answer["action"] != action {
-            return Err(format!("CreateVM did not answer {action}: {answer}").into());
-        }
-        let claimed = answer["vm"]["vmId"].as_str().unwrap_or_default().to_owned();
-        set_state(ctx.store, &claimed, kind).await?;
-
-        // The floor: read one known candidate, claim it conditionally.
-        let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
-        timed(floor, async {
-            let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
-            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
-            Res::Ok(())
-        })
-        .await?;
-        set_state(ctx.store, key, kind).await?;
-
-        // The candidate-cache design at its best: a copy already in memory, claimed with one
-        // conditional update (the copy is read untimed just before).
-        let key = candidates.choose(&mut rand::rng()).ok_or("no candidate")?;
-        let (entity, body, etag) = read_to_claim(ctx.raw, key).await?;
-        timed(cached, async {
-            entity.update(&body, IfMatchCondition::Etag(etag))?.await?;
-            Res::Ok(())
-        })
-        .await?;
-        set_state(ctx.store, key, kind).await?;
-
-        // The scan claim, every fifth round (it is slow at size).
-        if i % 5 == 0 {
-            let key = timed(scan, async {
-                let rows = raw_query(ctx.raw, Some(filter)).await?;
-                let row = rows.choose(&mut rand::rng()).ok_or("no row")?.clone();
-                let (key, _) =
-                    raw_update(ctx.raw, row, |body| body["VM_State"] = "Running".into()).await?;
-                Res::Ok(key)
-            })
-            .await?;
-            set_state(ctx.store, &key, kind).await?;
-        }
-    }
-    Ok(c)
-}
-
-/// The CreateVM figures at one size.
-#[derive(Default)]
-struct Claims {
-    /// CreateVM over HTTP.
-    vmpool: Samples,
-    /// Raw: a point read and a conditional update.
-    floor: Samples,
-    /// Raw: one conditional update of a copy already in memory.
-    cached: Samples,
-    /// Raw: a filtered query over the VM table and a conditional update.
-    scan: Samples,
-}
-
-struct Ctx<'a> {
-    store: &'a TableStore,
-    raw: &'a TableClient,
-    http: &'a reqwest::Client,
-    binary: &'a Binary,
-}
-
-/// Moves the rows `ids` to `to` (not measured).
-async fn move_all(ctx: &Ctx<'_>, ids: Vec<String>, to: VmState) -> Res<()> {
-    let results = futures::stream::iter(ids)
-        .map(|id| async move { set_state(ctx.store, &id, to).await })
+/// Moves the rows `names` to `state` for `purpose` (not measured).
+async fn move_all(
+    store: &dyn VmStore,
+    names: &[String],
+    state: VmState,
+    purpose: Purpose,
+) -> Res<()> {
+    let results = futures::stream::iter(names.iter())
+        .map(|name| set_state(store, name, state, purpose))
         .buffer_unordered(SEED_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     results.into_iter().collect()
 }
 
-/// Pages of a listing over HTTP, following the continuation, at most `pages` of them.
-async fn http_pages(ctx: &Ctx<'_>, route: &str, pages: usize) -> Res<(Samples, usize)> {
-    let mut samples = Samples::default();
-    let mut token: Option<String> = None;
-    let mut rows = 0;
-    for _ in 0..pages {
-        let url = match &token {
-            Some(t) => format!("{}{route}?continuation={t}", ctx.binary.base),
-            None => format!("{}{route}", ctx.binary.base),
-        };
-        let answer = timed(&mut samples, async { json(ctx.http.get(url)).await }).await?;
-        rows += answer["vms"].as_array().map_or(0, Vec::len);
-        match answer["continuation"].as_str() {
-            Some(t) => token = Some(t.to_owned()),
-            None => token = None,
+/// Puts back what one CreateVM on `path` took (not measured).
+async fn put_back(pool: &Pool, path: &str, answer: &Value) -> Res<()> {
+    let name = answer["vm"]["vmId"].as_str().ok_or("no vmId")?;
+    let id = VmId::parse(name)?;
+    let store = &*pool.store;
+    match path {
+        "reclaimed" => {
+            set_state(
+                store,
+                name,
+                VmState::MarkedForDeallocation,
+                Purpose::Matchmaker,
+            )
+            .await?
         }
-        if token.is_none() {
-            break;
+        "standby" => set_state(store, name, VmState::Standby, Purpose::Buffer).await?,
+        "claimedCreating" => set_state(store, name, VmState::Creating, Purpose::Buffer).await?,
+        "started" => {
+            set_state(store, name, VmState::Deallocated, Purpose::Matchmaker).await?;
+            vmpool::capacity::release_vm(store, &id).await;
+        }
+        _ => {
+            let row = store.get(&id).await?.ok_or("new row missing")?;
+            store.delete(&id, &row.etag).await?;
+            vmpool::capacity::release_vm(store, &id).await;
         }
     }
-    Ok((samples, rows))
+    Ok(())
 }
 
-/// The same pages raw: a filtered query of 1000 rows, following the service's continuation.
-async fn raw_pages(ctx: &Ctx<'_>, filter: Option<&'static str>, pages: usize) -> Res<Samples> {
+/// CreateVM on `path`, `iterations` times (after a tenth as many not counted), each claim
+/// put back.
+async fn path_samples(pool: &Pool, path: &str, iterations: usize) -> Res<Samples> {
+    let warmup = iterations / 10;
     let mut samples = Samples::default();
-    let mut query = ctx.raw.query().top(1000);
-    if let Some(filter) = filter {
-        query = query.filter(filter);
-    }
-    let mut stream = query.into_stream::<Map<String, Value>>();
-    for _ in 0..pages {
-        let page = timed(&mut samples, stream.next()).await;
-        match page {
-            Some(page) => drop(page?),
-            None => break,
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            samples = Samples::default();
         }
+        let answer = timed(&mut samples, pool.create_vm(i)).await?;
+        if answer["action"] != path {
+            return Err(format!("CreateVM did not answer {path}: {answer}").into());
+        }
+        put_back(pool, path, &answer).await?;
     }
     Ok(samples)
 }
 
-/// The raw count: every row's state, page by page.
-async fn raw_count(ctx: &Ctx<'_>) -> Res<usize> {
-    let mut stream = ctx
-        .raw
-        .query()
-        .select("VM_State")
-        .into_stream::<Map<String, Value>>();
-    let mut n = 0;
-    while let Some(page) = stream.next().await {
-        n += page?.entities.len();
+/// Every CreateVM path at one size: the kinds before each path are moved to `Running` first
+/// and put back after.
+async fn paths(
+    pool: &Pool,
+    seeded: &Seeded,
+    iterations: usize,
+) -> Res<BTreeMap<&'static str, Samples>> {
+    let mut figures = BTreeMap::new();
+    let before: [(VmState, Purpose); 4] = [
+        (VmState::MarkedForDeallocation, Purpose::Matchmaker),
+        (VmState::Standby, Purpose::Buffer),
+        (VmState::Creating, Purpose::Buffer),
+        (VmState::Deallocated, Purpose::Matchmaker),
+    ];
+    for (n, path) in PATHS.iter().enumerate() {
+        if n > 0 {
+            let (state, _) = before[n - 1];
+            move_all(
+                &*pool.store,
+                &seeded.of(state),
+                VmState::Running,
+                Purpose::Matchmaker,
+            )
+            .await?;
+        }
+        figures.insert(*path, path_samples(pool, path, iterations).await?);
     }
-    Ok(n)
+    for (state, purpose) in before {
+        move_all(&*pool.store, &seeded.of(state), state, purpose).await?;
+    }
+    Ok(figures)
 }
 
-async fn listings(ctx: &Ctx<'_>, size: usize) -> Res<()> {
-    const PAGES: usize = 10;
-    println!("listings at {size} rows (pages of 1000, the default and the maximum):");
-    let (available, rows) = http_pages(ctx, "/api/GetAvailableVMs", PAGES).await?;
-    let raw_available = raw_pages(ctx, Some("VM_State eq 'Running'"), PAGES).await?;
-    println!(
-        "{}",
-        raw_available.line("raw: 1 filtered query page (Running)", None)
-    );
-    println!(
-        "{}",
-        available.line(
-            &format!("GetAvailableVMs page ({rows} VMs in {PAGES})"),
-            Some(&raw_available)
-        )
-    );
-    let (status, rows) = http_pages(ctx, "/api/GetPoolStatus", PAGES).await?;
-    let raw_all = raw_pages(ctx, None, PAGES).await?;
-    let mut counts = Samples::default();
-    let mut raw_counts = Samples::default();
-    for _ in 0..5 {
-        timed(&mut raw_counts, raw_count(ctx)).await?;
-        let answer = timed(&mut counts, async {
+/// The floor any claim needs, raw: a point read of a `Running` row and a conditional update
+/// of it, `samples` times.
+async fn floor(
+    raw: &azure_data_tables::prelude::TableClient,
+    seeded: &Seeded,
+    samples: usize,
+) -> Res<Samples> {
+    use rand::seq::IndexedRandom;
+    let running = seeded.of(VmState::Running);
+    let mut floor = Samples::default();
+    for _ in 0..samples {
+        let key = running.choose(&mut rand::rng()).ok_or("no Running VM")?;
+        timed(&mut floor, async {
+            let entity = raw.partition_key_client(key).entity_client(key);
+            let got = entity.get::<Map<String, Value>>().await?;
+            let (body, etag) = raw_body(got.entity);
+            entity
+                .update(&body, IfMatchCondition::Etag(etag.into()))?
+                .await?;
+            Res::Ok(())
+        })
+        .await?;
+    }
+    Ok(floor)
+}
+
+/// GetPoolStatus `?vms=false`, from the record (`samples` times) and fresh (a few times).
+async fn status(pool: &Pool, samples: usize) -> Res<(Samples, Samples)> {
+    let mut recorded = Samples::default();
+    let mut fresh = Samples::default();
+    for i in 0..samples {
+        let answer = timed(&mut recorded, async {
             json(
-                ctx.http
-                    .get(format!("{}/api/GetPoolStatus?vms=false", ctx.binary.base)),
+                pool.http
+                    .get(format!("{}/api/GetPoolStatus?vms=false", pool.bases[i % 2])),
             )
             .await
         })
         .await?;
-        if answer.get("vms").is_some() {
-            return Err("vms=false still listed VMs".into());
+        if answer["countsFrom"] != "record" || answer.get("vms").is_some() {
+            return Err(format!("not the record's counts alone: {answer}").into());
         }
     }
-    println!("{}", raw_all.line("raw: 1 query page (all states)", None));
-    println!(
-        "{}",
-        raw_counts.line("raw: count (every row's state)", None)
-    );
-    println!(
-        "{}",
-        status.line(
-            &format!("GetPoolStatus page + counts ({rows} VMs in {PAGES})"),
-            Some(&raw_counts)
-        )
-    );
-    println!(
-        "{}",
-        counts.line("GetPoolStatus?vms=false (counts only)", Some(&raw_counts))
-    );
-    let (hwm, rss) = ctx.binary.memory()?;
-    println!("  vmpool binary memory: peak RSS (VmHWM) {hwm:.1} MB, RSS now {rss:.1} MB");
-    Ok(())
+    for i in 0..3 {
+        let answer = timed(&mut fresh, async {
+            json(pool.http.get(format!(
+                "{}/api/GetPoolStatus?vms=false&counts=fresh",
+                pool.bases[i % 2]
+            )))
+            .await
+        })
+        .await?;
+        if answer["countsFrom"] != "fresh" {
+            return Err(format!("not a fresh count: {answer}").into());
+        }
+    }
+    Ok((recorded, fresh))
 }
 
-/// One reconcile pass over `RECONCILED` rows whose deallocation finished, in process;
-/// then the same number of conditional updates made raw at the same concurrency.
-async fn reconcile(az: &azurite::Azurite) -> Res<()> {
-    let table = azurite::table_name("reconcile");
-    let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
-    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
-    let vars: HashMap<String, String> = HashMap::new();
-    let config = Config::from_source(&vars)?;
-    let start = datetime!(2026-01-01 00:00 UTC);
-    let clock = Arc::new(ManualClock::new(start));
-    let clock_dyn: Arc<dyn Clock> = clock.clone();
-    let cloud = Arc::new(SimCloud::new(clock_dyn.clone(), Latencies::default(), 1));
-    let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "bench"));
-    // The pass to measure: 10,000 VMs that CreateVM handed out and that never reported nor
-    // were marked, so every one goes back to the buffer (a table write and an index entry
-    // each). ARM runs them all, so nothing else is due.
-    println!("seeding {RECONCILED} Running VMs handed out and never used ...");
-    let ids: Vec<VmId> = (0..RECONCILED)
-        .map(|i| VmId::parse(&format!("rec-{i:05}")))
-        .collect::<Result<_, _>>()?;
-    let spec = config.policy.pools.all()[0].clone();
-    for id in &ids {
-        compute.create(id, &spec.vm()).await?;
-    }
-    clock.advance(time::Duration::minutes(5));
-    let running_at = clock.now();
-    let results = futures::stream::iter(ids.iter().cloned())
-        .map(|id| {
-            let store = store.clone();
-            let mut vm = VmRecord::new_creating(
-                id.clone(),
-                compute.resource_id(&id),
-                Purpose::Matchmaker,
-                start,
-            );
-            vm.state = VmState::Running;
-            vm.operation = None;
-            vm.operation_since = None;
-            vm.state_changed_at = running_at;
-            vm.public_ip = Some("203.0.113.9".into());
-            let vm = vm.placed(&spec.name, &spec.build);
-            async move { store.insert(&vm).await }
-        })
-        .buffer_unordered(SEED_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    for r in results {
-        r?;
-    }
-    clock.advance(time::Duration::seconds(
-        i64::try_from(config.policy.claim_timeout.as_secs())? + 60,
-    ));
-    let state = vmpool::startup::state(&config, store.clone(), compute, clock_dyn);
+/// The burst over two instances, on a table of its own; then raw Azurite making the same
+/// conditional writes. Prints claims per second for both.
+async fn burst(az: &azurite::Azurite) -> Res<()> {
+    let table = azurite::table_name("burst");
+    let size = 1_000;
+    // Every VM of the mix but the Deallocated counts against the maximum.
+    let active = (0..size).filter(|i| mix(*i).0.counts_against_max()).count();
+    let max = active + BURST_ROOM;
+    let pool = Pool::start(az, &table, max).await?;
+    let mut seeded = Seeded::default();
+    pool.seed(&mut seeded, 0, size).await?;
+    pool.record().await?;
+    let free = [
+        VmState::MarkedForDeallocation,
+        VmState::Standby,
+        VmState::Creating,
+    ]
+    .iter()
+    .map(|s| seeded.of(*s).len())
+    .sum::<usize>();
+
     let started = Instant::now();
-    let summary = state.reconciler.run_once().await?;
-    let pass = started.elapsed();
-    println!("  reconcile pass: {}", summary.line());
+    let answers = futures::future::join_all((0..BURST).map(|i| pool.create_vm(i))).await;
+    let wall = started.elapsed();
+    let mut handed = Vec::new();
+    let mut exhausted = 0;
+    for answer in answers {
+        let answer = answer?;
+        match answer["vm"]["vmId"].as_str() {
+            Some(id) => handed.push((
+                id.to_owned(),
+                answer["action"].as_str().unwrap_or("?").to_owned(),
+            )),
+            None if answer["error"]["code"] == "CapacityExhausted" => exhausted += 1,
+            None => return Err(format!("unexpected answer: {answer}").into()),
+        }
+    }
+    let distinct: BTreeSet<&str> = handed.iter().map(|(id, _)| id.as_str()).collect();
+    let counts = pool.store.count_states().await?;
+    let now_active: usize = counts
+        .iter()
+        .filter(|(s, _)| s.counts_against_max())
+        .map(|(_, n)| n)
+        .sum();
+    let mut by_action: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, action) in &handed {
+        *by_action.entry(action.as_str()).or_default() += 1;
+    }
     println!(
-        "  {:<44} {:>8.2} s  ({} rows changed, {} writes in flight at most)",
-        "vmpool reconcile pass",
-        pass.as_secs_f64(),
-        summary.unclaimed,
-        vmpool::store::WRITE_CONCURRENCY
+        "\nburst: {BURST} concurrent CreateVM over two instances, a table of {size} VMs ({free} claimable without a place, {} Deallocated), {active} counting against a maximum of {max}",
+        seeded.of(VmState::Deallocated).len()
+    );
+    println!(
+        "  handed out {} ({by_action:?}), {exhausted} CapacityExhausted; {} distinct VMs; {now_active} count against the maximum of {max} after",
+        handed.len(),
+        distinct.len()
+    );
+    if distinct.len() != handed.len() {
+        return Err("a VM was handed out twice".into());
+    }
+    if now_active > max {
+        return Err(format!("{now_active} VMs over the maximum of {max}").into());
+    }
+    let vmpool_rate = handed.len() as f64 / wall.as_secs_f64();
+    println!(
+        "  {:<52} {:>8.1} ms  {:>7.1} claims/s",
+        "vmpool (HTTP, two instances)",
+        ms(wall),
+        vmpool_rate
     );
 
-    // Raw: the same number of conditional updates, from a listing, at the same concurrency;
-    // then the same calls the pass makes, each update followed by the insert of a copy into a
-    // second table, as a row that becomes Deallocated gets its index entry.
-    let raw_pass = raw_updates(&raw, None).await?;
-    println!(
-        "  {:<44} {:>8.2} s  ratio {:.2}",
-        "raw: 1 listing + 10000 conditional updates",
-        raw_pass.as_secs_f64(),
-        pass.as_secs_f64() / raw_pass.as_secs_f64()
-    );
-    let copies_name = azurite::table_name("copies");
-    let copies = raw_table(
+    // Raw: the same number of claims without a place (a point read and a conditional update
+    // of a distinct row each) and with one (a read-modify-write of one shared record with
+    // If-Match, retried on 412 and refused at the maximum, then a point read and a
+    // conditional update of a distinct row), all at once.
+    let raw_name = azurite::table_name("rawburst");
+    let raw = raw_table(
         az.port(),
         azurite::ACCOUNT,
-        &copies_name,
+        &raw_name,
         Duration::from_secs(30),
     )?;
-    copies.create().await?;
-    let raw_same = raw_updates(&raw, Some(&copies)).await?;
+    raw.create().await?;
+    for i in 0..BURST {
+        let body = serde_json::json!({
+            "PartitionKey": format!("r{i:03}"), "RowKey": format!("r{i:03}"), "VM_State": "Deallocated",
+        });
+        raw.insert::<_, Value>(&body)?.await?;
+    }
+    let ledger = serde_json::json!({"PartitionKey": "pool", "RowKey": "capacity", "Used": active});
+    raw.insert::<_, Value>(&ledger)?.await?;
+    let places = BURST_ROOM;
+    let started = Instant::now();
+    let results = futures::future::join_all((0..BURST).map(|i| {
+        let raw = &raw;
+        async move {
+            if i >= free {
+                let client = raw.partition_key_client("pool").entity_client("capacity");
+                loop {
+                    let got = client.get::<Map<String, Value>>().await?;
+                    let used = got.entity["Used"].as_u64().unwrap_or_default();
+                    if used as usize >= max {
+                        return Res::Ok(false);
+                    }
+                    let mut body = got.entity.clone();
+                    body.retain(|k, _| !k.starts_with("odata.") && !k.starts_with("Timestamp"));
+                    body.insert("Used".into(), (used + 1).into());
+                    match client
+                        .update(&body, IfMatchCondition::Etag(got.etag))?
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 412) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let key = format!("r{i:03}");
+            let entity = raw.partition_key_client(&key).entity_client(&key);
+            let got = entity.get::<Map<String, Value>>().await?;
+            let (mut body, etag) = raw_body(got.entity);
+            body["VM_State"] = "Running".into();
+            entity
+                .update(&body, IfMatchCondition::Etag(etag.into()))?
+                .await?;
+            Res::Ok(true)
+        }
+    }))
+    .await;
+    let raw_wall = started.elapsed();
+    let mut raw_claims = 0;
+    for r in results {
+        if r? {
+            raw_claims += 1;
+        }
+    }
+    if raw_claims != (free + places).min(BURST) {
+        return Err(format!("raw: {raw_claims} claims").into());
+    }
+    let raw_rate = raw_claims as f64 / raw_wall.as_secs_f64();
     println!(
-        "  {:<44} {:>8.2} s  ratio {:.2}",
-        "raw: the same + 10000 inserts of a copy",
-        raw_same.as_secs_f64(),
-        pass.as_secs_f64() / raw_same.as_secs_f64()
+        "  {:<52} {:>8.1} ms  {:>7.1} claims/s",
+        format!("raw Azurite: the same {raw_claims} claims' conditional writes"),
+        ms(raw_wall),
+        raw_rate
     );
+    println!("  vmpool / raw throughput: {:.2}", vmpool_rate / raw_rate);
     Ok(())
 }
 
-/// Lists `raw`'s rows and updates each conditionally (and, with `copies`, inserts a copy of
-/// it there), `WRITE_CONCURRENCY` at a time; how long it all took.
-async fn raw_updates(raw: &TableClient, copies: Option<&TableClient>) -> Res<Duration> {
-    let started = Instant::now();
-    let rows = raw_query(raw, None).await?;
-    let results = futures::stream::iter(rows)
-        .map(|row| async move {
-            let (_, body) = raw_update(raw, row, |body| {
-                body["Rooms"] = (body["Rooms"].as_i64().unwrap_or_default() + 1).into();
-            })
-            .await?;
-            if let Some(copies) = copies {
-                copies.insert::<_, Value>(&body)?.await?;
-            }
-            Res::Ok(())
-        })
-        .buffer_unordered(vmpool::store::WRITE_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    for r in results {
-        r?;
-    }
-    Ok(started.elapsed())
+fn sizes() -> Vec<usize> {
+    std::env::var("BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1_000, 10_000, 50_000])
+}
+
+fn cell(s: &Samples) -> String {
+    format!("{:.2} / {:.2} ms", ms(s.pct(50)), ms(s.pct(99)))
 }
 
 #[tokio::main]
 async fn main() -> Res<()> {
     let iterations = iterations(200);
+    let sizes = sizes();
     let az =
         tokio::task::spawn_blocking(|| azurite::Azurite::start(azurite::Persistence::InMemory))
             .await?;
     let table = azurite::table_name("scale");
-    let store = Arc::new(TableStore::connect(&az.connection_string(), &table).await?);
+    let pool = Pool::start(&az, &table, 100_000).await?;
     let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
-    let binary = Binary::start(&az.connection_string(), &table)?;
-    let http = reqwest::Client::new();
-    binary.ready(&http).await?;
     println!(
-        "Azurite on port {}; the release vmpool binary at {}; {iterations} CreateVM samples per figure",
+        "Azurite on port {}; two vmpool instances at {} and {}; {iterations} CreateVM samples per figure",
         az.port(),
-        binary.base
+        pool.bases[0],
+        pool.bases[1]
     );
-    let ctx = Ctx {
-        store: &store,
-        raw: &raw,
-        http: &http,
-        binary: &binary,
-    };
-    let mut seeded = 0;
-    let mut reclaim_p50 = Vec::new();
-    let mut standby_p50 = Vec::new();
-    for size in SIZES {
-        let took = seed(&store, seeded, size).await?;
+    let mut seeded = Seeded::default();
+    let mut grown = 0;
+    let mut table_rows: Vec<(usize, BTreeMap<&'static str, Samples>, Samples, Samples)> =
+        Vec::new();
+    let mut floors: Vec<Samples> = Vec::new();
+    for size in sizes.iter().copied() {
+        let took = pool.seed(&mut seeded, grown, size).await?;
+        grown = size;
+        pool.record().await?;
         println!(
-            "\n{size} rows ({CLAIMABLE} MarkedForDeallocation, {CLAIMABLE} Standby, then 4 Running : 1 Deallocated); seeded {} more in {:.1} s",
-            size - seeded,
+            "\n{size} VMs (per hundred: 1 MarkedForDeallocation, 1 Standby, 1 Creating for the buffer, 10 Deallocated, 87 Running); seeded in {:.1} s",
             took.as_secs_f64()
         );
-        seeded = size;
-        let reclaim = claims(&ctx, size, VmState::MarkedForDeallocation, iterations).await?;
-        for (label, samples) in [
-            ("raw floor: 1 point read + 1 cond. update", &reclaim.floor),
-            ("raw cache claim: 1 cond. update of a copy", &reclaim.cached),
-            ("raw scan claim: 1 filtered query + 1 update", &reclaim.scan),
-        ] {
-            println!("{}", samples.line(label, None));
+        let figures = paths(&pool, &seeded, iterations).await?;
+        let raw_floor = floor(&raw, &seeded, iterations).await?;
+        println!(
+            "{}",
+            raw_floor.line("raw: 1 point read + 1 cond. update", None)
+        );
+        for path in PATHS {
+            println!("{}", figures[path].line(&format!("CreateVM {path}"), None));
         }
+        floors.push(raw_floor);
+        let (recorded, fresh) = status(&pool, 50).await?;
         println!(
             "{}",
-            reclaim.vmpool.line(
-                "CreateVM reclaim (HTTP, release binary)",
-                Some(&reclaim.floor)
-            )
+            recorded.line("GetPoolStatus?vms=false (pool's record)", None)
         );
-        let marked = of_state(size, VmState::MarkedForDeallocation);
-        move_all(&ctx, marked.clone(), VmState::Running).await?;
-        let standby = claims(&ctx, size, VmState::Standby, iterations).await?;
         println!(
             "{}",
-            standby.vmpool.line(
-                "CreateVM standby (HTTP, release binary)",
-                Some(&standby.floor)
-            )
+            fresh.line("GetPoolStatus?vms=false&counts=fresh", None)
         );
-        move_all(&ctx, marked, VmState::MarkedForDeallocation).await?;
-        reclaim_p50.push(reclaim.vmpool.pct(50));
-        standby_p50.push(standby.vmpool.pct(50));
+        table_rows.push((size, figures, recorded, fresh));
     }
-    println!(
-        "\nCreateVM p50 at 50k / at 1k: reclaim {:.2}x, standby {:.2}x",
-        reclaim_p50[2].as_secs_f64() / reclaim_p50[0].as_secs_f64(),
-        standby_p50[2].as_secs_f64() / standby_p50[0].as_secs_f64()
-    );
-    println!();
-    listings(&ctx, seeded).await?;
-    println!();
-    reconcile(&az).await?;
+
+    // The table the README carries.
+    let first = &table_rows[0];
+    let mut header = "| p50 / p99 |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (size, ..) in &table_rows {
+        header.push_str(&format!(" {size} VMs |"));
+        rule.push_str("---|");
+    }
+    for (size, ..) in table_rows.iter().skip(1) {
+        header.push_str(&format!(" {size} / {} (p50) |", first.0));
+        rule.push_str("---|");
+    }
+    println!("\n{header}\n{rule}");
+    let ratio = |a: &Samples, b: &Samples| a.pct(50).as_secs_f64() / b.pct(50).as_secs_f64();
+    for path in PATHS {
+        let mut line = format!("| CreateVM {path} |");
+        for (_, figures, ..) in &table_rows {
+            line.push_str(&format!(" {} |", cell(&figures[path])));
+        }
+        for (_, figures, ..) in table_rows.iter().skip(1) {
+            line.push_str(&format!(" {:.2} |", ratio(&figures[path], &first.1[path])));
+        }
+        println!("{line}");
+    }
+    let mut line = "| raw: 1 point read + 1 conditional update |".to_owned();
+    for f in &floors {
+        line.push_str(&format!(" {} |", cell(f)));
+    }
+    for f in floors.iter().skip(1) {
+        line.push_str(&format!(" {:.2} |", ratio(f, &floors[0])));
+    }
+    println!("{line}");
+    for (label, pick) in [
+        ("GetPoolStatus ?vms=false", 0),
+        ("GetPoolStatus ?vms=false&counts=fresh", 1),
+    ] {
+        let get = |row: &(usize, BTreeMap<&'static str, Samples>, Samples, Samples)| {
+            if pick == 0 {
+                row.2.pct(50)
+            } else {
+                row.3.pct(50)
+            }
+        };
+        let mut line = format!("| {label} |");
+        for row in &table_rows {
+            let s = if pick == 0 { &row.2 } else { &row.3 };
+            line.push_str(&format!(" {} |", cell(s)));
+        }
+        for row in table_rows.iter().skip(1) {
+            line.push_str(&format!(
+                " {:.2} |",
+                get(row).as_secs_f64() / get(first).as_secs_f64()
+            ));
+        }
+        println!("{line}");
+    }
+
+    burst(&az).await?;
     Ok(())
 }

@@ -111,7 +111,25 @@ pub struct PoolPolicy {
     pub pools: Pools,
 }
 
+/// CreateVM's deadline beyond the ARM retry budget: table calls (5 s each at most) and the ARM
+/// adapter's own time limits (20 s a call, 5xx retried twice).
+pub const CREATE_DEADLINE_MARGIN: Duration = Duration::from_secs(90);
+
 impl PoolPolicy {
+    /// CreateVM's own deadline: past it the work stops and what was written is left to the
+    /// reconciler, which re-issues nothing a CreateVM may still be sending before then.
+    pub fn create_deadline(&self) -> Duration {
+        self.arm_retry_budget + CREATE_DEADLINE_MARGIN
+    }
+
+    /// How long a VM whose start failed after CreateVM told its caller it is coming stays
+    /// that caller's (deallocated), counted from the claim: CreateVM's deadline and the claim
+    /// timeout. A mark from the caller lets it go earlier.
+    pub fn failed_start_hold(&self) -> time::Duration {
+        time::Duration::try_from(self.create_deadline() + self.claim_timeout)
+            .unwrap_or(time::Duration::MAX)
+    }
+
     /// The policy `src` describes; unset settings take their defaults.
     pub fn from_source(src: &dyn Source) -> Result<PoolPolicy, ConfigError> {
         let fallbacks = pools::Fallbacks {

@@ -238,6 +238,58 @@ pub struct VmRecord {
     /// known (rows written before builds were kept, until ARM's image for the VM is read);
     /// a VM of unknown build is never handed out.
     pub build: Option<String>,
+    /// The ordering field of the last rooms report applied (the game server's report time
+    /// or sequence number), if it carried one: an older report changes nothing. Cleared when
+    /// the VM is started or created again (its game server starts afresh).
+    pub report_order: Option<ReportOrder>,
+    /// Why vmpool stopped calling ARM for this VM (its operation ran out of attempts): an
+    /// operator must look at it. Cleared when ARM shows the operation done.
+    pub attention: Option<String>,
+}
+
+/// Where a rooms report stands among the reports of its VM: the game server's report time, or
+/// a sequence number it increases with each report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOrder {
+    /// The game server's report time (RFC 3339 on the wire).
+    At(OffsetDateTime),
+    /// A per-VM sequence number.
+    Seq(u64),
+}
+
+impl ReportOrder {
+    /// Whether this report is older than `last`, the last applied one. Orders of different
+    /// kinds cannot be compared: the newer kind wins, so a game server may switch kinds.
+    pub fn is_older_than(&self, last: &ReportOrder) -> bool {
+        match (self, last) {
+            (ReportOrder::At(a), ReportOrder::At(b)) => a < b,
+            (ReportOrder::Seq(a), ReportOrder::Seq(b)) => a < b,
+            _ => false,
+        }
+    }
+
+    /// The text the table keeps: `seq:<n>` or `at:<RFC 3339>`.
+    pub fn to_text(&self) -> String {
+        match self {
+            ReportOrder::Seq(n) => format!("seq:{n}"),
+            ReportOrder::At(t) => format!(
+                "at:{}",
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Reads [`ReportOrder::to_text`]'s text.
+    pub fn parse_text(raw: &str) -> Option<Self> {
+        if let Some(n) = raw.strip_prefix("seq:") {
+            return n.parse().ok().map(ReportOrder::Seq);
+        }
+        let at = raw.strip_prefix("at:")?;
+        OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(ReportOrder::At)
+    }
 }
 
 impl VmRecord {
@@ -265,6 +317,8 @@ impl VmRecord {
             last_error: None,
             pool: DEFAULT_POOL.to_owned(),
             build: None,
+            report_order: None,
+            attention: None,
         }
     }
 
@@ -289,6 +343,7 @@ impl VmRecord {
             state_changed_at: now,
             operation_since: operation.map(|_| now),
             attempts: if operation.is_some() { 1 } else { 0 },
+            attention: None,
             ..self.clone()
         }
     }
@@ -306,6 +361,15 @@ impl VmRecord {
             && self
                 .last_report_at
                 .is_some_and(|at| self.claimed_at.is_none_or(|c| at >= c))
+    }
+
+    /// Whether this `Deallocated` VM was claimed for a caller whose start then failed, less
+    /// than `hold` ago: that caller may still hold its vmId and wait for it, so nobody else
+    /// starts it (until the caller marks it for deallocation, which lets it go).
+    pub fn held_for_caller(&self, now: OffsetDateTime, hold: time::Duration) -> bool {
+        self.state == VmState::Deallocated
+            && self.purpose == Purpose::Matchmaker
+            && self.claimed_at.is_some_and(|c| now - c < hold)
     }
 
     /// Whether the pool itself may deallocate or delete this VM without destroying a game:
@@ -371,6 +435,16 @@ impl ClaimKind {
             (VmState::Creating, Purpose::Buffer) => Some(ClaimKind::ClaimCreating),
             (VmState::Deallocated, _) => Some(ClaimKind::Start),
             _ => None,
+        }
+    }
+
+    /// The state a candidate of this kind is in.
+    pub fn state(self) -> VmState {
+        match self {
+            ClaimKind::Reclaim => VmState::MarkedForDeallocation,
+            ClaimKind::Standby => VmState::Standby,
+            ClaimKind::ClaimCreating => VmState::Creating,
+            ClaimKind::Start => VmState::Deallocated,
         }
     }
 
@@ -448,6 +522,9 @@ pub enum ReportAction {
     /// 0 rooms on a `MarkedForDeallocation` VM: it is `Deallocating` (also the answer to a
     /// repeated 0 on a `Deallocating` VM).
     Deallocating,
+    /// The report is older (by its `reportedAt` or `sequence`) than the last one applied to
+    /// the VM: nothing changed.
+    Stale,
 }
 
 impl ReportAction {
@@ -456,6 +533,7 @@ impl ReportAction {
         match self {
             ReportAction::Recorded => "recorded",
             ReportAction::Deallocating => "deallocating",
+            ReportAction::Stale => "stale",
         }
     }
 }
@@ -492,8 +570,9 @@ pub fn claim(vm: &VmRecord, kind: ClaimKind, now: OffsetDateTime) -> Result<VmRe
         ClaimKind::ClaimCreating => vm.clone(),
         ClaimKind::Start => {
             let mut started = vm.moved(VmState::Creating, Some(Operation::Start), now);
-            // A VM that boots again starts empty.
+            // A VM that boots again starts empty, with a game server that reports afresh.
             started.rooms = 0;
+            started.report_order = None;
             started.last_error = None;
             started
         }
@@ -520,17 +599,22 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
     let mut next = vm.moved(VmState::Creating, Some(Operation::Start), now);
     next.purpose = Purpose::Buffer;
     next.rooms = 0;
+    next.report_order = None;
     next.last_error = None;
     Ok(next)
 }
 
 /// What MarkVMForDeallocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a transition's result, moved once into a write; boxing would only add an allocation"
+)]
 pub enum Marked {
     /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
     /// meant for the warm buffer (it completes into `Standby`, where it is reclaimable, or
     /// deallocated as surplus).
-    Now(Box<VmRecord>),
+    Now(VmRecord),
     /// Nothing to do: the VM is already marked, already unowned (`Standby`, `Creating` for the
     /// buffer) or already on its way out (`Deallocating`, `Deallocated`).
     Already,
@@ -541,16 +625,21 @@ pub enum Marked {
 /// VM is refused (the matchmaker should hear that it failed).
 pub fn mark_for_deallocation(vm: &VmRecord, now: OffsetDateTime) -> Result<Marked, Refused> {
     match (vm.state, vm.purpose) {
-        (VmState::Running, _) => Ok(Marked::Now(Box::new(vm.moved(
+        (VmState::Running, _) => Ok(Marked::Now(vm.moved(
             VmState::MarkedForDeallocation,
             None,
             now,
-        )))),
+        ))),
         // The create or start goes on (its clock keeps running); only who it is for changes.
-        (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(Box::new(VmRecord {
+        (VmState::Creating, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
             purpose: Purpose::Buffer,
             ..vm.clone()
-        }))),
+        })),
+        // A start that failed after the caller was told the VM is coming: the caller lets go.
+        (VmState::Deallocated, Purpose::Matchmaker) => Ok(Marked::Now(VmRecord {
+            purpose: Purpose::Buffer,
+            ..vm.clone()
+        })),
         (
             VmState::MarkedForDeallocation
             | VmState::Creating
@@ -573,6 +662,9 @@ pub enum Report {
     Deallocate(VmRecord),
     /// Zero rooms on a VM already `Deallocating`: a repeated report, nothing changes.
     AlreadyDeallocating,
+    /// The report is older than the last one applied (by its report time or sequence
+    /// number): it arrived late or was sent again, and changes nothing.
+    Stale,
 }
 
 /// ReportGameRoomsNumber: records `rooms` on a VM that hosts rooms or is about to.
@@ -580,6 +672,27 @@ pub enum Report {
 /// `Running` (someone uses it, so it is never handed out as empty); zero rooms on a
 /// `MarkedForDeallocation` VM start its deallocation.
 pub fn report_rooms(vm: &VmRecord, rooms: u32, now: OffsetDateTime) -> Result<Report, Refused> {
+    report_rooms_ordered(vm, rooms, None, now)
+}
+
+/// [`report_rooms`] with the report's ordering field: a report older than the last one
+/// applied to this VM is [`Report::Stale`] and changes nothing; an applied one keeps its
+/// order. Without an order, every report applies (in the order it arrives).
+pub fn report_rooms_ordered(
+    vm: &VmRecord,
+    rooms: u32,
+    order: Option<ReportOrder>,
+    now: OffsetDateTime,
+) -> Result<Report, Refused> {
+    if let (Some(order), Some(last)) = (order, vm.report_order)
+        && order.is_older_than(&last)
+    {
+        return Ok(Report::Stale);
+    }
+    let vm = &VmRecord {
+        report_order: order.or(vm.report_order),
+        ..vm.clone()
+    };
     let recorded = |vm: VmRecord| {
         Report::Recorded(VmRecord {
             rooms,
@@ -647,17 +760,28 @@ pub fn found_public_ip(vm: &VmRecord, public_ip: String) -> VmRecord {
 }
 
 /// A VM handed to the matchmaker that got neither a rooms report nor a mark within the claim
-/// timeout after it was `Running` was never used: it goes back to the buffer as `Standby`.
+/// timeout after it was `Running` (or whose last report said 0 rooms and was that long ago)
+/// is not used: it goes back to the buffer as `Standby`, or, reclaimed from
+/// `MarkedForDeallocation` with an earlier game's rooms and no report since, back to
+/// draining. One whose last report since it was handed out said rooms > 0 is in use.
 pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
-    let reported = vm
-        .last_report_at
-        .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
-    if vm.state != VmState::Running || vm.claimed_at.is_none() || reported || vm.rooms > 0 {
+    // In use: a report of rooms since it was handed out. A last report of 0 rooms keeps it
+    // only while reports keep coming (the reconciler judges the silence).
+    let in_use = vm.rooms > 0
+        && vm
+            .last_report_at
+            .is_some_and(|at| vm.claimed_at.is_none_or(|c| at >= c));
+    if vm.state != VmState::Running || vm.claimed_at.is_none() || in_use {
         return Err(refuse(
             vm,
             "returning an unused claim",
             "Running, handed out by CreateVM and never reported on",
         ));
+    }
+    if vm.rooms > 0 {
+        // Reclaimed from `MarkedForDeallocation` with the earlier game's rooms: that claim is
+        // undone, and the VM drains again as it did (its rooms are never taken as empty).
+        return Ok(vm.moved(VmState::MarkedForDeallocation, None, now));
     }
     let mut next = vm.moved(VmState::Standby, None, now);
     next.purpose = Purpose::Buffer;
@@ -669,9 +793,8 @@ pub fn unclaimed(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused
 pub fn correct(vm: &VmRecord, to: VmState, now: OffsetDateTime) -> VmRecord {
     let mut next = vm.moved(to, None, now);
     next.rooms = 0;
-    if to == VmState::Standby {
-        next.purpose = Purpose::Buffer;
-    }
+    // A VM corrected to Standby or Deallocated is nobody's.
+    next.purpose = Purpose::Buffer;
     next.last_error = Some(format!(
         "ARM showed the VM {to} while the row said {}",
         vm.state
@@ -775,6 +898,8 @@ pub fn complete_deallocating(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRec
     }
     let mut next = vm.moved(VmState::Deallocated, None, now);
     next.rooms = 0;
+    // A deallocated VM is nobody's.
+    next.purpose = Purpose::Buffer;
     Ok(next)
 }
 
@@ -788,27 +913,25 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
     next
 }
 
-/// How a claim that would over-fill the pool is taken back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GiveBack {
-    /// The row was written for a new VM that ARM never heard of: remove it.
-    Remove,
-    /// A started VM goes back to `Deallocated`, for the buffer, as it was before the claim.
-    Restore(Box<VmRecord>),
+/// ARM refused to start the VM, or the start failed without the VM coming up (quota, SKU,
+/// allocation): it is as it was, `Deallocated`, with the refusal recorded; it can be started
+/// again later. Only a VM whose own provisioning never succeeded becomes `Failed`. Whom it was
+/// started for stays: a caller that was told it is coming may still wait for it, so it is
+/// not started for anyone else until that claim has timed out ([`VmRecord::held_for_caller`]).
+pub fn start_refused(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
+    let mut next = vm.moved(VmState::Deallocated, None, now);
+    next.rooms = 0;
+    next.last_error = Some(format!("start refused: {error}"));
+    next
 }
 
-/// Takes back a capacity-consuming claim (a start or a create) whose ARM call was not made.
-pub fn give_back(won: &VmRecord) -> GiveBack {
-    if won.operation == Some(Operation::Create) {
-        GiveBack::Remove
-    } else {
-        GiveBack::Restore(Box::new(VmRecord {
-            state: VmState::Deallocated,
-            operation: None,
-            operation_since: None,
-            purpose: Purpose::Buffer,
-            ..won.clone()
-        }))
+/// The reconciler stops calling ARM for a VM whose operation ran out of attempts: the row
+/// stays as it is, marked for an operator with the reason.
+pub fn needs_attention(vm: &VmRecord, why: &str) -> VmRecord {
+    VmRecord {
+        attention: Some(why.to_owned()),
+        last_error: Some(why.to_owned()),
+        ..vm.clone()
     }
 }
 
@@ -828,20 +951,16 @@ pub fn call_failed(vm: &VmRecord, transient: bool, error: &str, now: OffsetDateT
 }
 
 /// The VM's operation is issued once more (after a crash, a lost ARM request or a timeout).
-/// Its first issue time stays, so its timeout and attempts still count from there. A create
-/// or start issued again finishes into the buffer: whoever asked for it got an error or
-/// gave up, and would never hear of it.
+/// Its first issue time stays, so its timeout and attempts still count from there. Whom the
+/// VM is for does not change: a row claimed for a caller stays the caller's (a CreateVM
+/// whose ARM call failed already handed its row to the buffer).
 pub fn reissue(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
-    let mut next = VmRecord {
+    VmRecord {
         attempts: vm.attempts.saturating_add(1),
         operation_since: Some(vm.issued_at()),
         state_changed_at: now,
         ..vm.clone()
-    };
-    if matches!(vm.operation, Some(Operation::Create | Operation::Start)) {
-        next.purpose = Purpose::Buffer;
     }
-    next
 }
 
 #[cfg(test)]
@@ -1035,6 +1154,16 @@ mod tests {
                         let err = got.unwrap_err();
                         assert!(err.to_string().contains("Failed"), "{err}");
                     }
+                    (VmState::Deallocated, Purpose::Matchmaker) => {
+                        let Ok(Marked::Now(v)) = got else {
+                            panic!("{got:?}")
+                        };
+                        assert_eq!(
+                            (v.state, v.purpose),
+                            (VmState::Deallocated, Purpose::Buffer),
+                            "a caller lets go of a VM whose start failed"
+                        );
+                    }
                     _ => assert_eq!(got, Ok(Marked::Already), "{state} {purpose:?}"),
                 }
             }
@@ -1106,27 +1235,6 @@ mod tests {
             }
         }
         assert!(report_rooms(&vm(VmState::Deallocating, Purpose::Matchmaker), 1, now).is_err());
-    }
-
-    #[test]
-    fn a_claim_given_back_is_removed_or_restored() {
-        assert_eq!(
-            give_back(&vm(VmState::Creating, Purpose::Matchmaker)),
-            GiveBack::Remove
-        );
-        let started = claim(
-            &vm(VmState::Deallocated, Purpose::Buffer),
-            ClaimKind::Start,
-            t0(),
-        )
-        .unwrap();
-        let GiveBack::Restore(back) = give_back(&started) else {
-            panic!("a start is restored")
-        };
-        assert_eq!(
-            (back.state, back.operation, back.purpose),
-            (VmState::Deallocated, None, Purpose::Buffer)
-        );
     }
 
     #[test]
@@ -1221,10 +1329,10 @@ mod tests {
         claimed.operation = Some(Operation::Start);
         let later = t0() + time::Duration::seconds(90);
         let r = reissue(&claimed, later);
-        // The first issue time stays; a re-issued start finishes into the buffer.
+        // The first issue time stays; whom the VM is for does not change.
         assert_eq!(
             (r.attempts, r.operation_since, r.state_changed_at, r.purpose),
-            (2, Some(t0()), later, Purpose::Buffer)
+            (2, Some(t0()), later, Purpose::Matchmaker)
         );
         let again = reissue(&r, later + time::Duration::seconds(90));
         assert_eq!((again.attempts, again.issued_at()), (3, t0()));
@@ -1241,7 +1349,20 @@ mod tests {
         );
         let mut reported = handed.clone();
         reported.last_report_at = Some(t0());
+        reported.rooms = 1;
         assert!(unclaimed(&reported, t0()).is_err());
+        // A last report of 0 rooms: idle; the reconciler returns it once reports stop.
+        reported.rooms = 0;
+        assert!(unclaimed(&reported, t0()).is_ok());
+        // Reclaimed with an earlier game's rooms and never reported on since: it drains again.
+        let mut reclaimed = handed.clone();
+        reclaimed.rooms = 2;
+        reclaimed.last_report_at = Some(t0() - time::Duration::seconds(5));
+        let back = unclaimed(&reclaimed, t0()).unwrap();
+        assert_eq!(
+            (back.state, back.rooms),
+            (VmState::MarkedForDeallocation, 2)
+        );
         let mut adopted = handed.clone();
         adopted.claimed_at = None;
         assert!(

@@ -16,12 +16,13 @@ use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::compute::{Compute, ComputeError, Image, Listed, VmSpec, VmStatus};
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, VmId, VmRecord, VmState};
 use crate::pool::{Created, PoolError};
-use crate::reconcile::{ReconcileError, Reconciler, Summary};
+use crate::reconcile::{PoolMeta, ReconcileError, Reconciler, Summary};
 use crate::store::{
     Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
     VmStore, Written,
@@ -76,11 +77,11 @@ impl Metrics {
             handle,
             shown: std::sync::Mutex::default(),
         };
-        let describe: [(&'static str, Option<Unit>, &'static str); 16] = [
+        let describe: [(&'static str, Option<Unit>, &'static str); 18] = [
             (
                 "vmpool_pool_vms",
                 None,
-                "VMs by pool, build (`unknown` until read from ARM) and state, read from the table at scrape time",
+                "VMs by pool, build (`unknown` until read from ARM) and state, as the pool's record counted them",
             ),
             (
                 "vmpool_pool_buffer_target",
@@ -90,12 +91,22 @@ impl Metrics {
             (
                 "vmpool_pool_breaker_open",
                 None,
-                "1 while a pool's circuit breaker stops its buffer creates",
+                "1 while the circuit breaker (one for every pool) stops buffer starts and creates",
+            ),
+            (
+                "vmpool_vms_needing_attention",
+                None,
+                "VMs whose ARM operation ran out of attempts: vmpool stopped calling ARM for them (as of the last reconcile pass)",
+            ),
+            (
+                "vmpool_claims_timed_out_total",
+                None,
+                "Handed-out VMs that got no rooms report nor mark within VMPOOL_CLAIM_TIMEOUT_SECS and went back to Standby (from the pool's record)",
             ),
             (
                 "vmpool_vms",
                 None,
-                "VMs by state, read from the table at scrape time",
+                "VMs by state, as the pool's record counted them (see vmpool_pool_counted_at_timestamp_seconds)",
             ),
             ("vmpool_max_vms", None, "VMPOOL_MAX_VMS"),
             (
@@ -179,6 +190,47 @@ impl Metrics {
             None,
             "Unix time of the last pass that ran, by this instance".into(),
         );
+        let pool_wide: [(&'static str, &'static str); 9] = [
+            (
+                "vmpool_pool_counted_at_timestamp_seconds",
+                "When the counts of vmpool_vms were taken (the last pass's listing, or now for a fresh count)",
+            ),
+            (
+                "vmpool_pool_last_pass_start_timestamp_seconds",
+                "When the pool's last reconcile pass began, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_end_timestamp_seconds",
+                "When the pool's last reconcile pass ended, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_ok",
+                "1 if the pool's last reconcile pass ran to its end, 0 if it failed (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_success_timestamp_seconds",
+                "When the pool's last reconcile pass that ran to its end finished, by any instance (the pool's record)",
+            ),
+            (
+                "vmpool_pool_last_pass_actions",
+                "What the pool's last successful reconcile pass did, by kind (the pool's record)",
+            ),
+            (
+                "vmpool_pool_breaker_consecutive_failures",
+                "Creates that failed in a row since the last success (the pool's record)",
+            ),
+            (
+                "vmpool_pool_observation_suspect",
+                "1 while the brake holds: many known VMs vanished from ARM's listing at once (the pool's record)",
+            ),
+            (
+                "vmpool_pool_vanished_vms",
+                "Known VMs missing from the last listing while the brake held (the pool's record)",
+            ),
+        ];
+        for (name, help) in pool_wide {
+            m.recorder.describe_gauge(name.into(), None, help.into());
+        }
         m
     }
 
@@ -302,6 +354,55 @@ impl Metrics {
         for (state, n) in pool.vms {
             self.set("vmpool_vms", &[("state", state.as_str())], f64::from(n));
         }
+        let record = &pool.record;
+        let stamp = |name: &'static str, t: Option<OffsetDateTime>| {
+            if let Some(t) = t {
+                self.set(name, &[], unix_seconds(t));
+            }
+        };
+        stamp(
+            "vmpool_pool_counted_at_timestamp_seconds",
+            record.counted_at,
+        );
+        stamp(
+            "vmpool_pool_last_pass_start_timestamp_seconds",
+            record.last_reconcile_started_at,
+        );
+        stamp(
+            "vmpool_pool_last_pass_end_timestamp_seconds",
+            record.last_reconcile_at,
+        );
+        stamp(
+            "vmpool_pool_last_success_timestamp_seconds",
+            record.last_success_at,
+        );
+        if let Some(ok) = record.last_reconcile_ok {
+            self.set("vmpool_pool_last_pass_ok", &[], if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(summary) = &record.last_summary {
+            for (kind, n) in summary_fields(summary) {
+                self.set(
+                    "vmpool_pool_last_pass_actions",
+                    &[("kind", kind)],
+                    f64::from(n),
+                );
+            }
+        }
+        self.set(
+            "vmpool_pool_breaker_consecutive_failures",
+            &[],
+            f64::from(record.consecutive_create_failures),
+        );
+        self.set(
+            "vmpool_pool_observation_suspect",
+            &[],
+            if record.observation_suspect() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        self.set("vmpool_pool_vanished_vms", &[], f64::from(record.vanished));
         self.set("vmpool_max_vms", &[], f64::from(pool.max_vms));
         self.set("vmpool_buffer_target", &[], f64::from(pool.buffer_target));
         self.set(
@@ -350,6 +451,16 @@ impl Metrics {
             );
         }
         *shown = now;
+        self.set(
+            "vmpool_vms_needing_attention",
+            &[],
+            f64::from(pool.needs_attention),
+        );
+        // Kept in the pool's record, so every instance shows the pool's count (the pass
+        // may run on another instance than the one scraped).
+        self.recorder
+            .register_counter(&Key::from_name("vmpool_claims_timed_out_total"), &META)
+            .absolute(pool.claims_timed_out);
     }
 
     /// The Prometheus text exposition of what is recorded, without reading the pool.
@@ -386,6 +497,10 @@ pub struct OnePoolGauges {
     pub breaker_open: bool,
 }
 
+fn unix_seconds(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
 /// The pool's state as the gauges show it, read at scrape time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolGauges {
@@ -399,6 +514,13 @@ pub struct PoolGauges {
     pub buffer_target: u32,
     /// Whether the circuit breaker is open.
     pub breaker_open: bool,
+    /// The pool's record: the last pass (of whichever instance ran it), the breaker, the
+    /// brake.
+    pub record: PoolMeta,
+    /// VMs needing attention, as of the last reconcile pass.
+    pub needs_attention: u32,
+    /// Unused claims returned to `Standby`, over the pool's life.
+    pub claims_timed_out: u64,
 }
 
 /// The envelope code a pool error answers with.
@@ -408,7 +530,8 @@ fn pool_error_code(e: &PoolError) -> &'static str {
         PoolError::Conflict(_) => "Conflict",
         PoolError::CapacityExhausted { .. }
         | PoolError::PoolFull { .. }
-        | PoolError::BuildExhausted { .. } => "CapacityExhausted",
+        | PoolError::BuildExhausted { .. }
+        | PoolError::Refused { .. } => "CapacityExhausted",
         PoolError::UnknownPool { .. } => "InvalidInput",
         PoolError::Store(_)
         | PoolError::Compute(_)
@@ -418,7 +541,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     }
 }
 
-fn summary_fields(s: &Summary) -> [(&'static str, u32); 14] {
+fn summary_fields(s: &Summary) -> [(&'static str, u32); 17] {
     [
         ("completed", s.completed),
         ("deallocated", s.deallocated),
@@ -431,6 +554,9 @@ fn summary_fields(s: &Summary) -> [(&'static str, u32); 14] {
         ("deleted", s.deleted),
         ("forgotten", s.forgotten),
         ("adopted", s.adopted),
+        ("unclaimed", s.unclaimed),
+        ("start_refusals", s.start_refusals),
+        ("needs_attention", s.needs_attention),
         ("keys_expired", s.keys_expired),
         ("lost_races", s.lost_races),
         ("errors", s.errors),
@@ -463,6 +589,9 @@ pub async fn reconcile_pass(
             deleted = s.deleted,
             forgotten = s.forgotten,
             adopted = s.adopted,
+            unclaimed = s.unclaimed,
+            start_refusals = s.start_refusals,
+            needs_attention = s.needs_attention,
             keys_expired = s.keys_expired,
             buffer_target = s.buffer_target,
             lost_races = s.lost_races,
@@ -631,8 +760,13 @@ impl VmStore for MeteredStore {
         r
     }
 
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        let r = self.inner.sample(states, limit).await;
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let r = self.inner.sample(kind, after, limit).await;
         self.metrics.table_call("sample", store_outcome(&r));
         r
     }

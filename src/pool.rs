@@ -8,14 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
+use time::OffsetDateTime;
 use tracing::{Instrument, info, instrument, warn};
 
+use crate::breaker::{self, Breaker};
+use crate::capacity::{self, Reserved};
 use crate::clock::Clock;
 use crate::compute::{Compute, ComputeError};
 use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{
-    self, ClaimKind, CreateAction, GiveBack, MarkAction, Marked, Operation, Purpose, Refused,
-    Report, ReportAction, VmId, VmRecord, VmState,
+    self, ClaimKind, CreateAction, MarkAction, Marked, Operation, Purpose, Refused, Report,
+    ReportAction, ReportOrder, VmId, VmRecord, VmState,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::idempotency::record::{self as keys, Begun, KeyError};
@@ -32,22 +35,15 @@ const TRIES_PER_VM: usize = 8;
 const STALE_MEMORY: Duration = Duration::from_secs(120);
 /// The longest `Retry-After` CreateVM waits out itself, within `VMPOOL_ARM_RETRY_BUDGET_SECS`.
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// CreateVM's deadline beyond the ARM retry budget: table calls (5 s each at most) and the ARM
-/// adapter's own time limits (20 s a call, 5xx retried twice).
-const DEADLINE_MARGIN: Duration = Duration::from_secs(90);
 /// How long a CreateVM waits for another request with its `Idempotency-Key` to answer.
 const KEY_WAIT: Duration = Duration::from_secs(15);
 /// A `pending` key is taken over this long after CreateVM's deadline, so instances whose
 /// clocks differ a little never take over a request that is still running.
 const KEY_TAKE_OVER_MARGIN: Duration = Duration::from_secs(30);
-/// How many deallocated VMs the start path reads as candidates (not all of them).
-const START_CANDIDATES: usize = 16;
-/// The states CreateVM takes VMs from without consuming capacity.
-const WITHOUT_CAPACITY: [VmState; 3] = [
-    VmState::MarkedForDeallocation,
-    VmState::Standby,
-    VmState::Creating,
-];
+/// How many candidates of one kind CreateVM reads (a bounded sample, however many there are).
+pub const SAMPLE_SIZE: usize = 16;
+/// The least `Retry-After` after ARM refused a start or create.
+const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// Why an operation did not happen. Nothing was changed by an operation that failed, except
 /// where a variant says so (and then the reconciler finishes the job).
@@ -93,6 +89,18 @@ pub enum PoolError {
         asked: String,
         /// The configured pools, comma-separated.
         known: String,
+    },
+    /// ARM refused a start or create for capacity (quota, SKU, allocation), or the circuit
+    /// breaker on such refusals is open and nothing was sent. A refused start left its VM
+    /// `Deallocated`.
+    #[error("{reason}")]
+    Refused {
+        /// What was refused, or why nothing was tried.
+        reason: String,
+        /// When a start or create may be tried again.
+        retry_after: Duration,
+        /// Whether ARM was asked (false: the breaker stopped the call).
+        asked: bool,
     },
     /// Table storage failed.
     #[error(transparent)]
@@ -198,45 +206,12 @@ pub struct Pool {
     compute: Arc<dyn Compute>,
     clock: Arc<dyn Clock>,
     policy: Arc<PoolPolicy>,
-    /// Serialises this instance's capacity-consuming claims (start, create), so callers of
-    /// one instance never over-fill the pool or cancel each other out.
+    /// Serialises this instance's writes of the capacity ledger, so its callers do not
+    /// make each other lose races for it.
     capacity_gate: tokio::sync::Mutex<()>,
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
-    /// The VMs counting against the maximums at this instance's last count: when it showed
-    /// room, the next claim skips counting before it writes (the count after the write,
-    /// which every claim makes, keeps the maximum).
-    last_active: Mutex<Option<Active>>,
-}
-
-/// VMs counting against the maximums: of all pools, and of one pool.
-#[derive(Debug, Clone, Default)]
-struct Active {
-    /// Of every pool together.
-    all: usize,
-    /// The pool counted.
-    of: String,
-    /// Of that pool.
-    pool: usize,
-}
-
-impl Active {
-    /// Why `extra` more VMs of `spec` would not fit, if they would not.
-    fn over(&self, policy: &PoolPolicy, spec: &PoolSpec, extra: usize) -> Option<PoolError> {
-        if self.all + extra > policy.max_vms as usize {
-            return Some(PoolError::CapacityExhausted {
-                max: policy.max_vms,
-            });
-        }
-        if self.pool + extra > spec.max_vms as usize {
-            return Some(PoolError::PoolFull {
-                pool: spec.name.clone(),
-                max: spec.max_vms,
-            });
-        }
-        None
-    }
 }
 
 /// One page of GetPoolStatus: counts over the whole pool and a page of VMs if asked for.
@@ -246,8 +221,31 @@ pub struct StatusPage {
     pub counts: StateCounts,
     /// VMs in each state, per pool and build.
     pub groups: GroupCounts,
+    /// When the rows were counted.
+    pub counted_at: OffsetDateTime,
+    /// Where the counts come from.
+    pub counts_from: CountsFrom,
     /// A page of VMs in vmId order, unless only counts were asked for.
     pub vms: Option<Page<VmRecord>>,
+}
+
+/// Where GetPoolStatus's counts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountsFrom {
+    /// The pool's record, as the last reconcile pass counted its listing.
+    Record,
+    /// A count of every row, made for this answer.
+    Fresh,
+}
+
+impl CountsFrom {
+    /// `record` or `fresh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountsFrom::Record => "record",
+            CountsFrom::Fresh => "fresh",
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -273,7 +271,6 @@ impl Pool {
             policy,
             capacity_gate: tokio::sync::Mutex::new(()),
             taken: Mutex::new(HashMap::new()),
-            last_active: Mutex::new(None),
         }
     }
 
@@ -374,7 +371,7 @@ impl Pool {
     /// CreateVM's own deadline: past it the work stops and what was written is left to the
     /// reconciler; a `pending` `Idempotency-Key` is taken over 30 s after it.
     pub fn create_deadline(&self) -> Duration {
-        self.policy.arm_retry_budget + DEADLINE_MARGIN
+        self.policy.create_deadline()
     }
 
     /// The rules an `Idempotency-Key`'s record follows: its TTL, when a `pending` one is
@@ -478,23 +475,21 @@ impl Pool {
     }
 
     /// CreateVM: hands the matchmaker a VM of the pool and build `wanted` names, trying the
-    /// kinds of [`ClaimKind::ORDER`] in turn and creating a new VM when none is left. A
-    /// build other than the pool's current one is served only from VMs still alive in it
-    /// (reclaim, standby). It runs in the caller's task; the API calls
-    /// [`Pool::create_vm_detached`].
+    /// kinds of [`ClaimKind::ORDER`] in turn and creating a new VM when none is left. Each
+    /// kind is read as a bounded random sample ([`Pool::candidates`]), so a claim costs the
+    /// same however many VMs there are. A build other than the pool's current one is served
+    /// only from VMs still alive in it (reclaim, standby). It runs in the caller's task; the
+    /// API calls [`Pool::create_vm_detached`].
     #[instrument(skip_all, fields(pool = %wanted.pool.name, build = %wanted.build))]
     pub async fn create_vm_for(&self, wanted: &Wanted) -> Result<Created, PoolError> {
-        let rows = self.store.list(Rows::InStates(&WITHOUT_CAPACITY)).await?;
         let kinds = ClaimKind::ORDER
             .into_iter()
             .filter(|k| !k.needs_capacity())
             .filter(|k| wanted.is_current() || *k != ClaimKind::ClaimCreating);
         for kind in kinds {
-            let candidates: Vec<Versioned> = rows
-                .iter()
-                .filter(|r| ClaimKind::of(&r.vm) == Some(kind) && wanted.accepts(&r.vm))
-                .cloned()
-                .collect();
+            let candidates = self
+                .candidates(kind, &wanted.pool.name, &wanted.build)
+                .await?;
             if let Some(won) = self.claim_one(candidates, kind).await? {
                 info!(vm.id = %won.vm.id, action = %kind.action(), "CreateVM");
                 return Ok(Created {
@@ -513,64 +508,154 @@ impl Pool {
         self.create_with_capacity(&wanted.pool).await
     }
 
-    /// Deallocated VMs of `spec`'s current build to start: a sample, not all of them (any
-    /// one will do, and the index answers a sample without reading the whole table); when
-    /// a full sample holds none of this pool and build, every deallocated VM is read.
-    async fn start_candidates(&self, spec: &PoolSpec) -> Result<Vec<Versioned>, PoolError> {
-        let ours = |r: &Versioned| r.vm.is_of(&spec.name, &spec.build);
-        let sample = self
-            .store
-            .sample(&[VmState::Deallocated], START_CANDIDATES)
-            .await?;
-        let full = sample.len() >= START_CANDIDATES;
+    /// Candidates of `kind` in `pool` running `build`: a sample of the kind
+    /// ([`Pool::sample`]), those of the pool and build kept; when a full sample holds none of
+    /// them, the VMs of that kind are read and a random [`SAMPLE_SIZE`] of the pool's and
+    /// build's kept.
+    async fn candidates(
+        &self,
+        kind: ClaimKind,
+        pool: &str,
+        build: &str,
+    ) -> Result<Vec<Versioned>, PoolError> {
+        let ours = |r: &Versioned| r.vm.is_of(pool, build) && ClaimKind::of(&r.vm) == Some(kind);
+        let sample = self.sample(kind).await?;
+        let full = sample.len() >= SAMPLE_SIZE;
         let mut mine: Vec<Versioned> = sample.into_iter().filter(ours).collect();
         if mine.is_empty() && full {
             mine = self
                 .store
-                .list(Rows::InStates(&[VmState::Deallocated]))
+                .list(Rows::InStates(&[kind.state()]))
                 .await?
                 .into_iter()
                 .filter(ours)
                 .collect();
-            mine.truncate(START_CANDIDATES);
+            mine.shuffle(&mut rand::rng());
+            mine.truncate(SAMPLE_SIZE);
         }
         Ok(mine)
     }
 
+    /// Up to [`SAMPLE_SIZE`] candidates of `kind`, from a random point of the key space: after
+    /// a name drawn as new VM names are (the prefix, a dash, random letters and digits), so
+    /// claimers spread over every candidate (names of another prefix are reached when the
+    /// sample wraps round).
+    async fn sample(&self, kind: ClaimKind) -> Result<Vec<Versioned>, PoolError> {
+        let after = new_vm_name(&self.policy.vm_prefix);
+        Ok(self.store.sample(kind, after.as_str(), SAMPLE_SIZE).await?)
+    }
+
     /// The capacity-consuming half of CreateVM: the kinds of [`ClaimKind::ORDER`] that need
     /// capacity (a start of a deallocated VM of the pool's current build), else a new VM.
-    /// The intent is written under the capacity gate; ARM is called after it is released.
+    /// Each takes its place in the capacity ledger (under the maximum of all pools and under
+    /// the pool's own) before its row is written; ARM is called after.
     async fn create_with_capacity(&self, spec: &PoolSpec) -> Result<Created, PoolError> {
-        let (won, action) = {
-            let _gate = self.capacity_gate.lock().await;
-            self.room_for_one(spec).await?;
-            let sample = self.start_candidates(spec).await?;
-            let mut won = None;
-            for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
-                let candidates: Vec<Versioned> = sample
-                    .iter()
-                    .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
-                    .cloned()
-                    .collect();
-                if let Some(claimed) = self.claim_one(candidates, kind).await? {
-                    won = Some((claimed, kind.action()));
+        let breaker = self.open_breaker(false).await?;
+        // While starts are held back after a refusal, none is tried.
+        let starts_held = breaker.starts_held_at(self.clock.now());
+        let hold = self.policy.failed_start_hold();
+        let claim = capacity::new_claim();
+        let mut won = None;
+        for kind in ClaimKind::ORDER.into_iter().filter(|k| k.needs_capacity()) {
+            if starts_held && matches!(kind, ClaimKind::Start) {
+                continue;
+            }
+            let now = self.clock.now();
+            let mut candidates = self.candidates(kind, &spec.name, &spec.build).await?;
+            candidates.retain(|r| !r.vm.held_for_caller(now, hold));
+            candidates.shuffle(&mut rand::rng());
+            let mut tries = 0;
+            for row in candidates {
+                if tries == TRIES_PER_KIND {
                     break;
                 }
+                if !self.reserve(&row) {
+                    continue;
+                }
+                tries += 1;
+                let next = domain::claim(&row.vm, kind, self.clock.now())?;
+                let at = self.take_place(&claim, &row.vm.id, spec).await;
+                let taken = at.and_then(|at| self.place_still_held(at));
+                if let Err(e) = taken {
+                    self.release(&row);
+                    self.give_place_back(&claim).await;
+                    return Err(e);
+                }
+                match self.store.update(&next, &row.etag).await {
+                    Ok(Written::Done(etag)) => {
+                        won = Some((Versioned { vm: next, etag }, kind.action()));
+                        break;
+                    }
+                    Ok(Written::LostRace) => continue,
+                    Err(e) => {
+                        self.release(&row);
+                        self.give_place_back(&claim).await;
+                        return Err(e.into());
+                    }
+                }
             }
-            let (won, action) = match won {
-                Some(won) => won,
-                None => (
-                    self.insert_new(Purpose::Matchmaker, spec).await?,
-                    CreateAction::Created,
-                ),
-            };
-            self.confirm_capacity(&won, spec).await?;
-            (won, action)
+            if won.is_some() {
+                break;
+            }
+        }
+        let (won, action) = match won {
+            Some(won) => won,
+            None => (
+                self.insert_new(Purpose::Matchmaker, spec, &claim).await?,
+                CreateAction::Created,
+            ),
         };
         let answer = self.within_retry_budget(|| self.issue(&won.vm)).await;
         self.act(&won, answer).await?;
         info!(vm.id = %won.vm.id, %action, "CreateVM");
         Ok(Created { vm: won.vm, action })
+    }
+
+    /// Takes a place in the capacity ledger for `claim`, for the VM `id` (moving the place
+    /// the claim holds, if any); the time it was taken, which the row write must follow
+    /// closely.
+    async fn take_place(
+        &self,
+        claim: &str,
+        id: &VmId,
+        spec: &PoolSpec,
+    ) -> Result<OffsetDateTime, PoolError> {
+        let _gate = self.capacity_gate.lock().await;
+        let now = self.clock.now();
+        let max = self.policy.max_vms;
+        let limits = capacity::Limits {
+            max,
+            pool: &spec.name,
+            pool_max: spec.max_vms,
+        };
+        match capacity::reserve(&*self.store, claim, id, now, limits).await? {
+            Reserved::Done => Ok(now),
+            Reserved::Full => Err(PoolError::CapacityExhausted { max }),
+            Reserved::PoolFull => Err(PoolError::PoolFull {
+                pool: spec.name.clone(),
+                max: spec.max_vms,
+            }),
+            Reserved::Busy => Err(PoolError::Contention),
+        }
+    }
+
+    /// A place counts unseen for [`capacity::RESERVATION_TTL`]: the row is written within half
+    /// of it, or not at all.
+    fn place_still_held(&self, at: OffsetDateTime) -> Result<(), PoolError> {
+        let held_for = self.clock.now() - at;
+        if held_for < capacity::RESERVATION_TTL / 2 {
+            Ok(())
+        } else {
+            Err(PoolError::Interrupted(
+                "its place in the capacity ledger was taken too long ago".into(),
+            ))
+        }
+    }
+
+    /// Gives back the place `claim` holds, if any (it wrote no row).
+    async fn give_place_back(&self, claim: &str) {
+        let _gate = self.capacity_gate.lock().await;
+        capacity::release(&*self.store, claim).await;
     }
 
     /// Sends the ARM call a capacity claim's row asks for: a start or a create.
@@ -620,28 +705,39 @@ impl Pool {
     }
 
     /// The reconciler adds a VM to the warm buffer: starts `deallocated` if given, else
-    /// creates one. The same capacity rules as CreateVM apply, and ARM is called after the
-    /// capacity gate is released.
+    /// creates one. The same capacity rules as CreateVM apply: a place in the capacity
+    /// ledger first, then the row, then ARM.
     pub async fn add_to_buffer(
         &self,
         deallocated: Option<&Versioned>,
         spec: &PoolSpec,
     ) -> Result<Created, PoolError> {
-        let won = {
-            let _gate = self.capacity_gate.lock().await;
-            self.room_for_one(spec).await?;
-            let won = match deallocated {
-                Some(row) => {
-                    let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
-                    match self.store.update(&next, &row.etag).await? {
-                        Written::Done(etag) => Versioned { vm: next, etag },
-                        Written::LostRace => return Err(PoolError::Contention),
+        self.open_breaker(deallocated.is_some()).await?;
+        let won = match deallocated {
+            Some(row) => {
+                let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
+                let claim = capacity::new_claim();
+                let at = self.take_place(&claim, &row.vm.id, spec).await?;
+                if let Err(e) = self.place_still_held(at) {
+                    self.give_place_back(&claim).await;
+                    return Err(e);
+                }
+                match self.store.update(&next, &row.etag).await {
+                    Ok(Written::Done(etag)) => Versioned { vm: next, etag },
+                    Ok(Written::LostRace) => {
+                        self.give_place_back(&claim).await;
+                        return Err(PoolError::Contention);
+                    }
+                    Err(e) => {
+                        self.give_place_back(&claim).await;
+                        return Err(e.into());
                     }
                 }
-                None => self.insert_new(Purpose::Buffer, spec).await?,
-            };
-            self.confirm_capacity(&won, spec).await?;
-            won
+            }
+            None => {
+                self.insert_new(Purpose::Buffer, spec, &capacity::new_claim())
+                    .await?
+            }
         };
         let action = if deallocated.is_some() {
             CreateAction::Started
@@ -653,14 +749,25 @@ impl Pool {
         Ok(Created { vm: won.vm, action })
     }
 
-    /// Inserts a row for a new VM under a fresh name.
+    /// Inserts a row for a new VM of `spec`'s pool and current build under a fresh name,
+    /// after taking its place in the capacity ledger for `claim` (moving the place it holds,
+    /// if any); gives the place back if no row was written.
     pub(crate) async fn insert_new(
         &self,
         purpose: Purpose,
         spec: &PoolSpec,
+        claim: &str,
     ) -> Result<Versioned, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let id = new_vm_name(&self.policy.vm_prefix);
+            let taken = self
+                .take_place(claim, &id, spec)
+                .await
+                .and_then(|at| self.place_still_held(at));
+            if let Err(e) = taken {
+                self.give_place_back(claim).await;
+                return Err(e);
+            }
             let vm = VmRecord::new_creating(
                 id.clone(),
                 self.compute.resource_id(&id),
@@ -668,81 +775,92 @@ impl Pool {
                 self.clock.now(),
             )
             .placed(&spec.name, &spec.build);
-            if let Written::Done(etag) = self.store.insert(&vm).await? {
-                return Ok(Versioned { vm, etag });
+            match self.store.insert(&vm).await {
+                Ok(Written::Done(etag)) => return Ok(Versioned { vm, etag }),
+                Ok(Written::LostRace) => continue,
+                Err(e) => {
+                    self.give_place_back(claim).await;
+                    return Err(e.into());
+                }
             }
         }
+        self.give_place_back(claim).await;
         Err(PoolError::Contention)
     }
 
-    /// Another instance may have consumed capacity at the same moment. Every claimer writes
-    /// before it counts, so the last of any two to count sees both; one that finds the pool
-    /// (or all pools together) over its maximum takes its own claim back. Concurrent claims
-    /// never over-fill the pool; at worst both give way and the callers retry.
-    async fn confirm_capacity(&self, won: &Versioned, spec: &PoolSpec) -> Result<(), PoolError> {
-        let over = match self.count_active(spec).await {
-            Ok(active) => active.over(&self.policy, spec, 0),
-            Err(e) => Some(e),
+    /// The circuit breaker, if starts and creates (`start`: starts) may go to ARM now;
+    /// else [`PoolError::Refused`] with when to try again, and nothing is sent.
+    async fn open_breaker(&self, start: bool) -> Result<Breaker, PoolError> {
+        let (breaker, _) = breaker::load(self.store.as_ref()).await?;
+        let now = self.clock.now();
+        let held = if start {
+            breaker.starts_held_at(now)
+        } else {
+            breaker.open_at(now)
         };
-        let Some(over) = over else {
-            return Ok(());
-        };
-        warn!(vm.id = %won.vm.id, "another instance filled the pool at the same moment; giving the claim back");
-        let undone = match domain::give_back(&won.vm) {
-            GiveBack::Remove => self.store.delete(&won.vm.id, &won.etag).await,
-            GiveBack::Restore(back) => self.store.update(&back, &won.etag).await,
-        };
-        if let Err(e) = undone {
-            // The row stays Creating with no ARM call; the reconciler gives it back.
-            warn!(vm.id = %won.vm.id, error = %e, "could not give the claim back");
+        if !held {
+            return Ok(breaker);
         }
-        Err(over)
+        let reason = match (&breaker.reason, breaker.open_at(now)) {
+            (Some(reason), true) => format!(
+                "ARM keeps refusing starts and creates ({reason}); none is tried until the breaker closes"
+            ),
+            _ => "ARM refused a start lately; starts wait for the backoff".into(),
+        };
+        Err(PoolError::Refused {
+            reason,
+            retry_after: breaker.wait(start, now).max(Duration::from_secs(1)),
+            asked: false,
+        })
     }
 
-    /// Whether one more VM of `spec` fits under its pool's maximum and the maximum of all
-    /// pools together, as far as this instance knows before it writes: its last count if
-    /// that showed room (no table scan), else a fresh count.
-    async fn room_for_one(&self, spec: &PoolSpec) -> Result<(), PoolError> {
-        let hint = self
-            .last_active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        // A count of another pool says nothing of this one.
-        if let Some(active) = hint
-            && active.of == spec.name
-            && active.over(&self.policy, spec, 1).is_none()
+    /// A start or create refused by ARM counts toward the circuit breaker (a failure to
+    /// record it is logged: the refusal itself stands). Returns when to try again.
+    pub async fn count_refusal(&self, what: breaker::Refused, error: &str) -> Duration {
+        let now = self.clock.now();
+        let policy = &self.policy;
+        match breaker::update(self.store.as_ref(), |b| {
+            b.refused(what, error, now, policy);
+        })
+        .await
         {
-            return Ok(());
-        }
-        match self.count_active(spec).await?.over(&self.policy, spec, 1) {
-            None => Ok(()),
-            Some(full) => Err(full),
-        }
-    }
-
-    /// Counts the VMs against the maximums (one pass over the states and pools of the
-    /// table), `spec`'s pool apart.
-    async fn count_active(&self, spec: &PoolSpec) -> Result<Active, PoolError> {
-        let groups = self.store.count_groups().await?;
-        let mut active = Active::default();
-        for (group, counts) in &groups {
-            let n: usize = counts
-                .iter()
-                .filter(|(state, _)| state.counts_against_max())
-                .map(|(_, n)| n)
-                .sum();
-            active.all += n;
-            if group.pool == spec.name {
-                active.pool += n;
+            Ok(b) => b.wait(true, now).max(REFUSED_RETRY_AFTER),
+            Err(e) => {
+                warn!(error = %e, "could not count the refusal toward the breaker");
+                REFUSED_RETRY_AFTER
             }
         }
-        active.of = spec.name.clone();
-        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Some(active.clone());
-        Ok(active)
     }
 
-    /// After the intent is written: handles the ARM answer to a create or start.
+    /// A VM came up: the circuit breaker closes (nothing is written if it was closed).
+    pub async fn count_success(&self, known: &Breaker) -> Result<(), PoolError> {
+        if !known.is_clear() {
+            breaker::update(self.store.as_ref(), Breaker::succeeded).await?;
+        }
+        Ok(())
+    }
+
+    /// A start or create refused by ARM counts toward the breaker; see [`Pool::act`].
+    pub async fn refused(&self, what: breaker::Refused, error: &ComputeError) -> PoolError {
+        let retry_after = self.count_refusal(what, &error.to_string()).await;
+        PoolError::Refused {
+            reason: format!(
+                "Azure refused the {}: {error}",
+                match what {
+                    breaker::Refused::Start => "start",
+                    breaker::Refused::Create => "create",
+                }
+            ),
+            retry_after,
+            asked: true,
+        }
+    }
+
+    /// After the intent is written: handles the ARM answer to a create or start. A call
+    /// that may work later hands the row to the buffer; a refused start leaves the VM
+    /// `Deallocated` as it was (an answer to an operation on it is the confirmation); a
+    /// refused create fails the row (its VM never provisioned). Refusals count toward the
+    /// breaker.
     async fn act(
         &self,
         won: &Versioned,
@@ -751,34 +869,77 @@ impl Pool {
         let Err(e) = answer else {
             return Ok(());
         };
+        let now = self.clock.now();
         let transient = e.is_transient();
-        if transient {
+        let start = won.vm.operation == Some(Operation::Start);
+        let next = if transient {
             warn!(vm.id = %won.vm.id, error = %e, "ARM call failed; the reconciler finishes it into the buffer");
+            domain::call_failed(&won.vm, true, &e.to_string(), now)
+        } else if start && e != ComputeError::NotFound {
+            warn!(vm.id = %won.vm.id, error = %e, "ARM refused the start; the VM stays Deallocated");
+            // The caller hears of it (503), so the VM is nobody's.
+            VmRecord {
+                purpose: Purpose::Buffer,
+                ..domain::start_refused(&won.vm, &e.to_string(), now)
+            }
         } else {
             warn!(vm.id = %won.vm.id, error = %e, "ARM refused; the VM is Failed");
-        }
-        let next = domain::call_failed(&won.vm, transient, &e.to_string(), self.clock.now());
+            domain::call_failed(&won.vm, false, &e.to_string(), now)
+        };
         if let Err(store) = self.store.update(&next, &won.etag).await {
             warn!(vm.id = %won.vm.id, error = %store, "could not record the ARM failure");
         }
-        Err(e.into())
+        if transient || e == ComputeError::NotFound {
+            return Err(e.into());
+        }
+        let what = if start {
+            breaker::Refused::Start
+        } else {
+            breaker::Refused::Create
+        };
+        let refused = self.refused(what, &e).await;
+        if start || e.is_refusal() {
+            Err(refused)
+        } else {
+            Err(e.into())
+        }
     }
 
     /// ReportGameRoomsNumber: records the room count; zero rooms on a VM marked for
     /// deallocation deallocates it (without waiting for ARM).
-    #[instrument(skip_all, fields(vm.id = %id, rooms))]
     pub async fn report_rooms(
         &self,
         id: &VmId,
         rooms: u32,
     ) -> Result<Changed<ReportAction>, PoolError> {
+        self.report_rooms_ordered(id, rooms, None).await
+    }
+
+    /// ReportGameRoomsNumber with the report's ordering field (its report time or sequence
+    /// number): a report older than the last one applied to the VM answers `stale` and
+    /// changes nothing.
+    #[instrument(skip_all, fields(vm.id = %id, rooms))]
+    pub async fn report_rooms_ordered(
+        &self,
+        id: &VmId,
+        rooms: u32,
+        order: Option<ReportOrder>,
+    ) -> Result<Changed<ReportAction>, PoolError> {
         for _ in 0..TRIES_PER_VM {
             let row = self.get_row(id).await?;
-            let (next, action) = match domain::report_rooms(&row.vm, rooms, self.clock.now())? {
+            let report = domain::report_rooms_ordered(&row.vm, rooms, order, self.clock.now())?;
+            let (next, action) = match report {
                 Report::AlreadyDeallocating => {
                     return Ok(Changed {
                         vm: row.vm,
                         action: ReportAction::Deallocating,
+                    });
+                }
+                Report::Stale => {
+                    info!(order = ?order, last = ?row.vm.report_order, "stale rooms report ignored");
+                    return Ok(Changed {
+                        vm: row.vm,
+                        action: ReportAction::Stale,
                     });
                 }
                 Report::Recorded(next) => (next, ReportAction::Recorded),
@@ -818,7 +979,7 @@ impl Pool {
                 Marked::Now(next) => {
                     if let Written::Done(_) = self.store.update(&next, &row.etag).await? {
                         return Ok(Changed {
-                            vm: *next,
+                            vm: next,
                             action: MarkAction::Marked,
                         });
                     }
@@ -877,11 +1038,13 @@ impl Pool {
     }
 
     /// GetPoolStatus, one page: counts over the whole pool and a page of VMs in vmId order
-    /// (when `with_vms`).
+    /// (when `with_vms`). The counts are `recorded` (what the last reconcile pass counted,
+    /// and when) when given; else every row is counted now.
     pub async fn status_page(
         &self,
         page: &PageRequest,
         with_vms: bool,
+        recorded: Option<(GroupCounts, OffsetDateTime)>,
     ) -> Result<StatusPage, PoolError> {
         let vms = async {
             if !with_vms {
@@ -893,10 +1056,22 @@ impl Pool {
                 next: rows.next,
             }))
         };
-        let (groups, vms) = tokio::try_join!(self.store.count_groups(), vms)?;
+        let counts = async {
+            match recorded {
+                Some((groups, at)) => Ok((groups, at, CountsFrom::Record)),
+                None => {
+                    let at = self.clock.now();
+                    let groups = self.store.count_groups().await?;
+                    Ok::<_, StoreError>((groups, at, CountsFrom::Fresh))
+                }
+            }
+        };
+        let ((groups, counted_at, counts_from), vms) = tokio::try_join!(counts, vms)?;
         Ok(StatusPage {
             counts: crate::store::total(&groups),
             groups,
+            counted_at,
+            counts_from,
             vms,
         })
     }
@@ -914,13 +1089,6 @@ impl Pool {
     }
 }
 
-/// How many rows count against `VMPOOL_MAX_VMS`.
-pub fn active(rows: &[Versioned]) -> usize {
-    rows.iter()
-        .filter(|r| r.vm.state.counts_against_max())
-        .count()
-}
-
 /// A fresh VM name: the prefix, a dash and 10 random lowercase letters and digits.
 pub fn new_vm_name(prefix: &str) -> VmId {
     use rand::Rng;
@@ -932,4 +1100,133 @@ pub fn new_vm_name(prefix: &str) -> VmId {
     // The prefix is validated at start-up (at most 40 safe characters), so this always parses.
     VmId::parse(&format!("{prefix}-{suffix}"))
         .unwrap_or_else(|_| VmId::parse(&format!("vmpool-{suffix}")).expect("a fixed safe name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::compute::sim::{Latencies, SimCloud, SimulatedCompute};
+    use crate::metrics::{MeteredStore, Metrics};
+    use crate::store::memory::MemoryStore;
+
+    /// A pool over an in-memory table of `n` VMs of each state CreateVM claims from (and as
+    /// many `Running`), every table call counted.
+    async fn pool_over(n: usize, max_vms: u32) -> (Pool, Arc<Metrics>) {
+        let memory: Arc<dyn VmStore> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::default());
+        let cloud = Arc::new(SimCloud::new(clock.clone(), Latencies::default(), 1));
+        let compute: Arc<dyn Compute> = Arc::new(SimulatedCompute::new(cloud, "test"));
+        let policy = Arc::new(
+            PoolPolicy {
+                max_vms,
+                ..PoolPolicy::default()
+            }
+            .single_pool(),
+        );
+        let spec = policy.pools.all()[0].clone();
+        let mut deallocated = Vec::new();
+        for i in 0..n {
+            for (state, purpose) in [
+                (VmState::MarkedForDeallocation, Purpose::Matchmaker),
+                (VmState::Standby, Purpose::Buffer),
+                (VmState::Creating, Purpose::Buffer),
+                (VmState::Creating, Purpose::Matchmaker),
+                (VmState::Deallocated, Purpose::Matchmaker),
+                (VmState::Running, Purpose::Matchmaker),
+            ] {
+                let name = format!("vmpool-{}{}{i:04}", state.as_str(), purpose.as_str());
+                let id = VmId::parse(&name.to_ascii_lowercase()).unwrap();
+                let mut vm = VmRecord::new_creating(id, format!("/r/{name}"), purpose, clock.now())
+                    .placed(&spec.name, &spec.build);
+                vm.state = state;
+                if state == VmState::Deallocated {
+                    compute.create(&vm.id, &spec.vm()).await.unwrap();
+                    deallocated.push(vm.id.clone());
+                }
+                assert!(matches!(
+                    memory.insert(&vm).await.unwrap(),
+                    Written::Done(_)
+                ));
+            }
+        }
+        clock.advance(time::Duration::minutes(10));
+        for id in &deallocated {
+            compute.deallocate(id).await.unwrap();
+        }
+        clock.advance(time::Duration::minutes(10));
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn VmStore> = Arc::new(MeteredStore::new(memory, metrics.clone()));
+        (Pool::new(store, compute, clock, policy), metrics)
+    }
+
+    /// The table calls of `operation` counted so far.
+    fn calls(metrics: &Metrics, operation: &str) -> usize {
+        let text = metrics.render_counters();
+        let series = format!("vmpool_table_calls_total{{operation=\"{operation}\"");
+        text.lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize
+    }
+
+    #[tokio::test]
+    async fn every_createvm_path_reads_a_bounded_sample_and_never_lists_nor_counts() {
+        let (pool, metrics) = pool_over(100, 10_000).await;
+        // The ledger's first use counts the table once in its life; after that no claim does.
+        let spec = pool.policy().pools.all()[0].clone();
+        pool.add_to_buffer(None, &spec).await.unwrap();
+        let counts = |m: &Metrics| calls(m, "count_states") + calls(m, "count_groups");
+        let counted = counts(&metrics);
+        let mut actions = Vec::new();
+        for _ in 0..410 {
+            let before = calls(&metrics, "sample");
+            actions.push(pool.create_vm().await.unwrap().action);
+            let samples = calls(&metrics, "sample") - before;
+            assert!(
+                samples <= ClaimKind::ORDER.len(),
+                "{samples} samples for one CreateVM"
+            );
+        }
+        for action in CreateAction::ALL {
+            assert!(actions.contains(&action), "{action:?} in {actions:?}");
+        }
+        assert_eq!(calls(&metrics, "list"), 0, "no CreateVM listed a state");
+        assert_eq!(calls(&metrics, "list_page"), 0);
+        assert_eq!(counts(&metrics), counted, "no CreateVM counted the table");
+    }
+
+    #[tokio::test]
+    async fn a_claimer_takes_its_place_in_the_ledger_before_it_writes_and_stops_at_the_maximum() {
+        // Every VM but the 100 Deallocated counts against the maximum already (500); 3
+        // places are left.
+        let (pool, _) = pool_over(100, 503).await;
+        for _ in 0..300 {
+            pool.create_vm().await.unwrap();
+        }
+        let mut started = 0;
+        loop {
+            match pool.create_vm().await {
+                Ok(created) => {
+                    assert_eq!(created.action, CreateAction::Started);
+                    started += 1;
+                }
+                Err(PoolError::CapacityExhausted { max }) => {
+                    assert_eq!(max, 503);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(started, 3);
+        let (ledger, _) = capacity::load(&**pool.store()).await.unwrap().unwrap();
+        assert_eq!(ledger.used(), 503);
+        let counts = pool.store().count_states().await.unwrap();
+        let active: usize = counts
+            .iter()
+            .filter(|(s, _)| s.counts_against_max())
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(active, 503);
+    }
 }

@@ -123,6 +123,7 @@ pub fn raw_table(port: u16, account: &str, table: &str, timeout: Duration) -> Re
 }
 
 /// Every row of `table` (matching `filter`, if any), all pages.
+#[allow(dead_code, reason = "not every benchmark uses it")]
 pub async fn raw_query(
     table: &TableClient,
     filter: Option<&'static str>,
@@ -153,6 +154,7 @@ pub fn raw_body(mut row: Map<String, Value>) -> (Value, String) {
 
 /// Writes `row` back to `table` after `change`, on condition of the etag it was read with;
 /// its key and the body written.
+#[allow(dead_code, reason = "not every benchmark uses it")]
 pub async fn raw_update(
     table: &TableClient,
     row: Map<String, Value>,

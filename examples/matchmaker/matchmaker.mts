@@ -82,6 +82,8 @@ function reported(action: ReportAction): string {
       return "rooms recorded";
     case "deallocating":
       return "no rooms left on a released VM: it is being deallocated";
+    case "stale":
+      return "older than a report already applied: nothing changed";
     default: {
       const unknown: never = action;
       throw new Error(`unknown report action ${String(unknown)}`);

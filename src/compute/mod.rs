@@ -170,7 +170,35 @@ pub enum ComputeError {
     },
 }
 
+/// ARM error codes that refuse a start or create for capacity: the region's or the VM
+/// family's core quota (409 `OperationNotAllowed`, "Operation results in exceeding quota
+/// limits of Core", per Microsoft Learn's "Resolve errors for resource quotas"), a size not
+/// offered there (`SkuNotAvailable`), or no hardware free (`AllocationFailed`,
+/// `ZonalAllocationFailed`, `OverconstrainedAllocationRequest`, per Microsoft Learn's
+/// "Troubleshoot allocation failures"). They say nothing about the VM itself: it stays as it
+/// was and can be started later.
+pub const REFUSAL_CODES: &[&str] = &[
+    "OperationNotAllowed",
+    "QuotaExceeded",
+    "SkuNotAvailable",
+    "AllocationFailed",
+    "ZonalAllocationFailed",
+    "OverconstrainedAllocationRequest",
+    "OverconstrainedZonalAllocationRequest",
+];
+
+/// Whether an ARM error code (or a `Code: message` text) is one of [`REFUSAL_CODES`].
+pub fn is_refusal_code(code_or_text: &str) -> bool {
+    let code = code_or_text.split(':').next().unwrap_or_default().trim();
+    REFUSAL_CODES.iter().any(|c| c.eq_ignore_ascii_case(code))
+}
+
 impl ComputeError {
+    /// Whether ARM refused for capacity (quota, SKU, allocation): see [`REFUSAL_CODES`].
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ComputeError::Rejected { code, .. } if is_refusal_code(code))
+    }
+
     /// Whether the request may work if sent again later (as opposed to a permanent refusal).
     pub fn is_transient(&self) -> bool {
         matches!(

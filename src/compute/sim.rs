@@ -50,6 +50,9 @@ pub enum Fault {
     Refuse(SimOp, ComputeError),
     /// The next create is accepted, but provisioning ends `Failed` with this message.
     ProvisioningFails(String),
+    /// The next start is accepted, but fails in its operation (`AllocationFailed: ...`):
+    /// the VM stays deallocated with its provisioning `Failed`, and can be started later.
+    StartFails(String),
 }
 
 /// The operations a fault can target.
@@ -247,7 +250,7 @@ impl SimCloud {
             .position(|f| matches!(f, Fault::Refuse(o, _) if *o == op))?;
         match inner.faults.remove(at) {
             Fault::Refuse(_, err) => Some(err),
-            Fault::ProvisioningFails(_) => None,
+            Fault::ProvisioningFails(_) | Fault::StartFails(_) => None,
         }
     }
 
@@ -330,6 +333,14 @@ impl SimCloud {
         }
         vm.power = Power::Starting;
         vm.pending = Some((now + after, Provisioning::Succeeded, Power::Running));
+        let fails = inner
+            .faults
+            .iter()
+            .position(|f| matches!(f, Fault::StartFails(_)))
+            .map(|at| inner.faults.remove(at));
+        if let (Some(Fault::StartFails(msg)), Some(vm)) = (fails, inner.vms.get_mut(name)) {
+            vm.pending = Some((now + after, Provisioning::Failed(msg), Power::Deallocated));
+        }
         inner.log(name, now);
         Ok(())
     }

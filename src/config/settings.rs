@@ -466,7 +466,7 @@ pub const DRAIN_TIMEOUT_SECS: Setting<Duration> = Setting {
 /// See [`PoolPolicy::create_timeout`](super::PoolPolicy::create_timeout).
 pub const CREATE_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_CREATE_TIMEOUT_SECS",
-    doc: "a create or start not done this long after it was first issued fails the VM",
+    doc: "a create not done this long after it was first issued fails the VM; a start, the VM back to `Deallocated` (or needing attention)",
     default: Fallback::Value("900"),
     parse: |raw| seconds(raw, 1),
 };
@@ -474,7 +474,7 @@ pub const CREATE_TIMEOUT_SECS: Setting<Duration> = Setting {
 /// See [`PoolPolicy::deallocate_timeout`](super::PoolPolicy::deallocate_timeout).
 pub const DEALLOCATE_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_DEALLOCATE_TIMEOUT_SECS",
-    doc: "a deallocate not done after this is issued again (3 attempts from the first issue, then `Failed`)",
+    doc: "a deallocate not done after this is issued again (3 attempts from the first issue, then the VM needs attention); also the time between deletes of a `Failed` VM",
     default: Fallback::Value("600"),
     parse: |raw| seconds(raw, 1),
 };
@@ -482,7 +482,7 @@ pub const DEALLOCATE_TIMEOUT_SECS: Setting<Duration> = Setting {
 /// See [`PoolPolicy::breaker_failures`](super::PoolPolicy::breaker_failures).
 pub const BREAKER_FAILURES: Setting<u32> = Setting {
     name: "VMPOOL_BREAKER_FAILURES",
-    doc: "creates failing in a row that open the circuit breaker",
+    doc: "starts and creates refused or failed in a row (CreateVM's and the reconciler's) that open the circuit breaker",
     default: Fallback::Value("3"),
     parse: |raw| whole(raw, 1, 1000),
 };
@@ -490,7 +490,7 @@ pub const BREAKER_FAILURES: Setting<u32> = Setting {
 /// See [`PoolPolicy::breaker_cooldown`](super::PoolPolicy::breaker_cooldown).
 pub const BREAKER_COOLDOWN_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_BREAKER_COOLDOWN_SECS",
-    doc: "how long the breaker stays open",
+    doc: "how long the breaker stays open: no start or create is sent to ARM, CreateVM answers 503",
     default: Fallback::Value("600"),
     parse: |raw| seconds(raw, 0),
 };
@@ -546,7 +546,7 @@ pub const VANISH_BRAKE_PERCENT: Setting<u32> = Setting {
 /// See [`PoolPolicy::claim_timeout`](super::PoolPolicy::claim_timeout).
 pub const CLAIM_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_CLAIM_TIMEOUT_SECS",
-    doc: "a VM handed out that gets no rooms report nor mark this long after it is `Running` goes back to `Standby`",
+    doc: "a VM handed out that gets no rooms report nor mark this long after it is `Running` goes back to `Standby` (counted and logged with its vmId)",
     default: Fallback::Value("600"),
     parse: |raw| seconds(raw, 1),
 };

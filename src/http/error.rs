@@ -174,6 +174,16 @@ impl From<PoolError> for ApiError {
                 ),
                 retry_after: 30,
             },
+            PoolError::Refused {
+                reason,
+                retry_after,
+                ..
+            } => ApiError::CapacityExhausted {
+                message: format!(
+                    "{reason}; no VM could be made ready, retry after the Retry-After delay"
+                ),
+                retry_after: retry_after.as_secs().max(1),
+            },
             PoolError::Store(e) => {
                 warn!(error = %e, "table storage failed");
                 let message = match e {

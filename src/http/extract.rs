@@ -132,6 +132,25 @@ impl<S: Send + Sync> FromRequestParts<S> for WithVms {
     }
 }
 
+/// GetPoolStatus's `?counts=`: `record` (the default) reads the counts the last reconcile
+/// pass wrote in the pool's record; `fresh` counts every row now.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshCounts(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for FreshCounts {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match param(&input::query_pairs(parts.uri.query()), "counts") {
+            None | Some("record") => Ok(FreshCounts(false)),
+            Some("fresh") => Ok(FreshCounts(true)),
+            Some(other) => Err(ApiError::InvalidInput(format!(
+                "counts must be record or fresh; got {other:?}"
+            ))),
+        }
+    }
+}
+
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
     query
         .iter()
@@ -177,6 +196,8 @@ pub struct RoomsReport {
     pub vm_id: VmId,
     /// Its open rooms, 0 to [`input::MAX_ROOMS`].
     pub rooms: u32,
+    /// The report's ordering field (`reportedAt` or `sequence`), if given.
+    pub order: Option<crate::domain::ReportOrder>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for RoomsReport {
@@ -187,6 +208,7 @@ impl<S: Send + Sync> FromRequest<S> for RoomsReport {
         Ok(RoomsReport {
             vm_id: input::vm_id(&body, &query)?,
             rooms: input::rooms(&body, &query)?,
+            order: input::report_order(&body, &query)?,
         })
     }
 }

@@ -5,10 +5,17 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::domain::VmId;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::{ReportOrder, VmId};
 
 /// The most rooms a VM can report.
 pub const MAX_ROOMS: u32 = 100_000;
+
+/// The largest report sequence number: 2^53, the largest whole number a JSON number keeps
+/// exactly in every client.
+pub const MAX_SEQUENCE: u64 = 1 << 53;
 
 /// Parses a body that must be empty or a JSON object.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -156,6 +163,57 @@ pub fn optional_text(
             "{name} must be a string, not {}",
             kind(&other)
         ))),
+    }
+}
+
+/// The report's optional ordering field: `reportedAt` (the game server's report time, RFC
+/// 3339) or `sequence` (a whole number from 0 to 2^53, the largest JSON number every
+/// client keeps exactly), not both.
+pub fn report_order(
+    body: &Map<String, Value>,
+    query: &[(String, String)],
+) -> Result<Option<ReportOrder>, ApiError> {
+    let at = field(body, query, "reportedAt")?;
+    let seq = field(body, query, "sequence")?;
+    match (at, seq) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::InvalidInput(
+            "give reportedAt or sequence, not both".into(),
+        )),
+        (Some(Value::String(s)), None) => {
+            OffsetDateTime::parse(&s, &Rfc3339)
+                .map(|t| Some(ReportOrder::At(t)))
+                .map_err(|_| {
+                    ApiError::InvalidInput(format!(
+                        "reportedAt must be a time in RFC 3339, such as 2026-01-01T12:00:00.5Z; got {s:?}"
+                    ))
+                })
+        }
+        (Some(other), None) => Err(ApiError::InvalidInput(format!(
+            "reportedAt must be a string in RFC 3339, not {}",
+            kind(&other)
+        ))),
+        (None, Some(v)) => {
+            let bad = |what: String| {
+                ApiError::InvalidInput(format!(
+                    "sequence must be a whole number from 0 to {MAX_SEQUENCE}; {what}"
+                ))
+            };
+            let n = match &v {
+                Value::Number(n) => n.as_u64().ok_or_else(|| bad(format!("got {n}")))?,
+                Value::String(s) if body.get("sequence").is_none() => {
+                    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(bad(format!("got {s:?}")));
+                    }
+                    s.parse().map_err(|_| bad(format!("got {s:?}")))?
+                }
+                other => return Err(bad(format!("got {}", kind(other)))),
+            };
+            if n > MAX_SEQUENCE {
+                return Err(bad(format!("got {n}")));
+            }
+            Ok(Some(ReportOrder::Seq(n)))
+        }
     }
 }
 

@@ -32,8 +32,8 @@ use crate::reconcile::{ReconcileError, Reconciler, Summary};
 use crate::secret::Secret;
 pub use error::{ApiError, ErrorEnvelope};
 use extract::{
-    IdempotencyHeader, ListFilter, Paging, Placement, QueryVmId, RoomsReport, TimerInvocation,
-    VmTarget, WithVms,
+    FreshCounts, IdempotencyHeader, ListFilter, Paging, Placement, QueryVmId, RoomsReport,
+    TimerInvocation, VmTarget, WithVms,
 };
 pub use limits::Limits;
 use views::{
@@ -386,11 +386,13 @@ async fn create_vm(
     params(
         ("vmId" = Option<String>, Query, description = "The VM, if not in the body", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{0,63}[A-Za-z0-9_-]$"),
         ("rooms" = Option<u32>, Query, description = "Open rooms, 0 to 100000, if not in the body", minimum = 0, maximum = 100_000),
+        ("reportedAt" = Option<String>, Query, description = "Optional, if not in the body: the game server's report time (RFC 3339); an older report than the last applied one answers `stale`", format = DateTime),
+        ("sequence" = Option<u64>, Query, description = "Optional, if not in the body, instead of reportedAt: the report's sequence number for this VM; a lower one than the last applied answers `stale`", minimum = 0, maximum = 9_007_199_254_740_992_u64),
     ),
     request_body(content = Option<views::RoomsInput>, description = "vmId and rooms; no body when both come from the query string"),
     responses(
-        (status = 200, description = "`recorded` or `deallocating`", body = ReportAnswer),
-        (status = 400, description = "vmId or rooms missing or invalid", body = ErrorEnvelope),
+        (status = 200, description = "`recorded`, `deallocating`, or `stale` (older than the last applied report; nothing changed)", body = ReportAnswer),
+        (status = 400, description = "vmId or rooms missing or invalid, or reportedAt or sequence invalid or both given", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 404, description = "No VM with that vmId", body = ErrorEnvelope),
         (status = 409, description = "The VM's state does not take room reports", body = ErrorEnvelope),
@@ -403,7 +405,10 @@ async fn report_rooms(
     State(state): State<AppState>,
     report: RoomsReport,
 ) -> Result<Json<ReportAnswer>, ApiError> {
-    let changed = state.pool.report_rooms(&report.vm_id, report.rooms).await?;
+    let changed = state
+        .pool
+        .report_rooms_ordered(&report.vm_id, report.rooms, report.order)
+        .await?;
     Ok(Json(ReportAnswer {
         vm: VmView::new(&changed.vm, &state.policy),
         action: changed.action,
@@ -498,10 +503,11 @@ async fn available(
         ("limit" = Option<u32>, Query, description = "VMs per page, 1 to 1000 (default 1000)", minimum = 1, maximum = 1000),
         ("continuation" = Option<String>, Query, description = "The `continuation` of the previous page"),
         ("vms" = Option<bool>, Query, description = "`false`: counts and the pool's record only, no VMs"),
+        ("counts" = Option<String>, Query, description = "`record` (default): the counts the last reconcile pass wrote in the pool's record, with `countedAt`; `fresh`: every row counted now (reads the whole table)"),
     ),
     responses(
         (status = 200, description = "Counts by state, a page of VMs, the buffer, the breaker, the observation and the last pass", body = PoolStatusView),
-        (status = 400, description = "limit, continuation or vms invalid", body = ErrorEnvelope),
+        (status = 400, description = "limit, continuation, vms or counts invalid", body = ErrorEnvelope),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
         (status = 503, description = "Storage unavailable", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -511,43 +517,49 @@ async fn pool_status(
     State(state): State<AppState>,
     Paging(page): Paging,
     WithVms(with_vms): WithVms,
+    FreshCounts(fresh): FreshCounts,
 ) -> Result<Json<PoolStatusView>, ApiError> {
-    Ok(Json(pool_status_view(&state, &page, with_vms).await?))
+    Ok(Json(
+        pool_status_view(&state, &page, with_vms, fresh).await?.0,
+    ))
 }
 
 /// One page of the pool's status and the reconciler's record, as GetPoolStatus shows them.
+/// The counts are the record's unless `fresh` is asked for or no pass has counted yet.
 async fn pool_status_view(
     state: &AppState,
     page: &crate::store::PageRequest,
     with_vms: bool,
-) -> Result<PoolStatusView, ApiError> {
-    let (status, meta) = tokio::join!(
-        state.pool.status_page(page, with_vms),
-        state.reconciler.record()
-    );
-    let (status, meta) = (status?, meta.map_err(crate::pool::PoolError::from)?);
-    Ok(PoolStatusView::new(
-        &status,
-        &meta,
-        &state.policy,
-        state.clock.now(),
-    ))
+    fresh: bool,
+) -> Result<(PoolStatusView, crate::reconcile::PoolMeta), ApiError> {
+    let meta = state
+        .reconciler
+        .record()
+        .await
+        .map_err(crate::pool::PoolError::from)?;
+    let recorded = match (meta.recorded_groups(), meta.counted_at) {
+        (Some(groups), Some(at)) if !fresh => Some((groups, at)),
+        _ => None,
+    };
+    let status = state.pool.status_page(page, with_vms, recorded).await?;
+    let view = PoolStatusView::new(&status, &meta, &state.policy, state.clock.now());
+    Ok((view, meta))
 }
 
 /// Metrics: the Prometheus text exposition.
 #[utoipa::path(get, path = "/api/Metrics", tag = "operations", operation_id = "Metrics",
-    description = "Prometheus text exposition: VMs by state, buffer target, breaker, CreateVM outcomes and latency, ARM and table calls, reconcile passes.",
+    description = "Prometheus text exposition. Pool-wide series (`vmpool_vms`, `vmpool_pool_*`, buffer target, breaker) come from the pool's record, the same from every instance; per-process series (CreateVM outcomes and latency, ARM and table calls, this process's reconcile passes) are this instance's own.",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
         (status = 401, description = "No valid function key", body = ErrorEnvelope),
     ),
     security(("functionKey" = []), ("functionKeyQuery" = [])))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let view = pool_status_view(&state, &crate::store::PageRequest::default(), false).await;
+    let view = pool_status_view(&state, &crate::store::PageRequest::default(), false, false).await;
     if let Err(e) = &view {
         tracing::warn!(error = %e, "metrics: the pool status could not be read");
     }
-    let gauges = view.as_ref().ok().map(|v| crate::metrics::PoolGauges {
+    let gauges = view.ok().map(|(v, record)| crate::metrics::PoolGauges {
         vms: crate::domain::VmState::ALL.map(|s| (s, v.counts.get(s))),
         max_vms: v.max_vms,
         buffer_target: v.buffer.target,
@@ -575,6 +587,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 breaker_open: p.circuit_breaker.open,
             })
             .collect(),
+        record,
+        needs_attention: v.needs_attention,
+        claims_timed_out: v.claims_timed_out,
     });
     let text = state.metrics.render(gauges.as_ref());
     (

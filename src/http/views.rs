@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{CreateAction, MarkAction, ReportAction, VmRecord, VmState};
 use crate::pool::StatusPage;
-use crate::reconcile::{BufferState, PoolMeta, Summary};
+use crate::reconcile::{PoolMeta, Summary};
 use crate::store::GroupCounts;
 
 /// What a vmId looks like: Azure's VM naming rules (1-64 ASCII letters, digits, `-`, `_`
@@ -72,6 +72,11 @@ pub struct VmView {
     /// The build it runs; null while not known yet (such a VM is never handed out).
     #[schema(example = "1.5.0", required = true)]
     pub build: Option<String>,
+    /// Why vmpool stopped calling ARM for this VM (its operation ran out of attempts), when
+    /// it did: an operator must look at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub needs_attention: Option<String>,
 }
 
 impl VmView {
@@ -93,6 +98,7 @@ impl VmView {
             state_changed_at: vm.state_changed_at,
             created_at: vm.created_at,
             last_error: vm.last_error.clone(),
+            needs_attention: vm.attention.clone(),
         }
     }
 }
@@ -264,7 +270,7 @@ pub struct PoolView {
     pub builds: BTreeMap<String, StateCounts>,
     /// Its warm buffer (of the current build).
     pub buffer: BufferView,
-    /// Its circuit breaker.
+    /// The circuit breaker: one for every pool, so every pool shows the same.
     pub circuit_breaker: BreakerView,
     /// VMs of other builds still alive: the rollout is done when there are none.
     pub rollout: RolloutView,
@@ -292,8 +298,17 @@ pub struct RolloutView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatusView {
-    /// VMs by state over every pool (every state, zeros included).
+    /// VMs by state over every pool (every state, zeros included), as counted at
+    /// `countedAt`.
     pub counts: StateCounts,
+    /// When the counts were taken: the start of the last reconcile pass's listing, or now for
+    /// a fresh count.
+    #[serde(with = "time::serde::rfc3339")]
+    pub counted_at: OffsetDateTime,
+    /// `record`: the counts the last reconcile pass wrote in the pool's record; `fresh`:
+    /// every row counted for this answer (`?counts=fresh`, or no pass has counted yet).
+    #[schema(example = "record")]
+    pub counts_from: String,
     /// VMs sorted by vmId, one page; absent when only counts were asked for (`?vms=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<VmView>, required = false)]
@@ -312,25 +327,47 @@ pub struct PoolStatusView {
     pub pools: Vec<PoolView>,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// VMs whose operation ran out of attempts, as of the last reconcile pass: vmpool
+    /// stops calling ARM for them and an operator must look at them (each VM shows
+    /// `needsAttention`).
+    pub needs_attention: u32,
+    /// Handed-out VMs that got no report nor mark within `VMPOOL_CLAIM_TIMEOUT_SECS` and
+    /// went back to `Standby`, counted over the pool's life.
+    pub claims_timed_out: u64,
+    /// When the last reconcile pass began, whichever instance ran it; `null` before the first.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub last_reconcile_started_at: Option<OffsetDateTime>,
     /// When the last reconcile pass finished; `null` before the first.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(required = true)]
     pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Whether the last pass ran to its end (`null` before any pass recorded its result).
+    #[schema(required = true)]
+    pub last_reconcile_ok: Option<bool>,
+    /// Why the last pass failed, when it did; `null` otherwise.
+    #[schema(required = true)]
+    pub last_reconcile_error: Option<String>,
+    /// When the last pass that ran to its end finished; `null` before the first.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub last_success_at: Option<OffsetDateTime>,
     /// One line on what the last pass did.
     pub last_reconcile_summary: String,
 }
 
-fn breaker_view(state: &BufferState, now: OffsetDateTime) -> BreakerView {
-    let open = state.breaker_open_at(now);
+/// The one circuit breaker (shared by every pool), as the pool's record holds it.
+fn breaker_view(meta: &PoolMeta, now: OffsetDateTime) -> BreakerView {
+    let open = meta.breaker_open_at(now);
     BreakerView {
         open,
-        open_until: if open { state.breaker_open_until } else { None },
+        open_until: if open { meta.breaker_open_until } else { None },
         reason: if open {
-            state.breaker_reason.clone()
+            meta.breaker_reason.clone()
         } else {
             None
         },
-        consecutive_create_failures: state.consecutive_create_failures,
+        consecutive_create_failures: meta.consecutive_create_failures,
     }
 }
 
@@ -338,13 +375,15 @@ fn breaker_view(state: &BufferState, now: OffsetDateTime) -> BreakerView {
 pub const UNKNOWN_BUILD: &str = "unknown";
 
 impl PoolView {
-    /// The view of pool `spec` from the table's counts and its buffer state.
+    /// The view of pool `spec` from the table's counts, its buffer state and the breaker
+    /// (one for every pool) in `meta`.
     pub fn new(
         spec: &PoolSpec,
         groups: &GroupCounts,
-        state: &BufferState,
+        meta: &PoolMeta,
         now: OffsetDateTime,
     ) -> Self {
+        let state = meta.pool(&spec.name);
         let mut builds: BTreeMap<String, StateCounts> = BTreeMap::new();
         let mut counts = StateCounts::default();
         let mut rollout = RolloutView {
@@ -392,7 +431,7 @@ impl PoolView {
                 min_standby: spec.min_standby,
                 target: state.effective_buffer_target(spec),
             },
-            circuit_breaker: breaker_view(state, now),
+            circuit_breaker: breaker_view(meta, now),
             rollout,
         }
     }
@@ -410,24 +449,13 @@ impl PoolStatusView {
             .pools
             .all()
             .iter()
-            .map(|spec| PoolView::new(spec, &status.groups, &meta.pool(&spec.name), now))
+            .map(|spec| PoolView::new(spec, &status.groups, meta, now))
             .collect();
-        let circuit_breaker = pools
-            .iter()
-            .map(|p| p.circuit_breaker.clone())
-            .find(|b| b.open)
-            .unwrap_or_else(|| BreakerView {
-                open: false,
-                open_until: None,
-                reason: None,
-                consecutive_create_failures: pools
-                    .iter()
-                    .map(|p| p.circuit_breaker.consecutive_create_failures)
-                    .max()
-                    .unwrap_or(0),
-            });
+        let circuit_breaker = breaker_view(meta, now);
         PoolStatusView {
             counts: StateCounts::from_store(&status.counts),
+            counted_at: status.counted_at,
+            counts_from: status.counts_from.as_str().to_owned(),
             vms: status.vms.as_ref().map(|page| {
                 page.items
                     .iter()
@@ -450,7 +478,13 @@ impl PoolStatusView {
                 suspect: meta.observation_suspect(),
                 missing: meta.vanished,
             },
+            needs_attention: meta.needs_attention,
+            claims_timed_out: meta.claims_timed_out,
+            last_reconcile_started_at: meta.last_reconcile_started_at,
             last_reconcile_at: meta.last_reconcile_at,
+            last_reconcile_ok: meta.last_reconcile_ok,
+            last_reconcile_error: meta.last_reconcile_error.clone(),
+            last_success_at: meta.last_success_at,
             last_reconcile_summary: meta.last_reconcile_summary.clone(),
         }
     }
@@ -539,6 +573,18 @@ pub struct RoomsInput {
     /// Its open rooms: a JSON number (not a string), whole, 0 to 100000; `3.0` counts as 3.
     #[schema(minimum = 0, maximum = 100_000, example = 3)]
     pub rooms: u32,
+    /// Optional: when the game server made this report. A report older than the last one
+    /// applied to the VM answers `stale` and changes nothing. Give this or `sequence`, not
+    /// both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime, required = false, example = "2026-01-01T12:00:00.250Z")]
+    pub reported_at: Option<String>,
+    /// Optional: a number the game server raises with each report of this VM (0 to 2^53). A
+    /// report with a lower number than the last one applied answers `stale` and changes
+    /// nothing. It starts afresh when the VM is started or created again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, required = false, minimum = 0, maximum = 9_007_199_254_740_992_u64, example = 42)]
+    pub sequence: Option<u64>,
 }
 
 /// The input of MarkVMForDeallocation: `vmId` is required, here or in the query string

@@ -8,8 +8,10 @@ use tracing::warn;
 
 use std::collections::BTreeMap;
 
-use crate::config::{PoolPolicy, PoolSpec};
-use crate::store::{Etag, StoreError, VmStore, Written, truncate};
+use super::Summary;
+use crate::breaker::{self, Breaker};
+use crate::config::PoolSpec;
+use crate::store::{Etag, Group, GroupCounts, StateCounts, StoreError, VmStore, Written, truncate};
 
 /// The kind and key of the pool's record.
 const META: (&str, &str) = ("pool", "meta");
@@ -21,12 +23,52 @@ const LEASE: (&str, &str) = ("lease", "reconcile");
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolMeta {
+    /// When the last reconcile pass began.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_reconcile_started_at: Option<OffsetDateTime>,
     /// When the last reconcile pass finished.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Whether the last pass ran to its end (`None`: no pass recorded its result yet).
+    #[serde(default)]
+    pub last_reconcile_ok: Option<bool>,
+    /// Why the last pass could not run, when it failed.
+    #[serde(default)]
+    pub last_reconcile_error: Option<String>,
+    /// When the last pass that ran to its end finished.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_success_at: Option<OffsetDateTime>,
     /// One line on what the last pass did.
     #[serde(default)]
     pub last_reconcile_summary: String,
+    /// What the last pass that ran to its end did, figure by figure.
+    #[serde(default)]
+    pub last_summary: Option<Summary>,
+    /// VMs in each state in the last pass's listing.
+    #[serde(default)]
+    pub counts: Option<StateCounts>,
+    /// VMs in each state per pool and build in the last pass's listing.
+    #[serde(default)]
+    pub groups: Option<Vec<GroupCount>>,
+    /// When that listing began.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub counted_at: Option<OffsetDateTime>,
+    /// Starts and creates refused in a row since a VM last came up, over every pool (from
+    /// the breaker's own record, [`crate::breaker`], which CreateVM changes too; not saved
+    /// with this record).
+    #[serde(skip)]
+    pub consecutive_create_failures: u32,
+    /// While set and in the future, no start or create is sent to ARM (from the breaker's
+    /// record).
+    #[serde(skip)]
+    pub breaker_open_until: Option<OffsetDateTime>,
+    /// Why the breaker opened (from the breaker's record).
+    #[serde(skip)]
+    pub breaker_reason: Option<String>,
+    /// While set and in the future, no start is sent to ARM: one was refused lately (from
+    /// the breaker's record).
+    #[serde(skip)]
+    pub starts_held_until: Option<OffsetDateTime>,
     /// When the last sweep (power states of every VM, adoption) ran.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_sweep_at: Option<OffsetDateTime>,
@@ -34,12 +76,20 @@ pub struct PoolMeta {
     /// was trusted).
     #[serde(default)]
     pub vanished: u32,
-    /// Each pool's buffer and breaker, by pool name.
+    /// VMs marked as needing attention (their operation ran out of attempts) as of the last
+    /// pass.
+    #[serde(default)]
+    pub needs_attention: u32,
+    /// Unused claims returned to `Standby` by the claim timeout, over the pool's life.
+    #[serde(default)]
+    pub claims_timed_out: u64,
+    /// Each pool's warm buffer, by pool name.
     #[serde(default)]
     pub pools: BTreeMap<String, BufferState>,
 }
 
-/// One pool's warm buffer and circuit breaker, as the reconciler keeps them.
+/// One pool's warm buffer, as the reconciler keeps it (the circuit breaker is one for every
+/// pool: [`crate::breaker`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BufferState {
@@ -49,30 +99,95 @@ pub struct BufferState {
     /// When the buffer target was last raised by demand (the cool-down counts from here).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub target_raised_at: Option<OffsetDateTime>,
-    /// Creates that failed in a row since the last success.
-    #[serde(default)]
-    pub consecutive_create_failures: u32,
-    /// While set and in the future, the buffer creates no VMs.
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub breaker_open_until: Option<OffsetDateTime>,
-    /// Why the breaker opened.
-    #[serde(default)]
-    pub breaker_reason: Option<String>,
 }
 
-fn to_time(d: std::time::Duration) -> Duration {
-    Duration::try_from(d).unwrap_or(Duration::MAX)
+/// The VMs of one pool and build in each state, as the pool's record keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCount {
+    /// The pool.
+    pub pool: String,
+    /// The build (`None`: not known yet).
+    #[serde(default)]
+    pub build: Option<String>,
+    /// VMs in each state.
+    pub counts: StateCounts,
 }
 
 impl PoolMeta {
-    /// The buffer and breaker of `pool` (all clear for a pool not seen yet).
+    /// The warm buffer of `pool` (all clear for a pool not seen yet).
     pub fn pool(&self, pool: &str) -> BufferState {
         self.pools.get(pool).cloned().unwrap_or_default()
     }
 
-    /// The buffer and breaker of `pool`, to change.
+    /// The warm buffer of `pool`, to change.
     pub fn pool_mut(&mut self, pool: &str) -> &mut BufferState {
         self.pools.entry(pool.to_owned()).or_default()
+    }
+
+    /// The counts per pool and build of the last pass's listing, if it recorded them.
+    pub fn recorded_groups(&self) -> Option<GroupCounts> {
+        let groups = self.groups.as_ref()?;
+        Some(
+            groups
+                .iter()
+                .map(|g| {
+                    (
+                        Group {
+                            pool: g.pool.clone(),
+                            build: g.build.clone(),
+                        },
+                        g.counts.clone(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Records `groups` as the counts per pool and build (and their total as the counts).
+    pub fn record_groups(&mut self, groups: &GroupCounts) {
+        self.counts = Some(crate::store::total(groups));
+        self.groups = Some(
+            groups
+                .iter()
+                .map(|(g, counts)| GroupCount {
+                    pool: g.pool.clone(),
+                    build: g.build.clone(),
+                    counts: counts.clone(),
+                })
+                .collect(),
+        );
+    }
+
+    /// Whether the circuit breaker stops creates at `now`.
+    pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
+        self.breaker_open_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether starts are held back at `now` (the breaker is open, or a start was refused
+    /// lately).
+    pub fn starts_held_at(&self, now: OffsetDateTime) -> bool {
+        self.breaker_open_at(now) || self.starts_held_until.is_some_and(|until| until > now)
+    }
+
+    /// The breaker's state as this record holds it.
+    pub fn breaker(&self) -> Breaker {
+        Breaker {
+            consecutive_failures: self.consecutive_create_failures,
+            open_until: self.breaker_open_until,
+            reason: self.breaker_reason.clone(),
+            start_refusals: u32::from(self.starts_held_until.is_some()),
+            starts_held_until: self.starts_held_until,
+        }
+    }
+
+    /// Takes the breaker's state from its own record.
+    pub fn with_breaker(mut self, breaker: &Breaker) -> Self {
+        self.consecutive_create_failures = breaker.consecutive_failures;
+        self.breaker_open_until = breaker.open_until;
+        self.breaker_reason = breaker.reason.clone();
+        self.starts_held_until = breaker.starts_held_until;
+        self
     }
 
     /// Whether the last pass held the brake on mass disappearance.
@@ -82,60 +197,31 @@ impl PoolMeta {
 }
 
 impl BufferState {
-    /// Whether the circuit breaker stops creates at `now`.
-    pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
-        self.breaker_open_until.is_some_and(|until| until > now)
-    }
-
     /// The buffer target in force: what the last pass worked towards, never under the
     /// pool's floor nor over its maximum.
     pub fn effective_buffer_target(&self, spec: &PoolSpec) -> u32 {
         self.buffer_target.max(spec.min_standby).min(spec.max_vms)
     }
-
-    /// After its cool-down an open breaker half-opens: creates resume, and one more failure
-    /// opens it again.
-    pub fn half_open_if_cooled(&mut self, now: OffsetDateTime, policy: &PoolPolicy) {
-        if self.breaker_open_until.is_some() && !self.breaker_open_at(now) {
-            self.breaker_open_until = None;
-            self.consecutive_create_failures = policy.breaker_failures.saturating_sub(1);
-        }
-    }
-
-    /// A create succeeded: the breaker closes.
-    pub fn create_succeeded(&mut self) {
-        self.consecutive_create_failures = 0;
-        self.breaker_open_until = None;
-        self.breaker_reason = None;
-    }
-
-    /// A create failed (a failure recorded on its row, or ARM refusing it again): counts
-    /// toward the breaker, which opens at the configured number in a row.
-    pub fn create_failed(&mut self, error: &str, now: OffsetDateTime, policy: &PoolPolicy) {
-        self.consecutive_create_failures = self.consecutive_create_failures.saturating_add(1);
-        if !self.breaker_open_at(now) && self.consecutive_create_failures >= policy.breaker_failures
-        {
-            self.breaker_open_until = Some(now + to_time(policy.breaker_cooldown));
-            self.breaker_reason = Some(truncate(&format!(
-                "{} creates failed in a row; last: {error}",
-                self.consecutive_create_failures
-            )));
-        }
-    }
 }
 
-/// The pool's record and the version a conditional write must name (`None`: not written
-/// yet). A record that cannot be read (written by an older version) counts as absent, with
-/// a warning, and is replaced on the next save.
+/// The pool's record, with the breaker's state from the breaker's own record, and the
+/// version a conditional write must name (`None`: not written yet). A record that cannot be
+/// read (written by an older version) counts as absent, with a warning, and is replaced on
+/// the next save.
 pub async fn load_meta(store: &dyn VmStore) -> Result<(PoolMeta, Option<Etag>), StoreError> {
-    let Some(record) = store.get_record(META.0, META.1).await? else {
-        return Ok((PoolMeta::default(), None));
+    let (record, (breaker, _)) =
+        tokio::try_join!(store.get_record(META.0, META.1), breaker::load(store))?;
+    let Some(record) = record else {
+        return Ok((PoolMeta::default().with_breaker(&breaker), None));
     };
-    match serde_json::from_str(&record.value) {
-        Ok(meta) => Ok((meta, Some(record.etag))),
+    match serde_json::from_str::<PoolMeta>(&record.value) {
+        Ok(meta) => Ok((meta.with_breaker(&breaker), Some(record.etag))),
         Err(e) => {
             warn!(error = %e, "the pool's record is unreadable; starting afresh");
-            Ok((PoolMeta::default(), Some(record.etag)))
+            Ok((
+                PoolMeta::default().with_breaker(&breaker),
+                Some(record.etag),
+            ))
         }
     }
 }
@@ -149,6 +235,7 @@ pub async fn save_meta(
 ) -> Result<Written, StoreError> {
     let mut meta = meta.clone();
     meta.last_reconcile_summary = truncate(&meta.last_reconcile_summary);
+    meta.last_reconcile_error = meta.last_reconcile_error.as_deref().map(truncate);
     let value = serde_json::to_string(&meta)
         .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
     match etag {
@@ -326,41 +413,11 @@ mod tests {
     }
 
     #[test]
-    fn the_breaker_opens_after_failures_in_a_row_and_half_opens_after_cool_down() {
-        let policy = PoolPolicy {
-            breaker_failures: 3,
-            ..PoolPolicy::default()
-        };
-        let mut meta = BufferState::default();
-        for _ in 0..2 {
-            meta.create_failed("QuotaExceeded", t0(), &policy);
-        }
-        assert!(!meta.breaker_open_at(t0()));
-        meta.create_failed("QuotaExceeded", t0(), &policy);
-        assert!(meta.breaker_open_at(t0()));
-        assert!(
-            meta.breaker_reason
-                .as_deref()
-                .unwrap()
-                .contains("QuotaExceeded")
-        );
-        let later = t0() + Duration::seconds(601);
-        assert!(!meta.breaker_open_at(later));
-        meta.half_open_if_cooled(later, &policy);
-        assert_eq!(meta.breaker_open_until, None);
-        meta.create_failed("QuotaExceeded", later, &policy);
-        assert!(meta.breaker_open_at(later), "one more failure reopens it");
-        meta.create_succeeded();
-        assert!(!meta.breaker_open_at(later));
-        assert_eq!(meta.consecutive_create_failures, 0);
-    }
-
-    #[test]
     fn the_effective_target_stays_between_the_floor_and_the_maximum() {
         let spec = PoolSpec {
             min_standby: 2,
             max_vms: 5,
-            ..PoolPolicy::default().pools.all()[0].clone()
+            ..crate::config::PoolPolicy::default().pools.all()[0].clone()
         };
         let at = |t| {
             BufferState {

@@ -18,20 +18,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
+use crate::breaker::{self, Breaker};
+use crate::capacity;
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
-use crate::domain::{self, AdoptedAs, Operation, VmState};
+use crate::domain::{self, AdoptedAs, Operation, VmRecord, VmState};
 use crate::idempotency::expiry;
 use crate::pool::{Pool, PoolError};
 use crate::store::{Rows, StoreError, Versioned, WRITE_CONCURRENCY, Written, run_bounded};
 
-/// What one pass did, for the timer's `ReturnValue` and the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// What one pass did, for the timer's `ReturnValue`, the log and the pool's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Summary {
     /// Another instance holds the reconcile lease: this pass did nothing.
     pub skipped: bool,
@@ -57,6 +59,11 @@ pub struct Summary {
     pub forgotten: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
+    /// Starts ARM refused or that failed (quota, SKU, allocation): their VMs stay
+    /// `Deallocated`.
+    pub start_refusals: u32,
+    /// VMs whose operation ran out of attempts, marked as needing attention this pass.
+    pub needs_attention: u32,
     /// Unused claims returned to the buffer.
     pub unclaimed: u32,
     /// Public IPs found after their VM completed.
@@ -101,6 +108,8 @@ impl Summary {
         self.deleted += other.deleted;
         self.forgotten += other.forgotten;
         self.adopted += other.adopted;
+        self.start_refusals += other.start_refusals;
+        self.needs_attention += other.needs_attention;
         self.unclaimed += other.unclaimed;
         self.ips_found += other.ips_found;
         self.builds_read += other.builds_read;
@@ -117,7 +126,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -130,6 +139,8 @@ impl Summary {
             self.forgotten,
             self.adopted,
             self.unclaimed,
+            self.start_refusals,
+            self.needs_attention,
             self.ips_found,
             self.builds_read,
             self.keys_expired,
@@ -155,6 +166,9 @@ pub enum ReconcileError {
     #[error(transparent)]
     Pool(#[from] PoolError),
 }
+
+/// The margin by which a pass stops before its lease would run out: this part of the lease.
+pub const LEASE_MARGIN_PART: u32 = 5;
 
 /// How many point reads run at once.
 const READS_AT_ONCE: usize = 8;
@@ -238,6 +252,8 @@ impl Reconciler {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let started = pool.clock().now();
+        // The lease runs from before it was asked for, on this process's own clock.
+        let asked = pool.clock().monotonic();
         let Some(lease) = acquire_lease(store, &self.holder, started, self.lease_ttl).await? else {
             debug!("reconcile pass skipped: another instance holds the reconcile lease");
             return Ok(Summary {
@@ -248,12 +264,15 @@ impl Reconciler {
         let mut summary = Summary::default();
         let result = tokio::select! {
             result = self.pass(started, &mut summary) => result,
-            () = self.keep(lease) => {
-                warn!("the reconcile lease was lost during the pass; the pass stops where it is and the next one finishes its work");
+            () = self.keep(lease, asked) => {
+                warn!("the reconcile lease was lost or could not be renewed in time; the pass stops where it is and the next one finishes its work");
                 Ok(())
             }
         };
         let finished = pool.clock().now();
+        if let Err(e) = &result {
+            self.record_failure(started, finished, e).await;
+        }
         let line = summary.line();
         if result.is_err() || summary.changed_anything() {
             info!(pass_started_at = %rfc3339(started), pass_finished_at = %rfc3339(finished), summary = %line, "reconcile pass");
@@ -263,21 +282,84 @@ impl Reconciler {
         result.map(|()| summary)
     }
 
-    /// Renews `lease` every third of its length while a pass runs; returns only when the
-    /// lease is lost (another instance took it after it expired), so the pass must stop.
-    async fn keep(&self, mut lease: Lease) {
+    /// A pass that could not run to its end is recorded in the pool's record too, so every
+    /// instance shows it (best effort: the storage that failed the pass may fail this too).
+    async fn record_failure(
+        &self,
+        started: OffsetDateTime,
+        finished: OffsetDateTime,
+        error: &ReconcileError,
+    ) {
         let store = self.pool.store().as_ref();
-        let every = std::time::Duration::try_from(self.lease_ttl / 3)
-            .unwrap_or(std::time::Duration::from_secs(1));
+        let saved = async {
+            let (mut meta, etag) = load_meta(store).await?;
+            meta.last_reconcile_started_at = Some(started);
+            meta.last_reconcile_at = Some(finished);
+            meta.last_reconcile_ok = Some(false);
+            meta.last_reconcile_error = Some(error.to_string());
+            meta.last_reconcile_summary = format!("reconcile pass failed: {error}");
+            save_meta(store, &meta, etag.as_ref()).await
+        };
+        match saved.await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                warn!("the pool's record changed while the failed pass was being recorded");
+            }
+            Err(e) => {
+                warn!(error = %e, "the failed pass could not be recorded in the pool's record")
+            }
+        }
+    }
+
+    /// Renews `lease` every third of its length while a pass runs; returns when the pass
+    /// must stop: the lease was lost (another instance took it after it expired), or it could
+    /// not be renewed (storage refused or did not answer, however long) and is about to run
+    /// out. That is judged on this process's own monotonic clock, from before each renewal
+    /// was sent, with a margin of a fifth of the lease ([`LEASE_MARGIN_PART`]), so the pass
+    /// stops before any other instance may take the lease.
+    async fn keep(&self, mut lease: Lease, asked: std::time::Duration) {
+        let store = self.pool.store().as_ref();
+        let clock = self.pool.clock();
+        let ttl = std::time::Duration::try_from(self.lease_ttl)
+            .unwrap_or(std::time::Duration::from_secs(15));
+        let every = ttl / 3;
+        let margin = ttl / LEASE_MARGIN_PART;
+        let mut valid_until = asked + ttl;
+        let mut next_renewal = asked + every;
         loop {
-            tokio::time::sleep(every).await;
-            let now = self.pool.clock().now();
-            match renew_lease(store, &self.holder, &lease, now, self.lease_ttl).await {
-                Ok(Some(renewed)) => lease = renewed,
-                Ok(None) => return,
-                // Storage did not answer: try again; if the lease runs out meanwhile, another
-                // instance may take it, and the next renewal finds that out.
-                Err(e) => warn!(error = %e, "the reconcile lease could not be renewed yet"),
+            let stop_at = valid_until.saturating_sub(margin);
+            let now = clock.monotonic();
+            if now >= stop_at {
+                error!(
+                    lease_secs = ttl.as_secs(),
+                    "the reconcile lease could not be renewed and is about to run out; the pass stops"
+                );
+                return;
+            }
+            if now < next_renewal {
+                clock.sleep(next_renewal.min(stop_at) - now).await;
+                continue;
+            }
+            let sent = clock.monotonic();
+            let renewal = renew_lease(store, &self.holder, &lease, clock.now(), self.lease_ttl);
+            // A renewal that hangs is given up when the lease must be treated as gone.
+            let answer = tokio::select! {
+                answer = renewal => Some(answer),
+                () = clock.sleep(stop_at.saturating_sub(sent)) => None,
+            };
+            match answer {
+                Some(Ok(Some(renewed))) => {
+                    lease = renewed;
+                    valid_until = sent + ttl;
+                    next_renewal = sent + every;
+                }
+                Some(Ok(None)) => return,
+                Some(Err(e)) => {
+                    warn!(error = %e, "the reconcile lease could not be renewed yet; trying again");
+                    next_renewal =
+                        clock.monotonic() + (every / 5).max(std::time::Duration::from_millis(200));
+                }
+                None => {}
             }
         }
     }
@@ -349,8 +431,17 @@ impl Reconciler {
         }
         drop(answers);
 
-        let Plan { actions, meta } = plan(&rows, &observed, now, policy, &meta);
+        let Plan { actions, mut meta } = plan(&rows, &observed, now, policy, &meta);
         summary.buffer_target = meta.pools.values().map(|b| b.buffer_target).sum();
+        // The pool's counts, per pool and build: this listing, kept up to date with the
+        // pass's own changes below (changes other instances make meanwhile are counted by
+        // the next pass).
+        let mut groups = crate::store::GroupCounts::new();
+        for row in &rows {
+            crate::store::count_into(&mut groups, crate::store::Group::of(&row.vm), row.vm.state);
+        }
+        meta.record_groups(&groups);
+        meta.counted_at = Some(now);
         // Actions touch different rows: they run a bounded number at a time, each with its own
         // summary, sharing the pool's record (held only between awaits).
         let shared = std::sync::Mutex::new(meta);
@@ -378,12 +469,36 @@ impl Reconciler {
             }
         }
         self.expire_keys(summary).await;
+        // The capacity ledger is counted from this pass's listing (see `capacity`).
+        match capacity::recount(store, &rows, now).await {
+            Ok(Written::Done(_)) => {}
+            Ok(Written::LostRace) => {
+                debug!(
+                    "a claim took a place while the ledger was counted; the next pass counts again"
+                );
+            }
+            Err(e) => {
+                summary.errors += 1;
+                warn!(error = %e, "the capacity ledger could not be counted; the next pass counts again");
+            }
+        }
         let mut meta = shared.into_inner().unwrap_or_else(|e| e.into_inner());
-        meta.last_reconcile_at = Some(pool.clock().now());
+        let finished = pool.clock().now();
+        meta.last_reconcile_started_at = Some(now);
+        meta.last_reconcile_at = Some(finished);
+        meta.last_reconcile_ok = Some(true);
+        meta.last_reconcile_error = None;
+        meta.last_success_at = Some(finished);
+        meta.claims_timed_out = meta
+            .claims_timed_out
+            .saturating_add(u64::from(summary.unclaimed));
+        let marked = rows.iter().filter(|r| r.vm.attention.is_some()).count();
+        meta.needs_attention = u32::try_from(marked).unwrap_or(u32::MAX) + summary.needs_attention;
         if swept.is_some() {
             meta.last_sweep_at = Some(now);
         }
         meta.last_reconcile_summary = summary.line();
+        meta.last_summary = Some(summary.clone());
         if let Written::LostRace = save_meta(store, &meta, meta_etag.as_ref()).await? {
             warn!(
                 "the pool's record was changed by another writer during the pass; this pass's record is dropped"
@@ -416,9 +531,13 @@ impl Reconciler {
         row: &Versioned,
         next: &domain::VmRecord,
         summary: &mut Summary,
+        meta: &std::sync::Mutex<PoolMeta>,
     ) -> Result<bool, ReconcileError> {
         match self.pool.store().update(next, &row.etag).await? {
-            Written::Done(_) => Ok(true),
+            Written::Done(_) => {
+                moved(meta, Some(&row.vm), Some(next));
+                Ok(true)
+            }
             Written::LostRace => {
                 summary.lost_races += 1;
                 Ok(false)
@@ -435,8 +554,8 @@ impl Reconciler {
         let record = || meta.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &self.pool;
         let compute = pool.compute();
-        let policy = pool.policy();
         let now = pool.clock().now();
+        let policy = pool.policy();
         match action {
             Action::Complete(row) => {
                 // A missing IP does not hold the VM back: it is looked for on later passes.
@@ -448,18 +567,23 @@ impl Reconciler {
                     }
                 };
                 if let Ok(next) = domain::complete_creating(&row.vm, ip, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
-                    if row.vm.operation == Some(Operation::Create) {
-                        record().pool_mut(&row.vm.pool).create_succeeded();
+                    // A VM came up: the breaker on refusals closes.
+                    let known = record().breaker();
+                    if let Err(e) = pool.count_success(&known).await {
+                        warn!(error = %e, "could not close the breaker; the next VM up closes it");
+                    } else {
+                        let mut m = record();
+                        *m = m.clone().with_breaker(&Breaker::default());
                     }
                     summary.completed += 1;
                 }
             }
             Action::FinishDeallocate(row) => {
                 if let Ok(next) = domain::complete_deallocating(&row.vm, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
                     info!(vm.id = %row.vm.id, "VM is deallocated");
                     summary.deallocated += 1;
@@ -467,12 +591,10 @@ impl Reconciler {
             }
             Action::Fail(row, error) => {
                 let next = domain::fail(&row.vm, &error, now);
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, %error, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        record()
-                            .pool_mut(&row.vm.pool)
-                            .create_failed(&error, now, policy);
+                        pool.count_refusal(breaker::Refused::Create, &error).await;
                     }
                     summary.failed += 1;
                 }
@@ -501,14 +623,35 @@ impl Reconciler {
                     _ => Ok(()),
                 };
                 if let Err(e) = answer {
-                    if row.vm.operation == Some(Operation::Create) && !e.is_transient() {
-                        record()
-                            .pool_mut(&row.vm.pool)
-                            .create_failed(&e.to_string(), now, policy);
+                    let refused = !e.is_transient() && e != ComputeError::NotFound;
+                    match (row.vm.state, row.vm.operation) {
+                        (VmState::Creating, Some(Operation::Start)) if refused => {
+                            // ARM answered the start itself: the VM is as it was.
+                            let back = domain::start_refused(&next, &e.to_string(), now);
+                            if let Written::Done(_) = pool.store().update(&back, &etag).await? {
+                                warn!(vm.id = %id, error = %e, "start refused again; the VM stays Deallocated");
+                                summary.start_refusals += 1;
+                            }
+                            pool.count_refusal(breaker::Refused::Start, &e.to_string())
+                                .await;
+                            return Ok(());
+                        }
+                        (VmState::Creating, Some(Operation::Create)) if !e.is_transient() => {
+                            pool.count_refusal(breaker::Refused::Create, &e.to_string())
+                                .await;
+                        }
+                        _ => {}
                     }
-                    // Kept on the row, so the failure after the last attempt says why.
+                    // Kept on the row, so the failure after the last attempt says why. A call
+                    // ARM turned away (throttled, unavailable, busy) was not an attempt: it is
+                    // not counted, and the time bound from the first issue still holds.
                     let noted = domain::VmRecord {
                         last_error: Some(crate::store::truncate(&e.to_string())),
+                        attempts: if e.is_transient() {
+                            row.vm.attempts
+                        } else {
+                            next.attempts
+                        },
                         ..next
                     };
                     if let Err(store) = pool.store().update(&noted, &etag).await {
@@ -523,32 +666,50 @@ impl Reconciler {
                 let Some(spec) = pool.spec_of(&row.vm) else {
                     return Ok(());
                 };
-                pool.add_to_buffer(Some(&row), spec).await?;
-                summary.started += 1;
+                match pool.add_to_buffer(Some(&row), spec).await {
+                    Ok(started) => {
+                        moved(meta, Some(&row.vm), Some(&started.vm));
+                        summary.started += 1;
+                    }
+                    // The breaker or the hold on starts stopped it: nothing was sent.
+                    Err(PoolError::Refused { asked: false, .. }) => {}
+                    Err(PoolError::Refused { .. }) => summary.start_refusals += 1,
+                    Err(e) => return Err(e.into()),
+                }
             }
             Action::CreateForBuffer(name) => {
                 let Some(spec) = policy.pools.get(&name) else {
                     return Ok(());
                 };
-                if record().pool(&name).breaker_open_at(now) {
-                    return Ok(());
-                }
                 match pool.add_to_buffer(None, spec).await {
-                    Ok(_) => summary.created += 1,
-                    Err(PoolError::Compute(e)) if !e.is_transient() => {
-                        record()
-                            .pool_mut(&name)
-                            .create_failed(&e.to_string(), now, policy);
-                        return Err(PoolError::Compute(e).into());
+                    Ok(created) => {
+                        moved(meta, None, Some(&created.vm));
+                        summary.created += 1;
                     }
+                    Err(PoolError::Refused { asked: false, .. }) => {}
                     Err(e) => return Err(e.into()),
+                }
+            }
+            Action::StartRefused(row, error) => {
+                let next = domain::start_refused(&row.vm, &error, now);
+                if self.write(&row, &next, summary, meta).await? {
+                    warn!(vm.id = %row.vm.id, %error, "the start failed; the VM stays Deallocated");
+                    pool.count_refusal(breaker::Refused::Start, &error).await;
+                    summary.start_refusals += 1;
+                }
+            }
+            Action::Attention(row, why) => {
+                let next = domain::needs_attention(&row.vm, &why);
+                if self.write(&row, &next, summary, meta).await? {
+                    error!(vm.id = %row.vm.id, state = %row.vm.state, %why, "VM needs attention: vmpool stops calling ARM for it");
+                    summary.needs_attention += 1;
                 }
             }
             Action::Deallocate(row, why) => {
                 let Ok(next) = domain::begin_deallocate(&row.vm, now) else {
                     return Ok(());
                 };
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     info!(vm.id = %row.vm.id, why, "deallocating");
                     summary.deallocating += 1;
                     match compute.deallocate(&row.vm.id).await {
@@ -559,24 +720,42 @@ impl Reconciler {
             }
             Action::Correct(row, to) => {
                 let next = domain::correct(&row.vm, to, now);
-                if self.write(&row, &next, summary).await? {
+                if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, "row corrected to what ARM shows");
                     summary.corrected += 1;
                 }
             }
             Action::Delete(row) => {
                 let next = domain::begin_delete(&row.vm, now);
-                if self.write(&row, &next, summary).await? {
-                    match compute.delete(&row.vm.id).await {
-                        Ok(()) | Err(ComputeError::NotFound) => {}
-                        Err(e) => return Err(e.into()),
+                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                    summary.lost_races += 1;
+                    return Ok(());
+                };
+                moved(meta, Some(&row.vm), Some(&next));
+                match compute.delete(&row.vm.id).await {
+                    Ok(()) | Err(ComputeError::NotFound) => {}
+                    Err(e) => {
+                        // A delete ARM turned away (throttled, unavailable, busy) was not an
+                        // attempt; the time bound from the first delete still holds.
+                        if e.is_transient() && next.attempts > 1 {
+                            let uncounted = domain::VmRecord {
+                                attempts: next.attempts - 1,
+                                last_error: Some(crate::store::truncate(&e.to_string())),
+                                ..next
+                            };
+                            if let Err(store) = pool.store().update(&uncounted, &etag).await {
+                                warn!(vm.id = %row.vm.id, error = %store, "could not record the ARM failure");
+                            }
+                        }
+                        return Err(e.into());
                     }
-                    info!(vm.id = %row.vm.id, "failed VM deleted");
-                    summary.deleted += 1;
                 }
+                info!(vm.id = %row.vm.id, "failed VM deleted");
+                summary.deleted += 1;
             }
             Action::Forget(row) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
+                    moved(meta, Some(&row.vm), None);
                     info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table (a GET answered 404)");
                     summary.forgotten += 1;
                 } else {
@@ -585,10 +764,12 @@ impl Reconciler {
             }
             Action::Adopt(id, resource_id, status, tags) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
+                    // A deallocated VM whose last start failed (AllocationFailed) shows
+                    // provisioning Failed: it is a healthy VM to start later, not a dead one.
+                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Failed(e), _) => {
                         (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
                     }
-                    (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
                     (Provisioning::Succeeded, Power::Running) => (AdoptedAs::Running, None),
                     _ => (AdoptedAs::InFlight, None),
                 };
@@ -603,15 +784,21 @@ impl Reconciler {
                     .build
                     .filter(|b| crate::config::pools::build(b).is_ok());
                 if let Written::Done(_) = pool.store().insert(&vm).await? {
+                    moved(meta, None, Some(&vm));
                     warn!(vm.id = %id, state = %vm.state, "untracked pool VM adopted; its rooms are unknown until it reports");
                     summary.adopted += 1;
                 }
             }
             Action::Unclaim(row) => {
                 if let Ok(next) = domain::unclaimed(&row.vm, now)
-                    && self.write(&row, &next, summary).await?
+                    && self.write(&row, &next, summary, meta).await?
                 {
-                    info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
+                    warn!(
+                        vm.id = %row.vm.id,
+                        to = %next.state,
+                        claim_timeout_secs = policy.claim_timeout.as_secs(),
+                        "claim timed out: handed out by CreateVM but no rooms report nor mark came within the claim timeout; it may be handed out again"
+                    );
                     summary.unclaimed += 1;
                 }
             }
@@ -622,7 +809,7 @@ impl Reconciler {
                         build: Some(build),
                         ..row.vm.clone()
                     };
-                    if self.write(&row, &next, summary).await? {
+                    if self.write(&row, &next, summary, meta).await? {
                         info!(vm.id = %row.vm.id, build = ?next.build, image = %image.text(), "build read from the image ARM reports");
                         summary.builds_read += 1;
                     }
@@ -631,7 +818,7 @@ impl Reconciler {
             Action::FindIp(row) => {
                 if let Some(ip) = compute.public_ip(&row.vm.id).await?
                     && self
-                        .write(&row, &domain::found_public_ip(&row.vm, ip), summary)
+                        .write(&row, &domain::found_public_ip(&row.vm, ip), summary, meta)
                         .await?
                 {
                     summary.ips_found += 1;
@@ -639,6 +826,47 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps the pass's counts in the pool's record up to date with a row it changed (`None`:
+/// no row before, or none after): over every pool, and per pool and build.
+fn moved(meta: &std::sync::Mutex<PoolMeta>, from: Option<&VmRecord>, to: Option<&VmRecord>) {
+    let mut meta = meta.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(counts) = meta.counts.as_mut() {
+        if let Some(n) = from.and_then(|vm| counts.get_mut(&vm.state)) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *counts.entry(to.state).or_default() += 1;
+        }
+    }
+    if let Some(groups) = meta.groups.as_mut() {
+        if let Some(from) = from
+            && let Some(g) = groups
+                .iter_mut()
+                .find(|g| g.pool == from.pool && g.build == from.build)
+            && let Some(n) = g.counts.get_mut(&from.state)
+        {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            match groups
+                .iter_mut()
+                .find(|g| g.pool == to.pool && g.build == to.build)
+            {
+                Some(g) => *g.counts.entry(to.state).or_default() += 1,
+                None => {
+                    let mut counts = crate::store::zero_counts();
+                    *counts.entry(to.state).or_default() += 1;
+                    groups.push(meta::GroupCount {
+                        pool: to.pool.clone(),
+                        build: to.build.clone(),
+                        counts,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -25,8 +25,13 @@ pub const GRACE: Duration = Duration::seconds(60);
 /// to stay well inside ARM's write budget (200 burst, 10/s per subscription).
 pub const MAX_OTHER_WRITES_PER_PASS: usize = 50;
 
-/// An operation issued this many times without effect fails the VM.
+/// An operation issued this many times without effect fails the VM (a create) or marks it as
+/// needing attention. A call ARM turned away (throttled, unavailable) is not counted.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// However its calls were answered, an operation is given up (the VM needs attention) this
+/// many of its timeouts after it was first issued.
+pub const MAX_TIMEOUTS: i32 = 10;
 
 /// Most point reads (GETs) of single VMs per pass: VMs in flight first, then VMs missing
 /// from the listing.
@@ -113,6 +118,13 @@ pub enum Action {
     /// Read the image ARM reports for a VM whose build is not known (a row written before
     /// builds were kept, or a VM adopted without a build tag), to learn its build.
     ReadBuild(Versioned),
+    /// A start that ARM accepted and then failed (its async operation ended `AllocationFailed`
+    /// and the VM is deallocated), or that never took: the row goes back to `Deallocated`
+    /// with the error, and the refusal counts toward the breaker.
+    StartRefused(Versioned, String),
+    /// The row's operation ran out of attempts: the row is marked as needing attention and
+    /// vmpool stops calling ARM for it.
+    Attention(Versioned, String),
     /// A `Running` VM handed out and never used goes back to `Standby`.
     Unclaim(Versioned),
     /// Look for the public IP of an up VM that has none recorded.
@@ -222,9 +234,6 @@ pub fn plan(
 ) -> Plan {
     let mut meta = meta.clone();
     meta.vanished = observed.vanished;
-    for spec in policy.pools.all() {
-        meta.pool_mut(&spec.name).half_open_if_cooled(now, policy);
-    }
     let mut actions = Vec::new();
     // Rows an action already takes care of this pass, and those of them it takes out of
     // the buffer.
@@ -237,6 +246,7 @@ pub fn plan(
             if matches!(
                 action,
                 Action::Fail(..)
+                    | Action::StartRefused(..)
                     | Action::Deallocate(..)
                     | Action::Correct(_, VmState::Deallocated)
             ) {
@@ -260,8 +270,19 @@ pub fn plan(
     }
     actions.extend(unclaimed);
 
-    // The buffer, pool by pool: each pool's own target, breaker and maximum, and all pools
-    // together under VMPOOL_MAX_VMS and the per-pass cap on creates and starts.
+    // A start that failed after its caller was told the VM is coming: kept for that caller
+    // (no one else starts it) until the caller lets go or the hold runs out.
+    let hold = policy.failed_start_hold();
+    for r in rows {
+        if r.vm.held_for_caller(now, hold) {
+            handled.insert(&r.vm.id);
+        }
+    }
+    let draining = drained(rows, &handled, now, policy);
+
+    // The buffer, pool by pool: each pool's own target and maximum, and all pools together
+    // under VMPOOL_MAX_VMS, the per-pass cap on creates and starts and the one breaker.
+    let held = (meta.breaker_open_at(now), meta.starts_held_at(now));
     let mut headroom = (policy.max_vms as usize).saturating_sub(active_in(rows, None));
     let mut starts_left = policy.max_creates_per_pass as usize;
     for spec in policy.pools.all() {
@@ -279,7 +300,8 @@ pub fn plan(
                     || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
             })
             .count()
-            + returning_here;
+            + returning_here
+            + reclaimable(rows, spec, &handled, &draining);
         let room = (spec.max_vms as usize)
             .saturating_sub(active_in(rows, Some(spec)))
             .min(headroom);
@@ -290,7 +312,7 @@ pub fn plan(
             &mut handled,
             buffer,
             target,
-            state.breaker_open_at(now),
+            held,
             room.min(starts_left),
         );
         headroom = headroom.saturating_sub(filled.len());
@@ -308,7 +330,7 @@ pub fn plan(
             actions.extend(old_standby(rows, spec, observed, &mut handled));
         }
     }
-    actions.extend(drained(rows, &handled, now, policy));
+    actions.extend(draining);
     actions.extend(find_ips(rows, observed, &handled));
     actions.extend(find_builds(rows, observed, &handled));
     Plan {
@@ -348,8 +370,12 @@ pub fn unused_claims(
     rows.iter()
         .filter(|r| !handled.contains(&r.vm.id))
         .filter(|r| {
+            // Silent since it was handed out, or since its last report said 0 rooms.
+            let quiet_since =
+                r.vm.last_report_at
+                    .map_or(r.vm.state_changed_at, |t| t.max(r.vm.state_changed_at));
             r.vm.state == VmState::Running
-                && age(r, now) >= timeout
+                && now - quiet_since >= timeout
                 && crate::domain::unclaimed(&r.vm, now).is_ok()
         })
         .map(|r| Action::Unclaim(r.clone()))
@@ -394,8 +420,11 @@ fn active_in(rows: &[Versioned], spec: Option<&PoolSpec>) -> usize {
 }
 
 /// Fills `spec`'s buffer up to `target`: starts of deallocated VMs of its current build
-/// first (faster and cheaper), then creates (none while the breaker is open), at most
-/// `room` (what the pool's maximum, all pools' maximum and the per-pass cap leave).
+/// first (faster and cheaper), then creates, at most `room` (what the pool's maximum, all
+/// pools' maximum and the per-pass cap leave). `held` is (creates stopped, starts
+/// stopped): no creates while the breaker is open, and no starts while it is open or a
+/// start was refused lately (the VMs that would have been started are waited for, not
+/// replaced by creates).
 #[expect(clippy::too_many_arguments, reason = "one pool's inputs to one phase")]
 pub fn fill_buffer<'a>(
     rows: &'a [Versioned],
@@ -404,18 +433,23 @@ pub fn fill_buffer<'a>(
     handled: &mut HashSet<&'a VmId>,
     buffer: usize,
     target: usize,
-    breaker_open: bool,
+    held: (bool, bool),
     room: usize,
 ) -> Vec<Action> {
+    let (breaker_open, starts_held) = held;
     let missing = target.saturating_sub(buffer).min(room);
     let mut deallocated: Vec<&Versioned> = rows
         .iter()
         .filter(|r| r.vm.state == VmState::Deallocated && !handled.contains(&r.vm.id))
         .filter(|r| is_current(r, spec))
         .filter(|r| {
+            // A start that failed for allocation leaves the VM's provisioning `Failed`; it
+            // can be started again.
             observed.arm.get(&r.vm.id).is_some_and(|s| {
-                s.provisioning == Provisioning::Succeeded
-                    && matches!(s.power, Power::Deallocated | Power::Unknown)
+                matches!(
+                    s.provisioning,
+                    Provisioning::Succeeded | Provisioning::Failed(_)
+                ) && matches!(s.power, Power::Deallocated | Power::Unknown)
             })
         })
         .collect();
@@ -423,7 +457,11 @@ pub fn fill_buffer<'a>(
     deallocated.sort_by_key(|r| r.vm.state_changed_at);
     let starts = missing.min(deallocated.len());
     let mut actions = Vec::new();
-    for row in deallocated.into_iter().take(starts) {
+    for row in deallocated
+        .into_iter()
+        .take(starts)
+        .filter(|_| !starts_held)
+    {
         handled.insert(&row.vm.id);
         actions.push(Action::StartForBuffer(row.clone()));
     }
@@ -494,6 +532,33 @@ pub fn old_standby<'a>(
             Action::Deallocate(row.clone(), "old build")
         })
         .collect()
+}
+
+/// Drained VMs that reported empty and stay up this pass: CreateVM reclaims them before any
+/// `Standby` VM and they serve at once, so they count towards the buffer while they last
+/// (until the drain timeout deallocates them): those of `spec`'s pool and current build.
+pub fn reclaimable(
+    rows: &[Versioned],
+    spec: &PoolSpec,
+    handled: &HashSet<&VmId>,
+    draining: &[Action],
+) -> usize {
+    let leaving: HashSet<&VmId> = draining
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deallocate(r, _) => Some(&r.vm.id),
+            _ => None,
+        })
+        .collect();
+    rows.iter()
+        .filter(|r| {
+            r.vm.state == VmState::MarkedForDeallocation
+                && is_current(r, spec)
+                && r.vm.reported_empty()
+                && !handled.contains(&r.vm.id)
+                && !leaving.contains(&r.vm.id)
+        })
+        .count()
 }
 
 /// The drain safety net: a `MarkedForDeallocation` VM whose last report (since it was handed
@@ -569,9 +634,17 @@ pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
     actions
 }
 
+/// The demand window is cut into this many slots to tell sustained demand from a burst.
+pub const DEMAND_SLOTS: usize = 5;
+
 /// The buffer target from demand: claims over the demand window, scaled to the time a VM
 /// takes to become ready (Little's law: VMs in flight = arrival rate x time in flight),
 /// rounded down, so demand that expects less than one claim per ready time costs nothing.
+/// A burst does not count as a rate: the window is cut into [`DEMAND_SLOTS`] slots and the
+/// busiest slot counts for at most twice the next busiest plus one, so claims bunched in a
+/// few seconds (which CreateVM serves by creating on demand) raise the target only once
+/// demand shows in a second slot, while the noise of steady demand passes unchanged. Only
+/// claims of `spec`'s pool count.
 pub fn demand_target(
     rows: &[Versioned],
     spec: &PoolSpec,
@@ -579,11 +652,31 @@ pub fn demand_target(
     policy: &PoolPolicy,
 ) -> u32 {
     let window = to_time(policy.demand_window);
-    let claims = rows
+    let slot = window.as_seconds_f64().max(1.0) / DEMAND_SLOTS as f64;
+    let mut slots = [0u64; DEMAND_SLOTS];
+    for claimed in rows
         .iter()
         .filter(|r| r.vm.pool == spec.name)
-        .filter(|r| r.vm.claimed_at.is_some_and(|t| now - t <= window))
-        .count() as f64;
+        .filter_map(|r| r.vm.claimed_at)
+    {
+        // A claim stamped ahead of this clock (another instance's) is in the newest slot.
+        let age = (now - claimed).max(Duration::ZERO);
+        if age > window {
+            continue;
+        }
+        // Saturating float-to-int cast of a small, non-negative number.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "bounded below"
+        )]
+        let at = ((age.as_seconds_f64() / slot) as usize).min(DEMAND_SLOTS - 1);
+        slots[at] += 1;
+    }
+    slots.sort_unstable();
+    let next_busiest = slots[DEMAND_SLOTS - 2];
+    slots[DEMAND_SLOTS - 1] = slots[DEMAND_SLOTS - 1].min(2 * next_busiest + 1);
+    let claims = slots.iter().sum::<u64>() as f64;
     let ready = policy.ready_estimate.as_secs_f64();
     let per_ready_time = claims * ready / window.as_seconds_f64().max(1.0);
     // Saturating float-to-int cast of a small, non-negative number.
@@ -612,45 +705,90 @@ pub fn settle(
         .map_or("operation", |o| o.as_str())
         .to_lowercase();
     let out_of_attempts = vm.attempts >= MAX_ATTEMPTS && settled;
+    if vm.attention.is_some() {
+        // vmpool no longer calls ARM for it; only what ARM shows moves it on.
+        return match (vm.state, seen) {
+            (VmState::Creating, Seen::Present(s)) if s.is_up() => {
+                Some(Action::Complete(row.clone()))
+            }
+            (VmState::Deallocating, Seen::Gone) => Some(Action::FinishDeallocate(row.clone())),
+            (VmState::Deallocating, Seen::Present(s)) if s.is_deallocated() => {
+                Some(Action::FinishDeallocate(row.clone()))
+            }
+            (VmState::Failed, Seen::Gone) => Some(Action::Forget(row.clone())),
+            _ => None,
+        };
+    }
+    // A row claimed for a caller is re-issued only once that caller's CreateVM has ended:
+    // until then it may still be sending the very call a re-issue would repeat.
+    let caller_done = vm.purpose == Purpose::Buffer
+        || now - vm.claimed_at.unwrap_or(vm.state_changed_at) >= to_time(policy.create_deadline());
+    let may_reissue = settled && caller_done && vm.attempts < MAX_ATTEMPTS;
+    let starting = vm.operation == Some(Operation::Start);
+    let attempts_text = |vm: &crate::domain::VmRecord| match &vm.last_error {
+        Some(last) => format!(
+            "the {what} did not take after {} attempts; last: {last}",
+            vm.attempts
+        ),
+        None => format!("the {what} did not take after {} attempts", vm.attempts),
+    };
     match vm.state {
         VmState::Creating => match seen {
             Seen::Present(s) if s.is_up() => Some(Action::Complete(row.clone())),
+            // A start that failed (AllocationFailed in its operation) leaves the VM
+            // deallocated and its provisioning Failed: the VM is as it was.
+            Seen::Present(VmStatus {
+                provisioning: Provisioning::Failed(error),
+                power: Power::Deallocated,
+            }) if starting => Some(Action::StartRefused(row.clone(), error.clone())),
             Seen::Present(VmStatus {
                 provisioning: Provisioning::Failed(error),
                 ..
-            }) => Some(Action::Fail(
+            }) if !starting => Some(Action::Fail(
                 row.clone(),
                 format!("provisioning failed: {error}"),
             )),
-            _ if issued_for(row, now) >= to_time(policy.create_timeout) => Some(Action::Fail(
-                row.clone(),
-                format!(
-                    "not running {}s after the {what} was first issued ({} attempts)",
-                    policy.create_timeout.as_secs(),
-                    vm.attempts
-                ),
-            )),
-            _ if out_of_attempts => Some(Action::Fail(
-                row.clone(),
-                match &vm.last_error {
-                    Some(last) => format!(
-                        "the {what} did not take after {} attempts; last: {last}",
+            // A start that did not take: a VM that provisioned once never becomes Failed.
+            // Deallocated, it is as it was; otherwise an operator must look at it.
+            _ if starting
+                && (issued_for(row, now) >= to_time(policy.create_timeout) || out_of_attempts) =>
+            {
+                match seen {
+                    Seen::Present(s) if s.power == Power::Deallocated => {
+                        Some(Action::StartRefused(row.clone(), attempts_text(vm)))
+                    }
+                    Seen::Present(_) => Some(Action::Attention(
+                        row.clone(),
+                        format!(
+                            "{}; the VM is neither running nor deallocated",
+                            attempts_text(vm)
+                        ),
+                    )),
+                    _ => None,
+                }
+            }
+            _ if issued_for(row, now) >= to_time(policy.create_timeout) && !starting => {
+                Some(Action::Fail(
+                    row.clone(),
+                    format!(
+                        "not running {}s after the {what} was first issued ({} attempts)",
+                        policy.create_timeout.as_secs(),
                         vm.attempts
                     ),
-                    None => format!("the {what} did not take after {} attempts", vm.attempts),
-                },
-            )),
+                ))
+            }
+            _ if out_of_attempts && !starting => Some(Action::Fail(row.clone(), attempts_text(vm))),
             // The create never reached ARM (a crash or a fault between row and call).
-            Seen::Gone if vm.operation == Some(Operation::Create) && settled => {
-                Some(Action::Reissue(row.clone()))
+            Seen::Gone if vm.operation == Some(Operation::Create) => {
+                may_reissue.then(|| Action::Reissue(row.clone()))
             }
             Seen::Gone if settled => Some(Action::Fail(
                 row.clone(),
                 "the VM was deleted outside vmpool (a GET answered 404)".into(),
             )),
             // The start never reached ARM.
-            Seen::Present(s) if s.power == Power::Deallocated && settled => {
-                Some(Action::Reissue(row.clone()))
+            Seen::Present(s) if s.power == Power::Deallocated => {
+                may_reissue.then(|| Action::Reissue(row.clone()))
             }
             _ => None,
         },
@@ -658,22 +796,34 @@ pub fn settle(
             // Gone counts as deallocated: nothing is billed.
             Seen::Gone => Some(Action::FinishDeallocate(row.clone())),
             Seen::Present(s) if s.is_deallocated() => Some(Action::FinishDeallocate(row.clone())),
+            // Out of attempts: never Failed (the VM provisioned once, and Failed VMs are
+            // deleted); an operator must look at it.
             Seen::Present(_)
-                if vm.attempts >= MAX_ATTEMPTS
-                    && issued_for(row, now) >= to_time(policy.deallocate_timeout) =>
+                if (vm.attempts >= MAX_ATTEMPTS
+                    && issued_for(row, now) >= to_time(policy.deallocate_timeout))
+                    || issued_for(row, now)
+                        >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS =>
             {
-                Some(Action::Fail(
+                Some(Action::Attention(
                     row.clone(),
-                    format!("still not deallocated after {} attempts", vm.attempts),
+                    format!(
+                        "still not deallocated after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
                 ))
             }
             Seen::Present(s)
                 if matches!(s.power, Power::Running | Power::Stopped | Power::Starting)
-                    && settled =>
+                    && settled
+                    && vm.attempts < MAX_ATTEMPTS =>
             {
                 Some(Action::Reissue(row.clone()))
             }
-            Seen::Present(_) if age(row, now) >= to_time(policy.deallocate_timeout) => {
+            Seen::Present(_)
+                if age(row, now) >= to_time(policy.deallocate_timeout)
+                    && vm.attempts < MAX_ATTEMPTS =>
+            {
                 Some(Action::Reissue(row.clone()))
             }
             _ => None,
@@ -724,6 +874,22 @@ pub fn settle(
                     && age(row, now) < to_time(policy.deallocate_timeout) =>
             {
                 None
+            }
+            // Deletes are bounded too, counted from the first.
+            Seen::Present(_)
+                if vm.operation == Some(Operation::Delete)
+                    && (vm.attempts >= MAX_ATTEMPTS
+                        || issued_for(row, now)
+                            >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS) =>
+            {
+                Some(Action::Attention(
+                    row.clone(),
+                    format!(
+                        "the delete did not take after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
+                ))
             }
             Seen::Present(_) => Some(Action::Delete(row.clone())),
         },
@@ -794,6 +960,8 @@ mod tests {
             Action::Correct(r, to) => format!("correct {} to {to}", r.vm.id),
             Action::Delete(r) => format!("delete {}", r.vm.id),
             Action::Forget(r) => format!("forget {}", r.vm.id),
+            Action::StartRefused(r, _) => format!("startRefused {}", r.vm.id),
+            Action::Attention(r, _) => format!("attention {}", r.vm.id),
             Action::Adopt(id, ..) => format!("adopt {id}"),
             Action::Unclaim(r) => format!("unclaim {}", r.vm.id),
             Action::FindIp(r) => format!("findIp {}", r.vm.id),
@@ -850,6 +1018,8 @@ mod tests {
         let creating = (VmState::Creating, Some(Operation::Create));
         let starting = (VmState::Creating, Some(Operation::Start));
         let deallocating = (VmState::Deallocating, Some(Operation::Deallocate));
+        // A row claimed for a caller is re-issued only after the caller's CreateVM ended.
+        let after_caller = i64::try_from(policy.create_deadline().as_secs()).unwrap();
         type Case = (
             (VmState, Option<Operation>),
             Option<VmStatus>,
@@ -867,11 +1037,31 @@ mod tests {
             ),
             // The process died between the row write and the ARM call.
             (creating, None, 30, ""),
-            (creating, None, 61, "reissue a"),
+            (creating, None, 61, ""),
+            (creating, None, after_caller, "reissue a"),
             (creating, Some(status(P::Creating, Starting)), 901, "fail a"),
             (starting, Some(off()), 10, ""),
-            (starting, Some(off()), 61, "reissue a"),
+            (starting, Some(off()), 61, ""),
+            (starting, Some(off()), after_caller, "reissue a"),
             (starting, None, 61, "fail a"),
+            // A start whose operation failed for allocation leaves the VM as it was.
+            (
+                starting,
+                Some(status(
+                    P::Failed("AllocationFailed: no capacity".into()),
+                    Deallocated,
+                )),
+                30,
+                "startRefused a",
+            ),
+            // A start that never takes: back to Deallocated, never Failed.
+            (starting, Some(off()), 901, "startRefused a"),
+            (
+                starting,
+                Some(status(P::Succeeded, Starting)),
+                901,
+                "attention a",
+            ),
             (starting, Some(up()), 61, "complete a"),
             (
                 deallocating,
@@ -903,7 +1093,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deallocate_that_never_takes_fails_after_its_attempts() {
+    fn a_deallocate_that_never_takes_needs_attention_after_its_attempts() {
         let mut r = row("a", VmState::Deallocating, Some(Operation::Deallocate));
         r.vm.attempts = MAX_ATTEMPTS;
         assert_eq!(
@@ -913,8 +1103,49 @@ mod tests {
                 601,
                 &PoolPolicy::default()
             ),
-            ["fail a"]
+            ["attention a"]
         );
+        // Marked, it is left alone: no more re-issues, whatever ARM shows.
+        r.vm.attention = Some("still not deallocated after 3 attempts".into());
+        for secs in [61, 601, 6001] {
+            assert!(
+                run(
+                    std::slice::from_ref(&r),
+                    &[(&r, up())],
+                    secs,
+                    &PoolPolicy::default()
+                )
+                .is_empty()
+            );
+        }
+        assert_eq!(
+            run(
+                std::slice::from_ref(&r),
+                &[(&r, off())],
+                61,
+                &PoolPolicy::default()
+            ),
+            ["finishDeallocate a"],
+            "what ARM shows still moves it on"
+        );
+    }
+
+    #[test]
+    fn deletes_are_bounded_too() {
+        let p = PoolPolicy::default();
+        let mut r = row("f", VmState::Failed, Some(Operation::Delete));
+        r.vm.attempts = MAX_ATTEMPTS - 1;
+        assert_eq!(
+            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            ["delete f"]
+        );
+        r.vm.attempts = MAX_ATTEMPTS;
+        assert_eq!(
+            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            ["attention f"]
+        );
+        r.vm.attention = Some("the delete did not take after 3 attempts".into());
+        assert!(run(std::slice::from_ref(&r), &[(&r, up())], 6001, &p).is_empty());
     }
 
     #[test]
@@ -1271,11 +1502,11 @@ mod tests {
             ..PoolPolicy::default()
         }
         .single_pool();
-        // 10 claims in the last 5 minutes: 2 per minute x 3 minutes to ready = 6.
+        // 10 claims over the last 5 minutes: 2 per minute x 3 minutes to ready = 6.
         let claimed: Vec<Versioned> = (0..10)
             .map(|i| {
                 let mut r = row(&format!("r{i}"), VmState::Running, None);
-                r.vm.claimed_at = Some(t0());
+                r.vm.claimed_at = Some(t0() - Duration::seconds(25 * i));
                 r.vm.rooms = 2;
                 r.vm.last_report_at = Some(t0());
                 r
@@ -1383,6 +1614,84 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_claims_does_not_count_as_a_rate() {
+        let policy = PoolPolicy {
+            max_vms: 100_000,
+            demand_window: std::time::Duration::from_secs(300),
+            ready_estimate: std::time::Duration::from_secs(180),
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let spec = &policy.pools.all()[0];
+        let claimed = |name: &str, secs_ago: i64| {
+            let mut r = row(name, VmState::Running, None);
+            r.vm.claimed_at = Some(t0() - Duration::seconds(secs_ago));
+            r
+        };
+        // 60 claims within 3 seconds: no sustained rate.
+        let burst: Vec<Versioned> = (0..60)
+            .map(|i| claimed(&format!("b{i}"), 10 + i % 3))
+            .collect();
+        assert_eq!(demand_target(&burst, spec, t0(), &policy), 0);
+        // One claim a minute for five minutes: 3. The burst on top counts as 3 claims.
+        let steady: Vec<Versioned> = (0..5)
+            .map(|i| claimed(&format!("s{i}"), 30 + 60 * i))
+            .collect();
+        assert_eq!(demand_target(&steady, spec, t0(), &policy), 3);
+        let both: Vec<Versioned> = steady.iter().chain(&burst).cloned().collect();
+        assert_eq!(demand_target(&both, spec, t0(), &policy), 4);
+        // Poisson-like noise (2 claims in one slot, 1 in the next) is not cut.
+        let noisy: Vec<Versioned> = [10, 20, 70, 130, 190, 250]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| claimed(&format!("n{i}"), *s))
+            .collect();
+        assert_eq!(demand_target(&noisy, spec, t0(), &policy), 3);
+        // Demand that shows in two slots counts in full.
+        let twice: Vec<Versioned> = (0..20)
+            .map(|i| claimed(&format!("t{i}"), if i < 10 { 10 } else { 70 }))
+            .collect();
+        assert_eq!(demand_target(&twice, spec, t0(), &policy), 12);
+        // A claim stamped ahead of this clock counts as the newest.
+        let ahead: Vec<Versioned> = (0..10)
+            .map(|i| claimed(&format!("a{i}"), if i < 5 { -5 } else { 70 }))
+            .collect();
+        assert_eq!(demand_target(&ahead, spec, t0(), &policy), 6);
+    }
+
+    #[test]
+    fn drained_vms_that_reported_empty_count_towards_the_buffer() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let drained_row = |name: &str, reported_secs: i64| {
+            let mut r = row(name, VmState::MarkedForDeallocation, None);
+            r.vm.rooms = 0;
+            r.vm.last_report_at = Some(t0() + Duration::seconds(reported_secs));
+            r
+        };
+        // Two drained VMs a CreateVM would reclaim: the buffer is full.
+        let rows = [drained_row("m0", 0), drained_row("m1", 0)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert!(run(&rows, &arm, 60, &policy).is_empty());
+        // One past the drain timeout leaves this pass: it does not count.
+        let rows = [drained_row("m0", 0), drained_row("m1", 800)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert_eq!(
+            run(&rows, &arm, 900, &policy),
+            ["create", "deallocate m0 (drain timeout)"]
+        );
+        // A drained VM whose rooms are unknown does not count.
+        let mut unknown = drained_row("u", 0);
+        unknown.vm.last_report_at = None;
+        let rows = [unknown.clone(), drained_row("m1", 0)];
+        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        assert_eq!(run(&rows, &arm, 60, &policy), ["create"]);
+    }
+
+    #[test]
     fn drained_vms_that_stop_reporting_are_deallocated_and_busy_ones_never() {
         let p = PoolPolicy::default();
         let mut drained = row("m0", VmState::MarkedForDeallocation, None);
@@ -1402,27 +1711,33 @@ mod tests {
     }
 
     #[test]
-    fn no_creates_while_the_breaker_is_open_and_starts_still_fill_the_buffer() {
+    fn no_starts_or_creates_while_the_breaker_is_open_nor_starts_while_they_are_held() {
         let policy = PoolPolicy {
             min_standby: 2,
             breaker_failures: 3,
             ..PoolPolicy::default()
         }
         .single_pool();
-        let mut open = PoolMeta::default();
-        *open.pool_mut("default") = BufferState {
+        let open = PoolMeta {
             consecutive_create_failures: 3,
             breaker_open_until: Some(t0() + Duration::seconds(600)),
             breaker_reason: Some("QuotaExceeded".into()),
-            ..BufferState::default()
+            ..PoolMeta::default()
         };
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
-        assert_eq!(actions, ["start d"]);
-        // After the cool-down: half open, creates resume.
-        let (actions, half) = run_meta(&[], &[], 601, &policy, &open);
+        assert!(actions.is_empty(), "{actions:?}");
+        // Starts held after a refused start: the deallocated VM is waited for, not replaced.
+        let held = PoolMeta {
+            starts_held_until: Some(t0() + Duration::seconds(30)),
+            ..PoolMeta::default()
+        };
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 10, &policy, &held);
+        assert_eq!(actions, ["create"]);
+        let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 30, &policy, &held);
+        assert_eq!(actions, ["start d", "create"]);
+        // After the cool-down creates resume (one more refusal opens it again at once).
+        let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
         assert_eq!(actions, ["create", "create"]);
-        assert_eq!(half.pool("default").breaker_open_until, None);
-        assert_eq!(half.pool("default").consecutive_create_failures, 2);
     }
 }

@@ -11,7 +11,7 @@ use super::{
     Continuation, Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned,
     VmStore, Written, check_record_key, check_record_value, normalize, zero_counts,
 };
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, VmId, VmRecord};
 
 /// Rows kept in process. Cloning is not offered: share it behind an `Arc`.
 #[derive(Debug, Default)]
@@ -157,10 +157,24 @@ impl VmStore for MemoryStore {
         Ok(Page { items, next })
     }
 
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        use rand::seq::SliceRandom;
-        let mut rows = self.list(Rows::InStates(states)).await?;
-        rows.shuffle(&mut rand::rng());
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let states = [kind.state()];
+        let mut rows: Vec<Versioned> = self
+            .list(Rows::InStates(&states))
+            .await?
+            .into_iter()
+            .filter(|r| ClaimKind::of(&r.vm) == Some(kind))
+            .collect();
+        rows.sort_by(|a, b| a.vm.id.cmp(&b.vm.id));
+        // From the first key after `after`, then from the start: what a key-range query
+        // and its wrap-round answer.
+        let split = rows.partition_point(|r| r.vm.id.as_str() <= after);
+        rows.rotate_left(split);
         rows.truncate(limit);
         Ok(rows)
     }

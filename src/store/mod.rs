@@ -17,7 +17,7 @@ pub use page::{
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, VmId, VmRecord, VmState};
 
 /// An opaque row version; a write that names a stale one changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -138,6 +138,7 @@ pub fn normalize(vm: &VmRecord) -> Result<VmRecord, StoreError> {
         created_at: tick(vm.created_at)?,
         claimed_at: opt(vm.claimed_at)?,
         last_error: vm.last_error.as_deref().map(truncate),
+        attention: vm.attention.as_deref().map(truncate),
         ..vm.clone()
     })
 }
@@ -220,9 +221,18 @@ pub trait VmStore: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<Versioned>, StoreError>;
 
-    /// Up to `limit` rows in one of `states`, spread so that concurrent callers of several
-    /// instances tend to be handed different ones (claims then rarely collide).
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError>;
+    /// Up to `limit` candidates for a claim of `kind` ([`ClaimKind::of`]), in vmId order from
+    /// the first vmId after `after`, wrapping round to the start of the key space when fewer
+    /// follow it. The caller draws `after` at random from the space its VM names live in, so
+    /// concurrent callers of several instances are handed different ones; the cost does not
+    /// grow with the number of candidates (Table Storage answers a key-range query with
+    /// `$top` from where the range starts).
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError>;
 
     /// How many VMs are in each state, over the whole table. Memory stays bounded: rows are
     /// counted as they arrive.

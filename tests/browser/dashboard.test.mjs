@@ -81,7 +81,10 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
   const [a, b] = (await api(base, "GET", "/api/GetAvailableVMs")).json.vms.map((v) => v.vmId);
   assert.equal((await api(base, "POST", "/api/MarkVMForDeallocation", { vmId: a })).status, 200);
   assert.equal((await api(base, "POST", "/api/ReportGameRoomsNumber", { vmId: b, rooms: 4 })).status, 200);
+  // The counts are the pool's record's: the next pass counts the mark.
+  await fetch(`${base}/ReconcilePool?code=${KEY}`, { method: "POST", body: "{}" });
   const status = (await api(base, "GET", "/api/GetPoolStatus")).json;
+  assert.equal(status.countsFrom, "record");
   assert.equal(status.counts.Running, 2);
   assert.equal(status.counts.MarkedForDeallocation, 1);
 
@@ -118,15 +121,18 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
   assert.equal(await page.textContent("#observation"), "ARM listing trusted");
   assert.equal(await page.textContent("#max"), String(status.maxVms));
   assert.ok((await page.locator("#passes li").count()) >= 1, "the last pass is listed");
+  assert.match(await page.textContent("#last-pass-result"), /^ok, began /);
+  assert.match(await page.textContent("#counted-at"), /^counted by the last pass, /);
   assert.ok(
     requested.some((u) => u.includes("/api/GetPoolStatus?code=" + KEY)),
     "the page forwards its ?code= to GetPoolStatus",
   );
 
-  // The page refreshes by itself: CreateVM reclaims the marked VM, and the page shows it
-  // Running again without a reload.
+  // The page refreshes by itself: CreateVM reclaims the marked VM, and once a pass has
+  // counted it the page shows it Running again without a reload.
   const reclaimed = await api(base, "POST", "/api/CreateVM");
   assert.equal(reclaimed.json.action, "reclaimed");
+  await fetch(`${base}/ReconcilePool?code=${KEY}`, { method: "POST", body: "{}" });
   await page.waitForFunction(
     () =>
       document.querySelector('[data-count="Running"]')?.textContent === "3" &&

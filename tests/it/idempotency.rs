@@ -10,7 +10,7 @@ use std::sync::Arc;
 use time::Duration;
 use vmpool::compute::ComputeError;
 use vmpool::compute::sim::{Fault, SimOp};
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{ClaimKind, Purpose, VmId, VmRecord, VmState};
 use vmpool::idempotency::record::KIND;
 use vmpool::store::{
     Etag, Page, PageRequest, Record, Rows, StateCounts, StoreError, Versioned, VmStore, Written,
@@ -325,8 +325,13 @@ impl VmStore for UsedWhileListed {
     ) -> Result<Page<Versioned>, StoreError> {
         self.inner.list_page(which, page).await
     }
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        self.inner.sample(states, limit).await
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        self.inner.sample(kind, after, limit).await
     }
     async fn count_states(&self) -> Result<StateCounts, StoreError> {
         self.inner.count_states().await

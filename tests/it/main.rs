@@ -12,6 +12,7 @@ mod api;
 mod arm;
 mod binary;
 mod create_under_faults;
+mod guarded;
 mod host;
 mod idempotency;
 mod identity_storage;

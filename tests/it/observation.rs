@@ -214,13 +214,13 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
     assert_eq!(failed.state, VmState::Failed);
     assert_eq!(failed.attempts, vmpool::reconcile::MAX_ATTEMPTS);
     assert_eq!(refusals, 2, "two re-issues, both refused");
-    let meta = rig.reconciler.record().await.unwrap().pool("default");
+    let meta = rig.reconciler.record().await.unwrap();
     assert_eq!(meta.consecutive_create_failures, 3, "{meta:?}");
     assert!(meta.breaker_open_at(rig.clock.now()));
     assert!(
         meta.breaker_reason
             .unwrap()
-            .contains("3 creates failed in a row")
+            .contains("3 starts or creates refused in a row")
     );
     assert!(
         failed.last_error.unwrap().contains("OperationNotAllowed"),

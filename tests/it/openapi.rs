@@ -260,7 +260,7 @@ fn each_operation_lists_exactly_its_own_actions() {
     }
     assert_eq!(
         documented_actions("/api/ReportGameRoomsNumber", "200"),
-        want(&["recorded", "deallocating"])
+        want(&["recorded", "deallocating", "stale"])
     );
     assert_eq!(
         documented_actions("/api/MarkVMForDeallocation", "200"),

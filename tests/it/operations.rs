@@ -79,8 +79,10 @@ async fn metrics_count_createvm_arm_table_and_reconcile_and_read_gauges_at_scrap
     assert_eq!(status, 200);
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
 
+    // The counts are the pool's record's: the pass's listing and what the pass changed.
     assert_eq!(sample(&m, r#"vmpool_vms{state="Running"}"#), 2.0);
     assert_eq!(sample(&m, r#"vmpool_vms{state="Creating"}"#), 0.0);
+    assert!(sample(&m, "vmpool_pool_counted_at_timestamp_seconds") > 0.0);
     assert_eq!(sample(&m, r#"vmpool_vms{state="Failed"}"#), 0.0);
     assert_eq!(sample(&m, "vmpool_max_vms"), 2.0);
     assert_eq!(sample(&m, "vmpool_breaker_open"), 0.0);
@@ -316,7 +318,7 @@ async fn with_storage_down_metrics_still_answer_and_say_so() {
     assert!(
         sample(
             &m,
-            r#"vmpool_table_calls_total{operation="list",outcome="unavailable"}"#
+            r#"vmpool_table_calls_total{operation="sample",outcome="unavailable"}"#
         ) >= 1.0
     );
     sim.store.set_unavailable(false);
@@ -365,4 +367,122 @@ async fn listings_use_the_stores_pages_and_counts_through_the_metered_store() {
         calls(&before, "list"),
         "no listing of the table: {after}"
     );
+}
+
+/// Unix seconds of an RFC 3339 time in a JSON answer.
+fn unix(v: &Value) -> f64 {
+    let t = time::OffsetDateTime::parse(
+        v.as_str().unwrap_or_else(|| panic!("not a time: {v}")),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
+#[tokio::test]
+async fn an_instance_that_never_reconciles_shows_the_pools_passes_from_the_record() {
+    use vmpool::compute::ComputeError;
+    use vmpool::compute::sim::{Fault, SimOp};
+
+    use crate::support::{config, sim_cloud, spawn_instance, table_store};
+
+    // Two instances of one pool, as Flex runs them: the timer's, which reconciles, and an
+    // HTTP one, which never does and answers the scrapes and the dashboard.
+    let store = table_store().await;
+    let other: Arc<dyn VmStore> = Arc::new(
+        vmpool::store::table::TableStore::connect(
+            &crate::support::azurite::Azurite::shared().connection_string(),
+            store.table_name(),
+        )
+        .await
+        .unwrap(),
+    );
+    let vars = [("VMPOOL_MAX_VMS", "5")];
+    let clock = Arc::new(vmpool::clock::ManualClock::default());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let timer = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
+    let http = spawn_instance(other, &vars, clock.clone(), cloud.clone()).await;
+
+    for _ in 0..2 {
+        assert_eq!(http.app.create_vm().await.status, 202);
+    }
+    clock.advance(Duration::minutes(5));
+    let pass = timer.app.reconcile().await;
+    assert_eq!(pass.json["ReturnValue"]["ok"], true, "{:?}", pass.json);
+
+    let status = http.app.status().await.json;
+    assert_eq!(status["lastReconcileOk"], true, "{status}");
+    assert!(status["lastReconcileStartedAt"].is_string(), "{status}");
+    assert_eq!(status["lastSuccessAt"], status["lastReconcileAt"]);
+    assert_eq!(status["countsFrom"], "record");
+    assert_eq!(status["countedAt"], status["lastReconcileStartedAt"]);
+    let (code, _, page) = text(&http.app, "/api/Dashboard").await;
+    assert_eq!(code, 200);
+    for shown in ["lastReconcileOk", "lastReconcileStartedAt", "countedAt"] {
+        assert!(page.contains(shown), "the dashboard shows {shown}");
+    }
+
+    let (_, _, m) = text(&http.app, "/api/Metrics").await;
+    assert_eq!(sample(&m, "vmpool_pool_last_pass_ok"), 1.0);
+    assert_eq!(
+        sample(&m, "vmpool_pool_last_pass_start_timestamp_seconds"),
+        unix(&status["lastReconcileStartedAt"])
+    );
+    assert_eq!(
+        sample(&m, "vmpool_pool_last_pass_end_timestamp_seconds"),
+        unix(&status["lastReconcileAt"])
+    );
+    let success = sample(&m, "vmpool_pool_last_success_timestamp_seconds");
+    assert_eq!(success, unix(&status["lastSuccessAt"]));
+    assert_eq!(
+        sample(&m, r#"vmpool_pool_last_pass_actions{kind="completed"}"#),
+        2.0,
+        "the timer's pass completed the two VMs"
+    );
+    assert_eq!(
+        sample(&m, r#"vmpool_vms{state="Running"}"#),
+        2.0,
+        "counted by the timer's pass"
+    );
+    for (state, n) in status["counts"].as_object().unwrap() {
+        let series = format!("vmpool_vms{{state=\"{state}\"}}");
+        assert_eq!(sample(&m, &series), n.as_f64().unwrap(), "{state}");
+    }
+    assert_eq!(sample(&m, "vmpool_pool_observation_suspect"), 0.0);
+    assert_eq!(sample(&m, "vmpool_breaker_open"), 0.0);
+    assert!(
+        !m.contains("vmpool_reconcile_passes_total{"),
+        "this instance ran no pass of its own"
+    );
+    let (_, _, own) = text(&timer.app, "/api/Metrics").await;
+    assert_eq!(
+        sample(&own, r#"vmpool_reconcile_passes_total{result="ok"}"#),
+        1.0
+    );
+
+    // A pass that fails is recorded too.
+    clock.advance(Duration::minutes(1));
+    cloud.inject(Fault::Refuse(
+        SimOp::Read,
+        ComputeError::Unavailable("ARM is down".into()),
+    ));
+    let failed = timer.app.reconcile().await;
+    assert_eq!(failed.json["ReturnValue"]["ok"], false, "{:?}", failed.json);
+    let status = http.app.status().await.json;
+    assert_eq!(status["lastReconcileOk"], false, "{status}");
+    assert!(
+        status["lastReconcileError"]
+            .as_str()
+            .unwrap()
+            .contains("ARM is down"),
+        "{status}"
+    );
+    let (_, _, m) = text(&http.app, "/api/Metrics").await;
+    assert_eq!(sample(&m, "vmpool_pool_last_pass_ok"), 0.0);
+    assert_eq!(
+        sample(&m, "vmpool_pool_last_success_timestamp_seconds"),
+        success,
+        "the last success is still the first pass"
+    );
+    assert!(sample(&m, "vmpool_pool_last_pass_end_timestamp_seconds") > success);
 }

@@ -235,7 +235,7 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.pass().await; // 2 failed (2 in a row), 2 replacements created
     rig.advance(180);
     rig.pass().await; // 2 more failed (4 in a row): the breaker opens
-    let meta = rig.reconciler.record().await.unwrap().pool("default");
+    let meta = rig.reconciler.record().await.unwrap();
     let until = meta.breaker_open_until.expect("breaker open");
     assert!(until > rig.clock.now());
     assert!(meta.breaker_reason.unwrap().contains("QuotaExceeded"));
@@ -254,7 +254,7 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.pass().await;
     rig.advance(180);
     rig.pass().await;
-    let meta = rig.reconciler.record().await.unwrap().pool("default");
+    let meta = rig.reconciler.record().await.unwrap();
     assert_eq!(meta.breaker_open_until, None, "{meta:?}");
     assert!(rig.count(VmState::Standby).await >= 1);
 }
@@ -357,14 +357,24 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     assert_eq!(row.state, VmState::Creating);
     assert!(rig.cloud.get(row.id.as_str()).unwrap().is_none());
     rig.advance(61);
+    assert_eq!(
+        rig.pass().await.reissued,
+        0,
+        "not while its CreateVM may still be running"
+    );
+    rig.advance(40);
     assert_eq!(rig.pass().await.reissued, 1);
     rig.advance(180);
     rig.pass().await;
     assert_eq!(
         rig.rows().await[0].state,
-        VmState::Standby,
-        "a re-issued create finishes into the buffer: its caller never heard of it"
+        VmState::Running,
+        "a re-issue never changes whom the VM is for"
     );
+    // Its caller never heard of it and never reports: the claim times out into the buffer.
+    rig.advance(600);
+    rig.pass().await;
+    assert_eq!(rig.rows().await[0].state, VmState::Standby);
     let id = row.id;
     assert_eq!(
         rig.pool.create_vm().await.unwrap().action,
@@ -384,9 +394,12 @@ pub async fn every_interrupted_step_is_repaired_by_one_pass(rig: Rig) {
     // 3. CreateVM, start of a deallocated VM: Creating, ARM start never sent.
     interrupt(&crashing, crash_pool.create_vm()).await;
     assert_eq!(rig.rows().await[0].state, VmState::Creating);
-    rig.advance(61);
+    rig.advance(101);
     assert_eq!(rig.pass().await.reissued, 1);
     rig.advance(60);
+    rig.pass().await;
+    assert_eq!(rig.rows().await[0].state, VmState::Running);
+    rig.advance(600);
     rig.pass().await;
     assert_eq!(rig.rows().await[0].state, VmState::Standby);
     assert_eq!(

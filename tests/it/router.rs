@@ -492,7 +492,8 @@ async fn arm_down_answers_unavailable_and_the_reconciler_finishes_the_create() {
         (200, Some("standby"))
     );
 
-    // A permanent refusal records the failure on the VM.
+    // A refusal for quota records the failure on the never-provisioned VM, and the pool
+    // answers that it has no capacity.
     parts.cloud.inject(Fault::Refuse(
         SimOp::Create,
         ComputeError::Rejected {
@@ -501,7 +502,8 @@ async fn arm_down_answers_unavailable_and_the_reconciler_finishes_the_create() {
         },
     ));
     let got = call(&parts, "POST", "/api/CreateVM", "").await;
-    assert_error(&got, 503, "Unavailable");
+    assert_error(&got, 503, "CapacityExhausted");
+    assert!(got.headers.contains_key("retry-after"));
     assert!(
         got.json["error"]["message"]
             .as_str()
@@ -592,9 +594,6 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
                 "default".to_owned(),
                 vmpool::reconcile::BufferState {
                     buffer_target: 6,
-                    consecutive_create_failures: 3,
-                    breaker_open_until: Some(now + Duration::minutes(10)),
-                    breaker_reason: Some("3 creates failed in a row; last: QuotaExceeded".into()),
                     ..Default::default()
                 },
             )]
@@ -605,6 +604,23 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
     )
     .await
     .unwrap();
+    // The breaker keeps a record of its own, which CreateVM changes too.
+    let policy = vmpool::config::PoolPolicy {
+        breaker_failures: 3,
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        vmpool::breaker::update(parts.store.as_ref(), |b| {
+            b.refused(
+                vmpool::breaker::Refused::Create,
+                "QuotaExceeded",
+                now,
+                &policy,
+            );
+        })
+        .await
+        .unwrap();
+    }
     let got = call(&parts, "GET", "/api/GetPoolStatus", "").await;
     assert_eq!(got.json["buffer"], json!({"minStandby": 2, "target": 6}));
     assert_eq!(got.json["circuitBreaker"]["open"], true);

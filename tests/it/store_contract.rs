@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use time::macros::datetime;
-use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::domain::{ClaimKind, Operation, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::memory::MemoryStore;
 use vmpool::store::{
     Continuation, Etag, MAX_TEXT_CHARS, PageRequest, Rows, StoreError, Versioned, VmStore, Written,
@@ -41,6 +41,8 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
         pool: "eu-west".into(),
         build: Some("1.5.0+rc.1".into()),
+        report_order: Some(vmpool::domain::ReportOrder::Seq(u64::MAX)),
+        attention: Some("the delete did not take after 3 attempts".into()),
     }
 }
 
@@ -348,7 +350,7 @@ pub async fn the_pool_record_is_kept_apart(store: Arc<dyn VmStore>) {
     let (got, etag) = load_meta(store.as_ref()).await.unwrap();
     assert_eq!(got, meta);
     let mut next = got.clone();
-    next.pool_mut("default").breaker_reason = Some("QuotaExceeded".into());
+    next.pool_mut("default").target_raised_at = None;
     next.pool_mut("default").buffer_target = 0;
     save_meta(store.as_ref(), &next, etag.as_ref())
         .await
@@ -696,7 +698,9 @@ pub async fn state_listings_follow_every_write(store: Arc<dyn VmStore>) {
     }
 }
 
-pub async fn samples_hold_only_the_states_asked_for(store: Arc<dyn VmStore>) {
+pub async fn samples_hold_only_candidates_of_the_kind_from_after_the_key_and_wrap_round(
+    store: Arc<dyn VmStore>,
+) {
     for i in 0..30 {
         insert(
             &*store,
@@ -707,20 +711,47 @@ pub async fn samples_hold_only_the_states_asked_for(store: Arc<dyn VmStore>) {
     for i in 0..5 {
         insert(&*store, &bare_vm(&format!("smp-r{i}"), VmState::Running)).await;
     }
-    let some = store.sample(&[VmState::Deallocated], 10).await.unwrap();
-    assert_eq!(some.len(), 10);
-    assert!(some.iter().all(|r| r.vm.state == VmState::Deallocated));
-    let distinct: BTreeSet<&str> = some.iter().map(|r| r.vm.id.as_str()).collect();
-    assert_eq!(distinct.len(), 10, "no row twice");
+    // Creating VMs: only those for the buffer can be claimed.
+    for (i, purpose) in [Purpose::Matchmaker, Purpose::Buffer, Purpose::Matchmaker]
+        .into_iter()
+        .enumerate()
+    {
+        let mut vm = bare_vm(&format!("smp-c{i}"), VmState::Creating);
+        vm.purpose = purpose;
+        insert(&*store, &vm).await;
+    }
+    let some = store.sample(ClaimKind::Start, "smp-d04", 10).await.unwrap();
+    let names: Vec<&str> = some.iter().map(|r| r.vm.id.as_str()).collect();
+    let want: Vec<String> = (5..15).map(|i| format!("smp-d{i:02}")).collect();
+    assert_eq!(
+        names, want,
+        "in key order from the first key after the start"
+    );
     let mut next = some[0].vm.clone();
     next.state = VmState::Creating;
     done(store.update(&next, &some[0].etag).await.unwrap());
-    let all = store.sample(&[VmState::Deallocated], 100).await.unwrap();
+    let wrapped = store.sample(ClaimKind::Start, "smp-d25", 10).await.unwrap();
+    let names: Vec<&str> = wrapped.iter().map(|r| r.vm.id.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "smp-d26", "smp-d27", "smp-d28", "smp-d29", "smp-d00", "smp-d01", "smp-d02", "smp-d03",
+            "smp-d04", "smp-d06"
+        ],
+        "wraps round to the start, without the one no longer Deallocated"
+    );
+    let all = store.sample(ClaimKind::Start, "", 100).await.unwrap();
     assert_eq!(
         all.len(),
         29,
         "a sample larger than the rows holds them all"
     );
+    let creating = store
+        .sample(ClaimKind::ClaimCreating, "smp-c0", 10)
+        .await
+        .unwrap();
+    let names: Vec<&str> = creating.iter().map(|r| r.vm.id.as_str()).collect();
+    assert_eq!(names, ["smp-c1"], "only the buffer's Creating VM");
 }
 
 macro_rules! contract {
@@ -761,5 +792,5 @@ contract!(
     pages_hold_every_row_once_in_vm_id_order,
     counts_cover_every_state,
     state_listings_follow_every_write,
-    samples_hold_only_the_states_asked_for,
+    samples_hold_only_candidates_of_the_kind_from_after_the_key_and_wrap_round,
 );

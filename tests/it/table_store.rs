@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::macros::datetime;
 use vmpool::clock::ManualClock;
-use vmpool::domain::{Purpose, VmId, VmRecord, VmState};
+use vmpool::compute::Compute;
+use vmpool::compute::sim::SimulatedCompute;
+use vmpool::domain::{ClaimKind, Purpose, VmId, VmRecord, VmState};
 use vmpool::store::table::{TableOptions, TableStore};
 use vmpool::store::{Rows, StoreError, VmStore, Written};
 
@@ -35,6 +37,11 @@ fn marked(name: &str) -> VmRecord {
         "default",
         &vmpool::config::PoolPolicy::default().pools.all()[0].build,
     )
+}
+
+/// What the default pool asks ARM for.
+fn default_spec() -> vmpool::compute::VmSpec {
+    vmpool::config::PoolPolicy::default().pools.all()[0].vm()
 }
 
 /// How a burst of CreateVM calls went.
@@ -199,6 +206,247 @@ async fn two_instances_never_hand_out_one_vm_twice() {
     assert!(claims >= 16);
 }
 
+/// Seeds `n` Deallocated VMs named as vmpool names them, known to `sim`'s cloud as
+/// deallocated.
+async fn seed_deallocated(sim: &crate::support::apps::StoreApp, n: usize) -> Vec<String> {
+    let compute = SimulatedCompute::new(sim.cloud.clone(), "test");
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let id = vmpool::pool::new_vm_name("vmpool");
+        compute.create(&id, &default_spec()).await.unwrap();
+        let mut vm = marked(id.as_str());
+        vm.state = VmState::Deallocated;
+        vm.rooms = 0;
+        vm.public_ip = None;
+        assert!(matches!(
+            sim.store.insert(&vm).await.unwrap(),
+            Written::Done(_)
+        ));
+        names.push(id.to_string());
+    }
+    sim.clock.advance(time::Duration::minutes(10));
+    for name in &names {
+        compute
+            .deallocate(&VmId::parse(name).unwrap())
+            .await
+            .unwrap();
+    }
+    sim.clock.advance(time::Duration::minutes(10));
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn starts_spread_over_every_deallocated_vm_not_the_first_names() {
+    let sim = spawn_on(table_store().await, &[("VMPOOL_MAX_VMS", "1000")]).await;
+    let names = seed_deallocated(&sim, 200).await;
+    let mut started = Vec::new();
+    for _ in 0..40 {
+        let answer = sim.app.create_vm().await;
+        assert_eq!(answer.status, 202, "{:?}", answer.json);
+        assert_eq!(answer.json["action"], "started");
+        started.push(answer.json["vm"]["vmId"].as_str().unwrap().to_owned());
+    }
+    // Every name starts with the prefix: a sample that began at a random key of another
+    // shape would always hand out the first names in key order.
+    let rank = |id: &str| names.iter().position(|n| n == id).unwrap();
+    let beyond = started.iter().filter(|id| rank(id) >= 60).count();
+    println!(
+        "ranks of the started VMs: {:?}",
+        started.iter().map(|id| rank(id)).collect::<Vec<_>>()
+    );
+    assert!(
+        beyond >= 10,
+        "{beyond} of 40 starts beyond the 60 first names: {:?}",
+        started.iter().map(|id| rank(id)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_buffer_vm_still_creating_is_found_among_many_creating_for_callers() {
+    let store = table_store().await;
+    for i in 0..40 {
+        let mut vm = marked(&format!("vmpool-a{i:02}"));
+        vm.state = VmState::Creating;
+        vm.operation = Some(vmpool::domain::Operation::Create);
+        store.insert(&vm).await.unwrap();
+    }
+    let mut buffer = marked("vmpool-zz");
+    buffer.state = VmState::Creating;
+    buffer.operation = Some(vmpool::domain::Operation::Create);
+    buffer.purpose = Purpose::Buffer;
+    store.insert(&buffer).await.unwrap();
+    let sim = spawn_on(store.clone(), &[("VMPOOL_MAX_VMS", "100")]).await;
+    let answer = sim.app.create_vm().await;
+    assert_eq!(
+        answer.json["action"], "claimedCreating",
+        "{:?}",
+        answer.json
+    );
+    assert_eq!(answer.json["vm"]["vmId"], "vmpool-zz");
+}
+
+#[tokio::test]
+async fn a_burst_over_two_instances_never_exceeds_the_maximum_while_the_ledger_is_counted() {
+    let store = table_store().await;
+    let seeded = seed_marked(&*store, 16).await;
+    let other = Arc::new(
+        TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+            .await
+            .unwrap(),
+    );
+    let vars = [("VMPOOL_MAX_VMS", "30")];
+    let clock = Arc::new(ManualClock::default());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let a = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
+    let b = spawn_instance(other.clone(), &vars, clock.clone(), cloud).await;
+    let deallocated = seed_deallocated(&a, 10).await;
+
+    // A third party counts the ledger again and again while the burst runs, as reconcile
+    // passes do: each count races the claims taking places.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = {
+        let (store, done, clock) = (store.clone(), done.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut counts = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                // A count that storage does not answer in time is simply not made.
+                let now = vmpool::clock::Clock::now(&*clock);
+                let Ok(rows) = store.list(Rows::All).await else {
+                    continue;
+                };
+                if let Ok(Written::Done(_)) = vmpool::capacity::recount(&*store, &rows, now).await {
+                    counts += 1;
+                }
+            }
+            counts
+        })
+    };
+    let burst = Burst::run(&[&a.app, &b.app], 64).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let counts = counter.await.unwrap();
+    burst.check(&*store, &seeded, 30).await;
+    let handed = burst.handed_out();
+    assert_eq!(
+        handed.len(),
+        30,
+        "16 reclaimed and 14 places, none lost: {handed:?}"
+    );
+    let started = handed.iter().filter(|(a, _)| a == "started").count();
+    // A claim that loses its races for Deallocated VMs creates one instead.
+    assert!(
+        started <= deallocated.len(),
+        "{started} started of {}",
+        deallocated.len()
+    );
+    println!("{counts} counts of the ledger landed during the burst");
+
+    // Counted from a listing now, the ledger holds exactly the VMs that count.
+    let rows = store.list(Rows::All).await.unwrap();
+    vmpool::capacity::recount(&*store, &rows, vmpool::clock::Clock::now(&*clock))
+        .await
+        .unwrap();
+    let (ledger, _) = vmpool::capacity::load(&*store).await.unwrap().unwrap();
+    assert_eq!(ledger.used(), 30);
+    assert!(ledger.reservations.is_empty());
+}
+
+#[tokio::test]
+async fn a_burst_of_starts_over_two_instances_takes_exactly_the_places_left() {
+    let store = table_store().await;
+    let other = Arc::new(
+        TableStore::connect(&Azurite::shared().connection_string(), store.table_name())
+            .await
+            .unwrap(),
+    );
+    let vars = [("VMPOOL_MAX_VMS", "20")];
+    let clock = Arc::new(ManualClock::default());
+    let cloud = sim_cloud(&config(&vars), clock.clone());
+    let a = spawn_instance(store.clone(), &vars, clock.clone(), cloud.clone()).await;
+    let b = spawn_instance(other.clone(), &vars, clock.clone(), cloud).await;
+    // More Deallocated VMs than places: concurrent claims often pick the same VM, and the
+    // loser moves on to another with the place it took.
+    seed_deallocated(&a, 40).await;
+
+    let burst = Burst::run(&[&a.app, &b.app], 64).await;
+    let handed = burst.handed_out();
+    burst.check(&*store, &BTreeSet::new(), 20).await;
+    assert_eq!(handed.len(), 20, "exactly the places: {handed:?}");
+}
+
+#[tokio::test]
+async fn status_counts_come_from_the_pools_record_and_fresh_on_request() {
+    let store = table_store().await;
+    let sim = spawn_on(store.clone(), &[]).await;
+    let app = &sim.app;
+    // Running VMs, known to ARM as running.
+    let compute = SimulatedCompute::new(sim.cloud.clone(), "test");
+    let running = |name: &str| {
+        let mut vm = marked(name);
+        vm.state = VmState::Running;
+        vm.resource_id = compute.resource_id(&vm.id);
+        vm
+    };
+    for i in 0..3 {
+        compute
+            .create(&VmId::parse(&format!("rec-{i}")).unwrap(), &default_spec())
+            .await
+            .unwrap();
+    }
+    sim.clock.advance(time::Duration::minutes(10));
+    for i in 0..3 {
+        store.insert(&running(&format!("rec-{i}"))).await.unwrap();
+    }
+    // No pass has counted yet: the rows are counted now.
+    let before = app.send("GET", "/api/GetPoolStatus?vms=false", None).await;
+    assert_eq!(before.json["countsFrom"], "fresh", "{:?}", before.json);
+    assert_eq!(before.json["counts"]["Running"], 3);
+
+    sim.clock.advance(time::Duration::seconds(1));
+    let pass = app.reconcile().await;
+    assert_eq!(pass.json["ReturnValue"]["ok"], true, "{:?}", pass.json);
+    // A VM the pass did not see.
+    compute
+        .create(&VmId::parse("rec-3").unwrap(), &default_spec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert(&running("rec-3")).await.unwrap(),
+        Written::Done(_)
+    ));
+
+    let recorded = app.send("GET", "/api/GetPoolStatus?vms=false", None).await;
+    assert_eq!(recorded.status, 200);
+    assert_eq!(recorded.json["countsFrom"], "record", "{:?}", recorded.json);
+    assert_eq!(
+        recorded.json["counts"]["Running"], 3,
+        "the pass's count, not the table now"
+    );
+    assert_eq!(
+        recorded.json["countedAt"], recorded.json["lastReconcileStartedAt"],
+        "counted by the pass's listing"
+    );
+    let paged = app.send("GET", "/api/GetPoolStatus?limit=10", None).await;
+    assert_eq!(paged.json["countsFrom"], "record");
+    assert_eq!(paged.json["vms"].as_array().unwrap().len(), 4);
+
+    let fresh = app
+        .send("GET", "/api/GetPoolStatus?vms=false&counts=fresh", None)
+        .await;
+    assert_eq!(fresh.json["countsFrom"], "fresh");
+    assert_eq!(fresh.json["counts"]["Running"], 4);
+
+    let bad = app
+        .send("GET", "/api/GetPoolStatus?counts=sometimes", None)
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json["error"]["code"], "InvalidInput");
+
+    app.reconcile().await;
+    let next = app.send("GET", "/api/GetPoolStatus?vms=false", None).await;
+    assert_eq!(next.json["counts"]["Running"], 4, "the next pass counts it");
+}
+
 #[tokio::test]
 async fn rows_written_by_someone_else_are_skipped_or_named() {
     use azure_data_tables::clients::TableServiceClientBuilder;
@@ -338,7 +586,9 @@ async fn an_outage_is_503_in_bounded_time_and_nothing_is_lost() {
     );
 
     tokio::task::block_in_place(|| azurite.restart());
-    let status = app.status().await;
+    let status = app
+        .send("GET", "/api/GetPoolStatus?counts=fresh", None)
+        .await;
     assert_eq!(status.status, 200, "{:?}", status.json);
     assert_eq!(status.json["counts"]["Running"], 2, "{:?}", status.json);
     assert_eq!(status.json["counts"]["MarkedForDeallocation"], 1);
@@ -636,7 +886,7 @@ async fn a_table_from_before_the_index_gets_one_at_connect() {
         .unwrap();
     assert_eq!(standby.len(), 1);
     assert_eq!(standby[0].vm.id.as_str(), "old-a");
-    let deallocated = store.sample(&[VmState::Deallocated], 5).await.unwrap();
+    let deallocated = store.sample(ClaimKind::Start, "", 5).await.unwrap();
     assert_eq!(deallocated.len(), 1);
     assert_eq!(deallocated[0].vm.id.as_str(), "old-b");
 }

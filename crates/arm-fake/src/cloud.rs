@@ -79,6 +79,9 @@ pub(crate) struct FakeState {
     pub(crate) placed: HashMap<String, (String, String)>,
     /// The Resource Graph quota window: when it started and how many queries it spent.
     pub(crate) graph_quota: Option<(OffsetDateTime, u32)>,
+    /// Until then, the regional core quota is used up: creates of new VMs and starts are
+    /// refused.
+    pub(crate) quota_until: Option<OffsetDateTime>,
 }
 
 /// A name ARM might give: a prefix and random letters and digits nothing can derive.
@@ -394,6 +397,11 @@ impl ArmFake {
                 "A VM of that name exists in another resource group of this fake.",
             );
         }
+        if self.cloud.get(name).ok().flatten().is_none()
+            && let Some(refused) = self.over_quota()
+        {
+            return refused;
+        }
         let tags: BTreeMap<String, String> = parsed
             .get("tags")
             .and_then(Value::as_object)
@@ -506,6 +514,11 @@ impl ArmFake {
     pub(crate) fn action(&self, rg: &str, name: &str, op: FakeOp, base: &str) -> Answer {
         if let Err(res) = self.existing(rg, name) {
             return *res;
+        }
+        if op == FakeOp::Start
+            && let Some(refused) = self.over_quota()
+        {
+            return refused;
         }
         let (done, kind) = match op {
             FakeOp::Start => (self.cloud.start(name), OpKind::Start),
@@ -793,6 +806,20 @@ impl ArmFake {
                 "type": "Microsoft.Network/publicIPAddresses"
             }),
         )
+    }
+
+    /// The refusal a create or start gets while the quota window is open, as Azure words it:
+    /// 409 `OperationNotAllowed`, "Operation could not be completed as it results in
+    /// exceeding approved Total Regional Cores quota" with the figures (Microsoft Learn,
+    /// "Resolve errors for resource quotas" and "vCPU quotas"). Azure checks the quota when
+    /// a VM is created and when a deallocated VM is started (it allocates cores again).
+    pub(crate) fn over_quota(&self) -> Option<Answer> {
+        let now = self.cloud.clock().now();
+        let until = self.lock().quota_until?;
+        (until > now).then(|| {
+            let fault = HttpFault::quota_exceeded();
+            arm_error(StatusCode::CONFLICT, &fault.code, &fault.message)
+        })
     }
 
     pub(crate) fn record(&self, entry: Recorded) {

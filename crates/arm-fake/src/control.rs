@@ -1,6 +1,6 @@
 //! The `/_fake/` control routes: scripted faults, delays, failed provisioning, VMs deleted
-//! behind vmpool's back, VMs hidden from listings, pages that end early, and the requests
-//! received.
+//! behind vmpool's back, VMs hidden from listings, pages that end early, a quota window,
+//! starts that fail in their operation, and the requests received.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,38 @@ pub(crate) struct HideRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShortPagesRequest {
     times: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuotaRequest {
+    secs: u64,
+}
+
+pub(crate) async fn admin_quota(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<QuotaRequest>(&body) {
+        Ok(r) => {
+            fake.quota_window(r.secs.min(86_400 * 365));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_start_failure(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<ProvisioningFailureRequest>(&body) {
+        Ok(r) => {
+            fake.start_fails_next(&r.code, &r.message);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
 }
 
 pub(crate) fn one() -> u32 {

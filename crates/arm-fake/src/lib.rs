@@ -33,7 +33,10 @@
 //!   (`POST /_fake/hide` `{"vm": "<name>" | null, "secs": N}`: missing from list responses
 //!   for N seconds of the fake's clock while point GETs still find it; `POST
 //!   /_fake/short-pages` `{"times": N}`: the next N list responses end early, their last VMs
-//!   and their nextLink dropped); every request is recorded ([`ArmFake::requests`]).
+//!   and their nextLink dropped; `POST /_fake/quota` `{"secs": N}`: creates and starts
+//!   refused for quota for N seconds ([`ArmFake::quota_window`]); `POST
+//!   /_fake/start-failures` `{"code", "message"}`: the next start fails in its operation
+//!   ([`ArmFake::start_fails_next`])); every request is recorded ([`ArmFake::requests`]).
 //!
 //! The crate is split by job: `wire` parses ARM's paths and answers in its shapes,
 //! `cloud` keeps the fake cloud's state (VMs, NICs, operations, scripts) and serves each
@@ -161,12 +164,15 @@ impl HttpFault {
         }
     }
 
-    /// 409 `OperationNotAllowed`: the subscription's core quota would be exceeded.
+    /// 409 `OperationNotAllowed`: the subscription's core quota would be exceeded, in the
+    /// words of Azure's answer (Microsoft Learn, "Resolve errors for resource quotas":
+    /// `Code=OperationNotAllowed`, "Operation results in exceeding quota limits of Core.
+    /// Maximum allowed: 4, Current in use: 4, Additional requested: 2.").
     pub fn quota_exceeded() -> Self {
         HttpFault {
             status: 409,
             code: "OperationNotAllowed".into(),
-            message: "Operation could not be completed as it results in exceeding approved Total Regional Cores quota.".into(),
+            message: "Operation could not be completed as it results in exceeding approved Total Regional Cores quota. Additional details - Location: westeurope, Current Limit: 24, Current Usage: 24, Additional Required: 2, (Minimum) New Limit Required: 26.".into(),
             retry_after: None,
         }
     }
@@ -291,6 +297,24 @@ impl ArmFake {
             .inject(Fault::ProvisioningFails(format!("{code}: {message}")));
     }
 
+    /// For `secs` seconds of the fake's clock the region's core quota is used up: every PUT
+    /// that would create a VM and every start answers 409 `OperationNotAllowed`
+    /// ([`HttpFault::quota_exceeded`]); VMs that exist keep running.
+    pub fn quota_window(&self, secs: u64) {
+        let until = self.cloud.clock().now()
+            + time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2));
+        self.lock().quota_until = Some(until);
+    }
+
+    /// The next start is accepted (202), then fails in its operation with `code` (such as
+    /// `AllocationFailed`): the operation URL answers `Failed` with that error, and the VM
+    /// stays deallocated with `ProvisioningState/failed/<code>`, as Azure leaves a VM whose
+    /// start found no capacity. It can be started again.
+    pub fn start_fails_next(&self, code: &str, message: &str) {
+        self.cloud
+            .inject(Fault::StartFails(format!("{code}: {message}")));
+    }
+
     /// Deletes a VM at once, with its NIC and public IP, as someone in the portal would.
     pub fn delete_behind_our_back(&self, name: &str) {
         self.cloud.remove_behind_our_back(name);
@@ -345,6 +369,8 @@ impl ArmFake {
             )
             .route("/_fake/vms/{name}", delete(control::admin_delete_vm))
             .route("/_fake/hide", post(control::admin_hide))
+            .route("/_fake/quota", post(control::admin_quota))
+            .route("/_fake/start-failures", post(control::admin_start_failure))
             .route("/_fake/short-pages", post(control::admin_short_pages))
             .fallback(wire::dispatch)
             .with_state(self.clone())

@@ -5,7 +5,8 @@
 //! - 3 from the fake's request log against the rooms the model reported;
 //! - 4 and 5 once the faults have stopped;
 //! - 6 from the table against the model's holds;
-//! - 7 from the instances' JSON logs.
+//! - 7 from the instances' JSON logs;
+//! - 8 from the fake's request log: a VM whose start ARM refused is never deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -42,6 +43,9 @@ pub struct Checker {
     orphan_seen: HashMap<String, OffsetDateTime>,
     orphan_reported: HashSet<String>,
     requests_seen: usize,
+    /// VMs a start of which ARM refused (409): they exist, deallocated, and are never
+    /// deleted for it.
+    start_refused: HashSet<String>,
     requests_polled_at: Option<OffsetDateTime>,
     logs: Vec<LogFile>,
     passes: Vec<Pass>,
@@ -315,6 +319,21 @@ impl Checker {
         for r in new {
             let op = r.get("op").and_then(Value::as_str).unwrap_or_default();
             let status = r.get("status").and_then(Value::as_u64).unwrap_or_default();
+            let vm = r.get("path").and_then(Value::as_str).and_then(vm_from_path);
+            if let Some(vm) = &vm {
+                if op == "Start" && status == 409 {
+                    self.start_refused.insert(vm.clone());
+                }
+                if op == "DeleteVm" && (200..300).contains(&status) && status != 204 {
+                    sh.checked(inv::NO_DELETE_AFTER_REFUSAL, 1);
+                    if self.start_refused.contains(vm) {
+                        sh.violation(
+                            inv::NO_DELETE_AFTER_REFUSAL,
+                            format!("ARM accepted DeleteVm of {vm} ({status}) after a start of it was refused"),
+                        );
+                    }
+                }
+            }
             let destroys = matches!(op, "Deallocate" | "PowerOff" | "DeleteVm");
             // A 204 to a DELETE means the VM was already gone: nothing was destroyed.
             if !destroys || !(200..300).contains(&status) || status == 204 {

@@ -1,7 +1,8 @@
 //! Faults on a schedule drawn from the seed: through the ARM fake's `/_fake/` routes (429
 //! bursts, 5xx, failed provisioning, slow operations, VMs deleted behind vmpool's back, VMs
-//! missing from listings, short list pages), kill -9 of a vmpool instance then its restart,
-//! and an Azurite stop and restart. A route the fake does not have (404) is counted as "not
+//! missing from listings, short list pages, a 40 s window in which the region's core quota
+//! refuses every create and start), kill -9 of a vmpool instance then its restart, and an
+//! Azurite stop and restart. A route the fake does not have (404) is counted as "not
 //! injected".
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ const OPS: [&str; 8] = [
     "OperationStatus",
     "GraphQuery",
 ];
+
+/// How long the region's core quota refuses creates and starts, once per soak.
+const QUOTA_WINDOW_SECS: u64 = 40;
 
 /// What the faults task needs to restart processes.
 #[derive(Debug, Clone)]
@@ -52,9 +56,19 @@ pub async fn run(
     // The two process faults come once per 50 s of chaos, at seeded moments.
     let mut next_kill = begin + Duration::from_millis(rng.random_range(3000..12000));
     let mut next_azurite = begin + Duration::from_millis(rng.random_range(18000..32000));
+    // One quota window per soak, early enough to end before the faults do.
+    let mut quota_at = Some(begin + Duration::from_millis(rng.random_range(0..3000)));
     while tokio::time::Instant::now() < end && !sh.stopping() {
         let now = tokio::time::Instant::now();
-        if now >= next_kill {
+        if quota_at.is_some_and(|at| now >= at) {
+            quota_at = None;
+            let answer = post_fake(&sh, "/_fake/quota", json!({"secs": QUOTA_WINDOW_SECS})).await;
+            count(
+                &sh,
+                "40 s quota window (creates and starts refused)",
+                &answer,
+            );
+        } else if now >= next_kill {
             kill_and_restart(&sh, &rs, &mut rng).await?;
             next_kill += Duration::from_secs(50);
         } else if now >= next_azurite {

@@ -158,12 +158,7 @@ impl ArmHttpError {
 
 /// 409 codes that mean "this will not work however long you wait" rather than "another
 /// operation is in progress": ARM sends quota refusals as 409 `OperationNotAllowed`.
-const PERMANENT_CONFLICT_CODES: &[&str] = &[
-    "OperationNotAllowed",
-    "QuotaExceeded",
-    "SkuNotAvailable",
-    "ZonalAllocationFailed",
-];
+const PERMANENT_CONFLICT_CODES: &[&str] = crate::compute::REFUSAL_CODES;
 
 /// Maps an ARM error answer to the port's error; `true` when it is worth retrying at once.
 pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {

@@ -31,7 +31,7 @@ use tracing::warn;
 
 use super::row::{self, ROW_ETAG, RowFields, parse_row, to_entity};
 use super::{Fault, TableStore, classify, is_missing_row, lost_race};
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, Purpose, VmId, VmRecord, VmState};
 use crate::store::{Etag, StoreError, Versioned, WRITE_CONCURRENCY, run_bounded};
 
 /// The states with an index table: those CreateVM claims from.
@@ -230,37 +230,51 @@ impl TableStore {
         Ok(all)
     }
 
-    /// Up to `limit` indexed rows in `states`, starting at a random key and wrapping round.
+    /// Up to `limit` candidates for a claim of `kind`, from the first key after `after` in the
+    /// index table of its state, wrapping round to the start (see
+    /// [`crate::store::VmStore::sample`]). Two key-range queries with `$top` at most: Table
+    /// Storage answers them from where the range starts, in key order
+    /// (<https://learn.microsoft.com/rest/api/storageservices/query-timeout-and-pagination>),
+    /// so the cost does not grow with the entries of that state.
     pub(super) async fn sample_indexed(
         &self,
-        states: &[VmState],
+        kind: ClaimKind,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<Versioned>, Fault> {
-        use rand::Rng;
-        let start: String = (0..6)
-            .map(|_| {
-                char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rand::rng().random_range(0..36)])
-            })
-            .collect();
+        let states = [kind.state()];
         let top = u32::try_from(limit).unwrap_or(u32::MAX);
-        // Keys are compared as strings; `start` is ours (letters and digits), never input.
+        // Only a Creating VM meant for the buffer can be claimed: the entry is the row's copy,
+        // so its purpose can be filtered on. The purpose names are ours, never input.
+        let purpose = match kind {
+            ClaimKind::ClaimCreating => format!(
+                " and {} eq '{}'",
+                row::PURPOSE.name,
+                Purpose::Buffer.as_str()
+            ),
+            _ => String::new(),
+        };
+        // `after` is a VM name (letters, digits, `-`, `_`, `.`); quotes are doubled anyway,
+        // as OData string literals need.
+        let key = after.replace('\'', "''");
         let mut rows = self
             .list_indexed(
-                states,
-                Some(format!("PartitionKey ge '{start}'")),
+                &states,
+                Some(format!("PartitionKey gt '{key}'{purpose}")),
                 Some(top),
             )
             .await?;
         if rows.len() < limit {
             let more = self
                 .list_indexed(
-                    states,
-                    Some(format!("PartitionKey lt '{start}'")),
+                    &states,
+                    Some(format!("PartitionKey le '{key}'{purpose}")),
                     Some(top),
                 )
                 .await?;
             rows.extend(more);
         }
+        rows.retain(|r| ClaimKind::of(&r.vm) == Some(kind));
         rows.truncate(limit);
         Ok(rows)
     }

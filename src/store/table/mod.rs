@@ -47,7 +47,7 @@ use super::{
     Continuation, Etag, GroupCounts, Page, PageRequest, Record, Rows, StateCounts, StoreError,
     Versioned, VmStore, Written, count_into, normalize, zero_counts,
 };
-use crate::domain::{VmId, VmRecord, VmState};
+use crate::domain::{ClaimKind, VmId, VmRecord, VmState};
 use azure_core::Continuable;
 
 /// How long one call to the service may take before it counts as unavailable.
@@ -324,13 +324,13 @@ impl VmStore for TableStore {
             .await
     }
 
-    async fn sample(&self, states: &[VmState], limit: usize) -> Result<Vec<Versioned>, StoreError> {
-        if !states.iter().all(|s| index::is_indexed(*s)) {
-            let mut rows = self.list(Rows::InStates(states)).await?;
-            rows.truncate(limit);
-            return Ok(rows);
-        }
-        self.recreating("sample", || self.sample_indexed(states, limit))
+    async fn sample(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        self.recreating("sample", || self.sample_indexed(kind, after, limit))
             .await
     }
 

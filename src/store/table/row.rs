@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{Operation, Purpose, VmId, VmRecord, VmState};
+use crate::domain::{Operation, Purpose, ReportOrder, VmId, VmRecord, VmState};
 use crate::store::{StoreError, check_record_key, check_record_value, tick};
 
 /// A property's type in the table (its `@odata.type`).
@@ -28,6 +28,8 @@ pub(crate) enum Edm {
 pub(crate) enum Cell<'a> {
     /// Text.
     Text(&'a str),
+    /// Text made from the record.
+    Owned(String),
     /// A count.
     Int(u32),
     /// A time.
@@ -134,8 +136,18 @@ pub(crate) const BUILD: Property = prop("Build", Edm::String, false, |vm| {
     text_or_absent(vm.build.as_deref())
 });
 
+/// The ordering field of the last rooms report applied (`seq:<n>` or `at:<RFC 3339>`).
+pub(crate) const REPORT_ORDER: Property = prop("LastReportOrder", Edm::String, false, |vm| {
+    vm.report_order
+        .map_or(Cell::Absent, |o| Cell::Owned(o.to_text()))
+});
+/// Why vmpool stopped calling ARM for the VM (an operator must look at it).
+pub(crate) const ATTENTION: Property = prop("NeedsAttention", Edm::String, false, |vm| {
+    text_or_absent(vm.attention.as_deref())
+});
+
 /// Every property of a VM row, in the order the schema lists them.
-pub(crate) const PROPERTIES: [&Property; 17] = [
+pub(crate) const PROPERTIES: [&Property; 19] = [
     &PARTITION_KEY,
     &ROW_KEY,
     &STATE,
@@ -153,6 +165,8 @@ pub(crate) const PROPERTIES: [&Property; 17] = [
     &LAST_ERROR,
     &POOL,
     &BUILD,
+    &REPORT_ORDER,
+    &ATTENTION,
 ];
 
 /// The annotation that carries a row's ETag in a query answer.
@@ -182,6 +196,9 @@ pub(crate) fn to_entity(vm: &VmRecord) -> Result<Map<String, Value>, StoreError>
     for p in PROPERTIES {
         match (p.edm, (p.get)(vm)) {
             (Edm::String, Cell::Text(s)) => {
+                m.insert(p.name.into(), s.into());
+            }
+            (Edm::String, Cell::Owned(s)) => {
                 m.insert(p.name.into(), s.into());
             }
             (Edm::Int, Cell::Int(n)) => put_int(&mut m, p.name, n),
@@ -361,6 +378,14 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
             .unwrap_or(crate::domain::DEFAULT_POOL)
             .to_owned(),
         build: BUILD.opt_text(m)?.map(str::to_owned),
+        report_order: match REPORT_ORDER.opt_text(m)? {
+            None => None,
+            Some(raw) => Some(
+                ReportOrder::parse_text(raw)
+                    .ok_or_else(|| format!("{}: unreadable {raw:?}", REPORT_ORDER.name))?,
+            ),
+        },
+        attention: ATTENTION.opt_text(m)?.map(str::to_owned),
     })
 }
 
@@ -499,6 +524,8 @@ mod tests {
         vm.claimed_at = Some(t);
         vm.pool = "eu".into();
         vm.build = Some("1.5.0".into());
+        vm.report_order = Some(ReportOrder::At(t));
+        vm.attention = Some("the delete did not take after 3 attempts".into());
         vm
     }
 
