@@ -425,6 +425,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         max_vms: v.max_vms,
         buffer_target: v.buffer.target,
         breaker_open: v.circuit_breaker.open,
+        unhealthy: v.unhealthy,
+        observation_suspect: v.observation.suspect,
     });
     let text = state.metrics.render(gauges.as_ref());
     (

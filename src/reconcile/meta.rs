@@ -47,6 +47,14 @@ pub struct PoolMeta {
     /// was trusted).
     #[serde(default)]
     pub vanished: u32,
+    /// Why the last pass did not trust ARM's answers for destructive steps: an answer about
+    /// the subscription, resource group or access (`ResourceGroupNotFound`, 403...).
+    #[serde(default)]
+    pub suspect_reason: Option<String>,
+    /// VMs that run while ARM says their provisioning failed (unhealthy, kept while a game
+    /// may be on them), as of the last pass.
+    #[serde(default)]
+    pub unhealthy: u32,
 }
 
 fn to_time(d: std::time::Duration) -> Duration {
@@ -67,9 +75,10 @@ impl PoolMeta {
             .min(policy.max_vms)
     }
 
-    /// Whether the last pass held the brake on mass disappearance.
+    /// Whether the last pass held the brake on mass disappearance, or took no destructive
+    /// step because ARM answered about scope or access.
     pub fn observation_suspect(&self) -> bool {
-        self.vanished > 0
+        self.vanished > 0 || self.suspect_reason.is_some()
     }
 
     /// After its cool-down an open breaker half-opens: creates resume, and one more failure

@@ -6,12 +6,14 @@
 //! Functions timer and the standalone loop both call [`Reconciler::run_once`].
 
 mod meta;
+mod observation;
 mod plan;
 
 pub use meta::{Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
+pub use observation::{Observation, PointRead, Source};
 pub use plan::{
     Action, BRAKE_MIN_VMS, GRACE, MAX_ATTEMPTS, MAX_POINT_READS_PER_PASS, Observed, Plan, Seen,
-    demand_target, plan, reads_needed, settle, vanished,
+    Why, demand_target, plan, reads_needed, settle, vanished,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -294,9 +296,16 @@ impl Reconciler {
             time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
         // A sweep Resource Graph refuses (throttled past its quota, or no read access)
         // only delays drift repair and adoption: the pass goes on, and the next one sweeps.
+        let mut suspect: Option<String> = None;
         let swept = if meta.last_sweep_at.is_none_or(|t| now - t >= sweep_every) {
             match pool.compute().list_power().await {
                 Ok(swept) => Some(swept),
+                Err(e @ ComputeError::Suspect { .. }) => {
+                    summary.errors += 1;
+                    error!(error = %e, "observation suspect: the power sweep was answered about scope or access; no destructive step this pass");
+                    suspect = Some(format!("the Resource Graph sweep: {e}"));
+                    None
+                }
                 Err(e) => {
                     summary.errors += 1;
                     warn!(error = %e, "the power sweep failed; drift repair and adoption wait for the next pass");
@@ -307,7 +316,8 @@ impl Reconciler {
             None
         };
         let mut observed = observe(&rows, listing, swept.as_ref());
-        let braked = vanished(&rows, &observed.arm, policy);
+        observed.suspect = suspect;
+        let braked = vanished(&rows, &observed.listed, policy);
         if let Some(missing) = &braked {
             observed.vanished = u32::try_from(missing.len()).unwrap_or(u32::MAX);
             error!(
@@ -317,25 +327,29 @@ impl Reconciler {
             );
         }
         summary.vanished = observed.vanished;
-        let reads = reads_needed(&rows, &observed.arm, braked.is_some(), now);
+        let reads = reads_needed(&rows, &observed.listed, braked.is_some(), now, policy);
         summary.point_reads = u32::try_from(reads.len()).unwrap_or(u32::MAX);
         let compute = pool.compute().clone();
         let mut answers = futures::stream::iter(reads)
             .map(|id| {
                 let compute = compute.clone();
                 async move {
-                    let answer = compute.status(&id).await;
+                    let answer = PointRead::take(compute.as_ref(), id.clone()).await;
                     (id, answer)
                 }
             })
             .buffer_unordered(READS_AT_ONCE);
         while let Some((id, answer)) = answers.next().await {
             match answer {
-                Ok(Some(status)) => {
-                    observed.arm.insert(id, status);
+                Ok(read) => {
+                    observed.reads.insert(id, read);
                 }
-                Ok(None) => {
-                    observed.gone.insert(id);
+                Err(e @ ComputeError::Suspect { .. }) => {
+                    summary.errors += 1;
+                    error!(vm.id = %id, error = %e, "observation suspect: a point read was answered about scope or access, not about the VM; no destructive step this pass");
+                    observed
+                        .suspect
+                        .get_or_insert_with(|| format!("a point read of {id}: {e}"));
                 }
                 Err(e) => {
                     summary.errors += 1;
@@ -434,7 +448,7 @@ impl Reconciler {
         let policy = pool.policy();
         let now = pool.clock().now();
         match action {
-            Action::Complete(row) => {
+            Action::Complete(row, read) => {
                 // A missing IP does not hold the VM back: it is looked for on later passes.
                 let ip = match compute.public_ip(&row.vm.id).await {
                     Ok(ip) => ip,
@@ -443,28 +457,32 @@ impl Reconciler {
                         None
                     }
                 };
-                if let Ok(next) = domain::complete_creating(&row.vm, ip, now)
+                let unhealthy = read.status().and_then(|s| match &s.provisioning {
+                    Provisioning::Failed(e) => Some(format!("provisioning failed while running: {e}")),
+                    _ => None,
+                });
+                if let Ok(next) = domain::complete_creating(&row.vm, ip, unhealthy, now)
                     && self.write(&row, &next, summary).await?
                 {
-                    info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
+                    info!(vm.id = %row.vm.id, state = %next.state, unhealthy = ?next.unhealthy, rests_on = %read, "VM is ready");
                     if row.vm.operation == Some(Operation::Create) {
                         record().create_succeeded();
                     }
                     summary.completed += 1;
                 }
             }
-            Action::FinishDeallocate(row) => {
+            Action::FinishDeallocate(row, read) => {
                 if let Ok(next) = domain::complete_deallocating(&row.vm, now)
                     && self.write(&row, &next, summary).await?
                 {
-                    info!(vm.id = %row.vm.id, "VM is deallocated");
+                    info!(vm.id = %row.vm.id, rests_on = %read, "VM is deallocated");
                     summary.deallocated += 1;
                 }
             }
-            Action::Fail(row, error) => {
+            Action::Fail(row, error, read) => {
                 let next = domain::fail(&row.vm, &error, now);
                 if self.write(&row, &next, summary).await? {
-                    warn!(vm.id = %row.vm.id, %error, "VM failed");
+                    warn!(vm.id = %row.vm.id, %error, rests_on = %read, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
                         record().create_failed(&error, now, policy);
                     }
@@ -526,7 +544,12 @@ impl Reconciler {
                     return Ok(());
                 };
                 if self.write(&row, &next, summary).await? {
-                    info!(vm.id = %row.vm.id, why, "deallocating");
+                    match &why {
+                        Why::StoppedOutsideVmpool(read) => {
+                            info!(vm.id = %row.vm.id, why = why.as_str(), rests_on = %read, "deallocating");
+                        }
+                        _ => info!(vm.id = %row.vm.id, why = why.as_str(), "deallocating"),
+                    }
                     summary.deallocating += 1;
                     match compute.deallocate(&row.vm.id).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
@@ -534,27 +557,27 @@ impl Reconciler {
                     }
                 }
             }
-            Action::Correct(row, to) => {
+            Action::Correct(row, to, read) => {
                 let next = domain::correct(&row.vm, to, now);
                 if self.write(&row, &next, summary).await? {
-                    warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, "row corrected to what ARM shows");
+                    warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, rests_on = %read, "row corrected to what a point read shows");
                     summary.corrected += 1;
                 }
             }
-            Action::Delete(row) => {
+            Action::Delete(row, read) => {
                 let next = domain::begin_delete(&row.vm, now);
                 if self.write(&row, &next, summary).await? {
                     match compute.delete(&row.vm.id).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    info!(vm.id = %row.vm.id, "failed VM deleted");
+                    info!(vm.id = %row.vm.id, rests_on = %read, "failed VM deleted");
                     summary.deleted += 1;
                 }
             }
-            Action::Forget(row) => {
+            Action::Forget(row, read) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
-                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table (a GET answered 404)");
+                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, rests_on = %read, "failed VM removed from the table");
                     summary.forgotten += 1;
                 } else {
                     summary.lost_races += 1;
@@ -562,6 +585,10 @@ impl Reconciler {
             }
             Action::Adopt(id, resource_id, status) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
+                    // Running with a failed model: a game may be on it.
+                    (Provisioning::Failed(e), Power::Running) => {
+                        (AdoptedAs::RunningUnhealthy, Some(e.as_str()))
+                    }
                     (Provisioning::Failed(e), _) => {
                         (AdoptedAs::ProvisioningFailed, Some(e.as_str()))
                     }
@@ -581,6 +608,17 @@ impl Reconciler {
                 {
                     info!(vm.id = %row.vm.id, "handed out but never used; back to Standby");
                     summary.unclaimed += 1;
+                }
+            }
+            Action::Health(row, unhealthy, read) => {
+                let next = domain::health(&row.vm, unhealthy);
+                if self.write(&row, &next, summary).await? {
+                    match &next.unhealthy {
+                        Some(why) => {
+                            warn!(vm.id = %row.vm.id, reason = %why, rests_on = %read, "VM unhealthy: kept while a game may be on it, never handed out");
+                        }
+                        None => info!(vm.id = %row.vm.id, rests_on = %read, "VM healthy again"),
+                    }
                 }
             }
             Action::FindIp(row) => {
@@ -620,6 +658,11 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
         }
         status
     };
+    let source = if swept.is_some() {
+        Source::Sweep
+    } else {
+        Source::Listing
+    };
     let mut observed = Observed::default();
     let mut seen: HashSet<String> = HashSet::new();
     for l in &listing {
@@ -627,10 +670,15 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
         seen.insert(key.clone());
         match by_id.get(&key) {
             Some(row) if in_flight(row) => {
-                observed.arm.insert(row.vm.id.clone(), l.status.clone());
+                observed.listed.insert(
+                    row.vm.id.clone(),
+                    Observation::new(l.status.clone(), Source::Listing),
+                );
             }
             Some(row) => {
-                observed.arm.insert(row.vm.id.clone(), merged(l));
+                observed
+                    .listed
+                    .insert(row.vm.id.clone(), Observation::new(merged(l), source));
             }
             None if l.tagged && swept.is_some() => {
                 let status = merged(l);
@@ -652,7 +700,10 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
             && let Some(row) = by_id.get(&key)
             && !in_flight(row)
         {
-            observed.arm.insert(row.vm.id.clone(), l.status.clone());
+            observed.listed.insert(
+                row.vm.id.clone(),
+                Observation::new(l.status.clone(), Source::Sweep),
+            );
         }
     }
     observed
@@ -724,8 +775,9 @@ mod tests {
             listed("stray", "games", Power::Unknown, false),
         ];
         let plain = observe(&rows, listing.clone(), None);
-        assert_eq!(plain.arm.len(), 2);
-        assert_eq!(plain.arm[&rows[0].vm.id].power, Power::Unknown);
+        assert_eq!(plain.listed.len(), 2);
+        assert_eq!(plain.listed[&rows[0].vm.id].status.power, Power::Unknown);
+        assert_eq!(plain.listed[&rows[0].vm.id].source, Source::Listing);
         assert!(plain.untracked.is_empty(), "no adoption between sweeps");
 
         let swept = vec![
@@ -735,14 +787,15 @@ mod tests {
             listed("ghost", "Games", Power::Running, false),
         ];
         let full = observe(&rows, listing, Some(&swept));
-        assert_eq!(full.arm[&rows[0].vm.id].power, Power::Running);
+        assert_eq!(full.listed[&rows[0].vm.id].status.power, Power::Running);
+        assert_eq!(full.listed[&rows[0].vm.id].source, Source::Sweep);
         assert_eq!(
-            full.arm[&rows[1].vm.id].power,
+            full.listed[&rows[1].vm.id].status.power,
             Power::Deallocated,
             "seen by the sweep though the listing missed it"
         );
         assert_eq!(
-            full.arm[&rows[2].vm.id].power,
+            full.listed[&rows[2].vm.id].status.power,
             Power::Unknown,
             "a VM in flight is confirmed by a point read, not by the sweep"
         );

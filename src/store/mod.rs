@@ -138,6 +138,7 @@ pub fn normalize(vm: &VmRecord) -> Result<VmRecord, StoreError> {
         created_at: tick(vm.created_at)?,
         claimed_at: opt(vm.claimed_at)?,
         last_error: vm.last_error.as_deref().map(truncate),
+        unhealthy: vm.unhealthy.as_deref().map(truncate),
         ..vm.clone()
     })
 }

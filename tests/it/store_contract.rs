@@ -39,6 +39,9 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         claimed_at: Some(datetime!(2026-01-01 00:00:03 +02:00)),
         attempts: 2,
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
+        unhealthy: Some(
+            "provisioning failed while running: VMExtensionProvisioningError: exit 1".into(),
+        ),
     }
 }
 

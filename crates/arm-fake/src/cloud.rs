@@ -79,6 +79,9 @@ pub(crate) struct FakeState {
     pub(crate) placed: HashMap<String, (String, String)>,
     /// The Resource Graph quota window: when it started and how many queries it spent.
     pub(crate) graph_quota: Option<(OffsetDateTime, u32)>,
+    /// Resource Graph's lag as set at run time (it replaces
+    /// [`crate::FakeSettings::graph_lag_secs`]).
+    pub(crate) graph_lag_secs: Option<u64>,
 }
 
 /// A name ARM might give: a prefix and random letters and digits nothing can derive.

@@ -126,8 +126,13 @@ pub(crate) const LAST_ERROR: Property = prop("LastError", Edm::String, false, |v
     text_or_absent(vm.last_error.as_deref())
 });
 
+/// Why a running VM is unhealthy (its provisioning failed while it runs).
+pub(crate) const UNHEALTHY: Property = prop("Unhealthy", Edm::String, false, |vm| {
+    text_or_absent(vm.unhealthy.as_deref())
+});
+
 /// Every property of a VM row, in the order the schema lists them.
-pub(crate) const PROPERTIES: [&Property; 15] = [
+pub(crate) const PROPERTIES: [&Property; 16] = [
     &PARTITION_KEY,
     &ROW_KEY,
     &STATE,
@@ -143,6 +148,7 @@ pub(crate) const PROPERTIES: [&Property; 15] = [
     &CLAIMED_AT,
     &ATTEMPTS,
     &LAST_ERROR,
+    &UNHEALTHY,
 ];
 
 /// The annotation that carries a row's ETag in a query answer.
@@ -332,6 +338,7 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
         claimed_at: CLAIMED_AT.opt_time(m)?,
         attempts: ATTEMPTS.int(m)?,
         last_error: LAST_ERROR.opt_text(m)?.map(str::to_owned),
+        unhealthy: UNHEALTHY.opt_text(m)?.map(str::to_owned),
     })
 }
 
@@ -468,6 +475,7 @@ mod tests {
         vm.operation = Some(Operation::Create);
         vm.last_report_at = Some(t);
         vm.claimed_at = Some(t);
+        vm.unhealthy = Some("provisioning failed while running: E".into());
         vm
     }
 
