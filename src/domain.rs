@@ -1087,7 +1087,8 @@ mod tests {
         reported.last_report_at = Some(t0());
         let kept = complete_creating(&reported, None, None, t0()).unwrap();
         assert_eq!((kept.rooms, kept.last_report_at), (3, Some(t0())));
-        let buf = complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, None, t0()).unwrap();
+        let buf =
+            complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, None, t0()).unwrap();
         assert_eq!(buf.state, VmState::Standby);
         for state in VmState::ALL.into_iter().filter(|s| *s != VmState::Creating) {
             assert!(complete_creating(&vm(state, Purpose::Buffer), None, None, t0()).is_err());

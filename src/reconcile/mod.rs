@@ -458,7 +458,9 @@ impl Reconciler {
                     }
                 };
                 let unhealthy = read.status().and_then(|s| match &s.provisioning {
-                    Provisioning::Failed(e) => Some(format!("provisioning failed while running: {e}")),
+                    Provisioning::Failed(e) => {
+                        Some(format!("provisioning failed while running: {e}"))
+                    }
                     _ => None,
                 });
                 if let Ok(next) = domain::complete_creating(&row.vm, ip, unhealthy, now)

@@ -647,10 +647,21 @@ pub fn settle(
         .map_or("operation", |o| o.as_str())
         .to_lowercase();
     let out_of_attempts = vm.attempts >= MAX_ATTEMPTS && settled;
-    let fail = |read: &PointRead, error: String| Some(Action::Fail(row.clone(), error, read.clone()));
+    let fail =
+        |read: &PointRead, error: String| Some(Action::Fail(row.clone(), error, read.clone()));
     match vm.state {
         VmState::Creating => match seen {
             Seen::Read(read, s) if s.is_up() => Some(Action::Complete(row.clone(), read.clone())),
+            // Booting with a failed model: it may be about to serve; wait until it runs (or
+            // the operation times out).
+            Seen::Read(_, s)
+                if matches!(s.provisioning, Provisioning::Failed(_))
+                    && s.power == Power::Starting
+                    && vm.may_host_games()
+                    && issued_for(row, now) < to_time(policy.create_timeout) =>
+            {
+                None
+            }
             // Running, but the last operation on its model failed (a VM extension): whoever
             // holds it may already run a game on it, so it completes, unhealthy. A buffer
             // VM nobody holds is failed (and then deleted).

@@ -94,7 +94,10 @@ pub(crate) async fn admin_extension_failure(
     match parse_admin::<ExtensionFailureRequest>(&body) {
         Ok(r) => {
             let message = if r.message.is_empty() {
-                format!("VM has reported a failure when processing extension 'gameserver' on {}.", r.vm)
+                format!(
+                    "VM has reported a failure when processing extension 'gameserver' on {}.",
+                    r.vm
+                )
             } else {
                 r.message
             };
@@ -104,7 +107,10 @@ pub(crate) async fn admin_extension_failure(
                 arm_error(
                     StatusCode::NOT_FOUND,
                     "ResourceNotFound",
-                    &format!("The Resource 'Microsoft.Compute/virtualMachines/{}' was not found.", r.vm),
+                    &format!(
+                        "The Resource 'Microsoft.Compute/virtualMachines/{}' was not found.",
+                        r.vm
+                    ),
                 )
             }
         }

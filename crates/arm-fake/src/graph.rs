@@ -342,10 +342,9 @@ impl ArmFake {
         };
         let sub = &self.settings.subscription_id;
         let in_scope = subscriptions.iter().any(|s| s.eq_ignore_ascii_case(sub));
-        let lag = time::Duration::seconds(
-            i64::try_from(self.graph_lag_secs()).unwrap_or(i64::MAX / 2),
-        )
-        .min(vmpool::compute::sim::HISTORY);
+        let lag =
+            time::Duration::seconds(i64::try_from(self.graph_lag_secs()).unwrap_or(i64::MAX / 2))
+                .min(vmpool::compute::sim::HISTORY);
         let views = match self.cloud.list_as_of(now - lag) {
             Ok(views) => views,
             Err(e) => return crate::wire::from_sim_error(&e),

@@ -1171,7 +1171,10 @@ mod tests {
                 "{code}"
             );
         }
-        assert_eq!(classify(&err(404, "NotFound", None)).0, ComputeError::NotFound);
+        assert_eq!(
+            classify(&err(404, "NotFound", None)).0,
+            ComputeError::NotFound
+        );
         assert!(matches!(
             classify(&err(401, "InvalidAuthenticationToken", None)).0,
             ComputeError::Suspect { .. }
