@@ -1454,4 +1454,303 @@ mod tests {
         assert_eq!(half.breaker_open_until, None);
         assert_eq!(half.consecutive_create_failures, 2);
     }
+
+    /// Like `run`, but the statuses are shown only by a listing or a sweep (no point read).
+    fn run_listed(rows: &[Versioned], arm: &[(&Versioned, VmStatus)], secs: i64) -> Vec<String> {
+        let observed = Observed {
+            listed: arm
+                .iter()
+                .map(|(r, s)| (r.vm.id.clone(), hint(s.clone())))
+                .collect(),
+            ..Observed::default()
+        };
+        let p = plan(
+            rows,
+            &observed,
+            t0() + Duration::seconds(secs),
+            &PoolPolicy::default(),
+            &PoolMeta::default(),
+        );
+        p.actions.iter().map(kind).collect()
+    }
+
+    #[test]
+    fn a_listing_or_sweep_alone_never_changes_a_row_it_only_nominates_a_point_read() {
+        let p = PoolPolicy::default();
+        let running = row("r", VmState::Running, None);
+        let standby = buffer_row("s", VmState::Standby);
+        let deallocated = row("d", VmState::Deallocated, None);
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.last_report_at = Some(t0());
+        let stopped = status(Provisioning::Succeeded, Power::Stopped);
+        let extension = status(
+            Provisioning::Failed("VMExtensionProvisioningError".into()),
+            Power::Running,
+        );
+        let cases: [(&Versioned, VmStatus); 6] = [
+            (&running, off()),
+            (&standby, off()),
+            (&standby, stopped.clone()),
+            (&deallocated, up()),
+            (&running, extension.clone()),
+            (
+                &failed,
+                status(Provisioning::Failed("E".into()), Power::Deallocated),
+            ),
+        ];
+        for (r, shown) in cases {
+            let rows = std::slice::from_ref(r);
+            let acted: Vec<String> = run_listed(rows, &[(r, shown.clone())], 3600)
+                .into_iter()
+                // Buffer upkeep is not drift repair.
+                .filter(|a| !a.starts_with("start") && !a.ends_with("(surplus standby)"))
+                .collect();
+            assert!(acted.is_empty(), "{} {shown:?}: {acted:?}", r.vm.state);
+            let listed: HashMap<VmId, Observation> =
+                [(r.vm.id.clone(), hint(shown.clone()))].into();
+            assert_eq!(
+                reads_needed(rows, &listed, false, t0() + Duration::seconds(3600), &p),
+                [r.vm.id.clone()],
+                "{} {shown:?} is nominated for a point read",
+                r.vm.state
+            );
+        }
+        // A settled row the listing agrees with is not read.
+        let listed: HashMap<VmId, Observation> = [(running.vm.id.clone(), hint(up()))].into();
+        assert!(
+            reads_needed(
+                std::slice::from_ref(&running),
+                &listed,
+                false,
+                t0() + Duration::seconds(3600),
+                &p
+            )
+            .is_empty()
+        );
+        // The point read decides, and only with what it shows.
+        assert_eq!(
+            run(
+                std::slice::from_ref(&running),
+                &[(&running, off())],
+                3600,
+                &p
+            ),
+            ["correct r to Deallocated"]
+        );
+        assert!(
+            run(
+                std::slice::from_ref(&running),
+                &[(&running, up())],
+                3600,
+                &p
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            run(
+                std::slice::from_ref(&deallocated),
+                &[(&deallocated, up())],
+                3600,
+                &p
+            ),
+            ["correct d to Standby"]
+        );
+    }
+
+    #[test]
+    fn a_vm_running_with_a_failed_model_is_kept_while_a_game_may_be_on_it() {
+        let p = PoolPolicy::default();
+        let failed_running = status(
+            Provisioning::Failed("VMExtensionProvisioningError: boom".into()),
+            Power::Running,
+        );
+        // In use: marked unhealthy, never deleted nor deallocated.
+        let mut busy = row("b", VmState::Running, None);
+        busy.vm.rooms = 3;
+        busy.vm.last_report_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&busy),
+                &[(&busy, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["unhealthy b"]
+        );
+        // Handed out with rooms unknown: the same.
+        let mut unknown = row("u", VmState::MarkedForDeallocation, None);
+        unknown.vm.claimed_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&unknown),
+                &[(&unknown, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["unhealthy u"]
+        );
+        // Once marked unhealthy nothing more happens, and it is never surplus or handed out.
+        let mut flagged = busy.clone();
+        flagged.vm.unhealthy =
+            Some("provisioning failed while running: VMExtensionProvisioningError: boom".into());
+        assert!(
+            run(
+                std::slice::from_ref(&flagged),
+                &[(&flagged, failed_running.clone())],
+                90_000,
+                &p
+            )
+            .is_empty()
+        );
+        assert_eq!(crate::domain::ClaimKind::of(&flagged.vm), None);
+        // Healthy again when ARM says so.
+        assert_eq!(
+            run(std::slice::from_ref(&flagged), &[(&flagged, up())], 60, &p),
+            ["healthy b"]
+        );
+        // A buffer VM nobody holds, or a drained one, is cleaned up.
+        let idle = buffer_row("s", VmState::Standby);
+        assert_eq!(
+            run(
+                std::slice::from_ref(&idle),
+                &[(&idle, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["fail s"]
+        );
+        // A creating VM someone holds completes (unhealthy); one for the buffer fails.
+        let mut started = row("c", VmState::Creating, Some(Operation::Start));
+        started.vm.claimed_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&started),
+                &[(&started, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["complete c"]
+        );
+        let spare = buffer_row("x", VmState::Creating);
+        assert_eq!(
+            run(
+                std::slice::from_ref(&spare),
+                &[(&spare, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["fail x"]
+        );
+        // A Failed VM that runs with rooms, or unknown rooms, is never deleted; once a point
+        // read shows it is not running, or its rooms are reported 0, it is.
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.rooms = 2;
+        failed.vm.last_report_at = Some(t0());
+        assert!(
+            run(
+                std::slice::from_ref(&failed),
+                &[(&failed, failed_running.clone())],
+                60,
+                &p
+            )
+            .is_empty()
+        );
+        let stopped = status(Provisioning::Failed("E".into()), Power::Deallocated);
+        assert_eq!(
+            run(std::slice::from_ref(&failed), &[(&failed, stopped)], 60, &p),
+            ["delete f"]
+        );
+        failed.vm.rooms = 0;
+        assert_eq!(
+            run(
+                std::slice::from_ref(&failed),
+                &[(&failed, failed_running)],
+                60,
+                &p
+            ),
+            ["delete f"]
+        );
+    }
+
+    #[test]
+    fn an_answer_about_scope_or_access_holds_every_destructive_step() {
+        let p = PoolPolicy::default();
+        let gone = row("g", VmState::Running, None);
+        let off_row = row("o", VmState::Running, None);
+        let mut drained = row("m", VmState::MarkedForDeallocation, None);
+        drained.vm.last_report_at = Some(t0());
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.last_report_at = Some(t0());
+        let creating = buffer_row("c", VmState::Creating);
+        let rows = [
+            gone.clone(),
+            off_row.clone(),
+            drained.clone(),
+            failed.clone(),
+            creating.clone(),
+        ];
+        let arm = [
+            (&off_row, off()),
+            (&drained, up()),
+            (
+                &failed,
+                status(Provisioning::Failed("E".into()), Power::Deallocated),
+            ),
+            (&creating, up()),
+        ];
+        let now = 3600;
+        assert_eq!(
+            run(&rows, &arm, now, &p),
+            [
+                "fail g",
+                "correct o to Deallocated",
+                "delete f",
+                "complete c",
+                "deallocate m (drain timeout)"
+            ]
+        );
+        let observed = Observed {
+            reads: rows
+                .iter()
+                .map(|r| {
+                    let s = arm
+                        .iter()
+                        .find(|(a, _)| a.vm.id == r.vm.id)
+                        .map(|(_, s)| s.clone());
+                    (r.vm.id.clone(), PointRead::assumed(r.vm.id.clone(), s))
+                })
+                .collect(),
+            suspect: Some("a point read of x: ResourceGroupNotFound".into()),
+            ..Observed::default()
+        };
+        let held = plan(
+            &rows,
+            &observed,
+            t0() + Duration::seconds(now),
+            &p,
+            &PoolMeta::default(),
+        );
+        assert_eq!(
+            held.actions.iter().map(kind).collect::<Vec<_>>(),
+            ["complete c"]
+        );
+        assert!(held.meta.observation_suspect());
+    }
+
+    #[test]
+    fn under_the_brake_the_drain_safety_net_and_unused_claims_leave_missing_vms_alone() {
+        let p = PoolPolicy::default();
+        let mut drained = row("m", VmState::MarkedForDeallocation, None);
+        drained.vm.last_report_at = Some(t0());
+        let mut handed = row("h", VmState::Running, None);
+        handed.vm.claimed_at = Some(t0());
+        let rows = [drained.clone(), handed.clone()];
+        // Missing from the view (the brake holds, nothing read): nothing.
+        assert!(run_missing(&rows, 90_000, &p).is_empty());
+        // In the view: both act.
+        assert_eq!(
+            run_listed(&rows, &[(&drained, up()), (&handed, up())], 90_000),
+            ["unclaim h", "deallocate m (drain timeout)"]
+        );
+    }
 }
