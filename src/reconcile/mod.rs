@@ -284,11 +284,18 @@ impl Reconciler {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let policy = pool.policy();
-        let (rows, listing, (meta, meta_etag)) = tokio::try_join!(
+        let (rows, listing, (meta, meta_etag)) = match tokio::try_join!(
             async { store.list(Rows::All).await.map_err(ReconcileError::from) },
             async { pool.compute().list().await.map_err(ReconcileError::from) },
             async { load_meta(store).await.map_err(ReconcileError::from) },
-        )?;
+        ) {
+            Ok(inputs) => inputs,
+            Err(ReconcileError::Compute(e @ ComputeError::Suspect { .. })) => {
+                self.record_suspect(format!("the VM listing: {e}")).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
         if let Err(e) = store.repair_index(&rows).await {
             warn!(error = %e, "the state index could not be repaired; the next pass retries");
         }
@@ -400,6 +407,24 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+
+    /// The listing was answered about scope or access (`ResourceGroupNotFound`, 403): the
+    /// pass stops before it plans anything, and the pool's record says why, so that
+    /// GetPoolStatus shows `observation.suspect` with the reason.
+    async fn record_suspect(&self, reason: String) {
+        error!(%reason, "observation suspect: ARM answered about scope or access; no destructive step until it answers about the VMs again");
+        let store = self.pool.store().as_ref();
+        let saved = match load_meta(store).await {
+            Ok((mut meta, etag)) => {
+                meta.suspect_reason = Some(crate::store::truncate(&reason));
+                save_meta(store, &meta, etag.as_ref()).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            warn!(error = %e, "the pool's record could not say why the observation is suspect");
+        }
     }
 
     /// Removes a bounded number of `Idempotency-Key` records past their time (see

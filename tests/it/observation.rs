@@ -733,6 +733,29 @@ async fn a_resource_group_not_found_answer_is_not_absence() {
             .is_some_and(|r| r.contains("ResourceGroupNotFound")),
         "{status}"
     );
+
+    // The listing itself answered so: the pass stops, and says why.
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    running(&rig, 1).await;
+    f.fail_next(
+        FakeOp::ListVms,
+        1,
+        HttpFault::resource_group_not_found("games"),
+    );
+    rig.advance(10);
+    assert!(rig.reconciler.run_once().await.is_err());
+    let status = pool_status(&rig).await;
+    assert_eq!(status["observation"]["suspect"], true, "{status}");
+    assert!(
+        status["observation"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("listing") && r.contains("ResourceGroupNotFound")),
+        "{status}"
+    );
+    rig.advance(10);
+    rig.pass().await;
+    assert_eq!(pool_status(&rig).await["observation"]["suspect"], false);
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ pub struct Settings {
 }
 
 /// The soak's invariants, in the order the summary lists them.
-pub const INVARIANTS: [&str; 7] = [
+pub const INVARIANTS: [&str; 8] = [
     "no VM handed to two holders at once",
     "never more than VMPOOL_MAX_VMS not Deallocated (table, ARM)",
     "no VM with rooms > 0 deallocated or deleted",
@@ -44,6 +44,7 @@ pub const INVARIANTS: [&str; 7] = [
     "after faults: every row stable within the bound",
     "no unowned matchmaker VM older than the claim timeout",
     "one reconcile pass at a time",
+    "no ARM DELETE of a running VM whose rooms are > 0 or unknown",
 ];
 
 /// Invariant numbers (1-based in the output).
@@ -62,6 +63,8 @@ pub mod inv {
     pub const CLAIM: usize = 5;
     /// 7.
     pub const ONE_PASS: usize = 6;
+    /// 8.
+    pub const NO_DELETE_IN_USE: usize = 7;
 }
 
 /// One invariant's counters.
