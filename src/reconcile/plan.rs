@@ -1238,7 +1238,8 @@ mod tests {
             )
             .is_empty()
         );
-        // A failed VM that reported rooms is not deleted, unless ARM says provisioning failed.
+        // A failed VM that reported rooms is not deleted while it runs, whatever its provisioning
+        // state; once a point read shows no power state (a create that never ran), it is.
         let mut failed = row("f", VmState::Failed, None);
         failed.vm.rooms = 4;
         assert!(run(std::slice::from_ref(&failed), &[(&failed, up())], 60, &p).is_empty());
