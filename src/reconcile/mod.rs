@@ -594,7 +594,9 @@ impl Reconciler {
             Action::Delete(row, read) => {
                 let next = domain::begin_delete(&row.vm, now);
                 if self.write(&row, &next, summary).await? {
-                    match compute.delete(&row.vm.id).await {
+                    // The row now says the delete is issued and waits a deallocate timeout
+                    // before it sends it again: a short throttle is waited out here.
+                    match through_short_throttling(|| compute.delete(&row.vm.id)).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -659,6 +661,28 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+/// The longest `Retry-After` of a 429 the executor waits out inline, and how often.
+const INLINE_THROTTLE: (std::time::Duration, u32) = (std::time::Duration::from_secs(5), 2);
+
+/// Runs an ARM call, waiting out a short throttle (429 with a `Retry-After` of at most 5 s)
+/// up to twice: ARM did not take the request, so the step is not issued yet.
+async fn through_short_throttling<F, Fut>(call: F) -> Result<(), ComputeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ComputeError>>,
+{
+    let (longest, mut left) = INLINE_THROTTLE;
+    loop {
+        match call().await {
+            Err(ComputeError::Throttled { retry_after }) if left > 0 && retry_after <= longest => {
+                left -= 1;
+                tokio::time::sleep(retry_after).await;
+            }
+            answer => return answer,
+        }
     }
 }
 

@@ -130,6 +130,8 @@ pub struct Model {
     pub rooms: HashMap<String, u32>,
     /// VMs the faults deleted in ARM behind vmpool's back.
     pub deleted_behind: HashSet<String>,
+    /// VMs the match holding them saw `Running` (so they run in ARM, a game may be on them).
+    pub playing: HashSet<String>,
 }
 
 impl Model {
