@@ -4,7 +4,7 @@
 // system-assigned identity gets exactly the roles vmpool needs; no storage key is used.
 //
 // Deploy into the app's resource group; the pool's resource group may be the same one or
-// another that already exists (poolResourceGroupName). See README, "Deploy to Azure".
+// another that already exists (poolResourceGroupName). See README, "Deploying for the first time".
 
 @description('Azure region of every resource, and of the VMs (VMPOOL_LOCATION). It must offer Flex Consumption.')
 param location string = resourceGroup().location
@@ -61,8 +61,11 @@ param maxVms int = 20
 @minValue(0)
 param minStandby int = 0
 
-@description('Most Flex Consumption instances.')
-@minValue(1)
+// Flex Consumption accepts a maximumInstanceCount from 40 (the lowest maximum its stack data
+// allows: Azure/azure-powershell, FunctionsStackFlexData) to 1000 (the per-app scale-out
+// limit in Microsoft's Azure Functions service limits); ARM refuses anything outside.
+@description('Most Flex Consumption instances: 40 to 1000. The HTTP functions scale as one group and the timer on instances of its own.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -183,11 +186,21 @@ module poolRoles 'pool-roles.bicep' = {
   }
 }
 
+// Flex Consumption refuses some site properties that other plans take: Microsoft's app
+// settings reference for Azure Functions lists them under "Flex Consumption plan
+// deprecations" (ftpsState: FTPS not supported; use32BitWorkerProcess, alwaysOn,
+// isReserved, IsXenon, windowsFxVersion, linuxFxVersion and the language versions: not
+// valid or replaced by functionAppConfig.runtime; preWarmedInstanceCount,
+// functionAppScaleLimit, containerSize: replaced by functionAppConfig.scaleAndConcurrency).
+// What siteConfig sets here (minTlsVersion, http20Enabled, appSettings) is not among them;
+// nor is any app setting that table names (FUNCTIONS_WORKER_RUNTIME,
+// FUNCTIONS_EXTENSION_VERSION, WEBSITE_RUN_FROM_PACKAGE, WEBSITE_CONTENTSHARE...).
 resource app 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222: the matchmaker calls the API over the internet with a function key; put a private endpoint in front and disable public access if it runs in a VNet
   // checkov:skip=CKV_AZURE_17: callers authenticate with function keys; client certificates would lock out the matchmaker and the timer
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales out on demand (maximumInstanceCount); it has no instance minimum to set
   // checkov:skip=CKV_AZURE_213: the Functions host probes the handler itself (GET /) before it sends work; Flex Consumption has no App Service health check
+  // checkov:skip=CKV_AZURE_78: Flex Consumption has no FTP or FTPS endpoint and ARM refuses siteConfig.ftpsState on it; code is deployed only to the blob container below
   name: appName
   location: location
   kind: 'functionapp,linux'
@@ -201,9 +214,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
+    // Only properties Flex Consumption accepts: see the note above this resource.
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [
         // The Functions host's storage, by managed identity.

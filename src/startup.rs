@@ -13,12 +13,13 @@ use crate::compute::Compute;
 use crate::compute::arm::{ArmCompute, ArmOptions};
 use crate::compute::sim::{SimCloud, SimulatedCompute};
 use crate::config::{ComputeConfig, Config, LogFormat, StorageConfig};
+use crate::http::readiness::Readiness;
 use crate::http::{AppState, app};
 use crate::pool::Pool;
 use crate::reconcile::Reconciler;
 use crate::store::VmStore;
 use crate::store::memory::MemoryStore;
-use crate::store::table::TableStore;
+use crate::store::table::{TableOptions, TableStore};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,8 @@ pub enum StartupError {
     /// A setting is wrong.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// A port could not be set up (storage unreachable at start-up, bad credentials...).
+    /// A port could not be set up (a storage setting that cannot work; from [`ports`], also
+    /// storage unreachable or refusing the credential).
     #[error("{0}")]
     Port(String),
     /// The listener could not bind.
@@ -72,24 +74,55 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Builds the ports from the configuration.
-pub async fn ports(
-    config: &Config,
-    clock: Arc<dyn Clock>,
-) -> Result<(Arc<dyn VmStore>, Arc<dyn Compute>), StartupError> {
-    let store: Arc<dyn VmStore> = match &config.storage {
-        StorageConfig::Memory => Arc::new(MemoryStore::new()),
-        StorageConfig::Azure(secret) => Arc::new(
-            TableStore::connect(secret.expose(), &config.table)
-                .await
-                .map_err(|e| StartupError::Port(format!("VMPOOL_STORAGE: {e}")))?,
-        ),
-        StorageConfig::Identity(identity) => Arc::new(
-            identity
-                .connect(&config.table)
-                .await
-                .map_err(|e| StartupError::Port(format!("{}: {e}", identity.setting)))?,
-        ),
+/// The ports, built without a call to storage, and what must succeed before they serve.
+pub struct Opened {
+    /// The VM table.
+    pub store: Arc<dyn VmStore>,
+    /// The ARM port.
+    pub compute: Arc<dyn Compute>,
+    /// `None` when the store needs no preparation (the in-memory table).
+    pub preparation: Option<Preparation>,
+}
+
+/// What start-up must do before the store serves: reach Azure Table Storage with the
+/// configured credential and create the tables (see [`TableStore::prepare`]).
+pub struct Preparation {
+    store: Arc<TableStore>,
+    setting: String,
+}
+
+impl Preparation {
+    /// One attempt; an error names the storage setting and says what storage answered.
+    pub async fn attempt(&self) -> Result<(), StartupError> {
+        self.store
+            .prepare()
+            .await
+            .map_err(|e| StartupError::Port(format!("{}: {e}", self.setting)))
+    }
+}
+
+/// Builds the ports from the configuration without calling storage or ARM: only a setting
+/// that cannot work fails here.
+pub fn open_ports(config: &Config, clock: Arc<dyn Clock>) -> Result<Opened, StartupError> {
+    let table = |setting: &str, opened: Result<TableStore, crate::store::StoreError>| {
+        opened
+            .map(|store| {
+                let store = Arc::new(store);
+                let preparation = Preparation {
+                    store: store.clone(),
+                    setting: setting.to_owned(),
+                };
+                (store as Arc<dyn VmStore>, Some(preparation))
+            })
+            .map_err(|e| StartupError::Port(format!("{setting}: {e}")))
+    };
+    let (store, preparation) = match &config.storage {
+        StorageConfig::Memory => (Arc::new(MemoryStore::new()) as Arc<dyn VmStore>, None),
+        StorageConfig::Azure(secret) => table(
+            "VMPOOL_STORAGE",
+            TableStore::open(secret.expose(), &config.table, TableOptions::default()),
+        )?,
+        StorageConfig::Identity(identity) => table(identity.setting, identity.open(&config.table))?,
     };
     let compute: Arc<dyn Compute> = match &config.compute {
         ComputeConfig::Simulated(latencies) => {
@@ -101,7 +134,66 @@ pub async fn ports(
                 .map_err(|e| StartupError::Port(format!("VMPOOL_COMPUTE=arm: {e}")))?,
         ),
     };
-    Ok((store, compute))
+    Ok(Opened {
+        store,
+        compute,
+        preparation,
+    })
+}
+
+/// Builds the ports from the configuration and prepares the store once: an error if storage
+/// does not answer now. (The binary does not wait: see [`serve`].)
+pub async fn ports(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<dyn VmStore>, Arc<dyn Compute>), StartupError> {
+    let opened = open_ports(config, clock)?;
+    if let Some(preparation) = &opened.preparation {
+        preparation.attempt().await?;
+    }
+    Ok((opened.store, opened.compute))
+}
+
+/// How long start-up waits after its `failures`-th failed attempt to reach storage (counting
+/// from 0): half a second, doubling, at most 15 s, so a role assignment that takes minutes to
+/// apply is noticed within 15 s of it applying.
+pub fn retry_delay(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(15);
+    FIRST
+        .checked_mul(1u32.checked_shl(failures).unwrap_or(u32::MAX))
+        .map_or(MOST, |d| d.min(MOST))
+}
+
+/// Tries `preparation` until it succeeds, waiting [`retry_delay`] between attempts; until
+/// then `readiness` holds the last failure, which every route but `GET /` answers with.
+pub async fn prepare_until_ready(preparation: Preparation, readiness: Readiness) {
+    let mut failures = 0u32;
+    loop {
+        match preparation.attempt().await {
+            Ok(()) => {
+                readiness.set_ready();
+                if failures > 0 {
+                    info!(
+                        failed_attempts = failures,
+                        "table storage answers now; every route serves"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                let wait = retry_delay(failures);
+                readiness.set_starting(e.to_string(), wait.as_secs_f64().ceil() as u64);
+                warn!(
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "table storage does not answer yet (a new role assignment can take minutes to apply); every route but GET / answers 503 until it does"
+                );
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// The application state over the given ports.
@@ -131,6 +223,7 @@ pub fn state(
             request_timeout: config.request_timeout,
             max_concurrent_requests: config.max_concurrent_requests,
         },
+        readiness: Readiness::ready(),
     }
 }
 
@@ -143,6 +236,10 @@ pub async fn reconcile_loop(state: AppState, every: Duration, stop: Cancellation
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {
+                if !state.readiness.is_ready() {
+                    tracing::debug!("reconcile pass skipped: table storage does not answer yet");
+                    continue;
+                }
                 if let Err(e) = state.reconcile_pass().await {
                     warn!(error = %e, "reconcile pass failed; retrying next interval");
                 }
@@ -176,13 +273,16 @@ pub async fn run(
     served
 }
 
-/// Builds everything from `config` and serves until SIGTERM or Ctrl+C.
+/// Builds everything from `config` and serves until SIGTERM or Ctrl+C. It listens at once:
+/// storage is reached in the background (retried with [`retry_delay`]), and until it answers
+/// every route but `GET /` answers 503, so the Functions host sees a live handler rather than
+/// one that exits and restarts while the app's roles propagate.
 pub async fn serve(config: Config) -> Result<(), StartupError> {
     for warning in &config.warnings {
         warn!("{warning}");
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (store, compute) = ports(&config, clock.clone()).await?;
+    let opened = open_ports(&config, clock.clone())?;
     let addr = std::net::SocketAddr::new(config.bind, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -197,8 +297,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
             (false, true) => "standalone; API key required",
             (false, false) => "standalone; no API key",
         },
-        store.describe(),
-        compute.describe(),
+        opened.store.describe(),
+        opened.compute.describe(),
         config
             .reconcile_every
             .map_or("by the Functions timer only".to_owned(), |d| format!(
@@ -206,10 +306,16 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
                 d.as_secs()
             ))
     );
-    let state = state(&config, store, compute, clock);
-    run(listener, state, config.reconcile_every, shutdown_signal())
-        .await
-        .map_err(|e| StartupError::Port(format!("server failed: {e}")))
+    let mut state = state(&config, opened.store, opened.compute, clock);
+    let preparing = opened.preparation.map(|preparation| {
+        state.readiness = Readiness::starting("table storage has not answered yet");
+        tokio::spawn(prepare_until_ready(preparation, state.readiness.clone()))
+    });
+    let served = run(listener, state, config.reconcile_every, shutdown_signal()).await;
+    if let Some(preparing) = preparing {
+        preparing.abort();
+    }
+    served.map_err(|e| StartupError::Port(format!("server failed: {e}")))
 }
 
 /// Resolves on SIGTERM (what the Functions host and containers send) or Ctrl+C.
@@ -239,6 +345,15 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
     use tracing::Level;
+
+    #[test]
+    fn storage_is_tried_again_soon_at_first_and_then_at_most_every_15_seconds() {
+        let delays: Vec<u128> = (0..8).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
+        for failures in [31, 32, 33, u32::MAX] {
+            assert_eq!(retry_delay(failures), Duration::from_secs(15), "{failures}");
+        }
+    }
 
     #[test]
     fn the_azure_sdk_never_logs_below_info() {

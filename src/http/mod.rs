@@ -8,6 +8,7 @@ pub mod extract;
 pub mod input;
 pub mod limits;
 pub mod openapi;
+pub mod readiness;
 pub mod routing;
 pub mod views;
 
@@ -56,6 +57,8 @@ pub struct AppState {
     pub api_key: Option<Secret>,
     /// How long and how many `/api/*` requests are served.
     pub limits: Limits,
+    /// Whether storage answers yet; until it does, every route but `GET /` is 503.
+    pub readiness: readiness::Readiness,
 }
 
 impl std::fmt::Debug for AppState {
@@ -170,6 +173,10 @@ pub fn app(state: AppState) -> Router {
         .merge(limits::apply(api, state.limits))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
+            state.readiness.clone(),
+            readiness::gate,
+        ))
+        .layer(middleware::from_fn_with_state(
             auth::ApiKey::new(state.api_key.as_ref()),
             auth::require_key,
         ))
@@ -230,13 +237,16 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// The host's probe.
+/// The host's probe: answered as soon as vmpool listens, so the host starts routing to it;
+/// `status` says whether the other routes serve yet.
 #[utoipa::path(get, path = "/", tag = "host",
-    responses((status = 200, description = "The service is up", body = Probe)))]
-async fn probe() -> Json<Probe> {
+    responses((status = 200, description = "The service is up: `ok`, or `starting` (every other route answers 503 until storage answers) with the reason", body = Probe)))]
+async fn probe(State(state): State<AppState>) -> Json<Probe> {
+    let starting = state.readiness.starting_now();
     Json(Probe {
-        status: "ok".into(),
+        status: if starting.is_some() { "starting" } else { "ok" }.into(),
         service: "vmpool".into(),
+        reason: starting.map(|s| s.reason),
     })
 }
 

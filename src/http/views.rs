@@ -300,12 +300,16 @@ impl PoolStatusView {
 /// The host's probe answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Probe {
-    /// Always `ok`.
+    /// `ok` when every route serves; `starting` while storage does not answer yet (every
+    /// route but this one then answers 503 `Unavailable`).
     #[schema(example = "ok")]
     pub status: String,
     /// Always `vmpool`.
     #[schema(example = "vmpool")]
     pub service: String,
+    /// While `starting`: what the last attempt to reach storage met.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A body that is empty or any JSON object (CreateVM takes no input).

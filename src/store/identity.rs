@@ -180,6 +180,27 @@ impl IdentityStorage {
             .await
     }
 
+    /// The store with [`IdentityStorage::credential`] and the default [`TableOptions`],
+    /// without a call to the service or the identity endpoint: [`TableStore::prepare`] must
+    /// succeed before it is used.
+    pub fn open(&self, table: &str) -> Result<TableStore, StoreError> {
+        TableStore::open_to(
+            self.location(),
+            StorageCredentials::token_credential(self.credential()?),
+            &self.describe(),
+            table,
+            TableOptions::default(),
+            None,
+        )
+    }
+
+    fn location(&self) -> CloudLocation {
+        CloudLocation::Custom {
+            account: account_of(&self.table_service_uri),
+            uri: self.table_service_uri.clone(),
+        }
+    }
+
     /// Connects with `credential`, over `http` when given (for a private certificate
     /// authority), and creates `table` and `<table>meta` when absent.
     pub async fn connect_with(
@@ -189,12 +210,8 @@ impl IdentityStorage {
         options: TableOptions,
         http: Option<reqwest::Client>,
     ) -> Result<TableStore, StoreError> {
-        let location = CloudLocation::Custom {
-            account: account_of(&self.table_service_uri),
-            uri: self.table_service_uri.clone(),
-        };
         TableStore::connect_to(
-            location,
+            self.location(),
             StorageCredentials::token_credential(credential),
             &self.describe(),
             table,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmpool_arm_fake::{FakeOp, FakeSettings};
 
 use crate::support::arm::{Fake, spawn_fake_with};
-use crate::support::azurite::{self, ACCOUNT, Azurite, KEY};
+use crate::support::azurite::{self, ACCOUNT, Azurite, KEY, Persistence};
 
 const API_KEY: &str = "api-key-5b2e8d1f0c7a4e93";
 const ARM_TOKEN: &str = "arm-token-7f3c9e2a61d84b05";
@@ -86,24 +86,32 @@ impl Binary {
         }
     }
 
-    /// Waits until it answers the probe (it connects to storage first).
-    async fn wait_until_up(&mut self, http: &reqwest::Client) {
+    /// Waits until it answers the probe with `status` (`ok` once storage answers).
+    async fn wait_for_probe(&mut self, http: &reqwest::Client, status: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(res) = http.get(format!("{}/", self.base)).send().await {
                 assert_eq!(res.status(), 200);
-                return;
+                let body: serde_json::Value = res.json().await.unwrap();
+                if body["status"] == status {
+                    return body;
+                }
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("vmpool exited with {status}:\n{}", self.output());
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                panic!("vmpool exited with {exit}:\n{}", self.output());
             }
             assert!(
                 Instant::now() < deadline,
-                "vmpool did not start:\n{}",
+                "vmpool did not answer the probe with {status:?}:\n{}",
                 self.output()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until every route serves.
+    async fn wait_until_up(&mut self, http: &reqwest::Client) {
+        self.wait_for_probe(http, "ok").await;
     }
 
     fn output(&self) -> String {
@@ -320,4 +328,144 @@ async fn under_the_host_an_api_key_is_ignored_and_start_up_says_so() {
     );
     assert!(output.contains("under the Functions host, which checks function keys"));
     assert!(!output.contains(API_KEY));
+}
+
+/// In the first minutes of a deployment storage refuses the app's identity (its roles are
+/// still propagating) or cannot be reached. vmpool must not exit, or the host restarts it in a
+/// loop and the app looks dead: it listens at once, answers the probe, answers every other
+/// route 503 with `Retry-After` and the reason, and serves once storage answers, without a
+/// restart. Here storage is an Azurite that starts after vmpool, on the port vmpool was given.
+#[tokio::test]
+async fn started_before_storage_it_answers_503_with_the_reason_then_serves_without_a_restart() {
+    let mut azurite = Azurite::unstarted(Persistence::InMemory);
+    let http = reqwest::Client::new();
+    let mut binary = Binary::start(
+        &[
+            ("VMPOOL_STORAGE", azurite.connection_string()),
+            ("VMPOOL_TABLE", azurite::table_name("early")),
+            ("VMPOOL_RECONCILE_SECS", "1".into()),
+            ("VMPOOL_LOG_FORMAT", "json".into()),
+        ],
+        "FUNCTIONS_CUSTOMHANDLER_PORT",
+    );
+    let base = binary.base.clone();
+
+    // The probe is answered at once, and says why the rest is not served yet.
+    let probe = binary.wait_for_probe(&http, "starting").await;
+    let reason = probe["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("table storage"), "{probe}");
+    assert!(!reason.contains(KEY), "{probe}");
+
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/CreateVM"),
+        (reqwest::Method::GET, "/api/GetPoolStatus"),
+        (reqwest::Method::GET, "/api/Metrics"),
+        (reqwest::Method::POST, "/ReconcilePool"),
+    ] {
+        let res = http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503, "{method} {path}");
+        let retry_after: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=15).contains(&retry_after), "{retry_after}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "Unavailable", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("starting") && message.contains("table storage"),
+            "{message}"
+        );
+    }
+
+    // Storage comes up; the same process serves.
+    azurite.restart();
+    binary.wait_until_up(&http).await;
+    let created = http
+        .post(format!("{base}/api/CreateVM"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202, "{}", binary.output());
+    let status: serde_json::Value = http
+        .get(format!("{base}/api/GetPoolStatus"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["counts"]["Creating"], 1, "in Azurite: {status}");
+    assert!(binary.child.try_wait().unwrap().is_none(), "never exited");
+
+    // The reconcile loop runs once storage answers; its pass line is what the README's
+    // Application Insights queries parse.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let measured = loop {
+        let passed = binary
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "reconcile pass measured" && l["ok"] == true);
+        if let Some(line) = passed {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no pass:\n{}", binary.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = binary.stop();
+    assert!(
+        output.contains("table storage does not answer yet"),
+        "{output}"
+    );
+    assert!(output.contains("table storage answers now"), "{output}");
+    readme_queries_parse(&measured);
+}
+
+/// The Functions host logs each line vmpool writes as the plain message of a trace in the
+/// category `Host.Function.Console` (azure-functions-host, `WorkerConsoleLogService`): it does
+/// not parse JSON, so nothing of the line is in `customDimensions`. The README's queries parse
+/// the message, and every field they read is one the pass line has.
+fn readme_queries_parse(measured: &serde_json::Value) {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let queries: Vec<&str> = readme
+        .split("```kusto")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(queries.len() >= 3, "{queries:?}");
+    let field = regex::Regex::new(r"\bline\.([A-Za-z_]+)").unwrap();
+    for query in &queries {
+        assert!(
+            query.contains(r#"customDimensions.Category == "Host.Function.Console""#),
+            "{query}"
+        );
+        assert!(
+            query.contains("extend line = parse_json(message)"),
+            "{query}"
+        );
+        let dimensions = query.matches("customDimensions.").count();
+        assert_eq!(dimensions, 1, "only the category is a dimension: {query}");
+        for name in field.captures_iter(query) {
+            assert!(
+                measured.get(&name[1]).is_some(),
+                "line.{} is not a field of {measured}",
+                &name[1]
+            );
+        }
+    }
+    let alert = queries
+        .iter()
+        .find(|q| q.contains("ago(5m)"))
+        .expect("the alert query");
+    assert!(alert.contains(r#"tostring(line.ok) == "true""#), "{alert}");
+    assert!(alert.contains(r#"tostring(line.message) == "reconcile pass measured""#));
+    assert_eq!(measured["ok"].to_string(), "true");
 }

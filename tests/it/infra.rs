@@ -123,3 +123,92 @@ fn the_parameters_example_names_only_parameters_of_the_template() {
         assert!(example["parameters"].get(required).is_some(), "{required}");
     }
 }
+
+/// The keys of the `siteConfig` block of `main.bicep` (its own level only).
+fn site_config_keys() -> Vec<String> {
+    let bicep = read("infra/main.bicep");
+    let block = bicep
+        .split_once("siteConfig: {")
+        .expect("main.bicep has siteConfig")
+        .1;
+    let mut keys = Vec::new();
+    let mut depth = 0usize;
+    for line in block.lines() {
+        let line = line.trim();
+        if depth == 0 && line.starts_with('}') {
+            break;
+        }
+        if depth == 0 {
+            if let Some((key, _)) = line.split_once(':') {
+                if !key.starts_with("//") {
+                    keys.push(key.trim().to_owned());
+                }
+            }
+        }
+        depth += line.matches(['{', '[']).count();
+        depth -= line.matches(['}', ']']).count();
+    }
+    keys
+}
+
+/// Flex Consumption refuses these site properties ("Flex Consumption plan deprecations" in
+/// Microsoft's app settings reference for Azure Functions); ARM answers that the site
+/// configuration properties are invalid for Flex Consumption sites.
+#[test]
+fn the_flex_app_sets_no_site_property_flex_consumption_refuses() {
+    let refused = [
+        "ftpsState",
+        "use32BitWorkerProcess",
+        "isReserved",
+        "IsXenon",
+        "windowsFxVersion",
+        "alwaysOn",
+        "preWarmedInstanceCount",
+        "functionAppScaleLimit",
+        "containerSize",
+        "javaVersion",
+        "powerShellVersion",
+        "netFrameworkVersion",
+        "linuxFxVersion",
+    ];
+    let keys = site_config_keys();
+    assert!(keys.contains(&"appSettings".to_owned()), "{keys:?}");
+    for key in &keys {
+        assert!(
+            !refused.iter().any(|r| r.eq_ignore_ascii_case(key)),
+            "siteConfig.{key} is refused on Flex Consumption"
+        );
+    }
+    let bicep = read("infra/main.bicep");
+    for setting in [
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "WEBSITE_CONTENTSHARE",
+        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+        "WEBSITE_NODE_DEFAULT_VERSION",
+        "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT",
+    ] {
+        assert!(
+            !app_settings().contains_key(setting),
+            "{setting} is not an app setting on Flex Consumption"
+        );
+        assert!(!bicep.contains(&format!("'{setting}'")), "{setting}");
+    }
+}
+
+/// Flex Consumption takes a maximumInstanceCount from 40 to 1000: the parameter allows exactly
+/// that range, and its default is in it.
+#[test]
+fn the_instance_maximum_is_one_flex_consumption_accepts() {
+    let bicep = read("infra/main.bicep");
+    let (before, after) = bicep
+        .split_once("param maximumInstanceCount int = ")
+        .expect("the maximumInstanceCount parameter");
+    let decorators: Vec<&str> = before.lines().rev().take(3).collect();
+    assert!(decorators.contains(&"@minValue(40)"), "{decorators:?}");
+    assert!(decorators.contains(&"@maxValue(1000)"), "{decorators:?}");
+    let default: u32 = after.lines().next().unwrap().trim().parse().unwrap();
+    assert!((40..=1000).contains(&default), "{default}");
+    assert!(bicep.contains("maximumInstanceCount: maximumInstanceCount"));
+}

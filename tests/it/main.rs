@@ -20,6 +20,7 @@ mod layout;
 mod observation;
 mod openapi;
 mod operations;
+mod package;
 mod reconcile;
 mod router;
 mod state_table;

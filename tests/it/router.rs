@@ -569,3 +569,46 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
     assert_eq!(got.json["circuitBreaker"]["open"], false);
     assert_eq!(got.json["circuitBreaker"]["reason"], Value::Null);
 }
+
+/// Until storage has answered once (start-up while the app's roles propagate), the probe is
+/// answered and says why; every other route, the timer's included, is 503 `Unavailable` with
+/// `Retry-After` and the reason, after the key check; nothing changes. Then everything serves.
+#[tokio::test]
+async fn until_storage_answers_only_the_probe_is_served_and_the_rest_is_503_with_the_reason() {
+    let parts = sim_parts(&[("VMPOOL_API_KEY", "s3cret")]);
+    let reason = "VMPOOL_STORAGE: table storage refused the request: create table on vmpool: HTTP 403 AuthorizationPermissionMismatch";
+    parts.state.readiness.set_starting(reason, 4);
+
+    let probe = call(&parts, "GET", "/", "").await;
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.json["status"], "starting", "{}", probe.json);
+    assert_eq!(probe.json["reason"], reason);
+    assert_error(
+        &call(&parts, "GET", "/api/GetAvailableVMs", "").await,
+        401,
+        "Unauthorized",
+    );
+    let mut paths: Vec<(String, String)> = vmpool::http::routes()
+        .into_iter()
+        .filter(|r| r.path != "/")
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .collect();
+    paths.push(("GET".into(), "/api/NoSuchRoute".into()));
+    for (method, path) in &paths {
+        let got = call(&parts, method, &format!("{path}?code=s3cret"), "{}").await;
+        assert_error(&got, 503, "Unavailable");
+        assert_eq!(got.headers["retry-after"], "4", "{method} {path}");
+        let message = got.json["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("starting") && message.contains(reason),
+            "{method} {path}: {message}"
+        );
+    }
+    assert!(table(&parts).await.is_empty(), "nothing changed");
+
+    parts.state.readiness.set_ready();
+    let probe = call(&parts, "GET", "/", "").await;
+    assert_eq!(probe.json, json!({"status": "ok", "service": "vmpool"}));
+    let created = call(&parts, "POST", "/api/CreateVM?code=s3cret", "").await;
+    assert_eq!(created.status, 202, "{}", created.json);
+}

@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod connection;
@@ -83,6 +83,8 @@ pub struct TableStore {
     describe: String,
     timeout: Duration,
     writes: AtomicU64,
+    /// An index table was created and the index is not built yet (see `prepare`).
+    index_unbuilt: AtomicBool,
 }
 
 impl TableStore {
@@ -101,9 +103,22 @@ impl TableStore {
         table: &str,
         options: TableOptions,
     ) -> Result<Self, StoreError> {
+        let store = Self::open(connection_string, table, options)?;
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// The store for the account in `connection_string`, without a call to the service:
+    /// [`TableStore::prepare`] must succeed before it is used. Fails only for a connection
+    /// string or table name that cannot work.
+    pub fn open(
+        connection_string: &str,
+        table: &str,
+        options: TableOptions,
+    ) -> Result<Self, StoreError> {
         check_table_name(table)?;
         let target = parse_connection_string(connection_string)?;
-        Self::connect_to(
+        Self::open_to(
             target.location,
             target.credentials,
             &target.describe,
@@ -111,7 +126,6 @@ impl TableStore {
             options,
             None,
         )
-        .await
     }
 
     /// Connects to the Table service at `location` with `credentials` (a key, a SAS or a
@@ -119,6 +133,21 @@ impl TableStore {
     /// `options`), and creates the tables when absent. `describe` names the service for the
     /// start-up line and must hold no secret.
     pub async fn connect_to(
+        location: CloudLocation,
+        credentials: StorageCredentials,
+        describe: &str,
+        table: &str,
+        options: TableOptions,
+        http: Option<reqwest::Client>,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open_to(location, credentials, describe, table, options, http)?;
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// [`TableStore::connect_to`] without a call to the service: [`TableStore::prepare`] must
+    /// succeed before the store is used.
+    pub fn open_to(
         location: CloudLocation,
         credentials: StorageCredentials,
         describe: &str,
@@ -140,7 +169,7 @@ impl TableStore {
             .retry(RetryOptions::none())
             .transport(TransportOptions::new(Arc::new(http)))
             .build();
-        let store = TableStore {
+        Ok(TableStore {
             vms: service.table_client(table),
             meta: service.table_client(meta_table_name(table)),
             index: INDEXED
@@ -151,18 +180,33 @@ impl TableStore {
             describe: format!("{describe}, table {table}"),
             timeout: options.timeout,
             writes: AtomicU64::new(0),
-        };
-        if store.create_tables().await? {
-            // A table that existed before the index did: build the index from its rows.
-            let rows = store
+            index_unbuilt: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes the store ready to serve: creates the VM table, the meta table and the index
+    /// tables when absent, and builds the index of a table written before the index existed.
+    /// The first call to the service, so the first to need the credential: it fails with
+    /// what storage answered (unreachable, or 403 while a role assignment propagates) and may
+    /// be called again until it succeeds.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        if self.create_tables().await? {
+            self.index_unbuilt.store(true, Ordering::SeqCst);
+        }
+        if self.index_unbuilt.load(Ordering::SeqCst) {
+            // A table that existed before the index did: build the index from its rows. A
+            // failure leaves the flag set, so the next call builds it (the index tables then
+            // exist already).
+            let rows = self
                 .list_once(Rows::All)
                 .await
-                .map_err(|f| store.fail("build index", f))?;
+                .map_err(|f| self.fail("build index", f))?;
             if !rows.is_empty() {
-                store.repair(&rows).await?;
+                self.repair(&rows).await?;
             }
+            self.index_unbuilt.store(false, Ordering::SeqCst);
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Creates the VM table, the meta table and the index tables when absent; true if an

@@ -93,6 +93,21 @@ impl Azurite {
         azurite
     }
 
+    /// An emulator on a free port that is not started yet: [`Azurite::restart`] starts it.
+    pub fn unstarted(persistence: Persistence) -> Azurite {
+        Azurite {
+            port: free_port(),
+            persistence,
+            extra_args: Vec::new(),
+            child: None,
+            log: std::env::temp_dir().join(format!(
+                "vmpool-azurite-{}-{}.log",
+                std::process::id(),
+                unique()
+            )),
+        }
+    }
+
     /// The instance shared by every test of this process (in memory; tests use their own
     /// table names). Stops when the process exits.
     pub fn shared() -> &'static Azurite {
