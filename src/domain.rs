@@ -425,6 +425,10 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
 
 /// What MarkVMForDeallocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per call, returned and matched at once, never kept in bulk"
+)]
 pub enum Marked {
     /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
     /// meant for the warm buffer (it completes into `Standby`, where it is reclaimable, or
@@ -715,6 +719,10 @@ pub fn fail(vm: &VmRecord, error: &str, now: OffsetDateTime) -> VmRecord {
 
 /// How a claim that would over-fill the pool is taken back.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per call, returned and matched at once, never kept in bulk"
+)]
 pub enum GiveBack {
     /// The row was written for a new VM that ARM never heard of: remove it.
     Remove,

@@ -1511,7 +1511,7 @@ mod tests {
                 [(r.vm.id.clone(), hint(shown.clone()))].into();
             assert_eq!(
                 reads_needed(rows, &listed, false, t0() + Duration::seconds(3600), &p),
-                [r.vm.id.clone()],
+                std::slice::from_ref(&r.vm.id),
                 "{} {shown:?} is nominated for a point read",
                 r.vm.state
             );
