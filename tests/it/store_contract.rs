@@ -41,6 +41,9 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         last_error: Some("QuotaExceeded: it's \"full\" — ünïcödé, 'quotes' & <tags>".into()),
         report_order: Some(vmpool::domain::ReportOrder::Seq(u64::MAX)),
         attention: Some("the delete did not take after 3 attempts".into()),
+        unhealthy: Some(
+            "provisioning failed while running: VMExtensionProvisioningError: exit 1".into(),
+        ),
     }
 }
 

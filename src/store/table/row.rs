@@ -138,8 +138,13 @@ pub(crate) const ATTENTION: Property = prop("NeedsAttention", Edm::String, false
     text_or_absent(vm.attention.as_deref())
 });
 
+/// Why a running VM is unhealthy (its provisioning failed while it runs).
+pub(crate) const UNHEALTHY: Property = prop("Unhealthy", Edm::String, false, |vm| {
+    text_or_absent(vm.unhealthy.as_deref())
+});
+
 /// Every property of a VM row, in the order the schema lists them.
-pub(crate) const PROPERTIES: [&Property; 17] = [
+pub(crate) const PROPERTIES: [&Property; 18] = [
     &PARTITION_KEY,
     &ROW_KEY,
     &STATE,
@@ -157,6 +162,7 @@ pub(crate) const PROPERTIES: [&Property; 17] = [
     &LAST_ERROR,
     &REPORT_ORDER,
     &ATTENTION,
+    &UNHEALTHY,
 ];
 
 /// The annotation that carries a row's ETag in a query answer.
@@ -357,6 +363,7 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
             ),
         },
         attention: ATTENTION.opt_text(m)?.map(str::to_owned),
+        unhealthy: UNHEALTHY.opt_text(m)?.map(str::to_owned),
     })
 }
 
@@ -495,6 +502,7 @@ mod tests {
         vm.claimed_at = Some(t);
         vm.report_order = Some(ReportOrder::At(t));
         vm.attention = Some("the delete did not take after 3 attempts".into());
+        vm.unhealthy = Some("provisioning failed while running: E".into());
         vm
     }
 
