@@ -238,6 +238,10 @@ pub struct VmRecord {
     /// known (rows written before builds were kept, until ARM's image for the VM is read);
     /// a VM of unknown build is never handed out.
     pub build: Option<String>,
+    /// Why the VM is unhealthy, if it is: running, but ARM's provisioning state says the
+    /// last operation on its model failed (a VM extension, for one). It may host games, so
+    /// it is neither deleted nor deallocated, and CreateVM never hands it out.
+    pub unhealthy: Option<String>,
     /// The ordering field of the last rooms report applied (the game server's report time
     /// or sequence number), if it carried one: an older report changes nothing. Cleared when
     /// the VM is started or created again (its game server starts afresh).
@@ -319,6 +323,7 @@ impl VmRecord {
             build: None,
             report_order: None,
             attention: None,
+            unhealthy: None,
         }
     }
 
@@ -370,6 +375,13 @@ impl VmRecord {
         self.state == VmState::Deallocated
             && self.purpose == Purpose::Matchmaker
             && self.claimed_at.is_some_and(|c| now - c < hold)
+    }
+
+    /// Whether a game may run on this VM: it reported rooms, or it was handed to the
+    /// matchmaker (or adopted) and has not reported 0 rooms since. A buffer VM nobody took
+    /// hosts none.
+    pub fn may_host_games(&self) -> bool {
+        self.rooms > 0 || (self.purpose == Purpose::Matchmaker && !self.reported_empty())
     }
 
     /// Whether the pool itself may deallocate or delete this VM without destroying a game:
@@ -427,8 +439,11 @@ impl ClaimKind {
         ClaimKind::Start,
     ];
 
-    /// The kind of claim this VM is a candidate for, if any.
+    /// The kind of claim this VM is a candidate for, if any. An unhealthy VM is none.
     pub fn of(vm: &VmRecord) -> Option<ClaimKind> {
+        if vm.unhealthy.is_some() {
+            return None;
+        }
         match (vm.state, vm.purpose) {
             (VmState::MarkedForDeallocation, _) => Some(ClaimKind::Reclaim),
             (VmState::Standby, _) => Some(ClaimKind::Standby),
@@ -608,7 +623,7 @@ pub fn start_for_buffer(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[expect(
     clippy::large_enum_variant,
-    reason = "a transition's result, moved once into a write; boxing would only add an allocation"
+    reason = "one value per call, returned and matched at once, never kept in bulk"
 )]
 pub enum Marked {
     /// The VM changed: a `Running` VM is now `MarkedForDeallocation`; a `Creating` VM is now
@@ -733,9 +748,13 @@ pub fn report_rooms_ordered(
 /// the matchmaker) or `Standby` (for the buffer), with its public IP. The rooms were zeroed
 /// when the create or start was issued (a VM that boots starts empty); reports that came
 /// after that are kept.
+///
+/// `unhealthy` says why, when ARM shows it running but its provisioning failed (a VM
+/// extension): it is completed all the same, for whoever holds it, and never handed out.
 pub fn complete_creating(
     vm: &VmRecord,
     public_ip: Option<String>,
+    unhealthy: Option<String>,
     now: OffsetDateTime,
 ) -> Result<VmRecord, Refused> {
     if vm.state != VmState::Creating {
@@ -748,6 +767,7 @@ pub fn complete_creating(
     let mut next = vm.moved(state, None, now);
     next.public_ip = public_ip.or_else(|| vm.public_ip.clone());
     next.last_error = None;
+    next.unhealthy = unhealthy;
     Ok(next)
 }
 
@@ -795,6 +815,7 @@ pub fn correct(vm: &VmRecord, to: VmState, now: OffsetDateTime) -> VmRecord {
     next.rooms = 0;
     // A VM corrected to Standby or Deallocated is nobody's.
     next.purpose = Purpose::Buffer;
+    next.unhealthy = None;
     next.last_error = Some(format!(
         "ARM showed the VM {to} while the row said {}",
         vm.state
@@ -818,6 +839,16 @@ pub fn begin_delete(vm: &VmRecord, now: OffsetDateTime) -> VmRecord {
     }
 }
 
+/// The reconciler records what a point read showed of a running VM's health: `Some(reason)`
+/// when ARM says the last operation on its model failed while it runs, `None` once ARM
+/// says it succeeded again.
+pub fn health(vm: &VmRecord, unhealthy: Option<String>) -> VmRecord {
+    VmRecord {
+        unhealthy,
+        ..vm.clone()
+    }
+}
+
 /// What ARM showed of a pool VM that had no row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdoptedAs {
@@ -827,6 +858,9 @@ pub enum AdoptedAs {
     Deallocated,
     /// Provisioned and running.
     Running,
+    /// Running, but the last operation on its model failed (ARM's error): it may host
+    /// games, so it is adopted as `Running` and unhealthy, never as `Failed`.
+    RunningUnhealthy,
     /// Anything else (being created or started).
     InFlight,
 }
@@ -863,6 +897,13 @@ pub fn adopt(
             vm.purpose = Purpose::Buffer;
         }
         AdoptedAs::Running => vm = vm.moved(VmState::Running, None, now),
+        AdoptedAs::RunningUnhealthy => {
+            vm = vm.moved(VmState::Running, None, now);
+            vm.unhealthy = Some(format!(
+                "provisioning failed while running: {}",
+                error.unwrap_or("unknown")
+            ));
+        }
         AdoptedAs::InFlight => vm = vm.moved(VmState::Creating, Some(Operation::Start), now),
     }
     vm
@@ -1257,6 +1298,7 @@ mod tests {
         let done = complete_creating(
             &vm(VmState::Creating, Purpose::Matchmaker),
             Some("203.0.113.9".into()),
+            None,
             t0(),
         )
         .unwrap();
@@ -1267,12 +1309,13 @@ mod tests {
         // Rooms were zeroed when the operation was issued; a report since then is kept.
         let mut reported = vm(VmState::Creating, Purpose::Buffer);
         reported.last_report_at = Some(t0());
-        let kept = complete_creating(&reported, None, t0()).unwrap();
+        let kept = complete_creating(&reported, None, None, t0()).unwrap();
         assert_eq!((kept.rooms, kept.last_report_at), (3, Some(t0())));
-        let buf = complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, t0()).unwrap();
+        let buf =
+            complete_creating(&vm(VmState::Creating, Purpose::Buffer), None, None, t0()).unwrap();
         assert_eq!(buf.state, VmState::Standby);
         for state in VmState::ALL.into_iter().filter(|s| *s != VmState::Creating) {
-            assert!(complete_creating(&vm(state, Purpose::Buffer), None, t0()).is_err());
+            assert!(complete_creating(&vm(state, Purpose::Buffer), None, None, t0()).is_err());
         }
         let d =
             complete_deallocating(&vm(VmState::Deallocating, Purpose::Matchmaker), t0()).unwrap();
@@ -1386,8 +1429,18 @@ mod tests {
             (AdoptedAs::Deallocated, VmState::Deallocated),
             (AdoptedAs::InFlight, VmState::Creating),
             (AdoptedAs::ProvisioningFailed, VmState::Failed),
+            (AdoptedAs::RunningUnhealthy, VmState::Running),
         ] {
             let vm = adopt(id.clone(), "/x/ghost".into(), seen, Some("E"), t0());
+            assert_eq!(
+                vm.unhealthy.is_some(),
+                seen == AdoptedAs::RunningUnhealthy,
+                "{seen:?}"
+            );
+            if state != VmState::Deallocated {
+                assert!(vm.may_host_games(), "{seen:?}");
+                assert_eq!(ClaimKind::of(&vm), None, "{seen:?}");
+            }
             assert_eq!(vm.state, state);
             assert_eq!(vm.claimed_at, None);
             assert!(!vm.reported_empty());

@@ -77,7 +77,7 @@ impl Metrics {
             handle,
             shown: std::sync::Mutex::default(),
         };
-        let describe: [(&'static str, Option<Unit>, &'static str); 18] = [
+        let describe: [(&'static str, Option<Unit>, &'static str); 20] = [
             (
                 "vmpool_pool_vms",
                 None,
@@ -118,6 +118,16 @@ impl Metrics {
                 "vmpool_breaker_open",
                 None,
                 "1 while the circuit breaker stops buffer creates",
+            ),
+            (
+                "vmpool_vms_unhealthy",
+                None,
+                "VMs that run while ARM says their provisioning failed (kept while a game may be on them, never handed out)",
+            ),
+            (
+                "vmpool_observation_suspect",
+                None,
+                "1 while the reconciler does not trust ARM's view (mass disappearance, or an answer about scope or access) and takes no destructive step on it",
             ),
             (
                 "vmpool_pool_status_up",
@@ -461,6 +471,12 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_name("vmpool_claims_timed_out_total"), &META)
             .absolute(pool.claims_timed_out);
+        self.set("vmpool_vms_unhealthy", &[], f64::from(pool.unhealthy));
+        self.set(
+            "vmpool_observation_suspect",
+            &[],
+            if pool.observation_suspect { 1.0 } else { 0.0 },
+        );
     }
 
     /// The Prometheus text exposition of what is recorded, without reading the pool.
@@ -521,6 +537,10 @@ pub struct PoolGauges {
     pub needs_attention: u32,
     /// Unused claims returned to `Standby`, over the pool's life.
     pub claims_timed_out: u64,
+    /// VMs that run while ARM says their provisioning failed.
+    pub unhealthy: u32,
+    /// Whether the last pass did not trust ARM's view.
+    pub observation_suspect: bool,
 }
 
 /// The envelope code a pool error answers with.
@@ -611,6 +631,7 @@ fn compute_outcome<T>(result: &Result<T, ComputeError>) -> &'static str {
         Err(ComputeError::NotFound) => "not_found",
         Err(ComputeError::Conflict(_)) => "conflict",
         Err(ComputeError::Rejected { .. }) => "rejected",
+        Err(ComputeError::Suspect { .. }) => "suspect",
     }
 }
 

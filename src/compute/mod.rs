@@ -154,9 +154,23 @@ pub enum ComputeError {
     /// ARM could not be reached, timed out, or kept answering 5xx.
     #[error("ARM is unavailable: {0}")]
     Unavailable(String),
-    /// The VM does not exist (404): gone, or never created.
+    /// The VM does not exist: a 404 whose code says so (`ResourceNotFound`, `NotFound`).
+    /// Only this confirms that a VM is gone.
     #[error("the VM does not exist in ARM")]
     NotFound,
+    /// An answer about the scope or the caller, not about the VM: a 404 for the resource
+    /// group, the subscription or a parent resource (`ResourceGroupNotFound`,
+    /// `SubscriptionNotFound`, `ParentResourceNotFound`, or a 404 with no code), or 401/403.
+    /// These come from configuration, role assignments or replication lag; nothing about
+    /// the VM may be concluded from them, and the reconciler takes no destructive step
+    /// while it gets them.
+    #[error("ARM answered about its scope or access, not about the VM: {code}: {message}")]
+    Suspect {
+        /// ARM's error code, or `HTTP<status>` when it gave none.
+        code: String,
+        /// ARM's message.
+        message: String,
+    },
     /// 409: another operation on the VM is in progress.
     #[error("ARM refused because another operation is in progress: {0}")]
     Conflict(String),
@@ -200,12 +214,15 @@ impl ComputeError {
     }
 
     /// Whether the request may work if sent again later (as opposed to a permanent refusal).
+    /// An answer about scope or access counts: role assignments and new resource groups
+    /// take minutes to propagate.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             ComputeError::Throttled { .. }
                 | ComputeError::Unavailable(_)
                 | ComputeError::Conflict(_)
+                | ComputeError::Suspect { .. }
         )
     }
 }

@@ -238,6 +238,24 @@ impl SimCloud {
         }
     }
 
+    /// The last operation on a VM's model failed (a VM extension, for one): its provisioning
+    /// state becomes `Failed` with `error` and its power state stays what it was, so a
+    /// running VM keeps running. Returns whether the VM exists.
+    pub fn model_fails(&self, name: &str, error: &str) -> bool {
+        let mut inner = self.lock();
+        let now = self.clock.now();
+        let Some(vm) = inner.vms.get_mut(name) else {
+            return false;
+        };
+        vm.settle(now);
+        vm.provisioning = Provisioning::Failed(error.to_owned());
+        if let Some((_, prov, _)) = &mut vm.pending {
+            *prov = Provisioning::Failed(error.to_owned());
+        }
+        inner.log(name, now);
+        true
+    }
+
     /// How many calls of each kind were made (`create`, `start`, ...).
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.lock().calls.clone()

@@ -209,6 +209,9 @@ impl From<PoolError> for ApiError {
                     ComputeError::Rejected { code, .. } => format!(
                         "Azure Resource Manager refused the request ({code}); the VM is recorded as Failed, retry later"
                     ),
+                    ComputeError::Suspect { code, .. } => format!(
+                        "Azure Resource Manager answered about the pool's subscription, resource group or access ({code}); check the configuration and the identity's roles, then retry"
+                    ),
                     _ => "Azure Resource Manager cannot be reached or is throttling; the reconciler will finish the operation, retry later".into(),
                 };
                 ApiError::Unavailable {

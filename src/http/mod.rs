@@ -590,6 +590,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         record,
         needs_attention: v.needs_attention,
         claims_timed_out: v.claims_timed_out,
+        unhealthy: v.unhealthy,
+        observation_suspect: v.observation.suspect,
     });
     let text = state.metrics.render(gauges.as_ref());
     (

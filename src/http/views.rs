@@ -77,6 +77,12 @@ pub struct VmView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
     pub needs_attention: Option<String>,
+    /// Why the VM is unhealthy, when it is: it runs, but ARM says the last operation on its
+    /// model failed (a VM extension). It is kept while a game may be on it and never handed
+    /// out by CreateVM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub unhealthy: Option<String>,
 }
 
 impl VmView {
@@ -99,6 +105,7 @@ impl VmView {
             created_at: vm.created_at,
             last_error: vm.last_error.clone(),
             needs_attention: vm.attention.clone(),
+            unhealthy: vm.unhealthy.clone(),
         }
     }
 }
@@ -235,14 +242,19 @@ pub struct BreakerView {
 }
 
 /// Whether the reconciler's view of ARM is trusted (see the README's reconciler section).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservationView {
-    /// Too many known VMs vanished from the last listing: the reconciler acts on none of
-    /// them until the listing recovers.
+    /// Too many known VMs vanished from the last listing, or ARM answered about the
+    /// subscription, resource group or access rather than about a VM: the reconciler took
+    /// no destructive step on what it could not confirm.
     pub suspect: bool,
     /// How many known VMs the last listing lacked.
     pub missing: u32,
+    /// What ARM answered that the reconciler did not trust (such as
+    /// `ResourceGroupNotFound`), when that is why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One pool: its settings, counts by build, buffer, breaker and rollout.
@@ -327,6 +339,9 @@ pub struct PoolStatusView {
     pub pools: Vec<PoolView>,
     /// Whether the last ARM listing was trusted.
     pub observation: ObservationView,
+    /// VMs that run while ARM says their provisioning failed, as of the last pass (each
+    /// one's `unhealthy` says why).
+    pub unhealthy: u32,
     /// VMs whose operation ran out of attempts, as of the last reconcile pass: vmpool
     /// stops calling ARM for them and an operator must look at them (each VM shows
     /// `needsAttention`).
@@ -477,7 +492,9 @@ impl PoolStatusView {
             observation: ObservationView {
                 suspect: meta.observation_suspect(),
                 missing: meta.vanished,
+                reason: meta.suspect_reason.clone(),
             },
+            unhealthy: meta.unhealthy,
             needs_attention: meta.needs_attention,
             claims_timed_out: meta.claims_timed_out,
             last_reconcile_started_at: meta.last_reconcile_started_at,

@@ -83,6 +83,14 @@ pub struct PoolMeta {
     /// Unused claims returned to `Standby` by the claim timeout, over the pool's life.
     #[serde(default)]
     pub claims_timed_out: u64,
+    /// Why the last pass did not trust ARM's answers for destructive steps: an answer about
+    /// the subscription, resource group or access (`ResourceGroupNotFound`, 403...).
+    #[serde(default)]
+    pub suspect_reason: Option<String>,
+    /// VMs that run while ARM says their provisioning failed (unhealthy, kept while a game
+    /// may be on them), as of the last pass.
+    #[serde(default)]
+    pub unhealthy: u32,
     /// Each pool's warm buffer, by pool name.
     #[serde(default)]
     pub pools: BTreeMap<String, BufferState>,
@@ -190,9 +198,10 @@ impl PoolMeta {
         self
     }
 
-    /// Whether the last pass held the brake on mass disappearance.
+    /// Whether the last pass held the brake on mass disappearance, or took no destructive
+    /// step because ARM answered about scope or access.
     pub fn observation_suspect(&self) -> bool {
-        self.vanished > 0
+        self.vanished > 0 || self.suspect_reason.is_some()
     }
 }
 

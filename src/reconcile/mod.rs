@@ -6,12 +6,14 @@
 //! Functions timer and the standalone loop both call [`Reconciler::run_once`].
 
 mod meta;
+mod observation;
 mod plan;
 
 pub use meta::{BufferState, Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
+pub use observation::{Observation, PointRead, Source};
 pub use plan::{
     Action, BRAKE_MIN_VMS, GRACE, MAX_ATTEMPTS, MAX_POINT_READS_PER_PASS, Observed, Plan, Seen,
-    demand_target, plan, reads_needed, settle, vanished,
+    Why, demand_target, plan, reads_needed, settle, vanished,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -368,11 +370,18 @@ impl Reconciler {
         let pool = &self.pool;
         let store = pool.store().as_ref();
         let policy = pool.policy();
-        let (rows, listing, (meta, meta_etag)) = tokio::try_join!(
+        let (rows, listing, (meta, meta_etag)) = match tokio::try_join!(
             async { store.list(Rows::All).await.map_err(ReconcileError::from) },
             async { pool.compute().list().await.map_err(ReconcileError::from) },
             async { load_meta(store).await.map_err(ReconcileError::from) },
-        )?;
+        ) {
+            Ok(inputs) => inputs,
+            Err(ReconcileError::Compute(e @ ComputeError::Suspect { .. })) => {
+                self.record_suspect(format!("the VM listing: {e}")).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
         if let Err(e) = store.repair_index(&rows).await {
             warn!(error = %e, "the state index could not be repaired; the next pass retries");
         }
@@ -380,9 +389,16 @@ impl Reconciler {
             time::Duration::try_from(policy.adopt_every).unwrap_or(time::Duration::MAX);
         // A sweep Resource Graph refuses (throttled past its quota, or no read access)
         // only delays drift repair and adoption: the pass goes on, and the next one sweeps.
+        let mut suspect: Option<String> = None;
         let swept = if meta.last_sweep_at.is_none_or(|t| now - t >= sweep_every) {
             match pool.compute().list_power().await {
                 Ok(swept) => Some(swept),
+                Err(e @ ComputeError::Suspect { .. }) => {
+                    summary.errors += 1;
+                    error!(error = %e, "observation suspect: the power sweep was answered about scope or access; no destructive step this pass");
+                    suspect = Some(format!("the Resource Graph sweep: {e}"));
+                    None
+                }
                 Err(e) => {
                     summary.errors += 1;
                     warn!(error = %e, "the power sweep failed; drift repair and adoption wait for the next pass");
@@ -393,7 +409,8 @@ impl Reconciler {
             None
         };
         let mut observed = observe(&rows, listing, swept.as_ref());
-        let braked = vanished(&rows, &observed.arm, policy);
+        observed.suspect = suspect;
+        let braked = vanished(&rows, &observed.listed, policy);
         if let Some(missing) = &braked {
             observed.vanished = u32::try_from(missing.len()).unwrap_or(u32::MAX);
             error!(
@@ -403,25 +420,29 @@ impl Reconciler {
             );
         }
         summary.vanished = observed.vanished;
-        let reads = reads_needed(&rows, &observed.arm, braked.is_some(), now);
+        let reads = reads_needed(&rows, &observed.listed, braked.is_some(), now, policy);
         summary.point_reads = u32::try_from(reads.len()).unwrap_or(u32::MAX);
         let compute = pool.compute().clone();
         let mut answers = futures::stream::iter(reads)
             .map(|id| {
                 let compute = compute.clone();
                 async move {
-                    let answer = compute.status(&id).await;
+                    let answer = PointRead::take(compute.as_ref(), id.clone()).await;
                     (id, answer)
                 }
             })
             .buffer_unordered(READS_AT_ONCE);
         while let Some((id, answer)) = answers.next().await {
             match answer {
-                Ok(Some(status)) => {
-                    observed.arm.insert(id, status);
+                Ok(read) => {
+                    observed.reads.insert(id, read);
                 }
-                Ok(None) => {
-                    observed.gone.insert(id);
+                Err(e @ ComputeError::Suspect { .. }) => {
+                    summary.errors += 1;
+                    error!(vm.id = %id, error = %e, "observation suspect: a point read was answered about scope or access, not about the VM; no destructive step this pass");
+                    observed
+                        .suspect
+                        .get_or_insert_with(|| format!("a point read of {id}: {e}"));
                 }
                 Err(e) => {
                     summary.errors += 1;
@@ -507,6 +528,24 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The listing was answered about scope or access (`ResourceGroupNotFound`, 403): the
+    /// pass stops before it plans anything, and the pool's record says why, so that
+    /// GetPoolStatus shows `observation.suspect` with the reason.
+    async fn record_suspect(&self, reason: String) {
+        error!(%reason, "observation suspect: ARM answered about scope or access; no destructive step until it answers about the VMs again");
+        let store = self.pool.store().as_ref();
+        let saved = match load_meta(store).await {
+            Ok((mut meta, etag)) => {
+                meta.suspect_reason = Some(crate::store::truncate(&reason));
+                save_meta(store, &meta, etag.as_ref()).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            warn!(error = %e, "the pool's record could not say why the observation is suspect");
+        }
+    }
+
     /// Removes a bounded number of `Idempotency-Key` records past their time (see
     /// [`expiry`]); a failure only delays it to the next pass.
     async fn expire_keys(&self, summary: &mut Summary) {
@@ -557,7 +596,7 @@ impl Reconciler {
         let now = pool.clock().now();
         let policy = pool.policy();
         match action {
-            Action::Complete(row) => {
+            Action::Complete(row, read) => {
                 // A missing IP does not hold the VM back: it is looked for on later passes.
                 let ip = match compute.public_ip(&row.vm.id).await {
                     Ok(ip) => ip,
@@ -566,10 +605,16 @@ impl Reconciler {
                         None
                     }
                 };
-                if let Ok(next) = domain::complete_creating(&row.vm, ip, now)
+                let unhealthy = read.status().and_then(|s| match &s.provisioning {
+                    Provisioning::Failed(e) => {
+                        Some(format!("provisioning failed while running: {e}"))
+                    }
+                    _ => None,
+                });
+                if let Ok(next) = domain::complete_creating(&row.vm, ip, unhealthy, now)
                     && self.write(&row, &next, summary, meta).await?
                 {
-                    info!(vm.id = %row.vm.id, state = %next.state, "VM is ready");
+                    info!(vm.id = %row.vm.id, state = %next.state, unhealthy = ?next.unhealthy, rests_on = %read, "VM is ready");
                     // A VM came up: the breaker on refusals closes.
                     let known = record().breaker();
                     if let Err(e) = pool.count_success(&known).await {
@@ -581,18 +626,18 @@ impl Reconciler {
                     summary.completed += 1;
                 }
             }
-            Action::FinishDeallocate(row) => {
+            Action::FinishDeallocate(row, read) => {
                 if let Ok(next) = domain::complete_deallocating(&row.vm, now)
                     && self.write(&row, &next, summary, meta).await?
                 {
-                    info!(vm.id = %row.vm.id, "VM is deallocated");
+                    info!(vm.id = %row.vm.id, rests_on = %read, "VM is deallocated");
                     summary.deallocated += 1;
                 }
             }
-            Action::Fail(row, error) => {
+            Action::Fail(row, error, read) => {
                 let next = domain::fail(&row.vm, &error, now);
                 if self.write(&row, &next, summary, meta).await? {
-                    warn!(vm.id = %row.vm.id, %error, "VM failed");
+                    warn!(vm.id = %row.vm.id, %error, rests_on = %read, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
                         pool.count_refusal(breaker::Refused::Create, &error).await;
                     }
@@ -690,10 +735,10 @@ impl Reconciler {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Action::StartRefused(row, error) => {
+            Action::StartRefused(row, error, read) => {
                 let next = domain::start_refused(&row.vm, &error, now);
                 if self.write(&row, &next, summary, meta).await? {
-                    warn!(vm.id = %row.vm.id, %error, "the start failed; the VM stays Deallocated");
+                    warn!(vm.id = %row.vm.id, %error, rests_on = %read, "the start failed; the VM stays Deallocated");
                     pool.count_refusal(breaker::Refused::Start, &error).await;
                     summary.start_refusals += 1;
                 }
@@ -710,7 +755,12 @@ impl Reconciler {
                     return Ok(());
                 };
                 if self.write(&row, &next, summary, meta).await? {
-                    info!(vm.id = %row.vm.id, why, "deallocating");
+                    match &why {
+                        Why::StoppedOutsideVmpool(read) => {
+                            info!(vm.id = %row.vm.id, why = why.as_str(), rests_on = %read, "deallocating");
+                        }
+                        _ => info!(vm.id = %row.vm.id, why = why.as_str(), "deallocating"),
+                    }
                     summary.deallocating += 1;
                     match compute.deallocate(&row.vm.id).await {
                         Ok(()) | Err(ComputeError::NotFound) => {}
@@ -718,21 +768,23 @@ impl Reconciler {
                     }
                 }
             }
-            Action::Correct(row, to) => {
+            Action::Correct(row, to, read) => {
                 let next = domain::correct(&row.vm, to, now);
                 if self.write(&row, &next, summary, meta).await? {
-                    warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, "row corrected to what ARM shows");
+                    warn!(vm.id = %row.vm.id, from = %row.vm.state, to = %to, rests_on = %read, "row corrected to what a point read shows");
                     summary.corrected += 1;
                 }
             }
-            Action::Delete(row) => {
+            Action::Delete(row, read) => {
                 let next = domain::begin_delete(&row.vm, now);
                 let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
                     summary.lost_races += 1;
                     return Ok(());
                 };
                 moved(meta, Some(&row.vm), Some(&next));
-                match compute.delete(&row.vm.id).await {
+                // The row now says the delete is issued and waits a deallocate timeout before it
+                // sends it again: a short throttle is waited out here.
+                match through_short_throttling(|| compute.delete(&row.vm.id)).await {
                     Ok(()) | Err(ComputeError::NotFound) => {}
                     Err(e) => {
                         // A delete ARM turned away (throttled, unavailable, busy) was not an
@@ -750,13 +802,13 @@ impl Reconciler {
                         return Err(e.into());
                     }
                 }
-                info!(vm.id = %row.vm.id, "failed VM deleted");
+                info!(vm.id = %row.vm.id, rests_on = %read, "failed VM deleted");
                 summary.deleted += 1;
             }
-            Action::Forget(row) => {
+            Action::Forget(row, read) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
                     moved(meta, Some(&row.vm), None);
-                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, "failed VM removed from the table (a GET answered 404)");
+                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, rests_on = %read, "failed VM removed from the table (a GET answered 404)");
                     summary.forgotten += 1;
                 } else {
                     summary.lost_races += 1;
@@ -764,6 +816,10 @@ impl Reconciler {
             }
             Action::Adopt(id, resource_id, status, tags) => {
                 let (seen, error) = match (&status.provisioning, status.power) {
+                    // Running with a failed model: a game may be on it.
+                    (Provisioning::Failed(e), Power::Running) => {
+                        (AdoptedAs::RunningUnhealthy, Some(e.as_str()))
+                    }
                     // A deallocated VM whose last start failed (AllocationFailed) shows
                     // provisioning Failed: it is a healthy VM to start later, not a dead one.
                     (_, Power::Deallocated) => (AdoptedAs::Deallocated, None),
@@ -812,6 +868,17 @@ impl Reconciler {
                     if self.write(&row, &next, summary, meta).await? {
                         info!(vm.id = %row.vm.id, build = ?next.build, image = %image.text(), "build read from the image ARM reports");
                         summary.builds_read += 1;
+                    }
+                }
+            }
+            Action::Health(row, unhealthy, read) => {
+                let next = domain::health(&row.vm, unhealthy);
+                if self.write(&row, &next, summary, meta).await? {
+                    match &next.unhealthy {
+                        Some(why) => {
+                            warn!(vm.id = %row.vm.id, reason = %why, rests_on = %read, "VM unhealthy: kept while a game may be on it, never handed out");
+                        }
+                        None => info!(vm.id = %row.vm.id, rests_on = %read, "VM healthy again"),
                     }
                 }
             }
@@ -870,6 +937,28 @@ fn moved(meta: &std::sync::Mutex<PoolMeta>, from: Option<&VmRecord>, to: Option<
     }
 }
 
+/// The longest `Retry-After` of a 429 the executor waits out inline, and how often.
+const INLINE_THROTTLE: (std::time::Duration, u32) = (std::time::Duration::from_secs(5), 2);
+
+/// Runs an ARM call, waiting out a short throttle (429 with a `Retry-After` of at most 5 s)
+/// up to twice: ARM did not take the request, so the step is not issued yet.
+async fn through_short_throttling<F, Fut>(call: F) -> Result<(), ComputeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ComputeError>>,
+{
+    let (longest, mut left) = INLINE_THROTTLE;
+    loop {
+        match call().await {
+            Err(ComputeError::Throttled { retry_after }) if left > 0 && retry_after <= longest => {
+                left -= 1;
+                tokio::time::sleep(retry_after).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// Matches what ARM listed to the rows by resource ID (compared case-insensitively, as ARM
 /// does): the rows' statuses, with the sweep's power states merged in, and on a sweep the
 /// pool VMs (by the pool tag of the resource group's listing) that have no row. VMs in
@@ -893,6 +982,11 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
         }
         status
     };
+    let source = if swept.is_some() {
+        Source::Sweep
+    } else {
+        Source::Listing
+    };
     let mut observed = Observed::default();
     let mut seen: HashSet<String> = HashSet::new();
     for l in &listing {
@@ -900,10 +994,15 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
         seen.insert(key.clone());
         match by_id.get(&key) {
             Some(row) if in_flight(row) => {
-                observed.arm.insert(row.vm.id.clone(), l.status.clone());
+                observed.listed.insert(
+                    row.vm.id.clone(),
+                    Observation::new(l.status.clone(), Source::Listing),
+                );
             }
             Some(row) => {
-                observed.arm.insert(row.vm.id.clone(), merged(l));
+                observed
+                    .listed
+                    .insert(row.vm.id.clone(), Observation::new(merged(l), source));
             }
             None if l.tagged && swept.is_some() => {
                 let status = merged(l);
@@ -927,7 +1026,10 @@ pub fn observe(rows: &[Versioned], listing: Vec<Listed>, swept: Option<&Vec<List
             && let Some(row) = by_id.get(&key)
             && !in_flight(row)
         {
-            observed.arm.insert(row.vm.id.clone(), l.status.clone());
+            observed.listed.insert(
+                row.vm.id.clone(),
+                Observation::new(l.status.clone(), Source::Sweep),
+            );
         }
     }
     observed
@@ -1001,8 +1103,9 @@ mod tests {
             listed("stray", "games", Power::Unknown, false),
         ];
         let plain = observe(&rows, listing.clone(), None);
-        assert_eq!(plain.arm.len(), 2);
-        assert_eq!(plain.arm[&rows[0].vm.id].power, Power::Unknown);
+        assert_eq!(plain.listed.len(), 2);
+        assert_eq!(plain.listed[&rows[0].vm.id].status.power, Power::Unknown);
+        assert_eq!(plain.listed[&rows[0].vm.id].source, Source::Listing);
         assert!(plain.untracked.is_empty(), "no adoption between sweeps");
 
         let swept = vec![
@@ -1012,14 +1115,15 @@ mod tests {
             listed("ghost", "Games", Power::Running, false),
         ];
         let full = observe(&rows, listing, Some(&swept));
-        assert_eq!(full.arm[&rows[0].vm.id].power, Power::Running);
+        assert_eq!(full.listed[&rows[0].vm.id].status.power, Power::Running);
+        assert_eq!(full.listed[&rows[0].vm.id].source, Source::Sweep);
         assert_eq!(
-            full.arm[&rows[1].vm.id].power,
+            full.listed[&rows[1].vm.id].status.power,
             Power::Deallocated,
             "seen by the sweep though the listing missed it"
         );
         assert_eq!(
-            full.arm[&rows[2].vm.id].power,
+            full.listed[&rows[2].vm.id].status.power,
             Power::Unknown,
             "a VM in flight is confirmed by a point read, not by the sweep"
         );

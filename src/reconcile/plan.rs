@@ -6,12 +6,19 @@
 //! to deallocate ([`drained`]), which claims were never used ([`unused_claims`]) and the cap
 //! on ARM writes ([`cap_writes`]). [`plan`] runs them in order. No I/O: every rule here is
 //! tested on virtual time.
+//!
+//! Every observation carries where it came from ([`Seen`]): a point read made this pass, or
+//! only a listing or a sweep. A step that destroys, forgets or corrects anything about a VM
+//! from what ARM shows holds the [`PointRead`] it rests on, and a [`PointRead`] can only be
+//! made by reading ARM: a listing or a sweep that contradicts a row only nominates the VM
+//! for a point read ([`reads_needed`]).
 
 use std::collections::{HashMap, HashSet};
 
 use time::{Duration, OffsetDateTime};
 
 use super::meta::{BufferState, PoolMeta};
+use super::observation::{Observation, PointRead};
 use crate::compute::{Power, Provisioning, Tags, VmStatus};
 use crate::config::{PoolPolicy, PoolSpec};
 use crate::domain::{Operation, Purpose, VmId, VmState};
@@ -34,7 +41,7 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const MAX_TIMEOUTS: i32 = 10;
 
 /// Most point reads (GETs) of single VMs per pass: VMs in flight first, then VMs missing
-/// from the listing.
+/// from the listing or contradicted by it.
 pub const MAX_POINT_READS_PER_PASS: usize = 100;
 
 /// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
@@ -52,52 +59,111 @@ pub const BRAKE_MIN_VMS: usize = 3;
 /// What ARM reported this pass, matched to the rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
-    /// The best status known of each row's VM: a point read, else the sweep's power state,
-    /// else the listing (whose power state may be [`Power::Unknown`]).
-    pub arm: HashMap<VmId, VmStatus>,
-    /// Rows whose VM a point read answered 404 for this pass: confirmed gone.
-    pub gone: HashSet<VmId>,
-    /// Pool VMs with no row, with what ARM shows of them (sweep passes only).
+    /// What the listing shows of each row's VM, with the sweep's power state merged in
+    /// when there was a sweep: hints only.
+    pub listed: HashMap<VmId, Observation>,
+    /// The point reads made this pass (found, or 404 `ResourceNotFound`).
+    pub reads: HashMap<VmId, PointRead>,
+    /// Pool VMs with no row, with what the listing and sweep show of them (sweep passes
+    /// only).
     pub untracked: Vec<(VmId, String, VmStatus)>,
     /// Known VMs missing from the listing while the brake held (0: it did not hold).
     pub vanished: u32,
     /// The pool and build tags of the untracked VMs.
     pub tags: HashMap<VmId, Tags>,
+    /// Why ARM's answers this pass cannot be trusted for destructive steps (an answer about
+    /// the subscription, resource group or access rather than about a VM): while set, the
+    /// pass takes none.
+    pub suspect: Option<String>,
 }
 
-/// What ARM shows of one row's VM.
+/// What ARM shows of one row's VM, and where from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Seen<'a> {
-    /// Listed or read, with this status.
-    Present(&'a VmStatus),
-    /// Not in the listing, and no point read confirmed it gone: nothing is concluded.
+    /// A point read this pass found it, with this status: a fact.
+    Read(&'a PointRead, &'a VmStatus),
+    /// A point read this pass answered 404 `ResourceNotFound`: it does not exist.
+    Gone(&'a PointRead),
+    /// Only the listing or the sweep shows it: a hint, never the basis of a destructive step.
+    Listed(&'a Observation),
+    /// Not in the listing, and not read: nothing is concluded.
     Missing,
-    /// A point read answered 404.
-    Gone,
+}
+
+impl Seen<'_> {
+    /// The status shown, by a point read or a hint.
+    pub fn status(&self) -> Option<&VmStatus> {
+        match self {
+            Seen::Read(_, s) => Some(s),
+            Seen::Listed(o) => Some(&o.status),
+            Seen::Gone(_) | Seen::Missing => None,
+        }
+    }
 }
 
 impl Observed {
-    /// What ARM shows of `id`.
+    /// What ARM shows of `id`: the point read first, else the listing.
     pub fn seen(&self, id: &VmId) -> Seen<'_> {
-        if self.gone.contains(id) {
-            Seen::Gone
-        } else {
-            self.arm.get(id).map_or(Seen::Missing, Seen::Present)
+        match self.reads.get(id) {
+            Some(read) => match read.status() {
+                Some(s) => Seen::Read(read, s),
+                None => Seen::Gone(read),
+            },
+            None => self.listed.get(id).map_or(Seen::Missing, Seen::Listed),
+        }
+    }
+
+    /// The status of `id` as best known (a point read, else a hint).
+    pub fn status(&self, id: &VmId) -> Option<&VmStatus> {
+        match self.reads.get(id) {
+            Some(read) => read.status(),
+            None => self.listed.get(id).map(|o| &o.status),
+        }
+    }
+}
+
+/// Why a VM is deallocated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Why {
+    /// A `Standby` VM over the buffer target once demand cooled down (the pool's own
+    /// record: nobody holds it and it reports no rooms).
+    Surplus,
+    /// A drained `MarkedForDeallocation` VM silent for the drain timeout (its game server
+    /// reported 0 rooms since it was handed out).
+    DrainTimeout,
+    /// A point read showed a `Standby` VM stopped but still allocated (billed).
+    StoppedOutsideVmpool(PointRead),
+    /// An idle `Standby` VM of a build other than its pool's current one, once the current
+    /// build's buffer is ready (the pool's own record: nobody holds it and it reports no
+    /// rooms).
+    OldBuild,
+}
+
+impl Why {
+    /// The reason, for the log.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Why::Surplus => "surplus standby",
+            Why::DrainTimeout => "drain timeout",
+            Why::StoppedOutsideVmpool(_) => "stopped outside vmpool",
+            Why::OldBuild => "old build",
         }
     }
 }
 
 /// One step the executor takes. Steps on an existing row carry the row as the plan saw it,
 /// so the executor's write is conditional on that version and a step decided on stale data
-/// changes nothing.
+/// changes nothing. A step decided from what ARM shows carries the [`PointRead`] it rests on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// `Creating` -> `Running`/`Standby`: ARM reports it provisioned and running.
-    Complete(Versioned),
-    /// `Deallocating` -> `Deallocated`: ARM reports it deallocated (or a GET answered 404).
-    FinishDeallocate(Versioned),
-    /// -> `Failed`, with the error.
-    Fail(Versioned, String),
+    /// `Creating` -> `Running`/`Standby`: a point read shows it running (unhealthy, when its
+    /// provisioning failed while it runs and someone holds it).
+    Complete(Versioned, PointRead),
+    /// `Deallocating` -> `Deallocated`: a point read shows it deallocated (or gone).
+    FinishDeallocate(Versioned, PointRead),
+    /// -> `Failed`, with the error; the point read shows it is not up (or gone), or that
+    /// nobody holds it.
+    Fail(Versioned, String, PointRead),
     /// Issue the row's ARM operation again (it was lost, or the process died before it).
     Reissue(Versioned),
     /// `Deallocated` -> `Creating` for the buffer, then ARM start.
@@ -105,13 +171,14 @@ pub enum Action {
     /// A new row `Creating` for the named pool's buffer, then ARM create.
     CreateForBuffer(String),
     /// `Standby` or drained `MarkedForDeallocation` -> `Deallocating`, then ARM deallocate.
-    Deallocate(Versioned, &'static str),
-    /// A row ARM contradicts is set to the state ARM shows (drift repair).
-    Correct(Versioned, VmState),
-    /// A `Failed` VM is deleted in ARM (with its NIC, disk and IP).
-    Delete(Versioned),
-    /// A `Failed` VM that a GET found gone: the row is removed.
-    Forget(Versioned),
+    Deallocate(Versioned, Why),
+    /// A row ARM contradicts is set to the state the point read shows (drift repair).
+    Correct(Versioned, VmState, PointRead),
+    /// A `Failed` VM that a point read shows not running, or running with no game on it,
+    /// is deleted in ARM (with its NIC, disk and IP).
+    Delete(Versioned, PointRead),
+    /// A `Failed` VM that a point read found gone: the row is removed.
+    Forget(Versioned, PointRead),
     /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status,
     /// and the pool and build its tags name).
     Adopt(VmId, String, VmStatus, Tags),
@@ -119,9 +186,9 @@ pub enum Action {
     /// builds were kept, or a VM adopted without a build tag), to learn its build.
     ReadBuild(Versioned),
     /// A start that ARM accepted and then failed (its async operation ended `AllocationFailed`
-    /// and the VM is deallocated), or that never took: the row goes back to `Deallocated`
-    /// with the error, and the refusal counts toward the breaker.
-    StartRefused(Versioned, String),
+    /// and a point read shows the VM deallocated), or that never took: the row goes back to
+    /// `Deallocated` with the error, and the refusal counts toward the breaker.
+    StartRefused(Versioned, String, PointRead),
     /// The row's operation ran out of attempts: the row is marked as needing attention and
     /// vmpool stops calling ARM for it.
     Attention(Versioned, String),
@@ -129,6 +196,28 @@ pub enum Action {
     Unclaim(Versioned),
     /// Look for the public IP of an up VM that has none recorded.
     FindIp(Versioned),
+    /// Record what a point read shows of a running VM's health: unhealthy (why), or healthy
+    /// again (`None`).
+    Health(Versioned, Option<String>, PointRead),
+}
+
+impl Action {
+    /// Whether the step destroys, forgets or hands out anything (so it needs a trusted
+    /// view): deletes, deallocations, failures, corrections, forgetting a row, and an
+    /// unused claim handed back to the buffer.
+    pub fn is_destructive(&self) -> bool {
+        match self {
+            Action::Fail(..)
+            | Action::Deallocate(..)
+            | Action::Correct(..)
+            | Action::Delete(..)
+            | Action::Forget(..)
+            | Action::StartRefused(..)
+            | Action::Unclaim(..) => true,
+            Action::Reissue(row) => row.vm.state == VmState::Deallocating,
+            _ => false,
+        }
+    }
 }
 
 /// The actions of one pass and the pool record to save after them.
@@ -169,7 +258,7 @@ fn must_exist(row: &Versioned) -> bool {
 /// on none of them (a listing that lags or pages short must not fail a fleet).
 pub fn vanished<'a>(
     rows: &'a [Versioned],
-    listed: &HashMap<VmId, VmStatus>,
+    listed: &HashMap<VmId, Observation>,
     policy: &PoolPolicy,
 ) -> Option<Vec<&'a VmId>> {
     let known: Vec<&Versioned> = rows.iter().filter(|r| must_exist(r)).collect();
@@ -182,35 +271,73 @@ pub fn vanished<'a>(
     (missing.len() >= BRAKE_MIN_VMS && over_share).then_some(missing)
 }
 
+/// Whether a running VM's provisioning failed (a VM extension, for one).
+fn failed_while_running(s: &VmStatus) -> Option<&str> {
+    match &s.provisioning {
+        Provisioning::Failed(e) if s.power == Power::Running => Some(e),
+        _ => None,
+    }
+}
+
+/// Whether what a listing or a sweep shows of a settled row contradicts it, or says
+/// something a point read must confirm before the row may change.
+fn contradicts(row: &Versioned, s: &VmStatus) -> bool {
+    let vm = &row.vm;
+    match vm.state {
+        VmState::Running | VmState::Standby | VmState::MarkedForDeallocation => {
+            s.is_deallocated()
+                || (vm.state == VmState::Standby && s.power == Power::Stopped)
+                || matches!(s.provisioning, Provisioning::Failed(_))
+                || (vm.unhealthy.is_some() && s.provisioning == Provisioning::Succeeded)
+        }
+        VmState::Deallocated => matches!(s.power, Power::Running | Power::Starting),
+        _ => false,
+    }
+}
+
 /// The VMs to read one by one this pass, at most [`MAX_POINT_READS_PER_PASS`]: VMs in flight
-/// whose listing does not say whether they are done (oldest first), then VMs missing from
-/// the listing whose absence would change their row (unless the brake holds).
+/// whose listing does not show them still in progress (oldest first), then VMs missing from
+/// the listing whose absence would change their row (unless the brake holds), settled rows
+/// the listing or sweep contradicts, unhealthy VMs, and `Failed` VMs about to be deleted.
 pub fn reads_needed(
     rows: &[Versioned],
-    listed: &HashMap<VmId, VmStatus>,
+    listed: &HashMap<VmId, Observation>,
     braked: bool,
     now: OffsetDateTime,
+    policy: &PoolPolicy,
 ) -> Vec<VmId> {
     let settled = |r: &Versioned| age(r, now) >= GRACE;
     let mut in_flight: Vec<&Versioned> = Vec::new();
     let mut missing: Vec<&Versioned> = Vec::new();
     for row in rows {
         let vm = &row.vm;
-        match (vm.state, listed.get(&vm.id)) {
+        let due = issued_for(row, now) >= to_time(policy.create_timeout)
+            || (vm.attempts >= MAX_ATTEMPTS && settled(row));
+        match (vm.state, listed.get(&vm.id).map(|o| &o.status)) {
             (VmState::Creating | VmState::Deallocating, Some(s)) => {
-                // A listing without power state cannot say a VM is up or deallocated, and
-                // says Failed without ARM's error: read it, unless it is still being created.
-                let undecided = s.power == Power::Unknown
-                    && !(vm.operation == Some(Operation::Create)
-                        && s.provisioning == Provisioning::Creating);
-                if undecided {
+                // A listing still showing the operation in progress needs no read, unless
+                // the operation is due to fail.
+                let in_progress = s.provisioning == Provisioning::Creating
+                    || matches!(s.power, Power::Starting | Power::Deallocating);
+                if !in_progress || due {
                     in_flight.push(row);
                 }
             }
-            (VmState::Creating, None) if settled(row) => in_flight.push(row),
+            (VmState::Creating, None) if settled(row) || due => in_flight.push(row),
             (VmState::Deallocating, None) => in_flight.push(row),
             (VmState::Failed, None) => missing.push(row),
+            (VmState::Failed, Some(s)) => {
+                let deleting = s.provisioning == Provisioning::Deleting
+                    || (vm.operation == Some(Operation::Delete)
+                        && age(row, now) < to_time(policy.deallocate_timeout));
+                if !deleting {
+                    missing.push(row);
+                }
+            }
             (_, None) if settled(row) && !braked => missing.push(row),
+            (_, Some(s)) if vm.unhealthy.is_some() || (settled(row) && contradicts(row, s)) => {
+                missing.push(row);
+            }
             _ => {}
         }
     }
@@ -234,6 +361,7 @@ pub fn plan(
 ) -> Plan {
     let mut meta = meta.clone();
     meta.vanished = observed.vanished;
+    meta.suspect_reason.clone_from(&observed.suspect);
     let mut actions = Vec::new();
     // Rows an action already takes care of this pass, and those of them it takes out of
     // the buffer.
@@ -248,7 +376,7 @@ pub fn plan(
                 Action::Fail(..)
                     | Action::StartRefused(..)
                     | Action::Deallocate(..)
-                    | Action::Correct(_, VmState::Deallocated)
+                    | Action::Correct(_, VmState::Deallocated, _)
             ) {
                 leaving.insert(&row.vm.id);
             }
@@ -256,7 +384,7 @@ pub fn plan(
         }
     }
     actions.extend(adoptions(rows, observed));
-    let unclaimed = unused_claims(rows, &handled, now, policy);
+    let unclaimed = unused_claims(rows, observed, &handled, now, policy);
     let unclaimed_rows: Vec<&Versioned> = rows
         .iter()
         .filter(|r| {
@@ -278,7 +406,7 @@ pub fn plan(
             handled.insert(&r.vm.id);
         }
     }
-    let draining = drained(rows, &handled, now, policy);
+    let draining = drained(rows, observed, &handled, now, policy);
 
     // The buffer, pool by pool: each pool's own target and maximum, and all pools together
     // under VMPOOL_MAX_VMS, the per-pass cap on creates and starts and the one breaker.
@@ -295,6 +423,7 @@ pub fn plan(
         let buffer = rows
             .iter()
             .filter(|r| !leaving.contains(&r.vm.id) && is_current(r, spec))
+            .filter(|r| r.vm.unhealthy.is_none())
             .filter(|r| {
                 r.vm.state == VmState::Standby
                     || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
@@ -333,6 +462,16 @@ pub fn plan(
     actions.extend(draining);
     actions.extend(find_ips(rows, observed, &handled));
     actions.extend(find_builds(rows, observed, &handled));
+    // An answer about scope or access: nothing destructive this pass, in any phase.
+    if observed.suspect.is_some() {
+        actions.retain(|a| !a.is_destructive());
+    }
+    meta.unhealthy = u32::try_from(
+        rows.iter()
+            .filter(|r| r.vm.unhealthy.is_some() && r.vm.state != VmState::Failed)
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
     Plan {
         actions: cap_writes(actions),
         meta,
@@ -358,23 +497,31 @@ pub fn adoptions(rows: &[Versioned], observed: &Observed) -> Vec<Action> {
         .collect()
 }
 
+/// Whether the view shows a row's VM (read, or in the listing). A VM missing from the view
+/// (the brake holds, or it was not read yet) is never acted on.
+fn in_view(observed: &Observed, id: &VmId) -> bool {
+    matches!(observed.seen(id), Seen::Read(..) | Seen::Listed(_))
+}
+
 /// `Running` VMs handed out by CreateVM that got neither a report nor a mark within the
-/// claim timeout: they were never used and go back to the buffer.
+/// claim timeout: they were never used and go back to the buffer. Only VMs the view shows.
 pub fn unused_claims(
     rows: &[Versioned],
+    observed: &Observed,
     handled: &HashSet<&VmId>,
     now: OffsetDateTime,
     policy: &PoolPolicy,
 ) -> Vec<Action> {
     let timeout = to_time(policy.claim_timeout);
     rows.iter()
-        .filter(|r| !handled.contains(&r.vm.id))
+        .filter(|r| !handled.contains(&r.vm.id) && in_view(observed, &r.vm.id))
         .filter(|r| {
             // Silent since it was handed out, or since its last report said 0 rooms.
             let quiet_since =
                 r.vm.last_report_at
                     .map_or(r.vm.state_changed_at, |t| t.max(r.vm.state_changed_at));
             r.vm.state == VmState::Running
+                && r.vm.unhealthy.is_none()
                 && now - quiet_since >= timeout
                 && crate::domain::unclaimed(&r.vm, now).is_ok()
         })
@@ -445,7 +592,7 @@ pub fn fill_buffer<'a>(
         .filter(|r| {
             // A start that failed for allocation leaves the VM's provisioning `Failed`; it
             // can be started again.
-            observed.arm.get(&r.vm.id).is_some_and(|s| {
+            observed.status(&r.vm.id).is_some_and(|s| {
                 matches!(
                     s.provisioning,
                     Provisioning::Succeeded | Provisioning::Failed(_)
@@ -489,8 +636,8 @@ pub fn surplus<'a>(
         .iter()
         .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
         .filter(|r| is_current(r, spec))
-        .filter(|r| r.vm.may_be_emptied())
-        .filter(|r| matches!(observed.seen(&r.vm.id), Seen::Present(_)))
+        .filter(|r| r.vm.may_be_emptied() && r.vm.unhealthy.is_none())
+        .filter(|r| in_view(observed, &r.vm.id))
         .collect();
     standby.sort_by_key(|r| r.vm.state_changed_at);
     let n = buffer.saturating_sub(target).min(standby.len());
@@ -499,7 +646,7 @@ pub fn surplus<'a>(
         .take(n)
         .map(|row| {
             handled.insert(&row.vm.id);
-            Action::Deallocate(row.clone(), "surplus standby")
+            Action::Deallocate(row.clone(), Why::Surplus)
         })
         .collect()
 }
@@ -508,8 +655,8 @@ pub fn surplus<'a>(
 /// of another build (known, not unknown) are deallocated, at most
 /// [`MAX_OLD_BUILD_PER_PASS`] a pass, oldest first. They are never handed out to a caller
 /// that did not name their build, so running them only costs money; deallocated, they stay
-/// available for a rollback. One that reports rooms is in use and left alone, as is one
-/// missing from the listing.
+/// available for a rollback. One that reports rooms is in use and left alone, as is an
+/// unhealthy one and one the view does not show.
 pub fn old_standby<'a>(
     rows: &'a [Versioned],
     spec: &PoolSpec,
@@ -521,15 +668,15 @@ pub fn old_standby<'a>(
         .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
         .filter(|r| r.vm.pool == spec.name)
         .filter(|r| r.vm.build.as_ref().is_some_and(|b| *b != spec.build))
-        .filter(|r| r.vm.may_be_emptied())
-        .filter(|r| matches!(observed.seen(&r.vm.id), Seen::Present(_)))
+        .filter(|r| r.vm.may_be_emptied() && r.vm.unhealthy.is_none())
+        .filter(|r| in_view(observed, &r.vm.id))
         .collect();
     old.sort_by_key(|r| r.vm.state_changed_at);
     old.into_iter()
         .take(MAX_OLD_BUILD_PER_PASS)
         .map(|row| {
             handled.insert(&row.vm.id);
-            Action::Deallocate(row.clone(), "old build")
+            Action::Deallocate(row.clone(), Why::OldBuild)
         })
         .collect()
 }
@@ -563,9 +710,10 @@ pub fn reclaimable(
 
 /// The drain safety net: a `MarkedForDeallocation` VM whose last report (since it was handed
 /// out) said 0 rooms, and that has not reported for the drain timeout, is deallocated. One
-/// whose rooms are unknown is never touched.
+/// whose rooms are unknown is never touched, nor one missing from the view.
 pub fn drained(
     rows: &[Versioned],
+    observed: &Observed,
     handled: &HashSet<&VmId>,
     now: OffsetDateTime,
     policy: &PoolPolicy,
@@ -576,12 +724,13 @@ pub fn drained(
             let vm = &r.vm;
             vm.state == VmState::MarkedForDeallocation
                 && !handled.contains(&vm.id)
+                && in_view(observed, &vm.id)
                 && vm.reported_empty()
                 && vm
                     .last_report_at
                     .is_some_and(|t| now - t.max(vm.state_changed_at) >= timeout)
         })
-        .map(|r| Action::Deallocate(r.clone(), "drain timeout"))
+        .map(|r| Action::Deallocate(r.clone(), Why::DrainTimeout))
         .collect()
 }
 
@@ -595,7 +744,7 @@ pub fn find_ips(rows: &[Versioned], observed: &Observed, handled: &HashSet<&VmId
                 VmState::Running | VmState::Standby | VmState::MarkedForDeallocation
             ) && r.vm.public_ip.is_none()
                 && !handled.contains(&r.vm.id)
-                && matches!(observed.seen(&r.vm.id), Seen::Present(_))
+                && in_view(observed, &r.vm.id)
         })
         .take(MAX_IP_LOOKUPS_PER_PASS)
         .map(|r| Action::FindIp(r.clone()))
@@ -614,7 +763,7 @@ pub fn find_builds(
             r.vm.build.is_none()
                 && r.vm.state != VmState::Failed
                 && !handled.contains(&r.vm.id)
-                && matches!(observed.seen(&r.vm.id), Seen::Present(_))
+                && in_view(observed, &r.vm.id)
         })
         .take(MAX_BUILD_READS_PER_PASS)
         .map(|r| Action::ReadBuild(r.clone()))
@@ -625,7 +774,7 @@ pub fn find_builds(
 pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
     let mut others = 0usize;
     actions.retain(|a| match a {
-        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(_) => {
+        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(..) => {
             others += 1;
             others <= MAX_OTHER_WRITES_PER_PASS
         }
@@ -690,8 +839,12 @@ pub fn demand_target(
 }
 
 /// What one row needs, given what ARM shows of it: completion, failure, re-issue, drift
-/// repair, clean-up. Absence is never deletion: only [`Seen::Gone`] (a GET answered 404)
-/// fails, finishes or forgets a row for its VM being missing.
+/// repair, health, clean-up. Only a point read ([`Seen::Read`], [`Seen::Gone`]) changes a row
+/// for what ARM shows, and only to what it shows: a listing or a sweep ([`Seen::Listed`])
+/// leads at most to a re-issue of the row's own operation. Absence is never deletion: only
+/// [`Seen::Gone`] (a GET answered 404 `ResourceNotFound`) fails, finishes or forgets a row
+/// for its VM being missing. A VM that runs while a game may be on it is never deleted
+/// or deallocated, whatever its provisioning state says.
 pub fn settle(
     row: &Versioned,
     seen: Seen<'_>,
@@ -706,16 +859,18 @@ pub fn settle(
         .to_lowercase();
     let out_of_attempts = vm.attempts >= MAX_ATTEMPTS && settled;
     if vm.attention.is_some() {
-        // vmpool no longer calls ARM for it; only what ARM shows moves it on.
+        // vmpool no longer calls ARM for it; only what a point read shows moves it on.
         return match (vm.state, seen) {
-            (VmState::Creating, Seen::Present(s)) if s.is_up() => {
-                Some(Action::Complete(row.clone()))
+            (VmState::Creating, Seen::Read(read, s)) if s.is_up() => {
+                Some(Action::Complete(row.clone(), read.clone()))
             }
-            (VmState::Deallocating, Seen::Gone) => Some(Action::FinishDeallocate(row.clone())),
-            (VmState::Deallocating, Seen::Present(s)) if s.is_deallocated() => {
-                Some(Action::FinishDeallocate(row.clone()))
+            (VmState::Deallocating, Seen::Gone(read)) => {
+                Some(Action::FinishDeallocate(row.clone(), read.clone()))
             }
-            (VmState::Failed, Seen::Gone) => Some(Action::Forget(row.clone())),
+            (VmState::Deallocating, Seen::Read(read, s)) if s.is_deallocated() => {
+                Some(Action::FinishDeallocate(row.clone(), read.clone()))
+            }
+            (VmState::Failed, Seen::Gone(read)) => Some(Action::Forget(row.clone(), read.clone())),
             _ => None,
         };
     }
@@ -732,73 +887,108 @@ pub fn settle(
         ),
         None => format!("the {what} did not take after {} attempts", vm.attempts),
     };
+    let fail =
+        |read: &PointRead, error: String| Some(Action::Fail(row.clone(), error, read.clone()));
     match vm.state {
         VmState::Creating => match seen {
-            Seen::Present(s) if s.is_up() => Some(Action::Complete(row.clone())),
+            Seen::Read(read, s) if s.is_up() => Some(Action::Complete(row.clone(), read.clone())),
+            // Booting with a failed model: it may be about to serve; wait until it runs (or
+            // the operation times out).
+            Seen::Read(_, s)
+                if matches!(s.provisioning, Provisioning::Failed(_))
+                    && s.power == Power::Starting
+                    && vm.may_host_games()
+                    && issued_for(row, now) < to_time(policy.create_timeout) =>
+            {
+                None
+            }
+            // Running, but the last operation on its model failed (a VM extension): whoever
+            // holds it may already run a game on it, so it completes, unhealthy. A buffer
+            // VM nobody holds is failed (and then deleted).
+            Seen::Read(read, s) if failed_while_running(s).is_some() && vm.may_host_games() => {
+                Some(Action::Complete(row.clone(), read.clone()))
+            }
             // A start that failed (AllocationFailed in its operation) leaves the VM
             // deallocated and its provisioning Failed: the VM is as it was.
-            Seen::Present(VmStatus {
-                provisioning: Provisioning::Failed(error),
-                power: Power::Deallocated,
-            }) if starting => Some(Action::StartRefused(row.clone(), error.clone())),
-            Seen::Present(VmStatus {
-                provisioning: Provisioning::Failed(error),
-                ..
-            }) if !starting => Some(Action::Fail(
+            Seen::Read(
+                read,
+                VmStatus {
+                    provisioning: Provisioning::Failed(error),
+                    power: Power::Deallocated,
+                },
+            ) if starting => Some(Action::StartRefused(
                 row.clone(),
-                format!("provisioning failed: {error}"),
+                error.clone(),
+                read.clone(),
             )),
+            Seen::Read(
+                read,
+                VmStatus {
+                    provisioning: Provisioning::Failed(error),
+                    ..
+                },
+            ) if !starting => fail(read, format!("provisioning failed: {error}")),
             // A start that did not take: a VM that provisioned once never becomes Failed.
             // Deallocated, it is as it was; otherwise an operator must look at it.
-            _ if starting
-                && (issued_for(row, now) >= to_time(policy.create_timeout) || out_of_attempts) =>
+            Seen::Read(read, s)
+                if starting
+                    && (issued_for(row, now) >= to_time(policy.create_timeout)
+                        || out_of_attempts) =>
             {
-                match seen {
-                    Seen::Present(s) if s.power == Power::Deallocated => {
-                        Some(Action::StartRefused(row.clone(), attempts_text(vm)))
-                    }
-                    Seen::Present(_) => Some(Action::Attention(
+                if s.power == Power::Deallocated {
+                    Some(Action::StartRefused(
+                        row.clone(),
+                        attempts_text(vm),
+                        read.clone(),
+                    ))
+                } else {
+                    Some(Action::Attention(
                         row.clone(),
                         format!(
                             "{}; the VM is neither running nor deallocated",
                             attempts_text(vm)
                         ),
-                    )),
-                    _ => None,
+                    ))
                 }
             }
-            _ if issued_for(row, now) >= to_time(policy.create_timeout) && !starting => {
-                Some(Action::Fail(
-                    row.clone(),
+            Seen::Read(read, _) | Seen::Gone(read)
+                if issued_for(row, now) >= to_time(policy.create_timeout) && !starting =>
+            {
+                fail(
+                    read,
                     format!(
                         "not running {}s after the {what} was first issued ({} attempts)",
                         policy.create_timeout.as_secs(),
                         vm.attempts
                     ),
-                ))
+                )
             }
-            _ if out_of_attempts && !starting => Some(Action::Fail(row.clone(), attempts_text(vm))),
+            Seen::Read(read, _) | Seen::Gone(read) if out_of_attempts && !starting => {
+                fail(read, attempts_text(vm))
+            }
             // The create never reached ARM (a crash or a fault between row and call).
-            Seen::Gone if vm.operation == Some(Operation::Create) => {
+            Seen::Gone(_) if vm.operation == Some(Operation::Create) => {
                 may_reissue.then(|| Action::Reissue(row.clone()))
             }
-            Seen::Gone if settled => Some(Action::Fail(
-                row.clone(),
+            Seen::Gone(read) if settled => fail(
+                read,
                 "the VM was deleted outside vmpool (a GET answered 404)".into(),
-            )),
+            ),
             // The start never reached ARM.
-            Seen::Present(s) if s.power == Power::Deallocated => {
+            Seen::Read(_, s) if s.power == Power::Deallocated => {
                 may_reissue.then(|| Action::Reissue(row.clone()))
             }
             _ => None,
         },
         VmState::Deallocating => match seen {
             // Gone counts as deallocated: nothing is billed.
-            Seen::Gone => Some(Action::FinishDeallocate(row.clone())),
-            Seen::Present(s) if s.is_deallocated() => Some(Action::FinishDeallocate(row.clone())),
+            Seen::Gone(read) => Some(Action::FinishDeallocate(row.clone(), read.clone())),
+            Seen::Read(read, s) if s.is_deallocated() => {
+                Some(Action::FinishDeallocate(row.clone(), read.clone()))
+            }
             // Out of attempts: never Failed (the VM provisioned once, and Failed VMs are
             // deleted); an operator must look at it.
-            Seen::Present(_)
+            Seen::Read(..) | Seen::Listed(_)
                 if (vm.attempts >= MAX_ATTEMPTS
                     && issued_for(row, now) >= to_time(policy.deallocate_timeout))
                     || issued_for(row, now)
@@ -813,14 +1003,15 @@ pub fn settle(
                     ),
                 ))
             }
-            Seen::Present(s)
+            // Re-issuing its own deallocate: the row already decided it (0 rooms reported).
+            Seen::Read(_, s) | Seen::Listed(Observation { status: s, .. })
                 if matches!(s.power, Power::Running | Power::Stopped | Power::Starting)
                     && settled
                     && vm.attempts < MAX_ATTEMPTS =>
             {
                 Some(Action::Reissue(row.clone()))
             }
-            Seen::Present(_)
+            Seen::Read(..) | Seen::Listed(_)
                 if age(row, now) >= to_time(policy.deallocate_timeout)
                     && vm.attempts < MAX_ATTEMPTS =>
             {
@@ -829,54 +1020,81 @@ pub fn settle(
             _ => None,
         },
         VmState::Running | VmState::Standby | VmState::MarkedForDeallocation => match seen {
-            Seen::Gone if settled => Some(Action::Fail(
-                row.clone(),
+            Seen::Gone(read) if settled => fail(
+                read,
                 "the VM was deleted outside vmpool (a GET answered 404)".into(),
+            ),
+            Seen::Read(read, s) if s.is_deallocated() && settled => Some(Action::Correct(
+                row.clone(),
+                VmState::Deallocated,
+                read.clone(),
             )),
-            Seen::Present(s) if s.is_deallocated() && settled => {
-                Some(Action::Correct(row.clone(), VmState::Deallocated))
-            }
             // Stopped but still allocated (billed) with nobody on it.
-            Seen::Present(s)
+            Seen::Read(read, s)
                 if s.power == Power::Stopped
                     && vm.state == VmState::Standby
                     && vm.may_be_emptied()
                     && settled =>
             {
-                Some(Action::Deallocate(row.clone(), "stopped outside vmpool"))
+                Some(Action::Deallocate(
+                    row.clone(),
+                    Why::StoppedOutsideVmpool(read.clone()),
+                ))
+            }
+            // Running with a failed model: kept while a game may be on it (unhealthy, never
+            // handed out), cleaned up once nobody is on it.
+            Seen::Read(read, s) if failed_while_running(s).is_some() => {
+                let error = failed_while_running(s).unwrap_or_default();
+                let reason = format!("provisioning failed while running: {error}");
+                let empty = match vm.state {
+                    VmState::Standby => vm.may_be_emptied(),
+                    VmState::MarkedForDeallocation => vm.reported_empty(),
+                    _ => false,
+                };
+                if empty {
+                    fail(read, reason)
+                } else if vm.unhealthy.as_deref() != Some(reason.as_str()) {
+                    Some(Action::Health(row.clone(), Some(reason), read.clone()))
+                } else {
+                    None
+                }
+            }
+            Seen::Read(read, s) if vm.unhealthy.is_some() && s.is_up() => {
+                Some(Action::Health(row.clone(), None, read.clone()))
             }
             _ => None,
         },
         VmState::Deallocated => match seen {
-            Seen::Gone if settled => Some(Action::Fail(
-                row.clone(),
+            Seen::Gone(read) if settled => fail(
+                read,
                 "the VM was deleted outside vmpool (a GET answered 404)".into(),
-            )),
+            ),
             // Started outside vmpool: it is billed, so put it in the buffer.
-            Seen::Present(s) if s.is_up() && settled => {
-                Some(Action::Correct(row.clone(), VmState::Standby))
+            Seen::Read(read, s) if s.is_up() && settled => {
+                Some(Action::Correct(row.clone(), VmState::Standby, read.clone()))
             }
             _ => None,
         },
         VmState::Failed => match seen {
-            Seen::Gone => Some(Action::Forget(row.clone())),
-            Seen::Missing => None,
-            Seen::Present(s) if s.provisioning == Provisioning::Deleting => None,
-            // Players' games are never destroyed: a VM that reported rooms is kept unless
-            // ARM itself says its provisioning failed.
-            Seen::Present(s)
-                if vm.rooms > 0 && !matches!(s.provisioning, Provisioning::Failed(_)) =>
+            Seen::Gone(read) => Some(Action::Forget(row.clone(), read.clone())),
+            Seen::Missing | Seen::Listed(_) => None,
+            Seen::Read(_, s) if s.provisioning == Provisioning::Deleting => None,
+            // Players' games are never destroyed: a VM that runs while a game may be on it
+            // (rooms reported, or unknown since it was handed out) is kept, whatever its
+            // provisioning state says.
+            Seen::Read(_, s)
+                if matches!(s.power, Power::Running | Power::Starting) && vm.may_host_games() =>
             {
                 None
             }
-            Seen::Present(_)
+            Seen::Read(..)
                 if vm.operation == Some(Operation::Delete)
                     && age(row, now) < to_time(policy.deallocate_timeout) =>
             {
                 None
             }
             // Deletes are bounded too, counted from the first.
-            Seen::Present(_)
+            Seen::Read(..)
                 if vm.operation == Some(Operation::Delete)
                     && (vm.attempts >= MAX_ATTEMPTS
                         || issued_for(row, now)
@@ -891,7 +1109,7 @@ pub fn settle(
                     ),
                 ))
             }
-            Seen::Present(_) => Some(Action::Delete(row.clone())),
+            Seen::Read(read, _) => Some(Action::Delete(row.clone(), read.clone())),
         },
     }
 }
@@ -950,23 +1168,29 @@ mod tests {
 
     fn kind(a: &Action) -> String {
         match a {
-            Action::Complete(r) => format!("complete {}", r.vm.id),
-            Action::FinishDeallocate(r) => format!("finishDeallocate {}", r.vm.id),
-            Action::Fail(r, _) => format!("fail {}", r.vm.id),
+            Action::Complete(r, _) => format!("complete {}", r.vm.id),
+            Action::FinishDeallocate(r, _) => format!("finishDeallocate {}", r.vm.id),
+            Action::Fail(r, ..) => format!("fail {}", r.vm.id),
             Action::Reissue(r) => format!("reissue {}", r.vm.id),
             Action::StartForBuffer(r) => format!("start {}", r.vm.id),
             Action::CreateForBuffer(_) => "create".into(),
-            Action::Deallocate(r, why) => format!("deallocate {} ({why})", r.vm.id),
-            Action::Correct(r, to) => format!("correct {} to {to}", r.vm.id),
-            Action::Delete(r) => format!("delete {}", r.vm.id),
-            Action::Forget(r) => format!("forget {}", r.vm.id),
-            Action::StartRefused(r, _) => format!("startRefused {}", r.vm.id),
+            Action::Deallocate(r, why) => format!("deallocate {} ({})", r.vm.id, why.as_str()),
+            Action::Correct(r, to, _) => format!("correct {} to {to}", r.vm.id),
+            Action::Delete(r, _) => format!("delete {}", r.vm.id),
+            Action::Forget(r, _) => format!("forget {}", r.vm.id),
+            Action::StartRefused(r, ..) => format!("startRefused {}", r.vm.id),
             Action::Attention(r, _) => format!("attention {}", r.vm.id),
             Action::Adopt(id, ..) => format!("adopt {id}"),
             Action::Unclaim(r) => format!("unclaim {}", r.vm.id),
             Action::FindIp(r) => format!("findIp {}", r.vm.id),
             Action::ReadBuild(r) => format!("readBuild {}", r.vm.id),
+            Action::Health(r, None, _) => format!("healthy {}", r.vm.id),
+            Action::Health(r, Some(_), _) => format!("unhealthy {}", r.vm.id),
         }
+    }
+
+    fn hint(s: VmStatus) -> Observation {
+        Observation::new(s, crate::reconcile::observation::Source::Sweep)
     }
 
     fn run(
@@ -985,19 +1209,29 @@ mod tests {
         policy: &PoolPolicy,
         meta: &PoolMeta,
     ) -> (Vec<String>, PoolMeta) {
-        // A row ARM does not show was confirmed gone by a GET (see `run_missing` for rows
-        // merely missing from the listing).
-        let arm: HashMap<VmId, VmStatus> = arm
+        // Every status given was shown by a point read, and a row ARM does not show was
+        // confirmed gone by one (see `run_missing` for rows merely missing from the
+        // listing, and `run_listed` for statuses only a listing or sweep shows).
+        let mut reads: HashMap<VmId, PointRead> = arm
             .iter()
-            .map(|(r, s)| (r.vm.id.clone(), s.clone()))
+            .map(|(r, s)| {
+                (
+                    r.vm.id.clone(),
+                    PointRead::assumed(r.vm.id.clone(), Some(s.clone())),
+                )
+            })
             .collect();
+        for r in rows {
+            reads
+                .entry(r.vm.id.clone())
+                .or_insert_with(|| PointRead::assumed(r.vm.id.clone(), None));
+        }
         let observed = Observed {
-            gone: rows
+            listed: arm
                 .iter()
-                .filter(|r| !arm.contains_key(&r.vm.id))
-                .map(|r| r.vm.id.clone())
+                .map(|(r, s)| (r.vm.id.clone(), hint(s.clone())))
                 .collect(),
-            arm,
+            reads,
             ..Observed::default()
         };
         let p = plan(
@@ -1245,39 +1479,40 @@ mod tests {
             running.clone(),
             standby.clone(),
         ];
+        let p = PoolPolicy::default();
         let listing_power_unknown = |r: &Versioned| {
             (
                 r.vm.id.clone(),
-                status(Provisioning::Succeeded, Power::Unknown),
+                hint(status(Provisioning::Succeeded, Power::Unknown)),
             )
         };
         // In flight and listed without a power state: read. Running listed: not read.
-        let listed: HashMap<VmId, VmStatus> = [&creating, &dealloc, &running]
+        let listed: HashMap<VmId, Observation> = [&creating, &dealloc, &running]
             .into_iter()
             .map(listing_power_unknown)
             .collect();
         let now = t0() + Duration::seconds(120);
         let ids = |v: Vec<VmId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(
-            ids(reads_needed(&rows, &listed, false, now)),
+            ids(reads_needed(&rows, &listed, false, now, &p)),
             ["c", "d", "s"]
         );
         // Under the brake, missing steady VMs are not read (in-flight ones still are).
-        assert_eq!(ids(reads_needed(&rows, &listed, true, now)), ["c", "d"]);
+        assert_eq!(ids(reads_needed(&rows, &listed, true, now, &p)), ["c", "d"]);
         // A create still provisioning needs no read.
         let making = row("m", VmState::Creating, Some(Operation::Create));
-        let listed: HashMap<VmId, VmStatus> = [(
+        let listed: HashMap<VmId, Observation> = [(
             making.vm.id.clone(),
-            status(Provisioning::Creating, Power::Unknown),
+            hint(status(Provisioning::Creating, Power::Unknown)),
         )]
         .into();
-        assert!(reads_needed(std::slice::from_ref(&making), &listed, false, now).is_empty());
+        assert!(reads_needed(std::slice::from_ref(&making), &listed, false, now, &p).is_empty());
         // Bounded.
         let many: Vec<Versioned> = (0..500)
             .map(|i| row(&format!("v{i}"), VmState::Running, None))
             .collect();
         assert_eq!(
-            reads_needed(&many, &HashMap::new(), false, now).len(),
+            reads_needed(&many, &HashMap::new(), false, now, &p).len(),
             MAX_POINT_READS_PER_PASS
         );
     }
@@ -1288,10 +1523,10 @@ mod tests {
         let rows: Vec<Versioned> = (0..30)
             .map(|i| row(&format!("v{i}"), VmState::Running, None))
             .collect();
-        let listed_but = |n: usize| -> HashMap<VmId, VmStatus> {
+        let listed_but = |n: usize| -> HashMap<VmId, Observation> {
             rows.iter()
                 .skip(n)
-                .map(|r| (r.vm.id.clone(), up()))
+                .map(|r| (r.vm.id.clone(), hint(up())))
                 .collect()
         };
         // 3 of 30 is 10%: not more than the share.
@@ -1365,7 +1600,8 @@ mod tests {
             )
             .is_empty()
         );
-        // A failed VM that reported rooms is not deleted, unless ARM says provisioning failed.
+        // A failed VM that reported rooms is not deleted while it runs, whatever its provisioning
+        // state; once a point read shows no power state (a create that never ran), it is.
         let mut failed = row("f", VmState::Failed, None);
         failed.vm.rooms = 4;
         assert!(run(std::slice::from_ref(&failed), &[(&failed, up())], 60, &p).is_empty());
@@ -1397,7 +1633,9 @@ mod tests {
     #[test]
     fn failed_vms_are_deleted_then_forgotten() {
         let p = PoolPolicy::default();
-        let failed = row("f", VmState::Failed, None);
+        let mut failed = row("f", VmState::Failed, None);
+        // Its game server said 0 rooms: no game on it.
+        failed.vm.last_report_at = Some(t0());
         assert_eq!(
             run(std::slice::from_ref(&failed), &[(&failed, up())], 0, &p),
             ["delete f"]
@@ -1739,5 +1977,304 @@ mod tests {
         // After the cool-down creates resume (one more refusal opens it again at once).
         let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
         assert_eq!(actions, ["create", "create"]);
+    }
+
+    /// Like `run`, but the statuses are shown only by a listing or a sweep (no point read).
+    fn run_listed(rows: &[Versioned], arm: &[(&Versioned, VmStatus)], secs: i64) -> Vec<String> {
+        let observed = Observed {
+            listed: arm
+                .iter()
+                .map(|(r, s)| (r.vm.id.clone(), hint(s.clone())))
+                .collect(),
+            ..Observed::default()
+        };
+        let p = plan(
+            rows,
+            &observed,
+            t0() + Duration::seconds(secs),
+            &PoolPolicy::default(),
+            &PoolMeta::default(),
+        );
+        p.actions.iter().map(kind).collect()
+    }
+
+    #[test]
+    fn a_listing_or_sweep_alone_never_changes_a_row_it_only_nominates_a_point_read() {
+        let p = PoolPolicy::default();
+        let running = row("r", VmState::Running, None);
+        let standby = buffer_row("s", VmState::Standby);
+        let deallocated = row("d", VmState::Deallocated, None);
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.last_report_at = Some(t0());
+        let stopped = status(Provisioning::Succeeded, Power::Stopped);
+        let extension = status(
+            Provisioning::Failed("VMExtensionProvisioningError".into()),
+            Power::Running,
+        );
+        let cases: [(&Versioned, VmStatus); 6] = [
+            (&running, off()),
+            (&standby, off()),
+            (&standby, stopped.clone()),
+            (&deallocated, up()),
+            (&running, extension.clone()),
+            (
+                &failed,
+                status(Provisioning::Failed("E".into()), Power::Deallocated),
+            ),
+        ];
+        for (r, shown) in cases {
+            let rows = std::slice::from_ref(r);
+            let acted: Vec<String> = run_listed(rows, &[(r, shown.clone())], 3600)
+                .into_iter()
+                // Buffer upkeep is not drift repair.
+                .filter(|a| !a.starts_with("start") && !a.ends_with("(surplus standby)"))
+                .collect();
+            assert!(acted.is_empty(), "{} {shown:?}: {acted:?}", r.vm.state);
+            let listed: HashMap<VmId, Observation> =
+                [(r.vm.id.clone(), hint(shown.clone()))].into();
+            assert_eq!(
+                reads_needed(rows, &listed, false, t0() + Duration::seconds(3600), &p),
+                std::slice::from_ref(&r.vm.id),
+                "{} {shown:?} is nominated for a point read",
+                r.vm.state
+            );
+        }
+        // A settled row the listing agrees with is not read.
+        let listed: HashMap<VmId, Observation> = [(running.vm.id.clone(), hint(up()))].into();
+        assert!(
+            reads_needed(
+                std::slice::from_ref(&running),
+                &listed,
+                false,
+                t0() + Duration::seconds(3600),
+                &p
+            )
+            .is_empty()
+        );
+        // The point read decides, and only with what it shows.
+        assert_eq!(
+            run(
+                std::slice::from_ref(&running),
+                &[(&running, off())],
+                3600,
+                &p
+            ),
+            ["correct r to Deallocated"]
+        );
+        assert!(
+            run(
+                std::slice::from_ref(&running),
+                &[(&running, up())],
+                3600,
+                &p
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            run(
+                std::slice::from_ref(&deallocated),
+                &[(&deallocated, up())],
+                3600,
+                &p
+            ),
+            ["correct d to Standby"]
+        );
+    }
+
+    #[test]
+    fn a_vm_running_with_a_failed_model_is_kept_while_a_game_may_be_on_it() {
+        let p = PoolPolicy::default();
+        let failed_running = status(
+            Provisioning::Failed("VMExtensionProvisioningError: boom".into()),
+            Power::Running,
+        );
+        // In use: marked unhealthy, never deleted nor deallocated.
+        let mut busy = row("b", VmState::Running, None);
+        busy.vm.rooms = 3;
+        busy.vm.last_report_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&busy),
+                &[(&busy, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["unhealthy b"]
+        );
+        // Handed out with rooms unknown: the same.
+        let mut unknown = row("u", VmState::MarkedForDeallocation, None);
+        unknown.vm.claimed_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&unknown),
+                &[(&unknown, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["unhealthy u"]
+        );
+        // Once marked unhealthy nothing more happens, and it is never surplus or handed out.
+        let mut flagged = busy.clone();
+        flagged.vm.unhealthy =
+            Some("provisioning failed while running: VMExtensionProvisioningError: boom".into());
+        assert!(
+            run(
+                std::slice::from_ref(&flagged),
+                &[(&flagged, failed_running.clone())],
+                90_000,
+                &p
+            )
+            .is_empty()
+        );
+        assert_eq!(crate::domain::ClaimKind::of(&flagged.vm), None);
+        // Healthy again when ARM says so.
+        assert_eq!(
+            run(std::slice::from_ref(&flagged), &[(&flagged, up())], 60, &p),
+            ["healthy b"]
+        );
+        // A buffer VM nobody holds, or a drained one, is cleaned up.
+        let idle = buffer_row("s", VmState::Standby);
+        assert_eq!(
+            run(
+                std::slice::from_ref(&idle),
+                &[(&idle, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["fail s"]
+        );
+        // A creating VM someone holds completes (unhealthy); one for the buffer fails.
+        let mut started = row("c", VmState::Creating, Some(Operation::Start));
+        started.vm.claimed_at = Some(t0());
+        assert_eq!(
+            run(
+                std::slice::from_ref(&started),
+                &[(&started, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["complete c"]
+        );
+        let spare = buffer_row("x", VmState::Creating);
+        assert_eq!(
+            run(
+                std::slice::from_ref(&spare),
+                &[(&spare, failed_running.clone())],
+                60,
+                &p
+            ),
+            ["fail x"]
+        );
+        // A Failed VM that runs with rooms, or unknown rooms, is never deleted; once a point
+        // read shows it is not running, or its rooms are reported 0, it is.
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.rooms = 2;
+        failed.vm.last_report_at = Some(t0());
+        assert!(
+            run(
+                std::slice::from_ref(&failed),
+                &[(&failed, failed_running.clone())],
+                60,
+                &p
+            )
+            .is_empty()
+        );
+        let stopped = status(Provisioning::Failed("E".into()), Power::Deallocated);
+        assert_eq!(
+            run(std::slice::from_ref(&failed), &[(&failed, stopped)], 60, &p),
+            ["delete f"]
+        );
+        failed.vm.rooms = 0;
+        assert_eq!(
+            run(
+                std::slice::from_ref(&failed),
+                &[(&failed, failed_running)],
+                60,
+                &p
+            ),
+            ["delete f"]
+        );
+    }
+
+    #[test]
+    fn an_answer_about_scope_or_access_holds_every_destructive_step() {
+        let p = PoolPolicy::default();
+        let gone = row("g", VmState::Running, None);
+        let off_row = row("o", VmState::Running, None);
+        let mut drained = row("m", VmState::MarkedForDeallocation, None);
+        drained.vm.last_report_at = Some(t0());
+        let mut failed = row("f", VmState::Failed, None);
+        failed.vm.last_report_at = Some(t0());
+        let creating = buffer_row("c", VmState::Creating);
+        let rows = [
+            gone.clone(),
+            off_row.clone(),
+            drained.clone(),
+            failed.clone(),
+            creating.clone(),
+        ];
+        let arm = [
+            (&off_row, off()),
+            (&drained, up()),
+            (
+                &failed,
+                status(Provisioning::Failed("E".into()), Power::Deallocated),
+            ),
+            (&creating, up()),
+        ];
+        let now = 3600;
+        assert_eq!(
+            run(&rows, &arm, now, &p),
+            [
+                "fail g",
+                "correct o to Deallocated",
+                "delete f",
+                "complete c",
+                "deallocate m (drain timeout)"
+            ]
+        );
+        let observed = Observed {
+            reads: rows
+                .iter()
+                .map(|r| {
+                    let s = arm
+                        .iter()
+                        .find(|(a, _)| a.vm.id == r.vm.id)
+                        .map(|(_, s)| s.clone());
+                    (r.vm.id.clone(), PointRead::assumed(r.vm.id.clone(), s))
+                })
+                .collect(),
+            suspect: Some("a point read of x: ResourceGroupNotFound".into()),
+            ..Observed::default()
+        };
+        let held = plan(
+            &rows,
+            &observed,
+            t0() + Duration::seconds(now),
+            &p,
+            &PoolMeta::default(),
+        );
+        assert_eq!(
+            held.actions.iter().map(kind).collect::<Vec<_>>(),
+            ["complete c"]
+        );
+        assert!(held.meta.observation_suspect());
+    }
+
+    #[test]
+    fn under_the_brake_the_drain_safety_net_and_unused_claims_leave_missing_vms_alone() {
+        let p = PoolPolicy::default();
+        let mut drained = row("m", VmState::MarkedForDeallocation, None);
+        drained.vm.last_report_at = Some(t0());
+        let mut handed = row("h", VmState::Running, None);
+        handed.vm.claimed_at = Some(t0());
+        let rows = [drained.clone(), handed.clone()];
+        // Missing from the view (the brake holds, nothing read): nothing.
+        assert!(run_missing(&rows, 90_000, &p).is_empty());
+        // In the view: both act.
+        assert_eq!(
+            run_listed(&rows, &[(&drained, up()), (&handed, up())], 90_000),
+            ["unclaim h", "deallocate m (drain timeout)"]
+        );
     }
 }

@@ -139,6 +139,7 @@ pub fn normalize(vm: &VmRecord) -> Result<VmRecord, StoreError> {
         claimed_at: opt(vm.claimed_at)?,
         last_error: vm.last_error.as_deref().map(truncate),
         attention: vm.attention.as_deref().map(truncate),
+        unhealthy: vm.unhealthy.as_deref().map(truncate),
         ..vm.clone()
     })
 }

@@ -281,10 +281,32 @@ async fn conflicts_quota_and_other_refusals_are_distinct() {
     let mut wrong = arm_config(&f.base, "not-the-token");
     wrong.resource_group = "games".into();
     let intruder = ArmCompute::new(&wrong, "p", quick()).unwrap();
+    // 401 is about the caller, not the VM: nothing about the VM may be concluded from it.
     assert!(matches!(
         intruder.create(&id("p-3"), &spec()).await,
-        Err(ComputeError::Rejected { code, .. }) if code == "InvalidAuthenticationToken"
+        Err(ComputeError::Suspect { code, .. }) if code == "InvalidAuthenticationToken"
     ));
+    // So is a 404 for the resource group: only ResourceNotFound says a VM is gone.
+    f.fake.fail_next(
+        FakeOp::GetVm,
+        1,
+        HttpFault::resource_group_not_found("games"),
+    );
+    assert!(matches!(
+        arm.status(&id("p-1")).await,
+        Err(ComputeError::Suspect { code, .. }) if code == "ResourceGroupNotFound"
+    ));
+    f.fake
+        .fail_next(FakeOp::GetVm, 1, HttpFault::authorization_failed());
+    assert!(matches!(
+        arm.status(&id("p-1")).await,
+        Err(ComputeError::Suspect { code, .. }) if code == "AuthorizationFailed"
+    ));
+    assert_eq!(
+        arm.status(&id("nobody")).await,
+        Ok(None),
+        "ResourceNotFound"
+    );
 }
 
 #[tokio::test]

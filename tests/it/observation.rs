@@ -574,3 +574,244 @@ async fn a_refused_sweep_delays_drift_repair_but_not_the_pass() {
     assert_eq!(s.completed, 1, "{}", s.line());
     assert_eq!(rig.count(VmState::Standby).await, 1);
 }
+
+/// The VM `vm` as GetPoolStatus shows it (over HTTP), with the answer's top level.
+async fn status_of(rig: &Rig, vm: &VmId) -> (Value, Value) {
+    let status = pool_status(rig).await;
+    let shown = status["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vmId"] == vm.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    (shown, status)
+}
+
+#[tokio::test]
+async fn a_resource_graph_sweep_minutes_behind_never_undoes_a_restart_a_point_read_shows() {
+    let rig = Rig::arm(&[("VMPOOL_ADOPT_EVERY_SECS", "10")]).await;
+    let f = rig.fake();
+    // A VM plays a match, drains, and is deallocated.
+    let id = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.advance(180);
+    rig.pass().await;
+    rig.pool.report_rooms(&id, 2).await.unwrap();
+    rig.pool.mark_for_deallocation(&id).await.unwrap();
+    rig.pool.report_rooms(&id, 0).await.unwrap();
+    rig.advance(90);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Deallocated);
+    // Resource Graph falls two and a half minutes behind (a backend disruption) while the
+    // VM is started again for the next match and a game begins on it.
+    f.set_graph_lag(150);
+    rig.advance(10);
+    let again = rig.pool.create_vm().await.unwrap();
+    assert_eq!((again.action, &again.vm.id), (CreateAction::Started, &id));
+    rig.advance(70);
+    rig.pass().await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Running);
+    rig.pool.report_rooms(&id, 3).await.unwrap();
+    f.clear_requests();
+    // Every pass sweeps, and for two minutes the sweep says the VM is deallocated.
+    for line in passes_for(&rig, 150).await {
+        let vm = row(&rig, &id).await.unwrap();
+        assert_eq!((vm.state, vm.rooms), (VmState::Running, 3), "{line}");
+    }
+    assert!(
+        touched(&f, FakeOp::GetVm, &id) > 0,
+        "the contradiction was checked with a point read"
+    );
+    // Its game server's reports are taken, and the next match gets another VM.
+    rig.pool.report_rooms(&id, 4).await.unwrap();
+    let next = rig.pool.create_vm().await.unwrap();
+    assert_ne!(
+        next.vm.id, id,
+        "the VM in use is not started for a second match"
+    );
+    assert_eq!(touched(&f, FakeOp::Deallocate, &id), 0);
+
+    // Real drift: someone deallocates it in the portal. Only once a point read shows it
+    // is the row corrected, to what the read shows.
+    f.set_graph_lag(5);
+    f.cloud()
+        .force_power(id.as_str(), vmpool::compute::Power::Deallocated);
+    f.clear_requests();
+    passes_for(&rig, 80).await;
+    assert_eq!(row(&rig, &id).await.unwrap().state, VmState::Deallocated);
+    assert!(touched(&f, FakeOp::GetVm, &id) > 0);
+}
+
+#[tokio::test]
+async fn a_failed_extension_on_a_vm_in_use_keeps_it_and_shows_it_unhealthy() {
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    let id = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.advance(180);
+    rig.pass().await;
+    rig.pool.mark_for_deallocation(&id).await.unwrap();
+    rig.pool.report_rooms(&id, 0).await.unwrap();
+    rig.advance(90);
+    rig.pass().await;
+    // Started again for a match; its game server reports a room while it boots, and a VM
+    // extension fails: ARM says provisioning Failed while the VM runs and serves.
+    let again = rig.pool.create_vm().await.unwrap();
+    assert_eq!((again.action, &again.vm.id), (CreateAction::Started, &id));
+    rig.pool.report_rooms(&id, 2).await.unwrap();
+    assert!(f.extension_fails(
+        id.as_str(),
+        "VMExtensionProvisioningError",
+        "VM has reported a failure when processing extension 'gameserver'."
+    ));
+    f.clear_requests();
+    for line in passes_for(&rig, 1200).await {
+        assert!(!line.contains(" 1 deleted"), "{line}");
+    }
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &id), 0, "a game runs on it");
+    assert_eq!(touched(&f, FakeOp::Deallocate, &id), 0, "a game runs on it");
+    let (shown, status) = status_of(&rig, &id).await;
+    assert_eq!(shown["state"], "Running", "{shown}");
+    assert!(
+        shown["unhealthy"]
+            .as_str()
+            .is_some_and(|why| why.contains("VMExtensionProvisioningError")),
+        "{shown}"
+    );
+    assert_eq!(status["unhealthy"], 1, "{status}");
+    let app = crate::support::serve(rig.state.clone()).await;
+    let metrics = app
+        .http
+        .get(format!("{}/api/Metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("vmpool_vms_unhealthy 1"), "{metrics}");
+    // Reports still count, and once its rooms are reported 0 it is cleaned up.
+    rig.pool.report_rooms(&id, 1).await.unwrap();
+    rig.pool.mark_for_deallocation(&id).await.unwrap();
+    rig.pool.report_rooms(&id, 0).await.unwrap();
+    assert_eq!(touched(&f, FakeOp::Deallocate, &id), 1);
+
+    // An untracked pool VM running with a failed extension is adopted with unknown rooms,
+    // never as Failed, and never deleted on what a listing shows.
+    let ghost = VmId::parse("vmpool-ghost").unwrap();
+    rig.compute
+        .create(&ghost, &rig.pool.policy().pools.all()[0].vm())
+        .await
+        .unwrap();
+    rig.advance(180);
+    assert!(f.extension_fails(ghost.as_str(), "VMExtensionProvisioningError", ""));
+    rig.advance(400);
+    for _ in 0..6 {
+        rig.advance(300);
+        rig.pass().await;
+    }
+    let adopted = row(&rig, &ghost).await.expect("adopted");
+    assert_eq!(adopted.state, VmState::Running, "{adopted:?}");
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &ghost), 0);
+    let taken = rig.pool.create_vm().await.unwrap();
+    assert_ne!(taken.vm.id, ghost, "an unhealthy VM is never handed out");
+}
+
+#[tokio::test]
+async fn a_resource_group_not_found_answer_is_not_absence() {
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    let ids = running(&rig, 3).await;
+    // One VM drops out of the listings, and its point reads are answered about the
+    // resource group (replication lag, a configuration error), not about the VM.
+    f.hide(Some(ids[0].as_str()), 3600);
+    f.fail_next(
+        FakeOp::GetVm,
+        1000,
+        HttpFault::resource_group_not_found("games"),
+    );
+    passes_for(&rig, 300).await;
+    let kept = row(&rig, &ids[0]).await.expect("not forgotten");
+    assert_eq!(kept.state, VmState::Running, "{kept:?}");
+    assert_eq!(touched(&f, FakeOp::DeleteVm, &ids[0]), 0);
+    assert!(
+        f.requests()
+            .iter()
+            .any(|r| r.op == Some(FakeOp::GetVm) && r.status == 404),
+        "the point reads were answered 404"
+    );
+    let status = pool_status(&rig).await;
+    assert_eq!(status["observation"]["suspect"], true, "{status}");
+    assert!(
+        status["observation"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ResourceGroupNotFound")),
+        "{status}"
+    );
+
+    // The listing itself answered so: the pass stops, and says why.
+    let rig = Rig::arm(&[]).await;
+    let f = rig.fake();
+    running(&rig, 1).await;
+    f.fail_next(
+        FakeOp::ListVms,
+        1,
+        HttpFault::resource_group_not_found("games"),
+    );
+    rig.advance(10);
+    assert!(rig.reconciler.run_once().await.is_err());
+    let status = pool_status(&rig).await;
+    assert_eq!(status["observation"]["suspect"], true, "{status}");
+    assert!(
+        status["observation"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("listing") && r.contains("ResourceGroupNotFound")),
+        "{status}"
+    );
+    rig.advance(10);
+    rig.pass().await;
+    assert_eq!(pool_status(&rig).await["observation"]["suspect"], false);
+}
+
+#[tokio::test]
+async fn while_the_brake_holds_neither_the_drain_safety_net_nor_unused_claims_act() {
+    // No Resource Graph sweep in the window: the listings are the whole view.
+    let rig = Rig::arm(&[
+        ("VMPOOL_CLAIM_TIMEOUT_SECS", "600"),
+        ("VMPOOL_ADOPT_EVERY_SECS", "7200"),
+    ])
+    .await;
+    let f = rig.fake();
+    let ids = running(&rig, 3).await;
+    // One VM was handed out and has not been reported on yet.
+    let unused = rig.pool.create_vm().await.unwrap().vm.id;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Running);
+    // One match is over: its server said 0 rooms, and the matchmaker marked it.
+    rig.pool.report_rooms(&ids[0], 0).await.unwrap();
+    rig.pool.mark_for_deallocation(&ids[0]).await.unwrap();
+    let before = rig.rows().await;
+    // Every VM vanishes from the listings for half an hour: the brake holds, past the drain
+    // timeout (900 s) and the claim timeout (600 s).
+    f.hide(None, 1800);
+    f.clear_requests();
+    for _ in 0..25 {
+        rig.advance(60);
+        let s = rig.pass().await;
+        assert!(s.vanished > 0, "{}", s.line());
+    }
+    for vm in &before {
+        let now = row(&rig, &vm.id).await.unwrap();
+        if vm.state != VmState::Creating {
+            assert_eq!(&now, vm, "no settled row changed");
+        }
+    }
+    assert_eq!(
+        row(&rig, &ids[0]).await.unwrap().state,
+        VmState::MarkedForDeallocation
+    );
+    assert_eq!(row(&rig, &unused).await.unwrap().state, VmState::Running);
+    assert!(f.accepted(FakeOp::Deallocate).is_empty());
+    assert!(f.accepted(FakeOp::DeleteVm).is_empty());
+    assert_eq!(pool_status(&rig).await["observation"]["suspect"], true);
+}

@@ -43,6 +43,9 @@ fn full_vm(name: &str, state: VmState) -> VmRecord {
         build: Some("1.5.0+rc.1".into()),
         report_order: Some(vmpool::domain::ReportOrder::Seq(u64::MAX)),
         attention: Some("the delete did not take after 3 attempts".into()),
+        unhealthy: Some(
+            "provisioning failed while running: VMExtensionProvisioningError: exit 1".into(),
+        ),
     }
 }
 

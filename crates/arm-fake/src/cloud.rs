@@ -82,6 +82,9 @@ pub(crate) struct FakeState {
     /// Until then, the regional core quota is used up: creates of new VMs and starts are
     /// refused.
     pub(crate) quota_until: Option<OffsetDateTime>,
+    /// Resource Graph's lag as set at run time (it replaces
+    /// [`crate::FakeSettings::graph_lag_secs`]).
+    pub(crate) graph_lag_secs: Option<u64>,
 }
 
 /// A name ARM might give: a prefix and random letters and digits nothing can derive.

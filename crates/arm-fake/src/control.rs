@@ -1,6 +1,7 @@
-//! The `/_fake/` control routes: scripted faults, delays, failed provisioning, VMs deleted
-//! behind vmpool's back, VMs hidden from listings, pages that end early, a quota window,
-//! starts that fail in their operation, and the requests received.
+//! The `/_fake/` control routes: scripted faults, delays, failed provisioning, failed
+//! extensions on running VMs, VMs deleted behind vmpool's back, VMs hidden from listings,
+//! pages that end early, a quota window, starts that fail in their operation, Resource
+//! Graph's lag, and the requests received.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,40 @@ pub(crate) async fn admin_quota(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GraphLagRequest {
+    secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtensionFailureRequest {
+    vm: String,
+    #[serde(default = "extension_error")]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn extension_error() -> String {
+    "VMExtensionProvisioningError".into()
+}
+
+pub(crate) async fn admin_graph_lag(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<GraphLagRequest>(&body) {
+        Ok(r) => {
+            let most = u64::try_from(vmpool::compute::sim::HISTORY.whole_seconds()).unwrap_or(0);
+            fake.set_graph_lag(r.secs.min(most));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
 pub(crate) async fn admin_start_failure(
     State(fake): State<Arc<ArmFake>>,
     body: axum::body::Bytes,
@@ -80,6 +115,37 @@ pub(crate) async fn admin_start_failure(
         Ok(r) => {
             fake.start_fails_next(&r.code, &r.message);
             StatusCode::NO_CONTENT.into_response()
+        }
+        Err(res) => *res,
+    }
+}
+
+pub(crate) async fn admin_extension_failure(
+    State(fake): State<Arc<ArmFake>>,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_admin::<ExtensionFailureRequest>(&body) {
+        Ok(r) => {
+            let message = if r.message.is_empty() {
+                format!(
+                    "VM has reported a failure when processing extension 'gameserver' on {}.",
+                    r.vm
+                )
+            } else {
+                r.message
+            };
+            if fake.extension_fails(&r.vm, &r.code, &message) {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                arm_error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFound",
+                    &format!(
+                        "The Resource 'Microsoft.Compute/virtualMachines/{}' was not found.",
+                        r.vm
+                    ),
+                )
+            }
         }
         Err(res) => *res,
     }

@@ -20,7 +20,8 @@
 //! - Results are scoped to the subscriptions named (only the fake's own exists) and to the
 //!   resource group in the query; `type` and `resourceGroup` come back lower-cased.
 //! - Resource Graph follows ARM with a lag: the answer is the cloud as it was
-//!   [`crate::FakeSettings::graph_lag_secs`] ago, so a VM created in the last seconds is
+//!   [`crate::ArmFake::graph_lag_secs`] ago (set per test with
+//!   [`crate::ArmFake::set_graph_lag`]), so a VM created in the last seconds is
 //!   missing and one deleted since is still there.
 //! - Throttling is per user, about 15 queries per 5 s ("Guidance for throttled requests in
 //!   Azure Resource Graph"): every answer carries `x-ms-user-quota-remaining` and
@@ -341,10 +342,9 @@ impl ArmFake {
         };
         let sub = &self.settings.subscription_id;
         let in_scope = subscriptions.iter().any(|s| s.eq_ignore_ascii_case(sub));
-        let lag = time::Duration::seconds(
-            i64::try_from(self.settings.graph_lag_secs).unwrap_or(i64::MAX / 2),
-        )
-        .min(vmpool::compute::sim::HISTORY);
+        let lag =
+            time::Duration::seconds(i64::try_from(self.graph_lag_secs()).unwrap_or(i64::MAX / 2))
+                .min(vmpool::compute::sim::HISTORY);
         let views = match self.cloud.list_as_of(now - lag) {
             Ok(views) => views,
             Err(e) => return crate::wire::from_sim_error(&e),

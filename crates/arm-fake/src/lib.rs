@@ -28,7 +28,8 @@
 //!   password authentication is off, a network profile), or it gets ARM's 400 envelope.
 //!   Paths are matched case-insensitively, as ARM does. No input makes it panic.
 //! - Scripted faults ([`ArmFake::fail_next`], [`ArmFake::delay_next`],
-//!   [`ArmFake::provisioning_fails_next`], [`ArmFake::delete_behind_our_back`],
+//!   [`ArmFake::provisioning_fails_next`], [`ArmFake::extension_fails`],
+//!   [`ArmFake::set_graph_lag`], [`ArmFake::delete_behind_our_back`],
 //!   [`ArmFake::hide`], [`ArmFake::short_pages`]), also reachable over HTTP under `/_fake/`
 //!   (`POST /_fake/hide` `{"vm": "<name>" | null, "secs": N}`: missing from list responses
 //!   for N seconds of the fake's clock while point GETs still find it; `POST
@@ -36,7 +37,10 @@
 //!   and their nextLink dropped; `POST /_fake/quota` `{"secs": N}`: creates and starts
 //!   refused for quota for N seconds ([`ArmFake::quota_window`]); `POST
 //!   /_fake/start-failures` `{"code", "message"}`: the next start fails in its operation
-//!   ([`ArmFake::start_fails_next`])); every request is recorded ([`ArmFake::requests`]).
+//!   ([`ArmFake::start_fails_next`]); `POST /_fake/graph-lag` `{"secs": N}`: Resource Graph
+//!   answers N seconds behind from now on; `POST /_fake/extension-failures` `{"vm", "code",
+//!   "message"}`: a running VM's provisioning state becomes `Failed` while it keeps
+//!   running); every request is recorded ([`ArmFake::requests`]).
 //!
 //! The crate is split by job: `wire` parses ARM's paths and answers in its shapes,
 //! `cloud` keeps the fake cloud's state (VMs, NICs, operations, scripts) and serves each
@@ -160,6 +164,29 @@ impl HttpFault {
             code: "Conflict".into(),
             message: "Operation 'start' is not allowed while another operation is in progress."
                 .into(),
+            retry_after: None,
+        }
+    }
+
+    /// 404 `ResourceGroupNotFound`: ARM's answer for a VM URL whose resource group it does
+    /// not find (deleted, mistyped in the configuration, or not yet replicated). It says
+    /// nothing about the VM.
+    pub fn resource_group_not_found(resource_group: &str) -> Self {
+        HttpFault {
+            status: 404,
+            code: "ResourceGroupNotFound".into(),
+            message: format!("Resource group '{resource_group}' could not be found."),
+            retry_after: None,
+        }
+    }
+
+    /// 403 `AuthorizationFailed`: the caller has no role that allows the action (role
+    /// assignments take minutes to apply).
+    pub fn authorization_failed() -> Self {
+        HttpFault {
+            status: 403,
+            code: "AuthorizationFailed".into(),
+            message: "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read' over scope '/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/games'.".into(),
             retry_after: None,
         }
     }
@@ -315,6 +342,32 @@ impl ArmFake {
             .inject(Fault::StartFails(format!("{code}: {message}")));
     }
 
+    /// A VM extension of `vm` fails: its provisioning state becomes `Failed` with ARM's
+    /// `code` (such as `VMExtensionProvisioningError`) while it keeps running and serving.
+    /// On Azure the provisioning state is the outcome of the last operation on the VM's
+    /// model, not a power state ("States and billing status of Azure Virtual Machines",
+    /// learn.microsoft.com/azure/virtual-machines/states-billing: the instance view shows
+    /// `ProvisioningState/failed/<code>` beside `PowerState/running`). Returns whether the
+    /// VM exists.
+    pub fn extension_fails(&self, vm: &str, code: &str, message: &str) -> bool {
+        self.cloud
+            .model_fails(&vm.to_ascii_lowercase(), &format!("{code}: {message}"))
+    }
+
+    /// How far Resource Graph's answers lag behind the cloud now, in seconds.
+    pub fn graph_lag_secs(&self) -> u64 {
+        self.lock()
+            .graph_lag_secs
+            .unwrap_or(self.settings.graph_lag_secs)
+    }
+
+    /// Sets how far Resource Graph's answers lag behind the cloud from now on (at most
+    /// [`vmpool::compute::sim::HISTORY`]): a backend disruption can hold it back for
+    /// minutes.
+    pub fn set_graph_lag(&self, secs: u64) {
+        self.lock().graph_lag_secs = Some(secs);
+    }
+
     /// Deletes a VM at once, with its NIC and public IP, as someone in the portal would.
     pub fn delete_behind_our_back(&self, name: &str) {
         self.cloud.remove_behind_our_back(name);
@@ -372,6 +425,11 @@ impl ArmFake {
             .route("/_fake/quota", post(control::admin_quota))
             .route("/_fake/start-failures", post(control::admin_start_failure))
             .route("/_fake/short-pages", post(control::admin_short_pages))
+            .route("/_fake/graph-lag", post(control::admin_graph_lag))
+            .route(
+                "/_fake/extension-failures",
+                post(control::admin_extension_failure),
+            )
             .fallback(wire::dispatch)
             .with_state(self.clone())
     }

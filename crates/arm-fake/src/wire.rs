@@ -73,6 +73,14 @@ pub(crate) fn from_sim_error(e: &ComputeError) -> Answer {
             };
             arm_error(status, code, message)
         }
+        ComputeError::Suspect { code, message } => {
+            let status = if code.ends_with("NotFound") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            arm_error(status, code, message)
+        }
     }
 }
 

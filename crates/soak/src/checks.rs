@@ -2,7 +2,8 @@
 //!
 //! 1 is judged in the model when CreateVM answers (`model.rs`); the others here:
 //! - 2 from the table (GetPoolStatus) and from ARM (the fake's own list API);
-//! - 3 from the fake's request log against the rooms the model reported;
+//! - 3 and 8 from the fake's request log against the rooms the model reported and the VMs
+//!   its matches hold and saw `Running`;
 //! - 4 and 5 once the faults have stopped;
 //! - 6 from the table against the model's holds;
 //! - 7 from the instances' JSON logs;
@@ -316,6 +317,9 @@ impl Checker {
             .unwrap_or_default();
         let new = all.get(self.requests_seen..).unwrap_or_default();
         self.requests_seen = all.len();
+        // Invariant 8 is checked for every VM a match plays on, at every poll.
+        let playing = sh.model().playing.len() as u64;
+        sh.checked(inv::NO_DELETE_IN_USE, playing);
         for r in new {
             let op = r.get("op").and_then(Value::as_str).unwrap_or_default();
             let status = r.get("status").and_then(Value::as_u64).unwrap_or_default();
@@ -349,6 +353,28 @@ impl Checker {
             sh.checked(inv::ROOMS, 1);
             let reports = m.reports.get(&vm).map(Vec::as_slice).unwrap_or_default();
             let candidates = rooms_candidates(reports, from, now);
+            // Invariant 8: a VM a match holds and saw `Running` runs in ARM, so a DELETE of it
+            // is allowed only once every report it may have been decided on said 0.
+            if op == "DeleteVm" {
+                let empty = !candidates.is_empty() && candidates.iter().all(|rooms| *rooms == 0);
+                if m.owned(&vm) && m.playing.contains(&vm) && !empty {
+                    let rooms = if candidates.is_empty() {
+                        "unknown (no report since it was handed out)".to_owned()
+                    } else {
+                        candidates
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    sh.violation(
+                        inv::NO_DELETE_IN_USE,
+                        format!(
+                            "ARM accepted DeleteVm of {vm} ({status}) while the matchmaker held it with rooms {rooms}"
+                        ),
+                    );
+                }
+            }
             if !candidates.is_empty() && candidates.iter().all(|rooms| *rooms > 0) {
                 let text: Vec<String> = candidates.iter().map(u32::to_string).collect();
                 drop(m);

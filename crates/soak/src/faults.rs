@@ -1,7 +1,8 @@
 //! Faults on a schedule drawn from the seed: through the ARM fake's `/_fake/` routes (429
 //! bursts, 5xx, failed provisioning, slow operations, VMs deleted behind vmpool's back, VMs
 //! missing from listings, short list pages, a 40 s window in which the region's core quota
-//! refuses every create and start), kill -9 of a vmpool instance then its restart, and an
+//! refuses every create and start, a Resource Graph lag spike of 150 s, a failed VM extension
+//! on a VM a match holds), kill -9 of a vmpool instance then its restart, and an
 //! Azurite stop and restart. A route the fake does not have (404) is counted as "not
 //! injected".
 
@@ -58,6 +59,9 @@ pub async fn run(
     let mut next_azurite = begin + Duration::from_millis(rng.random_range(18000..32000));
     // One quota window per soak, early enough to end before the faults do.
     let mut quota_at = Some(begin + Duration::from_millis(rng.random_range(0..3000)));
+    // A Resource Graph lag spike and a failed extension on a VM in use, once per 50 s too.
+    let mut next_lag = begin + Duration::from_millis(rng.random_range(1000..8000));
+    let mut next_extension = begin + Duration::from_millis(rng.random_range(8000..25000));
     while tokio::time::Instant::now() < end && !sh.stopping() {
         let now = tokio::time::Instant::now();
         if quota_at.is_some_and(|at| now >= at) {
@@ -68,6 +72,15 @@ pub async fn run(
                 "40 s quota window (creates and starts refused)",
                 &answer,
             );
+        } else if now >= next_lag {
+            graph_lag_spike(&sh).await;
+            next_lag += Duration::from_secs(50);
+        } else if now >= next_extension {
+            if extension_fails(&sh, &mut rng).await {
+                next_extension += Duration::from_secs(50);
+            } else {
+                next_extension += Duration::from_secs(2);
+            }
         } else if now >= next_kill {
             kill_and_restart(&sh, &rs, &mut rng).await?;
             next_kill += Duration::from_secs(50);
@@ -79,7 +92,48 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
     }
+    // Resource Graph catches up once the faults stop.
+    let answer = post_fake(&sh, "/_fake/graph-lag", json!({"secs": GRAPH_LAG_SECS})).await;
+    sh.event(format_args!(
+        "Resource Graph lag back to {GRAPH_LAG_SECS} s: {}",
+        answer.label()
+    ));
     Ok(())
+}
+
+/// Resource Graph's lag outside the spike (the fake's default).
+const GRAPH_LAG_SECS: u64 = 5;
+
+/// Resource Graph falls 150 s behind ARM (a backend disruption: its lag has no upper bound)
+/// until the faults stop.
+async fn graph_lag_spike(sh: &Shared) {
+    let answer = post_fake(sh, "/_fake/graph-lag", json!({"secs": 150})).await;
+    count(sh, "Resource Graph lag spike of 150 s", &answer);
+}
+
+/// A VM extension fails on a VM a match holds with rooms: ARM says provisioning `Failed`
+/// while it keeps running. Returns whether there was such a VM.
+async fn extension_fails(sh: &Shared, rng: &mut StdRng) -> bool {
+    let in_use: Vec<String> = {
+        let m = sh.model();
+        let mut v: Vec<String> = m
+            .holds
+            .keys()
+            .filter(|vm| m.rooms.get(*vm).is_some_and(|r| *r > 0))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    if in_use.is_empty() {
+        return false;
+    }
+    let vm = &in_use[rng.random_range(0..in_use.len())];
+    let body = json!({"vm": vm, "code": "VMExtensionProvisioningError",
+        "message": "VM has reported a failure when processing extension 'gameserver'."});
+    let answer = post_fake(sh, "/_fake/extension-failures", body).await;
+    count(sh, "failed extension on a VM in use", &answer);
+    true
 }
 
 async fn post_fake(sh: &Shared, path: &str, body: Value) -> Answer {

@@ -1,5 +1,5 @@
 //! The chaos soak: three vmpool processes on one Azurite table and one ARM fake, a matchmaker
-//! model and faults on a schedule drawn from a seed, and seven invariants checked about every
+//! model and faults on a schedule drawn from a seed, and eight invariants checked about every
 //! second and at the end.
 //!
 //! ```sh

@@ -63,6 +63,9 @@ async fn session(sh: Arc<Shared>, id: u64, mut rng: StdRng) {
     };
     hold(&sh, id, &vm);
     let running = state == "Running" || wait_running(&sh, &vm, &mut rng).await;
+    if running {
+        sh.model().playing.insert(vm.clone());
+    }
     if !running || gone(&sh, &vm) {
         mark(&sh, id, &vm, &mut rng).await;
         return;
@@ -191,6 +194,7 @@ fn hold(sh: &Shared, id: u64, vm: &str) {
         let other = m.holds.get(vm).copied().filter(|h| *h != id);
         m.holds.insert(vm.to_owned(), id);
         m.marking.remove(vm);
+        m.playing.remove(vm);
         other
     };
     sh.event(format_args!("match {id}: holds {vm}"));
@@ -208,6 +212,7 @@ fn release(sh: &Shared, id: u64, vm: &str) {
     let mut m = sh.model();
     if m.holds.get(vm) == Some(&id) {
         m.holds.remove(vm);
+        m.playing.remove(vm);
     }
     if m.marking.get(vm) == Some(&id) {
         m.marking.remove(vm);

@@ -36,7 +36,7 @@ pub struct Settings {
 }
 
 /// The soak's invariants, in the order the summary lists them.
-pub const INVARIANTS: [&str; 8] = [
+pub const INVARIANTS: [&str; 9] = [
     "no VM handed to two holders at once",
     "never more than VMPOOL_MAX_VMS not Deallocated (table, ARM)",
     "no VM with rooms > 0 deallocated or deleted",
@@ -45,6 +45,7 @@ pub const INVARIANTS: [&str; 8] = [
     "no unowned matchmaker VM older than the claim timeout",
     "one reconcile pass at a time",
     "no VM deleted after a start of it was refused",
+    "no ARM DELETE of a running VM whose rooms are > 0 or unknown",
 ];
 
 /// Invariant numbers (1-based in the output).
@@ -65,6 +66,7 @@ pub mod inv {
     pub const ONE_PASS: usize = 6;
     /// 8.
     pub const NO_DELETE_AFTER_REFUSAL: usize = 7;
+    pub const NO_DELETE_IN_USE: usize = 8;
 }
 
 /// One invariant's counters.
@@ -130,6 +132,8 @@ pub struct Model {
     pub rooms: HashMap<String, u32>,
     /// VMs the faults deleted in ARM behind vmpool's back.
     pub deleted_behind: HashSet<String>,
+    /// VMs the match holding them saw `Running` (so they run in ARM, a game may be on them).
+    pub playing: HashSet<String>,
 }
 
 impl Model {

@@ -11,7 +11,8 @@
 //! [`ArmHttpError`] that keeps the status, ARM's `{"error":{"code","message"}}` and
 //! `Retry-After` (azure_core's own `HttpError` hides the headers). [`classify`] maps it:
 //! 429 -> [`ComputeError::Throttled`], 5xx -> retried [`ArmOptions::server_error_retries`]
-//! times then [`ComputeError::Unavailable`], 404 -> [`ComputeError::NotFound`], 409 ->
+//! times then [`ComputeError::Unavailable`], 404 `ResourceNotFound`/`NotFound` ->
+//! [`ComputeError::NotFound`], any other 404 and 401/403 -> [`ComputeError::Suspect`], 409 ->
 //! [`ComputeError::Conflict`] (but a quota refusal, which ARM also sends as 409, is
 //! [`ComputeError::Rejected`]), any other 4xx -> [`ComputeError::Rejected`]. Every call is
 //! bounded by [`ArmOptions::call_timeout`].
@@ -160,6 +161,9 @@ impl ArmHttpError {
 /// operation is in progress": ARM sends quota refusals as 409 `OperationNotAllowed`.
 const PERMANENT_CONFLICT_CODES: &[&str] = crate::compute::REFUSAL_CODES;
 
+/// 404 codes that say the resource itself does not exist.
+const VM_NOT_FOUND_CODES: &[&str] = &["ResourceNotFound", "NotFound"];
+
 /// Maps an ARM error answer to the port's error; `true` when it is worth retrying at once.
 pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
     let described = || {
@@ -176,7 +180,24 @@ pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
             },
             false,
         ),
-        404 => (ComputeError::NotFound, false),
+        // Only "this resource does not exist" says the VM is gone. ARM answers 404 for a
+        // missing resource group (`ResourceGroupNotFound`), subscription
+        // (`SubscriptionNotFound`, also sent instead of 403 when the caller has no role on it)
+        // or parent (`ParentResourceNotFound`) too ("Resolve errors for resource not found",
+        // learn.microsoft.com/azure/azure-resource-manager/troubleshooting/error-not-found):
+        // those are about configuration or access, as are 401 and 403.
+        404 if VM_NOT_FOUND_CODES.contains(&e.code.as_str()) => (ComputeError::NotFound, false),
+        401 | 403 | 404 => (
+            ComputeError::Suspect {
+                code: if e.code.is_empty() {
+                    format!("HTTP{}", e.status)
+                } else {
+                    e.code.clone()
+                },
+                message: described(),
+            },
+            false,
+        ),
         409 if PERMANENT_CONFLICT_CODES.contains(&e.code.as_str()) => (
             ComputeError::Rejected {
                 code: e.code.clone(),
@@ -1223,11 +1244,33 @@ mod tests {
         let bare = ArmHttpError::from_parts(403, None, b"not json");
         assert_eq!(
             classify(&bare).0,
-            ComputeError::Rejected {
+            ComputeError::Suspect {
                 code: "HTTP403".into(),
                 message: "HTTP 403".into()
             }
         );
+        for code in [
+            "ResourceGroupNotFound",
+            "SubscriptionNotFound",
+            "ParentResourceNotFound",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    classify(&err(404, code, None)).0,
+                    ComputeError::Suspect { .. }
+                ),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify(&err(404, "NotFound", None)).0,
+            ComputeError::NotFound
+        );
+        assert!(matches!(
+            classify(&err(401, "InvalidAuthenticationToken", None)).0,
+            ComputeError::Suspect { .. }
+        ));
     }
 
     #[test]

@@ -146,8 +146,13 @@ pub(crate) const ATTENTION: Property = prop("NeedsAttention", Edm::String, false
     text_or_absent(vm.attention.as_deref())
 });
 
+/// Why a running VM is unhealthy (its provisioning failed while it runs).
+pub(crate) const UNHEALTHY: Property = prop("Unhealthy", Edm::String, false, |vm| {
+    text_or_absent(vm.unhealthy.as_deref())
+});
+
 /// Every property of a VM row, in the order the schema lists them.
-pub(crate) const PROPERTIES: [&Property; 19] = [
+pub(crate) const PROPERTIES: [&Property; 20] = [
     &PARTITION_KEY,
     &ROW_KEY,
     &STATE,
@@ -167,6 +172,7 @@ pub(crate) const PROPERTIES: [&Property; 19] = [
     &BUILD,
     &REPORT_ORDER,
     &ATTENTION,
+    &UNHEALTHY,
 ];
 
 /// The annotation that carries a row's ETag in a query answer.
@@ -386,6 +392,7 @@ pub(crate) fn parse_row(m: &impl Props) -> Result<VmRecord, String> {
             ),
         },
         attention: ATTENTION.opt_text(m)?.map(str::to_owned),
+        unhealthy: UNHEALTHY.opt_text(m)?.map(str::to_owned),
     })
 }
 
@@ -526,6 +533,7 @@ mod tests {
         vm.build = Some("1.5.0".into());
         vm.report_order = Some(ReportOrder::At(t));
         vm.attention = Some("the delete did not take after 3 attempts".into());
+        vm.unhealthy = Some("provisioning failed while running: E".into());
         vm
     }
 
