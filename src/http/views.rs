@@ -254,6 +254,7 @@ pub struct ObservationView {
     /// What ARM answered that the reconciler did not trust (such as
     /// `ResourceGroupNotFound`), when that is why.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub reason: Option<String>,
 }
 
