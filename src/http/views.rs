@@ -252,7 +252,7 @@ pub struct ObservationView {
     /// How many known VMs the last listing lacked.
     pub missing: u32,
     /// What ARM answered that the reconciler did not trust (such as
-    /// `ResourceGroupNotFound`), when that is why.
+    /// `ResourceGroupNotFound`), when that is why; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
     pub reason: Option<String>,

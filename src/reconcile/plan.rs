@@ -1367,19 +1367,20 @@ mod tests {
     #[test]
     fn deletes_are_bounded_too() {
         let p = PoolPolicy::default();
+        // Not running (a point read shows it deallocated): no game can be on it.
         let mut r = row("f", VmState::Failed, Some(Operation::Delete));
         r.vm.attempts = MAX_ATTEMPTS - 1;
         assert_eq!(
-            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            run(std::slice::from_ref(&r), &[(&r, off())], 601, &p),
             ["delete f"]
         );
         r.vm.attempts = MAX_ATTEMPTS;
         assert_eq!(
-            run(std::slice::from_ref(&r), &[(&r, up())], 601, &p),
+            run(std::slice::from_ref(&r), &[(&r, off())], 601, &p),
             ["attention f"]
         );
         r.vm.attention = Some("the delete did not take after 3 attempts".into());
-        assert!(run(std::slice::from_ref(&r), &[(&r, up())], 6001, &p).is_empty());
+        assert!(run(std::slice::from_ref(&r), &[(&r, off())], 6001, &p).is_empty());
     }
 
     #[test]

@@ -384,6 +384,9 @@ async fn status_counts_come_from_the_pools_record_and_fresh_on_request() {
     let running = |name: &str| {
         let mut vm = marked(name);
         vm.state = VmState::Running;
+        // In use (its rooms reported since it was handed out), so no unused-claim timeout
+        // moves it during the pass.
+        vm.last_report_at = vm.claimed_at;
         vm.resource_id = compute.resource_id(&vm.id);
         vm
     };
