@@ -189,11 +189,7 @@ pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
         404 if VM_NOT_FOUND_CODES.contains(&e.code.as_str()) => (ComputeError::NotFound, false),
         401 | 403 | 404 => (
             ComputeError::Suspect {
-                code: if e.code.is_empty() {
-                    format!("HTTP{}", e.status)
-                } else {
-                    e.code.clone()
-                },
+                code: code_or_status(e),
                 message: described(),
             },
             false,
@@ -220,11 +216,7 @@ pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
         ),
         _ => (
             ComputeError::Rejected {
-                code: if e.code.is_empty() {
-                    format!("HTTP{}", e.status)
-                } else {
-                    e.code.clone()
-                },
+                code: code_or_status(e),
                 message: described(),
             },
             false,
@@ -236,6 +228,15 @@ pub fn classify(e: &ArmHttpError) -> (ComputeError, bool) {
 const MAX_ASKED_WAIT: Duration = Duration::from_secs(5);
 
 /// The `Retry-After` ARM sent with an error answer, if any.
+/// ARM's error code, or `HTTP<status>` when the answer named none.
+fn code_or_status(e: &ArmHttpError) -> String {
+    if e.code.is_empty() {
+        format!("HTTP{}", e.status)
+    } else {
+        e.code.clone()
+    }
+}
+
 fn asked_wait(e: &azure_core::Error) -> Option<Duration> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
