@@ -970,3 +970,76 @@ async fn a_pool_of_up_to_a_hundred_thousand_vms_can_be_configured() {
         .await;
     assert_eq!(counts.json["maxVms"], 100_000);
 }
+
+/// What a sample of `limit` after `after` must hold: the first names after it in key order,
+/// wrapping round to the start.
+fn expected_sample(names: &BTreeSet<String>, after: &str, limit: usize) -> Vec<String> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    names
+        .range::<str, _>((Excluded(after), Unbounded))
+        .chain(names.range::<str, _>((Unbounded, Included(after))))
+        .take(limit)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn samples_of_a_large_index_bounded_by_what_earlier_samples_saw_answer_as_an_open_range() {
+    let store = table_store().await;
+    let mut names = BTreeSet::new();
+    let mut vms = Vec::new();
+    for _ in 0..400 {
+        let mut vm = marked(vmpool::pool::new_vm_name("vmpool").as_str());
+        vm.state = VmState::Deallocated;
+        vm.public_ip = None;
+        names.insert(vm.id.as_str().to_owned());
+        vms.push(vm);
+    }
+    let inserted = futures::future::join_all(vms.iter().map(|vm| store.insert(vm))).await;
+    assert!(
+        inserted
+            .into_iter()
+            .all(|w| matches!(w, Ok(Written::Done(_))))
+    );
+    let check = |names: BTreeSet<String>, rounds: usize| {
+        let store = store.clone();
+        async move {
+            for _ in 0..rounds {
+                let after = vmpool::pool::new_vm_name("vmpool").to_string();
+                let got: Vec<String> = store
+                    .sample(ClaimKind::Start, &after, 16)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.vm.id.as_str().to_owned())
+                    .collect();
+                assert_eq!(got, expected_sample(&names, &after, 16), "after {after}");
+            }
+        }
+    };
+    // The first samples learn that the index is large; later ones are bounded (400
+    // candidates: a stretch of about an eighth of the key space) and answer the same.
+    check(names.clone(), 30).await;
+    let planned = store.sampler().plan(ClaimKind::Start, "vmpool-hzzzzzzzzz");
+    assert!(
+        planned.window.is_some(),
+        "a bounded first query once the index is known to be large: {planned:?}"
+    );
+    // Most leave: the learned bound is now far too narrow, and samples still answer the
+    // same, reading on past it.
+    let mut kept = BTreeSet::new();
+    for (i, vm) in vms.iter().enumerate() {
+        if i % 40 == 0 {
+            kept.insert(vm.id.as_str().to_owned());
+            continue;
+        }
+        let row = store.get(&vm.id).await.unwrap().unwrap();
+        let mut running = row.vm.clone();
+        running.state = VmState::Running;
+        assert!(matches!(
+            store.update(&running, &row.etag).await.unwrap(),
+            Written::Done(_)
+        ));
+    }
+    check(kept, 30).await;
+}

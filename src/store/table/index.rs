@@ -66,6 +66,99 @@ pub(super) struct Known {
     states: Mutex<HashMap<u64, VmState>>,
 }
 
+/// How a sample of each kind queries its index table: the ranges, in order, and what the
+/// answers teach about how many candidates there are (see
+/// [`TableStore::sample_indexed`]). Public so a benchmark can make exactly the same queries.
+#[derive(Debug, Default)]
+pub struct Sampler {
+    /// Candidates of each kind among the names of the sampled key space, as the last samples
+    /// suggest; a hint for the next sample's [`Window`], never a count anything else uses.
+    candidates: Mutex<HashMap<ClaimKind, f64>>,
+}
+
+/// The queries of one sample: `filters` in turn, each with `$top` of what is still wanted,
+/// until the sample is full.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplePlan {
+    /// The bound of the first query, if it has one.
+    pub window: Option<Window>,
+    /// The `$filter` of each query.
+    pub filters: Vec<String>,
+}
+
+/// About how many entries a sample's first query is bounded to, when the kind's index holds
+/// many more: enough that a stretch of the key space seldom holds fewer than a sample (a
+/// sample is 16), few enough that sorting them costs nothing.
+pub const WINDOW_ENTRIES: f64 = 48.0;
+/// The characters a VM name's random part is drawn from ([`crate::pool::new_vm_name`]), in
+/// key order.
+const NAME_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// The random part of a VM name.
+const NAME_RANDOM: usize = 10;
+/// The characters of the random part a position is read from (36^8 fits an f64 exactly).
+const POSITION_DIGITS: usize = 8;
+
+/// The upper bound of a sample's first query: the name `upto`, `width` of the key space
+/// after the sample's start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// The first name past the stretch.
+    pub upto: String,
+    /// The share of the key space the stretch covers.
+    pub width: f64,
+}
+
+/// A name drawn as [`crate::pool::new_vm_name`] draws them, split into its fixed part (the
+/// prefix and the dash) and its random part.
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    let at = name.len().checked_sub(NAME_RANDOM)?;
+    if !name.is_char_boundary(at) {
+        return None;
+    }
+    let (head, random) = name.split_at(at);
+    random
+        .bytes()
+        .all(|b| NAME_ALPHABET.contains(&b))
+        .then_some((head, random))
+}
+
+/// Where `key` lies in the key space of names with the fixed part `head`, from 0 to 1 (its
+/// random part read as a base-36 fraction); `None` for a key outside it.
+fn position(head: &str, key: &str) -> Option<f64> {
+    let random = key.strip_prefix(head)?;
+    let base = NAME_ALPHABET.len() as u64;
+    let mut at: u64 = 0;
+    let mut digits = random.bytes();
+    for _ in 0..POSITION_DIGITS {
+        let digit = match digits.next() {
+            Some(b) => NAME_ALPHABET.iter().position(|c| *c == b)? as u64,
+            None => 0,
+        };
+        at = at * base + digit;
+    }
+    Some(at as f64 / base.pow(POSITION_DIGITS as u32) as f64)
+}
+
+/// The name with the fixed part `head` at `at` of the key space (rounded up).
+fn name_at(head: &str, at: f64) -> String {
+    let base = NAME_ALPHABET.len() as u64;
+    let steps = base.pow(POSITION_DIGITS as u32);
+    let exact = at * steps as f64;
+    // A position read from a name comes back to that name, not to the next one.
+    let mut n = if (exact - exact.round()).abs() < 1e-3 {
+        exact.round()
+    } else {
+        exact.ceil()
+    } as u64;
+    n = n.min(steps - 1);
+    let mut digits = vec![b'0'; POSITION_DIGITS];
+    for d in digits.iter_mut().rev() {
+        *d = NAME_ALPHABET[(n % base) as usize];
+        n /= base;
+    }
+    format!("{head}{}", String::from_utf8_lossy(&digits))
+}
+
 /// Row versions remembered at most (about 24 bytes each).
 const KNOWN_MAX: usize = 200_000;
 
@@ -88,6 +181,107 @@ impl Known {
     fn state_at(&self, id: &VmId, etag: &Etag) -> Option<VmState> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states.get(&version_key(id, etag)).copied()
+    }
+}
+
+impl Sampler {
+    /// The queries of a sample of `kind` starting after `after`: the open range after it and
+    /// the wrap-round; or, when a [`Window`] applies, the stretch, the rest after it and the
+    /// wrap-round. Together they cover every key once, in the order of an open range.
+    pub fn plan(&self, kind: ClaimKind, after: &str) -> SamplePlan {
+        // Only a Creating VM meant for the buffer can be claimed: the entry is the row's copy,
+        // so its purpose can be filtered on. The purpose names are ours, never input.
+        let purpose = match kind {
+            ClaimKind::ClaimCreating => format!(
+                " and {} eq '{}'",
+                row::PURPOSE.name,
+                Purpose::Buffer.as_str()
+            ),
+            _ => String::new(),
+        };
+        // Keys are VM names (letters, digits, `-`, `_`, `.`); quotes are doubled anyway, as
+        // OData string literals need.
+        let quote = |key: &str| key.replace('\'', "''");
+        let key = quote(after);
+        let window = self.window(kind, after);
+        let mut ranges = Vec::new();
+        match &window {
+            Some(w) => {
+                let upto = quote(&w.upto);
+                ranges.push(format!(
+                    "PartitionKey gt '{key}' and PartitionKey lt '{upto}'"
+                ));
+                ranges.push(format!("PartitionKey ge '{upto}'"));
+            }
+            None => ranges.push(format!("PartitionKey gt '{key}'")),
+        }
+        ranges.push(format!("PartitionKey le '{key}'"));
+        SamplePlan {
+            window,
+            filters: ranges
+                .into_iter()
+                .map(|r| format!("{r}{purpose}"))
+                .collect(),
+        }
+    }
+
+    /// The bound of a sample of `kind` that starts after `after`, when the kind's index is
+    /// known to hold many more than [`WINDOW_ENTRIES`] candidates and the stretch ends before
+    /// the key space does; else none (the first query is the open range).
+    pub fn window(&self, kind: ClaimKind, after: &str) -> Option<Window> {
+        let candidates = *self
+            .candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)?;
+        let (head, _) = split_name(after)?;
+        let from = position(head, after)?;
+        let width = WINDOW_ENTRIES / candidates;
+        (width < 0.5 && from + width < 1.0).then(|| Window {
+            upto: name_at(head, from + width),
+            width,
+        })
+    }
+
+    /// Learns from the first query of a sample of `kind` after `after` (bounded by `window`,
+    /// if it was) how many candidates of the kind there are: `limit` of them between `after`
+    /// and the last key of a full answer; else as many as the stretch held.
+    pub fn learn(
+        &self,
+        kind: ClaimKind,
+        after: &str,
+        window: Option<&Window>,
+        first: &[&str],
+        limit: usize,
+    ) {
+        let Some((head, _)) = split_name(after) else {
+            return;
+        };
+        let estimate = match (first.last(), window) {
+            (Some(last), _) if first.len() >= limit => {
+                let span = position(head, last)
+                    .zip(position(head, after))
+                    .map(|(to, from)| to - from)
+                    .filter(|span| *span > 0.0);
+                span.map(|span| limit as f64 / span)
+            }
+            (_, Some(window)) => Some(first.len().max(1) as f64 / window.width),
+            _ => None,
+        };
+        if let Some(estimate) = estimate {
+            self.candidates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kind, estimate);
+        }
+    }
+
+    /// A sample read every range of `kind` and found `n` candidates in all.
+    pub fn counted(&self, kind: ClaimKind, n: usize) {
+        self.candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind, n as f64);
     }
 }
 
@@ -232,10 +426,20 @@ impl TableStore {
 
     /// Up to `limit` candidates for a claim of `kind`, from the first key after `after` in the
     /// index table of its state, wrapping round to the start (see
-    /// [`crate::store::VmStore::sample`]). Two key-range queries with `$top` at most: Table
-    /// Storage answers them from where the range starts, in key order
+    /// [`crate::store::VmStore::sample`]): key-range queries with `$top`, which Table Storage
+    /// answers from where the range starts, in key order
     /// (<https://learn.microsoft.com/rest/api/storageservices/query-timeout-and-pagination>),
     /// so the cost does not grow with the entries of that state.
+    ///
+    /// Once this store has seen the kind's index hold many entries, the first query also has
+    /// an upper bound ([`Window`]): a stretch of the key space expected to hold about
+    /// [`WINDOW_ENTRIES`] entries. Azurite evaluates a query against every entry of the table
+    /// and sorts all the matches before it applies `$top` (`queryTableEntities` in Azurite's
+    /// `src/table/persistence/LokiTableMetadataStore.ts`: `.where(queryWhere)`, `.sort(..)`,
+    /// then `.limit(maxResults + 1)`), so an open range sorts half the table; the bound leaves
+    /// it a few dozen to sort. Table Storage stops at the bound. When the stretch holds fewer
+    /// than `limit`, the rest of the range and then the wrap-round are read as without a
+    /// bound, so the answer is the same either way.
     pub(super) async fn sample_indexed(
         &self,
         kind: ClaimKind,
@@ -243,36 +447,27 @@ impl TableStore {
         limit: usize,
     ) -> Result<Vec<Versioned>, Fault> {
         let states = [kind.state()];
-        let top = u32::try_from(limit).unwrap_or(u32::MAX);
-        // Only a Creating VM meant for the buffer can be claimed: the entry is the row's copy,
-        // so its purpose can be filtered on. The purpose names are ours, never input.
-        let purpose = match kind {
-            ClaimKind::ClaimCreating => format!(
-                " and {} eq '{}'",
-                row::PURPOSE.name,
-                Purpose::Buffer.as_str()
-            ),
-            _ => String::new(),
-        };
-        // `after` is a VM name (letters, digits, `-`, `_`, `.`); quotes are doubled anyway,
-        // as OData string literals need.
-        let key = after.replace('\'', "''");
-        let mut rows = self
-            .list_indexed(
-                &states,
-                Some(format!("PartitionKey gt '{key}'{purpose}")),
-                Some(top),
-            )
-            .await?;
-        if rows.len() < limit {
+        let plan = self.sampler.plan(kind, after);
+        let mut rows = Vec::new();
+        for (n, filter) in plan.filters.iter().enumerate() {
+            let want = limit - rows.len();
+            let top = u32::try_from(want).unwrap_or(u32::MAX);
             let more = self
-                .list_indexed(
-                    &states,
-                    Some(format!("PartitionKey le '{key}'{purpose}")),
-                    Some(top),
-                )
+                .list_indexed(&states, Some(filter.clone()), Some(top))
                 .await?;
+            if n == 0 {
+                let keys: Vec<&str> = more.iter().map(|r| r.vm.id.as_str()).collect();
+                self.sampler
+                    .learn(kind, after, plan.window.as_ref(), &keys, limit);
+            }
             rows.extend(more);
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        if rows.len() < limit {
+            // Every range was read: that is all the kind's entries.
+            self.sampler.counted(kind, rows.len());
         }
         rows.retain(|r| ClaimKind::of(&r.vm) == Some(kind));
         rows.truncate(limit);
@@ -413,6 +608,97 @@ impl TableStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_follow_key_order_and_names_at_them_land_right() {
+        let head = "vmpool-";
+        let mut names: Vec<String> = (0..200)
+            .map(|_| crate::pool::new_vm_name("vmpool").to_string())
+            .collect();
+        names.sort();
+        let at: Vec<f64> = names.iter().map(|n| position(head, n).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] <= w[1]), "in key order");
+        assert!(at.iter().all(|p| (0.0..1.0).contains(p)));
+        assert_eq!(position(head, "vmpool-0000000000"), Some(0.0));
+        assert_eq!(position(head, "other-0000000000"), None);
+        assert_eq!(position(head, "vmpool-ABCDEFGHIJ"), None);
+        for (name, p) in names.iter().zip(&at) {
+            // A bound at a name's position sorts at or after every key before it and at or
+            // before the name itself (the bound has fewer characters).
+            let bound = name_at(head, *p);
+            assert!(bound.as_str() <= name.as_str(), "{bound} <= {name}");
+            assert!(position(head, &bound).unwrap() >= *p - 1e-12);
+        }
+        assert_eq!(name_at(head, 0.5), "vmpool-i0000000");
+        assert_eq!(split_name("vmpool-abc"), None);
+        assert_eq!(
+            split_name("vmpool-0123456789"),
+            Some(("vmpool-", "0123456789"))
+        );
+    }
+
+    #[test]
+    fn a_sample_is_bounded_only_once_many_candidates_were_seen_and_learns_from_each_answer() {
+        let sampler = Sampler::default();
+        let after = "vmpool-h000000000";
+        let plan = sampler.plan(ClaimKind::Start, after);
+        assert_eq!(plan.window, None, "nothing known yet: the open range");
+        assert_eq!(
+            plan.filters,
+            [
+                "PartitionKey gt 'vmpool-h000000000'",
+                "PartitionKey le 'vmpool-h000000000'"
+            ]
+        );
+        // A full answer of 16 spanning 1/360 of the key space: about 5,760 candidates.
+        let from = position("vmpool-", after).unwrap();
+        let last = name_at("vmpool-", from + 1.0 / 360.0);
+        let keys: Vec<&str> = std::iter::repeat_n(last.as_str(), 16).collect();
+        sampler.learn(ClaimKind::Start, after, None, &keys, 16);
+        let plan = sampler.plan(ClaimKind::Start, after);
+        let window = plan.window.clone().expect("bounded now");
+        assert!(
+            (window.width - WINDOW_ENTRIES / 5760.0).abs() < 1e-6,
+            "{window:?}"
+        );
+        assert_eq!(
+            plan.filters,
+            [
+                format!(
+                    "PartitionKey gt '{after}' and PartitionKey lt '{}'",
+                    window.upto
+                ),
+                format!("PartitionKey ge '{}'", window.upto),
+                format!("PartitionKey le '{after}'"),
+            ]
+        );
+        // Other kinds are not bounded by what one kind taught; a Creating sample keeps its
+        // purpose filter on every query.
+        assert_eq!(sampler.plan(ClaimKind::Standby, after).window, None);
+        let creating = sampler.plan(ClaimKind::ClaimCreating, after);
+        assert!(
+            creating
+                .filters
+                .iter()
+                .all(|f| f.ends_with(" and Purpose eq 'Buffer'"))
+        );
+        // A stretch that held only 2: the next one is wider.
+        sampler.learn(ClaimKind::Start, after, Some(&window), &["x", "y"], 16);
+        let wider = sampler.plan(ClaimKind::Start, after).window.unwrap();
+        assert!(wider.width > window.width * 10.0, "{wider:?}");
+        // A sample that read every range and found few: the open range again.
+        sampler.counted(ClaimKind::Start, 20);
+        assert_eq!(sampler.plan(ClaimKind::Start, after).window, None);
+        // Near the end of the key space the stretch would run past it: the open range.
+        sampler.counted(ClaimKind::Start, 10_000);
+        assert!(sampler.plan(ClaimKind::Start, after).window.is_some());
+        assert_eq!(
+            sampler.plan(ClaimKind::Start, "vmpool-zzzzzzzzzz").window,
+            None
+        );
+        // A start that is not a VM name of this shape: the open range.
+        assert_eq!(sampler.plan(ClaimKind::Start, "smp-d04").window, None);
+    }
 
     #[test]
     fn index_table_names_stay_valid_and_distinct() {

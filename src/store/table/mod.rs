@@ -37,7 +37,7 @@ use tracing::warn;
 use connection::parse_connection_string;
 pub use connection::{check_table_name, meta_table_name};
 use faults::{Fault, Sent, classify, is_ambiguous, is_missing_row, lost_race};
-pub use index::{INDEXED, index_table_name};
+pub use index::{INDEXED, SamplePlan, Sampler, WINDOW_ENTRIES, Window, index_table_name};
 use row::{
     RECORD_VALUE, RecordFields, RowFields, check_keys, opt_text, parse_row, record_entity,
     to_entity,
@@ -80,6 +80,7 @@ pub struct TableStore {
     /// The state index: a table per indexed state (see `index.rs`).
     index: Vec<(VmState, TableClient)>,
     known: index::Known,
+    sampler: Sampler,
     describe: String,
     timeout: Duration,
     writes: AtomicU64,
@@ -177,6 +178,7 @@ impl TableStore {
                 .map(|s| (*s, service.table_client(index_table_name(table, *s))))
                 .collect(),
             known: index::Known::default(),
+            sampler: Sampler::default(),
             describe: format!("{describe}, table {table}"),
             timeout: options.timeout,
             writes: AtomicU64::new(0),
@@ -219,6 +221,11 @@ impl TableStore {
             created |= self.create_table(table).await?;
         }
         Ok(created)
+    }
+
+    /// How this store plans its samples (what it has learned of each kind's candidates).
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
     }
 
     /// The names of the state index tables.
