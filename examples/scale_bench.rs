@@ -16,7 +16,11 @@
 //!
 //! At each size it measures CreateVM on each of its paths (`reclaimed`, `standby`,
 //! `claimedCreating`, `started`, `created`): each path's candidates of the kinds before it are
-//! moved to `Running` first, and each claim is put back after it (not timed). Then
+//! moved to `Running` first, and each claim is put back after it (not timed). Each CreateVM is
+//! followed by raw Azurite (azure_data_tables, no vmpool) making exactly the calls that path
+//! makes (the same sample queries, planned by the same sampler, the breaker and ledger reads,
+//! the conditional writes and the index entry writes), so load on the machine hits both alike
+//! and the growth that is Azurite's own shows beside vmpool's. Then
 //! GetPoolStatus `?vms=false` (counts from the pool's record) and, for comparison,
 //! `?vms=false&counts=fresh` (every row counted). Last, on a table of its own (the 1,000-VM mix
 //! with room for 40 more), a burst of 100 concurrent CreateVM over the two instances: it checks
@@ -30,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use azure_data_tables::prelude::IfMatchCondition;
+use azure_data_tables::prelude::{IfMatchCondition, TableClient};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
@@ -38,8 +42,9 @@ use vmpool::clock::{Clock, ManualClock};
 use vmpool::compute::Compute;
 use vmpool::compute::sim::{Latencies, SimCloud, SimulatedCompute};
 use vmpool::config::Config;
-use vmpool::domain::{Operation, Purpose, VmId, VmRecord, VmState};
-use vmpool::store::table::TableStore;
+use vmpool::domain::{ClaimKind, Operation, Purpose, VmId, VmRecord, VmState};
+use vmpool::pool::SAMPLE_SIZE;
+use vmpool::store::table::{INDEXED, Sampler, TableStore, index_table_name, meta_table_name};
 use vmpool::store::{Rows, VmStore, Written};
 
 #[path = "../tests/it/support/azurite.rs"]
@@ -206,11 +211,11 @@ impl Pool {
         let rows = self.store.list(Rows::All).await?;
         vmpool::capacity::recount(&*self.store, &rows, now).await?;
         let (mut meta, etag) = vmpool::reconcile::load_meta(&*self.store).await?;
-        let mut counts = vmpool::store::zero_counts();
+        let mut groups = vmpool::store::GroupCounts::new();
         for row in &rows {
-            *counts.entry(row.vm.state).or_default() += 1;
+            vmpool::store::count_into(&mut groups, vmpool::store::Group::of(&row.vm), row.vm.state);
         }
-        meta.counts = Some(counts);
+        meta.record_groups(&groups);
         meta.counted_at = Some(now);
         meta.last_reconcile_started_at = Some(now);
         meta.last_reconcile_at = Some(now);
@@ -254,9 +259,8 @@ async fn move_all(
     results.into_iter().collect()
 }
 
-/// Puts back what one CreateVM on `path` took (not measured).
-async fn put_back(pool: &Pool, path: &str, answer: &Value) -> Res<()> {
-    let name = answer["vm"]["vmId"].as_str().ok_or("no vmId")?;
+/// Puts back what one claim on `path` took, the VM `name` (not measured).
+async fn put_back(pool: &Pool, path: &str, name: &str) -> Res<()> {
     let id = VmId::parse(name)?;
     let store = &*pool.store;
     match path {
@@ -284,31 +288,273 @@ async fn put_back(pool: &Pool, path: &str, answer: &Value) -> Res<()> {
     Ok(())
 }
 
-/// CreateVM on `path`, `iterations` times (after a tenth as many not counted), each claim
-/// put back.
-async fn path_samples(pool: &Pool, path: &str, iterations: usize) -> Res<Samples> {
+/// One path's figures at one size: vmpool's CreateVM over HTTP and raw Azurite making the
+/// same calls, sample by sample in turn.
+#[derive(Default)]
+struct PathFigures {
+    vmpool: Samples,
+    raw: Samples,
+}
+
+/// CreateVM on `path`, `iterations` times (after a tenth as many not counted), each followed
+/// by raw Azurite making the same calls ([`Raw::claim`]); every claim put back untimed.
+async fn path_samples(pool: &Pool, raw: &Raw, path: &str, iterations: usize) -> Res<PathFigures> {
     let warmup = iterations / 10;
-    let mut samples = Samples::default();
+    let mut figures = PathFigures::default();
     for i in 0..warmup + iterations {
         if i == warmup {
-            samples = Samples::default();
+            figures = PathFigures::default();
         }
-        let answer = timed(&mut samples, pool.create_vm(i)).await?;
+        let answer = timed(&mut figures.vmpool, pool.create_vm(i)).await?;
         if answer["action"] != path {
             return Err(format!("CreateVM did not answer {path}: {answer}").into());
         }
-        put_back(pool, path, &answer).await?;
+        put_back(pool, path, answer["vm"]["vmId"].as_str().ok_or("no vmId")?).await?;
+        let (action, name) = timed(&mut figures.raw, raw.claim()).await?;
+        if action != path {
+            return Err(format!("raw claim took the {action} path, not {path}").into());
+        }
+        put_back(pool, path, &name).await?;
     }
-    Ok(samples)
+    Ok(figures)
+}
+
+/// Raw Azurite (azure_data_tables, no vmpool) making exactly the calls one CreateVM makes on
+/// each path: for each kind in CreateVM's order, the sample queries of its index table (the
+/// same filters and `$top`, planned by the same [`Sampler`]), then for the first kind with a
+/// candidate its conditional update and index entry writes; before a start or a create the
+/// breaker's record is read, and the capacity ledger read and written back with If-Match; a
+/// create inserts the row and its index entry.
+struct Raw {
+    vms: TableClient,
+    meta: TableClient,
+    index: Vec<(VmState, TableClient)>,
+    sampler: Sampler,
+    /// A row to make new rows from.
+    template: Map<String, Value>,
+}
+
+impl Raw {
+    async fn new(port: u16, table: &str, template_of: &str) -> Res<Raw> {
+        let client = |name: &str| raw_table(port, azurite::ACCOUNT, name, Duration::from_secs(30));
+        let vms = client(table)?;
+        let template = vms
+            .partition_key_client(template_of)
+            .entity_client(template_of)
+            .get::<Map<String, Value>>()
+            .await?
+            .entity;
+        Ok(Raw {
+            meta: client(&meta_table_name(table))?,
+            index: INDEXED
+                .iter()
+                .map(|s| Ok((*s, client(&index_table_name(table, *s))?)))
+                .collect::<Res<_>>()?,
+            vms,
+            sampler: Sampler::default(),
+            template,
+        })
+    }
+
+    fn index_of(&self, state: VmState) -> &TableClient {
+        &self
+            .index
+            .iter()
+            .find(|(s, _)| *s == state)
+            .expect("an indexed state")
+            .1
+    }
+
+    /// A sample of `kind`: the queries `TableStore::sample` makes.
+    async fn sample(&self, kind: ClaimKind) -> Res<Vec<Map<String, Value>>> {
+        let after = vmpool::pool::new_vm_name("vmpool").to_string();
+        let plan = self.sampler.plan(kind, &after);
+        let table = self.index_of(kind.state());
+        let mut rows: Vec<Map<String, Value>> = Vec::new();
+        for (n, filter) in plan.filters.iter().enumerate() {
+            let top = SAMPLE_SIZE - rows.len();
+            let mut pages = table
+                .query()
+                .filter(filter.clone())
+                .top(top as u32)
+                .into_stream::<Map<String, Value>>();
+            let mut more = Vec::new();
+            while let Some(page) = pages.next().await {
+                more.extend(page?.entities);
+                if more.len() >= top {
+                    break;
+                }
+            }
+            if n == 0 {
+                let keys: Vec<&str> = more
+                    .iter()
+                    .filter_map(|e| e.get("RowKey").and_then(Value::as_str))
+                    .collect();
+                self.sampler
+                    .learn(kind, &after, plan.window.as_ref(), &keys, SAMPLE_SIZE);
+            }
+            rows.extend(more);
+            if rows.len() >= SAMPLE_SIZE {
+                break;
+            }
+        }
+        if rows.len() < SAMPLE_SIZE {
+            self.sampler.counted(kind, rows.len());
+        }
+        Ok(rows)
+    }
+
+    /// The index entry of a row written at `etag`.
+    fn entry(body: &Value, etag: &str) -> Value {
+        let mut entry = body.clone();
+        entry["RowEtag"] = etag.into();
+        entry
+    }
+
+    /// Claims `entry` as `kind`: the conditional update of its row (on the entry's copy of the
+    /// row's ETag) and the index entry writes.
+    async fn write(&self, kind: ClaimKind, entry: Map<String, Value>) -> Res<String> {
+        let row_etag = entry["RowEtag"]
+            .as_str()
+            .ok_or("an entry without RowEtag")?
+            .to_owned();
+        let (mut body, _) = raw_body(entry);
+        body.as_object_mut()
+            .ok_or("an entry that is not an object")?
+            .remove("RowEtag");
+        let key = body["RowKey"].as_str().ok_or("no RowKey")?.to_owned();
+        match kind {
+            ClaimKind::Reclaim | ClaimKind::Standby => body["VM_State"] = "Running".into(),
+            ClaimKind::ClaimCreating => body["Purpose"] = "Matchmaker".into(),
+            ClaimKind::Start => {
+                body["VM_State"] = "Creating".into();
+                body["Operation"] = "Start".into();
+            }
+        }
+        let written = self
+            .vms
+            .partition_key_client(&key)
+            .entity_client(&key)
+            .update(&body, IfMatchCondition::Etag(row_etag.into()))?
+            .await?;
+        let entry = Self::entry(&body, written.etag.as_ref());
+        let put = |state: VmState| {
+            self.index_of(state)
+                .partition_key_client(&key)
+                .entity_client(&key)
+                .insert_or_replace(&entry)
+        };
+        let remove = |state: VmState| {
+            self.index_of(state)
+                .partition_key_client(&key)
+                .entity_client(&key)
+                .delete()
+                .if_match(IfMatchCondition::Any)
+                .into_future()
+        };
+        match kind {
+            ClaimKind::Reclaim | ClaimKind::Standby => {
+                remove(kind.state()).await?;
+            }
+            ClaimKind::ClaimCreating => {
+                put(VmState::Creating)?.await?;
+            }
+            ClaimKind::Start => {
+                let (added, removed) = tokio::join!(
+                    put(VmState::Creating)?.into_future(),
+                    remove(VmState::Deallocated)
+                );
+                added?;
+                removed?;
+            }
+        }
+        Ok(key)
+    }
+
+    /// The breaker's record read, as before a start or create.
+    async fn read_breaker(&self) -> Res<()> {
+        let (kind, key) = vmpool::breaker::RECORD;
+        match self
+            .meta
+            .partition_key_client(kind)
+            .entity_client(key)
+            .get::<Map<String, Value>>()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 404) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The capacity ledger read and written back with If-Match, as a place is taken.
+    async fn take_place(&self) -> Res<()> {
+        let (kind, key) = vmpool::capacity::LEDGER;
+        let client = self.meta.partition_key_client(kind).entity_client(key);
+        let got = client.get::<Map<String, Value>>().await?;
+        let (body, etag) = raw_body(got.entity);
+        client
+            .update(&body, IfMatchCondition::Etag(etag.into()))?
+            .await?;
+        Ok(())
+    }
+
+    /// The calls of one CreateVM: the path it took and the VM it claimed or created.
+    async fn claim(&self) -> Res<(&'static str, String)> {
+        use rand::seq::IndexedRandom;
+        for kind in ClaimKind::ORDER.into_iter().filter(|k| !k.needs_capacity()) {
+            let mut rows = self.sample(kind).await?;
+            if !rows.is_empty() {
+                let at = rand::random_range(0..rows.len());
+                let name = self.write(kind, rows.swap_remove(at)).await?;
+                return Ok((path_of(kind), name));
+            }
+        }
+        self.read_breaker().await?;
+        let rows = self.sample(ClaimKind::Start).await?;
+        if let Some(entry) = rows.choose(&mut rand::rng()) {
+            self.take_place().await?;
+            let name = self.write(ClaimKind::Start, entry.clone()).await?;
+            return Ok(("started", name));
+        }
+        self.take_place().await?;
+        let name = vmpool::pool::new_vm_name("vmpool").to_string();
+        let mut body = raw_body(self.template.clone()).0;
+        body["PartitionKey"] = name.clone().into();
+        body["RowKey"] = name.clone().into();
+        body["VM_State"] = "Creating".into();
+        body["Operation"] = "Create".into();
+        let inserted = self.vms.insert::<_, Value>(&body)?.await?;
+        let entry = Self::entry(&body, inserted.etag.as_ref());
+        self.index_of(VmState::Creating)
+            .partition_key_client(&name)
+            .entity_client(&name)
+            .insert_or_replace(&entry)?
+            .await?;
+        Ok(("created", name))
+    }
+}
+
+/// The answer's `action` for a claim of `kind`.
+fn path_of(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Reclaim => "reclaimed",
+        ClaimKind::Standby => "standby",
+        ClaimKind::ClaimCreating => "claimedCreating",
+        ClaimKind::Start => "started",
+    }
 }
 
 /// Every CreateVM path at one size: the kinds before each path are moved to `Running` first
 /// and put back after.
 async fn paths(
     pool: &Pool,
+    raw: &Raw,
     seeded: &Seeded,
     iterations: usize,
-) -> Res<BTreeMap<&'static str, Samples>> {
+) -> Res<BTreeMap<&'static str, PathFigures>> {
     let mut figures = BTreeMap::new();
     let before: [(VmState, Purpose); 4] = [
         (VmState::MarkedForDeallocation, Purpose::Matchmaker),
@@ -327,38 +573,12 @@ async fn paths(
             )
             .await?;
         }
-        figures.insert(*path, path_samples(pool, path, iterations).await?);
+        figures.insert(*path, path_samples(pool, raw, path, iterations).await?);
     }
     for (state, purpose) in before {
         move_all(&*pool.store, &seeded.of(state), state, purpose).await?;
     }
     Ok(figures)
-}
-
-/// The floor any claim needs, raw: a point read of a `Running` row and a conditional update
-/// of it, `samples` times.
-async fn floor(
-    raw: &azure_data_tables::prelude::TableClient,
-    seeded: &Seeded,
-    samples: usize,
-) -> Res<Samples> {
-    use rand::seq::IndexedRandom;
-    let running = seeded.of(VmState::Running);
-    let mut floor = Samples::default();
-    for _ in 0..samples {
-        let key = running.choose(&mut rand::rng()).ok_or("no Running VM")?;
-        timed(&mut floor, async {
-            let entity = raw.partition_key_client(key).entity_client(key);
-            let got = entity.get::<Map<String, Value>>().await?;
-            let (body, etag) = raw_body(got.entity);
-            entity
-                .update(&body, IfMatchCondition::Etag(etag.into()))?
-                .await?;
-            Res::Ok(())
-        })
-        .await?;
-    }
-    Ok(floor)
 }
 
 /// GetPoolStatus `?vms=false`, from the record (`samples` times) and fresh (a few times).
@@ -565,18 +785,17 @@ async fn main() -> Res<()> {
             .await?;
     let table = azurite::table_name("scale");
     let pool = Pool::start(&az, &table, 100_000).await?;
-    let raw = raw_table(az.port(), azurite::ACCOUNT, &table, Duration::from_secs(30))?;
     println!(
-        "Azurite on port {}; two vmpool instances at {} and {}; {iterations} CreateVM samples per figure",
+        "Azurite on port {}; two vmpool instances at {} and {}; {iterations} CreateVM samples per figure, each followed by raw Azurite making the same calls",
         az.port(),
         pool.bases[0],
         pool.bases[1]
     );
     let mut seeded = Seeded::default();
     let mut grown = 0;
-    let mut table_rows: Vec<(usize, BTreeMap<&'static str, Samples>, Samples, Samples)> =
+    let mut raw = None;
+    let mut table_rows: Vec<(usize, BTreeMap<&'static str, PathFigures>, Samples, Samples)> =
         Vec::new();
-    let mut floors: Vec<Samples> = Vec::new();
     for size in sizes.iter().copied() {
         let took = pool.seed(&mut seeded, grown, size).await?;
         grown = size;
@@ -585,16 +804,20 @@ async fn main() -> Res<()> {
             "\n{size} VMs (per hundred: 1 MarkedForDeallocation, 1 Standby, 1 Creating for the buffer, 10 Deallocated, 87 Running); seeded in {:.1} s",
             took.as_secs_f64()
         );
-        let figures = paths(&pool, &seeded, iterations).await?;
-        let raw_floor = floor(&raw, &seeded, iterations).await?;
-        println!(
-            "{}",
-            raw_floor.line("raw: 1 point read + 1 cond. update", None)
-        );
-        for path in PATHS {
-            println!("{}", figures[path].line(&format!("CreateVM {path}"), None));
+        if raw.is_none() {
+            let running = seeded.of(VmState::Running);
+            raw = Some(Raw::new(az.port(), &table, running.first().ok_or("no Running VM")?).await?);
         }
-        floors.push(raw_floor);
+        let raw = raw.as_ref().ok_or("no raw client")?;
+        let figures = paths(&pool, raw, &seeded, iterations).await?;
+        for path in PATHS {
+            let f = &figures[path];
+            println!(
+                "{}",
+                f.vmpool.line(&format!("CreateVM {path}"), Some(&f.raw))
+            );
+            println!("{}", f.raw.line("  raw Azurite, the same calls", None));
+        }
         let (recorded, fresh) = status(&pool, 50).await?;
         println!(
             "{}",
@@ -607,60 +830,73 @@ async fn main() -> Res<()> {
         table_rows.push((size, figures, recorded, fresh));
     }
 
-    // The table the README carries.
+    // The tables the README carries.
+    let p50 = |s: &Samples| s.pct(50).as_secs_f64();
     let first = &table_rows[0];
+    let last = &table_rows[table_rows.len() - 1];
+    let mut header = "| p50 / p99, vmpool (raw) |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (size, ..) in &table_rows {
+        header.push_str(&format!(" {size} VMs |"));
+        rule.push_str("---|");
+    }
+    header.push_str(&format!(
+        " vmpool / raw (p50) | {} / {} vmpool (p50) | {} / {} raw (p50) |",
+        last.0, first.0, last.0, first.0
+    ));
+    rule.push_str("---|---|---|");
+    println!("\n{header}\n{rule}");
+    for path in PATHS {
+        let mut line = format!("| CreateVM `{path}` |");
+        for (_, figures, ..) in &table_rows {
+            let f = &figures[path];
+            line.push_str(&format!(" {} ({}) |", cell(&f.vmpool), cell(&f.raw)));
+        }
+        let over: Vec<String> = table_rows
+            .iter()
+            .map(|(_, figures, ..)| {
+                format!(
+                    "{:.2}",
+                    p50(&figures[path].vmpool) / p50(&figures[path].raw)
+                )
+            })
+            .collect();
+        let (a, b) = (&last.1[path], &first.1[path]);
+        line.push_str(&format!(
+            " {} | {:.2} | {:.2} |",
+            over.join(", "),
+            p50(&a.vmpool) / p50(&b.vmpool),
+            p50(&a.raw) / p50(&b.raw)
+        ));
+        println!("{line}");
+    }
     let mut header = "| p50 / p99 |".to_owned();
     let mut rule = "|---|".to_owned();
     for (size, ..) in &table_rows {
         header.push_str(&format!(" {size} VMs |"));
         rule.push_str("---|");
     }
-    for (size, ..) in table_rows.iter().skip(1) {
-        header.push_str(&format!(" {size} / {} (p50) |", first.0));
-        rule.push_str("---|");
-    }
+    header.push_str(&format!(" {} / {} (p50) |", last.0, first.0));
+    rule.push_str("---|");
     println!("\n{header}\n{rule}");
-    let ratio = |a: &Samples, b: &Samples| a.pct(50).as_secs_f64() / b.pct(50).as_secs_f64();
-    for path in PATHS {
-        let mut line = format!("| CreateVM {path} |");
-        for (_, figures, ..) in &table_rows {
-            line.push_str(&format!(" {} |", cell(&figures[path])));
-        }
-        for (_, figures, ..) in table_rows.iter().skip(1) {
-            line.push_str(&format!(" {:.2} |", ratio(&figures[path], &first.1[path])));
-        }
-        println!("{line}");
-    }
-    let mut line = "| raw: 1 point read + 1 conditional update |".to_owned();
-    for f in &floors {
-        line.push_str(&format!(" {} |", cell(f)));
-    }
-    for f in floors.iter().skip(1) {
-        line.push_str(&format!(" {:.2} |", ratio(f, &floors[0])));
-    }
-    println!("{line}");
-    for (label, pick) in [
-        ("GetPoolStatus ?vms=false", 0),
-        ("GetPoolStatus ?vms=false&counts=fresh", 1),
+    for (label, fresh) in [
+        ("GetPoolStatus `?vms=false`", false),
+        ("GetPoolStatus `?vms=false&counts=fresh`", true),
     ] {
-        let get = |row: &(usize, BTreeMap<&'static str, Samples>, Samples, Samples)| {
-            if pick == 0 {
-                row.2.pct(50)
-            } else {
-                row.3.pct(50)
-            }
-        };
+        fn pick<'a>(
+            row: &'a (usize, BTreeMap<&'static str, PathFigures>, Samples, Samples),
+            fresh: bool,
+        ) -> &'a Samples {
+            if fresh { &row.3 } else { &row.2 }
+        }
         let mut line = format!("| {label} |");
         for row in &table_rows {
-            let s = if pick == 0 { &row.2 } else { &row.3 };
-            line.push_str(&format!(" {} |", cell(s)));
+            line.push_str(&format!(" {} |", cell(pick(row, fresh))));
         }
-        for row in table_rows.iter().skip(1) {
-            line.push_str(&format!(
-                " {:.2} |",
-                get(row).as_secs_f64() / get(first).as_secs_f64()
-            ));
-        }
+        line.push_str(&format!(
+            " {:.2} |",
+            p50(pick(last, fresh)) / p50(pick(first, fresh))
+        ));
         println!("{line}");
     }
 

@@ -17,7 +17,7 @@ use crate::config::PoolPolicy;
 use crate::store::{Etag, StoreError, VmStore, Written, truncate};
 
 /// The kind and key of the breaker's record.
-const RECORD: (&str, &str) = ("pool", "breaker");
+pub const RECORD: (&str, &str) = ("pool", "breaker");
 
 /// How often a change to the breaker is tried again after losing a race.
 const TRIES: usize = 8;
