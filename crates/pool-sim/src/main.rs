@@ -312,7 +312,10 @@ async fn run_default(args: &Args, traces: Vec<(Trace, u64)>) {
 /// without.
 async fn run_rollout(args: &Args, traces: Vec<(Trace, u64)>) {
     let traces: Vec<(Trace, u64)> = if args.traces.is_empty() && args.csv.is_none() {
-        traces.into_iter().filter(|(t, _)| t.name == "daily").collect()
+        traces
+            .into_iter()
+            .filter(|(t, _)| t.name == "daily")
+            .collect()
     } else {
         traces
     };

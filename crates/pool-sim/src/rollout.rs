@@ -140,16 +140,25 @@ pub fn render(c: &Comparison) -> String {
         let ready = r
             .buffer_ready_after
             .map_or("never".to_owned(), |s| format!("{s} s after the switch"));
-        let gone = match (r.last_old_gone_after, r.longest_old_idle) {
-            (Some(last), Some(idle)) => format!(
-                "the last of them left the cloud {last} s after the switch; none stayed more than {idle} s once idle with the new buffer ready"
+        let gone = match r.last_old_gone_after {
+            Some(last) => format!(
+                "the last of them left the cloud {last} s after the switch. An idle one waited at most {} reconcile passes with the new buffer ready before its delete began; a delete took at most {} s",
+                r.most_ready_passes_waited, r.longest_delete
             ),
-            _ => format!("{} of them are still in the cloud at the end of the run", r.old_left),
+            None => format!(
+                "{} of them are still in the cloud at the end of the run",
+                r.old_left
+            ),
         };
         out.push_str(&format!(
             "\n\nOld-build hand-outs after the switch: {} of {}. Sessions cut: {}. \
-             The new build's buffer was ready {ready}. Old-build VMs at the switch: {}; {gone}.",
-            r.old_build_handouts, r.handouts_after, r.sessions_cut, r.old_at_switch
+             The new build's buffer was first ready {ready}, and not ready again at {} later passes. \
+             Old-build VMs at the switch: {}; {gone}.",
+            r.old_build_handouts,
+            r.handouts_after,
+            r.sessions_cut,
+            r.unready_passes,
+            r.old_at_switch
         ));
     }
     out
