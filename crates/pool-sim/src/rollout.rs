@@ -152,7 +152,7 @@ pub fn render(c: &Comparison) -> String {
         };
         out.push_str(&format!(
             "\n\nOld-build hand-outs after the switch: {} of {}. Sessions cut: {}. \
-             The new build's buffer was first ready {ready}, and not ready again at {} later passes. \
+             The new build's buffer was first ready {ready}, and not ready again at {} later passes while old-build VMs were left. \
              Old-build VMs at the switch: {}; {gone}.",
             r.old_build_handouts,
             r.handouts_after,

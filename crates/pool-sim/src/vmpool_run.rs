@@ -111,8 +111,9 @@ pub struct RolloutReport {
     /// Seconds from the switch until the new build's `Standby` VMs first reached the pool's
     /// buffer target (as the pool's record gives it), if they did.
     pub buffer_ready_after: Option<i64>,
-    /// Reconcile passes, after the new build's buffer was first ready, at which it was not
-    /// (demand took its `Standby` VMs): old-build VMs wait for it again.
+    /// Reconcile passes, after the new build's buffer was first ready and while old-build
+    /// VMs were left, at which it was not (demand took its `Standby` VMs): idle old-build
+    /// VMs wait for it again.
     pub unready_passes: usize,
     /// The most reconcile passes an idle old-build VM (no session on it) waited with the
     /// new build's buffer ready before its delete began: the reconciler deletes at most 5
@@ -254,7 +255,9 @@ pub async fn run_vmpool_with(
                 ready_before = buffer_ready(&store, &policy).await;
                 match old.ready_at {
                     None if ready_before => old.ready_at = Some(t),
-                    Some(_) if !ready_before => old.unready_passes += 1,
+                    Some(_) if !ready_before && !old.alive.is_empty() => {
+                        old.unready_passes += 1;
+                    }
                     _ => {}
                 }
             }
