@@ -37,11 +37,13 @@ pub fn azure_latencies() -> Latencies {
 /// How often the reconciler runs, and a refused request asks again.
 pub const POLL: i64 = 10;
 
-/// Billed and deallocated VMs among the cloud's VMs. A VM being deleted is billed as it was
-/// (compute while it is allocated, its disk while it is deallocated) until the delete
-/// completes and the cloud no longer lists it: Azure bills a VM's compute until it is
-/// deallocated or deleted, and its managed disks until they are deleted (learn.microsoft.com,
-/// "States and billing status of Azure Virtual Machines").
+/// Billed and deallocated VMs among the cloud's VMs. A VM being deleted is counted as it was
+/// (compute while it is running, its disk while it is deallocated) until the delete
+/// completes and the cloud no longer lists it. "States and billing status of Azure Virtual
+/// Machines" (learn.microsoft.com/azure/virtual-machines/states-billing): a running VM is
+/// billed, a deallocated one is not billed for compute, and its disks are billed on their
+/// own until deleted. Like the rest of this model it takes the harsher reading where the
+/// table is silent (a VM being created or deleted is billed).
 fn billing(vms: &[SimVmView]) -> (usize, usize) {
     let off = vms
         .iter()
