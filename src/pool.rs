@@ -1117,11 +1117,11 @@ impl Pool {
 
 /// A fresh VM name: the prefix, a dash and 10 random lowercase letters and digits.
 pub fn new_vm_name(prefix: &str) -> VmId {
+    use crate::store::{VM_NAME_ALPHABET, VM_NAME_RANDOM};
     use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let suffix: String = (0..10)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+    let suffix: String = (0..VM_NAME_RANDOM)
+        .map(|_| char::from(VM_NAME_ALPHABET[rng.random_range(0..VM_NAME_ALPHABET.len())]))
         .collect();
     // The prefix is validated at start-up (at most 40 safe characters), so this always parses.
     VmId::parse(&format!("{prefix}-{suffix}"))

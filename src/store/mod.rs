@@ -19,6 +19,12 @@ use time::OffsetDateTime;
 
 use crate::domain::{ClaimKind, VmId, VmRecord, VmState};
 
+/// The characters the random part of a new VM name is drawn from, in key order (a sample
+/// of an index reads positions in the key space from them).
+pub const VM_NAME_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// How many random characters follow the prefix and the dash of a new VM name.
+pub const VM_NAME_RANDOM: usize = 10;
+
 /// An opaque row version; a write that names a stale one changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Etag(pub String);

@@ -32,7 +32,10 @@ use tracing::warn;
 use super::row::{self, ROW_ETAG, RowFields, parse_row, to_entity};
 use super::{Fault, TableStore, classify, is_missing_row, lost_race};
 use crate::domain::{ClaimKind, Purpose, VmId, VmRecord, VmState};
-use crate::store::{Etag, StoreError, Versioned, WRITE_CONCURRENCY, run_bounded};
+use crate::store::{
+    Etag, StoreError, VM_NAME_ALPHABET as NAME_ALPHABET, VM_NAME_RANDOM as NAME_RANDOM, Versioned,
+    WRITE_CONCURRENCY, run_bounded,
+};
 
 /// The states with an index table: those CreateVM claims from.
 pub const INDEXED: [VmState; 4] = [
@@ -90,11 +93,6 @@ pub struct SamplePlan {
 /// many more: enough that a stretch of the key space seldom holds fewer than a sample (a
 /// sample is 16), few enough that sorting them costs nothing.
 pub const WINDOW_ENTRIES: f64 = 48.0;
-/// The characters a VM name's random part is drawn from ([`crate::pool::new_vm_name`]), in
-/// key order.
-const NAME_ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-/// The random part of a VM name.
-const NAME_RANDOM: usize = 10;
 /// The characters of the random part a position is read from (36^8 fits an f64 exactly).
 const POSITION_DIGITS: usize = 8;
 
@@ -108,7 +106,7 @@ pub struct Window {
     pub width: f64,
 }
 
-/// A name drawn as [`crate::pool::new_vm_name`] draws them, split into its fixed part (the
+/// A name drawn as CreateVM draws new VM names, split into its fixed part (the
 /// prefix and the dash) and its random part.
 fn split_name(name: &str) -> Option<(&str, &str)> {
     let at = name.len().checked_sub(NAME_RANDOM)?;
@@ -612,8 +610,15 @@ mod tests {
     #[test]
     fn positions_follow_key_order_and_names_at_them_land_right() {
         let head = "vmpool-";
+        use rand::Rng;
+        let mut rng = rand::rng();
         let mut names: Vec<String> = (0..200)
-            .map(|_| crate::pool::new_vm_name("vmpool").to_string())
+            .map(|_| {
+                let random: String = (0..NAME_RANDOM)
+                    .map(|_| char::from(NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())]))
+                    .collect();
+                format!("vmpool-{random}")
+            })
             .collect();
         names.sort();
         let at: Vec<f64> = names.iter().map(|n| position(head, n).unwrap()).collect();
