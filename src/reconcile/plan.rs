@@ -473,10 +473,13 @@ pub fn plan(
 
     // The buffer, pool by pool: each pool's own target and maximum, and all pools together
     // under VMPOOL_MAX_VMS, the per-pass cap on creates and starts and the one breaker.
-    let held = (meta.breaker_open_at(now), meta.starts_held_at(now));
     let mut headroom = (policy.max_vms as usize).saturating_sub(active_in(rows, None));
     let mut starts_left = policy.max_creates_per_pass as usize;
     for spec in policy.pools.all() {
+        let held = (
+            meta.breaker_open_at(&spec.name, now),
+            meta.starts_held_at(&spec.name, now),
+        );
         let state = meta.pool_mut(&spec.name);
         let (target, cooled) = buffer_target(rows, spec, now, policy, state);
         let returning_here = unclaimed_rows
@@ -2227,26 +2230,34 @@ mod tests {
             ..PoolPolicy::default()
         }
         .single_pool();
-        let open = PoolMeta {
-            consecutive_create_failures: 3,
-            breaker_open_until: Some(t0() + Duration::seconds(600)),
-            breaker_reason: Some("QuotaExceeded".into()),
-            ..PoolMeta::default()
+        let breaker = |b: crate::breaker::Breaker| {
+            PoolMeta::default().with_breakers([("default".to_owned(), b)].into())
         };
+        let open = breaker(crate::breaker::Breaker {
+            consecutive_failures: 3,
+            open_until: Some(t0() + Duration::seconds(600)),
+            reason: Some("QuotaExceeded".into()),
+            ..Default::default()
+        });
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
         assert!(actions.is_empty(), "{actions:?}");
         // Starts held after a refused start: the deallocated VM is waited for, not replaced.
-        let held = PoolMeta {
+        let held = breaker(crate::breaker::Breaker {
             starts_held_until: Some(t0() + Duration::seconds(30)),
-            ..PoolMeta::default()
-        };
+            ..Default::default()
+        });
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 10, &policy, &held);
         assert_eq!(actions, ["create"]);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 30, &policy, &held);
         assert_eq!(actions, ["start d", "create"]);
         // After the cool-down creates resume (one more refusal opens it again at once).
         let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
+        assert_eq!(actions, ["create", "create"]);
+        // Each pool has its own: another pool's open breaker stops nothing here.
+        let elsewhere =
+            PoolMeta::default().with_breakers([("eu".to_owned(), open.breaker("default"))].into());
+        let (actions, _) = run_meta(&[], &[], 60, &policy, &elsewhere);
         assert_eq!(actions, ["create", "create"]);
     }
 
