@@ -382,12 +382,10 @@ pub fn reads_needed(
 /// Whether the row's VM is of a build other than its pool's current one (a known build: a
 /// VM of unknown build is not judged).
 fn of_old_build(row: &Versioned, policy: &PoolPolicy) -> bool {
-    policy.pools.get(&row.vm.pool).is_some_and(|spec| {
-        row.vm
-            .build
-            .as_ref()
-            .is_some_and(|build| *build != spec.build)
-    })
+    policy
+        .pools
+        .get(&row.vm.pool)
+        .is_some_and(|spec| row.vm.is_of_a_build_but(&spec.build))
 }
 
 /// Whether the row's VM is `Deallocated`, nobody's, and has been so for
@@ -475,10 +473,13 @@ pub fn plan(
 
     // The buffer, pool by pool: each pool's own target and maximum, and all pools together
     // under VMPOOL_MAX_VMS, the per-pass cap on creates and starts and the one breaker.
-    let held = (meta.breaker_open_at(now), meta.starts_held_at(now));
     let mut headroom = (policy.max_vms as usize).saturating_sub(active_in(rows, None));
     let mut starts_left = policy.max_creates_per_pass as usize;
     for spec in policy.pools.all() {
+        let held = (
+            meta.breaker_open_at(&spec.name, now),
+            meta.starts_held_at(&spec.name, now),
+        );
         let state = meta.pool_mut(&spec.name);
         let (target, cooled) = buffer_target(rows, spec, now, policy, state);
         let returning_here = unclaimed_rows
@@ -1922,6 +1923,16 @@ mod tests {
         );
     }
 
+    /// Each row's VM as its row says: deallocated, or up.
+    fn as_rows_say(rows: &[Versioned]) -> Vec<(&Versioned, VmStatus)> {
+        rows.iter()
+            .map(|r| match r.vm.state {
+                VmState::Deallocated => (r, off()),
+                _ => (r, up()),
+            })
+            .collect()
+    }
+
     #[test]
     fn after_a_rollout_old_idle_vms_are_deleted_only_once_the_new_buffer_is_ready() {
         let policy = PoolPolicy {
@@ -1945,19 +1956,7 @@ mod tests {
             .collect();
         rows.extend((4..7).map(|i| old(&format!("o{i}"), VmState::Deallocated)));
         rows.extend([in_use.clone(), unknown.clone(), running.clone()]);
-        let arm: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r,
-                    if r.vm.state == VmState::Deallocated {
-                        off()
-                    } else {
-                        up()
-                    },
-                )
-            })
-            .collect();
+        let arm = as_rows_say(&rows);
         // The new build's buffer is not ready: it is filled first, nothing old goes.
         let acts = run(&rows, &arm, 60, &policy);
         assert_eq!(
@@ -1978,19 +1977,7 @@ mod tests {
             buffer_row("n0", VmState::Standby),
             buffer_row("n1", VmState::Standby),
         ]);
-        let arm: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r,
-                    if r.vm.state == VmState::Deallocated {
-                        off()
-                    } else {
-                        up()
-                    },
-                )
-            })
-            .collect();
+        let arm = as_rows_say(&rows);
         let acts = run(&rows, &arm, 60, &policy);
         let gone: Vec<&String> = acts.iter().filter(|a| a.starts_with("retire")).collect();
         assert_eq!(gone.len(), MAX_OLD_BUILD_PER_PASS, "{acts:?}");
@@ -2243,26 +2230,34 @@ mod tests {
             ..PoolPolicy::default()
         }
         .single_pool();
-        let open = PoolMeta {
-            consecutive_create_failures: 3,
-            breaker_open_until: Some(t0() + Duration::seconds(600)),
-            breaker_reason: Some("QuotaExceeded".into()),
-            ..PoolMeta::default()
+        let breaker = |b: crate::breaker::Breaker| {
+            PoolMeta::default().with_breakers([("default".to_owned(), b)].into())
         };
+        let open = breaker(crate::breaker::Breaker {
+            consecutive_failures: 3,
+            open_until: Some(t0() + Duration::seconds(600)),
+            reason: Some("QuotaExceeded".into()),
+            ..Default::default()
+        });
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
         assert!(actions.is_empty(), "{actions:?}");
         // Starts held after a refused start: the deallocated VM is waited for, not replaced.
-        let held = PoolMeta {
+        let held = breaker(crate::breaker::Breaker {
             starts_held_until: Some(t0() + Duration::seconds(30)),
-            ..PoolMeta::default()
-        };
+            ..Default::default()
+        });
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 10, &policy, &held);
         assert_eq!(actions, ["create"]);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 30, &policy, &held);
         assert_eq!(actions, ["start d", "create"]);
         // After the cool-down creates resume (one more refusal opens it again at once).
         let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
+        assert_eq!(actions, ["create", "create"]);
+        // Each pool has its own: another pool's open breaker stops nothing here.
+        let elsewhere =
+            PoolMeta::default().with_breakers([("eu".to_owned(), open.breaker("default"))].into());
+        let (actions, _) = run_meta(&[], &[], 60, &policy, &elsewhere);
         assert_eq!(actions, ["create", "create"]);
     }
 
