@@ -521,7 +521,10 @@ pub fn plan(
             .filter(|r| r.vm.state == VmState::Standby && is_current(r, spec))
             .filter(|r| !leaving.contains(&r.vm.id) && !handled.contains(&r.vm.id))
             .count();
-        if ready >= target {
+        // Old-build idle VMs go once the current build's buffer is ready, or at once when
+        // the maximum leaves no room to fill it: then they hold the places it needs.
+        let capped = room < target.saturating_sub(buffer);
+        if ready >= target || capped {
             actions.extend(old_builds(rows, spec, observed, &mut handled, policy));
         }
         actions.extend(kept_deallocated(
@@ -2033,6 +2036,37 @@ mod tests {
                 .any(|a| a.contains("o-used") || a.contains("o-running")),
             "in use: {acts:?}"
         );
+    }
+
+    #[test]
+    fn at_its_maximum_a_pool_deletes_old_idle_vms_to_make_room_for_the_new_buffer() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            max_vms: 4,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let mut rows: Vec<Versioned> = (0..4)
+            .map(|i| buffer_row(&format!("o{i}"), VmState::Standby))
+            .collect();
+        for r in &mut rows {
+            r.vm.build = Some("0.9".into());
+        }
+        let arm = as_rows_say(&rows);
+        // No room to create the new build's buffer: the old standby makes room.
+        let acts = run(&rows, &arm, 60, &policy);
+        assert_eq!(
+            acts,
+            ["retire o0", "retire o1", "retire o2", "retire o3"],
+            "{acts:?}"
+        );
+        // With room, the new buffer is created first and nothing old goes yet.
+        let roomy = PoolPolicy {
+            max_vms: 10,
+            ..policy.clone()
+        }
+        .single_pool();
+        assert_eq!(run(&rows, &arm, 60, &roomy), ["create", "create"]);
     }
 
     #[test]
