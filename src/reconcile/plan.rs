@@ -742,28 +742,13 @@ pub fn old_builds<'a>(
     handled: &mut HashSet<&'a VmId>,
     policy: &PoolPolicy,
 ) -> Vec<Action> {
-    let mut old: Vec<(&Versioned, &PointRead)> = rows
-        .iter()
-        .filter(|r| r.vm.pool == spec.name && !handled.contains(&r.vm.id))
-        .filter(|r| matches!(r.vm.state, VmState::Standby | VmState::Deallocated))
-        .filter(|r| retirable(r, policy))
-        .filter_map(|r| match observed.seen(&r.vm.id) {
-            Seen::Read(read, _) => Some((r, read)),
-            _ => None,
-        })
-        .collect();
-    old.sort_by_key(|(r, _)| r.vm.state_changed_at);
-    old.into_iter()
-        .take(MAX_OLD_BUILD_PER_PASS)
-        .map(|(row, read)| {
-            handled.insert(&row.vm.id);
-            Action::Retire(row.clone(), read.clone())
-        })
-        .collect()
+    retire_on_reads(rows, spec, observed, handled, |r, _| {
+        matches!(r.vm.state, VmState::Standby | VmState::Deallocated) && retirable(r, policy)
+    })
 }
 
 /// `Deallocated` VMs of `spec`'s pool nobody held for `VMPOOL_DEALLOCATED_KEEP_SECS`, that a
-/// point read this pass shows present (and not started by this pass): deleted, at most
+/// point read this pass shows deallocated (and not started by this pass): deleted, at most
 /// [`MAX_OLD_BUILD_PER_PASS`] a pass, the longest-deallocated first. A deallocated VM pays for
 /// its disk while it waits; past this long, a create when demand comes back costs less.
 pub fn kept_deallocated<'a>(
@@ -774,17 +759,32 @@ pub fn kept_deallocated<'a>(
     now: OffsetDateTime,
     policy: &PoolPolicy,
 ) -> Vec<Action> {
-    let mut kept: Vec<(&Versioned, &PointRead)> = rows
+    retire_on_reads(rows, spec, observed, handled, |r, s| {
+        kept_too_long(r, now, policy) && s.is_deallocated()
+    })
+}
+
+/// The rows of `spec`'s pool not handled yet that a point read this pass shows present and
+/// that `which` picks (given that read's status), deleted for good: at most
+/// [`MAX_OLD_BUILD_PER_PASS`], the longest in their state first.
+fn retire_on_reads<'a>(
+    rows: &'a [Versioned],
+    spec: &PoolSpec,
+    observed: &Observed,
+    handled: &mut HashSet<&'a VmId>,
+    which: impl Fn(&Versioned, &VmStatus) -> bool,
+) -> Vec<Action> {
+    let mut picked: Vec<(&Versioned, &PointRead)> = rows
         .iter()
         .filter(|r| r.vm.pool == spec.name && !handled.contains(&r.vm.id))
-        .filter(|r| kept_too_long(r, now, policy))
         .filter_map(|r| match observed.seen(&r.vm.id) {
-            Seen::Read(read, s) if s.is_deallocated() => Some((r, read)),
+            Seen::Read(read, s) if which(r, s) => Some((r, read)),
             _ => None,
         })
         .collect();
-    kept.sort_by_key(|(r, _)| r.vm.state_changed_at);
-    kept.into_iter()
+    picked.sort_by_key(|(r, _)| r.vm.state_changed_at);
+    picked
+        .into_iter()
         .take(MAX_OLD_BUILD_PER_PASS)
         .map(|(row, read)| {
             handled.insert(&row.vm.id);
