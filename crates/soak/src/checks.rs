@@ -7,7 +7,10 @@
 //! - 4 and 5 once the faults have stopped;
 //! - 6 from the table against the model's holds;
 //! - 7 from the instances' JSON logs;
-//! - 8 from the fake's request log: a VM whose start ARM refused is never deleted.
+//! - 8 from the fake's request log: a VM whose start ARM refused is never deleted;
+//! - 10 in the model when CreateVM answers (`model.rs`);
+//! - 11 from the table (rows by pool) and from ARM (VMs by their `vmpool-pool` tag);
+//! - 12 from the fake's request log against the model's record of when each VM was in use.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -20,7 +23,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::procs::{FAKE_SUBSCRIPTION, FAKE_TOKEN};
-use crate::state::{Answer, Fate, Report, Row, Shared, inv};
+use crate::state::{Answer, Fate, Report, Row, Shared, inv, rfc};
 
 /// States a row may rest in.
 const STABLE: [&str; 4] = ["Running", "Standby", "Deallocated", "MarkedForDeallocation"];
@@ -48,6 +51,21 @@ pub struct Checker {
     /// deleted for it.
     start_refused: HashSet<String>,
     requests_polled_at: Option<OffsetDateTime>,
+    /// When the previous read of the request log was sent: a request first seen in this
+    /// read came after it.
+    requests_sent_at: Option<OffsetDateTime>,
+    /// Pools over their `maxVms` in the previous table read, and those already reported.
+    pool_over_before: HashSet<String>,
+    pool_over_reported: HashSet<String>,
+    /// Each VM's pool and build, from its ARM tags (lowercase name).
+    tags: HashMap<String, (String, String)>,
+    /// ARM DELETEs accepted, by the VM's pool and build.
+    pub deletes: std::collections::BTreeMap<(String, String), u64>,
+    /// VMs any table read showed `Failed`.
+    failed_seen: HashSet<String>,
+    /// Invariant 12: DELETEs of VMs in use that their match never saw `Running`, judged at
+    /// the next table read (excused if the row shows `Failed` by then).
+    deletes_pending: Vec<(String, String)>,
     logs: Vec<LogFile>,
     passes: Vec<Pass>,
     pass_lines: u64,
@@ -115,7 +133,30 @@ impl Checker {
         self.table(sh).await;
         self.arm(sh).await;
         self.requests(sh).await;
+        // DELETEs found just now are judged against one more read of the table.
+        if !self.deletes_pending.is_empty() {
+            self.table(sh).await;
+        }
         self.logs(sh);
+        let old: Vec<(String, String)> = sh
+            .settings
+            .pools
+            .iter()
+            .filter(|p| p.rollout_to.is_some())
+            .map(|p| (p.name.to_owned(), p.build.to_owned()))
+            .collect();
+        if !old.iter().any(|k| self.deletes.contains_key(k)) {
+            sh.not_observable(
+                inv::NO_DELETE_HELD,
+                format!(
+                    "ARM accepted no DELETE of a VM of the build rolled out from ({})",
+                    old.iter()
+                        .map(|(p, b)| format!("pool {p} build {b}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
         if self.passes.is_empty() {
             sh.not_observable(
                 inv::ONE_PASS,
@@ -132,8 +173,23 @@ impl Checker {
             return;
         };
         sh.set_snapshot(rows.clone());
+        self.failed_seen.extend(
+            rows.iter()
+                .filter(|r| r.state == "Failed")
+                .map(|r| r.vm.clone()),
+        );
+        if !self.deletes_pending.is_empty() {
+            // vmpool's logs say when it found a VM `Failed`, however short the row stayed so.
+            self.logs(sh);
+        }
+        for (vm, what) in std::mem::take(&mut self.deletes_pending) {
+            if !self.failed_seen.contains(&vm) {
+                sh.violation(inv::NO_DELETE_HELD, what);
+            }
+        }
         let now = OffsetDateTime::now_utc();
         self.max_vms_in_table(sh, &rows);
+        self.pool_caps_in_table(sh, &rows);
         self.claim_timeout(sh, &rows, now);
         if sh.quiet_since().is_some() {
             self.stable(sh, &rows, now);
@@ -168,6 +224,43 @@ impl Checker {
             self.table_over_before = false;
             self.table_over_reported = false;
         }
+    }
+
+    /// Invariant 11, table side: each pool's rows not `Deallocated` against its `maxVms`, with
+    /// the same allowance as invariant 2 (an excess counts when two reads in a row show it).
+    fn pool_caps_in_table(&mut self, sh: &Shared, rows: &[Row]) {
+        let mut over = HashSet::new();
+        for pool in &sh.settings.pools {
+            let active: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.pool == pool.name && r.state != "Deallocated")
+                .collect();
+            sh.checked(inv::POOL_CAPS, 1);
+            if active.len() <= pool.max_vms {
+                self.pool_over_reported.remove(pool.name);
+                continue;
+            }
+            over.insert(pool.name.to_owned());
+            if self.pool_over_before.contains(pool.name)
+                && self.pool_over_reported.insert(pool.name.to_owned())
+            {
+                let states: Vec<String> = active
+                    .iter()
+                    .map(|r| format!("{} {}", r.vm, r.state))
+                    .collect();
+                sh.violation(
+                    inv::POOL_CAPS,
+                    format!(
+                        "the table has {} VMs of pool {} not Deallocated (maxVms {}) in two reads: {}",
+                        active.len(),
+                        pool.name,
+                        pool.max_vms,
+                        states.join(", ")
+                    ),
+                );
+            }
+        }
+        self.pool_over_before = over;
     }
 
     /// Invariant 6: a `Running` VM the matchmaker does not hold goes back to the pool within
@@ -247,11 +340,17 @@ impl Checker {
         }
     }
 
-    /// Invariant 2 on ARM's side, and invariant 4 once the faults have settled.
+    /// Invariants 2 and 11 on ARM's side, and invariant 4 once the faults have settled.
     async fn arm(&mut self, sh: &Shared) {
+        // The tags first: a VM listed by power state below has its pool already (a VM's
+        // tags never change, so what one listing showed holds after it).
+        if let Some(tagged) = list_arm_tags(sh).await {
+            self.tags.extend(tagged);
+        }
         let Some(vms) = list_arm(sh).await else {
             return;
         };
+        self.pool_caps_in_arm(sh, &vms);
         let max = sh.settings.max_vms;
         let live: Vec<&(String, bool)> = vms.iter().filter(|(_, dealloc)| !dealloc).collect();
         sh.checked(inv::MAX_VMS, 1);
@@ -300,13 +399,92 @@ impl Checker {
         self.orphan_seen.retain(|k, _| orphans.contains(k));
     }
 
+    /// Invariant 11, ARM side: each pool's VMs not deallocated (by their `vmpool-pool` tag)
+    /// against its `maxVms`, as strictly as invariant 2 judges ARM's listing.
+    fn pool_caps_in_arm(&self, sh: &Shared, vms: &[(String, bool)]) {
+        for pool in &sh.settings.pools {
+            let live: Vec<&str> = vms
+                .iter()
+                .filter(|(name, dealloc)| {
+                    !dealloc
+                        && self
+                            .tags
+                            .get(&name.to_ascii_lowercase())
+                            .is_some_and(|(p, _)| p == pool.name)
+                })
+                .map(|(name, _)| name.as_str())
+                .collect();
+            sh.checked(inv::POOL_CAPS, 1);
+            if live.len() > pool.max_vms {
+                sh.violation(
+                    inv::POOL_CAPS,
+                    format!(
+                        "ARM lists {} VMs of pool {} not deallocated (maxVms {}): {}",
+                        live.len(),
+                        pool.name,
+                        pool.max_vms,
+                        live.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Invariant 12: an ARM DELETE accepted for a VM the matchmaker used over the whole time
+    /// in which the DELETE may have come (from the previous read of the request log to this
+    /// one's answer).
+    fn delete_in_use(&mut self, sh: &Shared, vm: &str, status: u64, from: OffsetDateTime) {
+        let now = OffsetDateTime::now_utc();
+        let (pool, build) = self
+            .tags
+            .get(&vm.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| ("?".into(), "?".into()));
+        *self
+            .deletes
+            .entry((pool.clone(), build.clone()))
+            .or_default() += 1;
+        sh.checked(inv::NO_DELETE_HELD, 1);
+        let m = sh.model();
+        if m.deleted_behind.contains(vm) {
+            return;
+        }
+        let Some(u) = m.used_throughout(vm, from, now) else {
+            return;
+        };
+        let what = format!(
+            "ARM accepted DeleteVm of {vm} (pool {pool}, build {build}; {status}) between {} and {} while match {} used it (since {}; rooms last reported {})",
+            rfc(from),
+            rfc(now),
+            u.id,
+            rfc(u.from),
+            m.rooms
+                .get(vm)
+                .map_or_else(|| "never".to_owned(), u32::to_string)
+        );
+        // A VM whose provisioning failed never ran a game: vmpool deletes it once a point
+        // read shows it `Failed` and not running, even though a match was handed it while it
+        // was `Creating`. One its match saw `Running` may have a game on it: never excused.
+        if !m.playing.contains(vm) {
+            drop(m);
+            if !self.failed_seen.contains(vm) {
+                self.deletes_pending.push((vm.to_owned(), what));
+            }
+            return;
+        }
+        drop(m);
+        sh.violation(inv::NO_DELETE_HELD, what);
+    }
+
     /// Invariant 3: every deallocate, power-off or delete ARM accepted, against the rooms the
     /// matchmaker had reported for that VM when vmpool may have decided it.
     async fn requests(&mut self, sh: &Shared) {
+        let sent = OffsetDateTime::now_utc();
         let req = sh.http.get(format!("{}/_fake/requests", sh.fake_base));
         let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
             return;
         };
+        let since = self.requests_sent_at.replace(sent).unwrap_or(sent);
         let now = OffsetDateTime::now_utc();
         let from = self.requests_polled_at.unwrap_or(now) - DECISION_WINDOW;
         self.requests_polled_at = Some(now);
@@ -329,6 +507,7 @@ impl Checker {
                     self.start_refused.insert(vm.clone());
                 }
                 if op == "DeleteVm" && (200..300).contains(&status) && status != 204 {
+                    self.delete_in_use(sh, vm, status, since);
                     sh.checked(inv::NO_DELETE_AFTER_REFUSAL, 1);
                     if self.start_refused.contains(vm) {
                         sh.violation(
@@ -408,6 +587,10 @@ impl Checker {
             let mut lines: Vec<&str> = joined.split('\n').collect();
             log.partial = lines.pop().unwrap_or_default().to_owned();
             for line in lines {
+                if let Some(vm) = failed_line(line) {
+                    self.failed_seen.insert(vm);
+                    continue;
+                }
                 let Some(times) = pass_line(line) else {
                     continue;
                 };
@@ -467,13 +650,21 @@ fn pass_line(line: &str) -> Option<Option<(OffsetDateTime, OffsetDateTime)>> {
     Some(time("pass_started_at").zip(time("pass_finished_at")))
 }
 
+/// The VM of a "VM failed" log line (vmpool found its provisioning `Failed`).
+fn failed_line(line: &str) -> Option<String> {
+    if !line.contains("VM failed") {
+        return None;
+    }
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    if field(&v, "message").and_then(Value::as_str) != Some("VM failed") {
+        return None;
+    }
+    Some(field(&v, "vm.id")?.as_str()?.to_owned())
+}
+
 /// Two passes overlap when each starts before the other finishes.
 fn overlap(a: &Pass, b: &Pass) -> bool {
     a.started < b.finished && b.started < a.finished
-}
-
-fn rfc(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// The field `name` of a JSON log line, at the top (flattened events) or under `fields`.
@@ -506,6 +697,46 @@ fn rooms_candidates(reports: &[Report], from: OffsetDateTime, to: OffsetDateTime
         .filter(|r| r.sent <= to && r.fate != Fate::Refused)
         .map(|r| r.rooms)
         .collect()
+}
+
+/// Every VM in ARM with the pool and build its tags name (lowercase name), from the
+/// subscription list without `statusOnly` (a `statusOnly=true` list carries no tags).
+async fn list_arm_tags(sh: &Shared) -> Option<Vec<(String, (String, String))>> {
+    let mut url = format!(
+        "{}/subscriptions/{FAKE_SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01",
+        sh.fake_base
+    );
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let req = sh.http.get(&url).bearer_auth(FAKE_TOKEN);
+        let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
+            return None;
+        };
+        for vm in body
+            .get("value")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let tag = |name: &str| {
+                vm.get("tags")
+                    .and_then(|t| t.get(name))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            if let (Some(name), Some(pool)) =
+                (vm.get("name").and_then(Value::as_str), tag("vmpool-pool"))
+            {
+                let build = tag("vmpool-build").unwrap_or_else(|| "?".into());
+                out.push((name.to_ascii_lowercase(), (pool, build)));
+            }
+        }
+        match body.get("nextLink").and_then(Value::as_str) {
+            Some(next) if next.starts_with(&sh.fake_base) => url = next.to_owned(),
+            _ => return Some(out),
+        }
+    }
+    Some(out)
 }
 
 /// Every VM in ARM as (name, deallocated), from the fake's subscription list.
@@ -607,6 +838,12 @@ mod tests {
         assert_eq!(pass_line(nested), Some(Some((at(1), at(2)))));
         assert_eq!(pass_line(bare), Some(None));
         assert_eq!(pass_line(r#"{"message":"VM is ready"}"#), None);
+        let failed = r#"{"level":"WARN","message":"VM failed","vm.id":"vm-7","error":"provisioning failed"}"#;
+        assert_eq!(failed_line(failed), Some("vm-7".into()));
+        assert_eq!(
+            failed_line(r#"{"message":"failed VM deleted","vm.id":"vm-7"}"#),
+            None
+        );
         assert_eq!(pass_line("not json"), None);
     }
 
