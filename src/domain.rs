@@ -81,7 +81,8 @@ pub enum VmState {
     Running,
     /// The matchmaker no longer needs it; its rooms drain.
     MarkedForDeallocation,
-    /// An ARM deallocate is in flight; nobody may take it.
+    /// An ARM deallocate is in flight (for a VM of a pool's previous build, an ARM delete:
+    /// operation `Delete`); nobody may take it.
     Deallocating,
     /// Stopped in Azure (no compute billing); can be started again.
     Deallocated,
@@ -172,7 +173,7 @@ pub enum Operation {
     Start,
     /// POST deallocate.
     Deallocate,
-    /// DELETE of a failed VM.
+    /// DELETE of a failed VM, or of an idle or drained VM of a pool's previous build.
     Delete,
 }
 
@@ -930,6 +931,35 @@ pub fn begin_deallocate(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, 
             "MarkedForDeallocation or Standby",
         )),
     }
+}
+
+/// A VM of a pool's previous build leaves for good: `Standby` reporting no rooms, drained
+/// `MarkedForDeallocation` (a report of 0 rooms since it was handed out), or `Deallocated`
+/// and nobody's, goes `Deallocating` with operation `Delete`, and the ARM delete must be
+/// issued (starting it again would bring the old build back). The row is removed once a
+/// GET answers 404. Any other VM is refused: it belongs to someone or may host a game.
+pub fn begin_retire(vm: &VmRecord, now: OffsetDateTime) -> Result<VmRecord, Refused> {
+    let idle = match vm.state {
+        VmState::Standby | VmState::MarkedForDeallocation => vm.may_be_emptied(),
+        VmState::Deallocated => vm.purpose == Purpose::Buffer,
+        _ => false,
+    };
+    if !idle {
+        return Err(refuse(
+            vm,
+            "deleting a VM of a previous build",
+            "Standby or MarkedForDeallocation known to host no rooms, or Deallocated and nobody's",
+        ));
+    }
+    let mut next = vm.moved(VmState::Deallocating, Some(Operation::Delete), now);
+    next.rooms = 0;
+    next.purpose = Purpose::Buffer;
+    Ok(next)
+}
+
+/// Whether the row's VM is leaving for good: an ARM delete of it is in flight.
+pub fn is_retiring(vm: &VmRecord) -> bool {
+    vm.state == VmState::Deallocating && vm.operation == Some(Operation::Delete)
 }
 
 /// The reconciler moves a `Deallocating` VM that ARM reports deallocated to `Deallocated`.

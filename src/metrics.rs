@@ -561,7 +561,7 @@ fn pool_error_code(e: &PoolError) -> &'static str {
     }
 }
 
-fn summary_fields(s: &Summary) -> [(&'static str, u32); 17] {
+fn summary_fields(s: &Summary) -> [(&'static str, u32); 18] {
     [
         ("completed", s.completed),
         ("deallocated", s.deallocated),
@@ -573,6 +573,7 @@ fn summary_fields(s: &Summary) -> [(&'static str, u32); 17] {
         ("corrected", s.corrected),
         ("deleted", s.deleted),
         ("forgotten", s.forgotten),
+        ("retired", s.retired),
         ("adopted", s.adopted),
         ("unclaimed", s.unclaimed),
         ("start_refusals", s.start_refusals),
@@ -608,6 +609,7 @@ pub async fn reconcile_pass(
             corrected = s.corrected,
             deleted = s.deleted,
             forgotten = s.forgotten,
+            retired = s.retired,
             adopted = s.adopted,
             unclaimed = s.unclaimed,
             start_refusals = s.start_refusals,

@@ -317,6 +317,12 @@ impl Pool {
         self.policy.pools.get(&vm.pool)
     }
 
+    /// Whether the VM is of a known build other than its pool's current one.
+    pub fn of_old_build(&self, vm: &VmRecord) -> bool {
+        self.spec_of(vm)
+            .is_some_and(|spec| vm.build.as_ref().is_some_and(|b| *b != spec.build))
+    }
+
     /// Reserves a row version for this caller; false if another caller of this instance has
     /// it or it is known to be stale.
     fn reserve(&self, row: &Versioned) -> bool {
@@ -943,21 +949,41 @@ impl Pool {
                     });
                 }
                 Report::Recorded(next) => (next, ReportAction::Recorded),
+                // A VM of a previous build of its pool is deleted rather than deallocated:
+                // starting it again would bring the old build back.
+                Report::Deallocate(next) if self.of_old_build(&next) => (
+                    domain::VmRecord {
+                        operation: Some(domain::Operation::Delete),
+                        purpose: domain::Purpose::Buffer,
+                        ..next
+                    },
+                    ReportAction::Deallocating,
+                ),
                 Report::Deallocate(next) => (next, ReportAction::Deallocating),
             };
             if let Written::LostRace = self.store.update(&next, &row.etag).await? {
                 continue;
             }
             if action == ReportAction::Deallocating {
-                match self.compute.deallocate(id).await {
+                let deleting = domain::is_retiring(&next);
+                let sent = if deleting {
+                    self.compute.delete(id).await
+                } else {
+                    self.compute.deallocate(id).await
+                };
+                match sent {
                     Ok(()) | Err(ComputeError::NotFound) => {}
                     Err(e) => {
-                        // The row says Deallocating; the reconciler re-issues the deallocate.
-                        warn!(error = %e, "deallocate not accepted yet; the reconciler re-issues it");
+                        // The row says Deallocating; the reconciler re-issues the operation.
+                        warn!(error = %e, deleting, "deallocate or delete not accepted yet; the reconciler re-issues it");
                         return Err(e.into());
                     }
                 }
-                info!("deallocating");
+                if deleting {
+                    info!(build = ?next.build, "deleting: a VM of a previous build");
+                } else {
+                    info!("deallocating");
+                }
             }
             return Ok(Changed { vm: next, action });
         }

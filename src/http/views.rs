@@ -27,7 +27,7 @@ pub enum StateName {
     Running,
     /// The matchmaker no longer needs it; its rooms drain.
     MarkedForDeallocation,
-    /// An ARM deallocate is in flight.
+    /// An ARM deallocate is in flight (for a VM of a pool's previous build, a delete).
     Deallocating,
     /// Stopped in Azure; can be started again.
     Deallocated,

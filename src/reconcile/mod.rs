@@ -59,6 +59,8 @@ pub struct Summary {
     pub deleted: u32,
     /// Rows of deleted VMs removed.
     pub forgotten: u32,
+    /// Idle or drained VMs of a pool's previous build deleted in ARM.
+    pub retired: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
     /// Starts ARM refused or that failed (quota, SKU, allocation): their VMs stay
@@ -109,6 +111,7 @@ impl Summary {
         self.corrected += other.corrected;
         self.deleted += other.deleted;
         self.forgotten += other.forgotten;
+        self.retired += other.retired;
         self.adopted += other.adopted;
         self.start_refusals += other.start_refusals;
         self.needs_attention += other.needs_attention;
@@ -128,7 +131,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} old-build deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -138,6 +141,7 @@ impl Summary {
             self.deallocating,
             self.corrected,
             self.deleted,
+            self.retired,
             self.forgotten,
             self.adopted,
             self.unclaimed,
@@ -584,6 +588,51 @@ impl Reconciler {
         }
     }
 
+    /// Records the delete of a `Failed` VM, or of a VM of a previous build, on its row (the
+    /// row says the delete is issued and waits a deallocate timeout before it sends it
+    /// again), then sends it; a short throttle is waited out here.
+    async fn delete_in_arm(
+        &self,
+        row: &Versioned,
+        next: &domain::VmRecord,
+        read: &PointRead,
+        summary: &mut Summary,
+        meta: &std::sync::Mutex<PoolMeta>,
+    ) -> Result<(), ReconcileError> {
+        let pool = &self.pool;
+        let Written::Done(etag) = pool.store().update(next, &row.etag).await? else {
+            summary.lost_races += 1;
+            return Ok(());
+        };
+        moved(meta, Some(&row.vm), Some(next));
+        match through_short_throttling(|| pool.compute().delete(&row.vm.id)).await {
+            Ok(()) | Err(ComputeError::NotFound) => {}
+            Err(e) => {
+                // A delete ARM turned away (throttled, unavailable, busy) was not an
+                // attempt; the time bound from the first delete still holds.
+                if e.is_transient() && next.attempts > 1 {
+                    let uncounted = domain::VmRecord {
+                        attempts: next.attempts - 1,
+                        last_error: Some(crate::store::truncate(&e.to_string())),
+                        ..next.clone()
+                    };
+                    if let Err(store) = pool.store().update(&uncounted, &etag).await {
+                        warn!(vm.id = %row.vm.id, error = %store, "could not record the ARM failure");
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        if next.state == VmState::Failed {
+            info!(vm.id = %row.vm.id, rests_on = %read, "failed VM deleted");
+            summary.deleted += 1;
+        } else {
+            info!(vm.id = %row.vm.id, build = ?row.vm.build, was = %row.vm.state, rests_on = %read, "VM of a previous build deleted");
+            summary.retired += 1;
+        }
+        Ok(())
+    }
+
     async fn apply(
         &self,
         action: Action,
@@ -661,6 +710,12 @@ impl Reconciler {
                 let answer = match (row.vm.state, row.vm.operation) {
                     (VmState::Creating, Some(Operation::Create)) => pool.create_in_arm(&next).await,
                     (VmState::Creating, _) => compute.start(id).await,
+                    (VmState::Deallocating, Some(Operation::Delete)) => {
+                        match compute.delete(id).await {
+                            Err(ComputeError::NotFound) => Ok(()),
+                            other => other,
+                        }
+                    }
                     (VmState::Deallocating, _) => match compute.deallocate(id).await {
                         Err(ComputeError::NotFound) => Ok(()),
                         other => other,
@@ -777,38 +832,21 @@ impl Reconciler {
             }
             Action::Delete(row, read) => {
                 let next = domain::begin_delete(&row.vm, now);
-                let Written::Done(etag) = pool.store().update(&next, &row.etag).await? else {
+                self.delete_in_arm(&row, &next, &read, summary, meta)
+                    .await?;
+            }
+            Action::Retire(row, read) => {
+                let Ok(next) = domain::begin_retire(&row.vm, now) else {
                     summary.lost_races += 1;
                     return Ok(());
                 };
-                moved(meta, Some(&row.vm), Some(&next));
-                // The row now says the delete is issued and waits a deallocate timeout before it
-                // sends it again: a short throttle is waited out here.
-                match through_short_throttling(|| compute.delete(&row.vm.id)).await {
-                    Ok(()) | Err(ComputeError::NotFound) => {}
-                    Err(e) => {
-                        // A delete ARM turned away (throttled, unavailable, busy) was not an
-                        // attempt; the time bound from the first delete still holds.
-                        if e.is_transient() && next.attempts > 1 {
-                            let uncounted = domain::VmRecord {
-                                attempts: next.attempts - 1,
-                                last_error: Some(crate::store::truncate(&e.to_string())),
-                                ..next
-                            };
-                            if let Err(store) = pool.store().update(&uncounted, &etag).await {
-                                warn!(vm.id = %row.vm.id, error = %store, "could not record the ARM failure");
-                            }
-                        }
-                        return Err(e.into());
-                    }
-                }
-                info!(vm.id = %row.vm.id, rests_on = %read, "failed VM deleted");
-                summary.deleted += 1;
+                self.delete_in_arm(&row, &next, &read, summary, meta)
+                    .await?;
             }
             Action::Forget(row, read) => {
                 if let Written::Done(_) = pool.store().delete(&row.vm.id, &row.etag).await? {
                     moved(meta, Some(&row.vm), None);
-                    info!(vm.id = %row.vm.id, error = ?row.vm.last_error, rests_on = %read, "failed VM removed from the table (a GET answered 404)");
+                    info!(vm.id = %row.vm.id, state = %row.vm.state, error = ?row.vm.last_error, rests_on = %read, "deleted VM removed from the table (a GET answered 404)");
                     summary.forgotten += 1;
                 } else {
                     summary.lost_races += 1;

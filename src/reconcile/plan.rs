@@ -47,7 +47,7 @@ pub const MAX_POINT_READS_PER_PASS: usize = 100;
 /// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
 pub const MAX_IP_LOOKUPS_PER_PASS: usize = 5;
 
-/// Most idle VMs of a pool's previous builds deallocated per pass after a rollout.
+/// Most idle VMs of a pool's previous builds deleted per pass and pool after a rollout.
 pub const MAX_OLD_BUILD_PER_PASS: usize = 5;
 
 /// Most VMs of unknown build whose image is read per pass (one GET each).
@@ -133,10 +133,6 @@ pub enum Why {
     DrainTimeout,
     /// A point read showed a `Standby` VM stopped but still allocated (billed).
     StoppedOutsideVmpool(PointRead),
-    /// An idle `Standby` VM of a build other than its pool's current one, once the current
-    /// build's buffer is ready (the pool's own record: nobody holds it and it reports no
-    /// rooms).
-    OldBuild,
 }
 
 impl Why {
@@ -146,7 +142,6 @@ impl Why {
             Why::Surplus => "surplus standby",
             Why::DrainTimeout => "drain timeout",
             Why::StoppedOutsideVmpool(_) => "stopped outside vmpool",
-            Why::OldBuild => "old build",
         }
     }
 }
@@ -175,9 +170,16 @@ pub enum Action {
     /// A row ARM contradicts is set to the state the point read shows (drift repair).
     Correct(Versioned, VmState, PointRead),
     /// A `Failed` VM that a point read shows not running, or running with no game on it,
-    /// is deleted in ARM (with its NIC, disk and IP).
+    /// is deleted in ARM (with its NIC, disk and IP); or the delete of a VM of a previous
+    /// build is issued again.
     Delete(Versioned, PointRead),
-    /// A `Failed` VM that a point read found gone: the row is removed.
+    /// An idle VM of a pool's previous build (`Standby` reporting no rooms, `Deallocated`,
+    /// or drained `MarkedForDeallocation`) that a point read shows present is deleted: it
+    /// goes `Deallocating` with operation `Delete`, then ARM delete. Starting it again would
+    /// bring the old build back.
+    Retire(Versioned, PointRead),
+    /// A `Failed` VM, or a deleted VM of a previous build, that a point read found gone:
+    /// the row is removed.
     Forget(Versioned, PointRead),
     /// A pool VM in ARM with no row: a row is written for it (name, resource ID, status,
     /// and the pool and build its tags name).
@@ -211,6 +213,7 @@ impl Action {
             | Action::Deallocate(..)
             | Action::Correct(..)
             | Action::Delete(..)
+            | Action::Retire(..)
             | Action::Forget(..)
             | Action::StartRefused(..)
             | Action::Unclaim(..) => true,
@@ -249,6 +252,7 @@ fn must_exist(row: &Versioned) -> bool {
     match row.vm.state {
         VmState::Creating => row.vm.operation == Some(Operation::Start),
         VmState::Failed => false,
+        VmState::Deallocating => row.vm.operation != Some(Operation::Delete),
         _ => true,
     }
 }
@@ -343,12 +347,59 @@ pub fn reads_needed(
     }
     in_flight.sort_by_key(|r| r.vm.state_changed_at);
     missing.sort_by_key(|r| r.vm.state_changed_at);
+    let nominated: HashSet<&VmId> = in_flight.iter().chain(&missing).map(|r| &r.vm.id).collect();
+    // Idle VMs of a pool's previous build, which the pass may delete: a few per pool.
+    let mut old: Vec<&Versioned> = rows
+        .iter()
+        .filter(|r| !nominated.contains(&r.vm.id) && listed.contains_key(&r.vm.id))
+        .filter(|r| settled(r) && retirable(r, policy))
+        .filter(|r| {
+            // A drained one only once the drain safety net is due for it.
+            r.vm.state != VmState::MarkedForDeallocation
+                || r.vm.last_report_at.is_some_and(|t| {
+                    now - t.max(r.vm.state_changed_at) >= to_time(policy.drain_timeout)
+                })
+        })
+        .collect();
+    old.sort_by_key(|r| r.vm.state_changed_at);
+    let mut per_pool: HashMap<&str, usize> = HashMap::new();
+    old.retain(|r| {
+        let n = per_pool.entry(r.vm.pool.as_str()).or_default();
+        *n += 1;
+        *n <= MAX_OLD_BUILD_PER_PASS
+    });
     in_flight
         .into_iter()
         .chain(missing)
+        .chain(old)
         .take(MAX_POINT_READS_PER_PASS)
         .map(|r| r.vm.id.clone())
         .collect()
+}
+
+/// Whether the row's VM is of a build other than its pool's current one (a known build: a
+/// VM of unknown build is not judged).
+fn of_old_build(row: &Versioned, policy: &PoolPolicy) -> bool {
+    policy.pools.get(&row.vm.pool).is_some_and(|spec| {
+        row.vm
+            .build
+            .as_ref()
+            .is_some_and(|build| *build != spec.build)
+    })
+}
+
+/// Whether the row's VM is of a previous build of its pool and idle: the pool may delete it
+/// (`Standby` reporting no rooms and healthy, `Deallocated` and nobody's, or drained
+/// `MarkedForDeallocation`).
+fn retirable(row: &Versioned, policy: &PoolPolicy) -> bool {
+    let vm = &row.vm;
+    let idle = match vm.state {
+        VmState::Standby => vm.may_be_emptied() && vm.unhealthy.is_none(),
+        VmState::Deallocated => vm.purpose == Purpose::Buffer,
+        VmState::MarkedForDeallocation => vm.reported_empty() && vm.unhealthy.is_none(),
+        _ => false,
+    };
+    idle && vm.attention.is_none() && of_old_build(row, policy)
 }
 
 /// Decides what to do.
@@ -456,7 +507,7 @@ pub fn plan(
             .filter(|r| !leaving.contains(&r.vm.id) && !handled.contains(&r.vm.id))
             .count();
         if ready >= target {
-            actions.extend(old_standby(rows, spec, observed, &mut handled));
+            actions.extend(old_builds(rows, spec, observed, &mut handled, policy));
         }
     }
     actions.extend(draining);
@@ -651,32 +702,36 @@ pub fn surplus<'a>(
         .collect()
 }
 
-/// After a rollout, once the pool's buffer of its current build is ready: idle `Standby` VMs
-/// of another build (known, not unknown) are deallocated, at most
-/// [`MAX_OLD_BUILD_PER_PASS`] a pass, oldest first. They are never handed out to a caller
-/// that did not name their build, so running them only costs money; deallocated, they stay
-/// available for a rollback. One that reports rooms is in use and left alone, as is an
-/// unhealthy one and one the view does not show.
-pub fn old_standby<'a>(
+/// After a rollout, once the pool's buffer of its current build is ready: idle VMs of a
+/// previous build (known, not unknown) that a point read this pass shows present are
+/// deleted, at most [`MAX_OLD_BUILD_PER_PASS`] a pass, oldest first: `Standby` VMs that
+/// report no rooms and `Deallocated` VMs nobody holds. They are never handed out to a caller
+/// that did not name their build, and starting one again would bring the old build back.
+/// One that reports rooms is in use and left alone, as is an unhealthy one. After a
+/// rollback they are current again, and none of this applies.
+pub fn old_builds<'a>(
     rows: &'a [Versioned],
     spec: &PoolSpec,
     observed: &Observed,
     handled: &mut HashSet<&'a VmId>,
+    policy: &PoolPolicy,
 ) -> Vec<Action> {
-    let mut old: Vec<&Versioned> = rows
+    let mut old: Vec<(&Versioned, &PointRead)> = rows
         .iter()
-        .filter(|r| r.vm.state == VmState::Standby && !handled.contains(&r.vm.id))
-        .filter(|r| r.vm.pool == spec.name)
-        .filter(|r| r.vm.build.as_ref().is_some_and(|b| *b != spec.build))
-        .filter(|r| r.vm.may_be_emptied() && r.vm.unhealthy.is_none())
-        .filter(|r| in_view(observed, &r.vm.id))
+        .filter(|r| r.vm.pool == spec.name && !handled.contains(&r.vm.id))
+        .filter(|r| matches!(r.vm.state, VmState::Standby | VmState::Deallocated))
+        .filter(|r| retirable(r, policy))
+        .filter_map(|r| match observed.seen(&r.vm.id) {
+            Seen::Read(read, _) => Some((r, read)),
+            _ => None,
+        })
         .collect();
-    old.sort_by_key(|r| r.vm.state_changed_at);
+    old.sort_by_key(|(r, _)| r.vm.state_changed_at);
     old.into_iter()
         .take(MAX_OLD_BUILD_PER_PASS)
-        .map(|row| {
+        .map(|(row, read)| {
             handled.insert(&row.vm.id);
-            Action::Deallocate(row.clone(), Why::OldBuild)
+            Action::Retire(row.clone(), read.clone())
         })
         .collect()
 }
@@ -709,8 +764,9 @@ pub fn reclaimable(
 }
 
 /// The drain safety net: a `MarkedForDeallocation` VM whose last report (since it was handed
-/// out) said 0 rooms, and that has not reported for the drain timeout, is deallocated. One
-/// whose rooms are unknown is never touched, nor one missing from the view.
+/// out) said 0 rooms, and that has not reported for the drain timeout, is deallocated (one of
+/// a previous build of its pool is deleted, on a point read). One whose rooms are unknown is
+/// never touched, nor one missing from the view.
 pub fn drained(
     rows: &[Versioned],
     observed: &Observed,
@@ -730,7 +786,17 @@ pub fn drained(
                     .last_report_at
                     .is_some_and(|t| now - t.max(vm.state_changed_at) >= timeout)
         })
-        .map(|r| Action::Deallocate(r.clone(), Why::DrainTimeout))
+        .filter_map(|r| {
+            if !of_old_build(r, policy) {
+                return Some(Action::Deallocate(r.clone(), Why::DrainTimeout));
+            }
+            // A VM of a previous build is deleted rather than deallocated, on a point read
+            // (one is made for it this pass or the next).
+            match observed.seen(&r.vm.id) {
+                Seen::Read(read, _) => Some(Action::Retire(r.clone(), read.clone())),
+                _ => None,
+            }
+        })
         .collect()
 }
 
@@ -774,7 +840,7 @@ pub fn find_builds(
 pub fn cap_writes(mut actions: Vec<Action>) -> Vec<Action> {
     let mut others = 0usize;
     actions.retain(|a| match a {
-        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(..) => {
+        Action::Reissue(_) | Action::Deallocate(..) | Action::Delete(..) | Action::Retire(..) => {
             others += 1;
             others <= MAX_OTHER_WRITES_PER_PASS
         }
@@ -980,6 +1046,28 @@ pub fn settle(
             }
             _ => None,
         },
+        VmState::Deallocating if vm.operation == Some(Operation::Delete) => match seen {
+            // A VM of a previous build being deleted: gone is done.
+            Seen::Gone(read) => Some(Action::Forget(row.clone(), read.clone())),
+            Seen::Missing | Seen::Listed(_) => None,
+            Seen::Read(_, s) if s.provisioning == Provisioning::Deleting => None,
+            Seen::Read(..) if age(row, now) < to_time(policy.deallocate_timeout) => None,
+            Seen::Read(..)
+                if vm.attempts >= MAX_ATTEMPTS
+                    || issued_for(row, now)
+                        >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS =>
+            {
+                Some(Action::Attention(
+                    row.clone(),
+                    format!(
+                        "the delete did not take after {} attempts, {}s after the first",
+                        vm.attempts,
+                        issued_for(row, now).whole_seconds()
+                    ),
+                ))
+            }
+            Seen::Read(read, _) => Some(Action::Delete(row.clone(), read.clone())),
+        },
         VmState::Deallocating => match seen {
             // Gone counts as deallocated: nothing is billed.
             Seen::Gone(read) => Some(Action::FinishDeallocate(row.clone(), read.clone())),
@@ -1177,6 +1265,7 @@ mod tests {
             Action::Deallocate(r, why) => format!("deallocate {} ({})", r.vm.id, why.as_str()),
             Action::Correct(r, to, _) => format!("correct {} to {to}", r.vm.id),
             Action::Delete(r, _) => format!("delete {}", r.vm.id),
+            Action::Retire(r, _) => format!("retire {}", r.vm.id),
             Action::Forget(r, _) => format!("forget {}", r.vm.id),
             Action::StartRefused(r, ..) => format!("startRefused {}", r.vm.id),
             Action::Attention(r, _) => format!("attention {}", r.vm.id),
@@ -1781,25 +1870,41 @@ mod tests {
     }
 
     #[test]
-    fn after_a_rollout_old_standby_goes_only_once_the_new_buffer_is_ready() {
+    fn after_a_rollout_old_idle_vms_are_deleted_only_once_the_new_buffer_is_ready() {
         let policy = PoolPolicy {
             min_standby: 2,
             ..PoolPolicy::default()
         }
         .single_pool();
-        let old = |name: &str| {
-            let mut r = buffer_row(name, VmState::Standby);
+        let old = |name: &str, state: VmState| {
+            let mut r = buffer_row(name, state);
             r.vm.build = Some("0.9".into());
             r
         };
-        let mut in_use = old("o-used");
+        let mut in_use = old("o-used", VmState::Standby);
         in_use.vm.rooms = 2;
-        let mut unknown = old("o-unknown");
+        let mut unknown = old("o-unknown", VmState::Standby);
         unknown.vm.build = None;
-        let olds: Vec<Versioned> = (0..7).map(|i| old(&format!("o{i}"))).collect();
-        let mut rows = olds.clone();
-        rows.extend([in_use.clone(), unknown.clone()]);
-        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        let mut running = old("o-running", VmState::Running);
+        running.vm.purpose = Purpose::Matchmaker;
+        let mut rows: Vec<Versioned> = (0..4)
+            .map(|i| old(&format!("o{i}"), VmState::Standby))
+            .collect();
+        rows.extend((4..7).map(|i| old(&format!("o{i}"), VmState::Deallocated)));
+        rows.extend([in_use.clone(), unknown.clone(), running.clone()]);
+        let arm: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r,
+                    if r.vm.state == VmState::Deallocated {
+                        off()
+                    } else {
+                        up()
+                    },
+                )
+            })
+            .collect();
         // The new build's buffer is not ready: it is filled first, nothing old goes.
         let acts = run(&rows, &arm, 60, &policy);
         assert_eq!(
@@ -1808,47 +1913,122 @@ mod tests {
             "{acts:?}"
         );
         assert!(
-            !acts.iter().any(|a| a.starts_with("deallocate")),
+            !acts
+                .iter()
+                .any(|a| a.starts_with("retire") || a.starts_with("deallocate")),
             "{acts:?}"
         );
-        // Two of the current build ready: old idle standby goes, five a pass, oldest first;
-        // one in use and one of unknown build stay.
+        // Two of the current build ready: old idle VMs (standby and deallocated) are deleted,
+        // five a pass, oldest first; the one in use, the running one and the one of unknown
+        // build stay.
         rows.extend([
             buffer_row("n0", VmState::Standby),
             buffer_row("n1", VmState::Standby),
         ]);
-        let arm: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        let arm: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r,
+                    if r.vm.state == VmState::Deallocated {
+                        off()
+                    } else {
+                        up()
+                    },
+                )
+            })
+            .collect();
         let acts = run(&rows, &arm, 60, &policy);
-        let gone: Vec<&String> = acts.iter().filter(|a| a.ends_with("(old build)")).collect();
+        let gone: Vec<&String> = acts.iter().filter(|a| a.starts_with("retire")).collect();
         assert_eq!(gone.len(), MAX_OLD_BUILD_PER_PASS, "{acts:?}");
         assert_eq!(
             gone,
             [
-                "deallocate o0 (old build)",
-                "deallocate o1 (old build)",
-                "deallocate o2 (old build)",
-                "deallocate o3 (old build)",
-                "deallocate o4 (old build)"
+                "retire o0",
+                "retire o1",
+                "retire o2",
+                "retire o3",
+                "retire o4"
             ],
-            "the in-use one, the one of unknown build and the new ones stay"
+            "the in-use one, the running one, the one of unknown build and the new ones stay"
         );
-        // A rollback: the old build is current again (only its surplus over the target goes,
-        // as surplus), and the newer build's idle VMs are the old ones now.
+        // Only on a point read: a listing alone deletes nothing (it nominates the reads).
+        let listed_only = run_listed_with(&rows, &arm, 60, &policy);
+        assert!(
+            !listed_only.iter().any(|a| a.starts_with("retire")),
+            "{listed_only:?}"
+        );
+        let observed = Observed {
+            listed: arm
+                .iter()
+                .map(|(r, s)| (r.vm.id.clone(), hint(s.clone())))
+                .collect(),
+            ..Observed::default()
+        };
+        let reads = reads_needed(
+            &rows,
+            &observed.listed,
+            false,
+            t0() + Duration::seconds(60),
+            &policy,
+        );
+        assert_eq!(
+            reads,
+            ["o0", "o1", "o2", "o3", "o4"].map(|n| VmId::parse(n).unwrap()),
+            "the oldest idle VMs of the old build are read, five a pass"
+        );
+        // A rollback: the old build is current again; nothing of it is deleted, and the
+        // newer build's idle VMs are the old ones now.
         let mut back = policy.clone();
         back.pools = crate::config::Pools::from_specs(vec![crate::config::PoolSpec {
             build: "0.9".into(),
             ..policy.pools.all()[0].clone()
         }]);
         let acts = run(&rows, &arm, 60, &back);
-        let old_now: Vec<&String> = acts.iter().filter(|a| a.ends_with("(old build)")).collect();
-        assert_eq!(
-            old_now,
-            ["deallocate n0 (old build)", "deallocate n1 (old build)"],
-            "{acts:?}"
-        );
+        let old_now: Vec<&String> = acts.iter().filter(|a| a.starts_with("retire")).collect();
+        assert_eq!(old_now, ["retire n0", "retire n1"], "{acts:?}");
         assert!(
-            !acts.iter().any(|a| a.contains("o-used")),
+            !acts
+                .iter()
+                .any(|a| a.contains("o-used") || a.contains("o-running")),
             "in use: {acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_drained_vm_of_an_old_build_is_deleted_and_its_row_removed_once_gone() {
+        let policy = PoolPolicy::default().single_pool();
+        let mut drained = row("d", VmState::MarkedForDeallocation, None);
+        drained.vm.build = Some("0.9".into());
+        drained.vm.rooms = 0;
+        drained.vm.last_report_at = Some(t0());
+        let drain = i64::try_from(policy.drain_timeout.as_secs()).unwrap() + 1;
+        assert_eq!(
+            run(&[drained.clone()], &[(&drained, up())], drain, &policy),
+            ["retire d"]
+        );
+        // Of the current build, the same VM is deallocated.
+        let mut current = drained.clone();
+        current.vm.build = Some(policy.pools.all()[0].build.clone());
+        assert_eq!(
+            run(&[current.clone()], &[(&current, up())], drain, &policy),
+            ["deallocate d (drain timeout)"]
+        );
+        // Rooms unknown since it was handed out: never touched.
+        let mut unknown = drained.clone();
+        unknown.vm.last_report_at = None;
+        assert!(run(&[unknown.clone()], &[(&unknown, up())], drain, &policy).is_empty());
+        // The delete in flight: a VM that shows deallocated is not finished as deallocated;
+        // the row goes only once a GET answers 404, and a delete that did not take is sent
+        // again after the timeout.
+        let mut deleting = drained.clone();
+        deleting.vm = crate::domain::begin_retire(&drained.vm, t0()).unwrap();
+        assert!(run(&[deleting.clone()], &[(&deleting, off())], 30, &policy).is_empty());
+        assert_eq!(run(&[deleting.clone()], &[], 30, &policy), ["forget d"]);
+        let timeout = i64::try_from(policy.deallocate_timeout.as_secs()).unwrap() + 1;
+        assert_eq!(
+            run(&[deleting.clone()], &[(&deleting, off())], timeout, &policy),
+            ["delete d"]
         );
     }
 
@@ -1982,6 +2162,15 @@ mod tests {
 
     /// Like `run`, but the statuses are shown only by a listing or a sweep (no point read).
     fn run_listed(rows: &[Versioned], arm: &[(&Versioned, VmStatus)], secs: i64) -> Vec<String> {
+        run_listed_with(rows, arm, secs, &PoolPolicy::default())
+    }
+
+    fn run_listed_with(
+        rows: &[Versioned],
+        arm: &[(&Versioned, VmStatus)],
+        secs: i64,
+        policy: &PoolPolicy,
+    ) -> Vec<String> {
         let observed = Observed {
             listed: arm
                 .iter()
@@ -1993,7 +2182,7 @@ mod tests {
             rows,
             &observed,
             t0() + Duration::seconds(secs),
-            &PoolPolicy::default(),
+            policy,
             &PoolMeta::default(),
         );
         p.actions.iter().map(kind).collect()

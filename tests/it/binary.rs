@@ -297,6 +297,71 @@ fn arm_without_a_storage_setting_does_not_start() {
 }
 
 #[tokio::test]
+async fn bad_pool_definitions_stop_start_up_with_one_line_naming_pool_and_field() {
+    let fake = arm_fake().await;
+    let ok = r#""location": "westeurope", "image": "Canonical:ubuntu-24_04-lts:server:latest", "build": "1""#;
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(r#"{{"eu": {{{ok}, "vmsize": "Standard_D2s_v5"}}}}"#),
+            r#"pool "eu": definition: unknown field "vmsize""#,
+        ),
+        (
+            format!(r#"{{"eu": {{{ok}}}, "eu": {{{ok}}}}}"#),
+            r#"pool "eu" is defined twice"#,
+        ),
+        (
+            format!(r#"{{"eu_west": {{{ok}}}}}"#),
+            r#"pool "eu_west": "eu_west" is not a pool name"#,
+        ),
+        (
+            format!(r#"{{"eu": {{{ok}, "minStandby": 9, "maxVms": 4}}}}"#),
+            r#"pool "eu": minStandby: 9 is more than maxVms (4)"#,
+        ),
+        (
+            r#"{"eu": {"location": "westeurope", "image": "ubuntu:latest", "build": "1"}}"#.into(),
+            r#"pool "eu": image:"#,
+        ),
+        (
+            r#"{"eu": {"location": "westeurope", "image": "a:b:c:1"}}"#.into(),
+            r#"pool "eu": build:"#,
+        ),
+    ];
+    for (pools, says) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_vmpool"))
+            .env_clear()
+            .env("VMPOOL_COMPUTE", "arm")
+            .env("VMPOOL_ARM_ENDPOINT", &fake.base)
+            .env("VMPOOL_ARM_TOKEN", ARM_TOKEN)
+            .env("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
+            .env("VMPOOL_RESOURCE_GROUP", "games")
+            .env("VMPOOL_LOCATION", "westeurope")
+            .env(
+                "VMPOOL_SUBNET_ID",
+                format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
+            )
+            .env("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILogs logs")
+            .env("VMPOOL_STORAGE", "UseDevelopmentStorage=true")
+            .env("VMPOOL_POOLS", &pools)
+            .env("VMPOOL_PORT", "1")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{pools}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("vmpool: configuration error: VMPOOL_POOLS: ")
+                && stderr.contains(says),
+            "{pools}: {stderr}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+    assert!(
+        fake.fake.requests().is_empty(),
+        "nothing reaches ARM from a pool definition start-up refused"
+    );
+}
+
+#[tokio::test]
 async fn under_the_host_an_api_key_is_ignored_and_start_up_says_so() {
     let http = reqwest::Client::new();
     let mut binary = Binary::start(

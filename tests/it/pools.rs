@@ -316,3 +316,331 @@ async fn adoption_puts_a_vm_back_in_its_pool_with_its_build() {
     let put = rig.fake().accepted(FakeOp::PutVm);
     assert_eq!(put[0].body.as_ref().unwrap()["location"], "eastus");
 }
+
+const IMAGE_1: &str = "Canonical:ubuntu-24_04-lts:server:24.04.202611010";
+const IMAGE_2: &str = "Canonical:ubuntu-24_04-lts:server:24.04.202612010";
+
+/// Pool `eu` on `build` and `image`, beside a pool `us` that no rollout touches.
+fn eu_on(build: &str, image: &str) -> String {
+    format!(
+        r#"{{"eu": {{"location": "westeurope", "vmSize": "Standard_D2s_v5", "image": "{image}",
+                    "build": "{build}", "minStandby": 2, "maxVms": 12}},
+            "us": {{"location": "eastus", "vmSize": "Standard_F4s_v2", "image": "{IMAGE_1}",
+                    "build": "7", "minStandby": 1, "maxVms": 3}}}}"#
+    )
+}
+
+/// Passes, three minutes apart (long enough for any create, start, deallocate or delete).
+async fn passes(rig: &Rig, n: usize) {
+    for _ in 0..n {
+        rig.advance(180);
+        rig.pass().await;
+    }
+}
+
+/// The names of the VMs ARM was asked to delete (accepted), in order.
+fn deleted_in_arm(rig: &Rig) -> Vec<String> {
+    rig.fake()
+        .accepted(FakeOp::DeleteVm)
+        .iter()
+        .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
+        .collect()
+}
+
+/// A pool of build 1 with a VM in every state, when the operator restarts it on build 2.
+struct Fleet {
+    extra: VmId,
+    in_use: VmId,
+    draining: VmId,
+    drained_later: VmId,
+    deallocating: VmId,
+    deallocated: VmId,
+    standby: Vec<VmId>,
+    creating: VmId,
+    failed: VmId,
+    us: Vec<VmId>,
+}
+
+async fn fleet_on_build_1(rig: &Rig) -> Fleet {
+    passes(rig, 2).await;
+    let eu = |rig: &Rig| rig.pool.wanted(Some("eu"), None).unwrap();
+    let claim = async |rig: &Rig| rig.pool.create_vm_for(&eu(rig)).await.unwrap().vm.id;
+    // Claimed: one hosts a game, two drain, one is drained and deallocating, one
+    // deallocated; the buffer is filled again between claims.
+    let mut claimed = Vec::new();
+    for rooms in [3, 2, 1, 1, 1] {
+        let id = claim(rig).await;
+        rig.pool.report_rooms(&id, rooms).await.unwrap();
+        claimed.push(id);
+        passes(rig, 1).await;
+    }
+    let [in_use, draining, drained_later, deallocating, deallocated] =
+        <[VmId; 5]>::try_from(claimed).unwrap();
+    passes(rig, 2).await;
+    // One more claim leaves the buffer short, so the next pass creates for it: a VM of
+    // build 1 still `Creating` at the restart.
+    let extra = rig.pool.create_vm_for(&eu(rig)).await.unwrap();
+    assert_eq!(extra.action, CreateAction::Standby);
+    rig.pool.report_rooms(&extra.vm.id, 1).await.unwrap();
+    for id in [&draining, &drained_later, &deallocating, &deallocated] {
+        rig.pool.mark_for_deallocation(id).await.unwrap();
+    }
+    rig.pool.report_rooms(&deallocated, 0).await.unwrap();
+    rig.advance(80);
+    rig.pass().await;
+    rig.pool.report_rooms(&deallocating, 0).await.unwrap();
+    let rows = rig.rows().await;
+    let of = |state: VmState| -> Vec<VmId> {
+        rows.iter()
+            .filter(|r| r.pool == "eu" && r.state == state && r.purpose == Purpose::Buffer)
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    let standby = of(VmState::Standby);
+    let creating = of(VmState::Creating);
+    let brief: Vec<_> = rows
+        .iter()
+        .map(|r| (r.id.as_str(), &r.pool, r.state, r.purpose, r.rooms))
+        .collect();
+    assert!(!standby.is_empty() && creating.len() == 1, "{brief:?}");
+    // A failed VM of build 1, as a create that ARM failed leaves it.
+    let spec = rig.pool.policy().pools.get("eu").unwrap().clone();
+    let failed = VmId::parse("vmpool-failed1").unwrap();
+    rig.compute.create(&failed, &spec.vm()).await.unwrap();
+    let mut row = vm("vmpool-failed1", VmState::Failed, "eu", Some("1"));
+    row.resource_id = rig.compute.resource_id(&failed);
+    row.last_error = Some("OSProvisioningTimedOut".into());
+    rig.store.insert(&row).await.unwrap();
+    let state_of = |id: &VmId| rows.iter().find(|r| r.id == *id).unwrap().state;
+    assert_eq!(state_of(&in_use), VmState::Running);
+    assert_eq!(state_of(&draining), VmState::MarkedForDeallocation);
+    assert_eq!(state_of(&deallocating), VmState::Deallocating);
+    assert_eq!(state_of(&deallocated), VmState::Deallocated);
+    let us = rows
+        .iter()
+        .filter(|r| r.pool == "us")
+        .map(|r| r.id.clone())
+        .collect();
+    Fleet {
+        extra: extra.vm.id,
+        in_use: in_use.clone(),
+        draining,
+        drained_later,
+        deallocating,
+        deallocated,
+        standby,
+        creating: creating[0].clone(),
+        failed,
+        us,
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_replaces_idle_vms_of_every_state_keeps_games_and_deletes_drained_vms() {
+    let v1 = eu_on("1", IMAGE_1);
+    let rig = Rig::arm(&[("VMPOOL_POOLS", &v1), ("VMPOOL_MAX_VMS", "20")]).await;
+    let fleet = fleet_on_build_1(&rig).await;
+    let before = rig.fake().accepted(FakeOp::PutVm).len();
+
+    // The operator ships build 2: a new image, the app restarted.
+    let v2 = eu_on("2", IMAGE_2);
+    let rig = rig.restarted(&[("VMPOOL_POOLS", &v2), ("VMPOOL_MAX_VMS", "20")]);
+    let eu = rig.pool.wanted(Some("eu"), None).unwrap();
+    // A caller that names no build gets build 2, never an idle VM of build 1: a new VM.
+    let first = rig.pool.create_vm_for(&eu).await.unwrap();
+    assert_eq!(first.action, CreateAction::Created);
+    assert_eq!(first.vm.build.as_deref(), Some("2"));
+    let put = &rig.fake().accepted(FakeOp::PutVm)[before];
+    let image = &put.body.as_ref().unwrap()["properties"]["storageProfile"]["imageReference"];
+    assert_eq!(
+        image["version"], "24.04.202612010",
+        "new VMs boot the new image"
+    );
+    // A caller that names build 1 is served from what is alive of it (a VM marked for
+    // deallocation first, as always), and only that.
+    let one = rig.pool.wanted(Some("eu"), Some("1")).unwrap();
+    let old = rig.pool.create_vm_for(&one).await.unwrap();
+    assert_eq!(old.vm.build.as_deref(), Some("1"));
+    assert_eq!(old.action, CreateAction::Reclaimed);
+    assert!([&fleet.draining, &fleet.drained_later].contains(&&old.vm.id));
+    rig.pool.report_rooms(&old.vm.id, 1).await.unwrap();
+    let still_draining = if old.vm.id == fleet.draining {
+        fleet.drained_later.clone()
+    } else {
+        fleet.draining.clone()
+    };
+    // The reconciler fills build 2's buffer first: until it is ready, nothing of build 1
+    // is deleted (the failed VM apart, deleted as any failed VM). (The instance before the
+    // restart held the reconcile lease: it runs out first.)
+    rig.advance(61);
+    rig.pass().await;
+    assert_eq!(deleted_in_arm(&rig), [fleet.failed.to_string()]);
+    let mut seen_ready = false;
+    for _ in 0..6 {
+        rig.advance(180);
+        rig.pass().await;
+        let rows = rig.rows().await;
+        let ready = rows
+            .iter()
+            .filter(|r| r.pool == "eu" && r.build.as_deref() == Some("2"))
+            .filter(|r| r.state == VmState::Standby)
+            .count();
+        seen_ready |= ready >= 2;
+        // Every caller that names no build gets build 2, on every pass.
+        for r in rows
+            .iter()
+            .filter(|r| r.pool == "eu" && r.state == VmState::Running)
+        {
+            assert!(
+                r.build.as_deref() == Some("2")
+                    || [&fleet.in_use, &fleet.extra, &old.vm.id].contains(&&r.id),
+                "{r:?}"
+            );
+        }
+    }
+    assert!(seen_ready);
+
+    // Idle VMs of build 1 (standby, deallocated, the one created before the restart, the
+    // drained one) are deleted in ARM and their rows go; games in progress stay.
+    let deleted = deleted_in_arm(&rig);
+    let rows = rig.rows().await;
+    for id in fleet
+        .standby
+        .iter()
+        .chain([&fleet.deallocated, &fleet.deallocating, &fleet.creating])
+    {
+        assert!(
+            deleted.contains(&id.to_string()),
+            "{id} not deleted: {deleted:?}"
+        );
+        assert!(rows.iter().all(|r| r.id != *id), "{id} still has a row");
+    }
+    for id in [
+        &fleet.in_use,
+        &fleet.draining,
+        &fleet.drained_later,
+        &fleet.extra,
+        &old.vm.id,
+    ] {
+        assert!(
+            !deleted.contains(&id.to_string()),
+            "{id} has a game: {deleted:?}"
+        );
+        let row = rows.iter().find(|r| r.id == *id).unwrap();
+        assert_eq!(row.build.as_deref(), Some("1"));
+    }
+    // Pool `us` is untouched.
+    for id in &fleet.us {
+        assert!(!deleted.contains(&id.to_string()));
+    }
+    let app = serve(rig.state.clone()).await;
+    let status = app.status().await.json;
+    let eu_view = &status["pools"][0];
+    assert_eq!(eu_view["name"], "eu");
+    assert_eq!(eu_view["rollout"]["done"], false);
+    assert_eq!(eu_view["rollout"]["oldInUse"], 4, "{eu_view}");
+    assert_eq!(eu_view["rollout"]["oldIdle"], 0, "{eu_view}");
+    assert_eq!(eu_view["builds"]["1"]["Running"], 3, "{eu_view}");
+
+    // A drained VM of build 1 is deleted, not deallocated, as soon as it reports 0 rooms.
+    let answer = app
+        .send(
+            "POST",
+            "/api/ReportGameRoomsNumber",
+            Some(&format!(r#"{{"vmId": "{still_draining}", "rooms": 0}}"#)),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.json);
+    assert_eq!(
+        deleted_in_arm(&rig).last(),
+        Some(&still_draining.to_string())
+    );
+    let deallocates = rig.fake().accepted(FakeOp::Deallocate);
+    assert!(
+        !deallocates
+            .iter()
+            .any(|r| r.path.contains(still_draining.as_str())),
+        "a VM of the old build is never deallocated to be started again"
+    );
+    rig.advance(180);
+    rig.pass().await;
+    assert!(rig.store.get(&still_draining).await.unwrap().is_none());
+    // The last games end: the rollout is done.
+    for id in [&fleet.in_use, &fleet.extra, &old.vm.id] {
+        rig.pool.mark_for_deallocation(id).await.unwrap();
+        rig.pool.report_rooms(id, 0).await.unwrap();
+    }
+    passes(&rig, 1).await;
+    let status = app.status().await.json;
+    assert_eq!(status["pools"][0]["rollout"]["done"], true, "{status}");
+    assert!(
+        rig.rows()
+            .await
+            .iter()
+            .filter(|r| r.pool == "eu")
+            .all(|r| r.build.as_deref() == Some("2"))
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_makes_the_previous_build_current_again_and_deletes_none_of_it() {
+    let v1 = eu_on("1", IMAGE_1);
+    let rig = Rig::arm(&[("VMPOOL_POOLS", &v1), ("VMPOOL_MAX_VMS", "20")]).await;
+    let fleet = fleet_on_build_1(&rig).await;
+    let v2 = eu_on("2", IMAGE_2);
+    let rig = rig.restarted(&[("VMPOOL_POOLS", &v2), ("VMPOOL_MAX_VMS", "20")]);
+    // One pass on build 2: its buffer is being created, nothing of build 1 deleted yet.
+    // (The instance before the restart held the reconcile lease: it runs out first.)
+    rig.advance(61);
+    rig.pass().await;
+    let creating_2: Vec<VmId> = rig
+        .rows()
+        .await
+        .iter()
+        .filter(|r| r.build.as_deref() == Some("2"))
+        .map(|r| r.id.clone())
+        .collect();
+    assert!(!creating_2.is_empty());
+
+    // Build 2 is bad: the operator sets build 1 back.
+    let rig = rig.restarted(&[("VMPOOL_POOLS", &v1), ("VMPOOL_MAX_VMS", "20")]);
+    let eu = rig.pool.wanted(Some("eu"), None).unwrap();
+    let got = rig.pool.create_vm_for(&eu).await.unwrap();
+    assert_eq!(
+        got.vm.build.as_deref(),
+        Some("1"),
+        "build 1 is current again"
+    );
+    assert_ne!(
+        got.action,
+        CreateAction::Created,
+        "served from what is alive of build 1"
+    );
+    rig.pool.report_rooms(&got.vm.id, 1).await.unwrap();
+    passes(&rig, 6).await;
+    let deleted = deleted_in_arm(&rig);
+    let rows = rig.rows().await;
+    for id in fleet
+        .standby
+        .iter()
+        .chain([&fleet.in_use, &fleet.deallocated])
+    {
+        assert!(
+            !deleted.contains(&id.to_string()),
+            "{id} of build 1 deleted"
+        );
+        assert!(rows.iter().any(|r| r.id == *id));
+    }
+    // Build 2's VMs are the old ones now: once idle, they go.
+    for id in &creating_2 {
+        assert!(
+            deleted.contains(&id.to_string()),
+            "{id} of build 2 kept: {deleted:?}"
+        );
+    }
+    assert!(
+        rows.iter()
+            .filter(|r| r.pool == "eu")
+            .all(|r| r.build.as_deref() == Some("1"))
+    );
+}

@@ -108,6 +108,22 @@ impl Rig {
         }
     }
 
+    /// The app started again with `vars` (an operator changing a setting and restarting
+    /// it), on the same table, ARM and clock.
+    pub fn restarted(self, vars: &[(&str, &str)]) -> Rig {
+        let mut next = Rig::over(
+            config(vars),
+            self.store,
+            self.compute,
+            self.cloud,
+            self.clock,
+        );
+        next.remove_behind_our_back = self.remove_behind_our_back;
+        next.fail_next_create = self.fail_next_create;
+        next.keep = self.keep;
+        next
+    }
+
     /// The ARM fake behind a rig built by [`Rig::arm`] or [`Rig::arm_on`].
     /// The ARM fake's base URL (a rig built with [`Rig::arm`]).
     pub fn fake_base(&self) -> String {
