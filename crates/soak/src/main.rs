@@ -291,12 +291,44 @@ async fn soak() -> Result<bool, String> {
     outcome?;
     eprintln!("[{}] traffic stopped; final checks", now_text());
     checker.finish(&sh).await;
-    Ok(summary(&sh, &layout, &checker))
+    let pools = pools_status(&sh).await;
+    Ok(summary(&sh, &layout, &checker, &pools))
+}
+
+/// Each pool's current build, buffer and rollout as GetPoolStatus shows them at the end.
+async fn pools_status(sh: &Shared) -> Vec<String> {
+    let Some(i) = (0..sh.ports.len()).find(|i| !sh.down().contains(i)) else {
+        return Vec::new();
+    };
+    let req = sh.http.get(sh.url(i, "/api/GetPoolStatus"));
+    let state::Answer::Status(200, body) = sh.send(req, Duration::from_secs(5)).await else {
+        return vec!["GetPoolStatus did not answer".into()];
+    };
+    body.get("pools")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let text = |ptr: &str| match p.pointer(ptr) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => String::new(),
+            };
+            format!(
+                "pool {}: build {}, buffer target {} (minStandby {}), rollout {}",
+                text("/name"),
+                text("/build"),
+                text("/buffer/target"),
+                text("/buffer/minStandby"),
+                text("/rollout")
+            )
+        })
+        .collect()
 }
 
 /// The rollout: its window, the hand-outs by what was asked and given, ARM's DELETEs by build,
 /// and the VMs left by pool, build and state.
-fn rollout_summary(sh: &Shared, checker: &Checker) {
+fn rollout_summary(sh: &Shared, checker: &Checker, pools: &[String]) {
     let window = sh.rollout();
     println!();
     match (window.started, window.finished) {
@@ -320,18 +352,36 @@ fn rollout_summary(sh: &Shared, checker: &Checker) {
     for ((pool, build), n) in &checker.deletes {
         println!("    {pool:<6} {build:<14} {n:>7}");
     }
-    let mut left: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    let mut left: std::collections::BTreeMap<(String, String, String), Vec<String>> =
+        Default::default();
     for r in sh.snapshot() {
         let build = r.build.unwrap_or_else(|| "unknown".into());
-        *left.entry((r.pool, build, r.state)).or_default() += 1;
+        left.entry((r.pool, build, r.state)).or_default().push(r.vm);
     }
-    println!("  rows at the end (pool, build, state):");
-    for ((pool, build, state), n) in &left {
-        println!("    {pool:<6} {build:<14} {state:<24} {n:>4}");
+    println!("  rows at the end (pool, build, state; the VMs of a build no longer current):");
+    let rolled = window.started.is_some();
+    for ((pool, build, state), vms) in &left {
+        let current = sh
+            .settings
+            .pools
+            .iter()
+            .any(|p| p.name == pool && p.build_at(rolled) == build);
+        let names = if current {
+            String::new()
+        } else {
+            vms.join(", ")
+        };
+        println!(
+            "    {pool:<6} {build:<14} {state:<24} {:>4}  {names}",
+            vms.len()
+        );
+    }
+    for p in pools {
+        println!("  {p}");
     }
 }
 
-fn summary(sh: &Shared, layout: &Layout, checker: &Checker) -> bool {
+fn summary(sh: &Shared, layout: &Layout, checker: &Checker, pools: &[String]) -> bool {
     let s = &sh.settings;
     println!();
     println!("operations");
@@ -368,7 +418,7 @@ fn summary(sh: &Shared, layout: &Layout, checker: &Checker) -> bool {
     for (kind, why) in &notes {
         println!("  not injected, {kind}: {why}");
     }
-    rollout_summary(sh, checker);
+    rollout_summary(sh, checker, pools);
     println!();
     println!("invariants");
     println!(
