@@ -266,9 +266,7 @@ impl Checker {
     /// Invariant 6: a `Running` VM the matchmaker does not hold goes back to the pool within
     /// the claim timeout (plus a few reconcile passes).
     fn claim_timeout(&mut self, sh: &Shared, rows: &[Row], now: OffsetDateTime) {
-        let limit = time::Duration::seconds(
-            (sh.settings.claim_timeout_secs + sh.settings.claim_slack_secs) as i64,
-        );
+        let window = sh.rollout();
         let m = sh.model();
         for r in rows.iter().filter(|r| r.state == "Running") {
             sh.checked(inv::CLAIM, 1);
@@ -282,6 +280,18 @@ impl Checker {
             let released = m.released_at.get(&r.vm).copied();
             let since = released.map_or(changed, |released| changed.max(released));
             let key = (r.vm.clone(), changed.unix_timestamp());
+            // A graceful stop does not hand the reconcile lease over: while the rolling
+            // restart runs, the holder's lease, and that of the instance that took over
+            // after it, may each have to run out.
+            let rolling = window.started.is_some_and(|s| s <= now)
+                && window.finished.is_none_or(|f| f >= since);
+            let slack = sh.settings.claim_slack_secs
+                + if rolling {
+                    sh.settings.rollout_slack_secs
+                } else {
+                    0
+                };
+            let limit = time::Duration::seconds((sh.settings.claim_timeout_secs + slack) as i64);
             if now - since > limit && !self.claim_reported.contains(&key) {
                 self.claim_reported.insert(key);
                 let history = match released {
@@ -304,7 +314,7 @@ impl Checker {
                         r.vm,
                         (now - since).whole_seconds(),
                         sh.settings.claim_timeout_secs,
-                        sh.settings.claim_slack_secs
+                        slack
                     ),
                 );
             }
@@ -430,6 +440,20 @@ impl Checker {
         }
     }
 
+    /// Whether `vm`'s tags show a build its pool no longer has as current (the rollout has
+    /// begun).
+    fn retired(&self, sh: &Shared, vm: &str) -> bool {
+        let rolled = sh.rollout().started.is_some();
+        self.tags
+            .get(&vm.to_ascii_lowercase())
+            .is_some_and(|(pool, build)| {
+                sh.settings
+                    .pools
+                    .iter()
+                    .any(|p| p.name == pool && p.build_at(rolled) != build)
+            })
+    }
+
     /// Invariant 12: an ARM DELETE accepted for a VM the matchmaker used over the whole time
     /// in which the DELETE may have come (from the previous read of the request log to this
     /// one's answer).
@@ -509,7 +533,9 @@ impl Checker {
                 if op == "DeleteVm" && (200..300).contains(&status) && status != 204 {
                     self.delete_in_use(sh, vm, status, since);
                     sh.checked(inv::NO_DELETE_AFTER_REFUSAL, 1);
-                    if self.start_refused.contains(vm) {
+                    // After a rollout, an idle VM of the build rolled out from is deleted
+                    // whatever became of its starts: the refusal is not why it goes.
+                    if self.start_refused.contains(vm) && !self.retired(sh, vm) {
                         sh.violation(
                             inv::NO_DELETE_AFTER_REFUSAL,
                             format!("ARM accepted DeleteVm of {vm} ({status}) after a start of it was refused"),

@@ -107,6 +107,9 @@ fn settings() -> Result<Settings, String> {
         // The reconcile lease a killed instance held (three periods, at least 15 s) runs out
         // before another instance reconciles, plus passes and a storage restart on the way.
         claim_slack_secs: 15 + 15,
+        // Two more leases: the holder stopped by the rolling restart, then the instance that
+        // took the lease over, stopped in turn.
+        rollout_slack_secs: 15 + 15,
         pools: POOLS.to_vec(),
     })
 }
@@ -455,9 +458,10 @@ fn summary(sh: &Shared, layout: &Layout, checker: &Checker, pools: &[String]) ->
     }
     println!();
     println!(
-        "bounds: a matchmaker VM nobody holds is back in the pool within the claim timeout ({} s) + {} s; once faults stop, rows are stable within {} s and orphans are judged after {} s",
+        "bounds: a matchmaker VM nobody holds is back in the pool within the claim timeout ({} s) + {} s ({} s more across the rolling restart); once faults stop, rows are stable within {} s and orphans are judged after {} s",
         s.claim_timeout_secs,
         s.claim_slack_secs,
+        s.rollout_slack_secs,
         s.stable_bound.as_secs(),
         s.orphan_settle.as_secs()
     );

@@ -33,6 +33,9 @@ pub struct Settings {
     /// timeout (the lease of a killed reconciler running out, reconcile passes and a storage
     /// restart on the way).
     pub claim_slack_secs: u64,
+    /// Invariant 6: more slack for a VM let go of before the rolling restart ended (a
+    /// stopped instance's reconcile lease runs out before another takes over).
+    pub rollout_slack_secs: u64,
     /// The pools (`VMPOOL_POOLS`), the first one rolled out mid-soak.
     pub pools: Vec<PoolSettings>,
 }
