@@ -351,6 +351,10 @@ fn rollout_summary(sh: &Shared, checker: &Checker, pools: &[String]) {
     for ((pool, asked, got), n) in &sh.model().handouts {
         println!("  {pool:<6} {asked:<14} {got:<14} {n:>7}");
     }
+    println!(
+        "  CreateVMs for the current build refused at a cap (503 CapacityExhausted) while old-build Standby VMs held places, after the rollout: {}",
+        sh.model().refused_beside_old_idle
+    );
     println!("  ARM DELETEs accepted (pool, build from the VM's tags):");
     for ((pool, build), n) in &checker.deletes {
         println!("    {pool:<6} {build:<14} {n:>7}");

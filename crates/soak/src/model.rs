@@ -271,6 +271,9 @@ async fn acquire(sh: &Shared, id: u64, ask: &Ask, rng: &mut StdRng) -> Option<(S
                 _ => "",
             }
         ));
+        if let Answer::Status(503, body) = &answer {
+            refused_beside_old_idle(sh, id, ask, body);
+        }
         let retry = match &answer {
             Answer::Status(200 | 202, body) => {
                 let vm = body.pointer("/vm/vmId").and_then(Value::as_str)?;
@@ -315,6 +318,46 @@ async fn acquire(sh: &Shared, id: u64, ask: &Ask, rng: &mut StdRng) -> Option<(S
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
     }
     None
+}
+
+/// A `503 CapacityExhausted` at a cap for a pool's current build while the last table read showed
+/// `Standby` VMs of a build it no longer has as current (places a no-build caller can never
+/// get): counted for the summary, with the answer's message in the events.
+fn refused_beside_old_idle(sh: &Shared, id: u64, ask: &Ask, body: &Value) {
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // At a cap (not an open breaker, a quota refusal).
+    if body.pointer("/error/code").and_then(Value::as_str) != Some("CapacityExhausted")
+        || !message.contains("maximum")
+    {
+        return;
+    }
+    let rolled = sh.rollout().finished.is_some();
+    let current = ask.pool.build_at(rolled);
+    if ask.build.is_some_and(|b| b != current) || !rolled {
+        return;
+    }
+    let idle: Vec<String> = sh
+        .snapshot()
+        .into_iter()
+        .filter(|r| {
+            r.pool == ask.pool.name
+                && r.state == "Standby"
+                && r.build.as_deref().is_some_and(|b| b != current)
+        })
+        .map(|r| r.vm)
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    sh.event(format_args!(
+        "match {id}: 503 CapacityExhausted for pool {} build {current} ({message}) while old-build Standby VMs hold places: {}",
+        ask.pool.name,
+        idle.join(", ")
+    ));
+    sh.model().refused_beside_old_idle += 1;
 }
 
 /// Invariant 1: the VM must not be held by another match.

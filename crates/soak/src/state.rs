@@ -187,6 +187,9 @@ pub struct Model {
     pub in_use: HashMap<String, Vec<Use>>,
     /// Hand-outs by (pool, build asked for or `-`, build handed out).
     pub handouts: BTreeMap<(String, String, String), u64>,
+    /// CreateVMs for a pool's current build refused for capacity while `Standby` VMs of its
+    /// old build were in the table.
+    pub refused_beside_old_idle: u64,
 }
 
 /// One match's use of a VM.
