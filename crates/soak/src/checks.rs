@@ -182,11 +182,7 @@ impl Checker {
             // vmpool's logs say when it found a VM `Failed`, however short the row stayed so.
             self.logs(sh);
         }
-        for (vm, what) in std::mem::take(&mut self.deletes_pending) {
-            if !self.failed_seen.contains(&vm) {
-                sh.violation(inv::NO_DELETE_HELD, what);
-            }
-        }
+        self.judge_pending_deletes(sh);
         let now = OffsetDateTime::now_utc();
         self.max_vms_in_table(sh, &rows);
         self.pool_caps_in_table(sh, &rows);
@@ -436,6 +432,16 @@ impl Checker {
                         live.join(", ")
                     ),
                 );
+            }
+        }
+    }
+
+    /// Invariant 12 for the DELETEs waiting on a table read: excused when vmpool found the
+    /// VM `Failed`.
+    fn judge_pending_deletes(&mut self, sh: &Shared) {
+        for (vm, what) in std::mem::take(&mut self.deletes_pending) {
+            if !self.failed_seen.contains(&vm) {
+                sh.violation(inv::NO_DELETE_HELD, what);
             }
         }
     }
@@ -811,6 +817,147 @@ mod tests {
 
     fn at(secs: i64) -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(secs)
+    }
+
+    /// A shared state with the soak's pools and no processes behind it.
+    fn shared(name: &str) -> Shared {
+        let settings = crate::state::Settings {
+            seed: 1,
+            total: Duration::from_secs(100),
+            warmup: Duration::from_secs(5),
+            quiet: Duration::from_secs(50),
+            max_vms: 12,
+            claim_timeout_secs: 15,
+            stable_bound: Duration::from_secs(45),
+            orphan_settle: Duration::from_secs(20),
+            claim_slack_secs: 30,
+            rollout_slack_secs: 30,
+            pools: crate::POOLS.to_vec(),
+        };
+        let events = std::env::temp_dir().join(format!(
+            "vmpool-soak-test-{name}-{}.log",
+            std::process::id()
+        ));
+        let sh = Shared::new(settings, vec![1], 1, &events).expect("a shared state");
+        let _ = std::fs::remove_file(&events);
+        sh
+    }
+
+    fn violations(sh: &Shared, i: usize) -> u64 {
+        sh.counters()[i].violations
+    }
+
+    fn row(vm: &str, pool: &str, state: &str) -> Row {
+        Row {
+            vm: vm.into(),
+            state: state.into(),
+            state_changed_at: None,
+            pool: pool.into(),
+            build: Some("1.5.0".into()),
+        }
+    }
+
+    #[test]
+    fn a_delete_of_a_vm_in_use_over_the_whole_interval_is_a_violation() {
+        let sh = shared("in-use");
+        let mut c = Checker::default();
+        c.tags.insert("vm-1".into(), ("eu".into(), "1.5.0".into()));
+        let before = OffsetDateTime::now_utc() - time::Duration::seconds(5);
+        sh.model().start_use("vm-1", 7);
+        // Not used over the whole interval (the use began after it started): not counted.
+        c.delete_in_use(&sh, "vm-1", 202, before);
+        assert_eq!(violations(&sh, inv::NO_DELETE_HELD), 0);
+        // Used throughout, and seen Running by its match: a violation at once.
+        sh.model().playing.insert("vm-1".into());
+        let after = OffsetDateTime::now_utc();
+        c.delete_in_use(&sh, "vm-1", 202, after);
+        assert_eq!(violations(&sh, inv::NO_DELETE_HELD), 1);
+        assert_eq!(c.deletes[&("eu".to_owned(), "1.5.0".to_owned())], 2);
+        // Let go of with 0 rooms: no longer in use.
+        sh.model().end_use("vm-1", 7);
+        let later = OffsetDateTime::now_utc() + time::Duration::milliseconds(1);
+        c.delete_in_use(&sh, "vm-1", 202, later);
+        assert_eq!(violations(&sh, inv::NO_DELETE_HELD), 1);
+        assert_eq!(sh.counters()[inv::NO_DELETE_HELD].checks, 3);
+    }
+
+    #[test]
+    fn a_delete_of_a_held_vm_that_never_ran_is_excused_only_when_vmpool_found_it_failed() {
+        let sh = shared("failed");
+        let mut c = Checker::default();
+        let from = OffsetDateTime::now_utc();
+        sh.model().in_use.insert(
+            "vm-2".into(),
+            vec![crate::state::Use {
+                id: 1,
+                from: at(0),
+                to: None,
+            }],
+        );
+        sh.model().in_use.insert(
+            "vm-3".into(),
+            vec![crate::state::Use {
+                id: 2,
+                from: at(0),
+                to: None,
+            }],
+        );
+        c.delete_in_use(&sh, "vm-2", 202, from);
+        c.delete_in_use(&sh, "vm-3", 202, from);
+        // Judged at the next table read: vm-2 was found Failed, vm-3 never.
+        assert_eq!(c.deletes_pending.len(), 2);
+        c.failed_seen.insert("vm-2".into());
+        c.judge_pending_deletes(&sh);
+        assert!(c.deletes_pending.is_empty());
+        assert_eq!(violations(&sh, inv::NO_DELETE_HELD), 1);
+        assert!(sh.counters()[inv::NO_DELETE_HELD].examples[0].contains("vm-3"));
+    }
+
+    #[test]
+    fn a_pool_over_its_max_vms_counts_in_two_table_reads_or_one_arm_listing() {
+        let sh = shared("caps");
+        let mut c = Checker::default();
+        // eu has maxVms 8: nine rows not Deallocated, and one Deallocated.
+        let mut rows: Vec<Row> = (0..9)
+            .map(|i| row(&format!("e{i}"), "eu", "Running"))
+            .collect();
+        rows.push(row("e9", "eu", "Deallocated"));
+        rows.push(row("u0", "us", "Standby"));
+        c.pool_caps_in_table(&sh, &rows);
+        assert_eq!(violations(&sh, inv::POOL_CAPS), 0);
+        c.pool_caps_in_table(&sh, &rows);
+        assert_eq!(violations(&sh, inv::POOL_CAPS), 1);
+        // Reported once while it lasts.
+        c.pool_caps_in_table(&sh, &rows);
+        assert_eq!(violations(&sh, inv::POOL_CAPS), 1);
+        // ARM: counted by the pool tag; eight eu VMs running is the cap, not over it.
+        for i in 0..10 {
+            c.tags
+                .insert(format!("e{i}"), ("eu".into(), "1.5.0".into()));
+        }
+        let mut vms: Vec<(String, bool)> = (0..8).map(|i| (format!("E{i}"), false)).collect();
+        vms.push(("e8".into(), true));
+        vms.push(("untagged".into(), false));
+        c.pool_caps_in_arm(&sh, &vms);
+        assert_eq!(violations(&sh, inv::POOL_CAPS), 1);
+        vms.push(("e9".into(), false));
+        c.pool_caps_in_arm(&sh, &vms);
+        assert_eq!(violations(&sh, inv::POOL_CAPS), 2);
+    }
+
+    #[test]
+    fn a_vm_of_a_retired_build_is_known_by_its_tags_once_the_rollout_began() {
+        let sh = shared("retired");
+        let mut c = Checker::default();
+        c.tags.insert("old".into(), ("eu".into(), "1.5.0".into()));
+        c.tags.insert("new".into(), ("eu".into(), "1.6.0".into()));
+        c.tags.insert("us".into(), ("us".into(), "1.5.0".into()));
+        assert!(!c.retired(&sh, "OLD"));
+        sh.set_rollout(false);
+        assert!(c.retired(&sh, "OLD"));
+        assert!(!c.retired(&sh, "new"));
+        assert!(!c.retired(&sh, "us"));
+        assert!(!c.retired(&sh, "unknown"));
     }
 
     fn report(secs: i64, rooms: u32, fate: Fate) -> Report {
