@@ -85,6 +85,8 @@ pub struct PoolPolicy {
     pub max_creates_per_pass: u32,
     /// A drained (`MarkedForDeallocation`, 0 rooms) VM with no report for this long is deallocated.
     pub drain_timeout: Duration,
+    /// A `Deallocated` VM nobody holds, deallocated this long, is deleted (zero: never).
+    pub deallocated_keep: Duration,
     /// A create or start not done after this long fails.
     pub create_timeout: Duration,
     /// A deallocate not done after this long is issued again.
@@ -158,6 +160,7 @@ impl PoolPolicy {
             ready_estimate: s::READY_ESTIMATE_SECS.read(src)?,
             max_creates_per_pass: s::MAX_CREATES_PER_PASS.read(src)?,
             drain_timeout: s::DRAIN_TIMEOUT_SECS.read(src)?,
+            deallocated_keep: s::DEALLOCATED_KEEP_SECS.read(src)?,
             create_timeout: s::CREATE_TIMEOUT_SECS.read(src)?,
             deallocate_timeout: s::DEALLOCATE_TIMEOUT_SECS.read(src)?,
             breaker_failures: s::BREAKER_FAILURES.read(src)?,

@@ -463,6 +463,14 @@ pub const DRAIN_TIMEOUT_SECS: Setting<Duration> = Setting {
     parse: |raw| seconds(raw, 1),
 };
 
+/// See [`PoolPolicy::deallocated_keep`](super::PoolPolicy::deallocated_keep).
+pub const DEALLOCATED_KEEP_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_DEALLOCATED_KEEP_SECS",
+    doc: "a `Deallocated` VM nobody holds, deallocated this long, is deleted (its disk is billed while it waits to be started again); `0` keeps every one",
+    default: Fallback::Value("86400"),
+    parse: |raw| seconds(raw, 0),
+};
+
 /// See [`PoolPolicy::create_timeout`](super::PoolPolicy::create_timeout).
 pub const CREATE_TIMEOUT_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_CREATE_TIMEOUT_SECS",
@@ -623,6 +631,7 @@ pub const ALL: &[About] = &[
     BUFFER_COOLDOWN_SECS.about(),
     MAX_CREATES_PER_PASS.about(),
     DRAIN_TIMEOUT_SECS.about(),
+    DEALLOCATED_KEEP_SECS.about(),
     CREATE_TIMEOUT_SECS.about(),
     DEALLOCATE_TIMEOUT_SECS.about(),
     BREAKER_FAILURES.about(),

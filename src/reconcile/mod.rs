@@ -59,7 +59,8 @@ pub struct Summary {
     pub deleted: u32,
     /// Rows of deleted VMs removed.
     pub forgotten: u32,
-    /// Idle or drained VMs of a pool's previous build deleted in ARM.
+    /// VMs deleted for good: idle or drained VMs of a pool's previous build, and VMs
+    /// deallocated longer than `VMPOOL_DEALLOCATED_KEEP_SECS`.
     pub retired: u32,
     /// Untracked pool VMs given a row.
     pub adopted: u32,
@@ -131,7 +132,7 @@ impl Summary {
             return "reconcile skipped: another instance holds the reconcile lease".into();
         }
         format!(
-            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} old-build deleted, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
+            "reconciled: {} completed, {} deallocated, {} failed, {} re-issued, {} started, {} created, {} deallocating, {} corrected, {} deleted, {} deleted for good, {} forgotten, {} adopted, {} unclaimed, {} starts refused, {} need attention, {} IPs found, {} builds read, {} keys expired, {} point reads, {} vanished, buffer target {}, {} lost races, {} errors",
             self.completed,
             self.deallocated,
             self.failed,
@@ -627,7 +628,7 @@ impl Reconciler {
             info!(vm.id = %row.vm.id, rests_on = %read, "failed VM deleted");
             summary.deleted += 1;
         } else {
-            info!(vm.id = %row.vm.id, build = ?row.vm.build, was = %row.vm.state, rests_on = %read, "VM of a previous build deleted");
+            info!(vm.id = %row.vm.id, build = ?row.vm.build, was = %row.vm.state, rests_on = %read, "VM deleted for good (of a previous build, or deallocated too long)");
             summary.retired += 1;
         }
         Ok(())

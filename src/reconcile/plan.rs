@@ -47,7 +47,8 @@ pub const MAX_POINT_READS_PER_PASS: usize = 100;
 /// Most VMs whose public IP is looked for per pass (three reads each: VM, NIC, IP).
 pub const MAX_IP_LOOKUPS_PER_PASS: usize = 5;
 
-/// Most idle VMs of a pool's previous builds deleted per pass and pool after a rollout.
+/// Most idle VMs of a pool's previous builds deleted per pass and pool after a rollout, and
+/// most `Deallocated` VMs deleted per pass and pool for being kept too long.
 pub const MAX_OLD_BUILD_PER_PASS: usize = 5;
 
 /// Most VMs of unknown build whose image is read per pass (one GET each).
@@ -173,10 +174,11 @@ pub enum Action {
     /// is deleted in ARM (with its NIC, disk and IP); or the delete of a VM of a previous
     /// build is issued again.
     Delete(Versioned, PointRead),
-    /// An idle VM of a pool's previous build (`Standby` reporting no rooms, `Deallocated`,
-    /// or drained `MarkedForDeallocation`) that a point read shows present is deleted: it
-    /// goes `Deallocating` with operation `Delete`, then ARM delete. Starting it again would
-    /// bring the old build back.
+    /// A VM deleted for good, on a point read that shows it present: an idle VM of a pool's
+    /// previous build (`Standby` reporting no rooms, `Deallocated`, or drained
+    /// `MarkedForDeallocation`; starting it again would bring the old build back), or a
+    /// `Deallocated` VM nobody held for `VMPOOL_DEALLOCATED_KEEP_SECS` (its disk costs while
+    /// it waits). It goes `Deallocating` with operation `Delete`, then ARM delete.
     Retire(Versioned, PointRead),
     /// A `Failed` VM, or a deleted VM of a previous build, that a point read found gone:
     /// the row is removed.
@@ -352,7 +354,7 @@ pub fn reads_needed(
     let mut old: Vec<&Versioned> = rows
         .iter()
         .filter(|r| !nominated.contains(&r.vm.id) && listed.contains_key(&r.vm.id))
-        .filter(|r| settled(r) && retirable(r, policy))
+        .filter(|r| settled(r) && (retirable(r, policy) || kept_too_long(r, now, policy)))
         .filter(|r| {
             // A drained one only once the drain safety net is due for it.
             r.vm.state != VmState::MarkedForDeallocation
@@ -386,6 +388,18 @@ fn of_old_build(row: &Versioned, policy: &PoolPolicy) -> bool {
             .as_ref()
             .is_some_and(|build| *build != spec.build)
     })
+}
+
+/// Whether the row's VM is `Deallocated`, nobody's, and has been so for
+/// `VMPOOL_DEALLOCATED_KEEP_SECS` (not zero): its disk has cost more than a start saves over a
+/// create.
+fn kept_too_long(row: &Versioned, now: OffsetDateTime, policy: &PoolPolicy) -> bool {
+    let vm = &row.vm;
+    !policy.deallocated_keep.is_zero()
+        && vm.state == VmState::Deallocated
+        && vm.purpose == Purpose::Buffer
+        && vm.attention.is_none()
+        && now - vm.state_changed_at >= to_time(policy.deallocated_keep)
 }
 
 /// Whether the row's VM is of a previous build of its pool and idle: the pool may delete it
@@ -509,6 +523,14 @@ pub fn plan(
         if ready >= target {
             actions.extend(old_builds(rows, spec, observed, &mut handled, policy));
         }
+        actions.extend(kept_deallocated(
+            rows,
+            spec,
+            observed,
+            &mut handled,
+            now,
+            policy,
+        ));
     }
     actions.extend(draining);
     actions.extend(find_ips(rows, observed, &handled));
@@ -728,6 +750,37 @@ pub fn old_builds<'a>(
         .collect();
     old.sort_by_key(|(r, _)| r.vm.state_changed_at);
     old.into_iter()
+        .take(MAX_OLD_BUILD_PER_PASS)
+        .map(|(row, read)| {
+            handled.insert(&row.vm.id);
+            Action::Retire(row.clone(), read.clone())
+        })
+        .collect()
+}
+
+/// `Deallocated` VMs of `spec`'s pool nobody held for `VMPOOL_DEALLOCATED_KEEP_SECS`, that a
+/// point read this pass shows present (and not started by this pass): deleted, at most
+/// [`MAX_OLD_BUILD_PER_PASS`] a pass, the longest-deallocated first. A deallocated VM pays for
+/// its disk while it waits; past this long, a create when demand comes back costs less.
+pub fn kept_deallocated<'a>(
+    rows: &'a [Versioned],
+    spec: &PoolSpec,
+    observed: &Observed,
+    handled: &mut HashSet<&'a VmId>,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+) -> Vec<Action> {
+    let mut kept: Vec<(&Versioned, &PointRead)> = rows
+        .iter()
+        .filter(|r| r.vm.pool == spec.name && !handled.contains(&r.vm.id))
+        .filter(|r| kept_too_long(r, now, policy))
+        .filter_map(|r| match observed.seen(&r.vm.id) {
+            Seen::Read(read, s) if s.is_deallocated() => Some((r, read)),
+            _ => None,
+        })
+        .collect();
+    kept.sort_by_key(|(r, _)| r.vm.state_changed_at);
+    kept.into_iter()
         .take(MAX_OLD_BUILD_PER_PASS)
         .map(|(row, read)| {
             handled.insert(&row.vm.id);
@@ -1993,6 +2046,59 @@ mod tests {
                 .any(|a| a.contains("o-used") || a.contains("o-running")),
             "in use: {acts:?}"
         );
+    }
+
+    #[test]
+    fn a_vm_deallocated_longer_than_the_keep_is_deleted_on_a_point_read() {
+        let policy = PoolPolicy {
+            deallocated_keep: std::time::Duration::from_secs(3600),
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let mut rows: Vec<Versioned> = (0..7)
+            .map(|i| row(&format!("d{i}"), VmState::Deallocated, None))
+            .collect();
+        for r in &mut rows {
+            r.vm.purpose = Purpose::Buffer;
+        }
+        let mut held = row("held", VmState::Deallocated, None);
+        held.vm.claimed_at = Some(t0() + Duration::seconds(3600));
+        rows.push(held);
+        let arm: Vec<_> = rows.iter().map(|r| (r, off())).collect();
+        // Younger than the keep: kept.
+        let acts = run(&rows, &arm, 3599, &policy);
+        assert!(!acts.iter().any(|a| a.starts_with("retire")), "{acts:?}");
+        // Older: deleted, five a pass, the longest-deallocated first; the one its caller
+        // still waits for stays. The buffer (2) takes two first, by starting them.
+        let acts = run(&rows, &arm, 3600, &policy);
+        let gone: Vec<&String> = acts.iter().filter(|a| a.starts_with("retire")).collect();
+        assert_eq!(gone.len(), MAX_OLD_BUILD_PER_PASS, "{acts:?}");
+        assert!(
+            !acts
+                .iter()
+                .any(|a| a.contains("held") && a.starts_with("retire"))
+        );
+        for started in acts.iter().filter(|a| a.starts_with("start ")) {
+            let id = started.trim_start_matches("start ");
+            assert!(!gone.contains(&&format!("retire {id}")), "{acts:?}");
+        }
+        // Only on a point read showing it deallocated: a listing alone, or a read that shows
+        // it running, deletes nothing.
+        let listed = run_listed_with(&rows, &arm, 3600, &policy);
+        assert!(
+            !listed.iter().any(|a| a.starts_with("retire")),
+            "{listed:?}"
+        );
+        let up_now: Vec<_> = rows.iter().map(|r| (r, up())).collect();
+        let acts = run(&rows, &up_now, 3600, &policy);
+        assert!(!acts.iter().any(|a| a.starts_with("retire")), "{acts:?}");
+        // Zero keeps every one.
+        let never = PoolPolicy {
+            deallocated_keep: std::time::Duration::ZERO,
+            ..policy.clone()
+        };
+        let acts = run(&rows, &arm, 86_400 * 30, &never);
+        assert!(!acts.iter().any(|a| a.starts_with("retire")), "{acts:?}");
     }
 
     #[test]

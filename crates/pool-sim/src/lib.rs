@@ -13,14 +13,18 @@
 //! - [`measure`]: waits, VM-hours, the disk-hours of deallocated VMs, timelines.
 //! - [`sweep`]: every policy with its parameter swept, Pareto fronts, the goal for vmpool.
 //! - [`plot`]: PNG plots of the fronts and of a day over time.
+//! - [`rollout`]: a new server build shipped part way through a trace, against the same
+//!   trace without it.
 //!
 //! `cargo run --release -p vmpool-sim` prints the comparison on today's traces; `--sweep`
-//! runs the full sweep and writes the plots; `--trace-csv FILE --json` replays a CSV.
+//! runs the full sweep and writes the plots; `--trace-csv FILE --json` replays a CSV;
+//! `--rollout` ships a new build at hour 12 of the daily trace.
 
 pub mod fleet;
 pub mod measure;
 pub mod oracle;
 pub mod plot;
+pub mod rollout;
 pub mod sweep;
 pub mod traces;
 pub mod vmpool_run;

@@ -5,6 +5,7 @@
 //! pool_sim                              one setting per policy on every built-in trace
 //! pool_sim --sweep [--out DIR]          every policy's parameter swept: tables, plots
 //! pool_sim --trace-csv FILE [--json]    a studio's CSV through every policy and sweep
+//! pool_sim --rollout                    a new build at hour 12 of the daily trace, against none
 //! options: --trace NAME (repeatable), --reduced (fewer parameter values),
 //!          --disk-ratio R (a deallocated VM's disk-hour in VM-hours, default 0.03)
 //! ```
@@ -16,11 +17,12 @@ use vmpool_sim::fleet::Buffer;
 use vmpool_sim::measure::{DEFAULT_DISK_RATIO, SAMPLE_EVERY};
 use vmpool_sim::sweep::{self, Goal, Measure, ORACLE_RATIO_GOAL, Point, Policy, Size, front, goal};
 use vmpool_sim::traces::{self, Trace};
-use vmpool_sim::{Outcome, plot};
+use vmpool_sim::{Outcome, plot, rollout};
 
 #[derive(Debug)]
 struct Args {
     sweep: bool,
+    rollout: bool,
     csv: Option<PathBuf>,
     json: bool,
     reduced: bool,
@@ -32,6 +34,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         sweep: false,
+        rollout: false,
         csv: None,
         json: false,
         reduced: false,
@@ -44,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--sweep" => args.sweep = true,
+            "--rollout" => args.rollout = true,
             "--json" => args.json = true,
             "--reduced" => args.reduced = true,
             "--trace-csv" => args.csv = Some(PathBuf::from(value("--trace-csv")?)),
@@ -303,6 +307,26 @@ async fn run_default(args: &Args, traces: Vec<(Trace, u64)>) {
     }
 }
 
+/// vmpool with no floor and with a floor of 2 on each trace (the daily one unless others are
+/// named), with a new build shipped at hour 12 (half-way through a shorter trace) and
+/// without.
+async fn run_rollout(args: &Args, traces: Vec<(Trace, u64)>) {
+    let traces: Vec<(Trace, u64)> = if args.traces.is_empty() && args.csv.is_none() {
+        traces
+            .into_iter()
+            .filter(|(t, _)| t.name == "daily")
+            .collect()
+    } else {
+        traces
+    };
+    for (trace, seed) in traces {
+        for floor in [0, 2] {
+            let c = rollout::compare(&trace, floor, 180, seed).await;
+            println!("{}\n", rollout::render(&c));
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -359,6 +383,10 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        return ExitCode::SUCCESS;
+    }
+    if args.rollout {
+        run_rollout(&args, traces).await;
         return ExitCode::SUCCESS;
     }
     if args.sweep || args.csv.is_some() {

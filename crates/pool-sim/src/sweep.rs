@@ -117,7 +117,9 @@ impl Policy {
     }
 }
 
-/// vmpool's policy in the simulation: its defaults, with this floor and ready estimate.
+/// vmpool's policy in the simulation: its defaults, with this floor and ready estimate, and
+/// its one pool `default` taking the same floor and maximum, as the pool that
+/// `VMPOOL_MIN_STANDBY` and `VMPOOL_MAX_VMS` define alone.
 pub fn vmpool_policy(floor: u32, ready_secs: u64) -> PoolPolicy {
     PoolPolicy {
         min_standby: floor,
@@ -125,6 +127,7 @@ pub fn vmpool_policy(floor: u32, ready_secs: u64) -> PoolPolicy {
         max_vms: MAX_VMS,
         ..PoolPolicy::default()
     }
+    .single_pool()
 }
 
 /// How many parameter values each policy is tried with.
@@ -381,6 +384,18 @@ mod tests {
             vmpool
                 .iter()
                 .all(|p| p.deallocated_hours > 0.0 && p.cost_hours > p.vm_hours)
+        );
+    }
+
+    #[test]
+    fn the_simulated_pool_takes_the_policys_floor_and_maximum() {
+        let policy = vmpool_policy(3, 180);
+        let [pool] = policy.pools.all() else {
+            panic!("one pool: {:?}", policy.pools)
+        };
+        assert_eq!(
+            (pool.name.as_str(), pool.min_standby, pool.max_vms),
+            ("default", 3, MAX_VMS)
         );
     }
 
