@@ -61,6 +61,12 @@ pub struct Checker {
     tags: HashMap<String, (String, String)>,
     /// ARM DELETEs accepted, by the VM's pool and build.
     pub deletes: std::collections::BTreeMap<(String, String), u64>,
+    /// Table reads after the rollout in which its pool kept idle VMs of the old build while
+    /// it could have filled its buffer and did not (see [`Checker::rollout_waits`]), of all
+    /// reads after it, and when the first such read was.
+    pub waits: (u64, u64, Option<OffsetDateTime>),
+    /// Since when each pool has been waiting so.
+    wait_since: HashMap<String, OffsetDateTime>,
     /// VMs any table read showed `Failed`.
     failed_seen: HashSet<String>,
     /// Invariant 12: DELETEs of VMs in use that their match never saw `Running`, judged at
@@ -186,6 +192,7 @@ impl Checker {
         let now = OffsetDateTime::now_utc();
         self.max_vms_in_table(sh, &rows);
         self.pool_caps_in_table(sh, &rows);
+        self.rollout_waits(sh, &rows, now);
         self.claim_timeout(sh, &rows, now);
         if sh.quiet_since().is_some() {
             self.stable(sh, &rows, now);
@@ -257,6 +264,68 @@ impl Checker {
             }
         }
         self.pool_over_before = over;
+    }
+
+    /// Not an invariant, a figure for the summary: once the faults have stopped, after the
+    /// rollout, reads in which a rolled pool has kept for three passes idle VMs of its old build
+    /// (`Standby`, `Deallocated`) while its buffer of the new build is short (fewer `Standby`
+    /// VMs than its target), nothing of the new build is `Creating`, and neither its `maxVms`
+    /// nor `VMPOOL_MAX_VMS` is reached: the pool could create, and would then delete the old
+    /// VMs, but does neither. Each such read is written to the events with the pool's counts.
+    fn rollout_waits(&mut self, sh: &Shared, rows: &[Row], now: OffsetDateTime) {
+        // Once the faults have stopped and a breaker they opened has closed again.
+        let settled = sh
+            .quiet_since()
+            .is_some_and(|q| now - q >= time::Duration::seconds(15));
+        if sh.rollout().finished.is_none() || !settled {
+            return;
+        }
+        let targets = sh.targets();
+        let active = rows.iter().filter(|r| r.state != "Deallocated").count();
+        for pool in sh.settings.pools.iter().filter(|p| p.rollout_to.is_some()) {
+            let Some(target) = targets.get(pool.name).copied() else {
+                continue;
+            };
+            let current = pool.build_at(true);
+            let mine: Vec<&Row> = rows.iter().filter(|r| r.pool == pool.name).collect();
+            let count = |new: bool, states: &[&str]| {
+                mine.iter()
+                    .filter(|r| (r.build.as_deref() == Some(current)) == new)
+                    .filter(|r| states.contains(&r.state.as_str()))
+                    .count()
+            };
+            let old_idle = count(false, &["Standby", "Deallocated"]);
+            let standby = count(true, &["Standby"]);
+            let creating = count(true, &["Creating"]);
+            let drained = mine
+                .iter()
+                .filter(|r| r.build.as_deref() == Some(current))
+                .filter(|r| r.state == "MarkedForDeallocation" && r.rooms == 0)
+                .count();
+            let in_pool = mine.iter().filter(|r| r.state != "Deallocated").count();
+            self.waits.1 += 1;
+            let waiting = old_idle > 0
+                && (standby as u64) < target
+                && creating == 0
+                && in_pool < pool.max_vms
+                && active < sh.settings.max_vms;
+            if !waiting {
+                self.wait_since.remove(pool.name);
+                continue;
+            }
+            // A pass may simply not have come yet: counted once it lasts three passes.
+            let since = *self.wait_since.entry(pool.name.to_owned()).or_insert(now);
+            if now - since >= time::Duration::seconds(6) {
+                self.waits.0 += 1;
+                self.waits.2.get_or_insert(now);
+                sh.event(format_args!(
+                    "rollout waits: pool {} keeps {old_idle} idle VMs of the old build; build {current}: {standby} Standby of target {target}, none Creating, {drained} MarkedForDeallocation showing 0 rooms; {in_pool} of maxVms {} and {active} of VMPOOL_MAX_VMS {} not Deallocated",
+                    pool.name,
+                    pool.max_vms,
+                    sh.settings.max_vms
+                ));
+            }
+        }
     }
 
     /// Invariant 6: a `Running` VM the matchmaker does not hold goes back to the pool within
@@ -854,6 +923,7 @@ mod tests {
             state_changed_at: None,
             pool: pool.into(),
             build: Some("1.5.0".into()),
+            rooms: 0,
         }
     }
 

@@ -355,6 +355,13 @@ fn rollout_summary(sh: &Shared, checker: &Checker, pools: &[String]) {
         "  CreateVMs for the current build refused at a cap (503 CapacityExhausted) while old-build Standby VMs held places, after the rollout: {}",
         sh.model().refused_beside_old_idle
     );
+    let (waits, reads, first) = checker.waits;
+    println!(
+        "  table reads after the rollout in which the pool kept idle old-build VMs while it could create its short buffer and did not: {waits} of {reads}{}",
+        first
+            .map(|t| format!(" (first at {}; events.log says \"rollout waits\")", rfc(t)))
+            .unwrap_or_default()
+    );
     println!("  ARM DELETEs accepted (pool, build from the VM's tags):");
     for ((pool, build), n) in &checker.deletes {
         println!("    {pool:<6} {build:<14} {n:>7}");

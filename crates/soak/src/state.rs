@@ -139,6 +139,8 @@ pub struct Row {
     pub pool: String,
     /// Its build (None while vmpool does not know it).
     pub build: Option<String>,
+    /// The rooms it shows (0 also when none were reported).
+    pub rooms: u64,
 }
 
 /// One ReportGameRoomsNumber the model sent.
@@ -326,6 +328,8 @@ pub struct Shared {
     pub events: Mutex<Option<std::fs::File>>,
     /// The rollout's window.
     pub rollout: Mutex<RolloutWindow>,
+    /// Each pool's buffer target, as the latest GetPoolStatus showed it.
+    pub targets: Mutex<HashMap<String, u64>>,
 }
 
 /// When the rolling restart with the new build ran.
@@ -376,6 +380,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             events: Mutex::new(Some(events)),
             rollout: Mutex::default(),
+            targets: Mutex::default(),
         })
     }
 
@@ -390,6 +395,11 @@ impl Shared {
     /// The model, locked.
     pub fn model(&self) -> MutexGuard<'_, Model> {
         locked(&self.model)
+    }
+
+    /// Each pool's buffer target, as the latest GetPoolStatus showed it.
+    pub fn targets(&self) -> HashMap<String, u64> {
+        locked(&self.targets).clone()
     }
 
     /// The latest table snapshot.
@@ -563,6 +573,17 @@ impl Shared {
         for i in (0..self.ports.len()).filter(|i| !down.contains(i)) {
             let req = self.http.get(self.url(i, "/api/GetPoolStatus"));
             if let Answer::Status(200, body) = self.send(req, Duration::from_secs(4)).await {
+                let targets = body
+                    .get("pools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let name = p.get("name")?.as_str()?.to_owned();
+                        Some((name, p.pointer("/buffer/target")?.as_u64()?))
+                    })
+                    .collect();
+                *locked(&self.targets) = targets;
                 let rows = body
                     .get("vms")
                     .and_then(Value::as_array)
@@ -585,6 +606,7 @@ fn row(v: &Value) -> Option<Row> {
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
         pool: v.get("pool")?.as_str()?.to_owned(),
         build: v.get("build").and_then(Value::as_str).map(str::to_owned),
+        rooms: v.get("rooms").and_then(Value::as_u64).unwrap_or_default(),
     })
 }
 
