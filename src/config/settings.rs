@@ -467,7 +467,7 @@ pub const DRAIN_TIMEOUT_SECS: Setting<Duration> = Setting {
 pub const DEALLOCATED_KEEP_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_DEALLOCATED_KEEP_SECS",
     doc: "a `Deallocated` VM nobody holds, deallocated this long, is deleted (its disk is billed while it waits to be started again); `0` keeps every one",
-    default: Fallback::Value("86400"),
+    default: Fallback::Value("3600"),
     parse: |raw| seconds(raw, 0),
 };
 
