@@ -342,6 +342,12 @@ impl VmRecord {
         self.pool == pool && self.build.as_deref() == Some(build)
     }
 
+    /// Whether the VM's build is known and is not `current` (its pool's current build): a
+    /// VM of a previous build, or of one rolled back from.
+    pub fn is_of_a_build_but(&self, current: &str) -> bool {
+        self.build.as_deref().is_some_and(|b| b != current)
+    }
+
     fn moved(&self, state: VmState, operation: Option<Operation>, now: OffsetDateTime) -> Self {
         VmRecord {
             state,

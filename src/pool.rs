@@ -320,7 +320,7 @@ impl Pool {
     /// Whether the VM is of a known build other than its pool's current one.
     pub fn of_old_build(&self, vm: &VmRecord) -> bool {
         self.spec_of(vm)
-            .is_some_and(|spec| vm.build.as_ref().is_some_and(|b| *b != spec.build))
+            .is_some_and(|spec| vm.is_of_a_build_but(&spec.build))
     }
 
     /// Reserves a row version for this caller; false if another caller of this instance has

@@ -382,12 +382,10 @@ pub fn reads_needed(
 /// Whether the row's VM is of a build other than its pool's current one (a known build: a
 /// VM of unknown build is not judged).
 fn of_old_build(row: &Versioned, policy: &PoolPolicy) -> bool {
-    policy.pools.get(&row.vm.pool).is_some_and(|spec| {
-        row.vm
-            .build
-            .as_ref()
-            .is_some_and(|build| *build != spec.build)
-    })
+    policy
+        .pools
+        .get(&row.vm.pool)
+        .is_some_and(|spec| row.vm.is_of_a_build_but(&spec.build))
 }
 
 /// Whether the row's VM is `Deallocated`, nobody's, and has been so for
@@ -1922,6 +1920,16 @@ mod tests {
         );
     }
 
+    /// Each row's VM as its row says: deallocated, or up.
+    fn as_rows_say(rows: &[Versioned]) -> Vec<(&Versioned, VmStatus)> {
+        rows.iter()
+            .map(|r| match r.vm.state {
+                VmState::Deallocated => (r, off()),
+                _ => (r, up()),
+            })
+            .collect()
+    }
+
     #[test]
     fn after_a_rollout_old_idle_vms_are_deleted_only_once_the_new_buffer_is_ready() {
         let policy = PoolPolicy {
@@ -1945,19 +1953,7 @@ mod tests {
             .collect();
         rows.extend((4..7).map(|i| old(&format!("o{i}"), VmState::Deallocated)));
         rows.extend([in_use.clone(), unknown.clone(), running.clone()]);
-        let arm: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r,
-                    if r.vm.state == VmState::Deallocated {
-                        off()
-                    } else {
-                        up()
-                    },
-                )
-            })
-            .collect();
+        let arm = as_rows_say(&rows);
         // The new build's buffer is not ready: it is filled first, nothing old goes.
         let acts = run(&rows, &arm, 60, &policy);
         assert_eq!(
@@ -1978,19 +1974,7 @@ mod tests {
             buffer_row("n0", VmState::Standby),
             buffer_row("n1", VmState::Standby),
         ]);
-        let arm: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r,
-                    if r.vm.state == VmState::Deallocated {
-                        off()
-                    } else {
-                        up()
-                    },
-                )
-            })
-            .collect();
+        let arm = as_rows_say(&rows);
         let acts = run(&rows, &arm, 60, &policy);
         let gone: Vec<&String> = acts.iter().filter(|a| a.starts_with("retire")).collect();
         assert_eq!(gone.len(), MAX_OLD_BUILD_PER_PASS, "{acts:?}");

@@ -269,9 +269,11 @@ async fn no_secret_reaches_the_log_at_trace_level_in_text_or_json() {
     assert_no_secret(&json, &secrets);
 }
 
-#[test]
-fn arm_without_a_storage_setting_does_not_start() {
-    let output = Command::new(env!("CARGO_BIN_EXE_vmpool"))
+/// The binary with nothing inherited and the ARM settings a deployment gives it (no storage),
+/// on a port it never reaches.
+fn binary_with_arm_settings() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmpool"));
+    command
         .env_clear()
         .env("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
         .env("VMPOOL_RESOURCE_GROUP", "games")
@@ -281,9 +283,13 @@ fn arm_without_a_storage_setting_does_not_start() {
             format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
         )
         .env("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILogs logs")
-        .env("VMPOOL_PORT", "1")
-        .output()
-        .unwrap();
+        .env("VMPOOL_PORT", "1");
+    command
+}
+
+#[test]
+fn arm_without_a_storage_setting_does_not_start() {
+    let output = binary_with_arm_settings().output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -327,22 +333,12 @@ async fn bad_pool_definitions_stop_start_up_with_one_line_naming_pool_and_field(
         ),
     ];
     for (pools, says) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_vmpool"))
-            .env_clear()
+        let output = binary_with_arm_settings()
             .env("VMPOOL_COMPUTE", "arm")
             .env("VMPOOL_ARM_ENDPOINT", &fake.base)
             .env("VMPOOL_ARM_TOKEN", ARM_TOKEN)
-            .env("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
-            .env("VMPOOL_RESOURCE_GROUP", "games")
-            .env("VMPOOL_LOCATION", "westeurope")
-            .env(
-                "VMPOOL_SUBNET_ID",
-                format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"),
-            )
-            .env("VMPOOL_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILogs logs")
             .env("VMPOOL_STORAGE", "UseDevelopmentStorage=true")
             .env("VMPOOL_POOLS", &pools)
-            .env("VMPOOL_PORT", "1")
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(2), "{pools}");
