@@ -19,13 +19,22 @@ use crate::state::{Answer, Fate, PoolSettings, Report, RolloutWindow, Shared, in
 /// Most matches at once (the pool holds `VMPOOL_MAX_VMS`; some calls meet a full pool).
 const MAX_SESSIONS: usize = 11;
 
+/// No match starts in the last seconds of the soak: a lull, as traffic has, in which the
+/// rolled-out pool's new buffer fills and its idle old-build VMs go while matches on other
+/// VMs still run.
+const LULL: time::Duration = time::Duration::seconds(15);
+
 /// Starts matches at random intervals until the traffic stops.
 pub async fn launcher(sh: Arc<Shared>, mut rng: StdRng) {
     let mut sessions: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut next_id: u64 = 0;
+    let lull_after = time::Duration::try_from(sh.settings.quiet).unwrap_or_default() - LULL;
     while !sh.stopping() {
         sessions.retain(|s| !s.is_finished());
-        if sessions.len() < MAX_SESSIONS {
+        let lull = sh
+            .quiet_since()
+            .is_some_and(|q| OffsetDateTime::now_utc() - q >= lull_after);
+        if sessions.len() < MAX_SESSIONS && !lull {
             next_id += 1;
             let session_rng = StdRng::seed_from_u64(rng.random());
             sessions.push(tokio::spawn(session(sh.clone(), next_id, session_rng)));
