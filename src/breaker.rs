@@ -1,5 +1,7 @@
-//! The circuit breaker on ARM refusals, shared by CreateVM and the reconciler on every
-//! instance: a record of its own in the pool-record table, changed with If-Match on its ETag.
+//! The circuit breakers on ARM refusals, one per pool (a region out of cores or a size out of
+//! quota stops only the pools it serves), shared by CreateVM and the reconciler on every
+//! instance: one record of their own in the pool-record table, from pool name to breaker,
+//! changed with If-Match on its ETag.
 //!
 //! A start or create that ARM refuses for capacity (quota, SKU, allocation) or that fails
 //! outright counts toward it, whoever issued it. At `VMPOOL_BREAKER_FAILURES` refusals in a
@@ -8,6 +10,8 @@
 //! refusal opens it again at once (half-open); a VM that comes up closes it. A refused start
 //! also holds every start back for a while (30 s, doubling with each start refused in a row,
 //! at most the cool-down), since a region out of cores refuses the next start too.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -34,7 +38,10 @@ pub enum Refused {
     Create,
 }
 
-/// The breaker's state.
+/// Every pool's breaker, by pool name (a pool with none has a closed one).
+pub type Breakers = BTreeMap<String, Breaker>;
+
+/// One pool's breaker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Breaker {
@@ -121,36 +128,44 @@ impl Breaker {
     }
 }
 
-/// The breaker as stored, and the version a conditional write must name (`None`: not
-/// written yet). An unreadable record counts as a closed breaker, with a warning.
-pub async fn load(store: &dyn VmStore) -> Result<(Breaker, Option<Etag>), StoreError> {
+/// The pools' breakers as stored, and the version a conditional write must name (`None`:
+/// not written yet). A record written when there was one breaker for the one pool is that of
+/// the pool `default`. An unreadable record counts as closed breakers, with a warning.
+pub async fn load(store: &dyn VmStore) -> Result<(Breakers, Option<Etag>), StoreError> {
     let Some(record) = store.get_record(RECORD.0, RECORD.1).await? else {
-        return Ok((Breaker::default(), None));
+        return Ok((Breakers::new(), None));
     };
-    match serde_json::from_str(&record.value) {
-        Ok(breaker) => Ok((breaker, Some(record.etag))),
-        Err(e) => {
-            warn!(error = %e, "the breaker's record is unreadable; counting it as closed");
-            Ok((Breaker::default(), Some(record.etag)))
-        }
-    }
+    let breakers = serde_json::from_str::<Breakers>(&record.value)
+        .or_else(|_| {
+            serde_json::from_str::<Breaker>(&record.value)
+                .map(|one| Breakers::from([(crate::domain::DEFAULT_POOL.to_owned(), one)]))
+        })
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "the breakers' record is unreadable; counting them as closed");
+            Breakers::new()
+        });
+    Ok((breakers, Some(record.etag)))
 }
 
-/// Changes the stored breaker with `change`, conditionally on its ETag, reading it again
-/// after a lost race; returns the breaker as written. Nothing is written when `change`
-/// leaves it as it was.
+/// Changes the stored breaker of `pool` with `change`, conditionally on the record's ETag,
+/// reading it again after a lost race; returns that breaker as written. Nothing is written
+/// when `change` leaves it as it was.
 pub async fn update(
     store: &dyn VmStore,
+    pool: &str,
     change: impl Fn(&mut Breaker),
 ) -> Result<Breaker, StoreError> {
     for _ in 0..TRIES {
-        let (mut breaker, etag) = load(store).await?;
+        let (mut breakers, etag) = load(store).await?;
+        let breaker = breakers.entry(pool.to_owned()).or_default();
         let before = breaker.clone();
-        change(&mut breaker);
-        if breaker == before {
-            return Ok(breaker);
+        change(breaker);
+        let after = breaker.clone();
+        if after == before {
+            return Ok(after);
         }
-        let value = serde_json::to_string(&breaker)
+        breakers.retain(|_, b| !b.is_clear());
+        let value = serde_json::to_string(&breakers)
             .map_err(|e| StoreError::Rejected(format!("breaker record: {e}")))?;
         let written = match &etag {
             Some(etag) => {
@@ -161,11 +176,11 @@ pub async fn update(
             None => store.insert_record(RECORD.0, RECORD.1, &value).await?,
         };
         if let Written::Done(_) = written {
-            return Ok(breaker);
+            return Ok(after);
         }
     }
     Err(StoreError::Unavailable(
-        "the breaker's record kept changing under other writers".into(),
+        "the breakers' record kept changing under other writers".into(),
     ))
 }
 
@@ -213,12 +228,29 @@ mod tests {
             ..PoolPolicy::default()
         };
         let refuse = |b: &mut Breaker| b.refused(Refused::Create, "quota", t0(), &policy);
-        let (a, b) = tokio::join!(update(&store, refuse), update(&store, refuse));
-        assert!(a.is_ok() && b.is_ok());
+        let (a, b, c) = tokio::join!(
+            update(&store, "eu", refuse),
+            update(&store, "eu", refuse),
+            update(&store, "us", refuse)
+        );
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
         let (stored, _) = load(&store).await.unwrap();
-        assert_eq!(stored.consecutive_failures, 2, "both counted");
-        assert!(stored.open_at(t0()));
-        update(&store, Breaker::succeeded).await.unwrap();
-        assert!(load(&store).await.unwrap().0.is_clear());
+        assert_eq!(stored["eu"].consecutive_failures, 2, "both counted");
+        assert!(stored["eu"].open_at(t0()));
+        assert!(!stored["us"].open_at(t0()), "each pool has its own");
+        update(&store, "eu", Breaker::succeeded).await.unwrap();
+        let (stored, _) = load(&store).await.unwrap();
+        assert!(!stored.contains_key("eu") && stored["us"].consecutive_failures == 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_of_the_one_breaker_before_pools_is_the_default_pools() {
+        let store = MemoryStore::new();
+        let one =
+            r#"{"consecutiveFailures":3,"openUntil":"2026-01-01T00:10:00Z","reason":"quota"}"#;
+        store.insert_record("pool", "breaker", one).await.unwrap();
+        let (stored, _) = load(&store).await.unwrap();
+        assert!(stored["default"].open_at(t0()));
+        assert_eq!(stored.len(), 1);
     }
 }

@@ -227,7 +227,7 @@ impl Metrics {
             ),
             (
                 "vmpool_pool_breaker_consecutive_failures",
-                "Creates that failed in a row since the last success (the pool's record)",
+                "Starts and creates refused in a row in each pool since one of its VMs came up (the breakers' record)",
             ),
             (
                 "vmpool_pool_observation_suspect",
@@ -399,11 +399,6 @@ impl Metrics {
             }
         }
         self.set(
-            "vmpool_pool_breaker_consecutive_failures",
-            &[],
-            f64::from(record.consecutive_create_failures),
-        );
-        self.set(
             "vmpool_pool_observation_suspect",
             &[],
             if record.observation_suspect() {
@@ -459,6 +454,11 @@ impl Metrics {
                 &[("pool", &p.name)],
                 if p.breaker_open { 1.0 } else { 0.0 },
             );
+            self.set(
+                "vmpool_pool_breaker_consecutive_failures",
+                &[("pool", &p.name)],
+                f64::from(p.breaker_failures),
+            );
         }
         *shown = now;
         self.set(
@@ -511,6 +511,8 @@ pub struct OnePoolGauges {
     pub buffer_target: u32,
     /// Whether its breaker is open.
     pub breaker_open: bool,
+    /// Starts and creates refused in a row in it.
+    pub breaker_failures: u32,
 }
 
 fn unix_seconds(t: OffsetDateTime) -> f64 {

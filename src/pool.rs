@@ -556,7 +556,7 @@ impl Pool {
     /// Each takes its place in the capacity ledger (under the maximum of all pools and under
     /// the pool's own) before its row is written; ARM is called after.
     async fn create_with_capacity(&self, spec: &PoolSpec) -> Result<Created, PoolError> {
-        let breaker = self.open_breaker(false).await?;
+        let breaker = self.open_breaker(&spec.name, false).await?;
         // While starts are held back after a refusal, none is tried.
         let starts_held = breaker.starts_held_at(self.clock.now());
         let hold = self.policy.failed_start_hold();
@@ -718,7 +718,7 @@ impl Pool {
         deallocated: Option<&Versioned>,
         spec: &PoolSpec,
     ) -> Result<Created, PoolError> {
-        self.open_breaker(deallocated.is_some()).await?;
+        self.open_breaker(&spec.name, deallocated.is_some()).await?;
         let won = match deallocated {
             Some(row) => {
                 let next = domain::start_for_buffer(&row.vm, self.clock.now())?;
@@ -794,10 +794,11 @@ impl Pool {
         Err(PoolError::Contention)
     }
 
-    /// The circuit breaker, if starts and creates (`start`: starts) may go to ARM now;
-    /// else [`PoolError::Refused`] with when to try again, and nothing is sent.
-    async fn open_breaker(&self, start: bool) -> Result<Breaker, PoolError> {
-        let (breaker, _) = breaker::load(self.store.as_ref()).await?;
+    /// The circuit breaker of `pool`, if its starts and creates (`start`: starts) may go to
+    /// ARM now; else [`PoolError::Refused`] with when to try again, and nothing is sent.
+    async fn open_breaker(&self, pool: &str, start: bool) -> Result<Breaker, PoolError> {
+        let (breakers, _) = breaker::load(self.store.as_ref()).await?;
+        let breaker = breakers.get(pool).cloned().unwrap_or_default();
         let now = self.clock.now();
         let held = if start {
             breaker.starts_held_at(now)
@@ -809,9 +810,9 @@ impl Pool {
         }
         let reason = match (&breaker.reason, breaker.open_at(now)) {
             (Some(reason), true) => format!(
-                "ARM keeps refusing starts and creates ({reason}); none is tried until the breaker closes"
+                "ARM keeps refusing starts and creates in pool {pool} ({reason}); none is tried until its breaker closes"
             ),
-            _ => "ARM refused a start lately; starts wait for the backoff".into(),
+            _ => format!("ARM refused a start in pool {pool} lately; starts wait for the backoff"),
         };
         Err(PoolError::Refused {
             reason,
@@ -820,12 +821,12 @@ impl Pool {
         })
     }
 
-    /// A start or create refused by ARM counts toward the circuit breaker (a failure to
-    /// record it is logged: the refusal itself stands). Returns when to try again.
-    pub async fn count_refusal(&self, what: breaker::Refused, error: &str) -> Duration {
+    /// A start or create refused by ARM in `pool` counts toward its circuit breaker (a
+    /// failure to record it is logged: the refusal itself stands). Returns when to try again.
+    pub async fn count_refusal(&self, pool: &str, what: breaker::Refused, error: &str) -> Duration {
         let now = self.clock.now();
         let policy = &self.policy;
-        match breaker::update(self.store.as_ref(), |b| {
+        match breaker::update(self.store.as_ref(), pool, |b| {
             b.refused(what, error, now, policy);
         })
         .await
@@ -838,17 +839,23 @@ impl Pool {
         }
     }
 
-    /// A VM came up: the circuit breaker closes (nothing is written if it was closed).
-    pub async fn count_success(&self, known: &Breaker) -> Result<(), PoolError> {
+    /// A VM of `pool` came up: its circuit breaker closes (nothing is written if it was
+    /// closed).
+    pub async fn count_success(&self, pool: &str, known: &Breaker) -> Result<(), PoolError> {
         if !known.is_clear() {
-            breaker::update(self.store.as_ref(), Breaker::succeeded).await?;
+            breaker::update(self.store.as_ref(), pool, Breaker::succeeded).await?;
         }
         Ok(())
     }
 
     /// A start or create refused by ARM counts toward the breaker; see [`Pool::act`].
-    pub async fn refused(&self, what: breaker::Refused, error: &ComputeError) -> PoolError {
-        let retry_after = self.count_refusal(what, &error.to_string()).await;
+    pub async fn refused(
+        &self,
+        pool: &str,
+        what: breaker::Refused,
+        error: &ComputeError,
+    ) -> PoolError {
+        let retry_after = self.count_refusal(pool, what, &error.to_string()).await;
         PoolError::Refused {
             reason: format!(
                 "Azure refused the {}: {error}",
@@ -903,7 +910,7 @@ impl Pool {
         } else {
             breaker::Refused::Create
         };
-        let refused = self.refused(what, &e).await;
+        let refused = self.refused(&won.vm.pool, what, &e).await;
         if start || e.is_refusal() {
             Err(refused)
         } else {

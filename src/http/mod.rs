@@ -585,6 +585,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     .collect(),
                 buffer_target: p.buffer.target,
                 breaker_open: p.circuit_breaker.open,
+                breaker_failures: p.circuit_breaker.consecutive_create_failures,
             })
             .collect(),
         record,

@@ -283,7 +283,8 @@ pub struct PoolView {
     pub builds: BTreeMap<String, StateCounts>,
     /// Its warm buffer (of the current build).
     pub buffer: BufferView,
-    /// The circuit breaker: one for every pool, so every pool shows the same.
+    /// Its circuit breaker: refusals in this pool open it, and it stops only this pool's
+    /// starts and creates.
     pub circuit_breaker: BreakerView,
     /// VMs of other builds still alive: the rollout is done when there are none.
     pub rollout: RolloutView,
@@ -372,18 +373,15 @@ pub struct PoolStatusView {
     pub last_reconcile_summary: String,
 }
 
-/// The one circuit breaker (shared by every pool), as the pool's record holds it.
-fn breaker_view(meta: &PoolMeta, now: OffsetDateTime) -> BreakerView {
-    let open = meta.breaker_open_at(now);
+/// The circuit breaker of `pool`, as the breakers' record holds it.
+fn breaker_view(meta: &PoolMeta, pool: &str, now: OffsetDateTime) -> BreakerView {
+    let breaker = meta.breaker(pool);
+    let open = breaker.open_at(now);
     BreakerView {
         open,
-        open_until: if open { meta.breaker_open_until } else { None },
-        reason: if open {
-            meta.breaker_reason.clone()
-        } else {
-            None
-        },
-        consecutive_create_failures: meta.consecutive_create_failures,
+        open_until: breaker.open_until.filter(|_| open),
+        reason: breaker.reason.filter(|_| open),
+        consecutive_create_failures: breaker.consecutive_failures,
     }
 }
 
@@ -447,7 +445,7 @@ impl PoolView {
                 min_standby: spec.min_standby,
                 target: state.effective_buffer_target(spec),
             },
-            circuit_breaker: breaker_view(meta, now),
+            circuit_breaker: breaker_view(meta, &spec.name, now),
             rollout,
         }
     }
@@ -467,7 +465,21 @@ impl PoolStatusView {
             .iter()
             .map(|spec| PoolView::new(spec, &status.groups, meta, now))
             .collect();
-        let circuit_breaker = breaker_view(meta, now);
+        // The first pool's whose breaker is open, else the most refusals in a row of any.
+        let circuit_breaker = pools
+            .iter()
+            .map(|p| p.circuit_breaker.clone())
+            .find(|b| b.open)
+            .unwrap_or_else(|| BreakerView {
+                open: false,
+                open_until: None,
+                reason: None,
+                consecutive_create_failures: pools
+                    .iter()
+                    .map(|p| p.circuit_breaker.consecutive_create_failures)
+                    .max()
+                    .unwrap_or(0),
+            });
         PoolStatusView {
             counts: StateCounts::from_store(&status.counts),
             counted_at: status.counted_at,

@@ -9,7 +9,7 @@ use tracing::warn;
 use std::collections::BTreeMap;
 
 use super::Summary;
-use crate::breaker::{self, Breaker};
+use crate::breaker::{self, Breaker, Breakers};
 use crate::config::PoolSpec;
 use crate::store::{Etag, Group, GroupCounts, StateCounts, StoreError, VmStore, Written, truncate};
 
@@ -53,22 +53,10 @@ pub struct PoolMeta {
     /// When that listing began.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub counted_at: Option<OffsetDateTime>,
-    /// Starts and creates refused in a row since a VM last came up, over every pool (from
-    /// the breaker's own record, [`crate::breaker`], which CreateVM changes too; not saved
-    /// with this record).
+    /// Each pool's circuit breaker (from the breakers' own record, [`crate::breaker`], which
+    /// CreateVM changes too; not saved with this record). A pool with none has a closed one.
     #[serde(skip)]
-    pub consecutive_create_failures: u32,
-    /// While set and in the future, no start or create is sent to ARM (from the breaker's
-    /// record).
-    #[serde(skip)]
-    pub breaker_open_until: Option<OffsetDateTime>,
-    /// Why the breaker opened (from the breaker's record).
-    #[serde(skip)]
-    pub breaker_reason: Option<String>,
-    /// While set and in the future, no start is sent to ARM: one was refused lately (from
-    /// the breaker's record).
-    #[serde(skip)]
-    pub starts_held_until: Option<OffsetDateTime>,
+    pub breakers: Breakers,
     /// When the last sweep (power states of every VM, adoption) ran.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_sweep_at: Option<OffsetDateTime>,
@@ -96,8 +84,8 @@ pub struct PoolMeta {
     pub pools: BTreeMap<String, BufferState>,
 }
 
-/// One pool's warm buffer, as the reconciler keeps it (the circuit breaker is one for every
-/// pool: [`crate::breaker`]).
+/// One pool's warm buffer, as the reconciler keeps it (its circuit breaker is in the
+/// breakers' own record: [`crate::breaker`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BufferState {
@@ -167,34 +155,27 @@ impl PoolMeta {
         );
     }
 
-    /// Whether the circuit breaker stops creates at `now`.
-    pub fn breaker_open_at(&self, now: OffsetDateTime) -> bool {
-        self.breaker_open_until.is_some_and(|until| until > now)
+    /// The circuit breaker of `pool` (closed if it has none).
+    pub fn breaker(&self, pool: &str) -> Breaker {
+        self.breakers.get(pool).cloned().unwrap_or_default()
     }
 
-    /// Whether starts are held back at `now` (the breaker is open, or a start was refused
-    /// lately).
-    pub fn starts_held_at(&self, now: OffsetDateTime) -> bool {
-        self.breaker_open_at(now) || self.starts_held_until.is_some_and(|until| until > now)
+    /// Whether the circuit breaker of `pool` stops its starts and creates at `now`.
+    pub fn breaker_open_at(&self, pool: &str, now: OffsetDateTime) -> bool {
+        self.breakers.get(pool).is_some_and(|b| b.open_at(now))
     }
 
-    /// The breaker's state as this record holds it.
-    pub fn breaker(&self) -> Breaker {
-        Breaker {
-            consecutive_failures: self.consecutive_create_failures,
-            open_until: self.breaker_open_until,
-            reason: self.breaker_reason.clone(),
-            start_refusals: u32::from(self.starts_held_until.is_some()),
-            starts_held_until: self.starts_held_until,
-        }
+    /// Whether the starts of `pool` are held back at `now` (its breaker is open, or a start
+    /// was refused lately).
+    pub fn starts_held_at(&self, pool: &str, now: OffsetDateTime) -> bool {
+        self.breakers
+            .get(pool)
+            .is_some_and(|b| b.starts_held_at(now))
     }
 
-    /// Takes the breaker's state from its own record.
-    pub fn with_breaker(mut self, breaker: &Breaker) -> Self {
-        self.consecutive_create_failures = breaker.consecutive_failures;
-        self.breaker_open_until = breaker.open_until;
-        self.breaker_reason = breaker.reason.clone();
-        self.starts_held_until = breaker.starts_held_until;
+    /// Takes the breakers' state from their own record.
+    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
+        self.breakers = breakers;
         self
     }
 
@@ -213,22 +194,22 @@ impl BufferState {
     }
 }
 
-/// The pool's record, with the breaker's state from the breaker's own record, and the
+/// The pool's record, with the breakers' state from their own record, and the
 /// version a conditional write must name (`None`: not written yet). A record that cannot be
 /// read (written by an older version) counts as absent, with a warning, and is replaced on
 /// the next save.
 pub async fn load_meta(store: &dyn VmStore) -> Result<(PoolMeta, Option<Etag>), StoreError> {
-    let (record, (breaker, _)) =
+    let (record, (breakers, _)) =
         tokio::try_join!(store.get_record(META.0, META.1), breaker::load(store))?;
     let Some(record) = record else {
-        return Ok((PoolMeta::default().with_breaker(&breaker), None));
+        return Ok((PoolMeta::default().with_breakers(breakers), None));
     };
     match serde_json::from_str::<PoolMeta>(&record.value) {
-        Ok(meta) => Ok((meta.with_breaker(&breaker), Some(record.etag))),
+        Ok(meta) => Ok((meta.with_breakers(breakers), Some(record.etag))),
         Err(e) => {
             warn!(error = %e, "the pool's record is unreadable; starting afresh");
             Ok((
-                PoolMeta::default().with_breaker(&breaker),
+                PoolMeta::default().with_breakers(breakers),
                 Some(record.etag),
             ))
         }

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, error, info, warn};
 
-use crate::breaker::{self, Breaker};
+use crate::breaker;
 use crate::capacity;
 use crate::compute::{ComputeError, Listed, Power, Provisioning, VmStatus};
 use crate::domain::{self, AdoptedAs, Operation, VmRecord, VmState};
@@ -666,12 +666,11 @@ impl Reconciler {
                 {
                     info!(vm.id = %row.vm.id, state = %next.state, unhealthy = ?next.unhealthy, rests_on = %read, "VM is ready");
                     // A VM came up: the breaker on refusals closes.
-                    let known = record().breaker();
-                    if let Err(e) = pool.count_success(&known).await {
+                    let known = record().breaker(&row.vm.pool);
+                    if let Err(e) = pool.count_success(&row.vm.pool, &known).await {
                         warn!(error = %e, "could not close the breaker; the next VM up closes it");
                     } else {
-                        let mut m = record();
-                        *m = m.clone().with_breaker(&Breaker::default());
+                        record().breakers.remove(&row.vm.pool);
                     }
                     summary.completed += 1;
                 }
@@ -689,7 +688,8 @@ impl Reconciler {
                 if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, %error, rests_on = %read, "VM failed");
                     if row.vm.operation == Some(Operation::Create) {
-                        pool.count_refusal(breaker::Refused::Create, &error).await;
+                        pool.count_refusal(&row.vm.pool, breaker::Refused::Create, &error)
+                            .await;
                     }
                     summary.failed += 1;
                 }
@@ -733,13 +733,21 @@ impl Reconciler {
                                 warn!(vm.id = %id, error = %e, "start refused again; the VM stays Deallocated");
                                 summary.start_refusals += 1;
                             }
-                            pool.count_refusal(breaker::Refused::Start, &e.to_string())
-                                .await;
+                            pool.count_refusal(
+                                &row.vm.pool,
+                                breaker::Refused::Start,
+                                &e.to_string(),
+                            )
+                            .await;
                             return Ok(());
                         }
                         (VmState::Creating, Some(Operation::Create)) if !e.is_transient() => {
-                            pool.count_refusal(breaker::Refused::Create, &e.to_string())
-                                .await;
+                            pool.count_refusal(
+                                &row.vm.pool,
+                                breaker::Refused::Create,
+                                &e.to_string(),
+                            )
+                            .await;
                         }
                         _ => {}
                     }
@@ -795,7 +803,8 @@ impl Reconciler {
                 let next = domain::start_refused(&row.vm, &error, now);
                 if self.write(&row, &next, summary, meta).await? {
                     warn!(vm.id = %row.vm.id, %error, rests_on = %read, "the start failed; the VM stays Deallocated");
-                    pool.count_refusal(breaker::Refused::Start, &error).await;
+                    pool.count_refusal(&row.vm.pool, breaker::Refused::Start, &error)
+                        .await;
                     summary.start_refusals += 1;
                 }
             }

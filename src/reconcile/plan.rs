@@ -473,10 +473,13 @@ pub fn plan(
 
     // The buffer, pool by pool: each pool's own target and maximum, and all pools together
     // under VMPOOL_MAX_VMS, the per-pass cap on creates and starts and the one breaker.
-    let held = (meta.breaker_open_at(now), meta.starts_held_at(now));
     let mut headroom = (policy.max_vms as usize).saturating_sub(active_in(rows, None));
     let mut starts_left = policy.max_creates_per_pass as usize;
     for spec in policy.pools.all() {
+        let held = (
+            meta.breaker_open_at(&spec.name, now),
+            meta.starts_held_at(&spec.name, now),
+        );
         let state = meta.pool_mut(&spec.name);
         let (target, cooled) = buffer_target(rows, spec, now, policy, state);
         let returning_here = unclaimed_rows
@@ -518,7 +521,10 @@ pub fn plan(
             .filter(|r| r.vm.state == VmState::Standby && is_current(r, spec))
             .filter(|r| !leaving.contains(&r.vm.id) && !handled.contains(&r.vm.id))
             .count();
-        if ready >= target {
+        // Old-build idle VMs go once the current build's buffer is ready, or at once when
+        // the maximum leaves no room to fill it: then they hold the places it needs.
+        let capped = room < target.saturating_sub(buffer);
+        if ready >= target || capped {
             actions.extend(old_builds(rows, spec, observed, &mut handled, policy));
         }
         actions.extend(kept_deallocated(
@@ -2033,6 +2039,37 @@ mod tests {
     }
 
     #[test]
+    fn at_its_maximum_a_pool_deletes_old_idle_vms_to_make_room_for_the_new_buffer() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            max_vms: 4,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let mut rows: Vec<Versioned> = (0..4)
+            .map(|i| buffer_row(&format!("o{i}"), VmState::Standby))
+            .collect();
+        for r in &mut rows {
+            r.vm.build = Some("0.9".into());
+        }
+        let arm = as_rows_say(&rows);
+        // No room to create the new build's buffer: the old standby makes room.
+        let acts = run(&rows, &arm, 60, &policy);
+        assert_eq!(
+            acts,
+            ["retire o0", "retire o1", "retire o2", "retire o3"],
+            "{acts:?}"
+        );
+        // With room, the new buffer is created first and nothing old goes yet.
+        let roomy = PoolPolicy {
+            max_vms: 10,
+            ..policy.clone()
+        }
+        .single_pool();
+        assert_eq!(run(&rows, &arm, 60, &roomy), ["create", "create"]);
+    }
+
+    #[test]
     fn a_vm_deallocated_longer_than_the_keep_is_deleted_on_a_point_read() {
         let policy = PoolPolicy {
             deallocated_keep: std::time::Duration::from_secs(3600),
@@ -2227,26 +2264,34 @@ mod tests {
             ..PoolPolicy::default()
         }
         .single_pool();
-        let open = PoolMeta {
-            consecutive_create_failures: 3,
-            breaker_open_until: Some(t0() + Duration::seconds(600)),
-            breaker_reason: Some("QuotaExceeded".into()),
-            ..PoolMeta::default()
+        let breaker = |b: crate::breaker::Breaker| {
+            PoolMeta::default().with_breakers([("default".to_owned(), b)].into())
         };
+        let open = breaker(crate::breaker::Breaker {
+            consecutive_failures: 3,
+            open_until: Some(t0() + Duration::seconds(600)),
+            reason: Some("QuotaExceeded".into()),
+            ..Default::default()
+        });
         let d = row("d", VmState::Deallocated, None);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 60, &policy, &open);
         assert!(actions.is_empty(), "{actions:?}");
         // Starts held after a refused start: the deallocated VM is waited for, not replaced.
-        let held = PoolMeta {
+        let held = breaker(crate::breaker::Breaker {
             starts_held_until: Some(t0() + Duration::seconds(30)),
-            ..PoolMeta::default()
-        };
+            ..Default::default()
+        });
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 10, &policy, &held);
         assert_eq!(actions, ["create"]);
         let (actions, _) = run_meta(std::slice::from_ref(&d), &[(&d, off())], 30, &policy, &held);
         assert_eq!(actions, ["start d", "create"]);
         // After the cool-down creates resume (one more refusal opens it again at once).
         let (actions, _) = run_meta(&[], &[], 601, &policy, &open);
+        assert_eq!(actions, ["create", "create"]);
+        // Each pool has its own: another pool's open breaker stops nothing here.
+        let elsewhere =
+            PoolMeta::default().with_breakers([("eu".to_owned(), open.breaker("default"))].into());
+        let (actions, _) = run_meta(&[], &[], 60, &policy, &elsewhere);
         assert_eq!(actions, ["create", "create"]);
     }
 

@@ -117,6 +117,17 @@ test("the dashboard shows the pool's VMs, counts, buffer, breaker and passes", a
   assert.match(await rowB.locator("td.age").textContent(), /^\d+ (s|min|h|d)$/);
   assert.match(await page.locator(`tr[data-vm="${a}"]`).textContent(), /MarkedForDeallocation/);
   assert.equal(await page.textContent("#buffer-target"), String(status.buffer.target));
+  // Each pool on a row of its own: its build, counts by state, buffer, breaker, rollout.
+  assert.equal(await page.locator("#pools tr").count(), status.pools.length);
+  const pool = status.pools[0];
+  const poolRow = page.locator(`tr[data-pool="${pool.name}"]`);
+  assert.equal(await poolRow.locator("td.build").textContent(), pool.build);
+  assert.match(await poolRow.locator("td.states").textContent(), /Running 2/);
+  assert.match(await poolRow.locator("td.states").textContent(), /MarkedForDeallocation 1/);
+  assert.equal(await poolRow.locator("td.target").textContent(), String(pool.buffer.target));
+  assert.equal(await poolRow.locator("td.breaker").textContent(), "closed");
+  assert.equal(await poolRow.locator("td.rollout").textContent(), "done");
+  assert.equal(await rowB.locator("td.pool").textContent(), `${pool.name} / ${pool.build}`);
   assert.equal(await page.textContent("#breaker"), "closed");
   assert.equal(await page.textContent("#observation"), "ARM listing trusted");
   assert.equal(await page.textContent("#max"), String(status.maxVms));

@@ -215,10 +215,12 @@ async fn a_create_refused_for_quota_ends_failed_after_its_attempts_and_the_break
     assert_eq!(failed.attempts, vmpool::reconcile::MAX_ATTEMPTS);
     assert_eq!(refusals, 2, "two re-issues, both refused");
     let meta = rig.reconciler.record().await.unwrap();
-    assert_eq!(meta.consecutive_create_failures, 3, "{meta:?}");
-    assert!(meta.breaker_open_at(rig.clock.now()));
+    let breaker = meta.breaker("default");
+    assert_eq!(breaker.consecutive_failures, 3, "{meta:?}");
+    assert!(breaker.open_at(rig.clock.now()));
     assert!(
-        meta.breaker_reason
+        breaker
+            .reason
             .unwrap()
             .contains("3 starts or creates refused in a row")
     );

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use vmpool::domain::{CreateAction, Purpose, VmId, VmRecord, VmState};
 use vmpool::pool::PoolError;
-use vmpool_arm_fake::{FakeOp, validate_vm_body};
+use vmpool_arm_fake::{FakeOp, HttpFault, validate_vm_body};
 
 use crate::support::{Rig, serve};
 
@@ -642,5 +642,80 @@ async fn a_rollback_makes_the_previous_build_current_again_and_deletes_none_of_i
         rows.iter()
             .filter(|r| r.pool == "eu")
             .all(|r| r.build.as_deref() == Some("1"))
+    );
+}
+
+#[tokio::test]
+async fn refusals_in_one_pool_open_its_breaker_and_leave_the_other_pools_creating() {
+    let pools = two_pools();
+    let rig = Rig::arm(&[
+        ("VMPOOL_POOLS", &pools),
+        ("VMPOOL_MAX_VMS", "10"),
+        ("VMPOOL_BREAKER_FAILURES", "2"),
+    ])
+    .await;
+    let eu = rig.pool.wanted(Some("eu"), None).unwrap();
+    let us = rig.pool.wanted(Some("us"), None).unwrap();
+    // West Europe is out of quota: two creates there are refused.
+    rig.fake()
+        .fail_next(FakeOp::PutVm, 2, HttpFault::quota_exceeded());
+    for _ in 0..2 {
+        let refused = rig.pool.create_vm_for(&eu).await;
+        assert!(
+            matches!(refused, Err(PoolError::Refused { .. })),
+            "{refused:?}"
+        );
+    }
+    let puts = rig
+        .fake()
+        .requests()
+        .iter()
+        .filter(|r| r.op == Some(FakeOp::PutVm))
+        .count();
+    // Its breaker is open: the next CreateVM there is answered without calling ARM.
+    let held = rig.pool.create_vm_for(&eu).await;
+    assert!(
+        matches!(&held, Err(PoolError::Refused { reason, .. }) if reason.contains("pool eu")),
+        "{held:?}"
+    );
+    assert_eq!(
+        rig.fake()
+            .requests()
+            .iter()
+            .filter(|r| r.op == Some(FakeOp::PutVm))
+            .count(),
+        puts
+    );
+    // East US is not refused: it creates as before, and its buffer is filled.
+    let created = rig.pool.create_vm_for(&us).await.unwrap();
+    assert_eq!(created.action, CreateAction::Created);
+    assert_eq!(created.vm.pool, "us");
+    rig.advance(1);
+    let s = rig.pass().await;
+    let rows = rig.rows().await;
+    assert!(
+        rows.iter()
+            .any(|r| r.pool == "us" && r.purpose == Purpose::Buffer),
+        "{}",
+        s.line()
+    );
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.pool == "eu" && r.state == VmState::Creating)
+    );
+    let app = serve(rig.state.clone()).await;
+    let status = app.status().await.json;
+    assert_eq!(
+        status["pools"][0]["circuitBreaker"]["open"], true,
+        "{status}"
+    );
+    assert_eq!(
+        status["pools"][1]["circuitBreaker"]["open"], false,
+        "{status}"
+    );
+    assert_eq!(
+        status["circuitBreaker"]["open"], true,
+        "any pool's open breaker shows"
     );
 }

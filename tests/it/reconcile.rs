@@ -236,9 +236,10 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.advance(180);
     rig.pass().await; // 2 more failed (4 in a row): the breaker opens
     let meta = rig.reconciler.record().await.unwrap();
-    let until = meta.breaker_open_until.expect("breaker open");
+    let breaker = meta.breaker("default");
+    let until = breaker.open_until.expect("breaker open");
     assert!(until > rig.clock.now());
-    assert!(meta.breaker_reason.unwrap().contains("QuotaExceeded"));
+    assert!(breaker.reason.unwrap().contains("QuotaExceeded"));
     let creates_before = rig.cloud.calls().get("create").copied().unwrap_or(0);
     rig.advance(60);
     rig.pass().await;
@@ -255,7 +256,7 @@ pub async fn the_breaker_stops_creates_and_says_why(rig: Rig) {
     rig.advance(180);
     rig.pass().await;
     let meta = rig.reconciler.record().await.unwrap();
-    assert_eq!(meta.breaker_open_until, None, "{meta:?}");
+    assert_eq!(meta.breaker("default").open_until, None, "{meta:?}");
     assert!(rig.count(VmState::Standby).await >= 1);
 }
 

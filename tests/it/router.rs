@@ -610,7 +610,7 @@ async fn pool_status_reports_the_buffer_target_breaker_and_last_pass() {
         ..Default::default()
     };
     for _ in 0..3 {
-        vmpool::breaker::update(parts.store.as_ref(), |b| {
+        vmpool::breaker::update(parts.store.as_ref(), "default", |b| {
             b.refused(
                 vmpool::breaker::Refused::Create,
                 "QuotaExceeded",
