@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
-use crate::procs::{AzuriteSpec, Layout, SharedProcs, Slot, VmpoolSpec, lock};
+use crate::procs::{AzuriteSpec, Instances, Layout, SharedProcs, Slot, lock};
 use crate::state::{Answer, Shared, now_text};
 
 /// ARM operations the scripted faults aim at (names as the fake's control routes take them).
@@ -41,7 +41,7 @@ pub struct Restartable {
     /// Azurite.
     pub azurite: AzuriteSpec,
     /// The vmpool instances.
-    pub vmpools: Vec<VmpoolSpec>,
+    pub vmpools: Instances,
 }
 
 /// Injects faults from `start` until `stop` (both from now, in the soak's schedule), then
@@ -220,6 +220,7 @@ async fn arm_fault(sh: &Shared, rng: &mut StdRng) {
                 m.deleted_behind.insert(vm.clone());
                 m.holds.remove(&vm);
                 m.marking.remove(&vm);
+                m.end_all_uses(Some(&vm));
             }
             sh.event(format_args!("fault: {vm} deleted behind vmpool's back"));
             let req = sh.http.delete(format!("{}/_fake/vms/{vm}", sh.fake_base));
@@ -252,6 +253,8 @@ async fn kill_and_restart(sh: &Shared, rs: &Restartable, rng: &mut StdRng) -> Re
     let Some(spec) = rs.vmpools.get(rng.random_range(0..rs.vmpools.len())) else {
         return Ok(());
     };
+    // Waits while the rollout restarts this instance; comes back with its settings of now.
+    let spec = spec.lock().await;
     eprintln!("[{}] fault: kill -9 vmpool {}", now_text(), spec.index);
     sh.down().insert(spec.index);
     lock(&rs.procs).kill(Slot::Vmpool(spec.index));

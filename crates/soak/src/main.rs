@@ -1,6 +1,7 @@
-//! The chaos soak: three vmpool processes on one Azurite table and one ARM fake, a matchmaker
-//! model and faults on a schedule drawn from a seed, and eight invariants checked about every
-//! second and at the end.
+//! The chaos soak: three vmpool processes on one Azurite table and one ARM fake serving two
+//! pools (two regions, two sizes), a matchmaker model, faults on a schedule drawn from a seed,
+//! a rollout of one pool's build mid-soak (a rolling restart with the new setting), and twelve
+//! invariants checked about every second and at the end.
 //!
 //! ```sh
 //! cargo build --workspace --bins && target/debug/vmpool-soak
@@ -20,6 +21,7 @@ mod checks;
 mod faults;
 mod model;
 mod procs;
+mod rollout;
 mod state;
 
 use std::process::ExitCode;
@@ -36,12 +38,33 @@ use crate::procs::{
     AzuriteSpec, FAKE_SUBSCRIPTION, FAKE_TOKEN, KillOnDrop, LOCATION, Layout, Procs,
     RESOURCE_GROUP, VmpoolSpec, free_port,
 };
-use crate::state::{INVARIANTS, Settings, Shared, now_text};
+use crate::state::{INVARIANTS, PoolSettings, Settings, Shared, now_text, rfc};
 
 /// vmpool instances.
 const INSTANCES: usize = 3;
-/// `VMPOOL_MAX_VMS`.
+/// `VMPOOL_MAX_VMS`: below the pools' `maxVms` added up, so both caps bind.
 const MAX_VMS: usize = 12;
+/// The pools (`VMPOOL_POOLS`): two regions and two sizes; the first is rolled out mid-soak.
+pub const POOLS: [PoolSettings; 2] = [
+    PoolSettings {
+        name: "eu",
+        location: "westeurope",
+        vm_size: "Standard_D2s_v5",
+        max_vms: 8,
+        min_standby: 2,
+        build: "1.5.0",
+        rollout_to: Some("1.6.0"),
+    },
+    PoolSettings {
+        name: "us",
+        location: "eastus",
+        vm_size: "Standard_D4s_v5",
+        max_vms: 6,
+        min_standby: 1,
+        build: "1.5.0",
+        rollout_to: None,
+    },
+];
 /// `VMPOOL_RECONCILE_SECS`.
 const RECONCILE_SECS: u64 = 2;
 /// `VMPOOL_CLAIM_TIMEOUT_SECS`.
@@ -84,10 +107,14 @@ fn settings() -> Result<Settings, String> {
         // The reconcile lease a killed instance held (three periods, at least 15 s) runs out
         // before another instance reconciles, plus passes and a storage restart on the way.
         claim_slack_secs: 15 + 15,
+        // Two more leases: the holder stopped by the rolling restart, then the instance that
+        // took the lease over, stopped in turn.
+        rollout_slack_secs: 15 + 15,
+        pools: POOLS.to_vec(),
     })
 }
 
-fn vmpool_env(port: u16, fake_port: u16, storage: &str) -> Vec<(String, String)> {
+fn vmpool_env(port: u16, fake_port: u16, storage: &str, pools: &str) -> Vec<(String, String)> {
     let sub = FAKE_SUBSCRIPTION;
     let pairs = [
         ("VMPOOL_PORT", port.to_string()),
@@ -115,7 +142,7 @@ fn vmpool_env(port: u16, fake_port: u16, storage: &str) -> Vec<(String, String)>
         ("VMPOOL_TABLE", "soakpool".into()),
         ("VMPOOL_RECONCILE_SECS", RECONCILE_SECS.to_string()),
         ("VMPOOL_MAX_VMS", MAX_VMS.to_string()),
-        ("VMPOOL_MIN_STANDBY", "2".into()),
+        ("VMPOOL_POOLS", pools.into()),
         ("VMPOOL_CREATE_TIMEOUT_SECS", "20".into()),
         ("VMPOOL_DEALLOCATE_TIMEOUT_SECS", "8".into()),
         ("VMPOOL_DRAIN_TIMEOUT_SECS", "10".into()),
@@ -165,6 +192,20 @@ async fn soak() -> Result<bool, String> {
         chaos.as_secs(),
         settings.quiet.as_secs()
     );
+    for p in &settings.pools {
+        println!(
+            "pool {}: {} {}, maxVms {}, minStandby {}, build {}{}",
+            p.name,
+            p.location,
+            p.vm_size,
+            p.max_vms,
+            p.min_standby,
+            p.build,
+            p.rollout_to
+                .map(|b| format!(", rolled out to {b} mid-soak"))
+                .unwrap_or_default()
+        );
+    }
     println!("logs: {}", layout.run_dir.display());
 
     let azurite = AzuriteSpec { port: free_port()? };
@@ -172,12 +213,13 @@ async fn soak() -> Result<bool, String> {
     let fake_port = free_port()?;
     procs::start_fake(&layout, &procs, fake_port).await?;
     let mut vmpools = Vec::new();
+    let pools = rollout::pools_json(&settings.pools, false);
     for index in 0..INSTANCES {
         let port = free_port()?;
         let spec = VmpoolSpec {
             index,
             port,
-            env: vmpool_env(port, fake_port, &azurite.connection_string()),
+            env: vmpool_env(port, fake_port, &azurite.connection_string(), &pools),
         };
         spec.start(&layout, &procs).await?;
         vmpools.push(spec);
@@ -203,18 +245,31 @@ async fn soak() -> Result<bool, String> {
         sh.clone(),
         StdRng::seed_from_u64(master.random()),
     ));
+    let mut rollout_rng = StdRng::seed_from_u64(master.random());
     let restartable = Restartable {
         layout: layout.clone(),
         procs: procs.clone(),
         azurite: azurite.clone(),
-        vmpools: vmpools.clone(),
+        vmpools: Arc::new(vmpools.into_iter().map(tokio::sync::Mutex::new).collect()),
     };
+    // The rollout begins a fifth to two fifths into the faults, so that it ends while they
+    // still run and the old build's VMs are drained and deleted before the end.
+    let rollout_after = settings.warmup + chaos.mul_f64(rollout_rng.random_range(0.2..0.4));
+    let rolling = tokio::spawn(rollout::run(
+        sh.clone(),
+        restartable.clone(),
+        rollout_rng,
+        rollout_after,
+    ));
     let schedule = {
         let sh = sh.clone();
         async move {
             tokio::time::sleep(sh.settings.warmup).await;
             eprintln!("[{}] faults start", now_text());
             faults::run(sh.clone(), restartable, fault_rng, chaos).await?;
+            rolling
+                .await
+                .map_err(|e| format!("the rollout failed: {e}"))??;
             sh.set_quiet();
             eprintln!("[{}] faults stop; everything is up", now_text());
             tokio::time::sleep(sh.settings.quiet).await;
@@ -239,10 +294,108 @@ async fn soak() -> Result<bool, String> {
     outcome?;
     eprintln!("[{}] traffic stopped; final checks", now_text());
     checker.finish(&sh).await;
-    Ok(summary(&sh, &layout))
+    let pools = pools_status(&sh).await;
+    Ok(summary(&sh, &layout, &checker, &pools))
 }
 
-fn summary(sh: &Shared, layout: &Layout) -> bool {
+/// Each pool's current build, buffer and rollout as GetPoolStatus shows them at the end.
+async fn pools_status(sh: &Shared) -> Vec<String> {
+    let Some(i) = (0..sh.ports.len()).find(|i| !sh.down().contains(i)) else {
+        return Vec::new();
+    };
+    let req = sh.http.get(sh.url(i, "/api/GetPoolStatus"));
+    let state::Answer::Status(200, body) = sh.send(req, Duration::from_secs(5)).await else {
+        return vec!["GetPoolStatus did not answer".into()];
+    };
+    body.get("pools")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let text = |ptr: &str| match p.pointer(ptr) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => String::new(),
+            };
+            format!(
+                "pool {}: build {}, buffer target {} (minStandby {}), rollout {}",
+                text("/name"),
+                text("/build"),
+                text("/buffer/target"),
+                text("/buffer/minStandby"),
+                text("/rollout")
+            )
+        })
+        .collect()
+}
+
+/// The rollout: its window, the hand-outs by what was asked and given, ARM's DELETEs by build,
+/// and the VMs left by pool, build and state.
+fn rollout_summary(sh: &Shared, checker: &Checker, pools: &[String]) {
+    let window = sh.rollout();
+    println!();
+    match (window.started, window.finished) {
+        (Some(a), Some(b)) => println!(
+            "rollout: the first instance stopped at {}, the last was back with the new build at {} ({:.1} s)",
+            rfc(a),
+            rfc(b),
+            (b - a).as_seconds_f64()
+        ),
+        (Some(a), None) => println!("rollout: began at {} and did not finish", rfc(a)),
+        _ => println!("rollout: did not begin"),
+    }
+    println!(
+        "  {:<6} {:<14} {:<14} {:>7}",
+        "pool", "build asked", "handed out", "count"
+    );
+    for ((pool, asked, got), n) in &sh.model().handouts {
+        println!("  {pool:<6} {asked:<14} {got:<14} {n:>7}");
+    }
+    println!(
+        "  CreateVMs for the current build refused at a cap (503 CapacityExhausted) while old-build Standby VMs held places, after the rollout: {}",
+        sh.model().refused_beside_old_idle
+    );
+    let (waits, reads, first) = checker.waits;
+    println!(
+        "  table reads after the rollout in which the pool kept idle old-build VMs while it could create its short buffer and did not: {waits} of {reads}{}",
+        first
+            .map(|t| format!(" (first at {}; events.log says \"rollout waits\")", rfc(t)))
+            .unwrap_or_default()
+    );
+    println!("  ARM DELETEs accepted (pool, build from the VM's tags):");
+    for ((pool, build), n) in &checker.deletes {
+        println!("    {pool:<6} {build:<14} {n:>7}");
+    }
+    let mut left: std::collections::BTreeMap<(String, String, String), Vec<String>> =
+        Default::default();
+    for r in sh.snapshot() {
+        let build = r.build.unwrap_or_else(|| "unknown".into());
+        left.entry((r.pool, build, r.state)).or_default().push(r.vm);
+    }
+    println!("  rows at the end (pool, build, state; the VMs of a build no longer current):");
+    let rolled = window.started.is_some();
+    for ((pool, build, state), vms) in &left {
+        let current = sh
+            .settings
+            .pools
+            .iter()
+            .any(|p| p.name == pool && p.build_at(rolled) == build);
+        let names = if current {
+            String::new()
+        } else {
+            vms.join(", ")
+        };
+        println!(
+            "    {pool:<6} {build:<14} {state:<24} {:>4}  {names}",
+            vms.len()
+        );
+    }
+    for p in pools {
+        println!("  {p}");
+    }
+}
+
+fn summary(sh: &Shared, layout: &Layout, checker: &Checker, pools: &[String]) -> bool {
     let s = &sh.settings;
     println!();
     println!("operations");
@@ -279,6 +432,7 @@ fn summary(sh: &Shared, layout: &Layout) -> bool {
     for (kind, why) in &notes {
         println!("  not injected, {kind}: {why}");
     }
+    rollout_summary(sh, checker, pools);
     println!();
     println!("invariants");
     println!(
@@ -315,9 +469,10 @@ fn summary(sh: &Shared, layout: &Layout) -> bool {
     }
     println!();
     println!(
-        "bounds: a matchmaker VM nobody holds is back in the pool within the claim timeout ({} s) + {} s; once faults stop, rows are stable within {} s and orphans are judged after {} s",
+        "bounds: a matchmaker VM nobody holds is back in the pool within the claim timeout ({} s) + {} s ({} s more across the rolling restart); once faults stop, rows are stable within {} s and orphans are judged after {} s",
         s.claim_timeout_secs,
         s.claim_slack_secs,
+        s.rollout_slack_secs,
         s.stable_bound.as_secs(),
         s.orphan_settle.as_secs()
     );

@@ -238,19 +238,25 @@ impl AzuriteSpec {
 
     /// Stops it gracefully (SIGINT makes Azurite save its data first), SIGKILL after 10 s.
     pub async fn stop(&self, procs: &SharedProcs) {
-        let pid = lock(procs).pid(Slot::Azurite);
-        if let Some(pid) = pid {
-            let _ = tokio::process::Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .await;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !lock(procs).exited(Slot::Azurite) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        lock(procs).kill(Slot::Azurite);
+        stop_gracefully(procs, Slot::Azurite, "-INT").await;
     }
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to the child in `slot`, waits up to 10 s for it to exit,
+/// then kills it.
+pub async fn stop_gracefully(procs: &SharedProcs, slot: Slot, signal: &str) {
+    let pid = lock(procs).pid(slot);
+    if let Some(pid) = pid {
+        let _ = tokio::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lock(procs).exited(slot) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    lock(procs).kill(slot);
 }
 
 /// The ARM fake on a port, with short latencies.
@@ -273,6 +279,11 @@ pub async fn start_fake(layout: &Layout, procs: &SharedProcs, port: u16) -> Resu
     lock(procs).insert(Slot::Fake, child);
     wait_listening(procs, Slot::Fake, port).await
 }
+
+/// The vmpool instances: each one's spec (its settings change with the rollout) behind a
+/// lock held while it restarts, so a fault's restart and the rollout's never overlap on one
+/// instance.
+pub type Instances = Arc<Vec<tokio::sync::Mutex<VmpoolSpec>>>;
 
 /// How one vmpool instance is run.
 #[derive(Debug, Clone)]

@@ -33,10 +33,44 @@ pub struct Settings {
     /// timeout (the lease of a killed reconciler running out, reconcile passes and a storage
     /// restart on the way).
     pub claim_slack_secs: u64,
+    /// Invariant 6: more slack for a VM let go of before the rolling restart ended (a
+    /// stopped instance's reconcile lease runs out before another takes over).
+    pub rollout_slack_secs: u64,
+    /// The pools (`VMPOOL_POOLS`), the first one rolled out mid-soak.
+    pub pools: Vec<PoolSettings>,
+}
+
+/// One pool of `VMPOOL_POOLS` as the soak sets it up.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Its name.
+    pub name: &'static str,
+    /// Its region.
+    pub location: &'static str,
+    /// Its VM size.
+    pub vm_size: &'static str,
+    /// `maxVms`.
+    pub max_vms: usize,
+    /// `minStandby`.
+    pub min_standby: usize,
+    /// Its build when the soak starts.
+    pub build: &'static str,
+    /// The build a rollout brings, if this pool is rolled out.
+    pub rollout_to: Option<&'static str>,
+}
+
+impl PoolSettings {
+    /// Its build now: the new one once the rollout has started (`rolled`).
+    pub fn build_at(&self, rolled: bool) -> &'static str {
+        match self.rollout_to {
+            Some(new) if rolled => new,
+            _ => self.build,
+        }
+    }
 }
 
 /// The soak's invariants, in the order the summary lists them.
-pub const INVARIANTS: [&str; 9] = [
+pub const INVARIANTS: [&str; 12] = [
     "no VM handed to two holders at once",
     "never more than VMPOOL_MAX_VMS not Deallocated (table, ARM)",
     "no VM with rooms > 0 deallocated or deleted",
@@ -46,6 +80,9 @@ pub const INVARIANTS: [&str; 9] = [
     "one reconcile pass at a time",
     "no VM deleted after a start of it was refused",
     "no ARM DELETE of a running VM whose rooms are > 0 or unknown",
+    "no VM handed out of another pool or build than asked",
+    "never more than a pool's maxVms not Deallocated (table, ARM)",
+    "no ARM DELETE of a VM in use (the rollout keeps games)",
 ];
 
 /// Invariant numbers (1-based in the output).
@@ -66,7 +103,14 @@ pub mod inv {
     pub const ONE_PASS: usize = 6;
     /// 8.
     pub const NO_DELETE_AFTER_REFUSAL: usize = 7;
+    /// 9.
     pub const NO_DELETE_IN_USE: usize = 8;
+    /// 10.
+    pub const POOL_AND_BUILD: usize = 9;
+    /// 11.
+    pub const POOL_CAPS: usize = 10;
+    /// 12.
+    pub const NO_DELETE_HELD: usize = 11;
 }
 
 /// One invariant's counters.
@@ -91,6 +135,12 @@ pub struct Row {
     pub state: String,
     /// When the state last changed.
     pub state_changed_at: Option<OffsetDateTime>,
+    /// Its pool.
+    pub pool: String,
+    /// Its build (None while vmpool does not know it).
+    pub build: Option<String>,
+    /// The rooms it shows (0 also when none were reported).
+    pub rooms: u64,
 }
 
 /// One ReportGameRoomsNumber the model sent.
@@ -134,12 +184,76 @@ pub struct Model {
     pub deleted_behind: HashSet<String>,
     /// VMs the match holding them saw `Running` (so they run in ARM, a game may be on them).
     pub playing: HashSet<String>,
+    /// When each VM was in use, per match: from the CreateVM answer until the match has
+    /// marked it with 0 rooms reported last (or let go of it).
+    pub in_use: HashMap<String, Vec<Use>>,
+    /// Hand-outs by (pool, build asked for or `-`, build handed out).
+    pub handouts: BTreeMap<(String, String, String), u64>,
+    /// CreateVMs for a pool's current build refused for capacity while `Standby` VMs of its
+    /// old build were in the table.
+    pub refused_beside_old_idle: u64,
+}
+
+/// One match's use of a VM.
+#[derive(Debug, Clone)]
+pub struct Use {
+    /// The match.
+    pub id: u64,
+    /// When the CreateVM answer came.
+    pub from: OffsetDateTime,
+    /// When the match stopped using it (None: still in use).
+    pub to: Option<OffsetDateTime>,
 }
 
 impl Model {
     /// Whether the matchmaker holds (or is still letting go of) `vm`.
     pub fn owned(&self, vm: &str) -> bool {
         self.holds.contains_key(vm) || self.marking.contains_key(vm)
+    }
+
+    /// Match `id` starts using `vm`.
+    pub fn start_use(&mut self, vm: &str, id: u64) {
+        self.in_use.entry(vm.to_owned()).or_default().push(Use {
+            id,
+            from: OffsetDateTime::now_utc(),
+            to: None,
+        });
+    }
+
+    /// Match `id` stops using `vm` (no-op when it already has).
+    pub fn end_use(&mut self, vm: &str, id: u64) {
+        let now = OffsetDateTime::now_utc();
+        for u in self.in_use.get_mut(vm).into_iter().flatten() {
+            if u.id == id && u.to.is_none() {
+                u.to = Some(now);
+            }
+        }
+    }
+
+    /// Every use of every VM ends now (the traffic stopped, or a fault deleted `vm`).
+    pub fn end_all_uses(&mut self, only: Option<&str>) {
+        let now = OffsetDateTime::now_utc();
+        for (vm, uses) in &mut self.in_use {
+            if only.is_some_and(|o| o != vm) {
+                continue;
+            }
+            for u in uses.iter_mut().filter(|u| u.to.is_none()) {
+                u.to = Some(now);
+            }
+        }
+    }
+
+    /// The match that used `vm` over all of `[from, to]`, if one did.
+    pub fn used_throughout(
+        &self,
+        vm: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Option<&Use> {
+        self.in_use
+            .get(vm)?
+            .iter()
+            .find(|u| u.from <= from && u.to.is_none_or(|end| end >= to))
     }
 }
 
@@ -212,6 +326,19 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// The model's and the faults' events, one line each, for reading a violation's story.
     pub events: Mutex<Option<std::fs::File>>,
+    /// The rollout's window.
+    pub rollout: Mutex<RolloutWindow>,
+    /// Each pool's buffer target, as the latest GetPoolStatus showed it.
+    pub targets: Mutex<HashMap<String, u64>>,
+}
+
+/// When the rolling restart with the new build ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RolloutWindow {
+    /// When the first instance was stopped to take the new setting.
+    pub started: Option<OffsetDateTime>,
+    /// When the last instance was back with it.
+    pub finished: Option<OffsetDateTime>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +379,8 @@ impl Shared {
             snapshot: Mutex::default(),
             stopping: AtomicBool::new(false),
             events: Mutex::new(Some(events)),
+            rollout: Mutex::default(),
+            targets: Mutex::default(),
         })
     }
 
@@ -268,6 +397,11 @@ impl Shared {
         locked(&self.model)
     }
 
+    /// Each pool's buffer target, as the latest GetPoolStatus showed it.
+    pub fn targets(&self) -> HashMap<String, u64> {
+        locked(&self.targets).clone()
+    }
+
     /// The latest table snapshot.
     pub fn snapshot(&self) -> Vec<Row> {
         locked(&self.snapshot).clone()
@@ -276,6 +410,22 @@ impl Shared {
     /// Replaces the table snapshot.
     pub fn set_snapshot(&self, rows: Vec<Row>) {
         *locked(&self.snapshot) = rows;
+    }
+
+    /// The rollout's window so far.
+    pub fn rollout(&self) -> RolloutWindow {
+        *locked(&self.rollout)
+    }
+
+    /// Records the rollout's start (`finished` false) or end.
+    pub fn set_rollout(&self, finished: bool) {
+        let now = OffsetDateTime::now_utc();
+        let mut r = locked(&self.rollout);
+        if finished {
+            r.finished = Some(now);
+        } else {
+            r.started = Some(now);
+        }
     }
 
     /// Instances killed and not back yet.
@@ -423,6 +573,17 @@ impl Shared {
         for i in (0..self.ports.len()).filter(|i| !down.contains(i)) {
             let req = self.http.get(self.url(i, "/api/GetPoolStatus"));
             if let Answer::Status(200, body) = self.send(req, Duration::from_secs(4)).await {
+                let targets = body
+                    .get("pools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let name = p.get("name")?.as_str()?.to_owned();
+                        Some((name, p.pointer("/buffer/target")?.as_u64()?))
+                    })
+                    .collect();
+                *locked(&self.targets) = targets;
                 let rows = body
                     .get("vms")
                     .and_then(Value::as_array)
@@ -443,6 +604,9 @@ fn row(v: &Value) -> Option<Row> {
             .get("stateChangedAt")
             .and_then(Value::as_str)
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
+        pool: v.get("pool")?.as_str()?.to_owned(),
+        build: v.get("build").and_then(Value::as_str).map(str::to_owned),
+        rooms: v.get("rooms").and_then(Value::as_u64).unwrap_or_default(),
     })
 }
 
@@ -451,4 +615,9 @@ pub fn now_text() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+/// A time as RFC 3339.
+pub fn rfc(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
 }
