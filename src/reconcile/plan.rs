@@ -486,6 +486,8 @@ pub fn plan(
             .iter()
             .filter(|r| is_current(r, spec))
             .count();
+        // What serves at once (the buffer counts what is on its way up too).
+        let serving = returning_here + reclaimable(rows, spec, &handled, &draining);
         let buffer = rows
             .iter()
             .filter(|r| !leaving.contains(&r.vm.id) && is_current(r, spec))
@@ -495,8 +497,7 @@ pub fn plan(
                     || (r.vm.state == VmState::Creating && r.vm.purpose == Purpose::Buffer)
             })
             .count()
-            + returning_here
-            + reclaimable(rows, spec, &handled, &draining);
+            + serving;
         let room = (spec.max_vms as usize)
             .saturating_sub(active_in(rows, Some(spec)))
             .min(headroom);
@@ -519,8 +520,10 @@ pub fn plan(
         let ready = rows
             .iter()
             .filter(|r| r.vm.state == VmState::Standby && is_current(r, spec))
+            .filter(|r| r.vm.unhealthy.is_none())
             .filter(|r| !leaving.contains(&r.vm.id) && !handled.contains(&r.vm.id))
-            .count();
+            .count()
+            + serving;
         // Old-build idle VMs go once the current build's buffer is ready, or at once when
         // the maximum leaves no room to fill it: then they hold the places it needs.
         let capped = room < target.saturating_sub(buffer);
@@ -2036,6 +2039,28 @@ mod tests {
                 .any(|a| a.contains("o-used") || a.contains("o-running")),
             "in use: {acts:?}"
         );
+    }
+
+    #[test]
+    fn drained_vms_of_the_new_build_count_as_its_ready_buffer_for_the_old_builds_deletes() {
+        let policy = PoolPolicy {
+            min_standby: 2,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let mut old = buffer_row("o0", VmState::Standby);
+        old.vm.build = Some("0.9".into());
+        // Two drained VMs of the current build: CreateVM reclaims them first, so the buffer
+        // is full and nothing is created; they serve at once, so the old one may go.
+        let mut rows = vec![old];
+        for name in ["m0", "m1"] {
+            let mut m = row(name, VmState::MarkedForDeallocation, None);
+            m.vm.rooms = 0;
+            m.vm.last_report_at = Some(t0());
+            rows.push(m);
+        }
+        let arm = as_rows_say(&rows);
+        assert_eq!(run(&rows, &arm, 60, &policy), ["retire o0"]);
     }
 
     #[test]
