@@ -51,6 +51,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 node --test tests/browser/
 
-# The chaos soak: three vmpool processes on one Azurite table and the ARM fake, faults on a
-# seeded schedule, invariants checked throughout (about 100 s; see README, "Soak").
+# The chaos soak: three vmpool processes on one Azurite table and the ARM fake, two pools and
+# a rollout of one of them, faults on a seeded schedule, invariants checked throughout (about
+# 110 s; see README, "Soak").
 target/debug/vmpool-soak
