@@ -1110,23 +1110,7 @@ pub fn settle(
             // A VM of a previous build being deleted: gone is done.
             Seen::Gone(read) => Some(Action::Forget(row.clone(), read.clone())),
             Seen::Missing | Seen::Listed(_) => None,
-            Seen::Read(_, s) if s.provisioning == Provisioning::Deleting => None,
-            Seen::Read(..) if age(row, now) < to_time(policy.deallocate_timeout) => None,
-            Seen::Read(..)
-                if vm.attempts >= MAX_ATTEMPTS
-                    || issued_for(row, now)
-                        >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS =>
-            {
-                Some(Action::Attention(
-                    row.clone(),
-                    format!(
-                        "the delete did not take after {} attempts, {}s after the first",
-                        vm.attempts,
-                        issued_for(row, now).whole_seconds()
-                    ),
-                ))
-            }
-            Seen::Read(read, _) => Some(Action::Delete(row.clone(), read.clone())),
+            Seen::Read(read, s) => delete_again(row, read, s, now, policy),
         },
         VmState::Deallocating => match seen {
             // Gone counts as deallocated: nothing is billed.
@@ -1226,40 +1210,52 @@ pub fn settle(
         VmState::Failed => match seen {
             Seen::Gone(read) => Some(Action::Forget(row.clone(), read.clone())),
             Seen::Missing | Seen::Listed(_) => None,
-            Seen::Read(_, s) if s.provisioning == Provisioning::Deleting => None,
             // Players' games are never destroyed: a VM that runs while a game may be on it
             // (rooms reported, or unknown since it was handed out) is kept, whatever its
             // provisioning state says.
             Seen::Read(_, s)
-                if matches!(s.power, Power::Running | Power::Starting) && vm.may_host_games() =>
+                if s.provisioning != Provisioning::Deleting
+                    && matches!(s.power, Power::Running | Power::Starting)
+                    && vm.may_host_games() =>
             {
                 None
             }
-            Seen::Read(..)
-                if vm.operation == Some(Operation::Delete)
-                    && age(row, now) < to_time(policy.deallocate_timeout) =>
-            {
-                None
-            }
-            // Deletes are bounded too, counted from the first.
-            Seen::Read(..)
-                if vm.operation == Some(Operation::Delete)
-                    && (vm.attempts >= MAX_ATTEMPTS
-                        || issued_for(row, now)
-                            >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS) =>
-            {
-                Some(Action::Attention(
-                    row.clone(),
-                    format!(
-                        "the delete did not take after {} attempts, {}s after the first",
-                        vm.attempts,
-                        issued_for(row, now).whole_seconds()
-                    ),
-                ))
-            }
-            Seen::Read(read, _) => Some(Action::Delete(row.clone(), read.clone())),
+            Seen::Read(read, s) => delete_again(row, read, s, now, policy),
         },
     }
+}
+
+/// A VM to delete that a point read shows still there: nothing while ARM shows the delete
+/// in progress or within a deallocate timeout of the last one sent; the delete (again)
+/// otherwise; and, bounded like every operation from the first delete, the row needs
+/// attention after [`MAX_ATTEMPTS`] deletes or [`MAX_TIMEOUTS`] timeouts.
+fn delete_again(
+    row: &Versioned,
+    read: &PointRead,
+    s: &VmStatus,
+    now: OffsetDateTime,
+    policy: &PoolPolicy,
+) -> Option<Action> {
+    let vm = &row.vm;
+    let sent = vm.operation == Some(Operation::Delete);
+    if s.provisioning == Provisioning::Deleting
+        || (sent && age(row, now) < to_time(policy.deallocate_timeout))
+    {
+        return None;
+    }
+    let given_up = vm.attempts >= MAX_ATTEMPTS
+        || issued_for(row, now) >= to_time(policy.deallocate_timeout) * MAX_TIMEOUTS;
+    if sent && given_up {
+        return Some(Action::Attention(
+            row.clone(),
+            format!(
+                "the delete did not take after {} attempts, {}s after the first",
+                vm.attempts,
+                issued_for(row, now).whole_seconds()
+            ),
+        ));
+    }
+    Some(Action::Delete(row.clone(), read.clone()))
 }
 
 #[cfg(test)]

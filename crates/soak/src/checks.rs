@@ -800,37 +800,21 @@ fn rooms_candidates(reports: &[Report], from: OffsetDateTime, to: OffsetDateTime
         .collect()
 }
 
-/// Every VM in ARM with the pool and build its tags name (lowercase name), from the
-/// subscription list without `statusOnly` (a `statusOnly=true` list carries no tags).
-async fn list_arm_tags(sh: &Shared) -> Option<Vec<(String, (String, String))>> {
+/// Every VM in the fake's subscription list (`query` added to it), page by page; `None` if a
+/// page could not be read. A next link off loopback is not followed.
+async fn list_arm_vms(sh: &Shared, query: &str) -> Option<Vec<Value>> {
     let mut url = format!(
-        "{}/subscriptions/{FAKE_SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01",
+        "{}/subscriptions/{FAKE_SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01{query}",
         sh.fake_base
     );
     let mut out = Vec::new();
     for _ in 0..100 {
         let req = sh.http.get(&url).bearer_auth(FAKE_TOKEN);
-        let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
+        let Answer::Status(200, mut body) = sh.send(req, Duration::from_secs(10)).await else {
             return None;
         };
-        for vm in body
-            .get("value")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let tag = |name: &str| {
-                vm.get("tags")
-                    .and_then(|t| t.get(name))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            if let (Some(name), Some(pool)) =
-                (vm.get("name").and_then(Value::as_str), tag("vmpool-pool"))
-            {
-                let build = tag("vmpool-build").unwrap_or_else(|| "?".into());
-                out.push((name.to_ascii_lowercase(), (pool, build)));
-            }
+        if let Some(Value::Array(vms)) = body.get_mut("value").map(Value::take) {
+            out.extend(vms);
         }
         match body.get("nextLink").and_then(Value::as_str) {
             Some(next) if next.starts_with(&sh.fake_base) => url = next.to_owned(),
@@ -840,44 +824,47 @@ async fn list_arm_tags(sh: &Shared) -> Option<Vec<(String, (String, String))>> {
     Some(out)
 }
 
+/// Every VM in ARM with the pool and build its tags name (lowercase name), from the
+/// subscription list without `statusOnly` (a `statusOnly=true` list carries no tags).
+async fn list_arm_tags(sh: &Shared) -> Option<Vec<(String, (String, String))>> {
+    let vms = list_arm_vms(sh, "").await?;
+    Some(
+        vms.iter()
+            .filter_map(|vm| {
+                let tag = |name: &str| {
+                    vm.get("tags")
+                        .and_then(|t| t.get(name))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                let name = vm.get("name").and_then(Value::as_str)?;
+                let pool = tag("vmpool-pool")?;
+                let build = tag("vmpool-build").unwrap_or_else(|| "?".into());
+                Some((name.to_ascii_lowercase(), (pool, build)))
+            })
+            .collect(),
+    )
+}
+
 /// Every VM in ARM as (name, deallocated), from the fake's subscription list.
 async fn list_arm(sh: &Shared) -> Option<Vec<(String, bool)>> {
-    let mut url = format!(
-        "{}/subscriptions/{FAKE_SUBSCRIPTION}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&statusOnly=true",
-        sh.fake_base
-    );
-    let mut out = Vec::new();
-    for _ in 0..100 {
-        let req = sh.http.get(&url).bearer_auth(FAKE_TOKEN);
-        let Answer::Status(200, body) = sh.send(req, Duration::from_secs(10)).await else {
-            return None;
-        };
-        for vm in body
-            .get("value")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(name) = vm.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            let deallocated = vm
-                .pointer("/properties/instanceView/statuses")
-                .and_then(Value::as_array)
-                .is_some_and(|s| {
-                    s.iter().any(|st| {
-                        st.get("code").and_then(Value::as_str) == Some("PowerState/deallocated")
-                    })
-                });
-            out.push((name.to_owned(), deallocated));
-        }
-        match body.get("nextLink").and_then(Value::as_str) {
-            // Loopback only: a next link elsewhere is not followed.
-            Some(next) if next.starts_with(&sh.fake_base) => url = next.to_owned(),
-            _ => return Some(out),
-        }
-    }
-    Some(out)
+    let vms = list_arm_vms(sh, "&statusOnly=true").await?;
+    Some(
+        vms.iter()
+            .filter_map(|vm| {
+                let name = vm.get("name").and_then(Value::as_str)?;
+                let deallocated = vm
+                    .pointer("/properties/instanceView/statuses")
+                    .and_then(Value::as_array)
+                    .is_some_and(|s| {
+                        s.iter().any(|st| {
+                            st.get("code").and_then(Value::as_str) == Some("PowerState/deallocated")
+                        })
+                    });
+                Some((name.to_owned(), deallocated))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
