@@ -257,6 +257,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
+    let reconciler = state.reconciler.clone();
     let looper = reconcile_every
         .map(|every| tokio::spawn(reconcile_loop(state.clone(), every, stop.clone())));
     let stop_serving = stop.clone();
@@ -270,6 +271,8 @@ pub async fn run(
     if let Some(looper) = looper {
         let _ = looper.await;
     }
+    // Nothing runs a pass any more: the next instance need not wait for the lease to run out.
+    reconciler.release().await;
     served
 }
 

@@ -322,10 +322,58 @@ pub async fn renew_lease(
     Ok(Lease::written(written, &value))
 }
 
+/// Gives up `holder`'s lease at `now` (a graceful stop), so another instance takes the next
+/// pass at once rather than after the lease runs out: it is marked run out, conditionally on
+/// its ETag. True if it was `holder`'s and is now free; a lease of another holder, or one
+/// changed meanwhile, is left as it is.
+pub async fn release_lease(
+    store: &dyn VmStore,
+    holder: &str,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let Some(record) = store.get_record(LEASE.0, LEASE.1).await? else {
+        return Ok(false);
+    };
+    let held = serde_json::from_str::<LeaseValue>(&record.value).ok();
+    if !held.is_some_and(|l| l.holder == holder && l.expires_at > now) {
+        return Ok(false);
+    }
+    let (_, text) = LeaseValue::until(holder, now, Duration::ZERO)?;
+    let written = store
+        .update_record(LEASE.0, LEASE.1, &text, &record.etag)
+        .await?;
+    Ok(matches!(written, Written::Done(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_released_lease_is_free_at_once_and_only_its_holder_releases_it() {
+        let store = MemoryStore::new();
+        let ttl = Duration::seconds(60);
+        acquire_lease(&store, "a", t0(), ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!release_lease(&store, "b", t0()).await.unwrap());
+        assert!(
+            acquire_lease(&store, "b", t0(), ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(release_lease(&store, "a", t0()).await.unwrap());
+        assert!(
+            acquire_lease(&store, "b", t0(), ttl)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(!release_lease(&store, "a", t0()).await.unwrap(), "b's now");
+    }
 
     fn t0() -> OffsetDateTime {
         time::macros::datetime!(2026-01-01 00:00 UTC)

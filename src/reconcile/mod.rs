@@ -9,7 +9,9 @@ mod meta;
 mod observation;
 mod plan;
 
-pub use meta::{BufferState, Lease, PoolMeta, acquire_lease, load_meta, renew_lease, save_meta};
+pub use meta::{
+    BufferState, Lease, PoolMeta, acquire_lease, load_meta, release_lease, renew_lease, save_meta,
+};
 pub use observation::{Observation, PointRead, Source};
 pub use plan::{
     Action, BRAKE_MIN_VMS, GRACE, MAX_ATTEMPTS, MAX_POINT_READS_PER_PASS, Observed, Plan, Seen,
@@ -251,6 +253,21 @@ impl Reconciler {
     /// The reconciler's record (buffer target, breaker, observation, last pass).
     pub async fn record(&self) -> Result<PoolMeta, StoreError> {
         Ok(load_meta(self.pool.store().as_ref()).await?.0)
+    }
+
+    /// On a graceful stop: waits for a pass in progress, then gives up the reconcile lease if
+    /// this instance holds it, so another instance takes the next pass at once rather than
+    /// after the lease runs out. A failure is logged: the lease then runs out as it would.
+    pub async fn release(&self) {
+        let _one_at_a_time = self.serial.lock().await;
+        let store = self.pool.store().as_ref();
+        match release_lease(store, &self.holder, self.pool.clock().now()).await {
+            Ok(true) => info!("reconcile lease given up on stopping"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "could not give up the reconcile lease; it runs out by itself")
+            }
+        }
     }
 
     /// One pass, if this instance holds (or takes) the lease: observe, plan, act, record.

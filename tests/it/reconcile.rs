@@ -577,3 +577,35 @@ mod arm {
 mod azure {
     every_scenario!(crate::support::Rig::azure);
 }
+
+#[tokio::test]
+async fn a_stopping_instance_gives_up_the_lease_so_another_takes_the_next_pass_at_once() {
+    let rig = Rig::sim(&[]);
+    let other = Rig::over(
+        config(&[]),
+        rig.store.clone(),
+        rig.compute.clone(),
+        rig.cloud.clone(),
+        rig.clock.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(vmpool::startup::run(
+        listener,
+        rig.state.clone(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    assert!(!rig.pass().await.skipped);
+    assert!(
+        other.pass().await.skipped,
+        "the first instance holds the lease"
+    );
+    // A graceful stop (SIGTERM): the lease is given up, and the other instance's next pass
+    // runs without waiting for it to run out (the clock has not moved).
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+    assert!(!other.pass().await.skipped);
+}
