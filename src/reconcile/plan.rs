@@ -1338,6 +1338,19 @@ mod tests {
         Observation::new(s, crate::reconcile::observation::Source::Sweep)
     }
 
+    /// [`run`] on one row, its VM shown by a point read with `status` (or found gone).
+    fn run_one(
+        row: &Versioned,
+        status: Option<VmStatus>,
+        secs: i64,
+        policy: &PoolPolicy,
+    ) -> Vec<String> {
+        match status {
+            Some(s) => run(std::slice::from_ref(row), &[(row, s)], secs, policy),
+            None => run(std::slice::from_ref(row), &[], secs, policy),
+        }
+    }
+
     fn run(
         rows: &[Versioned],
         arm: &[(&Versioned, VmStatus)],
@@ -1515,17 +1528,11 @@ mod tests {
         // Not running (a point read shows it deallocated): no game can be on it.
         let mut r = row("f", VmState::Failed, Some(Operation::Delete));
         r.vm.attempts = MAX_ATTEMPTS - 1;
-        assert_eq!(
-            run(std::slice::from_ref(&r), &[(&r, off())], 601, &p),
-            ["delete f"]
-        );
+        assert_eq!(run_one(&r, Some(off()), 601, &p), ["delete f"]);
         r.vm.attempts = MAX_ATTEMPTS;
-        assert_eq!(
-            run(std::slice::from_ref(&r), &[(&r, off())], 601, &p),
-            ["attention f"]
-        );
+        assert_eq!(run_one(&r, Some(off()), 601, &p), ["attention f"]);
         r.vm.attention = Some("the delete did not take after 3 attempts".into());
-        assert!(run(std::slice::from_ref(&r), &[(&r, off())], 6001, &p).is_empty());
+        assert!(run_one(&r, Some(off()), 6001, &p).is_empty());
     }
 
     #[test]
@@ -1536,17 +1543,17 @@ mod tests {
         let dealloc = row("d", VmState::Deallocated, None);
         // Deallocated in the portal: the row follows ARM.
         assert_eq!(
-            run(std::slice::from_ref(&running), &[(&running, off())], 61, &p),
+            run_one(&running, Some(off()), 61, &p),
             ["correct r to Deallocated"]
         );
         // Deleted in the portal: recorded as failed (then cleaned up).
-        assert_eq!(run(std::slice::from_ref(&running), &[], 61, &p), ["fail r"]);
-        assert_eq!(run(std::slice::from_ref(&dealloc), &[], 61, &p), ["fail d"]);
+        assert_eq!(run_one(&running, None, 61, &p), ["fail r"]);
+        assert_eq!(run_one(&dealloc, None, 61, &p), ["fail d"]);
         // Stopped but still billed, with nobody on it.
         assert_eq!(
-            run(
-                std::slice::from_ref(&standby),
-                &[(&standby, status(Provisioning::Succeeded, Power::Stopped))],
+            run_one(
+                &standby,
+                Some(status(Provisioning::Succeeded, Power::Stopped)),
                 61,
                 &p
             ),
@@ -1554,11 +1561,11 @@ mod tests {
         );
         // Started in the portal: billed, so it joins the buffer.
         assert_eq!(
-            run(std::slice::from_ref(&dealloc), &[(&dealloc, up())], 61, &p),
+            run_one(&dealloc, Some(up()), 61, &p),
             ["correct d to Standby"]
         );
         // Within the grace period nothing is trusted yet.
-        assert!(run(std::slice::from_ref(&running), &[], 30, &p).is_empty());
+        assert!(run_one(&running, None, 30, &p).is_empty());
         // A pool VM with no row, seen on a sweep, is adopted.
         let observed = Observed {
             untracked: vec![(VmId::parse("ghost").unwrap(), "/x/ghost".into(), up())],
@@ -1703,13 +1710,13 @@ mod tests {
         r.vm.attempts = MAX_ATTEMPTS;
         r.vm.operation_since = Some(t0());
         r.vm.state_changed_at = t0() + Duration::seconds(200);
-        assert_eq!(run(std::slice::from_ref(&r), &[], 200 + 61, &p), ["fail a"]);
+        assert_eq!(run_one(&r, None, 200 + 61, &p), ["fail a"]);
         // Re-issued recently, but first issued past the create timeout: failed.
         let mut late = row("b", VmState::Creating, Some(Operation::Create));
         late.vm.attempts = 2;
         late.vm.operation_since = Some(t0());
         late.vm.state_changed_at = t0() + Duration::seconds(890);
-        assert_eq!(run(std::slice::from_ref(&late), &[], 901, &p), ["fail b"]);
+        assert_eq!(run_one(&late, None, 901, &p), ["fail b"]);
     }
 
     #[test]
@@ -1733,24 +1740,16 @@ mod tests {
         let mut busy = buffer_row("b", VmState::Standby);
         busy.vm.rooms = 2;
         busy.vm.last_report_at = Some(t0());
-        assert!(run(std::slice::from_ref(&busy), &[(&busy, up())], 60, &p).is_empty());
+        assert!(run_one(&busy, Some(up()), 60, &p).is_empty());
         // A drained VM never reported on since it was handed out stays.
         let mut unknown = row("m", VmState::MarkedForDeallocation, None);
         unknown.vm.claimed_at = Some(t0());
-        assert!(
-            run(
-                std::slice::from_ref(&unknown),
-                &[(&unknown, up())],
-                90_000,
-                &p
-            )
-            .is_empty()
-        );
+        assert!(run_one(&unknown, Some(up()), 90_000, &p).is_empty());
         // A failed VM that reported rooms is not deleted while it runs, whatever its provisioning
         // state; once a point read shows no power state (a create that never ran), it is.
         let mut failed = row("f", VmState::Failed, None);
         failed.vm.rooms = 4;
-        assert!(run(std::slice::from_ref(&failed), &[(&failed, up())], 60, &p).is_empty());
+        assert!(run_one(&failed, Some(up()), 60, &p).is_empty());
         assert_eq!(
             run(
                 std::slice::from_ref(&failed),
@@ -1770,10 +1769,7 @@ mod tests {
         let p = PoolPolicy::default();
         let mut r = row("r", VmState::Running, None);
         r.vm.public_ip = None;
-        assert_eq!(
-            run(std::slice::from_ref(&r), &[(&r, up())], 0, &p),
-            ["findIp r"]
-        );
+        assert_eq!(run_one(&r, Some(up()), 0, &p), ["findIp r"]);
     }
 
     #[test]
@@ -1782,34 +1778,12 @@ mod tests {
         let mut failed = row("f", VmState::Failed, None);
         // Its game server said 0 rooms: no game on it.
         failed.vm.last_report_at = Some(t0());
-        assert_eq!(
-            run(std::slice::from_ref(&failed), &[(&failed, up())], 0, &p),
-            ["delete f"]
-        );
+        assert_eq!(run_one(&failed, Some(up()), 0, &p), ["delete f"]);
         let mut deleting = failed.clone();
         deleting.vm.operation = Some(Operation::Delete);
-        assert!(
-            run(
-                std::slice::from_ref(&deleting),
-                &[(&deleting, up())],
-                30,
-                &p
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            run(
-                std::slice::from_ref(&deleting),
-                &[(&deleting, up())],
-                601,
-                &p
-            ),
-            ["delete f"]
-        );
-        assert_eq!(
-            run(std::slice::from_ref(&deleting), &[], 30, &p),
-            ["forget f"]
-        );
+        assert!(run_one(&deleting, Some(up()), 30, &p).is_empty());
+        assert_eq!(run_one(&deleting, Some(up()), 601, &p), ["delete f"]);
+        assert_eq!(run_one(&deleting, None, 30, &p), ["forget f"]);
     }
 
     #[test]
@@ -2399,30 +2373,12 @@ mod tests {
         );
         // The point read decides, and only with what it shows.
         assert_eq!(
-            run(
-                std::slice::from_ref(&running),
-                &[(&running, off())],
-                3600,
-                &p
-            ),
+            run_one(&running, Some(off()), 3600, &p),
             ["correct r to Deallocated"]
         );
-        assert!(
-            run(
-                std::slice::from_ref(&running),
-                &[(&running, up())],
-                3600,
-                &p
-            )
-            .is_empty()
-        );
+        assert!(run_one(&running, Some(up()), 3600, &p).is_empty());
         assert_eq!(
-            run(
-                std::slice::from_ref(&deallocated),
-                &[(&deallocated, up())],
-                3600,
-                &p
-            ),
+            run_one(&deallocated, Some(up()), 3600, &p),
             ["correct d to Standby"]
         );
     }
@@ -2439,76 +2395,40 @@ mod tests {
         busy.vm.rooms = 3;
         busy.vm.last_report_at = Some(t0());
         assert_eq!(
-            run(
-                std::slice::from_ref(&busy),
-                &[(&busy, failed_running.clone())],
-                60,
-                &p
-            ),
+            run_one(&busy, Some(failed_running.clone()), 60, &p),
             ["unhealthy b"]
         );
         // Handed out with rooms unknown: the same.
         let mut unknown = row("u", VmState::MarkedForDeallocation, None);
         unknown.vm.claimed_at = Some(t0());
         assert_eq!(
-            run(
-                std::slice::from_ref(&unknown),
-                &[(&unknown, failed_running.clone())],
-                60,
-                &p
-            ),
+            run_one(&unknown, Some(failed_running.clone()), 60, &p),
             ["unhealthy u"]
         );
         // Once marked unhealthy nothing more happens, and it is never surplus or handed out.
         let mut flagged = busy.clone();
         flagged.vm.unhealthy =
             Some("provisioning failed while running: VMExtensionProvisioningError: boom".into());
-        assert!(
-            run(
-                std::slice::from_ref(&flagged),
-                &[(&flagged, failed_running.clone())],
-                90_000,
-                &p
-            )
-            .is_empty()
-        );
+        assert!(run_one(&flagged, Some(failed_running.clone()), 90_000, &p).is_empty());
         assert_eq!(crate::domain::ClaimKind::of(&flagged.vm), None);
         // Healthy again when ARM says so.
-        assert_eq!(
-            run(std::slice::from_ref(&flagged), &[(&flagged, up())], 60, &p),
-            ["healthy b"]
-        );
+        assert_eq!(run_one(&flagged, Some(up()), 60, &p), ["healthy b"]);
         // A buffer VM nobody holds, or a drained one, is cleaned up.
         let idle = buffer_row("s", VmState::Standby);
         assert_eq!(
-            run(
-                std::slice::from_ref(&idle),
-                &[(&idle, failed_running.clone())],
-                60,
-                &p
-            ),
+            run_one(&idle, Some(failed_running.clone()), 60, &p),
             ["fail s"]
         );
         // A creating VM someone holds completes (unhealthy); one for the buffer fails.
         let mut started = row("c", VmState::Creating, Some(Operation::Start));
         started.vm.claimed_at = Some(t0());
         assert_eq!(
-            run(
-                std::slice::from_ref(&started),
-                &[(&started, failed_running.clone())],
-                60,
-                &p
-            ),
+            run_one(&started, Some(failed_running.clone()), 60, &p),
             ["complete c"]
         );
         let spare = buffer_row("x", VmState::Creating);
         assert_eq!(
-            run(
-                std::slice::from_ref(&spare),
-                &[(&spare, failed_running.clone())],
-                60,
-                &p
-            ),
+            run_one(&spare, Some(failed_running.clone()), 60, &p),
             ["fail x"]
         );
         // A Failed VM that runs with rooms, or unknown rooms, is never deleted; once a point
@@ -2516,30 +2436,11 @@ mod tests {
         let mut failed = row("f", VmState::Failed, None);
         failed.vm.rooms = 2;
         failed.vm.last_report_at = Some(t0());
-        assert!(
-            run(
-                std::slice::from_ref(&failed),
-                &[(&failed, failed_running.clone())],
-                60,
-                &p
-            )
-            .is_empty()
-        );
+        assert!(run_one(&failed, Some(failed_running.clone()), 60, &p).is_empty());
         let stopped = status(Provisioning::Failed("E".into()), Power::Deallocated);
-        assert_eq!(
-            run(std::slice::from_ref(&failed), &[(&failed, stopped)], 60, &p),
-            ["delete f"]
-        );
+        assert_eq!(run_one(&failed, Some(stopped), 60, &p), ["delete f"]);
         failed.vm.rooms = 0;
-        assert_eq!(
-            run(
-                std::slice::from_ref(&failed),
-                &[(&failed, failed_running)],
-                60,
-                &p
-            ),
-            ["delete f"]
-        );
+        assert_eq!(run_one(&failed, Some(failed_running), 60, &p), ["delete f"]);
     }
 
     #[test]
