@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use time::OffsetDateTime;
 use tracing::{Instrument, info, instrument, warn};
 
@@ -212,6 +214,9 @@ pub struct Pool {
     /// Row versions this instance has consumed or is trying to: concurrent callers of this
     /// instance never fight over the same version, and a stale listing is not retried.
     taken: Mutex<HashMap<(VmId, Etag), Instant>>,
+    /// Draws new VM names and the order candidates are tried in: from the OS's entropy,
+    /// or from a seed ([`Pool::seeded`]) so a simulated run can be replayed exactly.
+    rng: Mutex<StdRng>,
 }
 
 /// One page of GetPoolStatus: counts over the whole pool and a page of VMs if asked for.
@@ -271,7 +276,31 @@ impl Pool {
             policy,
             capacity_gate: tokio::sync::Mutex::new(()),
             taken: Mutex::new(HashMap::new()),
+            rng: Mutex::new(StdRng::from_os_rng()),
         }
+    }
+
+    /// This pool, drawing VM names and the order it tries candidates in from `seed`: the
+    /// same calls then make the same choices (a simulation replays a run exactly).
+    #[must_use]
+    pub fn seeded(self, seed: u64) -> Self {
+        Pool {
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            ..self
+        }
+    }
+
+    /// Puts `items` in a random order.
+    fn shuffle<T>(&self, items: &mut [T]) {
+        items.shuffle(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A fresh VM name: the policy's prefix, a dash and random letters and digits.
+    fn vm_name(&self) -> VmId {
+        vm_name_from(
+            &self.policy.vm_prefix,
+            &mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// The VM table.
@@ -351,7 +380,7 @@ impl Pool {
         mut candidates: Vec<Versioned>,
         kind: ClaimKind,
     ) -> Result<Option<Versioned>, PoolError> {
-        candidates.shuffle(&mut rand::rng());
+        self.shuffle(&mut candidates);
         let mut tries = 0;
         for row in candidates {
             if tries == TRIES_PER_KIND {
@@ -536,7 +565,7 @@ impl Pool {
                 .into_iter()
                 .filter(ours)
                 .collect();
-            mine.shuffle(&mut rand::rng());
+            self.shuffle(&mut mine);
             mine.truncate(SAMPLE_SIZE);
         }
         Ok(mine)
@@ -547,7 +576,7 @@ impl Pool {
     /// claimers spread over every candidate (names of another prefix are reached when the
     /// sample wraps round).
     async fn sample(&self, kind: ClaimKind) -> Result<Vec<Versioned>, PoolError> {
-        let after = new_vm_name(&self.policy.vm_prefix);
+        let after = self.vm_name();
         Ok(self.store.sample(kind, after.as_str(), SAMPLE_SIZE).await?)
     }
 
@@ -569,7 +598,7 @@ impl Pool {
             let now = self.clock.now();
             let mut candidates = self.candidates(kind, &spec.name, &spec.build).await?;
             candidates.retain(|r| !r.vm.held_for_caller(now, hold));
-            candidates.shuffle(&mut rand::rng());
+            self.shuffle(&mut candidates);
             let mut tries = 0;
             for row in candidates {
                 if tries == TRIES_PER_KIND {
@@ -765,7 +794,7 @@ impl Pool {
         claim: &str,
     ) -> Result<Versioned, PoolError> {
         for _ in 0..TRIES_PER_VM {
-            let id = new_vm_name(&self.policy.vm_prefix);
+            let id = self.vm_name();
             let taken = self
                 .take_place(claim, &id, spec)
                 .await
@@ -1124,9 +1153,12 @@ impl Pool {
 
 /// A fresh VM name: the prefix, a dash and 10 random lowercase letters and digits.
 pub fn new_vm_name(prefix: &str) -> VmId {
+    vm_name_from(prefix, &mut rand::rng())
+}
+
+/// A fresh VM name drawn from `rng`.
+fn vm_name_from(prefix: &str, rng: &mut impl Rng) -> VmId {
     use crate::store::{VM_NAME_ALPHABET, VM_NAME_RANDOM};
-    use rand::Rng;
-    let mut rng = rand::rng();
     let suffix: String = (0..VM_NAME_RANDOM)
         .map(|_| char::from(VM_NAME_ALPHABET[rng.random_range(0..VM_NAME_ALPHABET.len())]))
         .collect();

@@ -83,12 +83,16 @@ impl VmStore for MemoryStore {
 
     async fn list(&self, which: Rows<'_>) -> Result<Vec<Versioned>, StoreError> {
         self.check_up()?;
-        Ok(self
+        // In key order, as Table Storage returns a query's entities (by PartitionKey, then
+        // RowKey; both are the vmId here).
+        let mut rows: Vec<Versioned> = self
             .rows()
             .values()
             .filter(|row| which.selects(row.vm.state))
             .cloned()
-            .collect())
+            .collect();
+        rows.sort_by(|a, b| a.vm.id.as_str().cmp(b.vm.id.as_str()));
+        Ok(rows)
     }
 
     async fn insert(&self, vm: &VmRecord) -> Result<Written, StoreError> {
