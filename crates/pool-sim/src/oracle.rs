@@ -3,11 +3,12 @@
 //! latencies (create 150 s, start 60 s, deallocate 60 s, delete 45 s) with no jitter.
 //!
 //! Requests are taken in arrival order. Each goes to the VM that became free last before it
-//! (the shortest idle gap). That VM waits for it either running (billed for the gap) or, when
-//! the gap is long enough, deallocated (billed for the deallocate and the start, the disk in
-//! between); if even that costs more than a new VM (create, and the old one's delete), a new
-//! VM is created to be up just in time and every idle VM is deleted, since any later request
-//! would find them idle even longer. It is a greedy schedule, not a proof of optimality,
+//! (the shortest idle gap). That VM waits for it either running (billed for the gap) or,
+//! when the gap is long enough, deallocated (billed for the start, its disk from the
+//! deallocate on: a deallocating VM is not billed for compute); if even that costs more
+//! than a new VM (create, and the old one's delete), a new VM is created to be up just in
+//! time and every idle VM is deleted, since any later request would find them idle even
+//! longer. It is a greedy schedule, not a proof of optimality,
 //! but no real policy gets near it: it wastes nothing on uncertainty.
 
 use std::collections::BTreeSet;
@@ -79,8 +80,8 @@ pub fn run_oracle(trace: &Trace, disk_ratio: f64) -> Outcome {
         let reuse = best.and_then(|(free_at, id)| {
             let gap = r.at - free_at;
             let running = gap as f64;
-            let parked = (gap >= dealloc + start)
-                .then(|| (dealloc + start) as f64 + disk_ratio * (gap - dealloc - start) as f64);
+            let parked =
+                (gap >= dealloc + start).then(|| start as f64 + disk_ratio * (gap - start) as f64);
             let cost = parked.map_or(running, |p| p.min(running));
             (cost <= new_vm_cost).then_some((free_at, id, parked.is_some_and(|p| p < running)))
         });
@@ -88,8 +89,7 @@ pub fn run_oracle(trace: &Trace, disk_ratio: f64) -> Outcome {
             Some((free_at, id, parked)) => {
                 idle.remove(&(free_at, id));
                 if parked {
-                    Counts::add(&mut c.billed, s(free_at), s(free_at + dealloc));
-                    Counts::add(&mut c.deallocated, s(free_at + dealloc), s(r.at - start));
+                    Counts::add(&mut c.deallocated, s(free_at), s(r.at - start));
                     Counts::add(&mut c.billed, s(r.at - start), s(r.at));
                 } else {
                     Counts::add(&mut c.billed, s(free_at), s(r.at));
@@ -165,14 +165,15 @@ mod tests {
             requests: vec![req(1000, 600), req(1700, 600)],
         };
         assert_eq!(hours(&run_oracle(&near, 0.03)), 150 + 600 + 100 + 600 + 45);
-        // 1000 s later: deallocated in between (60 + 60 billed, disk for the rest).
+        // 1000 s later: deallocated in between (the 60 s start billed, the disk from the
+        // deallocate on).
         let far = Trace {
             name: "far".into(),
             requests: vec![req(1000, 600), req(2600, 600)],
         };
         let o = run_oracle(&far, 0.03);
-        assert_eq!(hours(&o), 150 + 600 + 120 + 600 + 45);
-        assert_eq!((o.deallocated_hours * 3600.0).round() as i64, 1000 - 120);
+        assert_eq!(hours(&o), 150 + 600 + 60 + 600 + 45);
+        assert_eq!((o.deallocated_hours * 3600.0).round() as i64, 1000 - 60);
         // Hours later: a new VM; the first is deleted.
         let apart = Trace {
             name: "apart".into(),

@@ -41,13 +41,14 @@ pub const POLL: i64 = 10;
 /// (compute while it is running, its disk while it is deallocated) until the delete
 /// completes and the cloud no longer lists it. "States and billing status of Azure Virtual
 /// Machines" (learn.microsoft.com/azure/virtual-machines/states-billing): a running VM is
-/// billed, a deallocated one is not billed for compute, and its disks are billed on their
-/// own until deleted. Like the rest of this model it takes the harsher reading where the
-/// table is silent (a VM being created or deleted is billed).
+/// billed, a deallocating or deallocated one is not billed for compute ("Deallocating: the
+/// transitional state between running and deallocated. Not billed"), and its disks are
+/// billed on their own until deleted. Like the rest of this model it takes the harsher
+/// reading where the table is silent (a VM being created or deleted is billed).
 fn billing(vms: &[SimVmView]) -> (usize, usize) {
     let off = vms
         .iter()
-        .filter(|vm| vm.status.power == Power::Deallocated)
+        .filter(|vm| matches!(vm.status.power, Power::Deallocated | Power::Deallocating))
         .count();
     (vms.len() - off, off)
 }
@@ -475,6 +476,30 @@ async fn ready_vms(store: &MemoryStore, build: &str) -> usize {
 mod tests {
     use super::*;
     use crate::sweep::vmpool_policy;
+
+    /// Azure bills compute while a VM starts, runs or stops, not while it deallocates or is
+    /// deallocated (its disk is billed then); a VM being created or deleted is billed.
+    #[test]
+    fn a_deallocating_vm_pays_for_its_disk_only() {
+        let vm = |power| SimVmView {
+            name: "vm".into(),
+            status: vmpool::compute::VmStatus {
+                provisioning: Provisioning::Succeeded,
+                power,
+            },
+            public_ip: None,
+            tags: BTreeMap::new(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let vms = [
+            vm(Power::Starting),
+            vm(Power::Running),
+            vm(Power::Stopping),
+            vm(Power::Deallocating),
+            vm(Power::Deallocated),
+        ];
+        assert_eq!(billing(&vms), (3, 2));
+    }
 
     /// A run is a function of the trace, the policy and the seed: the pool draws its VM
     /// names and the order it tries candidates in from the seed, the table lists rows in key
