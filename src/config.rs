@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         // The policy's defaults are the settings' defaults.
         assert_eq!(c.policy, PoolPolicy::default());
-        assert_eq!(c.policy.demand_window, Duration::from_secs(300));
+        assert_eq!(c.policy.demand_window, Duration::from_secs(200));
         assert_eq!(c.policy.vm_prefix, "vmpool");
         assert!(c.policy.game_ports.is_empty());
     }

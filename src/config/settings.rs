@@ -427,7 +427,7 @@ pub const MAX_VMS: Setting<u32> = Setting {
 pub const DEMAND_WINDOW_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_DEMAND_WINDOW_SECS",
     doc: "window over which CreateVM demand is measured",
-    default: Fallback::Value("300"),
+    default: Fallback::Value("200"),
     parse: |raw| seconds(raw, 1),
 };
 
@@ -443,7 +443,7 @@ pub const READY_ESTIMATE_SECS: Setting<Duration> = Setting {
 pub const BUFFER_COOLDOWN_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_BUFFER_COOLDOWN_SECS",
     doc: "a raised target, and surplus `Standby` VMs, are kept this long after demand falls",
-    default: Fallback::Value("600"),
+    default: Fallback::Value("120"),
     parse: |raw| seconds(raw, 0),
 };
 
