@@ -249,19 +249,23 @@ async fn run_sweep(args: &Args, traces: Vec<(Trace, u64)>) -> Result<(), String>
                 &demand(&trace),
                 &series,
             )?;
-            let mut which = format!(
-                "![launch day: demand, billed and ready VMs per policy]({})\n\nOne launch day over time, each policy at its cheapest setting with a p95 wait of a minute or less (else its lowest wait):",
-                timeline_png.display()
+            let each: Vec<String> = reps
+                .iter()
+                .map(|(p, o)| {
+                    format!(
+                        "{} {} (p95 {} s, {:.1} VM-hours)",
+                        p.name(),
+                        p.parameter(),
+                        o.p95_wait,
+                        o.vm_hours
+                    )
+                })
+                .collect();
+            let which = format!(
+                "#### launch day over time\n\n![launch day: demand, billed and ready VMs per policy]({})\n\nOne launch day over time, each policy at its cheapest setting with a p95 wait of a minute or less (else its lowest wait): {}.\n",
+                timeline_png.display(),
+                each.join("; ")
             );
-            for (p, o) in &reps {
-                which.push_str(&format!(
-                    " {} {} (p95 {} s, {:.1} VM-hours);",
-                    p.name(),
-                    p.parameter(),
-                    o.p95_wait,
-                    o.vm_hours
-                ));
-            }
             println!("{which}\n");
             report.push_str(&which);
             report.push('\n');

@@ -147,7 +147,7 @@ pub fn policies(size: Size) -> Vec<Policy> {
     } else {
         &[0, 2, 3, 4, 5, 8]
     };
-    let readies: &[u64] = if full { &[60, 180, 300] } else { &[180] };
+    let readies: &[u64] = if full { &[60, 120, 180, 300] } else { &[180] };
     let counts: &[usize] = if full {
         &[1, 2, 3, 5, 8, 12, 20]
     } else {
