@@ -2154,6 +2154,34 @@ mod tests {
         );
     }
 
+    /// The default window follows a tenfold jump in demand within a minute (a shorter one
+    /// would let a single claim raise the target; a longer one, 300 s, gave 3 here).
+    #[test]
+    fn with_the_defaults_a_jump_in_demand_raises_the_target_within_a_minute() {
+        let policy = PoolPolicy {
+            max_vms: 100_000,
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        let spec = &policy.pools.all()[0];
+        let claimed = |name: String, secs_ago: i64| {
+            let mut r = row(&name, VmState::Running, None);
+            r.vm.claimed_at = Some(t0() - Duration::seconds(secs_ago));
+            r
+        };
+        // One claim a minute, then ten a minute for the last minute.
+        let rows: Vec<Versioned> = [90, 150]
+            .into_iter()
+            .chain((0..10).map(|i| 3 + 6 * i))
+            .enumerate()
+            .map(|(i, secs_ago)| claimed(format!("c{i}"), secs_ago))
+            .collect();
+        assert_eq!(demand_target(&rows, spec, t0(), &policy), 10);
+        // A single claim leaves the target where it was.
+        let one = [claimed("one".into(), 10)];
+        assert_eq!(demand_target(&one, spec, t0(), &policy), 0);
+    }
+
     #[test]
     fn a_burst_of_claims_does_not_count_as_a_rate() {
         let policy = PoolPolicy {
