@@ -81,6 +81,9 @@ pub struct PoolPolicy {
     pub buffer_cooldown: Duration,
     /// How long a VM takes to become ready; demand over this time is what the buffer covers.
     pub ready_estimate: Duration,
+    /// Demand repeats with this period (zero: no forecast): the buffer covers, ahead of
+    /// time, the claims that came one period ago in the time a VM takes to get ready.
+    pub demand_period: Duration,
     /// Most ARM creates and starts the reconciler issues per pass.
     pub max_creates_per_pass: u32,
     /// A drained (`MarkedForDeallocation`, 0 rooms) VM with no report for this long is deallocated.
@@ -158,6 +161,7 @@ impl PoolPolicy {
             demand_window: s::DEMAND_WINDOW_SECS.read(src)?,
             buffer_cooldown: s::BUFFER_COOLDOWN_SECS.read(src)?,
             ready_estimate: s::READY_ESTIMATE_SECS.read(src)?,
+            demand_period: s::DEMAND_PERIOD_SECS.read(src)?,
             max_creates_per_pass: s::MAX_CREATES_PER_PASS.read(src)?,
             drain_timeout: s::DRAIN_TIMEOUT_SECS.read(src)?,
             deallocated_keep: s::DEALLOCATED_KEEP_SECS.read(src)?,

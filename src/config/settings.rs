@@ -115,6 +115,15 @@ fn seconds(raw: &str, min: u64) -> Result<Duration, String> {
     whole(raw, min, 7 * 24 * 3600).map(Duration::from_secs)
 }
 
+/// A demand period: `0` (none), or from 10 minutes up to a week.
+fn demand_period(raw: &str) -> Result<Duration, String> {
+    match whole(raw, 0, 7 * 24 * 3600)? {
+        0 => Ok(Duration::ZERO),
+        p if p < 600 => Err(format!("{p} is neither 0 nor within 600..=604800")),
+        p => Ok(Duration::from_secs(p)),
+    }
+}
+
 /// Whole seconds up to a day, as the simulated cloud counts them.
 fn sim_seconds(raw: &str) -> Result<time::Duration, String> {
     whole(raw, 0, 86_400).map(time::Duration::seconds)
@@ -439,6 +448,14 @@ pub const READY_ESTIMATE_SECS: Setting<Duration> = Setting {
     parse: |raw| seconds(raw, 1),
 };
 
+/// See [`PoolPolicy::demand_period`](super::PoolPolicy::demand_period).
+pub const DEMAND_PERIOD_SECS: Setting<Duration> = Setting {
+    name: "VMPOOL_DEMAND_PERIOD_SECS",
+    doc: "demand repeats with this period (an hourly event: `3600`, a daily cycle: `86400`): the buffer is raised ahead of what came one period ago; `0` forecasts nothing",
+    default: Fallback::Value("0"),
+    parse: demand_period,
+};
+
 /// See [`PoolPolicy::buffer_cooldown`](super::PoolPolicy::buffer_cooldown).
 pub const BUFFER_COOLDOWN_SECS: Setting<Duration> = Setting {
     name: "VMPOOL_BUFFER_COOLDOWN_SECS",
@@ -629,6 +646,7 @@ pub const ALL: &[About] = &[
     DEMAND_WINDOW_SECS.about(),
     READY_ESTIMATE_SECS.about(),
     BUFFER_COOLDOWN_SECS.about(),
+    DEMAND_PERIOD_SECS.about(),
     MAX_CREATES_PER_PASS.about(),
     DRAIN_TIMEOUT_SECS.about(),
     DEALLOCATED_KEEP_SECS.about(),

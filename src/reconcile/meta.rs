@@ -9,6 +9,7 @@ use tracing::warn;
 use std::collections::BTreeMap;
 
 use super::Summary;
+use super::forecast::ClaimHistory;
 use crate::breaker::{self, Breaker, Breakers};
 use crate::config::PoolSpec;
 use crate::store::{Etag, Group, GroupCounts, StateCounts, StoreError, VmStore, Written, truncate};
@@ -95,6 +96,17 @@ pub struct BufferState {
     /// When the buffer target was last raised by demand (the cool-down counts from here).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub target_raised_at: Option<OffsetDateTime>,
+    /// The claims expected soon from one period ago (`VMPOOL_DEMAND_PERIOD_SECS`), as of
+    /// the last pass: the target is at least this, for as long as it lasts.
+    #[serde(default)]
+    pub forecast: u32,
+    /// When the forecast last asked for more than demand (surplus waits a cool-down from
+    /// here too, so standby VMs launched ahead of a burst stay until it has come).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub forecast_at: Option<OffsetDateTime>,
+    /// The pool's claims over the last period.
+    #[serde(default, skip_serializing_if = "ClaimHistory::is_empty")]
+    pub history: ClaimHistory,
 }
 
 /// The VMs of one pool and build in each state, as the pool's record keeps them.
@@ -190,7 +202,10 @@ impl BufferState {
     /// The buffer target in force: what the last pass worked towards, never under the
     /// pool's floor nor over its maximum.
     pub fn effective_buffer_target(&self, spec: &PoolSpec) -> u32 {
-        self.buffer_target.max(spec.min_standby).min(spec.max_vms)
+        self.buffer_target
+            .max(self.forecast)
+            .max(spec.min_standby)
+            .min(spec.max_vms)
     }
 }
 

@@ -5,6 +5,7 @@
 //! conditional writes (intent first, then ARM), and records the pass with If-Match. The
 //! Functions timer and the standalone loop both call [`Reconciler::run_once`].
 
+mod forecast;
 mod meta;
 mod observation;
 mod plan;
@@ -475,7 +476,11 @@ impl Reconciler {
         drop(answers);
 
         let Plan { actions, mut meta } = plan(&rows, &observed, now, policy, &meta);
-        summary.buffer_target = meta.pools.values().map(|b| b.buffer_target).sum();
+        summary.buffer_target = meta
+            .pools
+            .values()
+            .map(|b| b.buffer_target.max(b.forecast))
+            .sum();
         // The pool's counts, per pool and build: this listing, kept up to date with the
         // pass's own changes below (changes other instances make meanwhile are counted by
         // the next pass).

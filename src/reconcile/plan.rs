@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use time::{Duration, OffsetDateTime};
 
+use super::forecast::ClaimHistory;
 use super::meta::{BufferState, PoolMeta};
 use super::observation::{Observation, PointRead};
 use crate::compute::{Power, Provisioning, Tags, VmStatus};
@@ -609,8 +610,11 @@ pub fn unused_claims(
         .collect()
 }
 
-/// The buffer target: the configured floor, raised by demand, lowered after a cool-down.
-/// Returns the target and whether demand has cooled down (surplus may go).
+/// The buffer target: the configured floor, raised by demand, lowered after a cool-down,
+/// and raised ahead of demand that came one period ago when demand repeats
+/// (`VMPOOL_DEMAND_PERIOD_SECS`): the claims of one period ago in the next two ready
+/// estimates (a VM launched now is ready within one; the other covers a pass's delay and a
+/// slow start). Returns the target and whether demand has cooled down (surplus may go).
 pub fn buffer_target(
     rows: &[Versioned],
     spec: &PoolSpec,
@@ -619,9 +623,8 @@ pub fn buffer_target(
     state: &mut BufferState,
 ) -> (usize, bool) {
     let wanted = demand_target(rows, spec, now, policy).max(spec.min_standby);
-    let cooled = state
-        .target_raised_at
-        .is_none_or(|at| now - at >= to_time(policy.buffer_cooldown));
+    let cooldown = to_time(policy.buffer_cooldown);
+    let cooled = state.target_raised_at.is_none_or(|at| now - at >= cooldown);
     if wanted >= state.buffer_target {
         if wanted > spec.min_standby {
             state.target_raised_at = Some(now);
@@ -630,7 +633,30 @@ pub fn buffer_target(
     } else if cooled {
         state.buffer_target = wanted;
     }
-    (state.effective_buffer_target(spec) as usize, cooled)
+    // What came one period ago counts while it is still ahead, with no cool-down of its
+    // own (the VMs launched for a burst would otherwise be launched again as it takes
+    // them); surplus waits for the cool-down from the last time it asked for more.
+    state.forecast = 0;
+    if policy.demand_period.is_zero() {
+        state.history = ClaimHistory::default();
+        state.forecast_at = None;
+    } else {
+        let claims = rows.iter().filter(|r| r.vm.pool == spec.name);
+        state.history.record(claims, now, policy.demand_period);
+        state.forecast = state.history.forecast(
+            now,
+            policy.ready_estimate.saturating_mul(2),
+            policy.demand_period,
+        );
+        if state.forecast > state.buffer_target {
+            state.forecast_at = Some(now);
+        }
+    }
+    let forecast_cooled = state.forecast_at.is_none_or(|at| now - at >= cooldown);
+    (
+        state.effective_buffer_target(spec) as usize,
+        cooled && forecast_cooled,
+    )
 }
 
 /// Whether `row` is of `spec`'s pool and its current build.
@@ -2180,6 +2206,88 @@ mod tests {
         // A single claim leaves the target where it was.
         let one = [claimed("one".into(), 10)];
         assert_eq!(demand_target(&one, spec, t0(), &policy), 0);
+    }
+
+    /// Demand that repeats hourly: the VMs of the last burst are started again ahead of its
+    /// return, are not launched once more as the burst takes them, and what it leaves goes
+    /// after the cool-down.
+    #[test]
+    fn a_burst_that_repeats_is_covered_ahead_of_its_return() {
+        let policy = PoolPolicy {
+            max_vms: 100,
+            max_creates_per_pass: 100,
+            ready_estimate: std::time::Duration::from_secs(120),
+            buffer_cooldown: std::time::Duration::from_secs(120),
+            demand_period: std::time::Duration::from_secs(3600),
+            ..PoolPolicy::default()
+        }
+        .single_pool();
+        // 20 claims at 00:05 an hour ago; their VMs are deallocated now. The burst comes
+        // back at 00:05 (300 s from t0).
+        let last: Vec<Versioned> = (0..20)
+            .map(|i| {
+                let mut r = row(&format!("d{i:02}"), VmState::Deallocated, None);
+                r.vm.claimed_at = Some(t0() - Duration::seconds(3300 - i % 5));
+                r
+            })
+            .collect();
+        let arm: Vec<_> = last.iter().map(|r| (r, off())).collect();
+        let starts = |actions: &[String]| actions.iter().filter(|a| a.starts_with("start")).count();
+        // More than two ready estimates before it: nothing yet.
+        let (actions, meta) = run_meta(&last, &arm, 0, &policy, &PoolMeta::default());
+        assert!(actions.is_empty(), "{actions:?}");
+        // Within two ready estimates: every VM of the burst is started.
+        let (actions, meta) = run_meta(&last, &arm, 90, &policy, &meta);
+        assert_eq!(starts(&actions), 20, "{actions:?}");
+        assert_eq!(
+            meta.pool("default")
+                .effective_buffer_target(&policy.pools.all()[0]),
+            20
+        );
+        // Without a period, demand that came an hour ago asks for nothing.
+        let plain = PoolPolicy {
+            demand_period: std::time::Duration::ZERO,
+            ..policy.clone()
+        };
+        let (actions, _) = run_meta(&last, &arm, 90, &plain, &PoolMeta::default());
+        assert!(actions.is_empty(), "{actions:?}");
+
+        // Ready in time: 20 standby.
+        let standby = |i: usize| {
+            let mut r = last[i].clone();
+            r.vm.state = VmState::Standby;
+            r
+        };
+        let ready: Vec<Versioned> = (0..20).map(standby).collect();
+        let arm: Vec<_> = ready.iter().map(|r| (r, up())).collect();
+        let (actions, meta) = run_meta(&ready, &arm, 280, &policy, &meta);
+        assert!(actions.is_empty(), "{actions:?}");
+        // The burst takes 12 of them: nothing is launched to replace them.
+        let taken: Vec<Versioned> = (0..20)
+            .map(|i| {
+                let mut r = standby(i);
+                if i < 12 {
+                    r.vm.state = VmState::Running;
+                    r.vm.claimed_at = Some(t0() + Duration::seconds(300 + (i as i64) % 3));
+                }
+                r
+            })
+            .collect();
+        let arm: Vec<_> = taken.iter().map(|r| (r, up())).collect();
+        let (actions, meta) = run_meta(&taken, &arm, 303, &policy, &meta);
+        assert!(actions.is_empty(), "{actions:?}");
+        // The 8 it left go once the cool-down since the forecast last asked has passed.
+        let (actions, meta) = run_meta(&taken, &arm, 330, &policy, &meta);
+        assert!(actions.is_empty(), "{actions:?}");
+        let (actions, _) = run_meta(&taken, &arm, 280 + 121, &policy, &meta);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| a.ends_with("(surplus standby)"))
+                .count(),
+            8,
+            "{actions:?}"
+        );
     }
 
     #[test]
