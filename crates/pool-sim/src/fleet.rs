@@ -432,6 +432,7 @@ mod tests {
         // the other waits for a server to be created.
         let trace = Trace {
             name: "two".into(),
+            period_secs: 0,
             requests: vec![
                 Request {
                     at: 600,

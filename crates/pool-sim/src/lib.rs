@@ -45,6 +45,7 @@ mod tests {
         // Ten requests in the first minute, then quiet.
         let burst = Trace {
             name: "burst".into(),
+            period_secs: 0,
             requests: (0..10)
                 .map(|i| Request {
                     at: i * 6,

@@ -7,7 +7,8 @@
 //! pool_sim --trace-csv FILE [--json]    a studio's CSV through every policy and sweep
 //! pool_sim --rollout                    a new build at hour 12 of the daily trace, against none
 //! options: --trace NAME (repeatable), --reduced (fewer parameter values),
-//!          --disk-ratio R (a deallocated VM's disk-hour in VM-hours, default 0.03)
+//!          --disk-ratio R (a deallocated VM's disk-hour in VM-hours, default 0.03),
+//!          --demand-period SECS (the CSV's demand repeats: vmpool is swept with it too)
 //! ```
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ struct Args {
     traces: Vec<String>,
     out: PathBuf,
     disk_ratio: f64,
+    demand_period: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         traces: Vec::new(),
         out: PathBuf::from("docs/economics"),
         disk_ratio: DEFAULT_DISK_RATIO,
+        demand_period: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +63,16 @@ fn parse_args() -> Result<Args, String> {
                     .ok()
                     .filter(|r| r.is_finite() && *r >= 0.0)
                     .ok_or(format!("--disk-ratio {raw:?} is not a non-negative number"))?;
+            }
+            "--demand-period" => {
+                let raw = value("--demand-period")?;
+                args.demand_period = raw
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|p| *p == 0 || (600..=604_800).contains(p))
+                    .ok_or(format!(
+                        "--demand-period {raw:?} is neither 0 nor whole seconds within 600..=604800"
+                    ))?;
             }
             other => return Err(format!("unknown argument {other:?} (see the README)")),
         }
@@ -167,7 +180,7 @@ async fn sweep_trace(
     size: Size,
     disk_ratio: f64,
 ) -> (Vec<(Policy, Outcome)>, Vec<Point>) {
-    let policies = sweep::policies(size);
+    let policies = sweep::policies(size, trace.period_secs);
     let runs = sweep::run_all(trace, &policies, seed, disk_ratio).await;
     let points = runs
         .iter()
@@ -286,10 +299,12 @@ async fn run_default(args: &Args, traces: Vec<(Trace, u64)>) {
         Policy::Vmpool {
             floor: 0,
             ready_secs: 180,
+            period_secs: 0,
         },
         Policy::Vmpool {
             floor: 2,
             ready_secs: 180,
+            period_secs: 0,
         },
         Policy::Agones(Buffer::Count(5)),
         Policy::Agones(Buffer::Percent(20)),
@@ -301,6 +316,17 @@ async fn run_default(args: &Args, traces: Vec<(Trace, u64)>) {
     let (head, rule) = HEADER.split_once('\n').unwrap_or((HEADER, ""));
     println!("| trace {head}\n|---{rule}");
     for (trace, seed) in traces {
+        let mut policies = policies.to_vec();
+        if trace.period_secs != 0 {
+            policies.insert(
+                2,
+                Policy::Vmpool {
+                    floor: 2,
+                    ready_secs: 180,
+                    period_secs: trace.period_secs,
+                },
+            );
+        }
         for (p, o) in sweep::run_all(&trace, &policies, seed, args.disk_ratio).await {
             println!(
                 "| {} {}",
@@ -349,7 +375,13 @@ async fn main() -> ExitCode {
             }
         };
         match traces::parse_csv("csv", &text) {
-            Ok(t) => vec![(t, 100)],
+            Ok(t) => vec![(
+                Trace {
+                    period_secs: args.demand_period,
+                    ..t
+                },
+                100,
+            )],
             Err(e) => {
                 eprintln!("pool_sim: {}: {e}", path.display());
                 return ExitCode::from(2);

@@ -154,6 +154,7 @@ mod tests {
         // One request: create (150) + session (600) + delete (45).
         let one = Trace {
             name: "one".into(),
+            period_secs: 0,
             requests: vec![req(1000, 600)],
         };
         let o = run_oracle(&one, 0.03);
@@ -162,6 +163,7 @@ mod tests {
         // A second request 100 s after the first ends: kept running for the gap.
         let near = Trace {
             name: "near".into(),
+            period_secs: 0,
             requests: vec![req(1000, 600), req(1700, 600)],
         };
         assert_eq!(hours(&run_oracle(&near, 0.03)), 150 + 600 + 100 + 600 + 45);
@@ -169,6 +171,7 @@ mod tests {
         // deallocate on).
         let far = Trace {
             name: "far".into(),
+            period_secs: 0,
             requests: vec![req(1000, 600), req(2600, 600)],
         };
         let o = run_oracle(&far, 0.03);
@@ -177,12 +180,14 @@ mod tests {
         // Hours later: a new VM; the first is deleted.
         let apart = Trace {
             name: "apart".into(),
+            period_secs: 0,
             requests: vec![req(1000, 600), req(20_000, 600)],
         };
         assert_eq!(hours(&run_oracle(&apart, 0.03)), 2 * (150 + 600 + 45));
         // Two at once: two VMs.
         let pair = Trace {
             name: "pair".into(),
+            period_secs: 0,
             requests: vec![req(1000, 600), req(1000, 600)],
         };
         assert_eq!(run_oracle(&pair, 0.03).peak_vms, 2);

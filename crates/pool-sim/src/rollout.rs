@@ -59,7 +59,7 @@ impl Comparison {
 /// with [`NEW_BUILD`] shipped at [`switch_time`], on the same seed.
 pub async fn compare(trace: &Trace, floor: u32, ready_secs: u64, seed: u64) -> Comparison {
     let policy = with_build(
-        &vmpool_policy(floor, ready_secs),
+        &vmpool_policy(floor, ready_secs, 0),
         OLD_BUILD,
         server_image(OLD_BUILD),
     );

@@ -20,13 +20,16 @@ pub const ORACLE_RATIO_GOAL: f64 = 1.25;
 /// One policy with its parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Policy {
-    /// vmpool: its floor (`VMPOOL_MIN_STANDBY`) and ready estimate
-    /// (`VMPOOL_READY_ESTIMATE_SECS`), every other setting at its default.
+    /// vmpool: its floor (`VMPOOL_MIN_STANDBY`), ready estimate
+    /// (`VMPOOL_READY_ESTIMATE_SECS`) and demand period (`VMPOOL_DEMAND_PERIOD_SECS`), every
+    /// other setting at its default.
     Vmpool {
         /// `VMPOOL_MIN_STANDBY`.
         floor: u32,
         /// `VMPOOL_READY_ESTIMATE_SECS`.
         ready_secs: u64,
+        /// `VMPOOL_DEMAND_PERIOD_SECS` (0: none).
+        period_secs: u64,
     },
     /// Agones' Buffer autoscaler.
     Agones(Buffer),
@@ -65,7 +68,16 @@ impl Policy {
     /// Its parameter, as text.
     pub fn parameter(&self) -> String {
         match self {
-            Policy::Vmpool { floor, ready_secs } => format!("floor={floor} ready={ready_secs}s"),
+            Policy::Vmpool {
+                floor,
+                ready_secs,
+                period_secs: 0,
+            } => format!("floor={floor} ready={ready_secs}s"),
+            Policy::Vmpool {
+                floor,
+                ready_secs,
+                period_secs,
+            } => format!("floor={floor} ready={ready_secs}s period={period_secs}s"),
             Policy::Agones(Buffer::Count(n)) => format!("buffer={n}"),
             Policy::Agones(Buffer::Percent(p)) => format!("buffer={p}%"),
             Policy::PlayFab { floor } => format!("floor={floor}"),
@@ -79,9 +91,11 @@ impl Policy {
     pub async fn run(&self, trace: &Trace, seed: u64, disk_ratio: f64) -> Outcome {
         let max = MAX_VMS as usize;
         match *self {
-            Policy::Vmpool { floor, ready_secs } => {
-                run_vmpool(trace, vmpool_policy(floor, ready_secs), seed).await
-            }
+            Policy::Vmpool {
+                floor,
+                ready_secs,
+                period_secs,
+            } => run_vmpool(trace, vmpool_policy(floor, ready_secs, period_secs), seed).await,
             Policy::Agones(buffer) => {
                 let min_replicas = match buffer {
                     // Agones rejects a minReplicas below a count buffer.
@@ -117,13 +131,14 @@ impl Policy {
     }
 }
 
-/// vmpool's policy in the simulation: its defaults, with this floor and ready estimate, and
-/// its one pool `default` taking the same floor and maximum, as the pool that
-/// `VMPOOL_MIN_STANDBY` and `VMPOOL_MAX_VMS` define alone.
-pub fn vmpool_policy(floor: u32, ready_secs: u64) -> PoolPolicy {
+/// vmpool's policy in the simulation: its defaults, with this floor, ready estimate and
+/// demand period, and its one pool `default` taking the same floor and maximum, as the pool
+/// that `VMPOOL_MIN_STANDBY` and `VMPOOL_MAX_VMS` define alone.
+pub fn vmpool_policy(floor: u32, ready_secs: u64, period_secs: u64) -> PoolPolicy {
     PoolPolicy {
         min_standby: floor,
         ready_estimate: std::time::Duration::from_secs(ready_secs),
+        demand_period: std::time::Duration::from_secs(period_secs),
         max_vms: MAX_VMS,
         ..PoolPolicy::default()
     }
@@ -139,8 +154,9 @@ pub enum Size {
     Reduced,
 }
 
-/// Every policy with its main parameter swept, the oracle last.
-pub fn policies(size: Size) -> Vec<Policy> {
+/// Every policy with its main parameter swept, the oracle last. On a trace whose demand
+/// repeats with `period_secs` (not 0), vmpool is swept with that demand period too.
+pub fn policies(size: Size, period_secs: u64) -> Vec<Policy> {
     let full = size == Size::Full;
     let floors: &[u32] = if full {
         &[0, 1, 2, 3, 4, 5, 8, 12]
@@ -160,9 +176,20 @@ pub fn policies(size: Size) -> Vec<Policy> {
     };
     let standby = counts;
     let mut all = Vec::new();
-    for &floor in floors {
-        for &ready_secs in readies {
-            all.push(Policy::Vmpool { floor, ready_secs });
+    let periods: &[u64] = if period_secs == 0 {
+        &[0]
+    } else {
+        &[0, period_secs]
+    };
+    for &period_secs in periods {
+        for &floor in floors {
+            for &ready_secs in readies {
+                all.push(Policy::Vmpool {
+                    floor,
+                    ready_secs,
+                    period_secs,
+                });
+            }
         }
     }
     all.extend(counts.iter().map(|&n| Policy::Agones(Buffer::Count(n))));
@@ -358,7 +385,7 @@ mod tests {
     async fn on_a_short_trace_vmpool_meets_the_goal_in_vm_hours_and_in_cost_with_disks() {
         let trace =
             crate::traces::trace("short", 2 * 3600, 7, |t| if t < 3600 { 1.0 } else { 3.0 });
-        let runs = run_all(&trace, &policies(Size::Reduced), 100, DEFAULT_DISK_RATIO).await;
+        let runs = run_all(&trace, &policies(Size::Reduced, 0), 100, DEFAULT_DISK_RATIO).await;
         let points: Vec<Point> = runs
             .iter()
             .map(|(p, o)| Point::of(p, o, DEFAULT_DISK_RATIO))
@@ -386,7 +413,7 @@ mod tests {
 
     #[test]
     fn the_simulated_pool_takes_the_policys_floor_and_maximum() {
-        let policy = vmpool_policy(3, 180);
+        let policy = vmpool_policy(3, 180, 0);
         let [pool] = policy.pools.all() else {
             panic!("one pool: {:?}", policy.pools)
         };

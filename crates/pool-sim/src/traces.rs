@@ -24,6 +24,10 @@ pub struct Trace {
     pub name: String,
     /// Its requests, in time order.
     pub requests: Vec<Request>,
+    /// The period its demand repeats with, in seconds, as the studio would know it (an
+    /// hourly event, a daily cycle); vmpool is also run with it as
+    /// `VMPOOL_DEMAND_PERIOD_SECS`. 0: none.
+    pub period_secs: u64,
 }
 
 impl Trace {
@@ -70,6 +74,7 @@ pub fn trace(
     Trace {
         name: name.into(),
         requests,
+        period_secs: 0,
     }
 }
 
@@ -81,14 +86,7 @@ pub fn standard_traces() -> Vec<Trace> {
 /// Every built-in trace: the three of [`standard_traces`], a week, a launch day and short
 /// bursts.
 pub fn all_traces() -> Vec<Trace> {
-    vec![
-        steady(),
-        spike(),
-        daily(),
-        week(),
-        launch(),
-        bursts(6 * HOUR),
-    ]
+    vec![steady(), spike(), daily(), week(), launch(), bursts(DAY)]
 }
 
 /// The built-in trace called `name`.
@@ -134,9 +132,12 @@ pub fn week_rate(t: i64) -> f64 {
     }
 }
 
-/// A week with evening peaks and weekend peaks.
+/// A week with evening peaks and weekend peaks: demand repeats daily.
 pub fn week() -> Trace {
-    trace("week", 7 * DAY, 4, week_rate)
+    Trace {
+        period_secs: 86_400,
+        ..trace("week", 7 * DAY, 4, week_rate)
+    }
 }
 
 /// The rate of [`launch`] at `t`, per minute: 1/min for an hour, a ramp to 20x that over
@@ -158,9 +159,10 @@ pub fn launch() -> Trace {
 }
 
 /// Short bursts on a low base: 0.2 requests per minute, and every hour (from minute 30) a
-/// burst of 50 requests within 5 seconds.
+/// burst of 50 requests within 5 seconds. Demand repeats hourly.
 pub fn bursts(seconds: i64) -> Trace {
     let mut t = trace("bursts", seconds, 6, |_| 0.2);
+    t.period_secs = 3600;
     let mut rng = StdRng::seed_from_u64(60);
     let mut start = HOUR / 2;
     while start < seconds {
@@ -247,6 +249,7 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Trace, String> {
     Ok(Trace {
         name: name.to_owned(),
         requests,
+        period_secs: 0,
     })
 }
 

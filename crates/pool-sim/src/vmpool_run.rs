@@ -508,10 +508,42 @@ mod tests {
     #[tokio::test]
     async fn the_same_trace_policy_and_seed_give_the_same_run() {
         let trace = crate::traces::trace("replay", 3600, 5, |t| if t < 1800 { 1.0 } else { 3.0 });
-        let first = run_vmpool(&trace, vmpool_policy(2, 180), 11).await;
-        let again = run_vmpool(&trace, vmpool_policy(2, 180), 11).await;
+        let first = run_vmpool(&trace, vmpool_policy(2, 180, 0), 11).await;
+        let again = run_vmpool(&trace, vmpool_policy(2, 180, 0), 11).await;
         assert_eq!(first, again);
         assert_eq!(first.served, trace.requests.len());
+    }
+
+    /// Hourly bursts of 50 requests: told that demand repeats hourly, vmpool has the VMs of
+    /// the last burst ready when it comes back; without, the burst waits for VMs.
+    #[tokio::test]
+    async fn told_that_demand_repeats_hourly_vmpool_serves_the_second_burst_at_once() {
+        let trace = crate::traces::bursts(2 * 3600);
+        // The second burst (at 1:30, within 5 s).
+        let bursts = [(5400, 5405)];
+        let run = |period| run_vmpool_with(&trace, vmpool_policy(2, 120, period), 5, None, &bursts);
+        let told = run(3600).await;
+        let not_told = run(0).await;
+        let waits = |r: &Run| {
+            r.windows
+                .iter()
+                .map(|w| (w.served, w.p95_wait, w.mean_wait))
+                .collect::<Vec<_>>()
+        };
+        eprintln!(
+            "second burst (served, p95, mean wait): told {:?}, not told {:?}; VM-hours {:.1} against {:.1}",
+            waits(&told),
+            waits(&not_told),
+            told.outcome.vm_hours,
+            not_told.outcome.vm_hours
+        );
+        for (t, n) in told.windows.iter().zip(&not_told.windows) {
+            assert!(t.served >= 50, "{t:?}");
+            assert_eq!(t.p95_wait, 0, "{t:?}");
+            assert!(t.mean_wait < 5.0, "{t:?}");
+            assert!(n.p95_wait >= 60, "{n:?}");
+        }
+        assert_eq!(told.outcome.served, trace.requests.len());
     }
 
     /// A new build shipped after an hour of demand at 1.5 requests a minute, with a floor of
@@ -519,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn a_rollout_hands_out_only_the_new_build_and_removes_every_idle_old_build_vm() {
         let trace = crate::traces::trace("rollout", 2 * 3600, 11, |_| 1.5);
-        let policy = with_build(&vmpool_policy(2, 180), "1.5.0", server_image("1.5.0"));
+        let policy = with_build(&vmpool_policy(2, 180, 0), "1.5.0", server_image("1.5.0"));
         let rollout = Rollout {
             at: 3600,
             build: "1.6.0".into(),
