@@ -497,6 +497,52 @@ pub async fn compute_faults_during_a_pass_are_retried_next_pass(rig: Rig) {
     assert_eq!(rig.count(VmState::Standby).await, 1);
 }
 
+/// Told that demand repeats hourly, the pass before a burst comes back starts the VMs the
+/// last one took, the burst gets standby VMs, and nothing is launched as it takes them. The
+/// claims are counted in the pool's record between passes (in the table on Azurite).
+pub async fn a_burst_that_repeats_is_ready_before_it_comes_back(rig: Rig) {
+    let burst = async || {
+        let mut actions = Vec::new();
+        for _ in 0..4 {
+            actions.push(rig.pool.create_vm().await.unwrap().action);
+        }
+        actions
+    };
+    assert!(
+        burst().await.iter().all(|a| *a != CreateAction::Standby),
+        "nothing is ready for the first burst"
+    );
+    rig.pass().await;
+    rig.advance(180);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Running).await, 4);
+    for vm in rig.rows().await {
+        rig.pool.mark_for_deallocation(&vm.id).await.unwrap();
+        rig.pool.report_rooms(&vm.id, 0).await.unwrap();
+    }
+    rig.advance(120);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Deallocated).await, 4);
+    // Passes through the hour; nothing is launched until the burst is near.
+    for _ in 0..10 {
+        rig.advance(300);
+        let s = rig.pass().await;
+        assert_eq!((s.started, s.created), (0, 0), "{}", s.line());
+    }
+    // 3,500 s after the burst: it comes back within two ready estimates (240 s).
+    rig.advance(200);
+    let s = rig.pass().await;
+    assert_eq!((s.started, s.created), (4, 0), "{}", s.line());
+    assert_eq!(s.buffer_target, 4, "{}", s.line());
+    rig.advance(90);
+    rig.pass().await;
+    assert_eq!(rig.count(VmState::Standby).await, 4);
+    rig.advance(15);
+    assert_eq!(burst().await, [CreateAction::Standby; 4]);
+    let s = rig.pass().await;
+    assert_eq!((s.started, s.created), (0, 0), "{}", s.line());
+}
+
 // ---- every scenario on every rig ---------------------------------------------------------------
 
 /// One test per scenario for a rig constructor, in a module named after the rig.
@@ -549,6 +595,18 @@ macro_rules! every_scenario {
         #[tokio::test]
         async fn every_interrupted_step_is_repaired_by_one_pass() {
             super::every_interrupted_step_is_repaired_by_one_pass($rig(&[]).await).await;
+        }
+
+        #[tokio::test]
+        async fn a_burst_that_repeats_is_ready_before_it_comes_back() {
+            super::a_burst_that_repeats_is_ready_before_it_comes_back(
+                $rig(&[
+                    ("VMPOOL_DEMAND_PERIOD_SECS", "3600"),
+                    ("VMPOOL_READY_ESTIMATE_SECS", "120"),
+                ])
+                .await,
+            )
+            .await;
         }
 
         #[tokio::test]
