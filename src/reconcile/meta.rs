@@ -12,7 +12,9 @@ use super::Summary;
 use super::forecast::ClaimHistory;
 use crate::breaker::{self, Breaker, Breakers};
 use crate::config::PoolSpec;
-use crate::store::{Etag, Group, GroupCounts, StateCounts, StoreError, VmStore, Written, truncate};
+use crate::store::{
+    Etag, Group, GroupCounts, MAX_RECORD_CHARS, StateCounts, StoreError, VmStore, Written, truncate,
+};
 
 /// The kind and key of the pool's record.
 const META: (&str, &str) = ("pool", "meta");
@@ -241,8 +243,22 @@ pub async fn save_meta(
     let mut meta = meta.clone();
     meta.last_reconcile_summary = truncate(&meta.last_reconcile_summary);
     meta.last_reconcile_error = meta.last_reconcile_error.as_deref().map(truncate);
-    let value = serde_json::to_string(&meta)
-        .map_err(|e| StoreError::Rejected(format!("pool record: {e}")))?;
+    let text = |meta: &PoolMeta| {
+        serde_json::to_string(meta).map_err(|e| StoreError::Rejected(format!("pool record: {e}")))
+    };
+    let mut value = text(&meta)?;
+    if value.chars().count() > MAX_RECORD_CHARS {
+        // Many pools with a demand period: the record keeps going without their claim
+        // histories, and each pass counts the last period again from the rows' claims.
+        warn!(
+            chars = value.chars().count(),
+            "the pool's record is too long to keep the pools' claim histories; each pass counts them again from the rows"
+        );
+        for pool in meta.pools.values_mut() {
+            pool.history = ClaimHistory::default();
+        }
+        value = text(&meta)?;
+    }
     match etag {
         Some(etag) => store.update_record(META.0, META.1, &value, etag).await,
         None => store.insert_record(META.0, META.1, &value).await,
@@ -392,6 +408,38 @@ mod tests {
 
     fn t0() -> OffsetDateTime {
         time::macros::datetime!(2026-01-01 00:00 UTC)
+    }
+
+    /// Pools enough that their claim histories would take the record over what a record
+    /// keeps: it is saved without them, and the rest of it is kept.
+    #[tokio::test]
+    async fn a_record_too_long_for_the_claim_histories_is_saved_without_them() {
+        let store = MemoryStore::new();
+        let history = ClaimHistory {
+            period_secs: 86_400,
+            counted_until: Some(t0()),
+            counts: vec![1234; super::super::forecast::SLOTS],
+        };
+        let mut meta = PoolMeta::default();
+        for i in 0..60 {
+            let pool = meta.pool_mut(&format!("pool-{i}"));
+            pool.buffer_target = 3;
+            pool.history = history.clone();
+        }
+        assert!(serde_json::to_string(&meta).unwrap().len() > MAX_RECORD_CHARS);
+        save_meta(&store, &meta, None).await.unwrap();
+        let (saved, etag) = load_meta(&store).await.unwrap();
+        assert_eq!(saved.pools.len(), 60);
+        assert!(saved.pools.values().all(|p| p.buffer_target == 3));
+        assert!(saved.pools.values().all(|p| p.history.is_empty()));
+        // A few pools keep theirs.
+        let mut few = PoolMeta::default();
+        few.pool_mut("eu").history = history.clone();
+        save_meta(&store, &few, etag.as_ref()).await.unwrap();
+        assert_eq!(
+            load_meta(&store).await.unwrap().0.pool("eu").history,
+            history
+        );
     }
 
     #[tokio::test]
