@@ -51,11 +51,16 @@ impl ClaimHistory {
         let period_secs = period.as_secs();
         let until = now - SETTLE;
         let length = slot_length(period);
+        // Counted up to a later time already (another instance's clock runs ahead): the
+        // claims up to then stay counted, and the next pass goes on from there.
+        if self.period_secs == period_secs && self.counted_until.is_some_and(|from| from >= until) {
+            return;
+        }
         let fresh = self.period_secs != period_secs
             || self.counts.len() != SLOTS
             || self
                 .counted_until
-                .is_none_or(|from| until - from >= to_time(period) || from > until);
+                .is_none_or(|from| until - from >= to_time(period));
         let from = if fresh {
             // Started afresh: what the rows still show of the last period (a VM claimed
             // again shows its newest claim only).
@@ -226,6 +231,19 @@ mod tests {
         let later: Vec<Versioned> = Vec::new();
         passes(&mut h, &later, 3600 + 230, 2 * 3600 + 200);
         assert_eq!(near(&h, 2 * 3600 + 200), 0);
+    }
+
+    #[test]
+    fn a_pass_on_a_clock_behind_the_count_keeps_it() {
+        let rows = claims([100, 400]);
+        let mut h = ClaimHistory::default();
+        passes(&mut h, &rows, 0, 600);
+        let counted = h.clone();
+        // Another instance, 20 s behind.
+        h.record(rows.iter(), t0() + Duration::seconds(580), HOUR);
+        assert_eq!(h, counted);
+        passes(&mut h, &rows, 630, 630);
+        assert_eq!(h.counts.iter().sum::<u32>(), 2);
     }
 
     #[test]
