@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
+use super::plan::to_time;
 use crate::store::Versioned;
 
 /// The period is cut into this many slots (30 s each for an hour, 12 min for a day): the
@@ -134,10 +135,6 @@ fn index(k: i64) -> usize {
     )]
     let i = k.rem_euclid(SLOTS as i64) as usize;
     i
-}
-
-fn to_time(d: std::time::Duration) -> Duration {
-    Duration::try_from(d).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ pub struct Plan {
     pub meta: PoolMeta,
 }
 
-fn to_time(d: std::time::Duration) -> Duration {
+pub(super) fn to_time(d: std::time::Duration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::MAX)
 }
 
